@@ -1,0 +1,104 @@
+"""What every command shares: one-line usage errors, argument types, common options."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any, NoReturn
+
+EXIT_USAGE = 2
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (plus a pointer to --help), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text}")
+    return value
+
+
+def add_data_options(p: argparse.ArgumentParser, *, default: str | None = "digits") -> argparse._ArgumentGroup:
+    from autoprune.data import list_datasets
+
+    g = p.add_argument_group("model and data")
+    g.add_argument(
+        "--dataset", default=default, metavar="D",
+        help=f"one of {', '.join(list_datasets())} (default: {default or 'the one stored in the file'})",
+    )  # fmt: skip
+    g.add_argument(
+        "--data-dir", type=Path, metavar="PATH",
+        help="where the dataset's files are (fashion-mnist defaults to /usr/share/datasets/fashion-mnist; "
+        "for npz, the .npz file)",
+    )  # fmt: skip
+    g.add_argument("--val-fraction", type=fraction, default=0.1, metavar="F",
+                   help="share of the training data held out for validation (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=0, help="seed for the split, initial weights and shuffling")
+    return g
+
+
+def add_model_data_options(p: argparse.ArgumentParser) -> None:
+    from autoprune.models import list_models
+
+    g = add_data_options(p)
+    g.add_argument(
+        "--model", default="lenet5", metavar="M",
+        help=f"built-in model ({', '.join(list_models())}) or your own as "
+        "package.module:factory or path/to/file.py:factory (default: %(default)s)",
+    )  # fmt: skip
+    g.add_argument("--checkpoint", type=Path, metavar="PATH",
+                   help="a trained state_dict (loaded with weights_only=True)")
+
+
+def add_output_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p.add_argument("--threads", type=positive_int, metavar="N",
+                   help="torch threads for latency measurement (default: torch's own setting)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def table(rows: list[tuple[str, str]]) -> str:
+    """Two aligned columns of label and value."""
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def grid(header: list[str], rows: list[list[Any]]) -> str:
+    """A plain text table; numbers right-aligned."""
+    cells = [header] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = []
+    for j, r in enumerate(cells):
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)

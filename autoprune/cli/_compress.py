@@ -1,0 +1,163 @@
+"""``autoprune compress`` (one fixed recipe) and ``autoprune eval`` (a packed file)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from autoprune.cli._common import add_data_options, add_model_data_options, add_output_options, grid, table
+from autoprune.cli._train import add_train_options, load_base, load_data
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compress", help="run one fixed compression recipe and write the packed file",
+        description="Apply one recipe (structured ratios, magnitude thresholds, bits, init, fine-tuning) "
+        "to the base model, write the packed file, and report accuracy, size, MACs and latency. "
+        "Shipped recipes: studies/recipes/*.toml.",
+    )  # fmt: skip
+    p.add_argument("--recipe", type=Path, required=True, metavar="FILE.toml", help="the recipe to apply")
+    p.add_argument("--out", type=Path, required=True, metavar="OUT", help="where to write the packed file")
+    add_model_data_options(p)
+    add_train_options(p, epochs_help="base training epochs when no --checkpoint is given")
+    add_output_options(p)
+    p.set_defaults(run=run_compress, format=format_compress)
+
+    e = sub.add_parser(
+        "eval", help="load a packed file and report its accuracy and size breakdown",
+        description="Decode a packed file, measure it on its dataset (the one recorded in the file "
+        "unless --dataset is given), and print the per-layer size breakdown.",
+    )  # fmt: skip
+    e.add_argument("file", type=Path, metavar="FILE", help="a packed file written by compress or export")
+    add_data_options(e, default=None)
+    e.set_defaults(seed=None, val_fraction=None)
+    e.add_argument("--torchscript", type=Path, metavar="PATH", help="also write the decoded network as TorchScript")
+    add_output_options(e)
+    e.set_defaults(run=run_eval, format=format_eval)
+
+
+def run_compress(args: argparse.Namespace) -> dict[str, Any]:
+    from autoprune.compress import compress, load_recipe
+    from autoprune.compress.recipe import check_layers
+    from autoprune.measure import measure_model
+    from autoprune.models import create_model
+
+    started = time.perf_counter()
+    config = load_recipe(args.recipe)
+    splits, spec = load_data(args)
+    check_layers(config, create_model(spec))  # before any training
+    base = load_base(args, splits, spec, train_from_checkpoint=False)
+    base_metrics = measure_model(base.model, splits, threads=args.threads)
+    meta = {
+        "dataset": {"name": splits.name, "data_dir": str(args.data_dir) if args.data_dir else None,
+                    "val_fraction": args.val_fraction, "seed": args.seed},
+        "recipe": config.name,
+        "base": {"accuracy": base_metrics.accuracy, "dense_bytes": base_metrics.dense_bytes,
+                 "macs": base_metrics.macs, "latency_ms": base_metrics.latency_ms},
+    }  # fmt: skip
+    result = compress(
+        base.model, spec, splits, config, args.out,
+        base_metrics=base_metrics, seed=args.seed, progress=not args.quiet, threads=args.threads, meta=meta,
+    )  # fmt: skip
+    return {
+        "recipe": config.name,
+        "model": spec.name,
+        "dataset": splits.name,
+        "out": str(args.out),
+        "base": base_metrics.to_dict(),
+        **result.metrics,
+        "layers": [dict(r.__dict__, density=r.density) for r in result.report.layers],
+        "norms": [n.to_dict() for n in result.norms],
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def run_eval(args: argparse.Namespace) -> dict[str, Any]:
+    from autoprune.compress import breakdown, load_packed
+    from autoprune.compress.export import export_torchscript
+    from autoprune.data import load_dataset
+    from autoprune.measure import measure_model
+
+    model, header = load_packed(args.file)
+    stored = header.get("meta", {}).get("dataset") or {}
+    name = args.dataset or stored.get("name")
+    if name is None:
+        from autoprune.errors import AutoPruneError
+
+        raise AutoPruneError(f"{args.file} records no dataset; pass --dataset")
+    data_dir = args.data_dir or (stored.get("data_dir") if name == stored.get("name") else None)
+    splits = load_dataset(
+        name,
+        data_dir=data_dir,
+        val_fraction=args.val_fraction or stored.get("val_fraction", 0.1),
+        seed=args.seed if args.seed is not None else stored.get("seed", 0),
+    )
+    metrics = measure_model(model, splits, threads=args.threads).to_dict()
+    packed = args.file.stat().st_size
+    base = header.get("meta", {}).get("base", {})
+    result = {
+        "file": str(args.file),
+        "model": header["model"]["name"],
+        "dataset": splits.name,
+        "recipe": header.get("meta", {}).get("recipe"),
+        **metrics,
+        "packed_bytes": packed,
+        "compression_ratio": base["dense_bytes"] / packed if base.get("dense_bytes") else None,
+        "acc_drop": base["accuracy"] - metrics["accuracy"] if "accuracy" in base else None,
+        "layers": [dict(r.__dict__, density=r.density) for r in breakdown(header)],
+    }
+    if args.torchscript:
+        result["torchscript"] = str(export_torchscript(model, splits.input_shape, args.torchscript))
+    return result
+
+
+def _layer_table(layers: list[dict[str, Any]]) -> str:
+    rows = [
+        [l["layer"], f"{l['weights']:,}", f"{100 * l['density']:.1f}%", l["shared_values"] or "fp32",
+         f"{l['bits_per_index']:.2f}", f"{l['bits_per_position']:.2f}", l["codebook_bytes"],
+         f"{100 * l['huffman_saving']:.1f}%", f"{l['bytes']:,}"]
+        for l in layers
+    ]  # fmt: skip
+    header = ["layer", "weights", "kept", "shared", "bits/index", "bits/position", "codebook B", "huffman saves", "bytes"]
+    return grid(header, rows)
+
+
+def _summary(r: dict[str, Any], base_acc: float | None, base_bytes: int | None) -> list[tuple[str, str]]:
+    acc = f"{r['accuracy']:.2f}% val, {r['test_accuracy']:.2f}% test"
+    if base_acc is not None:
+        acc += f" (base {base_acc:.2f}% val, drop {r['acc_drop']:.2f} points)"
+    size = f"{r['packed_bytes'] / 1024:.1f} KB packed"
+    if base_bytes:
+        size = f"{base_bytes / 1024:.1f} KB dense -> {size} ({r['compression_ratio']:.1f}x)"
+    return [
+        ("accuracy", acc),
+        ("params", f"{r['params']:,} ({r['nonzero_params']:,} non-zero)"),
+        ("MACs", f"{r['macs']:,}"),
+        ("size", size),
+        ("latency", f"{r['latency_ms']:.3f} ms at batch 1, {r['latency_ms_batch']:.3f} ms at batch 64 "
+                    f"({r['threads']} threads)"),
+    ]  # fmt: skip
+
+
+def format_compress(r: dict[str, Any]) -> str:
+    rows = [("recipe", f"{r['recipe']}: {r['model']} on {r['dataset']}")]
+    rows += _summary(r, r["base"]["accuracy"], r["base"]["dense_bytes"])
+    rows += [
+        ("base", f"{r['base']['params']:,} params, {r['base']['macs']:,} MACs, {r['base']['latency_ms']:.3f} ms"),
+        ("speed-up", f"{r['speedup']:.2f}x measured at batch 1, {r['mac_ratio']:.2f}x fewer MACs"),
+        ("time", f"prune {r['prune_s']:.1f} s, fine-tune {r['finetune_s']:.1f} s, quantize {r['quantize_s']:.1f} s, "
+                 f"pack {r['pack_s']:.2f} s, eval {r['eval_s']:.1f} s"),
+        ("written", r["out"]),
+    ]  # fmt: skip
+    return table(rows) + "\n\n" + _layer_table(r["layers"])
+
+
+def format_eval(r: dict[str, Any]) -> str:
+    rows = [("file", f"{r['file']}: {r['model']} on {r['dataset']} (recipe {r['recipe']})")]
+    rows += _summary(r, None if r["acc_drop"] is None else r["accuracy"] + r["acc_drop"],
+                     None if r["compression_ratio"] is None else round(r["compression_ratio"] * r["packed_bytes"]))  # fmt: skip
+    if r.get("torchscript"):
+        rows.append(("torchscript", r["torchscript"]))
+    return table(rows) + "\n\n" + _layer_table(r["layers"])

@@ -1,0 +1,244 @@
+"""``autoprune search``, ``trials``, ``export`` and ``dashboard``."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+from typing import Any
+
+from autoprune.cli._common import grid, positive_int, table
+from autoprune.errors import AutoPruneError
+
+DEFAULT_SPEC = Path("studies/digits-lenet5.toml")
+DEFAULT_STORAGE = "sqlite:///studies/autoprune.db"
+
+
+class Interrupted(AutoPruneError):
+    exit_code = 130
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from autoprune.search.spec import OBJECTIVES, PRUNERS, SAMPLERS
+
+    p = sub.add_parser(
+        "search", help="run (or resume) a compression search: an Optuna study",
+        description="Every trial compresses a copy of the base model with the trial's settings and "
+        "records accuracy, size, MACs and latency in the study. Runs until the study holds --trials "
+        "finished trials: the same command resumes an interrupted search.",
+    )  # fmt: skip
+    p.add_argument("spec", nargs="?", type=Path, metavar="SPEC.toml",
+                   help=f"study spec (default: {DEFAULT_SPEC}, the embedded digits default)")
+    p.add_argument("--study", metavar="NAME", help="study name (default: the spec's, else its file name)")
+    p.add_argument("--storage", metavar="URL",
+                   help=f"sqlite:///PATH.db, postgresql://USER@HOST/DB or journal:PATH (default: the spec's, {DEFAULT_STORAGE})")
+    p.add_argument("--trials", type=positive_int, metavar="N", help="run until the study holds N finished trials")
+    p.add_argument("--jobs", type=positive_int, default=1, metavar="N",
+                   help="worker processes, the cores split between them (PostgreSQL or journal storage)")
+    p.add_argument("--sampler", choices=SAMPLERS, help="override the spec's sampler")
+    p.add_argument("--pruner", choices=PRUNERS, help="override the spec's pruner (single objective only)")
+    p.add_argument("--objectives", metavar="A,B", help=f"override the spec's objectives ({', '.join(OBJECTIVES)})")
+    p.add_argument("--max-acc-drop", type=float, metavar="D", help="accuracy budget in points (single objective)")
+    p.add_argument("--seed", type=int, help="sampler seed")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_search, format=format_search)
+
+    t = sub.add_parser("trials", help="list a study's trials", description="List every trial of a study with its metrics.")
+    _storage_options(t)
+    t.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    t.set_defaults(run=run_trials, format=format_trials)
+
+    e = sub.add_parser("export", help="write a trial's packed file",
+                       description="Write the packed model of one trial (or the best within the accuracy budget).")  # fmt: skip
+    _storage_options(e)
+    e.add_argument("--trial", required=True, metavar="N|best", help="trial number, or 'best'")
+    e.add_argument("--max-acc-drop", type=float, metavar="D",
+                   help="accuracy budget for 'best' (default: the study spec's)")
+    e.add_argument("--out", type=Path, metavar="FILE", help="where to write it (default: STUDY-trial-N.apk)")
+    e.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    e.set_defaults(run=run_export, format=lambda r: f"wrote {r['out']} (trial {r['trial']}, {r['packed_bytes']:,} bytes)")
+
+    d = sub.add_parser("dashboard", help="serve optuna-dashboard on the study storage",
+                       description="Serve optuna-dashboard over the storage and the artifact store, bound to loopback by default.")  # fmt: skip
+    d.add_argument("--storage", default=DEFAULT_STORAGE, metavar="URL", help="(default: %(default)s)")
+    d.add_argument("--artifacts", type=Path, metavar="DIR", help="artifact folder (default: beside the database)")
+    d.add_argument("--host", default="127.0.0.1", help="(default: %(default)s; 0.0.0.0 exposes it to the network)")
+    d.add_argument("--port", type=positive_int, default=8080, help="(default: %(default)s)")
+    d.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    d.set_defaults(run=run_dashboard, format=str)
+
+
+def _storage_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", default=DEFAULT_STORAGE, metavar="URL", help="(default: %(default)s)")
+    p.add_argument("--study", metavar="NAME", help="study name (default: the only study in the storage)")
+
+
+def _spec(args: argparse.Namespace) -> tuple[Any, Path]:
+    from autoprune.search.spec import StudySpec, load_spec, override
+
+    if args.spec is not None:
+        spec, spec_dir = load_spec(args.spec), args.spec.resolve().parent
+    elif DEFAULT_SPEC.is_file():
+        spec, spec_dir = load_spec(DEFAULT_SPEC), DEFAULT_SPEC.resolve().parent
+    else:  # outside a checkout: the same default, without the baseline recipe files
+        spec, spec_dir = StudySpec(), Path.cwd()
+        spec = override(spec, study__name="digits-lenet5")
+    objectives = [o.strip() for o in args.objectives.split(",")] if args.objectives else None
+    spec = override(
+        spec, study__name=args.study, study__storage=args.storage, study__trials=args.trials,
+        study__sampler=args.sampler, study__pruner=args.pruner, study__objectives=objectives,
+        study__max_acc_drop=args.max_acc_drop, study__seed=args.seed,
+    )  # fmt: skip
+    return spec, spec_dir
+
+
+def run_search(args: argparse.Namespace) -> dict[str, Any]:
+    import optuna
+
+    from autoprune.search.run import counts, run_search as run_study, stop_on_signals
+    from autoprune.search.storage import StorageError, parse_storage
+
+    spec, spec_dir = _spec(args)
+    info = parse_storage(spec.study.storage)
+    if args.jobs > 1 and not info.parallel_ok:
+        raise StorageError(
+            f"--jobs {args.jobs} cannot share SQLite ({info.safe_url}): parallel workers lock it; "
+            "use --storage postgresql://USER@HOST/DB or --storage journal:PATH"
+        )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    stop_on_signals()
+    try:
+        study = run_study(spec, info, jobs=args.jobs, progress=not args.quiet, spec_dir=spec_dir)
+    except KeyboardInterrupt:
+        from autoprune.search.storage import open_storage
+
+        study = optuna.load_study(study_name=spec.study.name, storage=open_storage(info))
+        done = counts(study)[0]
+        raise Interrupted(
+            f"interrupted: {done} of {spec.study.trials} trials finished and stored; "
+            f"run the same command again to resume"
+        ) from None
+    return summarise(study, spec, info)
+
+
+def summarise(study: Any, spec: Any, info: Any) -> dict[str, Any]:
+    from autoprune.search.report import best_trial, pareto_front, state_counts, trial_row
+
+    best = best_trial(study, spec.study.max_acc_drop)
+    storage_arg = info.safe_url if "***" not in info.safe_url else "URL"
+    return {
+        "study": study.study_name,
+        "storage": info.safe_url,
+        "objectives": spec.study.objectives,
+        "target_trials": spec.study.trials,
+        "states": state_counts(study),
+        "base": study.user_attrs.get("base"),
+        "pareto": [trial_row(t) for t in pareto_front(study)],
+        "best": trial_row(best) if best else None,
+        "max_acc_drop": spec.study.max_acc_drop,
+        "dashboard": f"autoprune dashboard --storage {shlex.quote(storage_arg)}",
+    }
+
+
+def _pareto_table(rows: list[dict[str, Any]]) -> str:
+    return grid(
+        ["trial", "accuracy", "drop", "packed KB", "ratio", "latency ms", "source"],
+        [[r["trial"], f"{r['accuracy']:.2f}", f"{r['acc_drop']:+.2f}", f"{r['packed_bytes'] / 1024:.1f}",
+          f"{r['compression_ratio']:.1f}x", f"{r['latency_ms']:.3f}", r["recipe"] or r["source"]] for r in rows],
+    )  # fmt: skip
+
+
+def format_search(r: dict[str, Any]) -> str:
+    states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(r["states"].items()))
+    lines = [table([
+        ("study", f"{r['study']} in {r['storage']}"),
+        ("trials", states),
+        ("objectives", ", ".join(r["objectives"])),
+        ("base", f"{r['base']['accuracy']:.2f}% val accuracy, {r['base']['dense_bytes'] / 1024:.1f} KB, "
+                 f"{r['base']['latency_ms']:.3f} ms"),
+    ]), "", "Pareto front:", _pareto_table(r["pareto"])]  # fmt: skip
+    if r["best"]:
+        b = r["best"]
+        lines += ["", f"best within {r['max_acc_drop']} points: trial {b['trial']}, {b['compression_ratio']:.1f}x, "
+                      f"drop {b['acc_drop']:.2f} (export: autoprune export --study {r['study']} --trial {b['trial']})"]  # fmt: skip
+    lines += ["", f"watch it: {r['dashboard']}"]
+    return "\n".join(lines)
+
+
+def _open(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    import optuna
+
+    from autoprune.search.storage import open_storage, parse_storage, resolve_study_name
+
+    info = parse_storage(args.storage)
+    storage = open_storage(info)
+    name = resolve_study_name(storage, args.study, info.safe_url)
+    return optuna.load_study(study_name=name, storage=storage), info, storage
+
+
+def run_trials(args: argparse.Namespace) -> dict[str, Any]:
+    from autoprune.search.report import state_counts, trial_row
+
+    study, info, _ = _open(args)
+    return {"study": study.study_name, "storage": info.safe_url, "states": state_counts(study),
+            "trials": [trial_row(t) for t in study.get_trials(deepcopy=False)]}  # fmt: skip
+
+
+def format_trials(r: dict[str, Any]) -> str:
+    def f(v: Any, fmt: str) -> str:
+        return "" if v is None else format(v, fmt)
+
+    rows = [[t["trial"], t["state"].lower(), f(t["accuracy"], ".2f"), f(t["acc_drop"], "+.2f"),
+             f(t["packed_bytes"] and t["packed_bytes"] / 1024, ".1f"), f(t["compression_ratio"], ".1f"),
+             f(t["latency_ms"], ".3f"), t["recipe"] or t["source"] or ""] for t in r["trials"]]  # fmt: skip
+    header = ["trial", "state", "accuracy", "drop", "packed KB", "ratio", "latency ms", "source"]
+    return f"study {r['study']} in {r['storage']}\n\n" + grid(header, rows)
+
+
+def run_export(args: argparse.Namespace) -> dict[str, Any]:
+    from optuna.artifacts import download_artifact
+    from optuna.artifacts.exceptions import ArtifactNotFound
+
+    from autoprune.search.report import best_trial
+    from autoprune.search.storage import artifact_dir, artifact_store
+
+    study, info, _ = _open(args)
+    if args.trial == "best":
+        budget = args.max_acc_drop
+        if budget is None:
+            budget = study.user_attrs.get("spec", {}).get("study", {}).get("max_acc_drop", 1.0)
+        trial = best_trial(study, budget)
+        if trial is None:
+            raise AutoPruneError(f"no completed trial of {study.study_name} is within {budget} points of the base")
+    else:
+        try:
+            number = int(args.trial)
+            trial = study.trials[number]
+        except (ValueError, IndexError):
+            raise AutoPruneError(f"--trial {args.trial!r}: expected a trial number below {len(study.trials)} or 'best'") from None
+    artifact_id = trial.user_attrs.get("artifact_id")
+    if artifact_id is None:
+        raise AutoPruneError(f"trial {trial.number} is {trial.state.name.lower()} and has no packed file")
+    spec_artifacts = study.user_attrs.get("spec", {}).get("study", {}).get("artifacts", "")
+    store = artifact_store(artifact_dir(info, spec_artifacts))
+    out = args.out or Path(f"{study.study_name}-trial-{trial.number}.apk")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        download_artifact(artifact_store=store, artifact_id=artifact_id, file_path=str(out))
+    except (ArtifactNotFound, FileNotFoundError):
+        raise AutoPruneError(f"the packed file of trial {trial.number} was removed by the retention rule") from None
+    return {"study": study.study_name, "trial": trial.number, "out": str(out), "packed_bytes": out.stat().st_size}
+
+
+def run_dashboard(args: argparse.Namespace) -> dict[str, Any]:
+    from optuna_dashboard import run_server
+
+    from autoprune.search.storage import artifact_dir, artifact_store, open_storage, parse_storage
+
+    info = parse_storage(args.storage)
+    storage = open_storage(info)
+    store = artifact_store(args.artifacts or artifact_dir(info))
+    print(f"optuna-dashboard on http://{args.host}:{args.port} for {info.safe_url} (Ctrl-C stops it)", flush=True)
+    run_server(storage, host=args.host, port=args.port, artifact_store=store)
+    return "stopped"  # type: ignore[return-value]

@@ -1,0 +1,107 @@
+"""``autoprune train``: train (or load from the cache) a base model and measure it."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from autoprune.cli._common import add_model_data_options, add_output_options, positive_float, positive_int, table
+
+
+def add_train_options(p: argparse.ArgumentParser, *, epochs_help: str = "training epochs") -> None:
+    t = p.add_argument_group("base training")
+    t.add_argument("--epochs", type=positive_int, default=15, help=f"{epochs_help} (default: %(default)s)")
+    t.add_argument("--lr", type=positive_float, default=1e-3, help="peak learning rate (default: %(default)s)")
+    t.add_argument("--batch-size", type=positive_int, default=64, help="(default: %(default)s)")
+    t.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="(default: %(default)s)")
+    t.add_argument("--no-cache", action="store_true", help="train again even when a cached model exists")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train (or load from the cache) a base model and measure it",
+        description="Train a base model, measure it (accuracy, params, MACs, bytes, latency), and "
+        "cache it so later commands train it at most once. With --checkpoint, training starts from it.",
+    )  # fmt: skip
+    add_model_data_options(p)
+    add_train_options(p)
+    p.add_argument("--out", type=Path, metavar="PATH", help="also write the trained state_dict here")
+    add_output_options(p)
+    p.set_defaults(run=run, format=format_result)
+
+
+def load_data(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The data splits and the spec of the model to build for them."""
+    from autoprune.data import load_dataset
+    from autoprune.models import ModelSpec
+
+    splits = load_dataset(args.dataset, data_dir=args.data_dir, val_fraction=args.val_fraction, seed=args.seed)
+    c, h, w = splits.input_shape
+    return splits, ModelSpec(args.model, splits.num_classes, c, (h, w))
+
+
+def load_base(args: argparse.Namespace, splits: Any, spec: Any, *, train_from_checkpoint: bool) -> Any:
+    """The trained base: trained now, loaded from the cache, or (compress) the checkpoint itself.
+
+    ``train_from_checkpoint``: a checkpoint is a starting point (train) rather than the
+    trained network itself (compress).
+    """
+    from autoprune.models import create_model, load_checkpoint
+    from autoprune.train import BaseModel, TrainConfig, train_base
+
+    if args.checkpoint is not None and not train_from_checkpoint:
+        model = load_checkpoint(create_model(spec), args.checkpoint).eval()
+        return BaseModel(model, spec, args.checkpoint, True, ())
+    config = TrainConfig(
+        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer, seed=args.seed
+    )
+    return train_base(
+        spec, splits, config, checkpoint=args.checkpoint, use_cache=not args.no_cache, progress=not args.quiet
+    )
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from autoprune.measure import measure_model
+
+    started = time.perf_counter()
+    splits, spec = load_data(args)
+    base = load_base(args, splits, spec, train_from_checkpoint=True)
+    metrics = measure_model(base.model, splits, threads=args.threads)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(base.model.state_dict(), args.out)
+    return {
+        "model": spec.name,
+        "dataset": splits.name,
+        "input_shape": list(splits.input_shape),
+        "num_classes": splits.num_classes,
+        "split_sizes": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
+        "cached": base.cached,
+        "cache_path": str(base.path),
+        "out": str(args.out) if args.out else None,
+        "seconds": round(time.perf_counter() - started, 2),
+        **metrics.to_dict(),
+    }
+
+
+def format_result(r: dict[str, Any]) -> str:
+    rows = [
+        ("model", f"{r['model']} on {r['dataset']} {tuple(r['input_shape'])}, {r['num_classes']} classes"),
+        ("splits", "train {train} / val {val} / test {test}".format(**r["split_sizes"])),
+        ("base model", ("loaded from cache " if r["cached"] else "trained, cached at ") + r["cache_path"]),
+        ("val accuracy", f"{r['accuracy']:.2f}%"),
+        ("test accuracy", f"{r['test_accuracy']:.2f}%"),
+        ("params", f"{r['params']:,}"),
+        ("MACs", f"{r['macs']:,}"),
+        ("dense size", f"{r['dense_bytes'] / 1024:.1f} KB"),
+        ("latency", f"{r['latency_ms']:.3f} ms at batch 1, {r['latency_ms_batch']:.3f} ms at batch 64 "
+                    f"({r['threads']} threads)"),
+        ("time", f"{r['seconds']:.1f} s"),
+    ]  # fmt: skip
+    if r["out"]:
+        rows.append(("written", r["out"]))
+    return table(rows)

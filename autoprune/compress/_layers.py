@@ -1,0 +1,40 @@
+"""Which layers of a network the compression stages act on, by qualified module name."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from autoprune.errors import AutoPruneError
+
+
+class RecipeError(AutoPruneError):
+    """A compression recipe or config with a value out of range or an unknown layer."""
+
+
+def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Conv and linear layers in definition order: the layers that hold prunable weights."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+def conv_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
+    return {n: m for n, m in weight_layers(model).items() if isinstance(m, nn.Conv2d)}
+
+
+def layer_kind(module: nn.Module) -> str:
+    return "conv" if isinstance(module, nn.Conv2d) else "fc"
+
+
+def output_layer(model: nn.Module) -> str:
+    """The classifier: the last weight layer, whose outputs must stay whole."""
+    layers = weight_layers(model)
+    if not layers:
+        raise RecipeError("the model has no conv or linear layer to compress")
+    return list(layers)[-1]
+
+
+def check_layer_names(names: object, valid: dict[str, nn.Module], what: str) -> None:
+    unknown = sorted(set(names) - set(valid))  # type: ignore[arg-type]
+    if unknown:
+        raise RecipeError(
+            f"unknown layer {unknown[0]!r} in {what}; layers: {', '.join(valid) or '(none)'}"
+        )

@@ -1,0 +1,285 @@
+"""The packed file (Deep Compression stage 3): a versioned, self-describing binary format.
+
+Layout::
+
+    b"APRUNE" | version (u8) | header length (u32 LE) | zlib(JSON header) | blobs | crc32 (u32 LE)
+
+The header holds the architecture as a shape specification (the model's name or factory, its
+input spec, and the channel counts that pruning changed), never a pickle of the module, and
+one entry per state_dict tensor. Conv and linear weights are stored sparse: the positions of
+the non-zero weights as relative indices (with fillers) and their values either as indices
+into a codebook of shared weights or as float32. Each index stream is Huffman-coded when that
+is smaller than fixed width. Everything else (biases, batch norm) is plain float32.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from autoprune.compress._layers import layer_kind, weight_layers
+from autoprune.errors import AutoPruneError
+from autoprune.models import ModelSpec, create_model
+from autoprune.ops.huffman import HuffmanCode, pack_fixed, unpack_fixed
+from autoprune.ops.sparse import decode_relative, encode_relative
+
+MAGIC = b"APRUNE"
+VERSION = 1
+SHAPE_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features")
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "int64": torch.int64, "int32": torch.int32}
+
+
+class PackError(AutoPruneError):
+    """A packed file that is truncated, corrupt, or of an unknown version."""
+
+
+@dataclass(frozen=True)
+class PackConfig:
+    conv_index_bits: int = 8  # relative-index width for conv layers (Deep Compression: 8)
+    fc_index_bits: int = 5  # and for fully connected layers (5)
+    huffman: bool = True  # Huffman-code the index streams (when smaller than fixed width)
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """One weight layer's line of the size breakdown (the paper's Tables 2 and 3)."""
+
+    layer: str
+    weights: int
+    nonzero: int
+    shared_values: int  # codebook size, 0 when values are stored as float32
+    bits_per_index: float  # bits per stored value (cluster index or float32)
+    bits_per_position: float  # bits per non-zero weight spent on its position, fillers included
+    codebook_bytes: int
+    huffman_saving: float  # share of the fixed-width index bits that Huffman coding saved
+    bytes: int
+
+    @property
+    def density(self) -> float:
+        return self.nonzero / max(self.weights, 1)
+
+
+@dataclass(frozen=True)
+class PackReport:
+    path: Path
+    packed_bytes: int  # size of the file on disk
+    layers: list[LayerReport]
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.buffer = io.BytesIO()
+
+    def add(self, data: bytes) -> list[int]:
+        offset = self.buffer.tell()
+        self.buffer.write(data)
+        return [offset, len(data)]
+
+
+def _write_stream(w: _Writer, symbols: np.ndarray, width: int, huffman: bool) -> dict[str, Any]:
+    """Encode ``symbols`` fixed-width or Huffman-coded, whichever is smaller."""
+    entry: dict[str, Any] = {"count": int(symbols.size), "width": width}
+    if huffman and symbols.size:
+        code = HuffmanCode.fit(symbols, 1 << width)
+        table = code.lengths[: int(symbols.max()) + 1].astype(np.uint8).tobytes()
+        if code.encoded_bits(symbols) + 8 * len(table) < width * symbols.size:
+            entry.update(coder="huffman", lengths=w.add(table), data=w.add(code.encode(symbols)))
+            return entry
+    entry.update(coder="fixed", data=w.add(pack_fixed(symbols, width)))
+    return entry
+
+
+def _stream_bits(entry: dict[str, Any]) -> tuple[int, int]:
+    """(bits the stream takes in the file, bits it would take at fixed width)."""
+    stored = 8 * (entry["data"][1] + (entry["lengths"][1] if "lengths" in entry else 0))
+    fixed = 32 * entry["count"] if entry["coder"] == "float32" else entry["width"] * entry["count"]
+    return stored, fixed
+
+
+def breakdown(header: dict[str, Any]) -> list[LayerReport]:
+    """The per-layer size breakdown of a packed file, read from its header."""
+    reports = []
+    for entry in header["tensors"]:
+        if entry["encoding"] != "sparse":
+            continue
+        pos_bits, pos_fixed = _stream_bits(entry["positions"]) if "positions" in entry else (0, 0)
+        val_bits, val_fixed = _stream_bits(entry["values"])
+        codebook_bytes = entry["codebook"][1] if "codebook" in entry else 0
+        n = max(entry["values"]["count"], 1)
+        index_fixed = pos_fixed + (val_fixed if "codebook" in entry else 0)
+        index_bits = pos_bits + (val_bits if "codebook" in entry else 0)
+        reports.append(
+            LayerReport(
+                layer=entry["name"].removesuffix(".weight"),
+                weights=int(np.prod(entry["shape"])),
+                nonzero=entry["values"]["count"],
+                shared_values=codebook_bytes // 4,
+                bits_per_index=val_bits / n,
+                bits_per_position=pos_bits / n,
+                codebook_bytes=codebook_bytes,
+                huffman_saving=1.0 - index_bits / index_fixed if index_fixed else 0.0,
+                bytes=(pos_bits + val_bits) // 8 + codebook_bytes,
+            )
+        )
+    return reports
+
+
+def _read_stream(payload: memoryview, entry: dict) -> np.ndarray:
+    def blob(ref: list[int]) -> bytes:
+        offset, length = ref
+        if offset + length > len(payload):
+            raise ValueError("a blob lies past the end of the file")
+        return bytes(payload[offset : offset + length])
+
+    if entry["coder"] == "huffman":
+        lengths = np.frombuffer(blob(entry["lengths"]), dtype=np.uint8).astype(np.int64)
+        return HuffmanCode(lengths).decode(blob(entry["data"]), entry["count"])
+    return unpack_fixed(blob(entry["data"]), entry["width"], entry["count"])
+
+
+def save_packed(
+    model: nn.Module,
+    spec: ModelSpec,
+    path: str | Path,
+    *,
+    bits: dict[str, int] | None = None,
+    config: PackConfig = PackConfig(),
+    meta: dict[str, Any] | None = None,
+) -> PackReport:
+    """Write ``model`` to ``path``. ``bits`` names, per layer, the shared-weight width (None:
+    the layer's values are stored as float32)."""
+    bits = bits or {}
+    layers = weight_layers(model)
+    weights = {f"{name}.weight": name for name in layers}
+    fresh = create_model(spec)
+    shapes = {
+        name: {a: getattr(m, a) for a in SHAPE_ATTRS if hasattr(m, a)}
+        for (name, m), (_, f) in zip(model.named_modules(), fresh.named_modules())
+        if any(getattr(m, a, None) != getattr(f, a, None) for a in SHAPE_ATTRS)
+    }
+    w = _Writer()
+    tensors = []
+    for key, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        entry: dict[str, Any] = {"name": key, "shape": list(t.shape)}
+        if key not in weights or t.dtype != torch.float32:
+            entry.update(encoding="raw", dtype=str(t.dtype).removeprefix("torch."))
+            entry["data"] = w.add(t.numpy().tobytes())
+            tensors.append(entry)
+            continue
+        layer = weights[key]
+        flat = t.flatten().numpy()
+        positions = np.flatnonzero(flat)
+        values = flat[positions]
+        index_bits = config.conv_index_bits if layer_kind(layers[layer]) == "conv" else config.fc_index_bits
+        entry.update(encoding="sparse", index_bits=index_bits)
+        if positions.size < flat.size:  # a layer with nothing pruned needs no positions
+            entry["positions"] = _write_stream(w, encode_relative(positions, index_bits), index_bits, config.huffman)
+        if layer in bits:
+            codebook, labels = np.unique(values, return_inverse=True)
+            if codebook.size > 1 << bits[layer]:
+                raise PackError(f"layer {layer} has {codebook.size} distinct values, more than 2**{bits[layer]}")
+            entry["codebook"] = w.add(codebook.astype(np.float32).tobytes())
+            entry["values"] = _write_stream(w, labels, bits[layer], config.huffman)
+        else:
+            entry["values"] = {"coder": "float32", "count": int(values.size), "data": w.add(values.tobytes())}
+        tensors.append(entry)
+    header = {"format": VERSION, "model": spec.to_dict(), "shapes": shapes, "tensors": tensors, "meta": meta or {}}
+    header_bytes = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
+    body = MAGIC + struct.pack("<BI", VERSION, len(header_bytes)) + header_bytes + w.buffer.getvalue()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(body + struct.pack("<I", zlib.crc32(body)))
+    return PackReport(path, path.stat().st_size, breakdown(header))
+
+
+def read_header(path: str | Path) -> tuple[dict[str, Any], memoryview]:
+    """Check and parse a packed file: its header and its blob payload."""
+    path = Path(path)
+    if not path.is_file():
+        raise PackError(f"packed file {path} does not exist")
+    data = path.read_bytes()
+    if not data.startswith(MAGIC):
+        raise PackError(f"{path} is not an autoprune packed file")
+    if len(data) < len(MAGIC) + 9:
+        raise PackError(f"{path} is truncated")
+    version, header_len = struct.unpack_from("<BI", data, len(MAGIC))
+    if version != VERSION:
+        raise PackError(f"{path} has format version {version}; this autoprune reads version {VERSION}")
+    body, (crc,) = data[:-4], struct.unpack("<I", data[-4:])
+    if zlib.crc32(body) != crc:
+        raise PackError(f"{path} is truncated or corrupt (checksum mismatch)")
+    start = len(MAGIC) + 5
+    try:
+        header = json.loads(zlib.decompress(body[start : start + header_len]))
+    except (zlib.error, ValueError) as e:
+        raise PackError(f"{path} has a corrupt header ({e})") from None
+    return header, memoryview(body)[start + header_len :]
+
+
+def load_packed(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the network from a packed file; returns the model (eval mode) and the header."""
+    header, payload = read_header(path)
+    try:
+        model = create_model(ModelSpec.from_dict(header["model"]))
+        state = {}
+        for entry in header["tensors"]:
+            state[entry["name"]] = _decode_tensor(payload, entry)
+            _resize_(model, entry["name"], state[entry["name"]].shape)
+        for name, attrs in header["shapes"].items():
+            module = model.get_submodule(name)
+            for attr, value in attrs.items():
+                setattr(module, attr, value)
+        model.load_state_dict(state)
+    except (KeyError, ValueError, TypeError, AttributeError, RuntimeError) as e:
+        raise PackError(f"{path} does not decode to its model ({type(e).__name__}: {e})") from None
+    model.eval()
+    return model, header
+
+
+def _decode_tensor(payload: memoryview, entry: dict) -> torch.Tensor:
+    shape = tuple(entry["shape"])
+    if entry["encoding"] == "raw":
+        offset, length = entry["data"]
+        array = np.frombuffer(bytes(payload[offset : offset + length]), dtype=entry["dtype"])
+        return torch.from_numpy(array.copy()).reshape(shape)
+    size = int(np.prod(shape))
+    if "positions" in entry:
+        positions = decode_relative(_read_stream(payload, entry["positions"]), entry["index_bits"])
+    else:
+        positions = np.arange(size)
+    values_entry = entry["values"]
+    if values_entry["coder"] == "float32":
+        offset, length = values_entry["data"]
+        values = np.frombuffer(bytes(payload[offset : offset + length]), dtype=np.float32)
+    else:
+        offset, length = entry["codebook"]
+        codebook = np.frombuffer(bytes(payload[offset : offset + length]), dtype=np.float32)
+        values = codebook[_read_stream(payload, values_entry)]
+    if positions.size != values.size or (positions.size and positions[-1] >= size):
+        raise ValueError(f"{entry['name']}: positions and values disagree")
+    flat = np.zeros(size, dtype=np.float32)
+    flat[positions] = values
+    return torch.from_numpy(flat).reshape(shape)
+
+
+def _resize_(model: nn.Module, key: str, shape: torch.Size) -> None:
+    """Give the fresh model's tensor ``key`` the packed shape, so load_state_dict fits."""
+    module_name, _, attr = key.rpartition(".")
+    module = model.get_submodule(module_name)
+    current = getattr(module, attr)
+    if current is None or current.shape == shape:
+        return
+    if isinstance(current, nn.Parameter):
+        setattr(module, attr, nn.Parameter(torch.empty(shape, dtype=current.dtype)))
+    else:
+        module.register_buffer(attr, torch.empty(shape, dtype=current.dtype))

@@ -1,0 +1,121 @@
+"""One run of the Deep Compression pipeline on a copy of a trained network.
+
+structured pruning -> magnitude pruning -> fine-tuning (masks held) -> weight sharing ->
+trained quantization -> packed file -> measurement of the model decoded from that file.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from autoprune.compress._layers import weight_layers
+from autoprune.compress.packing import PackReport, load_packed, save_packed
+from autoprune.compress.quantize import attach_codebooks_, detach_codebooks_, share_weights_
+from autoprune.compress.recipe import CompressConfig
+from autoprune.compress.structured import LayerNorms, prune_filters_
+from autoprune.compress.unstructured import mask_holder, prune_magnitude_
+from autoprune.data import DataSplits
+from autoprune.measure import Metrics, measure_model
+from autoprune.models import ModelSpec
+from autoprune.train import EpochCallback, TrainConfig, fit
+
+
+@dataclass(frozen=True)
+class CompressResult:
+    model: nn.Module  # decoded from the packed file
+    metrics: dict[str, Any]  # the stable record names (accuracy, packed_bytes, ...)
+    report: PackReport
+    norms: list[LayerNorms]
+
+
+def compress(
+    base: nn.Module,
+    spec: ModelSpec,
+    splits: DataSplits,
+    config: CompressConfig,
+    out: str | Path,
+    *,
+    base_metrics: Metrics,
+    callbacks: Sequence[EpochCallback] = (),
+    seed: int = 0,
+    progress: bool = True,
+    latency_repeats: int = 50,
+    threads: int | None = None,
+    meta: dict[str, Any] | None = None,
+) -> CompressResult:
+    """Compress a copy of ``base`` with ``config``, write the packed file to ``out``, measure.
+
+    ``callbacks`` see the validation accuracy after every fine-tuning epoch (trained
+    quantization epochs continue the count), so a search can report and prune.
+    """
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    model = copy.deepcopy(base).eval()
+    torch.manual_seed(seed)
+
+    norms = prune_filters_(model, config.structured, torch.zeros(1, *splits.input_shape))
+    masks = prune_magnitude_(model, config.unstructured)
+    timings["prune_s"] = time.perf_counter() - clock
+
+    ft = config.finetune
+    train_time = time.perf_counter()
+    if ft.epochs > 0:
+        fit(
+            model, splits,
+            TrainConfig(epochs=ft.epochs, lr=ft.lr, batch_size=ft.batch_size, optimizer=ft.optimizer,
+                        max_batches=ft.max_batches, seed=seed),
+            callbacks=callbacks, after_step=mask_holder(model, masks), progress=progress, desc="fine-tune",
+        )  # fmt: skip
+    timings["finetune_s"] = time.perf_counter() - train_time
+
+    q = config.quantize
+    bits: dict[str, int] = {}
+    quant_time = time.perf_counter()
+    if q.enabled:
+        share_weights_(model, q)
+        bits = {name: q.bits_for(name, layer) for name, layer in weight_layers(model).items()}
+        if q.epochs > 0:
+            attach_codebooks_(model)
+            offset = ft.epochs
+            shifted = [lambda e, acc, cb=cb: cb(offset + e, acc) for cb in callbacks]
+            t = time.perf_counter()
+            try:
+                fit(
+                    model, splits,
+                    TrainConfig(epochs=q.epochs, lr=q.lr, batch_size=ft.batch_size, max_batches=ft.max_batches, seed=seed),
+                    callbacks=shifted, progress=progress, desc="trained quantization",
+                )  # fmt: skip
+            finally:
+                detach_codebooks_(model)
+            timings["finetune_s"] += time.perf_counter() - t
+            quant_time += time.perf_counter() - t  # training time is not quantization time
+    timings["quantize_s"] = time.perf_counter() - quant_time
+
+    pack_time = time.perf_counter()
+    report = save_packed(model, spec, out, bits=bits, config=config.pack, meta=meta)
+    decoded, _ = load_packed(out)
+    timings["pack_s"] = time.perf_counter() - pack_time
+
+    eval_time = time.perf_counter()
+    measured = measure_model(decoded, splits, latency_repeats=latency_repeats, threads=threads)
+    timings["eval_s"] = time.perf_counter() - eval_time
+
+    metrics = {
+        **measured.to_dict(),
+        "acc_drop": base_metrics.accuracy - measured.accuracy,
+        "base_accuracy": base_metrics.accuracy,
+        "base_dense_bytes": base_metrics.dense_bytes,
+        "packed_bytes": report.packed_bytes,
+        "compression_ratio": base_metrics.dense_bytes / report.packed_bytes,
+        "speedup": base_metrics.latency_ms / measured.latency_ms,
+        "mac_ratio": base_metrics.macs / max(measured.macs, 1),
+        **{k: round(v, 4) for k, v in timings.items()},
+    }
+    return CompressResult(decoded, metrics, report, norms)

@@ -1,0 +1,138 @@
+"""Filter pruning by L1 (or L2) norm with the filters physically removed (Li et al., 2017).
+
+The ranking is Li et al.'s: a filter's importance is the norm of its own kernel weights. The
+surgery is torch-pruning's dependency graph, which removes every coupled channel with the
+filter: batch norm, the next layer's inputs, residual additions, depthwise groups, concats.
+When filters of several convs are coupled (a residual sum), their norms are added.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from autoprune.compress._layers import RecipeError, check_layer_names, conv_layers, output_layer
+
+
+@dataclass(frozen=True)
+class FilterPruneConfig:
+    """How many filters each conv layer loses."""
+
+    mode: str = "ratio"  # "ratio": share of filters removed; "threshold": remove filters whose
+    #                      norm / the layer's largest norm is below the value (the seed's way)
+    default: float = 0.0  # applied to every conv layer not named in ``layers``
+    layers: dict[str, float] = field(default_factory=dict)  # per-layer value by module name
+    criterion: str = "l1"  # "l1" or "l2" norm of each filter's weights
+    round_to: int = 1  # kept channels rounded to a multiple of this (hardware alignment)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("ratio", "threshold"):
+            raise RecipeError(f"structured mode={self.mode!r} should be 'ratio' or 'threshold'")
+        if self.criterion not in ("l1", "l2"):
+            raise RecipeError(f"structured criterion={self.criterion!r} should be 'l1' or 'l2'")
+        if self.round_to < 1:
+            raise RecipeError(f"structured round_to={self.round_to} should be >= 1")
+        for name, value in [("default", self.default), *self.layers.items()]:
+            if not 0.0 <= value < 1.0:
+                raise RecipeError(f"structured {self.mode} for {name}={value} should be in [0, 1)")
+
+    def value_for(self, name: str) -> float:
+        return self.layers.get(name, self.default)
+
+
+@dataclass(frozen=True)
+class LayerNorms:
+    """Plot-ready record of one conv layer's filter norms (the seed's Figure 1)."""
+
+    layer: str
+    norms: list[float]  # sorted descending
+    normalised: list[float]  # norms / max norm
+    kept: int
+    removed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def filter_norms(weight: torch.Tensor, criterion: str = "l1") -> torch.Tensor:
+    """Norm of each output filter of a conv weight (O, I, kh, kw)."""
+    flat = weight.detach().flatten(1)
+    return flat.abs().sum(1) if criterion == "l1" else flat.pow(2).sum(1).sqrt()
+
+
+class FilterNormImportance(tp.importance.Importance):
+    """Li et al.'s importance: the norm of the filters themselves, summed over coupled convs."""
+
+    def __init__(self, criterion: str = "l1"):
+        self.criterion = criterion
+
+    @torch.no_grad()
+    def __call__(self, group: tp.Group) -> torch.Tensor | None:
+        total: torch.Tensor | None = None
+        for item in group:
+            dep, idxs, root_idxs = item.dep, item.idxs, item.root_idxs
+            if dep.pruning_fn not in (tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels):
+                continue
+            if any(r is None for r in root_idxs):
+                continue
+            norms = filter_norms(dep.layer.weight[idxs], self.criterion)
+            if total is None:
+                total = torch.zeros(len(group[0].idxs))
+            total.scatter_add_(0, torch.tensor(root_idxs), norms)
+        return total
+
+
+def prune_filters_(
+    model: nn.Module, config: FilterPruneConfig, example_input: torch.Tensor
+) -> list[LayerNorms]:
+    """Remove low-norm filters from ``model`` in place; returns each conv layer's norm record."""
+    convs = conv_layers(model)
+    check_layer_names(config.layers, convs, "structured.layers")
+    keep_whole = output_layer(model)
+    records, ratios = [], {}
+    for name, conv in convs.items():
+        norms = filter_norms(conv.weight, config.criterion)
+        ordered = torch.sort(norms, descending=True).values
+        normalised = ordered / ordered[0].clamp_min(1e-12)
+        value = config.value_for(name) if name != keep_whole else 0.0
+        ratio = value if config.mode == "ratio" else float((normalised < value).float().mean())
+        if conv.groups > 1 and conv.groups == conv.in_channels:
+            ratio = 0.0  # a depthwise conv follows the layer that feeds it
+        removed = _removed_count(conv.out_channels, ratio, config.round_to)
+        if removed:
+            ratios[conv] = removed / conv.out_channels
+        records.append(
+            LayerNorms(name, ordered.tolist(), normalised.tolist(), conv.out_channels - removed, removed)
+        )
+    if not ratios:
+        return records
+    ignored = [m for n, m in model.named_modules() if n == keep_whole]
+    pruner = tp.pruner.MetaPruner(
+        model,
+        example_input,
+        importance=FilterNormImportance(config.criterion),
+        pruning_ratio=0.0,
+        pruning_ratio_dict=ratios,
+        ignored_layers=ignored,
+        round_to=config.round_to if config.round_to > 1 else None,
+        root_module_types=[nn.Conv2d],
+    )
+    pruner.step()
+    # What the graph really removed (coupled layers can lose filters through their partners).
+    after = conv_layers(model)
+    return [
+        LayerNorms(r.layer, r.norms, r.normalised, after[r.layer].out_channels, len(r.norms) - after[r.layer].out_channels)
+        for r in records
+    ]
+
+
+def _removed_count(channels: int, ratio: float, round_to: int) -> int:
+    kept = channels - int(math.floor(channels * ratio))
+    if round_to > 1:
+        kept = max(round_to, int(math.ceil(kept / round_to)) * round_to)
+    return max(0, min(channels - 1, channels - kept))

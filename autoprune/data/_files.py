@@ -1,0 +1,156 @@
+"""Datasets a user brings as files: CIFAR-10 pickle batches, one npz file, an image folder."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from autoprune.data._base import RawData, carve_test, register_dataset, require_dir
+from autoprune.errors import DataError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def _to_nchw(x: np.ndarray, path: Path) -> np.ndarray:
+    """Images as (N, C, H, W) floats in [0, 1]; accepts (N, H, W), NHWC and NCHW."""
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+        x = x.transpose(0, 3, 1, 2)
+    elif x.ndim != 4:
+        raise DataError(f"{path}: images must be (N, H, W), (N, H, W, C) or (N, C, H, W), got {x.shape}")
+    scale = 255.0 if x.dtype == np.uint8 or x.max(initial=0) > 1.0 else 1.0
+    return x.astype(np.float32) / scale
+
+
+# ---- CIFAR-10: the standard python-pickle batches directory -------------------------------
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if not path.is_file():
+        raise DataError(f"dataset 'cifar10': expected {path.name} in {path.parent}")
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as e:
+        raise DataError(f"{path} is not a CIFAR-10 python batch: {e}") from None
+    return data, labels
+
+
+@register_dataset("cifar10")
+def load_cifar10(data_dir: Path | None) -> RawData:
+    path = require_dir(data_dir, "cifar10", " (the cifar-10-batches-py directory)")
+    train = [_read_cifar_batch(path / f"data_batch_{i}") for i in range(1, 6)]
+    x_test, y_test = _read_cifar_batch(path / "test_batch")
+    classes: tuple[str, ...] = ()
+    if (path / "batches.meta").is_file():
+        with open(path / "batches.meta", "rb") as f:
+            classes = tuple(n.decode() for n in pickle.load(f, encoding="bytes")[b"label_names"])
+    x_train = np.concatenate([x for x, _ in train]).astype(np.float32) / 255.0
+    y_train = np.concatenate([y for _, y in train])
+    return RawData(x_train, y_train, x_test.astype(np.float32) / 255.0, y_test, classes)
+
+
+# ---- npz: one file with x_train, y_train, x_test, y_test ----------------------------------
+
+
+@register_dataset("npz")
+def load_npz(data_dir: Path | None) -> RawData:
+    """``--data-dir`` names the .npz file itself (or a directory holding exactly one)."""
+    if data_dir is None:
+        raise DataError("dataset 'npz' needs --data-dir pointing at a .npz file")
+    path = data_dir
+    if path.is_dir():
+        found = sorted(path.glob("*.npz"))
+        if len(found) != 1:
+            raise DataError(f"dataset 'npz': expected exactly one .npz file in {path}, found {len(found)}")
+        path = found[0]
+    if not path.is_file():
+        raise DataError(f"dataset 'npz': file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = {"x_train", "y_train", "x_test", "y_test"} - set(f.files)
+            if missing:
+                raise DataError(f"{path}: missing arrays {', '.join(sorted(missing))}")
+            arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise DataError(f"cannot read {path} as npz: {e}") from None
+    return RawData(
+        _to_nchw(arrays["x_train"], path),
+        arrays["y_train"].astype(np.int64).reshape(-1),
+        _to_nchw(arrays["x_test"], path),
+        arrays["y_test"].astype(np.int64).reshape(-1),
+    )
+
+
+# ---- image folder: one subfolder per class ------------------------------------------------
+
+
+def _read_class_folders(root: Path, classes: list[str] | None = None) -> tuple[list[Path], list[int], list[str]]:
+    if classes is None:
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"dataset 'imagefolder': no class subfolders in {root}")
+    files, labels = [], []
+    for label, name in enumerate(classes):
+        folder = root / name
+        if not folder.is_dir():
+            raise DataError(f"dataset 'imagefolder': {root} has no folder for class {name!r}")
+        for f in sorted(folder.iterdir()):
+            if f.suffix.lower() in IMAGE_SUFFIXES:
+                files.append(f)
+                labels.append(label)
+    if not files:
+        raise DataError(f"dataset 'imagefolder': no image files under {root}")
+    return files, labels, classes
+
+
+def _read_images(files: list[Path], size: tuple[int, int], mode: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    images = []
+    for f in files:
+        try:
+            with Image.open(f) as img:
+                img = img.convert(mode)
+                if img.size != size:
+                    img = img.resize(size, Image.BILINEAR)
+                images.append(np.asarray(img, dtype=np.uint8))
+        except (OSError, UnidentifiedImageError) as e:
+            raise DataError(f"cannot read image {f}: {e}") from None
+    x = np.stack(images)
+    return _to_nchw(x if x.ndim == 4 else x[:, :, :, None], files[0].parent)
+
+
+@register_dataset("imagefolder")
+def load_imagefolder(data_dir: Path | None) -> RawData:
+    """Class subfolders of images, in ``train/`` and ``test/`` or directly (then 20% is test).
+
+    Every image is resized to the most common size; grayscale unless some image has colour.
+    """
+    from PIL import Image
+
+    root = require_dir(data_dir, "imagefolder", " (one subfolder of images per class)")
+    has_splits = (root / "train").is_dir() and (root / "test").is_dir()
+    files, labels, classes = _read_class_folders(root / "train" if has_splits else root)
+    if has_splits:
+        test_files, test_labels, _ = _read_class_folders(root / "test", classes)
+    sizes, modes = Counter(), set()
+    for f in files:
+        with Image.open(f) as img:
+            sizes[img.size] += 1
+            modes.add(img.mode)
+    size = sizes.most_common(1)[0][0]
+    mode = "L" if modes <= {"L", "1", "I", "I;16", "F"} else "RGB"
+    x, y = _read_images(files, size, mode), np.asarray(labels, dtype=np.int64)
+    if has_splits:
+        x_test, y_test = _read_images(test_files, size, mode), np.asarray(test_labels, dtype=np.int64)
+        return RawData(x, y, x_test, y_test, tuple(classes))
+    x_train, x_test, y_train, y_test = carve_test(x, y)
+    return RawData(x_train, y_train, x_test, y_test, tuple(classes))

@@ -1,0 +1,122 @@
+"""Model registry: built-in networks by name, a user's own by ``module:factory``."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+from autoprune.errors import ModelError, UnknownNameError
+
+Factory = Callable[..., nn.Module]
+_REGISTRY: dict[str, Factory] = {}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to build a model's architecture again (never a pickle of it)."""
+
+    name: str  # a registered name, "package.module:factory" or "path/to/file.py:factory"
+    num_classes: int
+    in_channels: int
+    image_size: tuple[int, int]  # (H, W)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
+        return cls(d["name"], int(d["num_classes"]), int(d["in_channels"]), tuple(d["image_size"]))
+
+
+def register_model(fn: Factory) -> Factory:
+    """Register a built-in factory under its function name."""
+    _REGISTRY[fn.__name__] = fn
+    return fn
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def is_user_model(name: str) -> bool:
+    return ":" in name
+
+
+def create_model(spec: ModelSpec) -> nn.Module:
+    """Build the network a spec names, adapted to its channels, image size and classes."""
+    factory = resolve_factory(spec.name)
+    kwargs = {
+        "num_classes": spec.num_classes,
+        "in_channels": spec.in_channels,
+        "image_size": spec.image_size,
+    }
+    try:
+        params = inspect.signature(factory).parameters
+        takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        model = factory(**{k: v for k, v in kwargs.items() if takes_all or k in params})
+    except Exception as e:  # a user's factory can fail in any way; report it in one line
+        raise ModelError(f"model factory {spec.name!r} raised {type(e).__name__}: {e}") from None
+    if not isinstance(model, nn.Module):
+        raise ModelError(
+            f"model factory {spec.name!r} returned {type(model).__name__}, not a torch.nn.Module"
+        )
+    return model
+
+
+def resolve_factory(name: str) -> Factory:
+    if not is_user_model(name):
+        if name not in _REGISTRY:
+            raise UnknownNameError(
+                f"unknown model {name!r}; valid models: {', '.join(list_models())}, "
+                "or your own as package.module:factory or path/to/file.py:factory"
+            )
+        return _REGISTRY[name]
+    target, _, attr = name.rpartition(":")
+    module = _import_file(Path(target)) if target.endswith(".py") else _import_module(target)
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ModelError(f"{target} has no callable {attr!r}")
+    return factory
+
+
+def factory_fingerprint(name: str) -> str:
+    """A hash of a user factory's source file, so caches notice when it is edited."""
+    if not is_user_model(name):
+        return ""
+    module = inspect.getmodule(resolve_factory(name))
+    source = getattr(module, "__file__", None)
+    return hashlib.blake2b(Path(source).read_bytes(), digest_size=8).hexdigest() if source else ""
+
+
+def _import_module(target: str) -> Any:
+    try:
+        return importlib.import_module(target)
+    except Exception as e:
+        raise ModelError(f"cannot import {target!r}: {type(e).__name__}: {e}") from None
+
+
+def _import_file(path: Path) -> Any:
+    path = path.expanduser().resolve()
+    if not path.is_file():
+        raise ModelError(f"model file {path} does not exist")
+    module_name = "autoprune_user_" + hashlib.blake2b(str(path).encode(), digest_size=6).hexdigest()
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        del sys.modules[module_name]
+        raise ModelError(f"cannot import {path}: {type(e).__name__}: {e}") from None
+    return module

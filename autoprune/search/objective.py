@@ -1,0 +1,146 @@
+"""What one Optuna trial does: a copy of the base model through the engine, measured and
+recorded under stable names."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.trial import TrialState
+from torch import nn
+
+from autoprune.compress import CompressConfig, compress
+from autoprune.data import DataSplits
+from autoprune.errors import DivergedError
+from autoprune.measure import Metrics
+from autoprune.models import ModelSpec
+from autoprune.search.space import SpaceLayers, config_from_params, distributions, suggest, with_cap
+from autoprune.search.spec import StudySpec
+
+# The user attributes every completed trial carries (the surrogate, dashboard and CLI read them).
+RECORD = (
+    "accuracy", "test_accuracy", "acc_drop", "params", "nonzero_params", "macs", "dense_bytes",
+    "packed_bytes", "compression_ratio", "latency_ms", "latency_ms_batch", "speedup",
+    "prune_s", "finetune_s", "quantize_s", "eval_s", "trial_s", "source",
+)  # fmt: skip
+
+
+@dataclass
+class SearchContext:
+    """What every trial of one worker shares: loaded once."""
+
+    spec: StudySpec
+    splits: DataSplits
+    model_spec: ModelSpec
+    base: nn.Module
+    base_metrics: Metrics
+    layers: SpaceLayers
+    artifacts: FileSystemArtifactStore
+    storage: optuna.storages.BaseStorage
+
+
+class Objective:
+    def __init__(self, context: SearchContext, *, sampler_name: str):
+        self.ctx = context
+        self.sampler_name = sampler_name
+        self.dists = distributions(context.spec.space, context.layers)
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        started = time.perf_counter()
+        spec, ctx = self.ctx.spec, self.ctx
+        source = trial.user_attrs.get("source") or self.sampler_name
+        recipe = trial.user_attrs.get("recipe")
+        if recipe is not None:
+            # A baseline runs its own recipe exactly, under the same fine-tuning budget; its
+            # parameters are the recipe's values where the space can express them.
+            names = set(trial.user_attrs.get("recipe_params", []))
+            with warnings.catch_warnings():  # a recipe may lie outside the space (8 epochs, say)
+                warnings.filterwarnings("ignore", message="Fixed parameter")
+                suggest(trial, {k: v for k, v in self.dists.items() if k in names})
+            config = with_cap(CompressConfig.from_dict(recipe), spec.space)
+        else:
+            params = suggest(trial, self.dists)
+            config = config_from_params(params, spec.space, ctx.layers, seed=spec.study.seed + trial.number)
+        trial.set_user_attr("source", source)
+
+        single = len(spec.study.objectives) == 1
+        callbacks = [_pruning_callback(trial)] if single else []
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / f"trial-{trial.number}.apk"
+            try:
+                result = compress(
+                    ctx.base, ctx.model_spec, ctx.splits, config, out,
+                    base_metrics=ctx.base_metrics, callbacks=callbacks, seed=spec.study.seed + trial.number,
+                    progress=False, latency_repeats=spec.study.latency_repeats,
+                    meta={"study": trial.study.study_name, "trial": trial.number, "dataset": _dataset_meta(spec)},
+                )  # fmt: skip
+            except DivergedError as e:
+                trial.set_user_attr("fail_reason", str(e))
+                raise optuna.TrialPruned(str(e)) from None
+            m = result.metrics
+            m["trial_s"] = time.perf_counter() - started
+            for key in RECORD:
+                if key in m:
+                    trial.set_user_attr(key, _plain(m[key]))
+            trial.set_user_attr("pack_s", m["pack_s"])
+            trial.set_user_attr("backend", m["backend"])
+            artifact_id = upload_artifact(
+                artifact_store=ctx.artifacts, file_path=str(out), study_or_trial=trial,
+                mimetype="application/octet-stream",
+            )  # fmt: skip
+            trial.set_user_attr("artifact_id", artifact_id)
+        if single:
+            trial.set_constraint("acc_drop", m["acc_drop"] - spec.study.max_acc_drop)
+        values = tuple(float(m[o]) for o in spec.study.objectives)
+        return values[0] if single else values
+
+
+def _pruning_callback(trial: optuna.Trial):
+    def report(epoch: int, val_accuracy: float) -> None:
+        trial.report(val_accuracy, epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"validation accuracy {val_accuracy:.2f}% at epoch {epoch}")
+
+    return report
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _dataset_meta(spec: StudySpec) -> dict[str, Any]:
+    d = spec.data
+    return {"name": d.name, "data_dir": d.data_dir or None, "val_fraction": d.val_fraction, "seed": d.seed}
+
+
+def enforce_retention(study: optuna.Study, store: FileSystemArtifactStore, keep: int) -> int:
+    """Keep the packed files of the Pareto front, the baselines and the ``keep`` most recent
+    trials; remove the others. Returns how many were removed."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    with_files = [t for t in complete if "artifact_id" in t.user_attrs]
+    if len(with_files) <= keep:
+        return 0
+    try:
+        protected = {t.number for t in study.best_trials}
+    except RuntimeError:  # constrained single objective with no feasible trial
+        protected = set()
+    protected |= {t.number for t in with_files if t.user_attrs.get("source") == "baseline"}
+    protected |= {t.number for t in sorted(with_files, key=lambda t: t.number)[-keep:]}
+    removed = 0
+    for t in with_files:
+        if t.number not in protected:
+            try:
+                store.remove(t.user_attrs["artifact_id"])
+                removed += 1
+            except (FileNotFoundError, optuna.artifacts.exceptions.ArtifactNotFound):
+                pass
+    return removed

@@ -1,0 +1,64 @@
+"""Reading a study back: trial rows, the Pareto front, the best feasible trial."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+
+def trial_row(t: FrozenTrial) -> dict[str, Any]:
+    a = t.user_attrs
+    return {
+        "trial": t.number,
+        "state": t.state.name,
+        "source": a.get("source"),
+        "recipe": a.get("recipe_name"),
+        "accuracy": a.get("accuracy"),
+        "test_accuracy": a.get("test_accuracy"),
+        "acc_drop": a.get("acc_drop"),
+        "packed_bytes": a.get("packed_bytes"),
+        "compression_ratio": a.get("compression_ratio"),
+        "latency_ms": a.get("latency_ms"),
+        "speedup": a.get("speedup"),
+        "macs": a.get("macs"),
+        "trial_s": a.get("trial_s"),
+        "params": t.params,
+    }
+
+
+def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
+    """The study's Pareto front; for one objective, the feasible (accuracy, size) front."""
+    if len(study.directions) > 1:
+        return sorted(study.best_trials, key=lambda t: -t.user_attrs.get("accuracy", 0))
+    feasible = [
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if all(c <= 0 for c in t.constraints.values()) and "accuracy" in t.user_attrs
+    ]  # fmt: skip
+    front = [
+        t for t in feasible
+        if not any(
+            o.user_attrs["accuracy"] >= t.user_attrs["accuracy"]
+            and o.user_attrs["packed_bytes"] <= t.user_attrs["packed_bytes"]
+            and (o.user_attrs["accuracy"], o.user_attrs["packed_bytes"]) != (t.user_attrs["accuracy"], t.user_attrs["packed_bytes"])
+            for o in feasible
+        )
+    ]  # fmt: skip
+    return sorted(front, key=lambda t: -t.user_attrs["accuracy"])
+
+
+def best_trial(study: optuna.Study, max_acc_drop: float) -> FrozenTrial | None:
+    """The highest compression ratio within the accuracy budget."""
+    ok = [
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.user_attrs.get("acc_drop") is not None and t.user_attrs["acc_drop"] <= max_acc_drop
+    ]  # fmt: skip
+    return max(ok, key=lambda t: t.user_attrs["compression_ratio"], default=None)
+
+
+def state_counts(study: optuna.Study) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out

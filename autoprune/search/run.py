@@ -1,0 +1,328 @@
+"""Running a study: create or resume it, enqueue the baselines, run workers until the study
+holds N finished trials, and summarise the Pareto front."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import optuna
+import sqlalchemy
+import torch
+from optuna.storages import BaseStorage, RDBStorage
+from optuna.trial import FrozenTrial, TrialState
+from tqdm.auto import tqdm
+
+from autoprune.compress import load_recipe
+from autoprune.compress.recipe import check_layers
+from autoprune.data import load_dataset
+from autoprune.errors import AutoPruneError
+from autoprune.measure import Metrics, measure_model
+from autoprune.models import ModelSpec, create_model, load_checkpoint
+from autoprune.search.objective import Objective, SearchContext, enforce_retention
+from autoprune.search.space import SpaceLayers, distributions, recipe_params
+from autoprune.search.spec import StudySpec, spec_from_dict
+from autoprune.search.storage import StorageInfo, artifact_dir, artifact_store, open_storage
+from autoprune.train import TrainConfig, train_base
+
+log = logging.getLogger(__name__)
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def make_sampler(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
+    name = spec.study.sampler
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if name == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if name == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed)
+        if name == "gp":
+            return optuna.samplers.GPSampler(seed=seed)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+
+
+def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    if len(spec.study.objectives) > 1 or spec.study.pruner == "none":
+        return optuna.pruners.NopPruner()  # intermediate values need a single objective
+    if spec.study.pruner == "hyperband":
+        top = max(spec.space.finetune_epochs) + max(spec.space.quant_epochs)
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(top, 2))
+    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+
+
+def open_study(spec: StudySpec, storage: BaseStorage, *, seed: int) -> optuna.Study:
+    """Create the study, or load it to resume; its objectives must match the spec's."""
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    exists = spec.study.name in names
+    study = optuna.create_study(
+        study_name=spec.study.name,
+        storage=storage,
+        directions=spec.directions,
+        sampler=make_sampler(spec, seed),
+        pruner=make_pruner(spec),
+        load_if_exists=True,
+    )
+    stored = study.user_attrs.get("objectives")
+    if exists and stored is not None and stored != spec.study.objectives:
+        raise AutoPruneError(
+            f"study {spec.study.name!r} optimises {stored}, not {spec.study.objectives}; pick another --study"
+        )
+    if not exists or stored is None:
+        study.set_user_attr("objectives", spec.study.objectives)
+        study.set_user_attr("model", spec.model.name)
+        study.set_user_attr("dataset", spec.data.name)
+        study.set_user_attr("spec", spec.to_dict())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(spec.study.objectives)  # the names optuna-dashboard shows
+    return study
+
+
+def prepare(
+    spec: StudySpec, study: optuna.Study, storage: BaseStorage, info: StorageInfo, *, progress: bool
+) -> SearchContext:
+    """Load the data and the base model (trained at most once: cached) for one worker."""
+    d = spec.data
+    splits = load_dataset(d.name, data_dir=d.data_dir or None, val_fraction=d.val_fraction, seed=d.seed)
+    c, h, w = splits.input_shape
+    model_spec = ModelSpec(spec.model.name, splits.num_classes, c, (h, w))
+    if spec.model.checkpoint:
+        base = load_checkpoint(create_model(model_spec), spec.model.checkpoint).eval()
+    else:
+        t = spec.train
+        config = TrainConfig(epochs=t.epochs, lr=t.lr, batch_size=t.batch_size, seed=d.seed)
+        base = train_base(model_spec, splits, config, progress=progress).model
+    store = artifact_store(artifact_dir(info, spec.study.artifacts))
+    metrics = base_metrics(study, base, splits, spec.study.latency_repeats)
+    return SearchContext(spec, splits, model_spec, base, metrics, SpaceLayers.of(base), store, storage)
+
+
+def base_metrics(study: optuna.Study, base: torch.nn.Module, splits: Any, latency_repeats: int) -> Metrics:
+    """The base model's metrics, measured once per study and shared by every worker."""
+    stored = study.user_attrs.get("base")
+    if stored is None:
+        metrics = measure_model(base, splits, latency_repeats=latency_repeats)
+        study.set_user_attr("base", metrics.to_dict())
+        return metrics
+    return Metrics(**stored)
+
+
+@contextlib.contextmanager
+def study_lock(storage: BaseStorage, name: str) -> Iterator[None]:
+    """A PostgreSQL advisory lock, so concurrent commands enqueue the baselines once."""
+    engine = getattr(storage, "engine", None)
+    if not isinstance(storage, RDBStorage) or engine is None or engine.dialect.name != "postgresql":
+        yield
+        return
+    key = int.from_bytes(name.encode()[:8].ljust(8, b"\0"), "big") & 0x7FFFFFFFFFFFFFFF
+    with engine.connect() as conn:
+        conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        try:
+            yield
+        finally:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            conn.commit()
+
+
+def enqueue_baselines(study: optuna.Study, ctx: SearchContext, spec_dir: Path) -> int:
+    """The manual recipes as the study's first trials, once per study (``source=baseline``)."""
+    if not ctx.spec.study.baselines:
+        return 0
+    dists = distributions(ctx.spec.space, ctx.layers)
+    with study_lock(ctx.storage, ctx.spec.study.name):
+        done = {t.user_attrs.get("recipe_name") for t in study.get_trials(deepcopy=False)}
+        added = 0
+        for path in ctx.spec.study.baselines:
+            recipe = load_recipe(spec_dir / path if not Path(path).is_absolute() else path)
+            if recipe.name in done:
+                continue
+            check_layers(recipe, ctx.base)
+            params = recipe_params(recipe, dists, ctx.base)
+            attrs = {"source": "baseline", "recipe": recipe.to_dict(), "recipe_name": recipe.name,
+                     "recipe_params": sorted(params)}  # fmt: skip
+            study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
+            added += 1
+    return added
+
+
+def rdb_storage(study: optuna.Study) -> RDBStorage | None:
+    """The study's RDB storage with heartbeats on, under Optuna's caching wrapper; else None."""
+    storage = getattr(study._storage, "_backend", study._storage)
+    if isinstance(storage, RDBStorage) and storage.get_heartbeat_interval() is not None:
+        return storage
+    return None
+
+
+def fail_orphaned_trials(study: optuna.Study) -> int:
+    """Fail (and retry) trials of workers that died before their first heartbeat.
+
+    Optuna's stale check only looks at trials that have a heartbeat row; a worker killed in
+    the moment between creating its trial and recording the first beat would leave that trial
+    RUNNING forever, and a study that waits for it would never finish.
+    """
+    storage = rdb_storage(study)
+    if storage is None:
+        return 0
+    grace = storage.grace_period or 2 * (storage.get_heartbeat_interval() or 1)
+    now = datetime.datetime.now()
+    failed = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.datetime_start is None or (now - t.datetime_start).total_seconds() <= grace:
+            continue
+        with storage.engine.connect() as conn:
+            beat = conn.execute(
+                sqlalchemy.text("SELECT 1 FROM trial_heartbeats WHERE trial_id = :id"), {"id": t._trial_id}
+            ).first()
+        if beat is not None:
+            continue  # Optuna's own stale check handles it
+        try:
+            if storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                failed += 1
+                retry = storage.get_heartbeat_stale_trial_callback()
+                if retry is not None:
+                    retry(study, storage.get_trial(t._trial_id))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another worker got there first
+    return failed
+
+
+def counts(study: optuna.Study) -> tuple[int, int]:
+    trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+    done = sum(t.state in FINISHED for t in trials)
+    return done, len(trials) - done
+
+
+_stop = threading.Event()
+
+
+def _request_stop(signum: int, frame: Any) -> None:
+    _stop.set()
+    raise KeyboardInterrupt
+
+
+def stop_on_signals() -> None:
+    """Ctrl-C and ``kill`` both stop the search cleanly: the running trial is marked failed,
+    never left RUNNING. The request is also remembered, because a library may swallow the
+    KeyboardInterrupt (raised inside a finaliser, say); ``work`` then stops after the trial.
+    (A shell may start a background job with SIGINT ignored, hence SIGINT is set too.)"""
+    _stop.clear()
+    signal.signal(signal.SIGINT, _request_stop)
+    signal.signal(signal.SIGTERM, _request_stop)
+
+
+def work(study: optuna.Study, objective: Objective, target: int, *, bar: tqdm | None = None) -> None:
+    """Run trials until the study holds ``target`` finished (complete or pruned) trials."""
+    keep = objective.ctx.spec.study.keep_artifacts
+    heartbeat = rdb_storage(study) is not None
+
+    def after(study: optuna.Study, trial: FrozenTrial) -> None:
+        enforce_retention(study, objective.ctx.artifacts, keep)
+        if bar is not None:
+            bar.n = counts(study)[0]
+            bar.set_postfix(last=f"#{trial.number} {trial.state.name.lower()}")  # refreshes
+
+    while True:
+        if _stop.is_set():
+            raise KeyboardInterrupt
+        if heartbeat:
+            fail_orphaned_trials(study)
+        done, running = counts(study)
+        if done >= target:
+            return
+        if done + running >= target:  # the last trials run elsewhere; take over if they die
+            if heartbeat:
+                optuna.storages.fail_stale_trials(study)
+            time.sleep(1.0)
+            continue
+        study.optimize(objective, n_trials=1, callbacks=[after], gc_after_trial=False)
+
+
+@dataclass(frozen=True)
+class WorkerArgs:
+    spec: dict[str, Any]
+    storage_url: str
+    target: int
+    threads: int
+    index: int
+
+
+def _worker_main(args: WorkerArgs) -> None:
+    """One worker process: its own storage connection, sampler seed and thread share."""
+    from autoprune.search.storage import parse_storage
+
+    stop_on_signals()
+    torch.set_num_threads(args.threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", module="torch_pruning")
+    spec = spec_from_dict(args.spec)
+    info = parse_storage(args.storage_url)
+    storage = open_storage(info, heartbeat_interval=spec.study.heartbeat_interval, grace_period=spec.study.grace_period)
+    study = open_study(spec, storage, seed=spec.study.seed + 1000 * args.index + len(_all_trials(storage, spec)))
+    ctx = prepare(spec, study, storage, info, progress=False)
+    try:
+        work(study, Objective(ctx, sampler_name=type(study.sampler).__name__), args.target)
+    except KeyboardInterrupt:
+        pass
+
+
+def _all_trials(storage: BaseStorage, spec: StudySpec) -> list:
+    try:
+        return optuna.load_study(study_name=spec.study.name, storage=storage).get_trials(deepcopy=False)
+    except KeyError:
+        return []
+
+
+def run_search(
+    spec: StudySpec, info: StorageInfo, *, jobs: int = 1, progress: bool = True, spec_dir: Path = Path(".")
+) -> optuna.Study:
+    """Run (or resume) the study until it holds ``spec.study.trials`` finished trials."""
+    storage = open_storage(info, heartbeat_interval=spec.study.heartbeat_interval, grace_period=spec.study.grace_period)
+    existing = len(_all_trials(storage, spec))
+    study = open_study(spec, storage, seed=spec.study.seed + existing)
+    ctx = prepare(spec, study, storage, info, progress=progress)
+    enqueue_baselines(study, ctx, spec_dir)
+    target = spec.study.trials
+    bar = tqdm(total=target, initial=counts(study)[0], desc=f"search {spec.study.name}", unit="trial",
+               disable=not progress)  # fmt: skip
+    try:
+        if jobs == 1:
+            work(study, Objective(ctx, sampler_name=type(study.sampler).__name__), target, bar=bar)
+        else:
+            _run_workers(spec, info, jobs, target, bar, study)
+    finally:
+        bar.close()
+    return study
+
+
+def _run_workers(spec: StudySpec, info: StorageInfo, jobs: int, target: int, bar: tqdm, study: optuna.Study) -> None:
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(target=_worker_main, args=(WorkerArgs(spec.to_dict(), info.url, target, threads, i),))
+        for i in range(jobs)
+    ]  # fmt: skip
+    for w in workers:
+        w.start()
+    try:
+        while any(w.is_alive() for w in workers):
+            bar.n = counts(study)[0]
+            bar.refresh()
+            time.sleep(1.0)
+    finally:
+        for w in workers:
+            w.join()
+    bar.n = counts(study)[0]
+    failed = [w.exitcode for w in workers if w.exitcode not in (0, None)]
+    if failed and counts(study)[0] < target:
+        raise AutoPruneError(f"{len(failed)} of {jobs} workers stopped with an error (exit codes {failed})")

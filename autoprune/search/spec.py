@@ -1,0 +1,185 @@
+"""Study specs: everything a search needs, read from ``studies/*.toml`` and checked strictly.
+
+A spec names the model, the dataset, the base training, the search space, the objectives, the
+budget, the sampler, the pruner and the storage. Command-line flags override the spec; the spec
+overrides the defaults here. An unknown key, a wrong type or an empty range is one line naming
+the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autoprune._config import build_config, read_toml
+from autoprune.errors import AutoPruneError
+
+OBJECTIVES = {  # name -> Optuna direction
+    "accuracy": "maximize",
+    "packed_bytes": "minimize",
+    "latency_ms": "minimize",
+    "macs": "minimize",
+    "compression_ratio": "maximize",
+}
+SAMPLERS = ("tpe", "random", "nsga2", "gp")
+PRUNERS = ("median", "hyperband", "none")
+INITS = ("linear", "density", "forgy")
+
+
+class SpecError(AutoPruneError):
+    """A study spec with an unknown key, a wrong type or an impossible value."""
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    name: str = "lenet5"  # built-in name or module:factory / file.py:factory
+    checkpoint: str = ""  # a trained state_dict; empty: train (and cache) the base
+
+
+@dataclass(frozen=True)
+class DataSection:
+    name: str = "digits"
+    data_dir: str = ""
+    val_fraction: float = 0.1
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    """Base training, when no checkpoint is given (cached: done at most once)."""
+
+    epochs: int = 15
+    lr: float = 1e-3
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class SpaceSection:
+    """The search space. A [low, high] pair is a range, one value fixes the parameter, a list
+    of names (init) is a choice."""
+
+    structured: str = "per_layer"  # filter-pruning ratios: "per_layer", "global" or "off"
+    ratio: list[float] = field(default_factory=lambda: [0.0, 0.7])
+    magnitude: str = "per_layer"  # magnitude-pruning quality: "per_layer", "global" or "off"
+    quality: list[float] = field(default_factory=lambda: [0.0, 2.5])  # threshold = quality * std
+    conv_bits: list[int] = field(default_factory=lambda: [4, 8])
+    fc_bits: list[int] = field(default_factory=lambda: [2, 6])
+    init: list[str] = field(default_factory=lambda: ["linear", "density", "forgy"])
+    finetune_epochs: list[int] = field(default_factory=lambda: [1, 3])
+    lr: list[float] = field(default_factory=lambda: [1e-4, 3e-3])  # sampled on a log scale
+    quant_epochs: list[int] = field(default_factory=lambda: [1])
+    max_batches: int = 0  # cap on batches per fine-tuning epoch (0: whole epochs)
+
+
+@dataclass(frozen=True)
+class StudySection:
+    name: str = ""  # default: the spec file's name
+    storage: str = "sqlite:///studies/autoprune.db"
+    artifacts: str = ""  # default: an "artifacts" folder beside a SQLite/journal file, else studies/artifacts
+    keep_artifacts: int = 200  # packed files kept; beyond it, those off the Pareto front go first
+    trials: int = 30  # run until the study holds this many finished trials
+    sampler: str = "tpe"
+    pruner: str = "median"  # single objective only
+    seed: int = 0
+    objectives: list[str] = field(default_factory=lambda: ["accuracy", "packed_bytes"])
+    max_acc_drop: float = 1.0  # constraint acc_drop <= this, for a single objective
+    baselines: list[str] = field(default_factory=list)  # recipe files (relative to the spec) run first
+    latency_repeats: int = 30
+    heartbeat_interval: int = 10  # seconds between a running trial's heartbeats (RDB storage)
+    grace_period: int = 30  # a trial silent this long was lost with its worker: failed and retried
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    study: StudySection = field(default_factory=StudySection)
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    space: SpaceSection = field(default_factory=SpaceSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def directions(self) -> list[str]:
+        return [OBJECTIVES[o] for o in self.study.objectives]
+
+
+def spec_from_dict(data: dict[str, Any], *, default_name: str = "autoprune") -> StudySpec:
+    spec = build_config(StudySpec, data, error=SpecError)
+    _validate(spec)
+    if not spec.study.name:
+        spec = dataclasses.replace(spec, study=dataclasses.replace(spec.study, name=default_name))
+    return spec
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    path = Path(path)
+    data = read_toml(path, "study spec", SpecError)
+    try:
+        return spec_from_dict(data, default_name=path.stem)
+    except SpecError as e:
+        raise SpecError(f"study spec {path}: {e}") from None
+
+
+def override(spec: StudySpec, **changes: Any) -> StudySpec:
+    """Apply command-line overrides given as ``section__key=value`` (None: not given)."""
+    sections: dict[str, dict[str, Any]] = {}
+    for key, value in changes.items():
+        if value is not None:
+            section, _, name = key.partition("__")
+            sections.setdefault(section, {})[name] = value
+    replaced = {s: dataclasses.replace(getattr(spec, s), **v) for s, v in sections.items()}
+    spec = dataclasses.replace(spec, **replaced)
+    _validate(spec)
+    return spec
+
+
+def _range(key: str, values: list, low: float, high: float) -> None:
+    if len(values) not in (1, 2):
+        raise SpecError(f"{key}={values} should be one value (fixed) or a [low, high] range")
+    if len(values) == 2 and not values[0] < values[1]:
+        raise SpecError(f"{key}={values} is an empty range (low must be below high; one value fixes it)")
+    if not all(low <= v <= high for v in values):
+        raise SpecError(f"{key}={values} should lie within [{low}, {high}]")
+
+
+def _validate(spec: StudySpec) -> None:
+    s, sp = spec.study, spec.space
+    for o in s.objectives:
+        if o not in OBJECTIVES:
+            raise SpecError(f"study.objectives: unknown objective {o!r}; valid: {', '.join(OBJECTIVES)}")
+    if not 1 <= len(s.objectives) <= 2 or len(set(s.objectives)) != len(s.objectives):
+        raise SpecError(f"study.objectives={s.objectives} should be one or two distinct objectives")
+    if s.sampler not in SAMPLERS:
+        raise SpecError(f"study.sampler={s.sampler!r} should be one of {', '.join(SAMPLERS)}")
+    if s.pruner not in PRUNERS:
+        raise SpecError(f"study.pruner={s.pruner!r} should be one of {', '.join(PRUNERS)}")
+    if s.trials < 1:
+        raise SpecError(f"study.trials={s.trials} should be >= 1")
+    if not 1 <= s.heartbeat_interval < s.grace_period:
+        raise SpecError(f"study.heartbeat_interval={s.heartbeat_interval} should be >= 1 and below study.grace_period")
+    if s.keep_artifacts < 1 or s.latency_repeats < 1:
+        raise SpecError("study.keep_artifacts and study.latency_repeats should be >= 1")
+    if s.max_acc_drop < 0:
+        raise SpecError(f"study.max_acc_drop={s.max_acc_drop} should be >= 0")
+    for key in ("structured", "magnitude"):
+        if getattr(sp, key) not in ("per_layer", "global", "off"):
+            raise SpecError(f"space.{key}={getattr(sp, key)!r} should be 'per_layer', 'global' or 'off'")
+    _range("space.ratio", sp.ratio, 0.0, 0.95)
+    _range("space.quality", sp.quality, 0.0, 10.0)
+    _range("space.conv_bits", sp.conv_bits, 1, 16)
+    _range("space.fc_bits", sp.fc_bits, 1, 16)
+    _range("space.finetune_epochs", sp.finetune_epochs, 0, 1000)
+    _range("space.lr", sp.lr, 1e-8, 10.0)
+    _range("space.quant_epochs", sp.quant_epochs, 0, 1000)
+    if not sp.init or any(i not in INITS for i in sp.init) or len(set(sp.init)) != len(sp.init):
+        raise SpecError(f"space.init={sp.init} should be distinct names among {', '.join(INITS)}")
+    if sp.max_batches < 0:
+        raise SpecError(f"space.max_batches={sp.max_batches} should be >= 0")
+    if not 0 < spec.data.val_fraction < 1:
+        raise SpecError(f"data.val_fraction={spec.data.val_fraction} should be in (0, 1)")
+    if spec.train.epochs < 1 or spec.train.batch_size < 1 or not spec.train.lr > 0:
+        raise SpecError("train.epochs, train.batch_size and train.lr should be positive")

@@ -1,0 +1,200 @@
+"""Training: one loop for base training and fine-tuning, and the cache of base models."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from autoprune.data import DataSplits
+from autoprune.errors import DivergedError
+from autoprune.measure import accuracy
+from autoprune.models import ModelSpec, create_model, factory_fingerprint, load_checkpoint
+
+log = logging.getLogger(__name__)
+
+# Called after every epoch with (epoch starting at 1, validation accuracy in percent). A callback
+# may raise (optuna.TrialPruned, say) to stop training.
+EpochCallback = Callable[[int, float], None]
+CACHE_VERSION = 2
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 15
+    lr: float = 1e-3  # peak learning rate; cosine-annealed to zero over the run
+    batch_size: int = 64
+    optimizer: str = "adam"  # "adam" or "sgd" (momentum 0.9)
+    weight_decay: float = 0.0
+    max_batches: int | None = None  # cap on batches per epoch, for cheap trials
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise ValueError(f"epochs={self.epochs} should be >= 0")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr={self.lr} should be a positive number")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size={self.batch_size} should be >= 1")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer={self.optimizer!r} should be 'adam' or 'sgd'")
+        if self.max_batches is not None and self.max_batches < 1:
+            raise ValueError(f"max_batches={self.max_batches} should be >= 1 or None")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def fit(
+    model: nn.Module,
+    splits: DataSplits,
+    config: TrainConfig,
+    *,
+    callbacks: Sequence[EpochCallback] = (),
+    after_step: Callable[[], None] | None = None,
+    progress: bool = True,
+    desc: str = "train",
+) -> list[float]:
+    """Train ``model`` in place on the training split; returns validation accuracy per epoch.
+
+    ``after_step`` runs after every optimiser step (fine-tuning uses it to keep pruned weights
+    at zero). A non-finite or exploding loss raises :class:`DivergedError`.
+    """
+    x, y = splits.train.x, splits.train.y
+    batches = math.ceil(len(y) / config.batch_size)
+    if config.max_batches is not None:
+        batches = min(batches, config.max_batches)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "adam":
+        optimizer: torch.optim.Optimizer = torch.optim.Adam(
+            params, lr=config.lr, weight_decay=config.weight_decay
+        )
+    else:
+        optimizer = torch.optim.SGD(
+            params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay
+        )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, config.epochs * batches))
+    generator = torch.Generator().manual_seed(config.seed)
+    loss_fn = nn.CrossEntropyLoss()
+    first_loss: float | None = None
+    history: list[float] = []
+
+    bar = tqdm(total=config.epochs * batches, desc=desc, unit="batch", disable=not progress, leave=False)
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        order = torch.randperm(len(y), generator=generator)
+        for b in range(batches):
+            idx = order[b * config.batch_size : (b + 1) * config.batch_size]
+            loss = loss_fn(model(x[idx]), y[idx])
+            value = loss.detach().item()
+            if first_loss is None:
+                first_loss = value
+            if not math.isfinite(value) or value > max(100.0, 50.0 * first_loss):
+                bar.close()
+                raise DivergedError(
+                    f"{desc} diverged at epoch {epoch}, batch {b + 1} (loss {value:.3g}); "
+                    f"lower the learning rate (lr={config.lr:g})"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            if after_step is not None:
+                after_step()
+            bar.update()
+            bar.set_postfix(epoch=epoch, loss=f"{value:.3f}", refresh=False)
+        val = accuracy(model, splits.val)
+        history.append(val)
+        bar.set_postfix(epoch=epoch, val_acc=f"{val:.2f}")
+        for callback in callbacks:
+            callback(epoch, val)
+    bar.close()
+    model.eval()
+    return history
+
+
+# ---- base models, trained at most once per (model, data, settings) -------------------------
+
+
+def cache_dir() -> Path:
+    """Where base models are cached: ``$AUTOPRUNE_CACHE`` or ``~/.cache/autoprune``."""
+    return Path(os.environ.get("AUTOPRUNE_CACHE", Path.home() / ".cache" / "autoprune")) / "base"
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    model: nn.Module
+    spec: ModelSpec
+    path: Path  # the cached state_dict
+    cached: bool  # True when it was loaded rather than trained now
+    val_history: tuple[float, ...]
+
+
+def base_key(
+    spec: ModelSpec, splits: DataSplits, config: TrainConfig, checkpoint: Path | None
+) -> str:
+    """The cache key: model, its source, the data's content, the settings and the start point."""
+    record = {
+        "version": CACHE_VERSION,
+        "torch": torch.__version__,
+        "spec": spec.to_dict(),
+        "factory": factory_fingerprint(spec.name),
+        "data": splits.fingerprint,
+        "train": config.to_dict(),
+        "checkpoint": _file_hash(checkpoint) if checkpoint else None,
+    }
+    return hashlib.blake2b(json.dumps(record, sort_keys=True).encode(), digest_size=12).hexdigest()
+
+
+def train_base(
+    spec: ModelSpec,
+    splits: DataSplits,
+    config: TrainConfig,
+    *,
+    checkpoint: str | Path | None = None,
+    use_cache: bool = True,
+    progress: bool = True,
+) -> BaseModel:
+    """Build ``spec``, optionally start from ``checkpoint``, train it, and cache the result."""
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    key = base_key(spec, splits, config, checkpoint)
+    path = cache_dir() / f"{spec.name.replace('/', '_').replace(':', '_')[-40:]}-{key}.pt"
+    meta_path = path.with_suffix(".json")
+
+    torch.manual_seed(config.seed)  # the same seed gives the same initial weights
+    model = create_model(spec)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    if use_cache and path.is_file() and meta_path.is_file():
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        model.eval()
+        history = json.loads(meta_path.read_text())["val_history"]
+        log.info("loaded cached base model %s", path)
+        return BaseModel(model, spec, path, True, tuple(history))
+
+    history = fit(model, splits, config, progress=progress, desc=f"train {spec.name}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_save(model.state_dict(), path)
+    tmp = meta_path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"spec": spec.to_dict(), "train": config.to_dict(), "val_history": history}))
+    os.replace(tmp, meta_path)
+    return BaseModel(model, spec, path, False, tuple(history))
+
+
+def _atomic_save(state: dict[str, torch.Tensor], path: Path) -> None:
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _file_hash(path: Path) -> str:
+    return hashlib.blake2b(path.read_bytes(), digest_size=12).hexdigest()

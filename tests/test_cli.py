@@ -1,0 +1,153 @@
+"""The command line as a user meets it: help, JSON output, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from autoprune.cli import build_parser, main
+from autoprune.models import ModelSpec, create_model
+from tests.conftest import assert_one_line_error, run_cli
+
+
+def subcommands() -> list[str]:
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.dest == "command")
+    return sorted(action.choices)
+
+
+def test_help_describes_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    top = capsys.readouterr().out
+    for name in subcommands():
+        assert name in top
+        with pytest.raises(SystemExit) as e:
+            main([name, "--help"])
+        assert e.value.code == 0
+        text = capsys.readouterr().out
+        assert "usage: autoprune " + name in text and "--" in text
+        if name != "dashboard":  # every command that reports results can print JSON
+            assert "--json" in text
+
+
+def test_train_json_is_one_document_on_stdout(tmp_path: Path) -> None:
+    out = tmp_path / "base.pt"
+    r = run_cli("train", "--epochs", "2", "--json", "--quiet", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["model"] == "lenet5" and doc["dataset"] == "digits"
+    assert 0 <= doc["test_accuracy"] <= 100 and doc["params"] == 131_080
+    assert doc["latency_ms"] > 0 and doc["threads"] >= 1
+    assert set(torch.load(out, weights_only=True)) == set(create_model(ModelSpec("lenet5", 10, 1, (8, 8))).state_dict())
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["train", "--model", "alexnet"], "valid models: lenet300, lenet5"),
+        (["train", "--dataset", "imagenet"], "valid datasets: cifar10, digits"),
+        (["train", "--dataset", "mnist", "--data-dir", "/nonexistent/mnist"], "/nonexistent/mnist does not exist"),
+        (["train", "--epochs", "0"], "--epochs: expected a positive integer, got 0"),
+        (["train", "--epochs", "-3"], "expected a positive integer"),
+        (["train", "--no-such-flag"], "unrecognized arguments"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args: list[str], needle: str) -> None:
+    assert_one_line_error(run_cli(*args), needle)
+
+
+def test_checkpoint_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x00garbage" * 10)
+    other = tmp_path / "other.pt"
+    torch.save(create_model(ModelSpec("lenet300", 10, 1, (8, 8))).state_dict(), other)
+    for path, needle in [(corrupt, "corrupt"), (other, "does not match")]:
+        code = main(["train", "--quiet", "--checkpoint", str(path)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and needle in err[0]
+
+
+def test_bad_factories_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "net.py").write_text("def boom():\n    raise ValueError('nope')\n\ndef five():\n    return 5\n")
+    for factory, needle in [("boom", "raised ValueError: nope"), ("five", "not a torch.nn.Module")]:
+        code = main(["train", "--quiet", "--model", f"{tmp_path / 'net.py'}:{factory}"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and needle in err[0]
+
+
+def test_a_traceback_never_reaches_the_user_for_a_corrupt_checkpoint(tmp_path: Path) -> None:
+    corrupt = tmp_path / "c.pt"
+    corrupt.write_bytes(b"PK\x03\x04 truncated zip")
+    assert_one_line_error(run_cli("train", "--checkpoint", str(corrupt)), "corrupt")
+
+
+RECIPE = """
+name = "tiny"
+[structured]
+default = 0.25
+[unstructured]
+mode = "sparsity"
+default = 0.5
+[finetune]
+epochs = 1
+max_batches = 5
+[quantize]
+conv_bits = 6
+fc_bits = 4
+epochs = 1
+"""
+
+
+def test_compress_then_eval_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "r.toml").write_text(RECIPE)
+    out = tmp_path / "m.apk"
+    code = main(["compress", "--recipe", str(tmp_path / "r.toml"), "--out", str(out), "--epochs", "2",
+                 "--quiet", "--json"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    doc = json.loads(captured.out)
+    assert doc["packed_bytes"] == out.stat().st_size
+    assert doc["compression_ratio"] == pytest.approx(doc["base"]["dense_bytes"] / doc["packed_bytes"])
+    assert {l["layer"] for l in doc["layers"]} == {"conv1", "conv2", "fc1", "fc2"}
+    assert doc["norms"][0]["layer"] == "conv1" and doc["norms"][0]["removed"] == 5
+
+    code = main(["eval", str(out), "--json", "--torchscript", str(tmp_path / "m.ts")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    ev = json.loads(captured.out)
+    assert ev["dataset"] == "digits"  # recorded in the file
+    assert ev["accuracy"] == pytest.approx(doc["accuracy"])  # the same decoded model, the same split
+    assert ev["packed_bytes"] == doc["packed_bytes"] and (tmp_path / "m.ts").is_file()
+
+    assert main(["eval", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "bits/index" in text and "huffman saves" in text
+
+
+@pytest.mark.parametrize(
+    "body, needle",
+    [
+        ("[structured]\ndefault = 1.2\n", "structured ratio for default=1.2 should be in [0, 1)"),
+        ("[quantize]\nconv_bits = 20\n", "quantize bits for conv_bits=20 should be an integer in 1..16"),
+        ("[quantize]\ninit = 'random'\n", "quantize init='random' should be one of linear, density, forgy"),
+        ("[unstructured.layers]\nconv7 = 0.5\n", "unknown layer 'conv7' in unstructured.layers"),
+        ("[structured]\nratio = 0.5\n", "unknown key structured.ratio"),
+        ("this is not toml", "is not valid TOML"),
+    ],
+)
+def test_bad_recipes_are_one_line(body: str, needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "bad.toml").write_text(body)
+    code = main(["compress", "--recipe", str(tmp_path / "bad.toml"), "--out", str(tmp_path / "x.apk"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and needle in err[0], err
+    assert not (tmp_path / "x.apk").exists()
+
+
+def test_eval_of_a_corrupt_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "bad.apk").write_bytes(b"APRUNE\x01garbage")
+    assert_one_line_error(run_cli("eval", str(tmp_path / "bad.apk")), "truncated")

@@ -1,0 +1,293 @@
+"""The Deep Compression engine: invariants of every stage and of the packed file."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from autoprune.compress import (
+    CompressConfig,
+    FilterPruneConfig,
+    MagnitudeConfig,
+    PackError,
+    RecipeError,
+    ShareConfig,
+    compress,
+    load_packed,
+    load_recipe,
+    prune_filters_,
+    prune_magnitude_,
+    read_header,
+    save_packed,
+    share_weights_,
+    weight_layers,
+)
+from autoprune.compress.export import export_torchscript
+from autoprune.compress.quantize import attach_codebooks_, detach_codebooks_
+from autoprune.compress.structured import filter_norms
+from autoprune.compress.unstructured import mask_holder
+from autoprune.data import load_dataset
+from autoprune.errors import DivergedError
+from autoprune.measure import count_params, measure_model
+from autoprune.models import ModelSpec, create_model
+from autoprune.train import TrainConfig, fit, train_base
+
+warnings.filterwarnings("ignore", module="torch_pruning")
+BLOCKS = str(Path(__file__).with_name("blocks.py")) + ":block_net"
+ALL_MODELS = ["lenet300", "lenet5", "vgg", "resnet20", "mobilenetv2", BLOCKS]
+RECIPES = Path(__file__).resolve().parent.parent / "studies" / "recipes"
+
+
+def expected_params(model: nn.Module) -> int:
+    """Parameters implied by each layer's channel counts alone."""
+    total = 0
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            kh, kw = m.kernel_size
+            total += m.out_channels * (m.in_channels // m.groups) * kh * kw + (m.out_channels if m.bias is not None else 0)
+        elif isinstance(m, nn.Linear):
+            total += m.out_features * m.in_features + (m.out_features if m.bias is not None else 0)
+        elif isinstance(m, nn.BatchNorm2d):
+            total += 2 * m.num_features
+    return total
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_structured_pruning_keeps_output_shape_and_channel_arithmetic(name: str) -> None:
+    spec = ModelSpec(name, 7, 3, (16, 16))
+    model = create_model(spec).eval()
+    x = torch.randn(2, 3, 16, 16)
+    before = count_params(model)
+    records = prune_filters_(model, FilterPruneConfig(default=0.4), torch.zeros(1, 3, 16, 16))
+    assert model(x).shape == (2, 7)
+    assert count_params(model) == expected_params(model)  # no stray tensor of the old shape
+    if any(r.removed for r in records):
+        assert count_params(model) < before
+    for r in records:
+        assert r.norms == sorted(r.norms, reverse=True) and max(r.normalised) == pytest.approx(1.0)
+
+
+def test_lenet5_loses_exactly_the_removed_filters_and_their_inputs() -> None:
+    model = create_model(ModelSpec("lenet5", 10, 1, (28, 28)))
+    conv1 = model.conv1.weight.detach().clone()
+    prune_filters_(model, FilterPruneConfig(default=0.5), torch.zeros(1, 1, 28, 28))
+    assert (model.conv1.out_channels, model.conv2.out_channels, model.fc1.in_features) == (10, 25, 400)
+    # removed: 10 conv1 filters (25 weights + bias each) and conv2's matching inputs (50 * 25 each),
+    # 25 conv2 filters (10 * 25 + bias each) and fc1's 25 * 16 inputs per filter (500 outputs)
+    removed = 10 * 26 + 10 * 50 * 25 + 25 * (10 * 25 + 1) + 25 * 16 * 500
+    assert count_params(model) == 431_080 - removed
+    # the survivors are the filters with the largest L1 norms, in their original order
+    keep = torch.sort(torch.topk(filter_norms(conv1), 10).indices).values
+    assert torch.equal(model.conv1.weight, conv1[keep])
+
+
+def test_threshold_mode_and_round_to() -> None:
+    model = create_model(ModelSpec("vgg", 10, 3, (16, 16)))
+    norms = filter_norms(model.features[0].weight)
+    expected = int((norms / norms.max() < 0.9).sum())
+    records = prune_filters_(model, FilterPruneConfig(mode="threshold", default=0.9), torch.zeros(1, 3, 16, 16))
+    assert records[0].removed == expected
+    model = create_model(ModelSpec("vgg", 10, 3, (16, 16)))
+    prune_filters_(model, FilterPruneConfig(default=0.3, round_to=8), torch.zeros(1, 3, 16, 16))
+    assert all(m.out_channels % 8 == 0 for m in weight_layers(model).values() if isinstance(m, nn.Conv2d))
+
+
+def test_classifier_outputs_stay_whole_even_when_named() -> None:
+    model = create_model(ModelSpec(BLOCKS, 5, 3, (8, 8)))
+    prune_filters_(model, FilterPruneConfig(default=0.5, layers={"head": 0.5}), torch.zeros(1, 3, 8, 8))
+    assert model.fc.out_features == 5
+
+
+def test_magnitude_pruning_quality_and_sparsity() -> None:
+    model = create_model(ModelSpec("lenet300", 10, 1, (8, 8)))
+    w = model.fc1.weight.detach().clone()
+    masks = prune_magnitude_(model, MagnitudeConfig(mode="quality", default=1.0))
+    assert torch.equal(masks["fc1"], w.abs() >= w.std())
+    model = create_model(ModelSpec("lenet300", 10, 1, (8, 8)))
+    masks = prune_magnitude_(model, MagnitudeConfig(mode="sparsity", default=0.0, layers={"fc2": 0.9}))
+    assert int((model.fc2.weight == 0).sum()) == round(0.9 * 300 * 100)
+    assert bool(masks["fc1"].all())
+
+
+def test_masks_hold_through_fine_tuning() -> None:
+    splits = load_dataset("digits")
+    model = create_model(ModelSpec("lenet5", 10, 1, (8, 8)))
+    masks = prune_magnitude_(model, MagnitudeConfig(mode="sparsity", default=0.8))
+    fit(model, splits, TrainConfig(epochs=1, max_batches=10, lr=1e-2), after_step=mask_holder(model, masks), progress=False)
+    for name, layer in weight_layers(model).items():
+        assert torch.equal(layer.weight != 0, masks[name])  # pruned exactly zero, kept ones moved off zero
+
+
+def test_trained_quantization_keeps_at_most_2_to_the_bits_values() -> None:
+    splits = load_dataset("digits")
+    model = create_model(ModelSpec("lenet5", 10, 1, (8, 8)))
+    prune_magnitude_(model, MagnitudeConfig(mode="sparsity", default=0.5))
+    zeros = {n: (l.weight == 0).clone() for n, l in weight_layers(model).items()}
+    config = ShareConfig(conv_bits=3, fc_bits=2, layers={"fc2": 4})
+    share_weights_(model, config)
+    attach_codebooks_(model)
+    before = {n: l.weight.detach().clone() for n, l in weight_layers(model).items()}
+    fit(model, splits, TrainConfig(epochs=1, max_batches=10, lr=1e-3), progress=False)
+    detach_codebooks_(model)
+    for name, layer in weight_layers(model).items():
+        values = torch.unique(layer.weight[layer.weight != 0])
+        assert len(values) <= 2 ** config.bits_for(name, layer), name
+        assert torch.equal(layer.weight == 0, zeros[name])
+        # shared values moved together: equal weights before are equal after (fixed assignment)
+        w0, w1 = before[name][~zeros[name]], layer.weight[~zeros[name]]
+        for v in torch.unique(w0):
+            assert len(torch.unique(w1[w0 == v])) == 1
+    assert any(not torch.equal(before[n], l.weight) for n, l in weight_layers(model).items())
+
+
+def compressed(name: str, shape: tuple[int, int, int] = (3, 16, 16)) -> tuple[nn.Module, ModelSpec, dict[str, int]]:
+    spec = ModelSpec(name, 10, shape[0], shape[1:])
+    model = create_model(spec).eval()
+    prune_filters_(model, FilterPruneConfig(default=0.3), torch.zeros(1, *shape))
+    prune_magnitude_(model, MagnitudeConfig(mode="sparsity", default=0.7))
+    config = ShareConfig(conv_bits=5, fc_bits=4)
+    share_weights_(model, config)
+    for m in model.modules():  # make batch-norm statistics non-trivial
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    return model, spec, {n: config.bits_for(n, l) for n, l in weight_layers(model).items()}
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_packed_file_reloads_to_identical_outputs(name: str, tmp_path: Path) -> None:
+    model, spec, bits = compressed(name)
+    report = save_packed(model, spec, tmp_path / "m.apk", bits=bits)
+    assert report.packed_bytes == (tmp_path / "m.apk").stat().st_size
+    loaded, header = load_packed(tmp_path / "m.apk")
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert header["model"]["name"] == name
+    for r in report.layers:
+        assert r.shared_values <= 2 ** bits[r.layer]
+
+
+def test_float32_values_and_unpruned_layers_round_trip(tmp_path: Path) -> None:
+    model = create_model(ModelSpec("lenet5", 10, 1, (8, 8))).eval()
+    prune_magnitude_(model, MagnitudeConfig(mode="sparsity", layers={"fc1": 0.5}))
+    save_packed(model, ModelSpec("lenet5", 10, 1, (8, 8)), tmp_path / "f.apk")
+    loaded, _ = load_packed(tmp_path / "f.apk")
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_bad_packed_files_are_clear_errors(tmp_path: Path) -> None:
+    model, spec, bits = compressed("lenet5", (1, 8, 8))
+    path = tmp_path / "m.apk"
+    save_packed(model, spec, path, bits=bits)
+    data = path.read_bytes()
+    (tmp_path / "truncated.apk").write_bytes(data[: len(data) // 2])
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0xFF
+    (tmp_path / "flipped.apk").write_bytes(bytes(flipped))
+    (tmp_path / "v9.apk").write_bytes(data[:6] + bytes([9]) + data[7:])
+    (tmp_path / "other.apk").write_bytes(b"PK\x03\x04" + data[4:])
+    cases = {"truncated.apk": "truncated or corrupt", "flipped.apk": "truncated or corrupt",
+             "v9.apk": "format version 9", "other.apk": "not an autoprune packed file",
+             "missing.apk": "does not exist"}  # fmt: skip
+    for name, message in cases.items():
+        with pytest.raises(PackError, match=message):
+            load_packed(tmp_path / name)
+
+
+def test_header_holds_a_shape_spec_not_a_pickle(tmp_path: Path) -> None:
+    model, spec, bits = compressed("resnet20")
+    save_packed(model, spec, tmp_path / "r.apk", bits=bits)
+    header, _ = read_header(tmp_path / "r.apk")
+    assert ModelSpec.from_dict(header["model"]) == spec
+    assert header["shapes"]["layers.0.conv1"]["out_channels"] == model.layers[0].conv1.out_channels
+    assert b"torch.nn" not in (tmp_path / "r.apk").read_bytes()
+
+
+def test_torchscript_export_matches(tmp_path: Path) -> None:
+    model, spec, bits = compressed(BLOCKS)
+    path = export_torchscript(model, (3, 16, 16), tmp_path / "m.ts")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.load(str(path))
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(scripted(x), model(x))
+
+
+@pytest.fixture(scope="module")
+def digits_base():
+    splits = load_dataset("digits")
+    spec = ModelSpec("lenet5", 10, 1, (8, 8))
+    base = train_base(spec, splits, TrainConfig(epochs=3), progress=False)
+    return splits, spec, base.model, measure_model(base.model, splits, latency_repeats=5)
+
+
+def test_pipeline_records_every_metric_and_reports_each_epoch(digits_base, tmp_path: Path) -> None:
+    splits, spec, base, base_metrics = digits_base
+    config = CompressConfig.from_dict({
+        "structured": {"default": 0.25},
+        "unstructured": {"mode": "sparsity", "default": 0.6},
+        "finetune": {"epochs": 2, "max_batches": 5},
+        "quantize": {"conv_bits": 6, "fc_bits": 4, "epochs": 1},
+    })  # fmt: skip
+    seen = []
+    result = compress(base, spec, splits, config, tmp_path / "c.apk", base_metrics=base_metrics,
+                      callbacks=[lambda e, acc: seen.append(e)], progress=False, latency_repeats=5)  # fmt: skip
+    assert seen == [1, 2, 3]
+    m = result.metrics
+    for key in ["accuracy", "test_accuracy", "acc_drop", "params", "nonzero_params", "macs", "dense_bytes",
+                "packed_bytes", "compression_ratio", "latency_ms", "latency_ms_batch", "speedup",
+                "prune_s", "finetune_s", "quantize_s", "eval_s"]:  # fmt: skip
+        assert key in m, key
+    assert m["packed_bytes"] == (tmp_path / "c.apk").stat().st_size
+    assert m["compression_ratio"] == pytest.approx(base_metrics.dense_bytes / m["packed_bytes"])
+    assert m["acc_drop"] == pytest.approx(base_metrics.accuracy - m["accuracy"])
+    assert m["params"] < base_metrics.params and m["nonzero_params"] < m["params"]
+    assert base is not result.model and count_params(base) == base_metrics.params  # the base is untouched
+
+
+def test_pipeline_raises_on_a_diverging_fine_tune(digits_base, tmp_path: Path) -> None:
+    splits, spec, base, base_metrics = digits_base
+    config = CompressConfig.from_dict({"finetune": {"epochs": 2, "lr": 1e5, "optimizer": "sgd"}})
+    with pytest.raises(DivergedError):
+        compress(base, spec, splits, config, tmp_path / "d.apk", base_metrics=base_metrics, progress=False)
+    assert not (tmp_path / "d.apk").exists()
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES.glob("*.toml")), ids=lambda p: p.stem)
+def test_shipped_recipes_load(recipe: Path) -> None:
+    config = load_recipe(recipe)
+    assert config.name == recipe.stem
+    assert CompressConfig.from_dict(dataclasses.asdict(config)) == config
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"structured": {"default": 1.0}}, "should be in \\[0, 1\\)"),
+        ({"structured": {"layers": {"conv1": -0.1}}}, "should be in \\[0, 1\\)"),
+        ({"quantize": {"conv_bits": 17}}, "should be an integer in 1..16"),
+        ({"quantize": {"fc_bits": 0}}, "should be an integer in 1..16"),
+        ({"quantize": {"init": "kmeans++"}}, "init='kmeans\\+\\+'"),
+        ({"quantize": {"bits": 4}}, "unknown key quantize.bits"),
+        ({"finetune": {"epochs": "two"}}, "finetune.epochs='two' should be of type int"),
+        ({"unstructured": {"mode": "sparsity", "default": 1.5}}, "should be in \\[0, 1\\)"),
+    ],
+)
+def test_bad_recipes_name_the_problem(data: dict, message: str) -> None:
+    with pytest.raises(RecipeError, match=message):
+        CompressConfig.from_dict(data)
+
+
+def test_unknown_layer_name_lists_the_layers() -> None:
+    model = create_model(ModelSpec("lenet5", 10, 1, (8, 8)))
+    with pytest.raises(RecipeError, match="unknown layer 'conv9'.*conv1, conv2"):
+        prune_filters_(model, FilterPruneConfig(layers={"conv9": 0.5}), torch.zeros(1, 1, 8, 8))

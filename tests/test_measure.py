@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from autoprune.data import load_dataset
+from autoprune.measure import (
+    accuracy,
+    count_macs,
+    count_nonzero,
+    count_params,
+    dense_bytes,
+    measure_latency,
+    measure_model,
+)
+from autoprune.models import ModelSpec, create_model
+
+
+def test_lenet5_macs_by_hand() -> None:
+    model = create_model(ModelSpec("lenet5", 10, 1, (28, 28)))
+    conv1 = 24 * 24 * 20 * 1 * 25
+    conv2 = 8 * 8 * 50 * 20 * 25
+    fc = 800 * 500 + 500 * 10
+    assert count_macs(model, (1, 28, 28)) == conv1 + conv2 + fc
+
+
+def test_depthwise_macs_count_groups() -> None:
+    model = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+    assert count_macs(model, (8, 4, 4)) == 4 * 4 * 8 * 1 * 9
+
+
+def test_nonzero_and_params() -> None:
+    model = nn.Linear(10, 4)
+    with torch.no_grad():
+        model.weight[:2] = 0
+    assert count_params(model) == 44
+    assert count_nonzero(model) == 44 - 20 - int((model.bias == 0).sum())
+
+
+def test_dense_bytes_is_the_size_of_the_saved_file(tmp_path: Path) -> None:
+    model = create_model(ModelSpec("lenet300", 10, 1, (28, 28)))
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    size = dense_bytes(model)
+    # the same archive; only the record names inside the zip follow the file's name
+    assert abs(size - (tmp_path / "m.pt").stat().st_size) < 512
+    assert 4 * count_params(model) <= size < 4 * count_params(model) * 1.01
+
+
+def test_accuracy_of_a_perfect_and_a_constant_model() -> None:
+    s = load_dataset("digits")
+
+    class Oracle(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            # looks the answer up by identity of the input row: perfect on the test split
+            match = (x.flatten(1)[:, None] == s.test.x.flatten(1)[None]).all(-1).float().argmax(1)
+            return nn.functional.one_hot(s.test.y[match], 10).float()
+
+    assert accuracy(Oracle(), s.test, batch_size=100) == 100.0
+    constant = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    with torch.no_grad():
+        constant[1].weight.zero_()
+        constant[1].bias.copy_(torch.arange(10.0) == 3)
+    expected = 100.0 * int((s.test.y == 3).sum()) / len(s.test)
+    assert accuracy(constant, s.test) == expected
+
+
+def test_latency_is_a_median_with_threads_recorded() -> None:
+    model = create_model(ModelSpec("lenet5", 10, 1, (8, 8)))
+    lat = measure_latency(model, (1, 8, 8), batch_size=4, warmup=2, repeats=7, threads=1)
+    assert lat.threads == 1 and lat.repeats == 7 and lat.batch_size == 4
+    assert 0 < lat.min_ms <= lat.median_ms
+    assert torch.get_num_threads() >= 1
+
+
+def test_measure_model_reports_every_field() -> None:
+    s = load_dataset("digits")
+    m = measure_model(create_model(ModelSpec("lenet5", 10, 1, (8, 8))), s, latency_repeats=5)
+    d = m.to_dict()
+    assert set(d) == {"accuracy", "test_accuracy", "params", "nonzero_params", "macs", "dense_bytes",
+                      "latency_ms", "latency_ms_batch", "threads", "backend"}  # fmt: skip
+    assert m.params == 131_080 and m.latency_ms > 0 and m.latency_ms_batch > 0

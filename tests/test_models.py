@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from autoprune.data import load_dataset
+from autoprune.errors import CheckpointError, ModelError, UnknownNameError
+from autoprune.measure import count_params
+from autoprune.models import ModelSpec, create_model, list_models, load_checkpoint
+from autoprune.train import TrainConfig, fit
+
+BUILTIN = ["lenet300", "lenet5", "vgg", "resnet20", "mobilenetv2"]
+
+USER_MODEL = '''
+from torch import nn
+
+def tiny(num_classes, in_channels):
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 4, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes),
+    )
+
+def broken(num_classes):
+    raise RuntimeError("out of ideas")
+
+def not_a_module():
+    return 42
+'''
+
+
+def test_registry_lists_the_builtins() -> None:
+    assert sorted(BUILTIN) == list_models()
+
+
+def test_lenet_parameter_counts_match_deep_compression() -> None:
+    assert count_params(create_model(ModelSpec("lenet5", 10, 1, (28, 28)))) == 431_080
+    assert count_params(create_model(ModelSpec("lenet300", 10, 1, (28, 28)))) == 266_610
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+@pytest.mark.parametrize("data", ["digits", "gray28", "rgb32"])
+def test_every_builtin_trains_one_epoch(name: str, data: str, request: pytest.FixtureRequest) -> None:
+    if data == "digits":
+        splits = load_dataset("digits")
+    else:
+        splits = load_dataset("npz", data_dir=request.getfixturevalue({"gray28": "npz28", "rgb32": "npz32rgb"}[data]))
+    c, h, w = splits.input_shape
+    model = create_model(ModelSpec(name, splits.num_classes, c, (h, w)))
+    before = [p.detach().clone() for p in model.parameters()]
+    history = fit(model, splits, TrainConfig(epochs=1, batch_size=32, max_batches=8), progress=False)
+    assert len(history) == 1 and 0.0 <= history[0] <= 100.0
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert model(splits.test.x[:3]).shape == (3, splits.num_classes)
+
+
+@pytest.fixture
+def user_file(tmp_path: Path) -> Path:
+    path = tmp_path / "mynet.py"
+    path.write_text(USER_MODEL)
+    return path
+
+
+def test_user_model_by_file_path(user_file: Path) -> None:
+    model = create_model(ModelSpec(f"{user_file}:tiny", 7, 3, (16, 16)))
+    assert model(torch.zeros(2, 3, 16, 16)).shape == (2, 7)
+
+
+def test_user_model_by_import_path(user_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(user_file.parent))
+    model = create_model(ModelSpec("mynet:tiny", 5, 1, (8, 8)))
+    assert model(torch.zeros(1, 1, 8, 8)).shape == (1, 5)
+
+
+def test_factory_that_raises(user_file: Path) -> None:
+    with pytest.raises(ModelError, match="raised RuntimeError: out of ideas"):
+        create_model(ModelSpec(f"{user_file}:broken", 10, 1, (8, 8)))
+
+
+def test_factory_that_returns_something_else(user_file: Path) -> None:
+    with pytest.raises(ModelError, match="returned int, not a torch.nn.Module"):
+        create_model(ModelSpec(f"{user_file}:not_a_module", 10, 1, (8, 8)))
+
+
+def test_unknown_model_lists_the_valid_names() -> None:
+    with pytest.raises(UnknownNameError) as e:
+        create_model(ModelSpec("alexnet", 10, 1, (8, 8)))
+    assert all(name in str(e.value) for name in BUILTIN)
+
+
+def test_checkpoint_round_trip(tmp_path: Path) -> None:
+    spec = ModelSpec("lenet5", 10, 1, (8, 8))
+    model = create_model(spec)
+    torch.save(model.state_dict(), tmp_path / "ok.pt")
+    other = load_checkpoint(create_model(spec), tmp_path / "ok.pt")
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.equal(model(x), other(x))
+
+
+def test_checkpoint_errors(tmp_path: Path) -> None:
+    model = create_model(ModelSpec("lenet5", 10, 1, (8, 8)))
+    (tmp_path / "corrupt.pt").write_bytes(b"this is not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(model, tmp_path / "corrupt.pt")
+    torch.save([torch.zeros(3)], tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match="not a state_dict"):
+        load_checkpoint(model, tmp_path / "list.pt")
+    torch.save(create_model(ModelSpec("lenet300", 10, 1, (8, 8))).state_dict(), tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="does not match this model"):
+        load_checkpoint(model, tmp_path / "other.pt")
+    torch.save(create_model(ModelSpec("lenet5", 7, 1, (8, 8))).state_dict(), tmp_path / "classes.pt")
+    with pytest.raises(CheckpointError, match="shape mismatches"):
+        load_checkpoint(model, tmp_path / "classes.pt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(model, tmp_path / "missing.pt")
+    assert isinstance(model, nn.Module)

@@ -1,0 +1,362 @@
+"""autoprune search against real storages: SQLite, PostgreSQL (when a server is reachable)
+and a journal file. Every test runs the command as a user would, in a subprocess."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy
+from optuna.trial import TrialState
+
+from autoprune.compress import load_packed
+from autoprune.search.objective import RECORD
+from autoprune.search.spec import SpecError, load_spec, spec_from_dict
+from tests.conftest import REPO, assert_one_line_error, run_cli
+
+PG_URL = os.environ.get("AUTOPRUNE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+TINY_SPEC = """
+[study]
+trials = {trials}
+objectives = {objectives}
+baselines = ["{recipes}/deep-compression-lenet5.toml", "{recipes}/uniform-l1.toml"]
+latency_repeats = 3
+heartbeat_interval = 1
+grace_period = 4
+[model]
+name = "lenet5"
+[data]
+name = "digits"
+[train]
+epochs = 2
+[space]
+ratio = [0.0, 0.5]
+quality = [0.0, 1.5]
+conv_bits = [4, 6]
+fc_bits = [3, 5]
+finetune_epochs = [{epochs}]
+quant_epochs = [1]
+max_batches = {max_batches}
+"""
+
+
+def postgres_reachable() -> bool:
+    try:
+        engine = sqlalchemy.create_engine(PG_URL)
+        with engine.connect():
+            pass
+        engine.dispose()
+        return True
+    except Exception:
+        return False
+
+
+STORAGES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.skipif(
+    not postgres_reachable(), reason=f"no PostgreSQL server reachable at {PG_URL}"))]  # fmt: skip
+
+
+def write_spec(tmp_path: Path, *, trials: int = 4, objectives: str = '["accuracy", "packed_bytes"]',
+               epochs: int = 1, max_batches: int = 3) -> Path:  # fmt: skip
+    path = tmp_path / "tiny.toml"
+    recipes = REPO / "studies" / "recipes"
+    path.write_text(TINY_SPEC.format(trials=trials, objectives=objectives, recipes=recipes, epochs=epochs,
+                                     max_batches=max_batches))  # fmt: skip
+    return path
+
+
+def storage_url(kind: str, tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'study.db'}" if kind == "sqlite" else PG_URL
+
+
+@functools.lru_cache(maxsize=None)
+def storage_for(url: str) -> optuna.storages.BaseStorage:
+    """One storage (one connection pool) per URL: polling must not exhaust the server."""
+    from autoprune.search.storage import open_storage, parse_storage
+
+    return open_storage(parse_storage(url))
+
+
+def load(url: str, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=storage_for(url))
+
+
+def search(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return run_cli("search", "--quiet", *args, timeout=timeout)
+
+
+def popen_search(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "autoprune", "search", "--quiet", *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def wait_for(predicate, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def count(study: optuna.Study, *states: TrialState) -> int:
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+@pytest.fixture
+def study_name(request: pytest.FixtureRequest):
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    yield name
+    if postgres_reachable():  # leave the shared test database as it was
+        try:
+            optuna.delete_study(study_name=name, storage=PG_URL)
+        except KeyError:
+            pass
+
+
+def test_shipped_specs_load() -> None:
+    for path in sorted((REPO / "studies").glob("*.toml")):
+        spec = load_spec(path)
+        assert spec.study.name == path.stem
+        for recipe in spec.study.baselines:
+            assert (path.parent / recipe).is_file()
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"study": {"trails": 3}}, "unknown key study.trails"),
+        ({"space": {"bits": [2, 4]}}, "unknown key space.bits"),
+        ({"study": {"trials": "many"}}, "study.trials='many' should be of type int"),
+        ({"space": {"ratio": [0.5, 0.2]}}, "space.ratio=[0.5, 0.2] is an empty range"),
+        ({"space": {"conv_bits": [4, 4]}}, "space.conv_bits=[4, 4] is an empty range"),
+        ({"space": {"fc_bits": [0, 4]}}, "should lie within [1, 16]"),
+        ({"study": {"objectives": ["speed"]}}, "unknown objective 'speed'"),
+        ({"study": {"sampler": "cmaes"}}, "study.sampler='cmaes'"),
+    ],
+)
+def test_spec_errors_name_the_key(data: dict, message: str) -> None:
+    with pytest.raises(SpecError) as e:
+        spec_from_dict(data)
+    assert message in str(e.value)
+
+
+def test_bad_spec_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "bad.toml").write_text("[space]\nratio = [0.6, 0.1]\n")
+    assert_one_line_error(search(str(tmp_path / "bad.toml")), "space.ratio=[0.6, 0.1] is an empty range")
+
+
+@pytest.mark.parametrize("kind", STORAGES)
+def test_search_records_everything_and_resumes_to_exactly_n(kind: str, tmp_path: Path, study_name: str) -> None:
+    url = storage_url(kind, tmp_path)
+    spec = write_spec(tmp_path, trials=3)
+    first = search(str(spec), "--storage", url, "--study", study_name)
+    assert first.returncode == 0, first.stderr
+    study = load(url, study_name)
+    assert count(study, TrialState.COMPLETE) == 3
+    # the two baselines ran first, once each, under their recipe names
+    baselines = [t for t in study.trials if t.user_attrs.get("source") == "baseline"]
+    assert sorted(t.user_attrs["recipe_name"] for t in baselines) == ["deep-compression-lenet5", "uniform-l1"]
+    assert {t.number for t in baselines} == {0, 1}
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        assert set(RECORD) <= set(t.user_attrs), set(RECORD) - set(t.user_attrs)
+        assert t.values == [t.user_attrs["accuracy"], t.user_attrs["packed_bytes"]]
+    assert study.trials[2].user_attrs["source"] == "TPESampler"
+    assert {"base", "spec", "model", "dataset"} <= set(study.user_attrs)
+    # a larger plan resumes the same study and completes it exactly, baselines not repeated
+    second = search(str(spec), "--storage", url, "--study", study_name, "--trials", "5", "--json")
+    assert second.returncode == 0, second.stderr
+    summary = json.loads(second.stdout)
+    assert summary["states"] == {"COMPLETE": 5} and summary["pareto"]
+    study = load(url, study_name)
+    assert count(study, TrialState.COMPLETE) == 5
+    assert sum(t.user_attrs.get("source") == "baseline" for t in study.trials) == 2
+
+
+@pytest.mark.parametrize("kind", STORAGES)
+def test_ctrl_c_leaves_nothing_running_and_the_same_command_resumes(kind: str, tmp_path: Path, study_name: str) -> None:
+    url = storage_url(kind, tmp_path)
+    spec = write_spec(tmp_path, trials=6, epochs=3, max_batches=10)
+    args = (str(spec), "--storage", url, "--study", study_name)
+    proc = popen_search(*args)
+    # interrupt mid-plan: a trial runs and at least two more are still to come, so a slow
+    # poll cannot let the search finish before the signal lands
+    wait_for(lambda: _study_has(url, study_name, lambda s: 1 <= count(s, TrialState.COMPLETE) <= 3
+                                and count(s, TrialState.RUNNING) == 1))  # fmt: skip
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "run the same command again to resume" in err.strip().splitlines()[-1]
+    study = load(url, study_name)
+    assert count(study, TrialState.RUNNING) == 0
+    again = search(*args)
+    assert again.returncode == 0, again.stderr
+    assert count(load(url, study_name), TrialState.COMPLETE) == 6
+
+
+@pytest.mark.parametrize("kind", STORAGES)
+def test_a_killed_worker_trial_is_retried(kind: str, tmp_path: Path, study_name: str) -> None:
+    url = storage_url(kind, tmp_path)
+    spec = write_spec(tmp_path, trials=3, epochs=3, max_batches=10)
+    args = (str(spec), "--storage", url, "--study", study_name)
+    victim = popen_search(*args)
+    wait_for(lambda: _study_has(url, study_name, lambda s: count(s, TrialState.RUNNING) == 1))
+    time.sleep(1.5)  # its heartbeat is recorded (the case before the first beat: the test below)
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate()
+    killed = [t for t in load(url, study_name).trials if t.state == TrialState.RUNNING]
+    assert len(killed) == 1
+    survivor = search(*args)
+    assert survivor.returncode == 0, survivor.stderr
+    study = load(url, study_name)
+    assert count(study, TrialState.COMPLETE) == 3 and count(study, TrialState.RUNNING) == 0
+    assert study.trials[killed[0].number].state == TrialState.FAIL
+    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed[0].number]
+    assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
+    # the retry runs the same settings (the victim may have died before recording all of them)
+    assert killed[0].params.items() <= retried[0].params.items()
+
+
+def test_a_trial_orphaned_before_its_first_heartbeat_is_failed_and_retried(tmp_path: Path) -> None:
+    from autoprune.search.run import fail_orphaned_trials
+    from autoprune.search.storage import open_storage, parse_storage
+
+    storage = open_storage(parse_storage(f"sqlite:///{tmp_path / 'o.db'}"), heartbeat_interval=1, grace_period=4)
+    study = optuna.create_study(study_name="orphans", storage=storage)
+    trial = study.ask()  # RUNNING, and no heartbeat ever recorded (its worker "died" at once)
+    trial.suggest_float("x", 0, 1)
+    assert fail_orphaned_trials(study) == 0  # still within the grace period
+    time.sleep(4.5)
+    optuna.storages.fail_stale_trials(study)  # Optuna's own check cannot see it
+    assert study.trials[0].state == TrialState.RUNNING
+    assert fail_orphaned_trials(study) == 1
+    assert study.trials[0].state == TrialState.FAIL
+    assert study.trials[1].state == TrialState.WAITING and study.trials[1].params == study.trials[0].params
+
+
+@pytest.mark.skipif(not postgres_reachable(), reason=f"no PostgreSQL server reachable at {PG_URL}")
+def test_two_workers_on_postgresql(tmp_path: Path, study_name: str) -> None:
+    spec = write_spec(tmp_path, trials=6)
+    args = (str(spec), "--storage", PG_URL, "--study", study_name)
+    # two commands against one database (as on two machines), one of them with two processes
+    other = popen_search(*args)
+    both = search(*args, "--jobs", "2")
+    _, err = other.communicate(timeout=300)
+    assert both.returncode == 0 and other.returncode == 0, both.stderr + err
+    study = load(PG_URL, study_name)
+    finished = count(study, TrialState.COMPLETE)
+    assert 6 <= finished <= 8  # concurrent workers may each finish the trial they had started
+    names = [t.user_attrs.get("recipe_name") for t in study.trials if t.user_attrs.get("source") == "baseline"]
+    assert sorted(names) == ["deep-compression-lenet5", "uniform-l1"]  # no duplicated baseline
+
+
+def test_sqlite_refuses_parallel_workers(tmp_path: Path) -> None:
+    r = search(str(write_spec(tmp_path)), "--storage", f"sqlite:///{tmp_path / 'x.db'}", "--jobs", "2")
+    assert_one_line_error(r, "use --storage postgresql://", "journal:PATH")
+
+
+def test_journal_storage_with_two_workers(tmp_path: Path, study_name: str) -> None:
+    url = f"journal:{tmp_path / 'study.log'}"
+    r = search(str(write_spec(tmp_path, trials=4)), "--storage", url, "--study", study_name, "--jobs", "2")
+    assert r.returncode == 0, r.stderr
+    assert count(load(url, study_name), TrialState.COMPLETE) >= 4
+
+
+def test_unreachable_database_hides_the_password(tmp_path: Path) -> None:
+    r = search(str(write_spec(tmp_path)), "--storage", "postgresql://alice:s3cret@127.0.0.1:1/nowhere")
+    assert_one_line_error(r, "cannot open storage", "postgresql://alice:***@127.0.0.1:1/nowhere")
+    assert "s3cret" not in r.stderr
+    assert_one_line_error(search(str(write_spec(tmp_path)), "--storage", "mongodb://x"), "unsupported storage")
+
+
+def test_optuna_cli_export_trials_and_eval(tmp_path: Path, study_name: str) -> None:
+    url = storage_url("sqlite", tmp_path)
+    assert search(str(write_spec(tmp_path, trials=3)), "--storage", url, "--study", study_name).returncode == 0
+    optuna_cli = Path(sys.executable).with_name("optuna")
+    for command in ("trials", "best-trials"):
+        r = subprocess.run([str(optuna_cli), command, "--storage", url, "--study-name", study_name, "-f", "json"],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        rows = json.loads(r.stdout)
+        assert rows and all("user_attrs" in row or "number" in row for row in rows)
+    listed = run_cli("trials", "--storage", url, "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [t["trial"] for t in json.loads(listed.stdout)["trials"]] == [0, 1, 2]
+    out = tmp_path / "best.apk"
+    exported = run_cli("export", "--storage", url, "--study", study_name, "--trial", "best", "--max-acc-drop", "100",
+                       "--out", str(out), "--json")  # fmt: skip
+    assert exported.returncode == 0, exported.stderr
+    model, header = load_packed(out)
+    assert header["model"]["name"] == "lenet5"
+    assert run_cli("eval", str(out), "--json").returncode == 0
+    assert_one_line_error(run_cli("export", "--storage", url, "--trial", "99"), "expected a trial number below 3")
+
+
+def test_dashboard_serves_the_study(tmp_path: Path, study_name: str) -> None:
+    url = storage_url("sqlite", tmp_path)
+    assert search(str(write_spec(tmp_path, trials=2)), "--storage", url, "--study", study_name).returncode == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "autoprune", "dashboard", "--storage", url, "--port", str(port)],
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        def studies() -> list:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as r:
+                    return json.loads(r.read())["study_summaries"]
+            except OSError:
+                return []
+
+        wait_for(lambda: bool(studies()), timeout=60)
+        (entry,) = studies()
+        assert entry["study_name"] == study_name
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _study_has(url: str, name: str, predicate) -> bool:
+    try:
+        return predicate(load(url, name))
+    except KeyError:
+        return False
+
+
+@pytest.mark.parametrize(
+    "objectives, extra",
+    [('["compression_ratio"]', ("--pruner", "median", "--max-acc-drop", "2.0")),
+     ('["accuracy", "latency_ms"]', ())],
+)  # fmt: skip
+def test_other_objectives(objectives: str, extra: tuple, tmp_path: Path, study_name: str) -> None:
+    url = storage_url("sqlite", tmp_path)
+    spec = write_spec(tmp_path, trials=3, objectives=objectives, epochs=2)
+    r = search(str(spec), "--storage", url, "--study", study_name, "--json", *extra)
+    assert r.returncode == 0, r.stderr
+    study = load(url, study_name)
+    names = json.loads(objectives)
+    assert study.metric_names == names and study.user_attrs["objectives"] == names
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        assert t.values == [t.user_attrs[n] for n in names]
+        if len(names) == 1:
+            # the accuracy budget is an Optuna constraint; the pruner saw every epoch's accuracy
+            assert t.constraints == {"acc_drop": pytest.approx(t.user_attrs["acc_drop"] - 2.0)}
+            recipe = t.user_attrs.get("recipe")  # a baseline reports its own recipe's epochs
+            q = recipe["quantize"] if recipe else {"enabled": True, "epochs": 1}
+            epochs = (recipe["finetune"]["epochs"] if recipe else 2) + (q["epochs"] if q["enabled"] else 0)
+            assert len(t.intermediate_values) == epochs
+    summary = json.loads(r.stdout)
+    assert summary["objectives"] == names
+    if len(names) == 1:  # the Pareto table only shows trials within the budget
+        assert all(row["acc_drop"] <= 2.0 for row in summary["pareto"])

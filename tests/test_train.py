@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from autoprune.data import load_dataset
+from autoprune.errors import DivergedError
+from autoprune.models import ModelSpec
+from autoprune.train import TrainConfig, fit, train_base
+
+SPEC = ModelSpec("lenet5", 10, 1, (8, 8))
+
+
+def test_same_seed_same_model_and_cache_hit() -> None:
+    s = load_dataset("digits")
+    config = TrainConfig(epochs=1, max_batches=5, seed=3)
+    a = train_base(SPEC, s, config, use_cache=False, progress=False)
+    b = train_base(SPEC, s, config, use_cache=False, progress=False)
+    for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
+    c = train_base(SPEC, s, config, progress=False)
+    assert c.cached and c.path == a.path
+    assert all(torch.equal(va, vc) for va, vc in zip(a.model.state_dict().values(), c.model.state_dict().values()))
+    d = train_base(SPEC, s, TrainConfig(epochs=1, max_batches=5, seed=4), progress=False)
+    assert not d.cached and d.path != a.path
+
+
+def test_callbacks_see_every_epoch_and_can_stop() -> None:
+    s = load_dataset("digits")
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def callback(epoch: int, val: float) -> None:
+        seen.append((epoch, val))
+        if epoch == 2:
+            raise Stop
+
+    model = train_base(SPEC, s, TrainConfig(epochs=1, max_batches=2), progress=False).model
+    with pytest.raises(Stop):
+        fit(model, s, TrainConfig(epochs=5, max_batches=3), callbacks=[callback], progress=False)
+    assert [e for e, _ in seen] == [1, 2]
+
+
+def test_after_step_runs_after_each_step() -> None:
+    s = load_dataset("digits")
+    model = train_base(SPEC, s, TrainConfig(epochs=1, max_batches=2), progress=False).model
+    calls = []
+    fit(model, s, TrainConfig(epochs=2, max_batches=3), after_step=lambda: calls.append(1), progress=False)
+    assert len(calls) == 6
+
+
+def test_diverging_run_raises() -> None:
+    s = load_dataset("digits")
+    model = train_base(SPEC, s, TrainConfig(epochs=1, max_batches=2), progress=False).model
+    with pytest.raises(DivergedError, match="lower the learning rate"):
+        fit(model, s, TrainConfig(epochs=3, lr=1e6, optimizer="sgd"), progress=False)
+
+
+@pytest.mark.parametrize("bad", [dict(epochs=-1), dict(lr=0.0), dict(batch_size=0), dict(optimizer="rmsprop")])
+def test_bad_config_is_refused(bad: dict) -> None:
+    with pytest.raises(ValueError):
+        TrainConfig(**bad)
