@@ -96,7 +96,8 @@ def _spec(args: argparse.Namespace) -> tuple[Any, Path]:
 def run_search(args: argparse.Namespace) -> dict[str, Any]:
     import optuna
 
-    from autoprune.search.run import counts, run_search as run_study, stop_on_signals
+    from autoprune.search.run import counts, run_search as run_study
+    from autoprune.search.stop import stop_on_signals
     from autoprune.search.storage import StorageError, parse_storage
 
     spec, spec_dir = _spec(args)

@@ -23,6 +23,7 @@ from autoprune.measure import Metrics
 from autoprune.models import ModelSpec
 from autoprune.search.space import SpaceLayers, config_from_params, distributions, suggest, with_cap
 from autoprune.search.spec import StudySpec
+from autoprune.search.stop import stop_requested
 
 # The user attributes every completed trial carries (the surrogate, dashboard and CLI read them).
 RECORD = (
@@ -71,7 +72,7 @@ class Objective:
         trial.set_user_attr("source", source)
 
         single = len(spec.study.objectives) == 1
-        callbacks = [_pruning_callback(trial)] if single else []
+        callbacks = [_stop_callback, _pruning_callback(trial)] if single else [_stop_callback]
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / f"trial-{trial.number}.apk"
             try:
@@ -100,6 +101,12 @@ class Objective:
             trial.set_constraint("acc_drop", m["acc_drop"] - spec.study.max_acc_drop)
         values = tuple(float(m[o]) for o in spec.study.objectives)
         return values[0] if single else values
+
+
+def _stop_callback(epoch: int, val_accuracy: float) -> None:
+    """A requested stop (Ctrl-C) takes effect at an epoch boundary: a safe point."""
+    if stop_requested():
+        raise KeyboardInterrupt
 
 
 def _pruning_callback(trial: optuna.Trial):

@@ -8,8 +8,6 @@ import datetime
 import logging
 import multiprocessing
 import os
-import signal
-import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ from autoprune.models import ModelSpec, create_model, load_checkpoint
 from autoprune.search.objective import Objective, SearchContext, enforce_retention
 from autoprune.search.space import SpaceLayers, distributions, recipe_params
 from autoprune.search.spec import StudySpec, spec_from_dict
+from autoprune.search.stop import stop_on_signals, stop_requested
 from autoprune.search.storage import StorageInfo, artifact_dir, artifact_store, open_storage
 from autoprune.train import TrainConfig, train_base
 
@@ -203,24 +202,6 @@ def counts(study: optuna.Study) -> tuple[int, int]:
     return done, len(trials) - done
 
 
-_stop = threading.Event()
-
-
-def _request_stop(signum: int, frame: Any) -> None:
-    _stop.set()
-    raise KeyboardInterrupt
-
-
-def stop_on_signals() -> None:
-    """Ctrl-C and ``kill`` both stop the search cleanly: the running trial is marked failed,
-    never left RUNNING. The request is also remembered, because a library may swallow the
-    KeyboardInterrupt (raised inside a finaliser, say); ``work`` then stops after the trial.
-    (A shell may start a background job with SIGINT ignored, hence SIGINT is set too.)"""
-    _stop.clear()
-    signal.signal(signal.SIGINT, _request_stop)
-    signal.signal(signal.SIGTERM, _request_stop)
-
-
 def work(study: optuna.Study, objective: Objective, target: int, *, bar: tqdm | None = None) -> None:
     """Run trials until the study holds ``target`` finished (complete or pruned) trials."""
     keep = objective.ctx.spec.study.keep_artifacts
@@ -233,7 +214,7 @@ def work(study: optuna.Study, objective: Objective, target: int, *, bar: tqdm | 
             bar.set_postfix(last=f"#{trial.number} {trial.state.name.lower()}")  # refreshes
 
     while True:
-        if _stop.is_set():
+        if stop_requested():
             raise KeyboardInterrupt
         if heartbeat:
             fail_orphaned_trials(study)
@@ -323,6 +304,8 @@ def _run_workers(spec: StudySpec, info: StorageInfo, jobs: int, target: int, bar
         for w in workers:
             w.join()
     bar.n = counts(study)[0]
+    if stop_requested():
+        raise KeyboardInterrupt
     failed = [w.exitcode for w in workers if w.exitcode not in (0, None)]
     if failed and counts(study)[0] < target:
         raise AutoPruneError(f"{len(failed)} of {jobs} workers stopped with an error (exit codes {failed})")
