@@ -13,7 +13,7 @@ import warnings
 from typing import Sequence
 
 from autoprune import __version__
-from autoprune.cli import _compress, _search, _train
+from autoprune.cli import _compress, _search, _surrogate, _train
 from autoprune.cli._common import EXIT_USAGE, Parser
 from autoprune.errors import AutoPruneError
 
@@ -27,7 +27,7 @@ def build_parser() -> Parser:
     parser.add_argument("--version", action="version", version=f"autoprune {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for module in (_train, _compress, _search):
+    for module in (_train, _compress, _search, _surrogate):
         module.register(sub)
     return parser
 

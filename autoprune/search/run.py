@@ -48,6 +48,10 @@ def make_sampler(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
             return optuna.samplers.NSGAIISampler(seed=seed)
         if name == "gp":
             return optuna.samplers.GPSampler(seed=seed)
+        if name == "surrogate":
+            from autoprune.surrogate import SurrogateSampler
+
+            return SurrogateSampler(max_acc_drop=spec.study.max_acc_drop, seed=seed)
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
 
 

@@ -23,7 +23,7 @@ OBJECTIVES = {  # name -> Optuna direction
     "macs": "minimize",
     "compression_ratio": "maximize",
 }
-SAMPLERS = ("tpe", "random", "nsga2", "gp")
+SAMPLERS = ("tpe", "random", "nsga2", "gp", "surrogate")
 PRUNERS = ("median", "hyperband", "none")
 INITS = ("linear", "density", "forgy")
 

@@ -1,0 +1,165 @@
+"""``autoprune surrogate fit | propose | compare``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from autoprune.cli._common import grid, positive_int
+from autoprune.errors import AutoPruneError
+
+DEFAULT_STORAGE = "sqlite:///studies/autoprune.db"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "surrogate", help="learn from a study's trials: fit, propose settings, compare with the search",
+        description="An MLP ensemble learns accuracy drop, compression ratio and latency from a study's "
+        "trials, proposes settings, and is compared, run for real, with the search itself.",
+    )  # fmt: skip
+    commands = p.add_subparsers(dest="surrogate_command", metavar="COMMAND", parser_class=type(p))
+    commands.required = True
+
+    f = commands.add_parser("fit", help="fit on the study and report the cross-validated error",
+                            description="Fit the surrogate on every usable trial of the study and report "
+                            "R^2 and MAE on held-out trials (5-fold cross-validation).")  # fmt: skip
+    _common(f)
+    f.add_argument("--out", type=Path, metavar="FILE", help="save the fitted surrogate (a joblib pickle)")
+    f.set_defaults(run=run_fit, format=format_fit)
+
+    q = commands.add_parser("propose", help="propose settings predicted to stay within the accuracy budget",
+                            description="Score many candidate settings with the surrogate and return the "
+                            "K best predicted to stay within the budget, with predicted metrics and spread.")  # fmt: skip
+    _common(q)
+    q.add_argument("--max-acc-drop", type=float, metavar="D", help="budget in points (default: the study spec's)")
+    q.add_argument("--target", choices=("size", "latency"), default="size", help="what to minimise (default: size)")
+    q.add_argument("-k", type=positive_int, default=5, metavar="K", help="how many proposals (default: 5)")
+    q.add_argument("--model", type=Path, metavar="FILE", help="use a surrogate saved by 'fit --out' (not refit)")
+    q.add_argument("--enqueue", action="store_true",
+                   help="add them to the study (source=surrogate); the next 'autoprune search' runs them")
+    q.set_defaults(run=run_propose, format=format_propose)
+
+    c = commands.add_parser("compare", help="fit on the first n trials, run K proposals, set them beside the search",
+                            description="For each history size n: fit on the search's first n trials, propose "
+                            "K, evaluate them for real (in a side study), and compare with the search after "
+                            "n+K trials and at its full budget. Saves a PNG and, into the study, a figure and a "
+                            "note for optuna-dashboard.")  # fmt: skip
+    _common(c)
+    c.add_argument("--at", default="10,20,30", metavar="N,N,...", help="history sizes (default: %(default)s)")
+    c.add_argument("-k", type=positive_int, default=5, metavar="K", help="proposals per size (default: 5)")
+    c.add_argument("--png", type=Path, metavar="FILE", help="where to write the plot (default: STUDY-compare.png)")
+    c.set_defaults(run=run_compare, format=format_compare)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", default=DEFAULT_STORAGE, metavar="URL", help="(default: %(default)s)")
+    p.add_argument("--study", metavar="NAME", help="study name (default: the only study in the storage)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the ensemble and the candidates (default: 0)")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def _view(args: argparse.Namespace) -> Any:
+    from autoprune.search.storage import open_storage, parse_storage, resolve_study_name
+    from autoprune.surrogate._study import open_view
+
+    info = parse_storage(args.storage)
+    name = resolve_study_name(open_storage(info), args.study, info.safe_url)
+    return open_view(name, info, progress=not args.quiet)
+
+
+def _fit_report(surrogate: Any, history: Any) -> dict[str, Any]:
+    return {**surrogate.report(), "left_out": history.left_out}
+
+
+def run_fit(args: argparse.Namespace) -> dict[str, Any]:
+    from autoprune.surrogate._study import fit
+
+    view = _view(args)
+    surrogate, history = fit(view, seed=args.seed)
+    if args.out:
+        surrogate.save(args.out)
+    return {"study": view.study.study_name, **_fit_report(surrogate, history), "saved": str(args.out) if args.out else None}
+
+
+def format_fit(r: dict[str, Any]) -> str:
+    rows = [[t, f"{v['r2']:.3f}", f"{v['mae']:.4g}"] for t, v in r["cv"].items()]
+    left = ", ".join(f"{n} {why}" for why, n in r["left_out"].items()) or "none"
+    lines = [f"surrogate on {r['study']}: {r['trials_used']} trials, {r['members']} networks per target, "
+             f"fitted in {r['fit_s']} s (left out: {left})", "",
+             grid(["target", "CV R^2", "CV MAE"], rows)]  # fmt: skip
+    if r["saved"]:
+        lines += ["", f"saved to {r['saved']}"]
+    return "\n".join(lines)
+
+
+def run_propose(args: argparse.Namespace) -> dict[str, Any]:
+    from autoprune.surrogate import ProposeConfig, Surrogate
+    from autoprune.surrogate._history import history_from_trials
+    from autoprune.surrogate._study import enqueue, fit, propose_for
+
+    view = _view(args)
+    budget = args.max_acc_drop if args.max_acc_drop is not None else view.budget
+    if args.model:
+        surrogate = Surrogate.load(args.model, view.encoder)
+        history = history_from_trials(view.study.get_trials(deepcopy=False), view.encoder)
+    else:
+        surrogate, history = fit(view, seed=args.seed)
+    proposals = propose_for(view, surrogate, history, ProposeConfig(max_acc_drop=budget, target=args.target,
+                                                                    k=args.k, seed=args.seed))  # fmt: skip
+    added = enqueue(view.study, proposals) if args.enqueue else 0
+    return {
+        "study": view.study.study_name, "max_acc_drop": budget, "target": args.target,
+        "surrogate": _fit_report(surrogate, history),
+        "proposals": [p.to_dict() for p in proposals], "enqueued": added,
+    }  # fmt: skip
+
+
+def format_propose(r: dict[str, Any]) -> str:
+    rows = [[i, p["kind"], "yes" if p["feasible"] else "NO",
+             f"{p['predicted_acc_drop']:+.2f} +- {p['predicted_acc_drop_spread']:.2f}",
+             f"{p['predicted_compression_ratio']:.1f}x", f"{p['predicted_latency_ms']:.3f}",
+             " ".join(f"{k}={_short(v)}" for k, v in p["params"].items())]
+            for i, p in enumerate(r["proposals"])]  # fmt: skip
+    cv = r["surrogate"]["cv"]
+    lines = [f"{len(r['proposals'])} proposals for {r['study']} within {r['max_acc_drop']} points "
+             f"(surrogate on {r['surrogate']['trials_used']} trials, CV R^2 drop {cv['acc_drop']['r2']:.2f}, "
+             f"ratio {cv['log_compression_ratio']['r2']:.2f})", "",
+             grid(["#", "kind", "within", "predicted drop", "ratio", "latency ms", "params"], rows)]  # fmt: skip
+    if not any(p["feasible"] for p in r["proposals"]):
+        lines += ["", "none is predicted within the budget: these are the safest; run more trials or raise --max-acc-drop"]
+    if r["enqueued"]:
+        lines += ["", f"enqueued {r['enqueued']} (source=surrogate): the next 'autoprune search' on this study runs them"]
+    return "\n".join(lines)
+
+
+def _short(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def run_compare(args: argparse.Namespace) -> dict[str, Any]:
+    from autoprune.surrogate._figures import compare_png, publish
+    from autoprune.surrogate._study import compare
+
+    try:
+        sizes = [int(s) for s in args.at.split(",") if s.strip()]
+    except ValueError:
+        raise AutoPruneError(f"--at {args.at!r}: expected history sizes such as 10,20,30") from None
+    view = _view(args)
+    result = compare(view, sizes, k=args.k, seed=args.seed, progress=not args.quiet)
+    png = args.png or Path(f"{view.study.study_name}-compare.png")
+    result["png"] = str(compare_png(result, png))
+    publish(view.study, result)
+    return result
+
+
+def format_compare(r: dict[str, Any]) -> str:
+    from autoprune.surrogate._figures import COMPARE_HEADER, compare_table
+
+    return "\n".join([
+        f"surrogate versus search on {r['study']} (validation drop <= {r['max_acc_drop']} points); "
+        f"proposals run in {r['side_study']}", "",
+        grid(COMPARE_HEADER, compare_table(r)), "",
+        f"plot: {r['png']}; figure and note saved into the study (optuna-dashboard shows them)",
+    ])  # fmt: skip

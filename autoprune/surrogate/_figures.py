@@ -1,0 +1,102 @@
+"""The compare result as people see it: a table, a PNG, and a figure plus a note saved into
+the study for optuna-dashboard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+
+def _ratio(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}x"
+
+
+def compare_table(result: dict[str, Any]) -> list[list[Any]]:
+    """One row per history size, then the search at its full budget."""
+    rows = []
+    for r in result["rows"]:
+        s, b = r["surrogate"], r["search_same_trials"]
+        rows.append([
+            r["history"], f"{r['cv_r2_acc_drop']:.2f} / {r['cv_r2_log_ratio']:.2f}",
+            _ratio(s["best_ratio"]), f"{s['hypervolume']:.3f}", s["trials"], f"{s['wall_s']:.0f}",
+            _ratio(b["best_ratio"]), f"{b['hypervolume']:.3f}", b["trials"], f"{b['wall_s']:.0f}",
+        ])  # fmt: skip
+    full = result["search_full"]
+    rows.append(["search, full budget", "", "", "", "", "", _ratio(full["best_ratio"]), f"{full['hypervolume']:.3f}",
+                 full["trials"], f"{full['wall_s']:.0f}"])  # fmt: skip
+    return rows
+
+
+COMPARE_HEADER = ["history n", "CV R2 drop / ratio", "surrogate best", "HV", "trials", "wall s",
+                  "search best (n+k)", "HV", "trials", "wall s"]  # fmt: skip
+
+
+def compare_note(result: dict[str, Any]) -> str:
+    budget = result["max_acc_drop"]
+    lines = [
+        f"## Surrogate versus search (validation drop <= {budget} points)",
+        "",
+        "For each history size n the MLP ensemble is fitted on the search's first n trials, proposes k "
+        f"settings, and they are run for real in `{result['side_study']}`. \"search (n+k)\" is the search "
+        "after the same number of trials. HV: area dominated in (drop, log10 ratio) within the budget.",
+        "",
+        "| " + " | ".join(COMPARE_HEADER) + " |",
+        "|" + "---|" * len(COMPARE_HEADER),
+    ]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in compare_table(result)]
+    return "\n".join(lines)
+
+
+def compare_plotly(result: dict[str, Any]) -> Any:
+    import plotly.graph_objects as go
+
+    n = [r["history"] for r in result["rows"]]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=n, y=[r["surrogate"]["best_ratio"] for r in result["rows"]], mode="lines+markers",
+                             name="surrogate: n history + k proposals"))  # fmt: skip
+    fig.add_trace(go.Scatter(x=n, y=[r["search_same_trials"]["best_ratio"] for r in result["rows"]],
+                             mode="lines+markers", name="search after n + k trials"))  # fmt: skip
+    full = result["search_full"]["best_ratio"]
+    if full is not None:
+        fig.add_hline(y=full, line_dash="dash", annotation_text=f"search, full budget ({result['search_full']['trials']} trials)")
+    fig.update_layout(
+        title=f"Best compression ratio within {result['max_acc_drop']} points (validation)",
+        xaxis_title="history size n", yaxis_title="compression ratio",
+    )  # fmt: skip
+    return fig
+
+
+def compare_png(result: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = [r["history"] for r in result["rows"]]
+    nan = float("nan")
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.plot(n, [r["surrogate"]["best_ratio"] or nan for r in result["rows"]], "o-", label="surrogate: n history + k proposals")
+    ax.plot(n, [r["search_same_trials"]["best_ratio"] or nan for r in result["rows"]], "s-", label="search after n + k trials")
+    full = result["search_full"]
+    if full["best_ratio"] is not None:
+        ax.axhline(full["best_ratio"], linestyle="--", color="grey", label=f"search, full budget ({full['trials']} trials)")
+    ax.set_xlabel("history size n (search trials the surrogate learned from)")
+    ax.set_ylabel(f"best compression ratio, drop <= {result['max_acc_drop']} pt")
+    ax.set_title(result["study"])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def publish(study: optuna.Study, result: dict[str, Any]) -> None:
+    """The figure and the note into the study, where optuna-dashboard shows them."""
+    from optuna_dashboard import save_note, save_plotly_graph_object
+
+    save_plotly_graph_object(study, compare_plotly(result), graph_object_id="surrogate-compare")
+    save_note(study, compare_note(result))

@@ -1,0 +1,194 @@
+"""The surrogate on a stored study: fit on its history, propose, enqueue, and compare the
+proposals, run for real, with the search's own trials."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autoprune.search.objective import Objective, SearchContext
+from autoprune.search.run import open_study, prepare, work
+from autoprune.search.space import distributions
+from autoprune.search.spec import StudySpec, spec_from_dict
+from autoprune.search.storage import StorageInfo, open_storage
+from autoprune.surrogate._history import Encoder, History, SurrogateError, history_from_trials, layer_descriptors
+from autoprune.surrogate._inverse import InverseThresholds
+from autoprune.surrogate._model import Surrogate
+from autoprune.surrogate._propose import Proposal, ProposeConfig, propose
+
+COMPARE_SUFFIX = "-surrogate-compare"  # the side study that holds compare's real evaluations
+
+
+@dataclass
+class StudyView:
+    """A stored autoprune study with what the surrogate needs: its spec, space and base model."""
+
+    study: optuna.Study
+    spec: StudySpec
+    info: StorageInfo
+    ctx: SearchContext
+    encoder: Encoder
+    descriptors: dict[str, np.ndarray]
+
+    @property
+    def budget(self) -> float:
+        return self.spec.study.max_acc_drop
+
+
+def open_view(name: str, info: StorageInfo, *, progress: bool = False) -> StudyView:
+    storage = open_storage(info)
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
+        raise SurrogateError(
+            f"no study {name!r} in {info.safe_url}; studies there: {', '.join(names) or 'none'}"
+        ) from None
+    if "spec" not in study.user_attrs:
+        raise SurrogateError(f"study {name!r} was not made by autoprune search (no spec in its attributes)")
+    spec = spec_from_dict(study.user_attrs["spec"])
+    ctx = prepare(spec, study, storage, info, progress=progress)
+    return StudyView(study, spec, info, ctx, Encoder(distributions(spec.space, ctx.layers)), layer_descriptors(ctx.base))
+
+
+def search_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The search's own finished trials in order (not the surrogate's proposals)."""
+    return [
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        if t.user_attrs.get("source") != "surrogate"
+    ]  # fmt: skip
+
+
+def fit(view: StudyView, trials: Sequence[FrozenTrial] | None = None, *, seed: int = 0) -> tuple[Surrogate, History]:
+    history = history_from_trials(trials if trials is not None else view.study.get_trials(deepcopy=False), view.encoder)
+    return Surrogate(view.encoder, seed=seed).fit(history), history
+
+
+def propose_for(view: StudyView, surrogate: Surrogate, history: History, config: ProposeConfig) -> list[Proposal]:
+    """Forward proposals plus the inverse MLP's thresholds at fractions of the budget, all
+    ranked by the forward ensemble."""
+    extra: list[np.ndarray] = []
+    try:
+        inverse = InverseThresholds(seed=config.seed).fit(history, view.descriptors)
+        extra = inverse.rows(history, [config.max_acc_drop * f for f in (0.5, 0.75, 1.0)], view.descriptors)
+    except SurrogateError:
+        pass  # no per-layer thresholds in this space: forward proposals only
+    return propose(surrogate, history, dataclasses.replace(config, extra=tuple(extra)))
+
+
+def enqueue(study: optuna.Study, proposals: Sequence[Proposal], **attrs: Any) -> int:
+    """Add the proposals as waiting trials (``source=surrogate``); ones already in the study are
+    skipped. Returns how many were added."""
+    before = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    for p in proposals:
+        user_attrs = {"source": "surrogate", "proposal_kind": p.kind,
+                      "predicted_acc_drop": p.predicted["acc_drop"]["mean"],
+                      "predicted_compression_ratio": math.exp(p.predicted["log_compression_ratio"]["mean"]), **attrs}  # fmt: skip
+        study.enqueue_trial(p.params, user_attrs=user_attrs, skip_if_exists=True)
+    return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) - before
+
+
+# ----------------------------------------------------------------------------- compare
+
+
+def hypervolume(points: Sequence[tuple[float, float]], budget: float) -> float:
+    """Area dominated in (accuracy drop, log10 compression ratio) within the budget, reference
+    point (drop = budget, ratio = 1): a trial with drop d and ratio r alone scores
+    (budget - d) * log10(r). Larger is better."""
+    pts = sorted((d, math.log10(r)) for d, r in points if d <= budget and r > 1)
+    area, best = 0.0, 0.0
+    for i, (d, lr) in enumerate(pts):  # sweep from the lowest drop up
+        best = max(best, lr)
+        nxt = pts[i + 1][0] if i + 1 < len(pts) else budget
+        area += (nxt - d) * best
+    return area
+
+
+def _summary(trials: Sequence[FrozenTrial], budget: float) -> dict[str, Any]:
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("acc_drop") is not None]
+    feasible = [t for t in done if t.user_attrs["acc_drop"] <= budget]
+    best = max(feasible, key=lambda t: t.user_attrs["compression_ratio"], default=None)
+    return {
+        "trials": len(trials),
+        "best_ratio": best.user_attrs["compression_ratio"] if best else None,
+        "best_acc_drop": best.user_attrs["acc_drop"] if best else None,
+        "best_test_accuracy": best.user_attrs.get("test_accuracy") if best else None,
+        "best_trial": best.number if best else None,
+        "hypervolume": hypervolume([(t.user_attrs["acc_drop"], t.user_attrs["compression_ratio"]) for t in done], budget),
+        "wall_s": sum(t.user_attrs.get("trial_s") or 0.0 for t in trials),
+    }
+
+
+def compare(
+    view: StudyView, sizes: Sequence[int], *, k: int = 5, seed: int = 0, progress: bool = False
+) -> dict[str, Any]:
+    """For each history size n: fit on the search's first n trials, propose k, run them for real
+    (in a side study, so the search's history stays its own), and set them beside the search
+    after n + k trials and at its full budget."""
+    own = search_trials(view.study)
+    sizes = sorted(set(sizes))
+    if not sizes or sizes[-1] > len(own):
+        raise SurrogateError(f"--at must be history sizes up to the search's {len(own)} finished trials, got {sizes}")
+    side = _side_study(view)
+    objective = Objective(dataclasses.replace(view.ctx, spec=_side_spec(view)), sampler_name="surrogate")
+    budget, rows = view.budget, []
+    for n in sizes:
+        started = time.perf_counter()
+        surrogate, history = fit(view, own[:n], seed=seed)
+        config = ProposeConfig(max_acc_drop=budget, k=k, seed=seed + n)
+        proposals = propose_for(view, surrogate, history, config)
+        model_s = time.perf_counter() - started
+        existing = [t for t in side.get_trials(deepcopy=False) if t.user_attrs.get("history_size") == n]
+        if not existing:
+            enqueue(side, proposals, history_size=n)
+        target = len([t for t in side.get_trials(deepcopy=False) if t.state.is_finished()]) + len(
+            side.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        )
+        work(side, objective, target)
+        evaluated = [t for t in side.get_trials(deepcopy=False) if t.user_attrs.get("history_size") == n]
+        mine = _summary(evaluated, budget)
+        combined = _summary(list(own[:n]) + evaluated, budget)
+        rows.append({
+            "history": n,
+            "k": k,
+            "cv_r2_acc_drop": surrogate.cv_["acc_drop"].r2,
+            "cv_mae_acc_drop": surrogate.cv_["acc_drop"].mae,
+            "cv_r2_log_ratio": surrogate.cv_["log_compression_ratio"].r2,
+            "surrogate": {**mine, "trials": n + len(evaluated), "hypervolume": combined["hypervolume"],
+                          "wall_s": _summary(own[:n], budget)["wall_s"] + model_s + mine["wall_s"],
+                          "model_s": model_s,
+                          "proposals": [{"trial": t.number, "kind": t.user_attrs.get("proposal_kind"),
+                                         "predicted_acc_drop": t.user_attrs.get("predicted_acc_drop"),
+                                         "acc_drop": t.user_attrs.get("acc_drop"),
+                                         "predicted_ratio": t.user_attrs.get("predicted_compression_ratio"),
+                                         "ratio": t.user_attrs.get("compression_ratio")} for t in evaluated]},
+            "search_same_trials": _summary(own[: n + len(evaluated)], budget),
+        })  # fmt: skip
+    return {
+        "study": view.study.study_name,
+        "side_study": side.study_name,
+        "max_acc_drop": budget,
+        "rows": rows,
+        "search_full": _summary(own, budget),
+    }
+
+
+def _side_spec(view: StudyView) -> StudySpec:
+    study = dataclasses.replace(view.spec.study, name=view.spec.study.name + COMPARE_SUFFIX, baselines=[])
+    return dataclasses.replace(view.spec, study=study)
+
+
+def _side_study(view: StudyView) -> optuna.Study:
+    spec = _side_spec(view)
+    side = open_study(spec, open_storage(view.info), seed=0)
+    if "base" not in side.user_attrs:
+        side.set_user_attr("base", view.ctx.base_metrics.to_dict())
+    side.set_user_attr("compares", view.study.study_name)
+    return side

@@ -1,0 +1,131 @@
+"""Samplers at equal budgets: best feasible compression ratio versus trials, over seeds.
+
+Runs `autoprune search` once per (sampler, seed) on one spec, each in its own study of one
+SQLite file (re-running resumes: finished studies are not repeated), then summarises the best
+compression ratio within the accuracy budget (validation) after every trial: mean and spread
+over the seeds, as JSON and a PNG.
+
+    python bench/samplers.py                      # tpe random nsga2 gp surrogate, seeds 0 1 2
+    python bench/samplers.py --samplers tpe,gp --seeds 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import torch
+from optuna.trial import TrialState
+
+HERE = Path(__file__).resolve().parent
+SPEC = HERE / "specs" / "fashion-lenet5-samplers.toml"
+DB = HERE / "results" / "samplers.db"
+
+
+def run(sampler: str, seed: int, trials: int, spec: Path, storage: str) -> float:
+    started = time.perf_counter()
+    cmd = [sys.executable, "-m", "autoprune", "search", str(spec), "--sampler", sampler, "--seed", str(seed),
+           "--study", f"samplers-{sampler}-s{seed}", "--storage", storage, "--trials", str(trials), "-q"]  # fmt: skip
+    subprocess.run(cmd, check=True)
+    return time.perf_counter() - started
+
+
+def best_curve(study: optuna.Study, budget: float, trials: int) -> list[float]:
+    """Best compression ratio with acc_drop <= budget after each of the first ``trials`` trials
+    (finished ones, in order); 1.0 until a feasible one exists."""
+    done = [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    best, curve = 1.0, []
+    for t in sorted(done, key=lambda t: t.number)[:trials]:
+        a = t.user_attrs
+        if t.state == TrialState.COMPLETE and a.get("acc_drop") is not None and a["acc_drop"] <= budget:
+            best = max(best, a["compression_ratio"])
+        curve.append(best)
+    return curve
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--samplers", default="tpe,random,nsga2,gp,surrogate")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--trials", type=int, default=20)
+    ap.add_argument("--budgets", default="1.0,2.0", help="accuracy budgets in points, comma-separated")
+    ap.add_argument("--spec", type=Path, default=SPEC)
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "samplers")
+    args = ap.parse_args()
+    storage = f"sqlite:///{DB}"
+    samplers, seeds = args.samplers.split(","), [int(s) for s in args.seeds.split(",")]
+    wall: dict[str, list[float]] = {}
+    for sampler in samplers:
+        for seed in seeds:
+            print(f"{sampler} seed {seed} ...", flush=True)
+            wall.setdefault(sampler, []).append(run(sampler, seed, args.trials, args.spec, storage))
+
+    budgets = [float(b) for b in args.budgets.split(",")]
+    result: dict = {
+        "command": "python bench/samplers.py " + " ".join(sys.argv[1:]),
+        "spec": str(args.spec.relative_to(HERE.parent)),
+        "trials": args.trials,
+        "seeds": seeds,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
+        "budgets": {},
+    }
+    studies = {
+        (sampler, seed): optuna.load_study(study_name=f"samplers-{sampler}-s{seed}", storage=storage)
+        for sampler in samplers for seed in seeds
+    }  # fmt: skip
+    for budget in budgets:
+        rows = result["budgets"][str(budget)] = {}
+        for sampler in samplers:
+            c = np.array([best_curve(studies[sampler, seed], budget, args.trials) for seed in seeds])
+            rows[sampler] = {
+                "mean": c.mean(axis=0).round(2).tolist(),
+                "std": c.std(axis=0).round(2).tolist(),
+                "final_per_seed": c[:, -1].round(2).tolist(),
+            }
+    for sampler in samplers:
+        trial_s = [t.user_attrs.get("trial_s", math.nan) for seed in seeds for t in studies[sampler, seed].trials
+                   if t.state == TrialState.COMPLETE]  # fmt: skip
+        result.setdefault("median_trial_s", {})[sampler] = round(float(np.nanmedian(trial_s)), 2)
+    result["wall_s_this_run"] = {k: [round(w, 1) for w in v] for k, v in wall.items()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, args.out.with_suffix(".png"))
+    for budget, rows in result["budgets"].items():
+        for name, r in rows.items():
+            print(f"budget {budget}: {name:10s} best ratio after {args.trials} trials "
+                  f"{r['mean'][-1]:6.2f} +- {r['std'][-1]:5.2f}  per seed {r['final_per_seed']}")  # fmt: skip
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budgets = result["budgets"]
+    fig, axes = plt.subplots(1, len(budgets), figsize=(6 * len(budgets), 4.5), squeeze=False)
+    for ax, (budget, rows) in zip(axes[0], budgets.items()):
+        for name, r in rows.items():
+            mean, std = np.array(r["mean"]), np.array(r["std"])
+            x = np.arange(1, len(mean) + 1)
+            ax.plot(x, mean, label=name, linewidth=2.2 if name == "surrogate" else 1.2)
+            ax.fill_between(x, mean - std, mean + std, alpha=0.12)
+        ax.set_xlabel("finished trials")
+        ax.set_ylabel(f"best compression ratio, validation drop <= {budget} pt")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"LeNet-5 / Fashion-MNIST: samplers at equal budgets (mean +- std over seeds {result['seeds']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
