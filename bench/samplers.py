@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 
 HERE = Path(__file__).resolve().parent
 SPEC = HERE / "specs" / "fashion-lenet5-samplers.toml"
-DB = HERE / "results" / "samplers.db"
+RESULTS = HERE / "results"
 
 
 def run(sampler: str, seed: int, trials: int, spec: Path, storage: str) -> float:
@@ -58,9 +58,10 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--budgets", default="1.0,2.0", help="accuracy budgets in points, comma-separated")
     ap.add_argument("--spec", type=Path, default=SPEC)
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "samplers")
+    ap.add_argument("--out", type=Path, help="results path without suffix (default: results/samplers-SPEC)")
     args = ap.parse_args()
-    storage = f"sqlite:///{DB}"
+    args.out = args.out or RESULTS / f"samplers-{args.spec.stem}"
+    storage = f"sqlite:///{args.out.with_suffix('.db')}"
     samplers, seeds = args.samplers.split(","), [int(s) for s in args.seeds.split(",")]
     wall: dict[str, list[float]] = {}
     for sampler in samplers:
@@ -122,7 +123,7 @@ def plot(result: dict, path: Path) -> None:
         ax.set_ylabel(f"best compression ratio, validation drop <= {budget} pt")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(f"LeNet-5 / Fashion-MNIST: samplers at equal budgets (mean +- std over seeds {result['seeds']})")
+    fig.suptitle(f"{result['spec']}: samplers at equal budgets (mean +- std over seeds {result['seeds']})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

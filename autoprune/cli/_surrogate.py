@@ -48,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(c)
     c.add_argument("--at", default="10,20,30", metavar="N,N,...", help="history sizes (default: %(default)s)")
     c.add_argument("-k", type=positive_int, default=5, metavar="K", help="proposals per size (default: 5)")
+    c.add_argument("--max-acc-drop", type=float, metavar="D", help="budget in points (default: the study spec's)")
     c.add_argument("--png", type=Path, metavar="FILE", help="where to write the plot (default: STUDY-compare.png)")
     c.set_defaults(run=run_compare, format=format_compare)
 
@@ -61,9 +62,12 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _view(args: argparse.Namespace) -> Any:
+    import optuna
+
     from autoprune.search.storage import open_storage, parse_storage, resolve_study_name
     from autoprune.surrogate._study import open_view
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     info = parse_storage(args.storage)
     name = resolve_study_name(open_storage(info), args.study, info.safe_url)
     return open_view(name, info, progress=not args.quiet)
@@ -147,7 +151,7 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
     except ValueError:
         raise AutoPruneError(f"--at {args.at!r}: expected history sizes such as 10,20,30") from None
     view = _view(args)
-    result = compare(view, sizes, k=args.k, seed=args.seed, progress=not args.quiet)
+    result = compare(view, sizes, k=args.k, seed=args.seed, max_acc_drop=args.max_acc_drop)
     png = args.png or Path(f"{view.study.study_name}-compare.png")
     result["png"] = str(compare_png(result, png))
     publish(view.study, result)

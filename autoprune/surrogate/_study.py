@@ -127,7 +127,7 @@ def _summary(trials: Sequence[FrozenTrial], budget: float) -> dict[str, Any]:
 
 
 def compare(
-    view: StudyView, sizes: Sequence[int], *, k: int = 5, seed: int = 0, progress: bool = False
+    view: StudyView, sizes: Sequence[int], *, k: int = 5, seed: int = 0, max_acc_drop: float | None = None
 ) -> dict[str, Any]:
     """For each history size n: fit on the search's first n trials, propose k, run them for real
     (in a side study, so the search's history stays its own), and set them beside the search
@@ -138,21 +138,24 @@ def compare(
         raise SurrogateError(f"--at must be history sizes up to the search's {len(own)} finished trials, got {sizes}")
     side = _side_study(view)
     objective = Objective(dataclasses.replace(view.ctx, spec=_side_spec(view)), sampler_name="surrogate")
-    budget, rows = view.budget, []
+    budget = view.budget if max_acc_drop is None else max_acc_drop
+    rows = []
     for n in sizes:
         started = time.perf_counter()
         surrogate, history = fit(view, own[:n], seed=seed)
         config = ProposeConfig(max_acc_drop=budget, k=k, seed=seed + n)
         proposals = propose_for(view, surrogate, history, config)
         model_s = time.perf_counter() - started
-        existing = [t for t in side.get_trials(deepcopy=False) if t.user_attrs.get("history_size") == n]
+        existing = [t for t in side.get_trials(deepcopy=False)
+                    if t.user_attrs.get("history_size") == n and t.user_attrs.get("budget") == budget]  # fmt: skip
         if not existing:
-            enqueue(side, proposals, history_size=n)
+            enqueue(side, proposals, history_size=n, budget=budget)
         target = len([t for t in side.get_trials(deepcopy=False) if t.state.is_finished()]) + len(
             side.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         )
         work(side, objective, target)
-        evaluated = [t for t in side.get_trials(deepcopy=False) if t.user_attrs.get("history_size") == n]
+        evaluated = [t for t in side.get_trials(deepcopy=False)
+                     if t.user_attrs.get("history_size") == n and t.user_attrs.get("budget") == budget]  # fmt: skip
         mine = _summary(evaluated, budget)
         combined = _summary(list(own[:n]) + evaluated, budget)
         rows.append({
