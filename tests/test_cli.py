@@ -31,7 +31,15 @@ def test_help_describes_every_subcommand(capsys: pytest.CaptureFixture[str]) -> 
         assert e.value.code == 0
         text = capsys.readouterr().out
         assert "usage: autoprune " + name in text and "--" in text
-        if name != "dashboard":  # every command that reports results can print JSON
+        nested = ["fit", "propose", "compare"] if name == "surrogate" else []
+        for sub in nested:
+            assert sub in text
+            with pytest.raises(SystemExit) as e:
+                main([name, sub, "--help"])
+            assert e.value.code == 0
+            sub_text = capsys.readouterr().out
+            assert f"usage: autoprune {name} {sub}" in sub_text and "--json" in sub_text
+        if name not in ("dashboard", "surrogate"):  # every command that reports results can print JSON
             assert "--json" in text
 
 

@@ -121,6 +121,8 @@ def resolve_study_name(storage: BaseStorage, name: str | None, safe_url: str) ->
         if name not in names:
             raise StorageError(f"no study {name!r} in {safe_url}; studies: {', '.join(names) or '(none)'}")
         return name
+    if not names:
+        raise StorageError(f"{safe_url} holds no study yet; run 'autoprune search' first (or check --storage)")
     if len(names) != 1:
         raise StorageError(f"{safe_url} holds {len(names)} studies; pick one with --study ({', '.join(names)})")
     return names[0]
