@@ -41,7 +41,9 @@ def run(sampler: str, seed: int, trials: int, spec: Path, storage: str) -> float
 def best_curve(study: optuna.Study, budget: float, trials: int) -> list[float]:
     """Best compression ratio with acc_drop <= budget after each of the first ``trials`` trials
     (finished ones, in order); 1.0 until a feasible one exists."""
-    done = [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    done = [
+        t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    ]
     best, curve = 1.0, []
     for t in sorted(done, key=lambda t: t.number)[:trials]:
         a = t.user_attrs
@@ -72,7 +74,7 @@ def main() -> None:
     budgets = [float(b) for b in args.budgets.split(",")]
     result: dict = {
         "command": "python bench/samplers.py " + " ".join(sys.argv[1:]),
-        "spec": str(args.spec.relative_to(HERE.parent)),
+        "spec": str(args.spec.resolve().relative_to(HERE.parent)),
         "trials": args.trials,
         "seeds": seeds,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",

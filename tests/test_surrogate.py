@@ -46,14 +46,21 @@ def truth(p: dict) -> list[float]:
     drop = (2.0 * p["ratio_conv2"] ** 2 + 0.8 * p["ratio_conv1"] + 1.5 * q["fc1"] ** 2 + 0.5 * q["conv2"]
             + 3.0 / p["fc_bits"] - 0.3 * p["finetune_epochs"] + (0.3 if p["init"] == "forgy" else 0.0))  # fmt: skip
     kept = (1 - p["ratio_conv1"]) * (1 - p["ratio_conv2"])
-    log_ratio = math.log(32 / (0.8 * p["fc_bits"] + 0.2 * p["conv_bits"])) + 1.2 * q["fc1"] + 0.3 * q["conv2"] - 0.4 * math.log(kept)
+    log_ratio = (
+        math.log(32 / (0.8 * p["fc_bits"] + 0.2 * p["conv_bits"]))
+        + 1.2 * q["fc1"]
+        + 0.3 * q["conv2"]
+        - 0.4 * math.log(kept)
+    )
     return [drop, log_ratio, 0.1 + kept]
 
 
 def synthetic(n: int, seed: int = 0) -> History:
     enc = Encoder(DISTS)
     params = [enc.decode(r) for r in enc.sample(np.random.default_rng(seed), n)]
-    return History(enc, np.array([enc.encode(p) for p in params]), np.array([truth(p) for p in params]), list(range(n)))
+    return History(
+        enc, np.array([enc.encode(p) for p in params]), np.array([truth(p) for p in params]), list(range(n))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +77,9 @@ def test_encoder_round_trips_every_kind_of_parameter() -> None:
         assert back.keys() == DISTS.keys()
         for name, d in DISTS.items():
             assert d._contains(d.to_internal_repr(p[name])), (name, p[name])
-            assert back[name] == pytest.approx(p[name]) if isinstance(p[name], float) else back[name] == p[name]
+            assert (
+                back[name] == pytest.approx(p[name]) if isinstance(p[name], float) else back[name] == p[name]
+            )
     assert len(enc.columns) == 9 + 3 + 1  # ranges, one-hot init, lr
 
 
@@ -109,7 +118,9 @@ def test_latency_target_ranks_by_predicted_latency(fitted) -> None:
 
 def test_the_inverse_mlp_maps_a_budget_to_per_layer_thresholds(fitted) -> None:
     _, history = fitted
-    descriptors = {l: np.array([4.0 - i * 0.5, i / 3, float(i < 2), 0.5, 0.2, 0.3]) for i, l in enumerate(LAYERS)}
+    descriptors = {
+        l: np.array([4.0 - i * 0.5, i / 3, float(i < 2), 0.5, 0.2, 0.3]) for i, l in enumerate(LAYERS)
+    }
     inverse = InverseThresholds().fit(history, descriptors)
     assert set(inverse.models_) == {"ratio", "quality"} and inverse.rows_ > 0
     loose, tight = inverse.thresholds(3.0, descriptors), inverse.thresholds(0.0, descriptors)
@@ -130,7 +141,9 @@ def test_a_saved_surrogate_loads_back_and_checks_its_space(fitted, tmp_path: Pat
     path = tmp_path / "s.joblib"
     surrogate.save(path)
     back = Surrogate.load(path, history.encoder)
-    np.testing.assert_array_equal(back.predict(history.x[:5])["acc_drop"][0], surrogate.predict(history.x[:5])["acc_drop"][0])
+    np.testing.assert_array_equal(
+        back.predict(history.x[:5])["acc_drop"][0], surrogate.predict(history.x[:5])["acc_drop"][0]
+    )
     with pytest.raises(SurrogateError, match="another search space"):
         Surrogate.load(path, Encoder({"ratio": F(0.0, 0.5)}))
     (tmp_path / "junk").write_bytes(b"not a pickle")
@@ -183,7 +196,9 @@ def small_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
 
 def test_fit_reports_cross_validated_error(small_study) -> None:
     url, tmp = small_study
-    out = run_cli("surrogate", "fit", "--storage", url, "--study", "s", "--out", str(tmp / "m.joblib"), "--json", "-q")
+    out = run_cli(
+        "surrogate", "fit", "--storage", url, "--study", "s", "--out", str(tmp / "m.joblib"), "--json", "-q"
+    )
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout)
     assert set(r["cv"]) == set(TARGETS) and r["trials_used"] >= 8
@@ -208,7 +223,9 @@ def test_enqueued_proposals_are_evaluated_once_and_tagged(small_study) -> None:
     out = run_cli("surrogate", "propose", "--storage", url, "--study", "s", "-k", "2", "--enqueue",
                   "--model", str(tmp / "m.joblib"), "--json", "-q")  # fmt: skip
     if out.returncode != 0 and "m.joblib" in out.stderr:  # fit test not run first (-k selection)
-        out = run_cli("surrogate", "propose", "--storage", url, "--study", "s", "-k", "2", "--enqueue", "--json", "-q")
+        out = run_cli(
+            "surrogate", "propose", "--storage", url, "--study", "s", "-k", "2", "--enqueue", "--json", "-q"
+        )
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout)
     assert r["enqueued"] == 2 and len(r["proposals"]) == 2

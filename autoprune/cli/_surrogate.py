@@ -32,12 +32,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                             description="Score many candidate settings with the surrogate and return the "
                             "K best predicted to stay within the budget, with predicted metrics and spread.")  # fmt: skip
     _common(q)
-    q.add_argument("--max-acc-drop", type=float, metavar="D", help="budget in points (default: the study spec's)")
-    q.add_argument("--target", choices=("size", "latency"), default="size", help="what to minimise (default: size)")
+    q.add_argument(
+        "--max-acc-drop", type=float, metavar="D", help="budget in points (default: the study spec's)"
+    )
+    q.add_argument(
+        "--target", choices=("size", "latency"), default="size", help="what to minimise (default: size)"
+    )
     q.add_argument("-k", type=positive_int, default=5, metavar="K", help="how many proposals (default: 5)")
-    q.add_argument("--model", type=Path, metavar="FILE", help="use a surrogate saved by 'fit --out' (not refit)")
-    q.add_argument("--enqueue", action="store_true",
-                   help="add them to the study (source=surrogate); the next 'autoprune search' runs them")
+    q.add_argument(
+        "--model", type=Path, metavar="FILE", help="use a surrogate saved by 'fit --out' (not refit)"
+    )
+    q.add_argument(
+        "--enqueue",
+        action="store_true",
+        help="add them to the study (source=surrogate); the next 'autoprune search' runs them",
+    )
     q.set_defaults(run=run_propose, format=format_propose)
 
     c = commands.add_parser("compare", help="fit on the first n trials, run K proposals, set them beside the search",
@@ -48,8 +57,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(c)
     c.add_argument("--at", default="10,20,30", metavar="N,N,...", help="history sizes (default: %(default)s)")
     c.add_argument("-k", type=positive_int, default=5, metavar="K", help="proposals per size (default: 5)")
-    c.add_argument("--max-acc-drop", type=float, metavar="D", help="budget in points (default: the study spec's)")
-    c.add_argument("--png", type=Path, metavar="FILE", help="where to write the plot (default: STUDY-compare.png)")
+    c.add_argument(
+        "--max-acc-drop", type=float, metavar="D", help="budget in points (default: the study spec's)"
+    )
+    c.add_argument(
+        "--png", type=Path, metavar="FILE", help="where to write the plot (default: STUDY-compare.png)"
+    )
     c.set_defaults(run=run_compare, format=format_compare)
 
 
@@ -84,7 +97,11 @@ def run_fit(args: argparse.Namespace) -> dict[str, Any]:
     surrogate, history = fit(view, seed=args.seed)
     if args.out:
         surrogate.save(args.out)
-    return {"study": view.study.study_name, **_fit_report(surrogate, history), "saved": str(args.out) if args.out else None}
+    return {
+        "study": view.study.study_name,
+        **_fit_report(surrogate, history),
+        "saved": str(args.out) if args.out else None,
+    }
 
 
 def format_fit(r: dict[str, Any]) -> str:
@@ -132,9 +149,15 @@ def format_propose(r: dict[str, Any]) -> str:
              f"ratio {cv['log_compression_ratio']['r2']:.2f})", "",
              grid(["#", "kind", "within", "predicted drop", "ratio", "latency ms", "params"], rows)]  # fmt: skip
     if not any(p["feasible"] for p in r["proposals"]):
-        lines += ["", "none is predicted within the budget: these are the safest; run more trials or raise --max-acc-drop"]
+        lines += [
+            "",
+            "none is predicted within the budget: these are the safest; run more trials or raise --max-acc-drop",
+        ]
     if r["enqueued"]:
-        lines += ["", f"enqueued {r['enqueued']} (source=surrogate): the next 'autoprune search' on this study runs them"]
+        lines += [
+            "",
+            f"enqueued {r['enqueued']} (source=surrogate): the next 'autoprune search' on this study runs them",
+        ]
     return "\n".join(lines)
 
 

@@ -39,7 +39,7 @@ def compare_note(result: dict[str, Any]) -> str:
         f"## Surrogate versus search (validation drop <= {budget} points)",
         "",
         "For each history size n the MLP ensemble is fitted on the search's first n trials, proposes k "
-        f"settings, and they are run for real in `{result['side_study']}`. \"search (n+k)\" is the search "
+        f'settings, and they are run for real in `{result["side_study"]}`. "search (n+k)" is the search '
         "after the same number of trials. HV: area dominated in (drop, log10 ratio) within the budget.",
         "",
         "| " + " | ".join(COMPARE_HEADER) + " |",
@@ -60,7 +60,11 @@ def compare_plotly(result: dict[str, Any]) -> Any:
                              mode="lines+markers", name="search after n + k trials"))  # fmt: skip
     full = result["search_full"]["best_ratio"]
     if full is not None:
-        fig.add_hline(y=full, line_dash="dash", annotation_text=f"search, full budget ({result['search_full']['trials']} trials)")
+        fig.add_hline(
+            y=full,
+            line_dash="dash",
+            annotation_text=f"search, full budget ({result['search_full']['trials']} trials)",
+        )
     fig.update_layout(
         title=f"Best compression ratio within {result['max_acc_drop']} points (validation)",
         xaxis_title="history size n", yaxis_title="compression ratio",
@@ -77,11 +81,26 @@ def compare_png(result: dict[str, Any], path: Path) -> Path:
     n = [r["history"] for r in result["rows"]]
     nan = float("nan")
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    ax.plot(n, [r["surrogate"]["best_ratio"] or nan for r in result["rows"]], "o-", label="surrogate: n history + k proposals")
-    ax.plot(n, [r["search_same_trials"]["best_ratio"] or nan for r in result["rows"]], "s-", label="search after n + k trials")
+    ax.plot(
+        n,
+        [r["surrogate"]["best_ratio"] or nan for r in result["rows"]],
+        "o-",
+        label="surrogate: n history + k proposals",
+    )
+    ax.plot(
+        n,
+        [r["search_same_trials"]["best_ratio"] or nan for r in result["rows"]],
+        "s-",
+        label="search after n + k trials",
+    )
     full = result["search_full"]
     if full["best_ratio"] is not None:
-        ax.axhline(full["best_ratio"], linestyle="--", color="grey", label=f"search, full budget ({full['trials']} trials)")
+        ax.axhline(
+            full["best_ratio"],
+            linestyle="--",
+            color="grey",
+            label=f"search, full budget ({full['trials']} trials)",
+        )
     ax.set_xlabel("history size n (search trials the surrogate learned from)")
     ax.set_ylabel(f"best compression ratio, drop <= {result['max_acc_drop']} pt")
     ax.set_title(result["study"])

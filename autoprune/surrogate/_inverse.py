@@ -59,7 +59,9 @@ class InverseThresholds:
                 out[param] = float(np.clip(value, 0.0, 1.0))
         return out
 
-    def rows(self, history: History, drops: list[float], descriptors: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    def rows(
+        self, history: History, drops: list[float], descriptors: Mapping[str, np.ndarray]
+    ) -> list[np.ndarray]:
         """Candidate rows: the best trial within each drop, its thresholds replaced by the
         inverse model's (the other settings, bits and fine-tuning, stay the trial's)."""
         columns = history.encoder.columns
@@ -67,7 +69,9 @@ class InverseThresholds:
         out = []
         for target in drops:
             ok = drop <= target
-            base = history.x[np.argmax(np.where(ok, ratio, -np.inf))] if ok.any() else history.x[np.argmin(drop)]
+            base = (
+                history.x[np.argmax(np.where(ok, ratio, -np.inf))] if ok.any() else history.x[np.argmin(drop)]
+            )
             row = base.copy()
             for param, value in self.thresholds(target, descriptors).items():
                 row[columns.index(param)] = value

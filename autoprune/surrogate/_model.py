@@ -52,7 +52,9 @@ class MLPEnsemble(RegressorMixin, BaseEstimator):
             hidden_layer_sizes=self.hidden_layer_sizes, alpha=self.alpha, solver="lbfgs",
             max_iter=self.max_iter, random_state=seed,
         )  # fmt: skip
-        return TransformedTargetRegressor(regressor=make_pipeline(StandardScaler(), mlp), transformer=StandardScaler())
+        return TransformedTargetRegressor(
+            regressor=make_pipeline(StandardScaler(), mlp), transformer=StandardScaler()
+        )
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> MLPEnsemble:
         x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
@@ -83,7 +85,9 @@ class CVScore:
     folds: int
 
 
-def cross_validate(estimator: MLPEnsemble, x: np.ndarray, y: np.ndarray, *, folds: int = 5, seed: int = 0) -> CVScore:
+def cross_validate(
+    estimator: MLPEnsemble, x: np.ndarray, y: np.ndarray, *, folds: int = 5, seed: int = 0
+) -> CVScore:
     """R^2 and MAE of out-of-fold predictions: each trial predicted by a model that never saw it."""
     folds = min(folds, len(x))
     predicted = np.zeros_like(y)

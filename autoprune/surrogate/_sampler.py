@@ -83,11 +83,19 @@ class SurrogateSampler(BaseSampler):
     def _propose(self, dists: dict[str, BaseDistribution], trials: list[FrozenTrial]) -> dict[str, Any]:
         encoder = Encoder(dists)
         history = history_from_trials(trials, encoder)
-        surrogate = Surrogate(encoder, n_members=self.n_members, seed=self._seed + len(history)).fit(history, cv=False)
+        surrogate = Surrogate(encoder, n_members=self.n_members, seed=self._seed + len(history)).fit(
+            history, cv=False
+        )
         drop, log_ratio = history.target("acc_drop"), history.target("log_compression_ratio")
         feasible = drop <= self.max_acc_drop
-        anchors = history.x[feasible][np.argsort(-log_ratio[feasible])[:5]] if feasible.any() else history.x[np.argsort(drop)[:5]]
-        rows = np.vstack([encoder.sample(self._rng, self.candidates), encoder.perturb(self._rng, anchors, self.candidates)])
+        anchors = (
+            history.x[feasible][np.argsort(-log_ratio[feasible])[:5]]
+            if feasible.any()
+            else history.x[np.argsort(drop)[:5]]
+        )
+        rows = np.vstack(
+            [encoder.sample(self._rng, self.candidates), encoder.perturb(self._rng, anchors, self.candidates)]
+        )
         rows = np.array([encoder.canonical(r) for r in rows])
         pred = surrogate.predict(rows)
         d_mean, d_spread = pred["acc_drop"]

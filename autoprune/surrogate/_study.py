@@ -18,7 +18,13 @@ from autoprune.search.run import open_study, prepare, work
 from autoprune.search.space import distributions
 from autoprune.search.spec import StudySpec, spec_from_dict
 from autoprune.search.storage import StorageInfo, open_storage
-from autoprune.surrogate._history import Encoder, History, SurrogateError, history_from_trials, layer_descriptors
+from autoprune.surrogate._history import (
+    Encoder,
+    History,
+    SurrogateError,
+    history_from_trials,
+    layer_descriptors,
+)
 from autoprune.surrogate._inverse import InverseThresholds
 from autoprune.surrogate._model import Surrogate
 from autoprune.surrogate._propose import Proposal, ProposeConfig, propose
@@ -47,7 +53,9 @@ def open_view(name: str, info: StorageInfo, *, progress: bool = False) -> StudyV
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
-        names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
+        names = sorted(
+            s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+        )
         raise SurrogateError(
             f"no study {name!r} in {info.safe_url}; studies there: {', '.join(names) or 'none'}"
         ) from None
@@ -55,7 +63,9 @@ def open_view(name: str, info: StorageInfo, *, progress: bool = False) -> StudyV
         raise SurrogateError(f"study {name!r} was not made by autoprune search (no spec in its attributes)")
     spec = spec_from_dict(study.user_attrs["spec"])
     ctx = prepare(spec, study, storage, info, progress=progress)
-    return StudyView(study, spec, info, ctx, Encoder(distributions(spec.space, ctx.layers)), layer_descriptors(ctx.base))
+    return StudyView(
+        study, spec, info, ctx, Encoder(distributions(spec.space, ctx.layers)), layer_descriptors(ctx.base)
+    )
 
 
 def search_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -66,12 +76,18 @@ def search_trials(study: optuna.Study) -> list[FrozenTrial]:
     ]  # fmt: skip
 
 
-def fit(view: StudyView, trials: Sequence[FrozenTrial] | None = None, *, seed: int = 0) -> tuple[Surrogate, History]:
-    history = history_from_trials(trials if trials is not None else view.study.get_trials(deepcopy=False), view.encoder)
+def fit(
+    view: StudyView, trials: Sequence[FrozenTrial] | None = None, *, seed: int = 0
+) -> tuple[Surrogate, History]:
+    history = history_from_trials(
+        trials if trials is not None else view.study.get_trials(deepcopy=False), view.encoder
+    )
     return Surrogate(view.encoder, seed=seed).fit(history), history
 
 
-def propose_for(view: StudyView, surrogate: Surrogate, history: History, config: ProposeConfig) -> list[Proposal]:
+def propose_for(
+    view: StudyView, surrogate: Surrogate, history: History, config: ProposeConfig
+) -> list[Proposal]:
     """Forward proposals plus the inverse MLP's thresholds at fractions of the budget, all
     ranked by the forward ensemble."""
     extra: list[np.ndarray] = []
@@ -88,9 +104,13 @@ def enqueue(study: optuna.Study, proposals: Sequence[Proposal], **attrs: Any) ->
     skipped. Returns how many were added."""
     before = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     for p in proposals:
-        user_attrs = {"source": "surrogate", "proposal_kind": p.kind,
-                      "predicted_acc_drop": p.predicted["acc_drop"]["mean"],
-                      "predicted_compression_ratio": math.exp(p.predicted["log_compression_ratio"]["mean"]), **attrs}  # fmt: skip
+        user_attrs = {
+            "source": "surrogate",
+            "proposal_kind": p.kind,
+            "predicted_acc_drop": p.predicted["acc_drop"]["mean"],
+            "predicted_compression_ratio": math.exp(p.predicted["log_compression_ratio"]["mean"]),
+            **attrs,
+        }
         study.enqueue_trial(p.params, user_attrs=user_attrs, skip_if_exists=True)
     return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) - before
 
@@ -121,7 +141,9 @@ def _summary(trials: Sequence[FrozenTrial], budget: float) -> dict[str, Any]:
         "best_acc_drop": best.user_attrs["acc_drop"] if best else None,
         "best_test_accuracy": best.user_attrs.get("test_accuracy") if best else None,
         "best_trial": best.number if best else None,
-        "hypervolume": hypervolume([(t.user_attrs["acc_drop"], t.user_attrs["compression_ratio"]) for t in done], budget),
+        "hypervolume": hypervolume(
+            [(t.user_attrs["acc_drop"], t.user_attrs["compression_ratio"]) for t in done], budget
+        ),
         "wall_s": sum(t.user_attrs.get("trial_s") or 0.0 for t in trials),
     }
 
@@ -135,7 +157,9 @@ def compare(
     own = search_trials(view.study)
     sizes = sorted(set(sizes))
     if not sizes or sizes[-1] > len(own):
-        raise SurrogateError(f"--at must be history sizes up to the search's {len(own)} finished trials, got {sizes}")
+        raise SurrogateError(
+            f"--at must be history sizes up to the search's {len(own)} finished trials, got {sizes}"
+        )
     side = _side_study(view)
     objective = Objective(dataclasses.replace(view.ctx, spec=_side_spec(view)), sampler_name="surrogate")
     budget = view.budget if max_acc_drop is None else max_acc_drop
@@ -146,34 +170,12 @@ def compare(
         config = ProposeConfig(max_acc_drop=budget, k=k, seed=seed + n)
         proposals = propose_for(view, surrogate, history, config)
         model_s = time.perf_counter() - started
-        existing = [t for t in side.get_trials(deepcopy=False)
-                    if t.user_attrs.get("history_size") == n and t.user_attrs.get("budget") == budget]  # fmt: skip
-        if not existing:
+        if not _proposals_of(side, n, budget):  # run once: the same command again reuses them
             enqueue(side, proposals, history_size=n, budget=budget)
-        target = len([t for t in side.get_trials(deepcopy=False) if t.state.is_finished()]) + len(
-            side.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-        )
-        work(side, objective, target)
-        evaluated = [t for t in side.get_trials(deepcopy=False)
-                     if t.user_attrs.get("history_size") == n and t.user_attrs.get("budget") == budget]  # fmt: skip
-        mine = _summary(evaluated, budget)
-        combined = _summary(list(own[:n]) + evaluated, budget)
-        rows.append({
-            "history": n,
-            "k": k,
-            "cv_r2_acc_drop": surrogate.cv_["acc_drop"].r2,
-            "cv_mae_acc_drop": surrogate.cv_["acc_drop"].mae,
-            "cv_r2_log_ratio": surrogate.cv_["log_compression_ratio"].r2,
-            "surrogate": {**mine, "trials": n + len(evaluated), "hypervolume": combined["hypervolume"],
-                          "wall_s": _summary(own[:n], budget)["wall_s"] + model_s + mine["wall_s"],
-                          "model_s": model_s,
-                          "proposals": [{"trial": t.number, "kind": t.user_attrs.get("proposal_kind"),
-                                         "predicted_acc_drop": t.user_attrs.get("predicted_acc_drop"),
-                                         "acc_drop": t.user_attrs.get("acc_drop"),
-                                         "predicted_ratio": t.user_attrs.get("predicted_compression_ratio"),
-                                         "ratio": t.user_attrs.get("compression_ratio")} for t in evaluated]},
-            "search_same_trials": _summary(own[: n + len(evaluated)], budget),
-        })  # fmt: skip
+        waiting = len(side.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+        work(side, objective, sum(t.state.is_finished() for t in side.get_trials(deepcopy=False)) + waiting)
+        evaluated = _proposals_of(side, n, budget)
+        rows.append(_compare_row(n, k, surrogate, own, evaluated, budget, model_s))
     return {
         "study": view.study.study_name,
         "side_study": side.study_name,
@@ -181,6 +183,51 @@ def compare(
         "rows": rows,
         "search_full": _summary(own, budget),
     }
+
+
+def _proposals_of(side: optuna.Study, n: int, budget: float) -> list[FrozenTrial]:
+    return [
+        t for t in side.get_trials(deepcopy=False)
+        if t.user_attrs.get("history_size") == n and t.user_attrs.get("budget") == budget
+    ]  # fmt: skip
+
+
+def _compare_row(
+    n: int, k: int, surrogate: Surrogate, own: Sequence[FrozenTrial], evaluated: list[FrozenTrial],
+    budget: float, model_s: float,
+) -> dict[str, Any]:  # fmt: skip
+    """The surrogate (n history trials + its proposals) beside the search after as many trials."""
+    mine = _summary(evaluated, budget)
+    history = _summary(own[:n], budget)
+    proposals = [
+        {key: t.user_attrs.get(attr) for key, attr in PROPOSAL_FIELDS.items()} | {"trial": t.number}
+        for t in evaluated
+    ]  # fmt: skip
+    return {
+        "history": n,
+        "k": k,
+        "cv_r2_acc_drop": surrogate.cv_["acc_drop"].r2,
+        "cv_mae_acc_drop": surrogate.cv_["acc_drop"].mae,
+        "cv_r2_log_ratio": surrogate.cv_["log_compression_ratio"].r2,
+        "surrogate": {
+            **mine,  # best ratio among the proposals, run for real
+            "trials": n + len(evaluated),
+            "hypervolume": _summary(list(own[:n]) + evaluated, budget)["hypervolume"],
+            "wall_s": history["wall_s"] + model_s + mine["wall_s"],
+            "model_s": model_s,
+            "proposals": proposals,
+        },
+        "search_same_trials": _summary(own[: n + len(evaluated)], budget),
+    }
+
+
+PROPOSAL_FIELDS = {  # compare's record of each proposal: key -> trial user attribute
+    "kind": "proposal_kind",
+    "predicted_acc_drop": "predicted_acc_drop",
+    "acc_drop": "acc_drop",
+    "predicted_ratio": "predicted_compression_ratio",
+    "ratio": "compression_ratio",
+}
 
 
 def _side_spec(view: StudyView) -> StudySpec:
