@@ -254,6 +254,34 @@ def test_pipeline_records_every_metric_and_reports_each_epoch(digits_base, tmp_p
     assert base is not result.model and count_params(base) == base_metrics.params  # the base is untouched
 
 
+def test_gradual_pruning_ramps_to_exactly_the_final_sparsity(
+    digits_base, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    splits, spec, base, base_metrics = digits_base
+    config = CompressConfig.from_dict({
+        "unstructured": {"mode": "sparsity", "default": 0.8, "steps": 3},
+        "finetune": {"epochs": 3, "max_batches": 4},
+        "quantize": {"enabled": False},
+    })  # fmt: skip
+    sparsity = []
+
+    def watch(epoch: int, acc: float) -> None:
+        w = torch.cat([l.weight.detach().flatten() for l in weight_layers(model_ref[0]).values()])
+        sparsity.append(float((w == 0).float().mean()))
+
+    import autoprune.compress.pipeline as pipeline
+
+    model_ref = []  # the model being fine-tuned, seen by the callback
+    real_fit = pipeline.fit
+    monkeypatch.setattr(pipeline, "fit", lambda model, *a, **kw: model_ref.append(model) or real_fit(model, *a, **kw))
+    result = compress(base, spec, splits, config, tmp_path / "g.apk", base_metrics=base_metrics,
+                      callbacks=[watch], progress=False, latency_repeats=3)  # fmt: skip
+    assert len(sparsity) == 3 and sparsity[0] < sparsity[1] < sparsity[2]  # one step per epoch, ramping up
+    for name, layer in weight_layers(result.model).items():  # the recipe's sparsity, exactly, at the end
+        assert int((layer.weight == 0).sum()) == round(0.8 * layer.weight.numel()), name
+    assert CompressConfig.from_dict(config.to_dict()).unstructured.steps == 3
+
+
 def test_pipeline_raises_on_a_diverging_fine_tune(digits_base, tmp_path: Path) -> None:
     splits, spec, base, base_metrics = digits_base
     config = CompressConfig.from_dict({"finetune": {"epochs": 2, "lr": 1e5, "optimizer": "sgd"}})

@@ -60,19 +60,25 @@ def compress(
     model = copy.deepcopy(base).eval()
     torch.manual_seed(seed)
 
+    ft, u = config.finetune, config.unstructured
+    steps = min(u.steps, ft.epochs) if ft.epochs > 0 else 1
     norms = prune_filters_(model, config.structured, torch.zeros(1, *splits.input_shape))
-    masks = prune_magnitude_(model, config.unstructured)
+    masks = prune_magnitude_(model, u.at_step(1, steps))
     timings["prune_s"] = time.perf_counter() - clock
 
-    ft = config.finetune
     train_time = time.perf_counter()
-    if ft.epochs > 0:
+    offset = 0
+    for step, epochs in enumerate(_split(ft.epochs, steps), start=1):
+        if step > 1:  # gradual pruning: the next step on the fine-tuned weights
+            masks = prune_magnitude_(model, u.at_step(step, steps))
+        shifted = [lambda e, acc, cb=cb, o=offset: cb(o + e, acc) for cb in callbacks]
         fit(
             model, splits,
-            TrainConfig(epochs=ft.epochs, lr=ft.lr, batch_size=ft.batch_size, optimizer=ft.optimizer,
-                        max_batches=ft.max_batches, seed=seed),
-            callbacks=callbacks, after_step=mask_holder(model, masks), progress=progress, desc="fine-tune",
+            TrainConfig(epochs=epochs, lr=ft.lr, batch_size=ft.batch_size, optimizer=ft.optimizer,
+                        max_batches=ft.max_batches, seed=seed + step - 1),
+            callbacks=shifted, after_step=mask_holder(model, masks), progress=progress, desc="fine-tune",
         )  # fmt: skip
+        offset += epochs
     timings["finetune_s"] = time.perf_counter() - train_time
 
     q = config.quantize
@@ -83,7 +89,6 @@ def compress(
         bits = {name: q.bits_for(name, layer) for name, layer in weight_layers(model).items()}
         if q.epochs > 0:
             attach_codebooks_(model)
-            offset = ft.epochs
             shifted = [lambda e, acc, cb=cb: cb(offset + e, acc) for cb in callbacks]
             t = time.perf_counter()
             try:
@@ -119,3 +124,10 @@ def compress(
         **{k: round(v, 4) for k, v in timings.items()},
     }
     return CompressResult(decoded, metrics, report, norms)
+
+
+def _split(epochs: int, steps: int) -> list[int]:
+    """``epochs`` fine-tuning epochs over ``steps`` pruning steps, the extra ones first."""
+    if epochs <= 0:
+        return []
+    return [epochs // steps + (i < epochs % steps) for i in range(steps)]

@@ -7,6 +7,7 @@ sparsity.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -22,10 +23,15 @@ class MagnitudeConfig:
     mode: str = "quality"  # "quality": threshold = value * std; "sparsity": share of weights zeroed
     default: float = 0.0  # for every conv / linear layer not named in ``layers``
     layers: dict[str, float] = field(default_factory=dict)
+    # Prune in this many steps spread over the fine-tuning epochs (Zhu & Gupta's cubic schedule,
+    # as Deep Compression prunes iteratively); 1: all at once before fine-tuning.
+    steps: int = 1
 
     def __post_init__(self) -> None:
         if self.mode not in ("quality", "sparsity"):
             raise RecipeError(f"unstructured mode={self.mode!r} should be 'quality' or 'sparsity'")
+        if self.steps < 1:
+            raise RecipeError(f"unstructured steps={self.steps} should be at least 1")
         for name, value in [("default", self.default), *self.layers.items()]:
             if self.mode == "sparsity" and not 0.0 <= value < 1.0:
                 raise RecipeError(f"unstructured sparsity for {name}={value} should be in [0, 1)")
@@ -34,6 +40,14 @@ class MagnitudeConfig:
 
     def value_for(self, name: str) -> float:
         return self.layers.get(name, self.default)
+
+    def at_step(self, step: int, steps: int) -> MagnitudeConfig:
+        """The share of the final pruning reached after ``step`` of ``steps`` (cubic ramp:
+        large steps first, while the network has the most to give)."""
+        f = 1.0 - (1.0 - step / steps) ** 3
+        return dataclasses.replace(
+            self, default=self.default * f, layers={k: v * f for k, v in self.layers.items()}, steps=1
+        )
 
 
 def magnitude_mask(weight: torch.Tensor, mode: str, value: float) -> torch.Tensor:
