@@ -45,7 +45,10 @@ def make_sampler(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
         if name == "random":
             return optuna.samplers.RandomSampler(seed=seed)
         if name == "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=seed)
+            # Optuna's default population (50) is pure random search for a budget under 100
+            # trials: a generation a quarter of the budget (4..50) lets it evolve.
+            population = max(4, min(50, spec.study.trials // 4))
+            return optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
         if name == "gp":
             return optuna.samplers.GPSampler(seed=seed)
         if name == "surrogate":
