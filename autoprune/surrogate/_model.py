@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,16 @@ class CVScore:
     r2: float
     mae: float
     folds: int
+    truth: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))  # the held-out targets
+    predicted: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))  # out of fold
+
+    def mae_below(self, limit: float) -> float:
+        """MAE over held-out trials whose true value is at most ``limit`` (the region a budget
+        decision is made in); the overall MAE when fewer than three are."""
+        near = self.truth <= limit
+        if near.sum() < 3:
+            return self.mae
+        return float(np.abs(self.truth[near] - self.predicted[near]).mean())
 
 
 def cross_validate(
@@ -93,7 +103,9 @@ def cross_validate(
     predicted = np.zeros_like(y)
     for train, test in KFold(folds, shuffle=True, random_state=seed).split(x):
         predicted[test] = clone(estimator).fit(x[train], y[train]).predict(x[test])
-    return CVScore(float(r2_score(y, predicted)), float(mean_absolute_error(y, predicted)), folds)
+    return CVScore(
+        float(r2_score(y, predicted)), float(mean_absolute_error(y, predicted)), folds, y, predicted
+    )
 
 
 class Surrogate:

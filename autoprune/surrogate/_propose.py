@@ -66,8 +66,10 @@ def propose(surrogate: Surrogate, history: History, config: ProposeConfig) -> li
     pred = surrogate.predict(rows)
     drop_mean, drop_spread = pred["acc_drop"]
     # Searching thousands of candidates finds the model's optimistic errors, so the margin adds
-    # the cross-validated error of the drop to the ensemble's spread.
-    margin = surrogate.cv_["acc_drop"].mae if "acc_drop" in surrogate.cv_ else 0.0
+    # the cross-validated error of the drop (over held-out trials up to twice the budget: the
+    # collapsed trials far above it say little about the boundary) to the ensemble's spread.
+    cv = surrogate.cv_.get("acc_drop")
+    margin = cv.mae_below(2 * config.max_acc_drop) if cv is not None else 0.0
     upper = drop_mean + config.kappa * drop_spread + margin
     feasible = upper <= config.max_acc_drop
     metric_mean = pred[TARGET_METRICS[config.target]][0]

@@ -4,6 +4,7 @@ proposals, run for real, with the search's own trials."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -170,11 +171,13 @@ def compare(
         config = ProposeConfig(max_acc_drop=budget, k=k, seed=seed + n)
         proposals = propose_for(view, surrogate, history, config)
         model_s = time.perf_counter() - started
-        if not _proposals_of(side, n, budget):  # run once: the same command again reuses them
-            enqueue(side, proposals, history_size=n, budget=budget)
+        # Each proposal runs once: the same command again (or another budget proposing the
+        # same settings) reuses the side study's trial.
+        missing = [p for p in proposals if _trial_with(side, p.params) is None]
+        enqueue(side, missing, history_size=n, budget=budget)
         waiting = len(side.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
         work(side, objective, sum(t.state.is_finished() for t in side.get_trials(deepcopy=False)) + waiting)
-        evaluated = _proposals_of(side, n, budget)
+        evaluated = [t for p in proposals if (t := _trial_with(side, p.params)) is not None]
         rows.append(_compare_row(n, k, surrogate, own, evaluated, budget, model_s))
     return {
         "study": view.study.study_name,
@@ -185,11 +188,17 @@ def compare(
     }
 
 
-def _proposals_of(side: optuna.Study, n: int, budget: float) -> list[FrozenTrial]:
-    return [
-        t for t in side.get_trials(deepcopy=False)
-        if t.user_attrs.get("history_size") == n and t.user_attrs.get("budget") == budget
-    ]  # fmt: skip
+def _trial_with(study: optuna.Study, params: dict[str, Any]) -> FrozenTrial | None:
+    """The study's trial with exactly these parameter values (a waiting one: its fixed ones)."""
+    key = json.dumps(params, sort_keys=True)
+    return next(
+        (
+            t
+            for t in study.get_trials(deepcopy=False)
+            if json.dumps(t.system_attrs.get("fixed_params", t.params), sort_keys=True) == key
+        ),
+        None,
+    )
 
 
 def _compare_row(
