@@ -59,7 +59,12 @@ def propose(surrogate: Surrogate, history: History, config: ProposeConfig) -> li
     rng = np.random.default_rng(config.seed)
     blocks = [(enc.sample(rng, config.candidates), "forward")]
     if len(history):
-        blocks.append((enc.perturb(rng, _best_rows(history, config), config.candidates), "forward"))
+        blocks.append(
+            (
+                enc.perturb(rng, best_rows(history, config.max_acc_drop, config.target), config.candidates),
+                "forward",
+            )
+        )
     blocks += [(np.atleast_2d(r), "inverse") for r in config.extra]
     kinds = [kind for rows, kind in blocks for _ in range(len(rows))]
     rows = np.array([enc.canonical(r) for rows, _ in blocks for r in rows])
@@ -93,12 +98,12 @@ def propose(surrogate: Surrogate, history: History, config: ProposeConfig) -> li
     ]
 
 
-def _best_rows(history: History, config: ProposeConfig, n: int = 5) -> np.ndarray:
-    """The best trials within the budget (or the most accurate, if none is)."""
+def best_rows(history: History, max_acc_drop: float, target: str = "size", n: int = 5) -> np.ndarray:
+    """The encoded rows of the best trials within the budget (the most accurate, if none is)."""
     drop = history.target("acc_drop")
-    metric = history.target(TARGET_METRICS[config.target])
-    gain = metric if config.target == "size" else -metric
-    ok = drop <= config.max_acc_drop
+    metric = history.target(TARGET_METRICS[target])
+    gain = metric if target == "size" else -metric
+    ok = drop <= max_acc_drop
     order = np.argsort(-gain[ok]) if ok.any() else np.argsort(drop)
     rows = history.x[ok] if ok.any() else history.x
     return rows[order[:n]]

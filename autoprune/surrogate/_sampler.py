@@ -22,6 +22,7 @@ from scipy.stats import norm
 
 from autoprune.surrogate._history import Encoder, history_from_trials
 from autoprune.surrogate._model import Surrogate
+from autoprune.surrogate._propose import best_rows
 
 MIN_DROP_SPREAD = 0.1  # points: an ensemble agreeing with itself is not certainty
 
@@ -88,11 +89,7 @@ class SurrogateSampler(BaseSampler):
         )
         drop, log_ratio = history.target("acc_drop"), history.target("log_compression_ratio")
         feasible = drop <= self.max_acc_drop
-        anchors = (
-            history.x[feasible][np.argsort(-log_ratio[feasible])[:5]]
-            if feasible.any()
-            else history.x[np.argsort(drop)[:5]]
-        )
+        anchors = best_rows(history, self.max_acc_drop)
         rows = np.vstack(
             [encoder.sample(self._rng, self.candidates), encoder.perturb(self._rng, anchors, self.candidates)]
         )
