@@ -208,11 +208,13 @@ def test_ctrl_c_leaves_nothing_running_and_the_same_command_resumes(kind: str, t
 @pytest.mark.parametrize("kind", STORAGES)
 def test_a_killed_worker_trial_is_retried(kind: str, tmp_path: Path, study_name: str) -> None:
     url = storage_url(kind, tmp_path)
-    spec = write_spec(tmp_path, trials=3, epochs=3, max_batches=10)
+    spec = write_spec(tmp_path, trials=5, epochs=3, max_batches=10)
     args = (str(spec), "--storage", url, "--study", study_name)
     victim = popen_search(*args)
-    wait_for(lambda: _study_has(url, study_name, lambda s: count(s, TrialState.RUNNING) == 1))
-    time.sleep(1.5)  # its heartbeat is recorded (the case before the first beat: the test below)
+    # kill it mid-plan, in a trial whose heartbeat is recorded (the case before the first beat:
+    # the test below); a fixed sleep let the short trials finish first once
+    wait_for(lambda: _study_has(url, study_name, lambda s: count(s, TrialState.COMPLETE) <= 2
+                                and _beating(url, s)))  # fmt: skip
     victim.send_signal(signal.SIGKILL)
     victim.communicate()
     killed = [t for t in load(url, study_name).trials if t.state == TrialState.RUNNING]
@@ -220,7 +222,7 @@ def test_a_killed_worker_trial_is_retried(kind: str, tmp_path: Path, study_name:
     survivor = search(*args)
     assert survivor.returncode == 0, survivor.stderr
     study = load(url, study_name)
-    assert count(study, TrialState.COMPLETE) == 3 and count(study, TrialState.RUNNING) == 0
+    assert count(study, TrialState.COMPLETE) == 5 and count(study, TrialState.RUNNING) == 0
     assert study.trials[killed[0].number].state == TrialState.FAIL
     retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed[0].number]
     assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
@@ -325,6 +327,18 @@ def test_dashboard_serves_the_study(tmp_path: Path, study_name: str) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def _beating(url: str, study: optuna.Study) -> bool:
+    """One trial is running and has sent a heartbeat."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if len(running) != 1:
+        return False
+    engine = getattr(storage_for(url), "_backend", storage_for(url)).engine
+    with engine.connect() as conn:
+        beat = conn.execute(sqlalchemy.text("SELECT 1 FROM trial_heartbeats WHERE trial_id = :id"),
+                            {"id": running[0]._trial_id}).first()  # fmt: skip
+    return beat is not None
 
 
 def _study_has(url: str, name: str, predicate) -> bool:
