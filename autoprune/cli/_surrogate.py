@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from autoprune.cli._common import grid, positive_int
+from autoprune.cli._search import _storage_options
 from autoprune.errors import AutoPruneError
-
-DEFAULT_STORAGE = "sqlite:///studies/autoprune.db"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -67,8 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--storage", default=DEFAULT_STORAGE, metavar="URL", help="(default: %(default)s)")
-    p.add_argument("--study", metavar="NAME", help="study name (default: the only study in the storage)")
+    _storage_options(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the ensemble and the candidates (default: 0)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -77,13 +75,11 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _view(args: argparse.Namespace) -> Any:
     import optuna
 
-    from autoprune.search.storage import open_storage, parse_storage, resolve_study_name
+    from autoprune.search.storage import parse_storage
     from autoprune.surrogate._study import open_view
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    info = parse_storage(args.storage)
-    name = resolve_study_name(open_storage(info), args.study, info.safe_url)
-    return open_view(name, info, progress=not args.quiet)
+    return open_view(args.study, parse_storage(args.storage), progress=not args.quiet)
 
 
 def _fit_report(surrogate: Any, history: Any) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from autoprune.search.objective import Objective, SearchContext
 from autoprune.search.run import open_study, prepare, work
 from autoprune.search.space import distributions
 from autoprune.search.spec import StudySpec, spec_from_dict
-from autoprune.search.storage import StorageInfo, open_storage
+from autoprune.search.storage import StorageInfo, open_storage, resolve_study_name
 from autoprune.surrogate._history import (
     Encoder,
     History,
@@ -49,17 +49,11 @@ class StudyView:
         return self.spec.study.max_acc_drop
 
 
-def open_view(name: str, info: StorageInfo, *, progress: bool = False) -> StudyView:
+def open_view(name: str | None, info: StorageInfo, *, progress: bool = False) -> StudyView:
+    """The study ``name`` (None: the only one in the storage) with its data and base model."""
     storage = open_storage(info)
-    try:
-        study = optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        names = sorted(
-            s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
-        )
-        raise SurrogateError(
-            f"no study {name!r} in {info.safe_url}; studies there: {', '.join(names) or 'none'}"
-        ) from None
+    name = resolve_study_name(storage, name, info.safe_url)
+    study = optuna.load_study(study_name=name, storage=storage)
     if "spec" not in study.user_attrs:
         raise SurrogateError(f"study {name!r} was not made by autoprune search (no spec in its attributes)")
     spec = spec_from_dict(study.user_attrs["spec"])
@@ -246,7 +240,7 @@ def _side_spec(view: StudyView) -> StudySpec:
 
 def _side_study(view: StudyView) -> optuna.Study:
     spec = _side_spec(view)
-    side = open_study(spec, open_storage(view.info), seed=0)
+    side = open_study(spec, view.ctx.storage, seed=0)
     if "base" not in side.user_attrs:
         side.set_user_attr("base", view.ctx.base_metrics.to_dict())
     side.set_user_attr("compares", view.study.study_name)
