@@ -10,6 +10,7 @@ import torch
 
 from autoprune.cli import build_parser, main
 from autoprune.models import ModelSpec, create_model
+from autoprune.runtime import ort_session
 from tests.conftest import assert_one_line_error, run_cli
 
 
@@ -124,13 +125,14 @@ def test_compress_then_eval_json(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert {l["layer"] for l in doc["layers"]} == {"conv1", "conv2", "fc1", "fc2"}
     assert doc["norms"][0]["layer"] == "conv1" and doc["norms"][0]["removed"] == 5
 
-    code = main(["eval", str(out), "--json", "--torchscript", str(tmp_path / "m.ts")])
+    code = main(["eval", str(out), "--json", "--torchscript", str(tmp_path / "m.ts"), "--onnx", str(tmp_path / "m.onnx")])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     ev = json.loads(captured.out)
     assert ev["dataset"] == "digits"  # recorded in the file
     assert ev["accuracy"] == pytest.approx(doc["accuracy"])  # the same decoded model, the same split
     assert ev["packed_bytes"] == doc["packed_bytes"] and (tmp_path / "m.ts").is_file()
+    assert ev["onnx"] == str(tmp_path / "m.onnx") and ort_session(ev["onnx"]) is not None
 
     assert main(["eval", str(out)]) == 0
     text = capsys.readouterr().out

@@ -27,7 +27,7 @@ from autoprune.compress import (
     share_weights_,
     weight_layers,
 )
-from autoprune.compress.export import export_torchscript
+from autoprune.compress.export import export_onnx, export_torchscript
 from autoprune.compress.quantize import attach_codebooks_, detach_codebooks_
 from autoprune.compress.structured import filter_norms
 from autoprune.compress.unstructured import mask_holder
@@ -35,6 +35,7 @@ from autoprune.data import load_dataset
 from autoprune.errors import DivergedError
 from autoprune.measure import count_params, measure_model
 from autoprune.models import ModelSpec, create_model
+from autoprune.runtime import ort_session, run_session
 from autoprune.train import TrainConfig, fit, train_base
 
 warnings.filterwarnings("ignore", module="torch_pruning")
@@ -220,6 +221,20 @@ def test_torchscript_export_matches(tmp_path: Path) -> None:
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         assert torch.equal(scripted(x), model(x))
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_onnx_export_runs_in_onnxruntime_with_the_same_outputs(name: str, tmp_path: Path) -> None:
+    model, spec, bits = compressed(name)
+    path = export_onnx(model, (3, 16, 16), tmp_path / "m.onnx")
+    session = ort_session(path)
+    for batch in (1, 5):  # the batch axis is free
+        x = torch.randn(batch, 3, 16, 16)
+        with torch.no_grad():
+            expected = model(x).numpy()
+        got = run_session(session, x.numpy())
+        assert got.shape == expected.shape
+        assert abs(got - expected).max() <= 1e-4 * (1 + abs(expected).max())
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
 from autoprune.data import load_dataset
 from autoprune.measure import (
+    BACKENDS,
     accuracy,
     count_macs,
     count_nonzero,
@@ -81,3 +84,43 @@ def test_measure_model_reports_every_field() -> None:
     assert set(d) == {"accuracy", "test_accuracy", "params", "nonzero_params", "macs", "dense_bytes",
                       "latency_ms", "latency_ms_batch", "threads", "backend"}  # fmt: skip
     assert m.params == 131_080 and m.latency_ms > 0 and m.latency_ms_batch > 0
+
+
+def test_every_backend_times_the_model_and_the_fastest_is_reported() -> None:
+    model = create_model(ModelSpec("lenet5", 10, 1, (8, 8)))
+    each = {b: measure_latency(model, (1, 8, 8), repeats=5, threads=1, backends=(b,)) for b in BACKENDS}
+    assert all(lat.backend == b and lat.median_ms > 0 for b, lat in each.items())
+    best = measure_latency(model, (1, 8, 8), repeats=5)  # on one thread or all of torch's
+    assert best.backend in BACKENDS and best.threads in {1, torch.get_num_threads()}
+    assert model.training  # training mode given back
+
+
+class _Eigen(nn.Module):
+    """An operator ONNX has no export for."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.eigvals(x[..., :4, :4]).real.flatten(1)
+
+
+class _CallCounter(nn.Module):
+    """Exports, but the exported graph froze a Python number that changes on every call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return x.flatten(1) * self.calls
+
+
+@pytest.mark.parametrize("model, message", [(_Eigen(), "cannot export _Eigen"),
+                                            (_CallCounter(), "outputs differ")])  # fmt: skip
+def test_a_model_onnxruntime_cannot_run_faithfully_is_timed_in_torch(model, message, caplog, capfd) -> None:
+    with caplog.at_level(logging.WARNING, logger="autoprune.runtime"):
+        lat = measure_latency(model, (1, 4, 4), repeats=3, threads=1)
+    assert lat.backend in ("onednn", "native")
+    assert message in caplog.text
+    assert capfd.readouterr().out == ""  # the exporter's graph dump stays off stdout
+    with pytest.raises(ValueError, match="none of backends"):
+        measure_latency(model, (1, 4, 4), repeats=3, backends=("onnxruntime",))

@@ -34,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_options(e, default=None)
     e.set_defaults(seed=None, val_fraction=None)
     e.add_argument("--torchscript", type=Path, metavar="PATH", help="also write the decoded network as TorchScript")
+    e.add_argument("--onnx", type=Path, metavar="PATH",
+                   help="also write the decoded network as ONNX (for ONNX Runtime; batch size free)")  # fmt: skip
     add_output_options(e)
     e.set_defaults(run=run_eval, format=format_eval)
 
@@ -76,7 +78,7 @@ def run_compress(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     from autoprune.compress import breakdown, load_packed
-    from autoprune.compress.export import export_torchscript
+    from autoprune.compress.export import export_onnx, export_torchscript
     from autoprune.data import load_dataset
     from autoprune.measure import measure_model
 
@@ -110,6 +112,8 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.torchscript:
         result["torchscript"] = str(export_torchscript(model, splits.input_shape, args.torchscript))
+    if args.onnx:
+        result["onnx"] = str(export_onnx(model, splits.input_shape, args.onnx))
     return result
 
 
@@ -137,7 +141,7 @@ def _summary(r: dict[str, Any], base_acc: float | None, base_bytes: int | None) 
         ("MACs", f"{r['macs']:,}"),
         ("size", size),
         ("latency", f"{r['latency_ms']:.3f} ms at batch 1, {r['latency_ms_batch']:.3f} ms at batch 64 "
-                    f"({r['threads']} threads)"),
+                    f"({r['threads']} threads, {r['backend']})"),
     ]  # fmt: skip
 
 
@@ -158,6 +162,5 @@ def format_eval(r: dict[str, Any]) -> str:
     rows = [("file", f"{r['file']}: {r['model']} on {r['dataset']} (recipe {r['recipe']})")]
     rows += _summary(r, None if r["acc_drop"] is None else r["accuracy"] + r["acc_drop"],
                      None if r["compression_ratio"] is None else round(r["compression_ratio"] * r["packed_bytes"]))  # fmt: skip
-    if r.get("torchscript"):
-        rows.append(("torchscript", r["torchscript"]))
+    rows += [(kind, r[kind]) for kind in ("torchscript", "onnx") if r.get(kind)]
     return table(rows) + "\n\n" + _layer_table(r["layers"])

@@ -99,7 +99,7 @@ def format_result(r: dict[str, Any]) -> str:
         ("MACs", f"{r['macs']:,}"),
         ("dense size", f"{r['dense_bytes'] / 1024:.1f} KB"),
         ("latency", f"{r['latency_ms']:.3f} ms at batch 1, {r['latency_ms_batch']:.3f} ms at batch 64 "
-                    f"({r['threads']} threads)"),
+                    f"({r['threads']} threads, {r['backend']})"),
         ("time", f"{r['seconds']:.1f} s"),
     ]  # fmt: skip
     if r["out"]:

@@ -8,6 +8,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from autoprune.runtime import export_onnx
+
+__all__ = ["export_onnx", "export_torchscript"]
+
 
 def export_torchscript(model: nn.Module, input_shape: tuple[int, ...], path: str | Path) -> Path:
     """Trace ``model`` to TorchScript and save it; the file runs without autoprune installed.

@@ -91,7 +91,8 @@ class Objective:
                 if key in m:
                     trial.set_user_attr(key, _plain(m[key]))
             trial.set_user_attr("pack_s", m["pack_s"])
-            trial.set_user_attr("backend", m["backend"])
+            trial.set_user_attr("backend", m["backend"])  # where latency_ms was measured, on how many threads
+            trial.set_user_attr("threads", m["threads"])
             artifact_id = upload_artifact(
                 artifact_store=ctx.artifacts, file_path=str(out), study_or_trial=trial,
                 mimetype="application/octet-stream",
