@@ -102,26 +102,21 @@ def run_session(session: Any, x: np.ndarray) -> np.ndarray:
     return session.run(None, {INPUT: x})[0]
 
 
-def checked_sessions(
-    model: nn.Module, input_shape: tuple[int, ...], thread_counts: list[int]
-) -> dict[int, Any]:
-    """ONNX Runtime sessions for ``model`` (in eval mode), one per thread count, whose outputs
-    match the model's; none (logged) when the model does not export or the runtime computes
-    something else."""
+def checked_session(model: nn.Module, input_shape: tuple[int, ...], *, threads: int = 1) -> Any | None:
+    """An ONNX Runtime session for ``model`` (in eval mode) whose outputs match the model's, or
+    None (logged) when the model does not export or the runtime computes something else."""
     try:
-        graph = onnx_bytes(model, input_shape)
+        session = ort_session(onnx_bytes(model, input_shape), threads=threads)
     except ExportError as e:
         log.warning("%s; timing eager PyTorch only", e)
-        return {}
+        return None
     x = torch.randn(2, *input_shape)
     with torch.no_grad():
         expected = model(x).numpy()
+    got = run_session(session, x.numpy())
     scale = float(np.abs(expected).max()) + 1.0
-    sessions = {t: ort_session(graph, threads=t) for t in thread_counts}
-    for session in sessions.values():
-        got = run_session(session, x.numpy())
-        if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-3, atol=1e-4 * scale):
-            log.warning("ONNX Runtime's outputs differ from PyTorch's for %s; timing eager PyTorch only",
-                        type(model).__name__)  # fmt: skip
-            return {}
-    return sessions
+    if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-3, atol=1e-4 * scale):
+        log.warning("ONNX Runtime's outputs differ from PyTorch's for %s; timing eager PyTorch only",
+                    type(model).__name__)  # fmt: skip
+        return None
+    return session

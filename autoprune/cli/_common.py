@@ -82,7 +82,7 @@ def add_model_data_options(p: argparse.ArgumentParser) -> None:
 def add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.add_argument("--threads", type=positive_int, metavar="N",
-                   help="threads for latency measurement (default: the faster of 1 and torch's thread count)")
+                   help="threads for latency measurement (default: torch's own setting)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
