@@ -6,6 +6,8 @@ Accuracies are percentages (0..100) so that an accuracy drop reads in percentage
 from __future__ import annotations
 
 import io
+import logging
+import os
 import statistics
 import time
 from contextlib import contextmanager
@@ -18,6 +20,8 @@ from torch import nn
 
 from autoprune.data import DataSplits, Split
 from autoprune.runtime import checked_session, run_session
+
+log = logging.getLogger(__name__)
 
 
 @torch.inference_mode()
@@ -179,6 +183,36 @@ def measure_latency(
     return best
 
 
+# Timing shares the CPU with whatever else runs: two torch processes on these 2 cores made
+# LeNet-5's batch-1 latency read 40-56 ms instead of 0.1 ms. Nothing here can prevent that, but
+# every measurement records how busy the rest of the machine was, and warns from this much.
+BUSY = 0.5  # cores
+
+
+def cpu_sample() -> tuple[float, float, float] | None:
+    """(wall seconds, CPU seconds the whole machine was busy, CPU seconds of this process), or
+    None where /proc/stat does not exist."""
+    try:
+        with open("/proc/stat") as f:
+            # user nice system idle iowait irq softirq steal, in clock ticks
+            ticks = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # steal counts: a neighbour VM
+    own = os.times()
+    return time.perf_counter(), busy, own.user + own.system
+
+
+def other_load(
+    before: tuple[float, float, float] | None, after: tuple[float, float, float] | None
+) -> float | None:
+    """Cores other processes kept busy on average between two ``cpu_sample`` calls."""
+    if before is None or after is None or after[0] <= before[0]:
+        return None
+    elsewhere = (after[1] - before[1]) - (after[2] - before[2])
+    return round(max(0.0, elsewhere / (after[0] - before[0])), 2)
+
+
 @dataclass(frozen=True)
 class Metrics:
     """One model measured on one dataset; the field names are the stable record names."""
@@ -193,6 +227,7 @@ class Metrics:
     latency_ms_batch: float  # batch 64, median
     threads: int
     backend: str  # where the batch-1 latency was measured: one of BACKENDS
+    other_load: float | None = None  # cores other processes kept busy while timing (None: unknown)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -207,10 +242,14 @@ def measure_model(
 ) -> Metrics:
     """Measure everything about ``model`` that does not depend on how it is stored."""
     shape = splits.input_shape
+    before = cpu_sample()
     single = measure_latency(model, shape, batch_size=1, repeats=latency_repeats, threads=threads)
     batch = measure_latency(
         model, shape, batch_size=64, warmup=3, repeats=max(5, latency_repeats // 5), threads=threads
     )
+    load = other_load(before, cpu_sample())
+    if load is not None and load >= BUSY:
+        log.warning("other processes kept %.1f cores busy while timing: latency may read high", load)
     return Metrics(
         accuracy=accuracy(model, splits.val),
         test_accuracy=accuracy(model, splits.test),
@@ -222,4 +261,5 @@ def measure_model(
         latency_ms_batch=batch.median_ms,
         threads=single.threads,
         backend=single.backend,
+        other_load=load,
     )

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from autoprune.cli import build_parser, main
+from autoprune.cli._common import busy_note
 from autoprune.models import ModelSpec, create_model
 from autoprune.runtime import ort_session
 from tests.conftest import assert_one_line_error, run_cli
@@ -161,3 +162,8 @@ def test_bad_recipes_are_one_line(body: str, needle: str, tmp_path: Path, capsys
 def test_eval_of_a_corrupt_file_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "bad.apk").write_bytes(b"APRUNE\x01garbage")
     assert_one_line_error(run_cli("eval", str(tmp_path / "bad.apk")), "truncated")
+
+
+def test_a_latency_timed_on_a_busy_machine_is_flagged() -> None:
+    assert busy_note({"other_load": 1.2}) == "; other processes kept 1.2 cores busy: may read high"
+    assert busy_note({"other_load": 0.1}) == busy_note({"other_load": None}) == busy_note({}) == ""

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,9 +17,11 @@ from autoprune.measure import (
     count_macs,
     count_nonzero,
     count_params,
+    cpu_sample,
     dense_bytes,
     measure_latency,
     measure_model,
+    other_load,
 )
 from autoprune.models import ModelSpec, create_model
 
@@ -82,7 +87,7 @@ def test_measure_model_reports_every_field() -> None:
     m = measure_model(create_model(ModelSpec("lenet5", 10, 1, (8, 8))), s, latency_repeats=5)
     d = m.to_dict()
     assert set(d) == {"accuracy", "test_accuracy", "params", "nonzero_params", "macs", "dense_bytes",
-                      "latency_ms", "latency_ms_batch", "threads", "backend"}  # fmt: skip
+                      "latency_ms", "latency_ms_batch", "threads", "backend", "other_load"}  # fmt: skip
     assert m.params == 131_080 and m.latency_ms > 0 and m.latency_ms_batch > 0
 
 
@@ -124,3 +129,22 @@ def test_a_model_onnxruntime_cannot_run_faithfully_is_timed_in_torch(model, mess
     assert capfd.readouterr().out == ""  # the exporter's graph dump stays off stdout
     with pytest.raises(ValueError, match="none of backends"):
         measure_latency(model, (1, 4, 4), repeats=3, backends=("onnxruntime",))
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="other_load reads Linux's /proc/stat")
+def test_other_load_sees_a_busy_process_and_not_our_own_work() -> None:
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)  # let it start spinning
+        before = cpu_sample()
+        time.sleep(0.5)
+        busy = other_load(before, cpu_sample())
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert busy is not None and busy >= 0.7  # one core, give or take the scheduler
+    before = cpu_sample()
+    end = time.perf_counter() + 0.5
+    while time.perf_counter() < end:  # our own busy loop is not "other"
+        pass
+    assert other_load(before, cpu_sample()) < busy

@@ -102,3 +102,11 @@ def grid(header: list[str], rows: list[list[Any]]) -> str:
         if j == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def busy_note(r: dict[str, Any]) -> str:
+    """A warning to print beside a latency measured while other processes used the CPU."""
+    from autoprune.measure import BUSY
+
+    load = r.get("other_load")
+    return f"; other processes kept {load:.1f} cores busy: may read high" if load and load >= BUSY else ""

@@ -7,7 +7,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from autoprune.cli._common import add_data_options, add_model_data_options, add_output_options, grid, table
+from autoprune.cli._common import (
+    add_data_options,
+    add_model_data_options,
+    add_output_options,
+    busy_note,
+    grid,
+    table,
+)
 from autoprune.cli._train import add_train_options, load_base, load_data
 
 
@@ -141,7 +148,7 @@ def _summary(r: dict[str, Any], base_acc: float | None, base_bytes: int | None) 
         ("MACs", f"{r['macs']:,}"),
         ("size", size),
         ("latency", f"{r['latency_ms']:.3f} ms at batch 1, {r['latency_ms_batch']:.3f} ms at batch 64 "
-                    f"({r['threads']} threads, {r['backend']})"),
+                    f"({r['threads']} threads, {r['backend']}{busy_note(r)})"),
     ]  # fmt: skip
 
 

@@ -7,7 +7,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from autoprune.cli._common import add_model_data_options, add_output_options, positive_float, positive_int, table
+from autoprune.cli._common import (
+    add_model_data_options,
+    add_output_options,
+    busy_note,
+    positive_float,
+    positive_int,
+    table,
+)
 
 
 def add_train_options(p: argparse.ArgumentParser, *, epochs_help: str = "training epochs") -> None:
@@ -99,7 +106,7 @@ def format_result(r: dict[str, Any]) -> str:
         ("MACs", f"{r['macs']:,}"),
         ("dense size", f"{r['dense_bytes'] / 1024:.1f} KB"),
         ("latency", f"{r['latency_ms']:.3f} ms at batch 1, {r['latency_ms_batch']:.3f} ms at batch 64 "
-                    f"({r['threads']} threads, {r['backend']})"),
+                    f"({r['threads']} threads, {r['backend']}{busy_note(r)})"),
         ("time", f"{r['seconds']:.1f} s"),
     ]  # fmt: skip
     if r["out"]:

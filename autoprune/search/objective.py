@@ -29,7 +29,7 @@ from autoprune.search.stop import stop_requested
 RECORD = (
     "accuracy", "test_accuracy", "acc_drop", "params", "nonzero_params", "macs", "dense_bytes",
     "packed_bytes", "compression_ratio", "latency_ms", "latency_ms_batch", "speedup",
-    "prune_s", "finetune_s", "quantize_s", "eval_s", "trial_s", "source",
+    "prune_s", "finetune_s", "quantize_s", "eval_s", "trial_s", "source", "other_load",
 )  # fmt: skip
 
 
