@@ -251,6 +251,12 @@ def test_a_trial_orphaned_before_its_first_heartbeat_is_failed_and_retried(tmp_p
 def test_two_workers_on_postgresql(tmp_path: Path, study_name: str) -> None:
     spec = write_spec(tmp_path, trials=6)
     args = (str(spec), "--storage", PG_URL, "--study", study_name)
+    # docker/compose.yaml's order: set up once, then workers anywhere
+    setup = search(*args, "--setup-only", "--json")
+    assert setup.returncode == 0, setup.stderr
+    assert json.loads(setup.stdout)["states"] == {"WAITING": 2}  # the two baselines, queued
+    study = load(PG_URL, study_name)
+    assert "base" in study.user_attrs and count(study, TrialState.COMPLETE) == 0
     # two commands against one database (as on two machines), one of them with two processes
     other = popen_search(*args)
     both = search(*args, "--jobs", "2")

@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trials", type=positive_int, metavar="N", help="run until the study holds N finished trials")
     p.add_argument("--jobs", type=positive_int, default=1, metavar="N",
                    help="worker processes, the cores split between them (PostgreSQL or journal storage)")
+    p.add_argument("--setup-only", action="store_true",
+                   help="create the study, train (or load) the base model, queue the baselines, and exit: "
+                   "run once before starting workers on several machines or containers")  # fmt: skip
     p.add_argument("--sampler", choices=SAMPLERS, help="override the spec's sampler")
     p.add_argument("--pruner", choices=PRUNERS, help="override the spec's pruner (single objective only)")
     p.add_argument("--objectives", metavar="A,B", help=f"override the spec's objectives ({', '.join(OBJECTIVES)})")
@@ -110,7 +113,8 @@ def run_search(args: argparse.Namespace) -> dict[str, Any]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     stop_on_signals()
     try:
-        study = run_study(spec, info, jobs=args.jobs, progress=not args.quiet, spec_dir=spec_dir)
+        study = run_study(spec, info, jobs=args.jobs, progress=not args.quiet, spec_dir=spec_dir,
+                          setup_only=args.setup_only)  # fmt: skip
     except KeyboardInterrupt:
         from autoprune.search.storage import open_storage
 

@@ -272,14 +272,23 @@ def _all_trials(storage: BaseStorage, spec: StudySpec) -> list:
 
 
 def run_search(
-    spec: StudySpec, info: StorageInfo, *, jobs: int = 1, progress: bool = True, spec_dir: Path = Path(".")
+    spec: StudySpec,
+    info: StorageInfo,
+    *,
+    jobs: int = 1,
+    progress: bool = True,
+    spec_dir: Path = Path("."),
+    setup_only: bool = False,
 ) -> optuna.Study:
-    """Run (or resume) the study until it holds ``spec.study.trials`` finished trials."""
+    """Run (or resume) the study until it holds ``spec.study.trials`` finished trials; with
+    ``setup_only``, stop once the study, the cached base model and the baselines are in place."""
     storage = open_storage(info, heartbeat_interval=spec.study.heartbeat_interval, grace_period=spec.study.grace_period)
     existing = len(_all_trials(storage, spec))
     study = open_study(spec, storage, seed=spec.study.seed + existing)
     ctx = prepare(spec, study, storage, info, progress=progress)
     enqueue_baselines(study, ctx, spec_dir)
+    if setup_only:
+        return study
     target = spec.study.trials
     bar = tqdm(total=target, initial=counts(study)[0], desc=f"search {spec.study.name}", unit="trial",
                disable=not progress)  # fmt: skip
