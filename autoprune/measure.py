@@ -173,6 +173,7 @@ def measure_latency(
                     continue
                 with conv_backend(backend):
                     times = _time_runs(forward, warmup, repeats)
+                del forward  # an ONNX Runtime session and its threads end here, before the next backend
                 result = Latency(batch_size, statistics.median(times), min(times), repeats, used, backend)
                 if best is None or result.median_ms < best.median_ms:
                     best = result

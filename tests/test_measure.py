@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from autoprune import runtime
 from autoprune.data import load_dataset
 from autoprune.measure import (
     BACKENDS,
@@ -148,3 +149,14 @@ def test_other_load_sees_a_busy_process_and_not_our_own_work() -> None:
     while time.perf_counter() < end:  # our own busy loop is not "other"
         pass
     assert other_load(before, cpu_sample()) < busy
+
+
+def test_a_graph_onnxruntime_cannot_load_is_timed_in_torch(monkeypatch, caplog) -> None:
+    def no_kernel(*args, **kwargs):
+        raise RuntimeError("[ONNXRuntimeError] : 9 : NOT_IMPLEMENTED : Could not find an implementation")
+
+    monkeypatch.setattr(runtime, "ort_session", no_kernel)
+    with caplog.at_level(logging.WARNING, logger="autoprune.runtime"):
+        lat = measure_latency(create_model(ModelSpec("lenet5", 10, 1, (8, 8))), (1, 8, 8), repeats=3, threads=1)
+    assert lat.backend in ("onednn", "native")
+    assert "ONNX Runtime cannot run LeNet5 ([ONNXRuntimeError] : 9 : NOT_IMPLEMENTED" in caplog.text
