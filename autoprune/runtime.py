@@ -4,7 +4,7 @@ Eager PyTorch pays a fixed cost per operator (dispatch, allocation, im2col) that
 shrink with the channel count, so at batch 1 a small pruned network keeps only about half of
 its MAC reduction as time. ONNX Runtime, the usual CPU deployment runtime for such networks,
 costs a few microseconds per operator: there LeNet-5 with half its filters removed keeps
-0.73-0.88 of its MAC reduction at batch 1 (BENCHMARKS.md, "Measured speed-up of filter
+0.71-0.88 of its MAC reduction at batch 1 (BENCHMARKS.md, "Measured speed-up of filter
 pruning").
 """
 
