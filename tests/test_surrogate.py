@@ -181,6 +181,28 @@ def test_the_surrogate_sampler_proposes_once_it_has_enough_trials() -> None:
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
 
 
+def test_the_sampler_steers_away_from_a_point_another_worker_is_running() -> None:
+    rng = np.random.default_rng(3)
+    study = optuna.create_study(direction="maximize")
+    for row in Encoder(DISTS).sample(rng, 12):
+        params = Encoder(DISTS).decode(row)
+        drop, log_ratio, latency = truth(params)
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions=DISTS, value=log_ratio,
+            user_attrs={"acc_drop": drop, "compression_ratio": math.exp(log_ratio), "latency_ms": latency}))  # fmt: skip
+
+    def proposal(running: list[dict]) -> dict:
+        sampler = SurrogateSampler(max_acc_drop=2.0, n_startup_trials=8, candidates=300, n_members=3, seed=0)
+        return sampler._propose(DISTS, study.trials, running)
+
+    alone = proposal([])
+    assert proposal([]) == alone  # seeded: the same history gives the same point
+    beside = proposal([alone])  # another worker is running exactly that point
+    encoder = Encoder(DISTS)
+    gap = np.linalg.norm(encoder.encode(beside) - encoder.encode(alone))
+    assert gap > 0.1 * math.sqrt(len(encoder.columns))  # outside the penalty's reach
+
+
 # ----------------------------------------------------------------------------- real study, CLI
 
 

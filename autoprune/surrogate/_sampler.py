@@ -4,13 +4,14 @@ ensemble expects the largest feasible gain in compression ratio.
 The acquisition is constrained expected improvement: the expected improvement of the log
 compression ratio over the best feasible trial so far (mean and spread of the ensemble), times
 the probability that the accuracy drop stays within the budget. Before any trial is feasible it
-maximises that probability alone.
+maximises that probability alone. With parallel workers, candidates near a point another worker
+is running are penalised (local penalisation), so that two workers do not run the same trial.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import optuna
@@ -25,6 +26,7 @@ from autoprune.surrogate._model import Surrogate
 from autoprune.surrogate._propose import best_rows
 
 MIN_DROP_SPREAD = 0.1  # points: an ensemble agreeing with itself is not certainty
+BUSY_RADIUS = 0.1  # per unit-box dimension: how far a running trial's penalty reaches
 
 
 class SurrogateSampler(BaseSampler):
@@ -64,7 +66,10 @@ class SurrogateSampler(BaseSampler):
         ready = self._space(study)
         if ready is None or ready[0] != search_space:
             return self._startup.sample_relative(study, trial, search_space)
-        return self._propose(*ready)
+        dists, complete = ready
+        running = [t.params for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                   if t.number != trial.number and all(n in t.params for n in dists)]  # fmt: skip
+        return self._propose(dists, complete, running)
 
     def sample_independent(
         self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
@@ -81,7 +86,10 @@ class SurrogateSampler(BaseSampler):
         self._startup.reseed_rng()
         self._rng = np.random.default_rng()
 
-    def _propose(self, dists: dict[str, BaseDistribution], trials: list[FrozenTrial]) -> dict[str, Any]:
+    def _propose(
+        self, dists: dict[str, BaseDistribution], trials: list[FrozenTrial], running: Sequence[Mapping[str, Any]] = ()
+    ) -> dict[str, Any]:
+        """The best candidate; ``running``: the parameters of trials other workers are running."""
         encoder = Encoder(dists)
         history = history_from_trials(trials, encoder)
         surrogate = Surrogate(encoder, n_members=self.n_members, seed=self._seed + len(history)).fit(
@@ -104,6 +112,11 @@ class SurrogateSampler(BaseSampler):
             score = ((mu - log_ratio[feasible].max()) * norm.cdf(z) + sd * norm.pdf(z)) * p_feasible
         else:
             score = p_feasible
+        if running:
+            busy = np.array([encoder.encode(p) for p in running])  # (R, columns)
+            distance = np.linalg.norm(rows[:, None, :] - busy[None, :, :], axis=2)  # (N, R)
+            radius = BUSY_RADIUS * math.sqrt(rows.shape[1])
+            score = score * np.prod(1.0 - np.exp(-((distance / radius) ** 2)), axis=1)
         best = int(np.argmax(score))
         optuna.logging.get_logger(__name__).info(
             "surrogate proposal: acquisition %.4g, predicted drop %.2f, ratio %.1f",
