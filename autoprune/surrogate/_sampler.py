@@ -87,7 +87,10 @@ class SurrogateSampler(BaseSampler):
         self._rng = np.random.default_rng()
 
     def _propose(
-        self, dists: dict[str, BaseDistribution], trials: list[FrozenTrial], running: Sequence[Mapping[str, Any]] = ()
+        self,
+        dists: dict[str, BaseDistribution],
+        trials: list[FrozenTrial],
+        running: Sequence[Mapping[str, Any]] = (),
     ) -> dict[str, Any]:
         """The best candidate; ``running``: the parameters of trials other workers are running."""
         encoder = Encoder(dists)
