@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from autoprune.cli import build_parser, main
-from autoprune.cli._common import busy_note
+from autoprune.cli._common import latency_text
 from autoprune.models import ModelSpec, create_model
 from autoprune.runtime import ort_session
 from tests.conftest import assert_one_line_error, run_cli
@@ -165,5 +165,7 @@ def test_eval_of_a_corrupt_file_is_one_line(tmp_path: Path) -> None:
 
 
 def test_a_latency_timed_on_a_busy_machine_is_flagged() -> None:
-    assert busy_note({"other_load": 1.2}) == "; other processes kept 1.2 cores busy: may read high"
-    assert busy_note({"other_load": 0.1}) == busy_note({"other_load": None}) == busy_note({}) == ""
+    r = {"latency_ms": 0.0412, "latency_ms_batch": 1.3, "threads": 2, "backend": "onnxruntime"}
+    quiet = "0.041 ms at batch 1, 1.300 ms at batch 64 (2 threads, onnxruntime)"
+    assert latency_text(r) == latency_text({**r, "other_load": 0.1}) == latency_text({**r, "other_load": None}) == quiet
+    assert latency_text({**r, "other_load": 1.2}) == quiet[:-1] + "; other processes kept 1.2 cores busy: may read high)"

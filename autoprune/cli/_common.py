@@ -104,9 +104,11 @@ def grid(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def busy_note(r: dict[str, Any]) -> str:
-    """A warning to print beside a latency measured while other processes used the CPU."""
+def latency_text(r: dict[str, Any]) -> str:
+    """A measured model's latency line, with a warning when other processes used the CPU."""
     from autoprune.measure import BUSY
 
     load = r.get("other_load")
-    return f"; other processes kept {load:.1f} cores busy: may read high" if load and load >= BUSY else ""
+    busy = f"; other processes kept {load:.1f} cores busy: may read high" if load and load >= BUSY else ""
+    return (f"{r['latency_ms']:.3f} ms at batch 1, {r['latency_ms_batch']:.3f} ms at batch 64 "
+            f"({r['threads']} threads, {r['backend']}{busy})")  # fmt: skip

@@ -11,8 +11,8 @@ from autoprune.cli._common import (
     add_data_options,
     add_model_data_options,
     add_output_options,
-    busy_note,
     grid,
+    latency_text,
     table,
 )
 from autoprune.cli._train import add_train_options, load_base, load_data
@@ -147,8 +147,7 @@ def _summary(r: dict[str, Any], base_acc: float | None, base_bytes: int | None) 
         ("params", f"{r['params']:,} ({r['nonzero_params']:,} non-zero)"),
         ("MACs", f"{r['macs']:,}"),
         ("size", size),
-        ("latency", f"{r['latency_ms']:.3f} ms at batch 1, {r['latency_ms_batch']:.3f} ms at batch 64 "
-                    f"({r['threads']} threads, {r['backend']}{busy_note(r)})"),
+        ("latency", latency_text(r)),
     ]  # fmt: skip
 
 

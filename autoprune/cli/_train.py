@@ -10,7 +10,7 @@ from typing import Any
 from autoprune.cli._common import (
     add_model_data_options,
     add_output_options,
-    busy_note,
+    latency_text,
     positive_float,
     positive_int,
     table,
@@ -105,8 +105,7 @@ def format_result(r: dict[str, Any]) -> str:
         ("params", f"{r['params']:,}"),
         ("MACs", f"{r['macs']:,}"),
         ("dense size", f"{r['dense_bytes'] / 1024:.1f} KB"),
-        ("latency", f"{r['latency_ms']:.3f} ms at batch 1, {r['latency_ms_batch']:.3f} ms at batch 64 "
-                    f"({r['threads']} threads, {r['backend']}{busy_note(r)})"),
+        ("latency", latency_text(r)),
         ("time", f"{r['seconds']:.1f} s"),
     ]  # fmt: skip
     if r["out"]:
