@@ -169,3 +169,14 @@ def test_a_latency_timed_on_a_busy_machine_is_flagged() -> None:
     quiet = "0.041 ms at batch 1, 1.300 ms at batch 64 (2 threads, onnxruntime)"
     assert latency_text(r) == latency_text({**r, "other_load": 0.1}) == latency_text({**r, "other_load": None}) == quiet
     assert latency_text({**r, "other_load": 1.2}) == quiet[:-1] + "; other processes kept 1.2 cores busy: may read high)"
+
+
+def test_the_trials_table_marks_latencies_timed_on_a_busy_machine() -> None:
+    from autoprune.cli._search import format_trials
+
+    row = {"trial": 0, "state": "COMPLETE", "accuracy": 95.0, "acc_drop": 0.5, "packed_bytes": 2048,
+           "compression_ratio": 30.0, "latency_ms": 0.031, "recipe": None, "source": "TPESampler"}  # fmt: skip
+    quiet = format_trials({"study": "s", "storage": "sqlite://", "trials": [{**row, "other_load": 0.1}]})
+    assert "0.031 " in quiet and "*" not in quiet
+    busy = format_trials({"study": "s", "storage": "sqlite://", "trials": [row, {**row, "trial": 1, "other_load": 1.4}]})
+    assert "0.031*" in busy and busy.count("0.031*") == 1 and "may read high" in busy

@@ -194,11 +194,20 @@ def format_trials(r: dict[str, Any]) -> str:
     def f(v: Any, fmt: str) -> str:
         return "" if v is None else format(v, fmt)
 
+    from autoprune.measure import BUSY
+
+    def busy(t: dict[str, Any]) -> bool:
+        return (t.get("other_load") or 0.0) >= BUSY
+
     rows = [[t["trial"], t["state"].lower(), f(t["accuracy"], ".2f"), f(t["acc_drop"], "+.2f"),
              f(t["packed_bytes"] and t["packed_bytes"] / 1024, ".1f"), f(t["compression_ratio"], ".1f"),
-             f(t["latency_ms"], ".3f"), t["recipe"] or t["source"] or ""] for t in r["trials"]]  # fmt: skip
+             f(t["latency_ms"], ".3f") + ("*" if busy(t) else ""), t["recipe"] or t["source"] or ""]
+            for t in r["trials"]]  # fmt: skip
     header = ["trial", "state", "accuracy", "drop", "packed KB", "ratio", "latency ms", "source"]
-    return f"study {r['study']} in {r['storage']}\n\n" + grid(header, rows)
+    text = f"study {r['study']} in {r['storage']}\n\n" + grid(header, rows)
+    if any(busy(t) for t in r["trials"]):
+        text += f"\n\n* timed while other processes kept {BUSY}+ cores busy: the latency may read high"
+    return text
 
 
 def run_export(args: argparse.Namespace) -> dict[str, Any]:

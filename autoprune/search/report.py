@@ -21,6 +21,8 @@ def trial_row(t: FrozenTrial) -> dict[str, Any]:
         "packed_bytes": a.get("packed_bytes"),
         "compression_ratio": a.get("compression_ratio"),
         "latency_ms": a.get("latency_ms"),
+        "backend": a.get("backend"),
+        "other_load": a.get("other_load"),
         "speedup": a.get("speedup"),
         "macs": a.get("macs"),
         "trial_s": a.get("trial_s"),
