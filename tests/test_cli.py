@@ -180,3 +180,9 @@ def test_the_trials_table_marks_latencies_timed_on_a_busy_machine() -> None:
     assert "0.031 " in quiet and "*" not in quiet
     busy = format_trials({"study": "s", "storage": "sqlite://", "trials": [row, {**row, "trial": 1, "other_load": 1.4}]})
     assert "0.031*" in busy and busy.count("0.031*") == 1 and "may read high" in busy
+
+
+def test_an_output_path_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("not a folder")
+    r = run_cli("train", "--epochs", "1", "--quiet", "--out", str(tmp_path / "afile" / "base.pt"))
+    assert_one_line_error(r, str(tmp_path / "afile"))  # the path, and why the system refused it

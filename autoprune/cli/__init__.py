@@ -50,6 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AutoPruneError as e:
         print(f"autoprune {args.command}: error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", EXIT_USAGE)
+    except OSError as e:  # a path given cannot be read or written: permissions, a missing folder, a full disk
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"autoprune {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"autoprune {args.command}: interrupted", file=sys.stderr)
         return 130
