@@ -138,17 +138,58 @@ def conv_backend(backend: str) -> Iterator[None]:
         torch.backends.mkldnn.enabled = before
 
 
-def _forward(model: nn.Module, x: torch.Tensor, backend: str, threads: int) -> Callable[[], Any] | None:
-    """One forward pass of ``model`` on ``backend``; None when it cannot run there (logged)."""
-    if backend in ("onednn", "native"):
-        return lambda: model(x)
-    if backend == "onnxruntime":
-        session = checked_session(model, tuple(x.shape[1:]), threads=threads)
-        return None if session is None else partial(run_session, session, x.numpy())
-    raise ValueError(f"backend={backend!r} should be one of {BACKENDS}")
+@dataclass(frozen=True)
+class _Plan:
+    """One latency to measure: a batch size and how many runs."""
+
+    batch_size: int
+    warmup: int
+    repeats: int
 
 
-@torch.inference_mode()
+def _latencies(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    plans: list[_Plan],
+    *,
+    threads: int | None,
+    backends: tuple[str, ...],
+) -> list[Latency]:
+    """The fastest backend's latency for every plan. The network is exported to ONNX once for
+    all plans (its batch axis is free), and each backend is timed on every plan before the
+    next backend starts, so ONNX Runtime's session and threads end before torch is timed."""
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        raise ValueError(f"backend={unknown[0]!r} should be one of {BACKENDS}")
+    inputs = [torch.randn(p.batch_size, *input_shape) for p in plans]
+    best: list[Latency | None] = [None] * len(plans)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), torch_threads(threads) as used:
+            for backend in backends:
+                if backend == "onnxruntime":
+                    session = checked_session(model, input_shape, threads=used)  # None: logged
+                    if session is None:
+                        continue
+                    forwards = [partial(run_session, session, x.numpy()) for x in inputs]
+                    del session  # only the forwards hold it: it ends with them, below
+                else:
+                    forwards = [partial(model, x) for x in inputs]
+                with conv_backend(backend):
+                    times = [_time_runs(f, p.warmup, p.repeats) for f, p in zip(forwards, plans)]
+                del forwards
+                for i, (p, t) in enumerate(zip(plans, times)):
+                    result = Latency(p.batch_size, statistics.median(t), min(t), p.repeats, used, backend)
+                    if best[i] is None or result.median_ms < best[i].median_ms:
+                        best[i] = result
+    finally:
+        model.train(was_training)
+    if best[0] is None:
+        raise ValueError(f"none of backends={backends} can run {type(model).__name__}")
+    return [b for b in best if b is not None]
+
+
 def measure_latency(
     model: nn.Module,
     input_shape: tuple[int, ...],
@@ -161,27 +202,9 @@ def measure_latency(
 ) -> Latency:
     """CPU latency of one forward pass on ``threads`` threads (default: torch's count): the
     median of ``repeats`` timed runs after warm-up, on whichever of ``backends`` is fastest."""
-    was_training = model.training
-    model.eval()
-    x = torch.randn(batch_size, *input_shape)
-    best: Latency | None = None
-    try:
-        with torch_threads(threads) as used:
-            for backend in backends:
-                forward = _forward(model, x, backend, used)
-                if forward is None:
-                    continue
-                with conv_backend(backend):
-                    times = _time_runs(forward, warmup, repeats)
-                del forward  # an ONNX Runtime session and its threads end here, before the next backend
-                result = Latency(batch_size, statistics.median(times), min(times), repeats, used, backend)
-                if best is None or result.median_ms < best.median_ms:
-                    best = result
-    finally:
-        model.train(was_training)
-    if best is None:
-        raise ValueError(f"none of backends={backends} can run {type(model).__name__}")
-    return best
+    (latency,) = _latencies(model, input_shape, [_Plan(batch_size, warmup, repeats)], threads=threads,
+                            backends=backends)  # fmt: skip
+    return latency
 
 
 # Timing shares the CPU with whatever else runs: two torch processes on these 2 cores made
@@ -244,10 +267,8 @@ def measure_model(
     """Measure everything about ``model`` that does not depend on how it is stored."""
     shape = splits.input_shape
     before = cpu_sample()
-    single = measure_latency(model, shape, batch_size=1, repeats=latency_repeats, threads=threads)
-    batch = measure_latency(
-        model, shape, batch_size=64, warmup=3, repeats=max(5, latency_repeats // 5), threads=threads
-    )
+    plans = [_Plan(1, 10, latency_repeats), _Plan(64, 3, max(5, latency_repeats // 5))]
+    single, batch = _latencies(model, shape, plans, threads=threads, backends=BACKENDS)
     load = other_load(before, cpu_sample())
     if load is not None and load >= BUSY:
         log.warning("other processes kept %.1f cores busy while timing: latency may read high", load)

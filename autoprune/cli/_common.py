@@ -104,11 +104,15 @@ def grid(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def latency_text(r: dict[str, Any]) -> str:
-    """A measured model's latency line, with a warning when other processes used the CPU."""
+def timed_busy(r: dict[str, Any]) -> bool:
+    """Whether a measured model's latency was timed while other processes used the CPU."""
     from autoprune.measure import BUSY
 
-    load = r.get("other_load")
-    busy = f"; other processes kept {load:.1f} cores busy: may read high" if load and load >= BUSY else ""
+    return (r.get("other_load") or 0.0) >= BUSY
+
+
+def latency_text(r: dict[str, Any]) -> str:
+    """A measured model's latency line, with a warning when other processes used the CPU."""
+    busy = f"; other processes kept {r['other_load']:.1f} cores busy: may read high" if timed_busy(r) else ""
     return (f"{r['latency_ms']:.3f} ms at batch 1, {r['latency_ms_batch']:.3f} ms at batch 64 "
             f"({r['threads']} threads, {r['backend']}{busy})")  # fmt: skip

@@ -7,7 +7,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from autoprune.cli._common import grid, positive_int, table
+from autoprune.cli._common import grid, positive_int, table, timed_busy
 from autoprune.errors import AutoPruneError
 
 DEFAULT_SPEC = Path("studies/digits-lenet5.toml")
@@ -196,16 +196,13 @@ def format_trials(r: dict[str, Any]) -> str:
 
     from autoprune.measure import BUSY
 
-    def busy(t: dict[str, Any]) -> bool:
-        return (t.get("other_load") or 0.0) >= BUSY
-
     rows = [[t["trial"], t["state"].lower(), f(t["accuracy"], ".2f"), f(t["acc_drop"], "+.2f"),
              f(t["packed_bytes"] and t["packed_bytes"] / 1024, ".1f"), f(t["compression_ratio"], ".1f"),
-             f(t["latency_ms"], ".3f") + ("*" if busy(t) else ""), t["recipe"] or t["source"] or ""]
+             f(t["latency_ms"], ".3f") + ("*" if timed_busy(t) else ""), t["recipe"] or t["source"] or ""]
             for t in r["trials"]]  # fmt: skip
     header = ["trial", "state", "accuracy", "drop", "packed KB", "ratio", "latency ms", "source"]
     text = f"study {r['study']} in {r['storage']}\n\n" + grid(header, rows)
-    if any(busy(t) for t in r["trials"]):
+    if any(timed_busy(t) for t in r["trials"]):
         text += f"\n\n* timed while other processes kept {BUSY}+ cores busy: the latency may read high"
     return text
 

@@ -29,7 +29,8 @@ from autoprune.search.stop import stop_requested
 RECORD = (
     "accuracy", "test_accuracy", "acc_drop", "params", "nonzero_params", "macs", "dense_bytes",
     "packed_bytes", "compression_ratio", "latency_ms", "latency_ms_batch", "speedup",
-    "prune_s", "finetune_s", "quantize_s", "eval_s", "trial_s", "source", "other_load",
+    "prune_s", "finetune_s", "quantize_s", "pack_s", "eval_s", "trial_s", "source",
+    "backend", "threads", "other_load",  # where latency_ms was measured, and how busy the machine was
 )  # fmt: skip
 
 
@@ -90,9 +91,6 @@ class Objective:
             for key in RECORD:
                 if key in m:
                     trial.set_user_attr(key, _plain(m[key]))
-            trial.set_user_attr("pack_s", m["pack_s"])
-            trial.set_user_attr("backend", m["backend"])  # where latency_ms was measured, on how many threads
-            trial.set_user_attr("threads", m["threads"])
             artifact_id = upload_artifact(
                 artifact_store=ctx.artifacts, file_path=str(out), study_or_trial=trial,
                 mimetype="application/octet-stream",
