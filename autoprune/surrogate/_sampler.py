@@ -46,29 +46,39 @@ class SurrogateSampler(BaseSampler):
         self._startup = TPESampler(seed=seed, multivariate=True, constant_liar=True)
         self._rng = np.random.default_rng(seed)
         self._seed = seed or 0
+        self._read: tuple[int, Any] | None = None  # (trial number, what _space found for it)
 
-    def _space(self, study: Study) -> tuple[dict[str, BaseDistribution], list[FrozenTrial]] | None:
-        """The space as the trials saw it (the widest completed trial), once enough exist."""
-        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if not complete:
-            return None
-        dists = max((t.distributions for t in complete), key=len)
-        usable = [t for t in complete if all(n in t.params for n in dists)]
-        return (dict(dists), complete) if len(usable) >= self.n_startup_trials else None
+    def _space(
+        self, study: Study, trial: FrozenTrial
+    ) -> tuple[dict[str, BaseDistribution], list[FrozenTrial], list[FrozenTrial]] | None:
+        """The space as the trials saw it (the widest completed trial), the completed trials and
+        the other running ones, once enough exist; read once per trial (Optuna asks twice)."""
+        if self._read is not None and self._read[0] == trial.number:
+            return self._read[1]
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        ready = None
+        if complete:
+            dists = max((t.distributions for t in complete), key=len)
+            usable = [t for t in complete if all(n in t.params for n in dists)]
+            if len(usable) >= self.n_startup_trials:
+                running = [t for t in trials if t.state == TrialState.RUNNING and t.number != trial.number]
+                ready = (dict(dists), complete, running)
+        self._read = (trial.number, ready)
+        return ready
 
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        ready = self._space(study)
+        ready = self._space(study, trial)
         return ready[0] if ready else self._startup.infer_relative_search_space(study, trial)
 
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
-        ready = self._space(study)
+        ready = self._space(study, trial)
         if ready is None or ready[0] != search_space:
             return self._startup.sample_relative(study, trial, search_space)
-        dists, complete = ready
-        running = [t.params for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                   if t.number != trial.number and all(n in t.params for n in dists)]  # fmt: skip
+        dists, complete, others = ready
+        running = [t.params for t in others if all(n in t.params for n in dists)]
         return self._propose(dists, complete, running)
 
     def sample_independent(
