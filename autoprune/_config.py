@@ -7,6 +7,7 @@ silently ignored and the error names the offending key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import types
 import typing
@@ -74,4 +75,6 @@ def _check(value: Any, hint: Any, key: str, error: type[AutoPruneError]) -> Any:
     }[hint]
     if not ok:
         raise error(f"{key}={value!r} should be of type {hint.__name__}")
+    if hint is float and not math.isfinite(value):
+        raise error(f"{key}={value!r} should be a finite number")
     return float(value) if hint is float else value

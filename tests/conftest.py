@@ -95,3 +95,11 @@ def npz28(tmp_path: Path) -> Path:
 @pytest.fixture
 def npz32rgb(tmp_path: Path) -> Path:
     return write_npz(tmp_path / "rgb32.npz", (32, 32, 3))
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real study with packed files, recipes, data and factories, good and bad (tests/workspace.py)."""
+    from tests.workspace import build_workspace
+
+    return build_workspace(tmp_path_factory.mktemp("workspace"))

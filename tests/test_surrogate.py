@@ -243,7 +243,7 @@ def test_too_few_trials_through_the_cli_is_one_line(tmp_path: Path) -> None:
 def test_enqueued_proposals_are_evaluated_once_and_tagged(small_study) -> None:
     url, tmp = small_study
     out = run_cli("surrogate", "propose", "--storage", url, "--study", "s", "-k", "2", "--enqueue",
-                  "--model", str(tmp / "m.joblib"), "--json", "-q")  # fmt: skip
+                  "--surrogate", str(tmp / "m.joblib"), "--json", "-q")  # fmt: skip
     if out.returncode != 0 and "m.joblib" in out.stderr:  # fit test not run first (-k selection)
         out = run_cli(
             "surrogate", "propose", "--storage", url, "--study", "s", "-k", "2", "--enqueue", "--json", "-q"

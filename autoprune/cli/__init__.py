@@ -32,23 +32,50 @@ def build_parser() -> Parser:
     return parser
 
 
+class _HeldWarnings(logging.Handler):
+    """Keeps the warnings of a run and prints them once it succeeds, each message once: a
+    refusal stays one line, and a warning repeated per trial does not break the progress bar."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: dict[str, None] = {}  # insertion-ordered set
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.setdefault(record.getMessage().strip().splitlines()[0], None)
+
+    def flush_to_stderr(self) -> None:
+        for message in self.messages:
+            print(f"autoprune: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    held = _HeldWarnings()
+    handlers: list[logging.Handler] = []
     if not args.verbose:
-        warnings.filterwarnings("ignore", module="torch_pruning")
+        handlers.append(held)
+    else:
+        verbose = logging.StreamHandler(sys.stderr)
+        verbose.setLevel(logging.INFO)
+        verbose.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handlers.append(verbose)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.INFO if args.verbose else logging.WARNING)
+    for handler in handlers:
+        root.addHandler(handler)
+    logging.captureWarnings(True)  # warnings.warn goes through the held handler too
     try:
-        result = args.run(args)
+        with warnings.catch_warnings():
+            if not args.verbose:
+                warnings.filterwarnings("ignore", module="torch_pruning")
+            result = args.run(args)
     except AutoPruneError as e:
-        print(f"autoprune {args.command}: error: {e}", file=sys.stderr)
+        print(f"autoprune {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return getattr(e, "exit_code", EXIT_USAGE)
     except OSError as e:  # a path given cannot be read or written: permissions, a missing folder, a full disk
         where = f"{e.filename}: " if e.filename else ""
@@ -57,8 +84,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"autoprune {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        logging.captureWarnings(False)
+        for handler in handlers:
+            root.removeHandler(handler)
+        root.setLevel(level)
+    held.flush_to_stderr()
     if getattr(args, "json", False):
         print(json.dumps(result, indent=2))
     else:
         print(args.format(result))
     return 0
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from pathlib import Path
 from typing import Any, NoReturn
+
+from autoprune._names import bad_study_name
+from autoprune.errors import AutoPruneError
 
 EXIT_USAGE = 2
 
@@ -35,6 +39,45 @@ def positive_float(text: str) -> float:
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
     return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
+def port(text: str) -> int:
+    value = positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port in 1..65535, got {value}")
+    return value
+
+
+def study_name(text: str) -> str:
+    problem = bad_study_name(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def output_path(path: Path | None, flag: str) -> Path | None:
+    """Check, before any work, that a file can be written at ``path`` (its folder exists and is
+    writable, and it is not itself a folder). No folder is created for it."""
+    if path is None:
+        return None
+    folder = path.parent
+    if path.is_dir():
+        raise AutoPruneError(f"{flag} {path} is a folder; give a file name")
+    if not folder.is_dir():
+        raise AutoPruneError(f"{flag} {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise AutoPruneError(f"{flag} {path}: permission denied")
+    return path
 
 
 def fraction(text: str) -> float:

@@ -12,6 +12,7 @@ from autoprune.cli._common import (
     add_model_data_options,
     add_output_options,
     grid,
+    output_path,
     latency_text,
     table,
 )
@@ -38,7 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "unless --dataset is given), and print the per-layer size breakdown.",
     )  # fmt: skip
     e.add_argument("file", type=Path, metavar="FILE", help="a packed file written by compress or export")
-    add_data_options(e, default=None)
+    g = add_data_options(e, default=None)
+    g.add_argument("--model", metavar="M",
+                   help="the model factory a file made from your own network needs (file.py:factory); "
+                   "a packed file never makes autoprune import code by itself")  # fmt: skip
     e.set_defaults(seed=None, val_fraction=None)
     e.add_argument("--torchscript", type=Path, metavar="PATH", help="also write the decoded network as TorchScript")
     e.add_argument("--onnx", type=Path, metavar="PATH",
@@ -54,6 +58,7 @@ def run_compress(args: argparse.Namespace) -> dict[str, Any]:
     from autoprune.models import create_model
 
     started = time.perf_counter()
+    output_path(args.out, "--out")
     config = load_recipe(args.recipe)
     splits, spec = load_data(args)
     check_layers(config, create_model(spec))  # before any training
@@ -84,43 +89,34 @@ def run_compress(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_eval(args: argparse.Namespace) -> dict[str, Any]:
-    from autoprune.compress import breakdown, load_packed
+    from autoprune.compress import breakdown, evaluate_packed
     from autoprune.compress.export import export_onnx, export_torchscript
-    from autoprune.data import load_dataset
-    from autoprune.measure import measure_model
 
-    model, header = load_packed(args.file)
-    stored = header.get("meta", {}).get("dataset") or {}
-    name = args.dataset or stored.get("name")
-    if name is None:
-        from autoprune.errors import AutoPruneError
-
-        raise AutoPruneError(f"{args.file} records no dataset; pass --dataset")
-    data_dir = args.data_dir or (stored.get("data_dir") if name == stored.get("name") else None)
-    splits = load_dataset(
-        name,
-        data_dir=data_dir,
-        val_fraction=args.val_fraction or stored.get("val_fraction", 0.1),
-        seed=args.seed if args.seed is not None else stored.get("seed", 0),
-    )
-    metrics = measure_model(model, splits, threads=args.threads).to_dict()
+    output_path(args.torchscript, "--torchscript")
+    output_path(args.onnx, "--onnx")
+    ev = evaluate_packed(
+        args.file, model=args.model, dataset=args.dataset, data_dir=args.data_dir,
+        val_fraction=args.val_fraction, seed=args.seed, threads=args.threads,
+    )  # fmt: skip
+    metrics, meta = ev.metrics.to_dict(), ev.header.get("meta", {})
     packed = args.file.stat().st_size
-    base = header.get("meta", {}).get("base", {})
+    base = meta.get("base") if isinstance(meta.get("base"), dict) else {}
+    dense, base_acc = base.get("dense_bytes"), base.get("accuracy")
     result = {
         "file": str(args.file),
-        "model": header["model"]["name"],
-        "dataset": splits.name,
-        "recipe": header.get("meta", {}).get("recipe"),
+        "model": ev.header["model"]["name"],
+        "dataset": ev.splits.name,
+        "recipe": meta.get("recipe") if isinstance(meta.get("recipe"), str) else None,
         **metrics,
         "packed_bytes": packed,
-        "compression_ratio": base["dense_bytes"] / packed if base.get("dense_bytes") else None,
-        "acc_drop": base["accuracy"] - metrics["accuracy"] if "accuracy" in base else None,
-        "layers": [dict(r.__dict__, density=r.density) for r in breakdown(header)],
+        "compression_ratio": dense / packed if isinstance(dense, (int, float)) and dense > 0 else None,
+        "acc_drop": base_acc - metrics["accuracy"] if isinstance(base_acc, (int, float)) else None,
+        "layers": [dict(r.__dict__, density=r.density) for r in breakdown(ev.header)],
     }
     if args.torchscript:
-        result["torchscript"] = str(export_torchscript(model, splits.input_shape, args.torchscript))
+        result["torchscript"] = str(export_torchscript(ev.model, ev.splits.input_shape, args.torchscript))
     if args.onnx:
-        result["onnx"] = str(export_onnx(model, splits.input_shape, args.onnx))
+        result["onnx"] = str(export_onnx(ev.model, ev.splits.input_shape, args.onnx))
     return result
 
 

@@ -4,14 +4,26 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
-from autoprune.cli._common import grid, positive_int, table, timed_busy
+from autoprune._names import file_stem
+from autoprune.cli._common import (
+    grid,
+    non_negative_float,
+    output_path,
+    port,
+    positive_int,
+    study_name,
+    table,
+    timed_busy,
+)
 from autoprune.errors import AutoPruneError
 
 DEFAULT_SPEC = Path("studies/digits-lenet5.toml")
 DEFAULT_STORAGE = "sqlite:///studies/autoprune.db"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class Interrupted(AutoPruneError):
@@ -29,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("spec", nargs="?", type=Path, metavar="SPEC.toml",
                    help=f"study spec (default: {DEFAULT_SPEC}, the embedded digits default)")
-    p.add_argument("--study", metavar="NAME", help="study name (default: the spec's, else its file name)")
+    p.add_argument("--study", type=study_name, metavar="NAME", help="study name (default: the spec's, else its file name)")
     p.add_argument("--storage", metavar="URL",
                    help=f"sqlite:///PATH.db, postgresql://USER@HOST/DB or journal:PATH (default: the spec's, {DEFAULT_STORAGE})")
     p.add_argument("--trials", type=positive_int, metavar="N", help="run until the study holds N finished trials")
@@ -41,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", choices=SAMPLERS, help="override the spec's sampler")
     p.add_argument("--pruner", choices=PRUNERS, help="override the spec's pruner (single objective only)")
     p.add_argument("--objectives", metavar="A,B", help=f"override the spec's objectives ({', '.join(OBJECTIVES)})")
-    p.add_argument("--max-acc-drop", type=float, metavar="D", help="accuracy budget in points (single objective)")
+    p.add_argument("--max-acc-drop", type=non_negative_float, metavar="D", help="accuracy budget in points (single objective)")
     p.add_argument("--seed", type=int, help="sampler seed")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -55,10 +67,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("export", help="write a trial's packed file",
                        description="Write the packed model of one trial (or the best within the accuracy budget).")  # fmt: skip
     _storage_options(e)
-    e.add_argument("--trial", required=True, metavar="N|best", help="trial number, or 'best'")
-    e.add_argument("--max-acc-drop", type=float, metavar="D",
+    e.add_argument("--trial", required=True, type=trial_choice, metavar="N|best", help="trial number, or 'best'")
+    e.add_argument("--max-acc-drop", type=non_negative_float, metavar="D",
                    help="accuracy budget for 'best' (default: the study spec's)")
-    e.add_argument("--out", type=Path, metavar="FILE", help="where to write it (default: STUDY-trial-N.apk)")
+    e.add_argument("--out", type=Path, metavar="FILE",
+                   help="where to write it (default: STUDY-trial-N.apk in the current folder)")
+    e.add_argument("--artifacts", type=Path, metavar="DIR",
+                   help="the search's artifact folder (default: beside the database; a study never chooses it)")
     e.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     e.set_defaults(run=run_export, format=lambda r: f"wrote {r['out']} (trial {r['trial']}, {r['packed_bytes']:,} bytes)")
 
@@ -66,15 +81,25 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Serve optuna-dashboard over the storage and the artifact store, bound to loopback by default.")  # fmt: skip
     d.add_argument("--storage", default=DEFAULT_STORAGE, metavar="URL", help="(default: %(default)s)")
     d.add_argument("--artifacts", type=Path, metavar="DIR", help="artifact folder (default: beside the database)")
-    d.add_argument("--host", default="127.0.0.1", help="(default: %(default)s; 0.0.0.0 exposes it to the network)")
-    d.add_argument("--port", type=positive_int, default=8080, help="(default: %(default)s)")
+    d.add_argument("--host", default="127.0.0.1",
+                   help="(default: %(default)s; optuna-dashboard has no login and can delete studies: "
+                   "reach it from another machine through an SSH tunnel rather than 0.0.0.0)")
+    d.add_argument("--port", type=port, default=8080, help="(default: %(default)s)")
     d.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     d.set_defaults(run=run_dashboard, format=str)
 
 
 def _storage_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", default=DEFAULT_STORAGE, metavar="URL", help="(default: %(default)s)")
-    p.add_argument("--study", metavar="NAME", help="study name (default: the only study in the storage)")
+    p.add_argument("--study", type=study_name, metavar="NAME", help="study name (default: the only study in the storage)")
+
+
+def trial_choice(text: str) -> str | int:
+    if text == "best":
+        return text
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a trial number (0, 1, ...) or 'best', got {text!r}")
+    return int(text)
 
 
 def _spec(args: argparse.Namespace) -> tuple[Any, Path]:
@@ -101,20 +126,17 @@ def run_search(args: argparse.Namespace) -> dict[str, Any]:
 
     from autoprune.search.run import counts, run_search as run_study
     from autoprune.search.stop import stop_on_signals
-    from autoprune.search.storage import StorageError, parse_storage
+    from autoprune.search.storage import parse_storage, storage_errors
 
     spec, spec_dir = _spec(args)
     info = parse_storage(spec.study.storage)
-    if args.jobs > 1 and not info.parallel_ok:
-        raise StorageError(
-            f"--jobs {args.jobs} cannot share SQLite ({info.safe_url}): parallel workers lock it; "
-            "use --storage postgresql://USER@HOST/DB or --storage journal:PATH"
-        )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     stop_on_signals()
     try:
-        study = run_study(spec, info, jobs=args.jobs, progress=not args.quiet, spec_dir=spec_dir,
-                          setup_only=args.setup_only)  # fmt: skip
+        with storage_errors(info):
+            study = run_study(spec, info, jobs=args.jobs, progress=not args.quiet, spec_dir=spec_dir,
+                              setup_only=args.setup_only)  # fmt: skip
+            return summarise(study, spec, info)
     except KeyboardInterrupt:
         from autoprune.search.storage import open_storage
 
@@ -124,7 +146,6 @@ def run_search(args: argparse.Namespace) -> dict[str, Any]:
             f"interrupted: {done} of {spec.study.trials} trials finished and stored; "
             f"run the same command again to resume"
         ) from None
-    return summarise(study, spec, info)
 
 
 def summarise(study: Any, spec: Any, info: Any) -> dict[str, Any]:
@@ -172,14 +193,16 @@ def format_search(r: dict[str, Any]) -> str:
 
 
 def _open(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """The study a read command names, from a storage it never creates."""
     import optuna
 
-    from autoprune.search.storage import open_storage, parse_storage, resolve_study_name
+    from autoprune.search.storage import open_storage, parse_storage, resolve_study_name, storage_errors
 
     info = parse_storage(args.storage)
-    storage = open_storage(info)
-    name = resolve_study_name(storage, args.study, info.safe_url)
-    return optuna.load_study(study_name=name, storage=storage), info, storage
+    with storage_errors(info):
+        storage = open_storage(info, create=False)
+        name = resolve_study_name(storage, args.study, info.safe_url)
+        return optuna.load_study(study_name=name, storage=storage), info, storage
 
 
 def run_trials(args: argparse.Namespace) -> dict[str, Any]:
@@ -211,34 +234,33 @@ def run_export(args: argparse.Namespace) -> dict[str, Any]:
     from optuna.artifacts import download_artifact
     from optuna.artifacts.exceptions import ArtifactNotFound
 
-    from autoprune.search.report import best_trial
-    from autoprune.search.storage import artifact_dir, artifact_store
+    from autoprune.search.report import best_trial, study_budget
+    from autoprune.search.storage import artifact_dir, artifact_store, check_artifact_id
 
+    output_path(args.out, "--out")
     study, info, _ = _open(args)
     if args.trial == "best":
-        budget = args.max_acc_drop
-        if budget is None:
-            budget = study.user_attrs.get("spec", {}).get("study", {}).get("max_acc_drop", 1.0)
+        budget = args.max_acc_drop if args.max_acc_drop is not None else study_budget(study)
         trial = best_trial(study, budget)
         if trial is None:
             raise AutoPruneError(f"no completed trial of {study.study_name} is within {budget} points of the base")
     else:
-        try:
-            number = int(args.trial)
-            trial = study.trials[number]
-        except (ValueError, IndexError):
-            raise AutoPruneError(f"--trial {args.trial!r}: expected a trial number below {len(study.trials)} or 'best'") from None
-    artifact_id = trial.user_attrs.get("artifact_id")
-    if artifact_id is None:
+        trial = next((t for t in study.get_trials(deepcopy=False) if t.number == args.trial), None)
+        if trial is None:
+            raise AutoPruneError(f"--trial {args.trial}: expected a trial number below {len(study.trials)} or 'best'")
+    artifact_id = check_artifact_id(trial.user_attrs.get("artifact_id"))
+    if not artifact_id:
         raise AutoPruneError(f"trial {trial.number} is {trial.state.name.lower()} and has no packed file")
-    spec_artifacts = study.user_attrs.get("spec", {}).get("study", {}).get("artifacts", "")
-    store = artifact_store(artifact_dir(info, spec_artifacts))
-    out = args.out or Path(f"{study.study_name}-trial-{trial.number}.apk")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    folder = args.artifacts or artifact_dir(info)
+    store = artifact_store(folder, create=False)
+    out = args.out or output_path(Path(f"{file_stem(study.study_name)}-trial-{trial.number}.apk"), "--out")
     try:
         download_artifact(artifact_store=store, artifact_id=artifact_id, file_path=str(out))
     except (ArtifactNotFound, FileNotFoundError):
-        raise AutoPruneError(f"the packed file of trial {trial.number} was removed by the retention rule") from None
+        raise AutoPruneError(
+            f"the packed file of trial {trial.number} is not in {folder}: removed by the retention rule, "
+            "or kept elsewhere (pass --artifacts DIR)"
+        ) from None
     return {"study": study.study_name, "trial": trial.number, "out": str(out), "packed_bytes": out.stat().st_size}
 
 
@@ -250,6 +272,10 @@ def run_dashboard(args: argparse.Namespace) -> dict[str, Any]:
     info = parse_storage(args.storage)
     storage = open_storage(info)
     store = artifact_store(args.artifacts or artifact_dir(info))
+    if args.host not in LOOPBACK:
+        print(f"autoprune dashboard: warning: --host {args.host} lets anyone who reaches this machine read, change "
+              "and delete studies (optuna-dashboard has no login); prefer an SSH tunnel to 127.0.0.1",
+              file=sys.stderr)  # fmt: skip
     print(f"optuna-dashboard on http://{args.host}:{args.port} for {info.safe_url} (Ctrl-C stops it)", flush=True)
     run_server(storage, host=args.host, port=args.port, artifact_store=store)
     return "stopped"  # type: ignore[return-value]

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from autoprune.cli._common import grid, positive_int
+from autoprune._names import file_stem
+from autoprune.cli._common import grid, non_negative_float, output_path, positive_int
 from autoprune.cli._search import _storage_options
 from autoprune.errors import AutoPruneError
 
@@ -32,14 +33,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "K best predicted to stay within the budget, with predicted metrics and spread.")  # fmt: skip
     _common(q)
     q.add_argument(
-        "--max-acc-drop", type=float, metavar="D", help="budget in points (default: the study spec's)"
+        "--max-acc-drop", type=non_negative_float, metavar="D", help="budget in points (default: the study spec's)"
     )
     q.add_argument(
         "--target", choices=("size", "latency"), default="size", help="what to minimise (default: size)"
     )
     q.add_argument("-k", type=positive_int, default=5, metavar="K", help="how many proposals (default: 5)")
     q.add_argument(
-        "--model", type=Path, metavar="FILE", help="use a surrogate saved by 'fit --out' (not refit)"
+        "--surrogate", type=Path, metavar="FILE",
+        help="use a surrogate saved by 'fit --out' (not refit); it is a pickle: load only files you made",
     )
     q.add_argument(
         "--enqueue",
@@ -57,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--at", default="10,20,30", metavar="N,N,...", help="history sizes (default: %(default)s)")
     c.add_argument("-k", type=positive_int, default=5, metavar="K", help="proposals per size (default: 5)")
     c.add_argument(
-        "--max-acc-drop", type=float, metavar="D", help="budget in points (default: the study spec's)"
+        "--max-acc-drop", type=non_negative_float, metavar="D", help="budget in points (default: the study spec's)"
     )
     c.add_argument(
         "--png", type=Path, metavar="FILE", help="where to write the plot (default: STUDY-compare.png)"
@@ -67,6 +69,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     _storage_options(p)
+    g = p.add_argument_group(
+        "code and files the study names",
+        "a stored study is data: the model factory, checkpoint, data folder and artifact folder it "
+        "recorded are used only when you name them here (built-in models and datasets need nothing)",
+    )
+    g.add_argument("--model", metavar="M", help="the study's own model factory, as given to search (file.py:factory)")
+    g.add_argument("--checkpoint", metavar="PATH", help="the study's base checkpoint, if it was made from one")
+    g.add_argument("--data-dir", metavar="PATH", help="the study's data folder or file, if its dataset needs one")
+    g.add_argument("--artifacts", metavar="DIR", help="where proposals' packed files go (default: beside the database)")
     p.add_argument("--seed", type=int, default=0, help="seed of the ensemble and the candidates (default: 0)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -75,11 +86,16 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _view(args: argparse.Namespace) -> Any:
     import optuna
 
-    from autoprune.search.storage import parse_storage
+    from autoprune.search.storage import parse_storage, storage_errors
     from autoprune.surrogate._study import open_view
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return open_view(args.study, parse_storage(args.storage), progress=not args.quiet)
+    info = parse_storage(args.storage)
+    with storage_errors(info):
+        return open_view(
+            args.study, info, progress=not args.quiet, model=args.model, checkpoint=args.checkpoint,
+            data_dir=args.data_dir, artifacts=args.artifacts,
+        )  # fmt: skip
 
 
 def _fit_report(surrogate: Any, history: Any) -> dict[str, Any]:
@@ -89,6 +105,7 @@ def _fit_report(surrogate: Any, history: Any) -> dict[str, Any]:
 def run_fit(args: argparse.Namespace) -> dict[str, Any]:
     from autoprune.surrogate._study import fit
 
+    output_path(args.out, "--out")
     view = _view(args)
     surrogate, history = fit(view, seed=args.seed)
     if args.out:
@@ -118,8 +135,8 @@ def run_propose(args: argparse.Namespace) -> dict[str, Any]:
 
     view = _view(args)
     budget = args.max_acc_drop if args.max_acc_drop is not None else view.budget
-    if args.model:
-        surrogate = Surrogate.load(args.model, view.encoder)
+    if args.surrogate:
+        surrogate = Surrogate.load(args.surrogate, view.encoder)
         history = history_from_trials(view.study.get_trials(deepcopy=False), view.encoder)
     else:
         surrogate, history = fit(view, seed=args.seed)
@@ -169,9 +186,10 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
         sizes = [int(s) for s in args.at.split(",") if s.strip()]
     except ValueError:
         raise AutoPruneError(f"--at {args.at!r}: expected history sizes such as 10,20,30") from None
+    output_path(args.png, "--png")
     view = _view(args)
+    png = args.png or output_path(Path(f"{file_stem(view.study.study_name)}-compare.png"), "--png")
     result = compare(view, sizes, k=args.k, seed=args.seed, max_acc_drop=args.max_acc_drop)
-    png = args.png or Path(f"{view.study.study_name}-compare.png")
     result["png"] = str(compare_png(result, png))
     publish(view.study, result)
     return result

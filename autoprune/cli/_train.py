@@ -11,6 +11,7 @@ from autoprune.cli._common import (
     add_model_data_options,
     add_output_options,
     latency_text,
+    output_path,
     positive_float,
     positive_int,
     table,
@@ -75,11 +76,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from autoprune.measure import measure_model
 
     started = time.perf_counter()
+    output_path(args.out, "--out")
     splits, spec = load_data(args)
     base = load_base(args, splits, spec, train_from_checkpoint=True)
     metrics = measure_model(base.model, splits, threads=args.threads)
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         torch.save(base.model.state_dict(), args.out)
     return {
         "model": spec.name,

@@ -14,7 +14,7 @@ from autoprune.compress.packing import (
     read_header,
     save_packed,
 )
-from autoprune.compress.pipeline import CompressResult, compress
+from autoprune.compress.pipeline import CompressResult, PackedEvaluation, compress, evaluate_packed
 from autoprune.compress.quantize import ShareConfig, share_weights_
 from autoprune.compress.recipe import CompressConfig, FinetuneConfig, load_recipe
 from autoprune.compress.structured import FilterPruneConfig, LayerNorms, prune_filters_
@@ -28,6 +28,7 @@ __all__ = [
     "LayerNorms",
     "LayerReport",
     "MagnitudeConfig",
+    "PackedEvaluation",
     "PackConfig",
     "PackError",
     "PackReport",
@@ -35,6 +36,7 @@ __all__ = [
     "ShareConfig",
     "breakdown",
     "compress",
+    "evaluate_packed",
     "load_packed",
     "load_recipe",
     "prune_filters_",

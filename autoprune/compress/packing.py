@@ -14,8 +14,10 @@ is smaller than fixed width. Everything else (biases, batch norm) is plain float
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import math
 import struct
 import zlib
 from dataclasses import dataclass
@@ -26,16 +28,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from autoprune.compress._layers import layer_kind, weight_layers
-from autoprune.errors import AutoPruneError
-from autoprune.models import ModelSpec, create_model
+from autoprune.compress._layers import RecipeError, layer_kind, weight_layers
+from autoprune.errors import AutoPruneError, ModelError
+from autoprune.models import ModelSpec, create_model, is_user_model
 from autoprune.ops.huffman import HuffmanCode, pack_fixed, unpack_fixed
 from autoprune.ops.sparse import decode_relative, encode_relative
 
 MAGIC = b"APRUNE"
 VERSION = 1
 SHAPE_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features")
-_DTYPES = {"float32": torch.float32, "float64": torch.float64, "int64": torch.int64, "int32": torch.int32}
+_DTYPES = {name: np.dtype(name) for name in ("float32", "float64", "float16", "int64", "int32", "uint8", "bool")}
+MAX_HEADER = 64 << 20  # bytes a header may inflate to
+MAX_RATIO = 4096  # the dense network may be at most this many times the file (plus 64 MiB)
 
 
 class PackError(AutoPruneError):
@@ -47,6 +51,12 @@ class PackConfig:
     conv_index_bits: int = 8  # relative-index width for conv layers (Deep Compression: 8)
     fc_index_bits: int = 5  # and for fully connected layers (5)
     huffman: bool = True  # Huffman-code the index streams (when smaller than fixed width)
+
+    def __post_init__(self) -> None:
+        for key in ("conv_index_bits", "fc_index_bits"):
+            value = getattr(self, key)
+            if not 1 <= value <= 16:
+                raise RecipeError(f"pack {key}={value} should be an integer in 1..16")
 
 
 @dataclass(frozen=True)
@@ -203,7 +213,11 @@ def save_packed(
 
 
 def read_header(path: str | Path) -> tuple[dict[str, Any], memoryview]:
-    """Check and parse a packed file: its header and its blob payload."""
+    """Check and parse a packed file: its header and its blob payload.
+
+    Nothing in the file is trusted: the header is inflated to at most ``MAX_HEADER`` bytes and
+    every blob reference must lie inside the payload.
+    """
     path = Path(path)
     if not path.is_file():
         raise PackError(f"packed file {path} does not exist")
@@ -220,37 +234,149 @@ def read_header(path: str | Path) -> tuple[dict[str, Any], memoryview]:
         raise PackError(f"{path} is truncated or corrupt (checksum mismatch)")
     start = len(MAGIC) + 5
     try:
-        header = json.loads(zlib.decompress(body[start : start + header_len]))
-    except (zlib.error, ValueError) as e:
+        inflater = zlib.decompressobj()
+        text = inflater.decompress(body[start : start + header_len], MAX_HEADER)
+        if inflater.unconsumed_tail:
+            raise ValueError(f"the header inflates past {MAX_HEADER >> 20} MiB")
+        header = json.loads(text)
+        payload = memoryview(body)[start + header_len :]
+        _check_header(header, len(payload))
+    except (zlib.error, ValueError, TypeError, KeyError, RecursionError) as e:
         raise PackError(f"{path} has a corrupt header ({e})") from None
-    return header, memoryview(body)[start + header_len :]
+    return header, payload
 
 
-def load_packed(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the network from a packed file; returns the model (eval mode) and the header."""
+def load_packed(path: str | Path, *, model: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the network from a packed file; returns the model (eval mode) and the header.
+
+    A file never makes autoprune import code: a built-in model name recorded in the file is
+    used as is, but a file made from your own factory (``file.py:factory``) loads only when
+    you name that factory as ``model`` (the ``--model`` of the command line).
+    """
     header, payload = read_header(path)
+    spec = packed_model_spec(header, path, model=model)
+    skeleton = _skeleton(spec)
+    dense = sum(t.numel() * t.element_size() for t in skeleton.state_dict().values())
+    if dense > MAX_RATIO * Path(path).stat().st_size + (64 << 20):
+        raise PackError(f"{path} declares a {dense:,}-byte network in a file of {Path(path).stat().st_size:,} bytes: corrupt")
     try:
-        model = create_model(ModelSpec.from_dict(header["model"]))
+        _check_tensors(header, skeleton)
+        net = create_model(spec)
         state = {}
         for entry in header["tensors"]:
             state[entry["name"]] = _decode_tensor(payload, entry)
-            _resize_(model, entry["name"], state[entry["name"]].shape)
+            _resize_(net, entry["name"], state[entry["name"]].shape)
         for name, attrs in header["shapes"].items():
-            module = model.get_submodule(name)
+            module = net.get_submodule(name)
             for attr, value in attrs.items():
                 setattr(module, attr, value)
-        model.load_state_dict(state)
-    except (KeyError, ValueError, TypeError, AttributeError, RuntimeError) as e:
+        net.load_state_dict(state)
+    except (KeyError, IndexError, ValueError, TypeError, AttributeError, RuntimeError) as e:
         raise PackError(f"{path} does not decode to its model ({type(e).__name__}: {e})") from None
-    model.eval()
-    return model, header
+    net.eval()
+    return net, header
+
+
+def packed_model_spec(header: dict[str, Any], path: str | Path, *, model: str | None = None) -> ModelSpec:
+    """The model a packed file needs, built only from what the caller trusts: a built-in name
+    from the file, or the factory the caller names."""
+    recorded = header["model"]["name"]
+    if model is None and is_user_model(recorded):
+        raise PackError(
+            f"{path} was made with your own model factory {recorded!r}; autoprune never imports code "
+            f"named by a file: pass the factory yourself (--model {recorded}, or load_packed(..., model=...))"
+        )
+    return dataclasses.replace(ModelSpec.from_dict(header["model"]), name=model or recorded)
+
+
+def _skeleton(spec: ModelSpec) -> nn.Module:
+    """The model's shapes without allocating its weights (the meta device), so a header that
+    lies about its size is caught before memory is spent on it."""
+    try:
+        with torch.device("meta"):
+            return create_model(spec)
+    except ModelError:
+        return create_model(spec)  # a factory that cannot build on the meta device; trusted code
+
+
+def _check_header(header: Any, payload_len: int) -> None:
+    """The header's layout and every size in it, against the payload's real length."""
+    if not isinstance(header, dict) or header.get("format") != VERSION:
+        raise ValueError("not a version-1 header")
+    ModelSpec.from_dict(header["model"])
+    if not isinstance(header["tensors"], list) or not isinstance(header["shapes"], dict):
+        raise ValueError("tensors and shapes should be a list and a table")
+    if not isinstance(header.get("meta", {}), dict):
+        raise ValueError("meta should be a table")
+
+    def ref(r: Any, length: int | None = None) -> int:
+        if not (isinstance(r, list) and len(r) == 2 and all(_is_count(v) for v in r)) or sum(r) > payload_len:
+            raise ValueError(f"a blob reference {r!r} lies outside the file")
+        if length is not None and r[1] != length:
+            raise ValueError(f"a blob holds {r[1]} bytes where {length} are declared")
+        return r[1]
+
+    def stream(s: Any, numel: int) -> None:
+        if not isinstance(s, dict) or not _is_count(s["count"]) or s["count"] > numel:
+            raise ValueError("a stream declares more symbols than its tensor has weights")
+        if s["coder"] == "float32":
+            ref(s["data"], 4 * s["count"])
+            return
+        if s["coder"] not in ("fixed", "huffman") or not (_is_count(s["width"]) and 1 <= s["width"] <= 32):
+            raise ValueError(f"unknown stream coding {s.get('coder')!r}")
+        bits = 8 * ref(s["data"])
+        if s["coder"] == "huffman":
+            ref(s["lengths"])
+        if bits < s["count"] * (s["width"] if s["coder"] == "fixed" else 1):
+            raise ValueError("a stream is shorter than its symbol count")
+
+    for entry in header["tensors"]:
+        shape = entry["shape"]
+        if not isinstance(entry["name"], str) or not (isinstance(shape, list) and all(_is_count(d) for d in shape)):
+            raise ValueError("a tensor entry without a name or shape")
+        numel = math.prod(shape)
+        if entry["encoding"] == "raw":
+            if entry["dtype"] not in _DTYPES:
+                raise ValueError(f"unsupported dtype {entry['dtype']!r}")
+            ref(entry["data"], numel * _DTYPES[entry["dtype"]].itemsize)
+        elif entry["encoding"] == "sparse":
+            if not (_is_count(entry["index_bits"]) and 1 <= entry["index_bits"] <= 16):
+                raise ValueError("index_bits should be in 1..16")
+            if "positions" in entry:
+                stream(entry["positions"], numel)
+            stream(entry["values"], numel)
+            if "codebook" in entry:
+                ref(entry["codebook"])
+        else:
+            raise ValueError(f"unknown encoding {entry['encoding']!r}")
+
+
+def _check_tensors(header: dict[str, Any], skeleton: nn.Module) -> None:
+    """Pruning only removes: every tensor and shape attribute in the file is at most as large
+    as the fresh model's."""
+    fresh = skeleton.state_dict()
+    for entry in header["tensors"]:
+        have = fresh.get(entry["name"])
+        if have is None:
+            raise KeyError(f"the model has no tensor {entry['name']!r}")
+        if len(entry["shape"]) != have.dim() or any(d > h for d, h in zip(entry["shape"], have.shape)):
+            raise ValueError(f"{entry['name']} is declared {entry['shape']}, larger than the model's {list(have.shape)}")
+    for name, attrs in header["shapes"].items():
+        module = skeleton.get_submodule(name)
+        for attr, value in attrs.items():
+            if attr not in SHAPE_ATTRS or not _is_count(value) or value > getattr(module, attr):
+                raise ValueError(f"{name}.{attr}={value!r} is not a pruned size of the model's")
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def _decode_tensor(payload: memoryview, entry: dict) -> torch.Tensor:
     shape = tuple(entry["shape"])
     if entry["encoding"] == "raw":
         offset, length = entry["data"]
-        array = np.frombuffer(bytes(payload[offset : offset + length]), dtype=entry["dtype"])
+        array = np.frombuffer(bytes(payload[offset : offset + length]), dtype=_DTYPES[entry["dtype"]])
         return torch.from_numpy(array.copy()).reshape(shape)
     size = int(np.prod(shape))
     if "positions" in entry:

@@ -16,12 +16,13 @@ import torch
 from torch import nn
 
 from autoprune.compress._layers import weight_layers
-from autoprune.compress.packing import PackReport, load_packed, save_packed
+from autoprune.compress.packing import PackReport, load_packed, packed_model_spec, read_header, save_packed
 from autoprune.compress.quantize import attach_codebooks_, detach_codebooks_, share_weights_
 from autoprune.compress.recipe import CompressConfig
 from autoprune.compress.structured import LayerNorms, prune_filters_
 from autoprune.compress.unstructured import mask_holder, prune_magnitude_
-from autoprune.data import DataSplits
+from autoprune.data import DataSplits, load_dataset
+from autoprune.errors import AutoPruneError, DataError
 from autoprune.measure import Metrics, measure_model
 from autoprune.models import ModelSpec
 from autoprune.train import EpochCallback, TrainConfig, fit
@@ -105,7 +106,7 @@ def compress(
 
     pack_time = time.perf_counter()
     report = save_packed(model, spec, out, bits=bits, config=config.pack, meta=meta)
-    decoded, _ = load_packed(out)
+    decoded, _ = load_packed(out, model=spec.name)
     timings["pack_s"] = time.perf_counter() - pack_time
 
     eval_time = time.perf_counter()
@@ -131,3 +132,60 @@ def _split(epochs: int, steps: int) -> list[int]:
     if epochs <= 0:
         return []
     return [epochs // steps + (i < epochs % steps) for i in range(steps)]
+
+
+@dataclass(frozen=True)
+class PackedEvaluation:
+    model: nn.Module  # decoded from the file
+    header: dict[str, Any]
+    splits: DataSplits
+    metrics: Metrics
+
+
+def evaluate_packed(
+    path: str | Path,
+    *,
+    model: str | None = None,
+    dataset: str | None = None,
+    data_dir: str | Path | None = None,
+    val_fraction: float | None = None,
+    seed: int | None = None,
+    threads: int | None = None,
+) -> PackedEvaluation:
+    """Decode a packed file and measure it on its dataset.
+
+    The file may name a built-in dataset (used unless ``dataset`` is given) and its split, but
+    never a folder to read or code to import: ``data_dir`` and ``model`` (a user's factory)
+    come from the caller. A dataset whose images or classes differ from the file's network is
+    refused before anything is decoded.
+    """
+    header, _ = read_header(path)
+    spec = packed_model_spec(header, path, model=model)
+    stored = header.get("meta", {}).get("dataset")
+    stored = stored if isinstance(stored, dict) else {}
+    name = dataset or stored.get("name")
+    if not isinstance(name, str):
+        raise AutoPruneError(f"{path} records no dataset; pass --dataset")
+    same = name == stored.get("name")
+    val_fraction = val_fraction if val_fraction is not None else stored.get("val_fraction", 0.1) if same else 0.1
+    seed = seed if seed is not None else stored.get("seed", 0) if same else 0
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not isinstance(seed, int):
+        raise AutoPruneError(f"{path} records a split it cannot describe; pass --val-fraction and --seed")
+    try:
+        splits = load_dataset(name, data_dir=data_dir, val_fraction=val_fraction, seed=seed)
+    except DataError as e:
+        recorded = stored.get("data_dir") if same else None
+        if data_dir is None and isinstance(recorded, str) and recorded:
+            raise DataError(
+                f"{e}; {path} was made from {recorded!r}: pass --data-dir yourself (a packed file never "
+                "chooses a folder to read)"
+            ) from None
+        raise
+    wanted = (spec.in_channels, *spec.image_size)
+    if wanted != splits.input_shape or spec.num_classes != splits.num_classes:
+        raise AutoPruneError(
+            f"{path} holds a network for {'x'.join(map(str, wanted))} images and {spec.num_classes} classes; "
+            f"dataset {name!r} has {'x'.join(map(str, splits.input_shape))} images and {splits.num_classes} classes"
+        )
+    net, header = load_packed(path, model=model)
+    return PackedEvaluation(net, header, splits, measure_model(net, splits, threads=threads))

@@ -117,6 +117,10 @@ def make_splits(name: str, raw: RawData, *, val_fraction: float, seed: int) -> D
     if len(y_all) == 0 or y_all.min() < 0:
         raise DataError(f"dataset {name!r}: labels must be non-negative integers")
     num_classes = int(y_all.max()) + 1
+    if len(np.unique(raw.y_train)) < 2:
+        raise DataError(f"dataset {name!r}: the training data has only one class; a classifier needs at least two")
+    if not np.isfinite(raw.x_train).all() or not np.isfinite(raw.x_test).all():
+        raise DataError(f"dataset {name!r}: images hold NaN or infinite values")
 
     indices = np.arange(len(raw.y_train))
     counts = np.bincount(raw.y_train, minlength=num_classes)

@@ -81,12 +81,25 @@ def load_npz(data_dir: Path | None) -> RawData:
             arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
     except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise DataError(f"cannot read {path} as npz: {e}") from None
+    for key in ("x_train", "x_test"):
+        if arrays[key].dtype.kind not in "biuf":
+            raise DataError(f"{path}: {key} holds {arrays[key].dtype} values; images must be numbers")
     return RawData(
         _to_nchw(arrays["x_train"], path),
-        arrays["y_train"].astype(np.int64).reshape(-1),
+        _labels(arrays["y_train"], path, "y_train"),
         _to_nchw(arrays["x_test"], path),
-        arrays["y_test"].astype(np.int64).reshape(-1),
+        _labels(arrays["y_test"], path, "y_test"),
     )
+
+
+def _labels(y: np.ndarray, path: Path, key: str) -> np.ndarray:
+    """Class labels as int64; refused unless every value is a whole number (never truncated)."""
+    if y.dtype.kind not in "biuf":
+        raise DataError(f"{path}: {key} holds {y.dtype} values; labels must be whole numbers")
+    if y.dtype.kind == "f" and not np.all(np.isfinite(y) & (y == np.round(y))):
+        bad = y[~(np.isfinite(y) & (y == np.round(y)))].flat[0]
+        raise DataError(f"{path}: {key} holds {bad!r}; labels must be whole numbers (class indices)")
+    return y.astype(np.int64).reshape(-1)
 
 
 # ---- image folder: one subfolder per class ------------------------------------------------

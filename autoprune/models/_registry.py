@@ -33,7 +33,15 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
-        return cls(d["name"], int(d["num_classes"]), int(d["in_channels"]), tuple(d["image_size"]))
+        """Read back a stored spec; stored data is checked, never trusted (ValueError)."""
+        name, classes, channels, size = d["name"], d["num_classes"], d["in_channels"], d["image_size"]
+        if not isinstance(name, str) or not (isinstance(size, (list, tuple)) and len(size) == 2):
+            raise ValueError(f"a model spec needs a name and an image size (H, W), got {d!r}")
+        for what, value, high in [("num_classes", classes, 1 << 20), ("in_channels", channels, 4096),
+                                  ("image height", size[0], 1 << 14), ("image width", size[1], 1 << 14)]:  # fmt: skip
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= high:
+                raise ValueError(f"model spec {what}={value!r} should be an integer in 1..{high}")
+        return cls(name, classes, channels, (size[0], size[1]))
 
 
 def register_model(fn: Factory) -> Factory:
@@ -68,6 +76,8 @@ def create_model(spec: ModelSpec) -> nn.Module:
         raise ModelError(
             f"model factory {spec.name!r} returned {type(model).__name__}, not a torch.nn.Module"
         )
+    if not any(True for _ in model.parameters()):
+        raise ModelError(f"model factory {spec.name!r} returned a network with no parameters: nothing to compress")
     return model
 
 

@@ -24,6 +24,7 @@ from autoprune.models import ModelSpec
 from autoprune.search.space import SpaceLayers, config_from_params, distributions, suggest, with_cap
 from autoprune.search.spec import StudySpec
 from autoprune.search.stop import stop_requested
+from autoprune.search.storage import check_artifact_id
 
 # The user attributes every completed trial carries (the surrogate, dashboard and CLI read them).
 RECORD = (
@@ -143,9 +144,10 @@ def enforce_retention(study: optuna.Study, store: FileSystemArtifactStore, keep:
     protected |= {t.number for t in sorted(with_files, key=lambda t: t.number)[-keep:]}
     removed = 0
     for t in with_files:
-        if t.number not in protected:
+        artifact_id = check_artifact_id(t.user_attrs["artifact_id"])  # a path written into a study is skipped
+        if t.number not in protected and artifact_id:
             try:
-                store.remove(t.user_attrs["artifact_id"])
+                store.remove(artifact_id)
                 removed += 1
             except (FileNotFoundError, optuna.artifacts.exceptions.ArtifactNotFound):
                 pass

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+
+from autoprune.search.spec import SpecError, StudySection
 
 
 def trial_row(t: FrozenTrial) -> dict[str, Any]:
@@ -64,3 +67,13 @@ def state_counts(study: optuna.Study) -> dict[str, int]:
     for t in study.get_trials(deepcopy=False):
         out[t.state.name] = out.get(t.state.name, 0) + 1
     return out
+
+
+def study_budget(study: optuna.Study) -> float:
+    """The accuracy budget (points) of the spec stored in the study, checked: stored data."""
+    stored = study.user_attrs.get("spec")
+    section = stored.get("study") if isinstance(stored, dict) else None
+    value = section.get("max_acc_drop", StudySection.max_acc_drop) if isinstance(section, dict) else StudySection.max_acc_drop
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+        raise SpecError(f"study {study.study_name!r} stores a budget of {value!r} points; pass --max-acc-drop")
+    return float(value)

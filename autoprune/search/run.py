@@ -21,7 +21,7 @@ from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
-from autoprune.compress import load_recipe
+from autoprune.compress import CompressConfig, load_recipe
 from autoprune.compress.recipe import check_layers
 from autoprune.data import load_dataset
 from autoprune.errors import AutoPruneError
@@ -29,9 +29,9 @@ from autoprune.measure import Metrics, measure_model
 from autoprune.models import ModelSpec, create_model, load_checkpoint
 from autoprune.search.objective import Objective, SearchContext, enforce_retention
 from autoprune.search.space import SpaceLayers, distributions, recipe_params
-from autoprune.search.spec import StudySpec, spec_from_dict
+from autoprune.search.spec import StudySpec, record, spec_from_dict
 from autoprune.search.stop import stop_on_signals, stop_requested
-from autoprune.search.storage import StorageInfo, artifact_dir, artifact_store, open_storage
+from autoprune.search.storage import StorageError, StorageInfo, artifact_dir, artifact_store, open_storage
 from autoprune.train import TrainConfig, train_base
 
 log = logging.getLogger(__name__)
@@ -88,30 +88,59 @@ def open_study(spec: StudySpec, storage: BaseStorage, *, seed: int) -> optuna.St
         study.set_user_attr("objectives", spec.study.objectives)
         study.set_user_attr("model", spec.model.name)
         study.set_user_attr("dataset", spec.data.name)
-        study.set_user_attr("spec", spec.to_dict())
+        study.set_user_attr("spec", record(spec))  # never the password
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(spec.study.objectives)  # the names optuna-dashboard shows
     return study
 
 
-def prepare(
-    spec: StudySpec, study: optuna.Study, storage: BaseStorage, info: StorageInfo, *, progress: bool
-) -> SearchContext:
-    """Load the data and the base model (trained at most once: cached) for one worker."""
+@dataclass(frozen=True)
+class Inputs:
+    """What a search needs before it touches the storage: the data, the base model and the
+    baseline recipes, so that a refused search leaves no database or study behind."""
+
+    splits: Any
+    model_spec: ModelSpec
+    base: torch.nn.Module
+    baselines: tuple[CompressConfig, ...] = ()
+
+
+def load_inputs(spec: StudySpec, *, progress: bool, spec_dir: Path | None = None) -> Inputs:
+    """Load the data and the base model (trained at most once: cached); with ``spec_dir``, read
+    and check the baseline recipes too."""
     d = spec.data
     splits = load_dataset(d.name, data_dir=d.data_dir or None, val_fraction=d.val_fraction, seed=d.seed)
     c, h, w = splits.input_shape
     model_spec = ModelSpec(spec.model.name, splits.num_classes, c, (h, w))
+    model = create_model(model_spec)  # a bad factory fails here, before any training
+    recipes = tuple(
+        load_recipe(spec_dir / path if not Path(path).is_absolute() else path)
+        for path in (spec.study.baselines if spec_dir is not None else ())
+    )
+    for recipe in recipes:
+        check_layers(recipe, model)
     if spec.model.checkpoint:
-        base = load_checkpoint(create_model(model_spec), spec.model.checkpoint).eval()
+        base = load_checkpoint(model, spec.model.checkpoint).eval()
     else:
         t = spec.train
         config = TrainConfig(epochs=t.epochs, lr=t.lr, batch_size=t.batch_size, seed=d.seed)
         base = train_base(model_spec, splits, config, progress=progress).model
+    return Inputs(splits, model_spec, base, recipes)
+
+
+def prepare(
+    spec: StudySpec, study: optuna.Study, storage: BaseStorage, info: StorageInfo, *, progress: bool,
+    inputs: Inputs | None = None,
+) -> SearchContext:  # fmt: skip
+    """One worker's context: the inputs (loaded now unless given), the artifact store and the
+    base metrics (measured once per study)."""
+    inputs = inputs or load_inputs(spec, progress=progress)
     store = artifact_store(artifact_dir(info, spec.study.artifacts))
-    metrics = base_metrics(study, base, splits, spec.study.latency_repeats)
-    return SearchContext(spec, splits, model_spec, base, metrics, SpaceLayers.of(base), store, storage)
+    metrics = base_metrics(study, inputs.base, inputs.splits, spec.study.latency_repeats)
+    return SearchContext(
+        spec, inputs.splits, inputs.model_spec, inputs.base, metrics, SpaceLayers.of(inputs.base), store, storage
+    )
 
 
 def base_metrics(study: optuna.Study, base: torch.nn.Module, splits: Any, latency_repeats: int) -> Metrics:
@@ -141,19 +170,17 @@ def study_lock(storage: BaseStorage, name: str) -> Iterator[None]:
             conn.commit()
 
 
-def enqueue_baselines(study: optuna.Study, ctx: SearchContext, spec_dir: Path) -> int:
+def enqueue_baselines(study: optuna.Study, ctx: SearchContext, recipes: tuple[CompressConfig, ...]) -> int:
     """The manual recipes as the study's first trials, once per study (``source=baseline``)."""
-    if not ctx.spec.study.baselines:
+    if not recipes:
         return 0
     dists = distributions(ctx.spec.space, ctx.layers)
     with study_lock(ctx.storage, ctx.spec.study.name):
         done = {t.user_attrs.get("recipe_name") for t in study.get_trials(deepcopy=False)}
         added = 0
-        for path in ctx.spec.study.baselines:
-            recipe = load_recipe(spec_dir / path if not Path(path).is_absolute() else path)
+        for recipe in recipes:
             if recipe.name in done:
                 continue
-            check_layers(recipe, ctx.base)
             params = recipe_params(recipe, dists, ctx.base)
             attrs = {"source": "baseline", "recipe": recipe.to_dict(), "recipe_name": recipe.name,
                      "recipe_params": sorted(params)}  # fmt: skip
@@ -281,12 +308,21 @@ def run_search(
     setup_only: bool = False,
 ) -> optuna.Study:
     """Run (or resume) the study until it holds ``spec.study.trials`` finished trials; with
-    ``setup_only``, stop once the study, the cached base model and the baselines are in place."""
+    ``setup_only``, stop once the study, the cached base model and the baselines are in place.
+
+    Everything that can refuse the search (workers on SQLite, the data, the model, the
+    baseline recipes) is checked before the storage is opened: a refused search leaves none."""
+    if jobs > 1 and not info.parallel_ok:
+        raise StorageError(
+            f"--jobs {jobs} cannot share SQLite ({info.safe_url}): parallel workers lock it; "
+            "use --storage postgresql://USER@HOST/DB or --storage journal:PATH"
+        )
+    inputs = load_inputs(spec, progress=progress, spec_dir=spec_dir)
     storage = open_storage(info, heartbeat_interval=spec.study.heartbeat_interval, grace_period=spec.study.grace_period)
     existing = len(_all_trials(storage, spec))
     study = open_study(spec, storage, seed=spec.study.seed + existing)
-    ctx = prepare(spec, study, storage, info, progress=progress)
-    enqueue_baselines(study, ctx, spec_dir)
+    ctx = prepare(spec, study, storage, info, progress=progress, inputs=inputs)
+    enqueue_baselines(study, ctx, inputs.baselines)
     if setup_only:
         return study
     target = spec.study.trials

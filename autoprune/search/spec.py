@@ -9,12 +9,16 @@ the key.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from autoprune._config import build_config, read_toml
 from autoprune.errors import AutoPruneError
+from autoprune.models import is_user_model
+from autoprune._names import bad_study_name
+from autoprune.search.storage import parse_storage
 
 OBJECTIVES = {  # name -> Optuna direction
     "accuracy": "maximize",
@@ -109,10 +113,54 @@ class StudySpec:
 
 def spec_from_dict(data: dict[str, Any], *, default_name: str = "autoprune") -> StudySpec:
     spec = build_config(StudySpec, data, error=SpecError)
-    _validate(spec)
     if not spec.study.name:
         spec = dataclasses.replace(spec, study=dataclasses.replace(spec.study, name=default_name))
+    _validate(spec)
     return spec
+
+
+def record(spec: StudySpec) -> dict[str, Any]:
+    """The spec as stored in a study: the storage URL without its password (or query)."""
+    d = spec.to_dict()
+    d["study"]["storage"] = parse_storage(spec.study.storage).public_url
+    return d
+
+
+def trusted_spec(
+    stored: dict[str, Any],
+    *,
+    study: str,
+    storage: str,
+    model: str | None = None,
+    checkpoint: str | None = None,
+    data_dir: str | None = None,
+    artifacts: str | None = None,
+) -> StudySpec:
+    """A spec read back from a study, with the code and the paths it names taken from the
+    caller: stored data never makes autoprune import code or choose a file or folder. Anyone
+    who can write to a shared database can write a spec; only the command line is trusted."""
+    try:
+        spec = spec_from_dict(stored)
+    except SpecError as e:
+        raise SpecError(f"study {study!r} holds a spec autoprune cannot read: {e}") from None
+    m, d = spec.model, spec.data
+    if is_user_model(m.name) and model is None:
+        raise SpecError(
+            f"study {study!r} was made with your own model factory {m.name!r}; autoprune imports code "
+            f"named by a stored study only when you name it too: pass --model {m.name}"
+        )
+    if m.checkpoint and checkpoint is None:
+        raise SpecError(f"study {study!r} was made from the checkpoint {m.checkpoint!r}: pass --checkpoint yourself")
+    if d.data_dir and data_dir is None:
+        raise SpecError(f"study {study!r} was made from data in {d.data_dir!r}: pass --data-dir yourself")
+    if model is not None and not is_user_model(model) and model != m.name:
+        raise SpecError(f"study {study!r} searched model {m.name!r}, not {model!r}")
+    return dataclasses.replace(
+        spec,
+        model=dataclasses.replace(m, name=model or m.name, checkpoint=checkpoint or ""),
+        data=dataclasses.replace(d, data_dir=data_dir or ""),
+        study=dataclasses.replace(spec.study, name=study, storage=storage, artifacts=artifacts or ""),
+    )
 
 
 def load_spec(path: str | Path) -> StudySpec:
@@ -148,6 +196,8 @@ def _range(key: str, values: list, low: float, high: float) -> None:
 
 def _validate(spec: StudySpec) -> None:
     s, sp = spec.study, spec.space
+    if s.name and bad_study_name(s.name):
+        raise SpecError(f"{bad_study_name(s.name)} (it names files); pick one with --study or study.name")
     for o in s.objectives:
         if o not in OBJECTIVES:
             raise SpecError(f"study.objectives: unknown objective {o!r}; valid: {', '.join(OBJECTIVES)}")
@@ -163,8 +213,8 @@ def _validate(spec: StudySpec) -> None:
         raise SpecError(f"study.heartbeat_interval={s.heartbeat_interval} should be >= 1 and below study.grace_period")
     if s.keep_artifacts < 1 or s.latency_repeats < 1:
         raise SpecError("study.keep_artifacts and study.latency_repeats should be >= 1")
-    if s.max_acc_drop < 0:
-        raise SpecError(f"study.max_acc_drop={s.max_acc_drop} should be >= 0")
+    if not (s.max_acc_drop >= 0 and math.isfinite(s.max_acc_drop)):
+        raise SpecError(f"study.max_acc_drop={s.max_acc_drop} should be a finite number >= 0")
     for key in ("structured", "magnitude"):
         if getattr(sp, key) not in ("per_layer", "global", "off"):
             raise SpecError(f"space.{key}={getattr(sp, key)!r} should be 'per_layer', 'global' or 'off'")

@@ -5,10 +5,15 @@ Every way of failing to reach a database is one line that never shows the passwo
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
+import urllib.parse
+import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import optuna
 import sqlalchemy
@@ -29,57 +34,98 @@ class StorageError(AutoPruneError):
 
 @dataclass(frozen=True)
 class StorageInfo:
-    url: str  # as the user gave it (password included: never print this)
+    url: str  # as the user gave it (password included: never print or store this)
     kind: str  # "sqlite", "postgresql", "journal"
     safe_url: str  # for messages: password hidden
+    public_url: str = ""  # for the record: no password and no query (where credentials may hide)
 
     @property
     def parallel_ok(self) -> bool:
         return self.kind != "sqlite"
+
+    @property
+    def path(self) -> Path | None:
+        """The SQLite or journal file; None for a server or an in-memory database."""
+        if self.kind == "journal":
+            return Path(self.url)
+        database = sqlalchemy.engine.make_url(self.url).database if self.kind == "sqlite" else None
+        if not database or database == ":memory:":
+            return None
+        return Path(database.removeprefix("file:").partition("?")[0])
 
 
 def parse_storage(url: str) -> StorageInfo:
     """Classify a ``--storage`` value: sqlite:///..., postgresql://..., journal:PATH or *.log."""
     if url.startswith("journal:") or url.endswith((".log", ".journal", ".jsonl")):
         path = url.removeprefix("journal:").removeprefix("//")
-        return StorageInfo(path, "journal", f"journal:{path}")
+        return StorageInfo(path, "journal", f"journal:{path}", f"journal:{path}")
+    url = _quote_password(url)
     try:
         parsed = sqlalchemy.engine.make_url(url)
     except (sqlalchemy.exc.ArgumentError, ValueError):
         raise StorageError(
-            f"cannot parse storage URL {_mask(url)!r}; use sqlite:///PATH.db, "
+            f"cannot parse storage URL {mask_url(url)!r}; use sqlite:///PATH.db, "
             "postgresql://USER@HOST/DB or journal:PATH"
         ) from None
-    safe = parsed.render_as_string(hide_password=True)
+    hidden = {k: "***" if "pass" in k.lower() else v for k, v in parsed.query.items()}
+    safe = parsed.set(query=hidden).render_as_string(hide_password=True)
+    public = sqlalchemy.engine.URL.create(
+        parsed.drivername, parsed.username, None, parsed.host, parsed.port, parsed.database
+    ).render_as_string()
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        return StorageInfo(url, "sqlite", safe)
+        return StorageInfo(url, "sqlite", url, url)
     if backend == "postgresql":
         if parsed.drivername == "postgresql":  # we ship psycopg 3, not psycopg2
             url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-        return StorageInfo(url, "postgresql", safe)
+        return StorageInfo(url, "postgresql", safe, public)
     raise StorageError(f"unsupported storage {safe!r}; use sqlite:///PATH.db, postgresql://... or journal:PATH")
 
 
-def _mask(url: str) -> str:
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+def _quote_password(url: str) -> str:
+    """``user:p@ss@host`` means the password ``p@ss``: percent-encode it for the URL parser."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, _, hostpart = rest.rpartition("@")
+    if not sep or rest.count("@") < 2 or ":" not in userinfo:
+        return url
+    user, _, password = userinfo.partition(":")
+    return f"{scheme}://{user}:{urllib.parse.quote(password, safe='')}@{hostpart}"
+
+
+def mask_url(text: str) -> str:
+    """``text`` with the password of any URL in it replaced by ***, even one with a raw @."""
+    return re.sub(r"(://[^:/@\s]*:)\S*@", r"\1***@", text)
 
 
 def open_storage(
-    info: StorageInfo, *, heartbeat_interval: int = HEARTBEAT_INTERVAL, grace_period: int = GRACE_PERIOD
+    info: StorageInfo,
+    *,
+    create: bool = True,
+    heartbeat_interval: int = HEARTBEAT_INTERVAL,
+    grace_period: int = GRACE_PERIOD,
 ) -> BaseStorage:
-    """Open (and create if needed) the storage; heartbeats with retry on RDB storages."""
+    """Open the storage (``create``: and create it if needed); heartbeats with retry on RDB
+    storages. A read-only command passes ``create=False``: it never makes a database."""
+    path = info.path
+    if path is not None:
+        if not create and not path.is_file():
+            raise StorageError(
+                f"no study database at {path.resolve()} ({info.safe_url}); run 'autoprune search' "
+                "first, or point --storage at the database"
+            )
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)
     if info.kind == "journal":
-        path = Path(info.url)
-        path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            return JournalStorage(JournalFileBackend(str(path)))
+            if path.is_file() and not _looks_like_journal(path):
+                raise ValueError
+            storage = JournalStorage(JournalFileBackend(str(path)))
+            optuna.get_all_study_summaries(storage, include_best_trial=False)  # reads the whole log
+            return storage
         except OSError as e:
             raise StorageError(f"cannot open journal file {path}: {e.strerror}") from None
-    if info.kind == "sqlite":
-        database = sqlalchemy.engine.make_url(info.url).database
-        if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            raise StorageError(f"{path} is not an Optuna journal file") from None
     try:
         with warnings.catch_warnings():  # heartbeats and their retry are "experimental" in Optuna 5
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -89,28 +135,65 @@ def open_storage(
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period,
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+                skip_table_creation=not create,
             )
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
-        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
-        reason = reason.replace(info.url, info.safe_url)
-        raise StorageError(f"cannot open storage {info.safe_url}: {_mask(reason)[:200]}") from None
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as e:
+        raise StorageError(f"cannot open storage {info.safe_url}: {_reason(e, info)}") from None
 
 
-def artifact_dir(info: StorageInfo, configured: str = "") -> Path:
-    """The artifact folder: as configured, else beside the SQLite or journal file."""
+def _looks_like_journal(path: Path) -> bool:
+    """An Optuna journal is JSON lines, each an operation with an ``op_code``; Optuna itself
+    skips a bad last line (a write in progress), so a file of one foreign line would read as
+    an empty journal."""
+    with open(path, "rb") as f:
+        first = f.readline(1 << 20)
+    if not first:
+        return True
+    record = json.loads(first)
+    return isinstance(record, dict) and "op_code" in record
+
+
+def _reason(e: BaseException, info: StorageInfo) -> str:
+    """The database's own words: Optuna wraps them in a generic message, the driver's are below."""
+    while (e.__cause__ or e.__context__) is not None and not hasattr(e, "orig"):
+        e = e.__cause__ or e.__context__
+    reason = str(getattr(e, "orig", None) or e).strip().splitlines()
+    return mask_url((reason[0] if reason else type(e).__name__).replace(info.url, info.safe_url))[:200]
+
+
+@contextlib.contextmanager
+def storage_errors(info: StorageInfo) -> Iterator[None]:
+    """A database that refuses a read or write mid-command (read-only, dropped, unreachable)
+    becomes one line naming the storage, password masked."""
+    try:
+        yield
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
+        raise StorageError(f"storage {info.safe_url} failed: {_reason(e, info)}") from None
+
+
+def check_artifact_id(artifact_id: object) -> str:
+    """An artifact id read from a study is a UUID, never a path."""
+    try:
+        return str(uuid.UUID(str(artifact_id))) if isinstance(artifact_id, str) and "/" not in artifact_id else ""
+    except ValueError:
+        return ""
+
+
+def artifact_dir(info: StorageInfo, configured: str | Path = "") -> Path:
+    """The artifact folder: as configured (by the user, never by stored data), else beside the
+    SQLite or journal file."""
     if configured:
         return Path(configured)
-    if info.kind == "sqlite":
-        database = sqlalchemy.engine.make_url(info.url).database or ""
-        if database and database != ":memory:":
-            return Path(database).parent / "artifacts"
-    if info.kind == "journal":
-        return Path(info.url).parent / "artifacts"
+    if info.path is not None:
+        return info.path.parent / "artifacts"
     return Path("studies") / "artifacts"
 
 
-def artifact_store(path: Path) -> FileSystemArtifactStore:
-    path.mkdir(parents=True, exist_ok=True)
+def artifact_store(path: Path, *, create: bool = True) -> FileSystemArtifactStore:
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    elif not path.is_dir():
+        raise StorageError(f"artifact folder {path} does not exist; pass --artifacts DIR if the search kept them elsewhere")
     return FileSystemArtifactStore(str(path))
 
 

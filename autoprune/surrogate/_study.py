@@ -17,7 +17,8 @@ from optuna.trial import FrozenTrial, TrialState
 from autoprune.search.objective import Objective, SearchContext
 from autoprune.search.run import open_study, prepare, work
 from autoprune.search.space import distributions
-from autoprune.search.spec import StudySpec, spec_from_dict
+from autoprune.search.report import study_budget
+from autoprune.search.spec import StudySpec, trusted_spec
 from autoprune.search.storage import StorageInfo, open_storage, resolve_study_name
 from autoprune.surrogate._history import (
     Encoder,
@@ -49,14 +50,30 @@ class StudyView:
         return self.spec.study.max_acc_drop
 
 
-def open_view(name: str | None, info: StorageInfo, *, progress: bool = False) -> StudyView:
-    """The study ``name`` (None: the only one in the storage) with its data and base model."""
-    storage = open_storage(info)
+def open_view(
+    name: str | None,
+    info: StorageInfo,
+    *,
+    progress: bool = False,
+    model: str | None = None,
+    checkpoint: str | None = None,
+    data_dir: str | None = None,
+    artifacts: str | None = None,
+) -> StudyView:
+    """The study ``name`` (None: the only one in the storage) with its data and base model.
+
+    The spec stored in the study says which model and data to rebuild, but any code, file or
+    folder it names is used only when the caller names it too (see :func:`trusted_spec`)."""
+    storage = open_storage(info, create=False)
     name = resolve_study_name(storage, name, info.safe_url)
     study = optuna.load_study(study_name=name, storage=storage)
-    if "spec" not in study.user_attrs:
+    if not isinstance(study.user_attrs.get("spec"), dict):
         raise SurrogateError(f"study {name!r} was not made by autoprune search (no spec in its attributes)")
-    spec = spec_from_dict(study.user_attrs["spec"])
+    spec = trusted_spec(
+        study.user_attrs["spec"], study=name, storage=info.url, model=model, checkpoint=checkpoint,
+        data_dir=data_dir, artifacts=artifacts,
+    )  # fmt: skip
+    spec = dataclasses.replace(spec, study=dataclasses.replace(spec.study, max_acc_drop=study_budget(study)))
     ctx = prepare(spec, study, storage, info, progress=progress)
     return StudyView(
         study, spec, info, ctx, Encoder(distributions(spec.space, ctx.layers)), layer_descriptors(ctx.base)
