@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from autoprune.compress import compress, load_recipe, save_packed, weight_layers
+from autoprune.compress import load_recipe, save_packed, weight_layers
+from autoprune.pipeline import compress
 from autoprune.data import load_dataset
 from autoprune.measure import measure_model
 from autoprune.models import ModelSpec

@@ -17,7 +17,6 @@ from autoprune.compress import (
     PackError,
     RecipeError,
     ShareConfig,
-    compress,
     load_packed,
     load_recipe,
     prune_filters_,
@@ -33,6 +32,7 @@ from autoprune.compress.structured import filter_norms
 from autoprune.compress.unstructured import mask_holder
 from autoprune.data import load_dataset
 from autoprune.errors import DivergedError
+from autoprune.pipeline import compress
 from autoprune.measure import count_params, measure_model
 from autoprune.models import ModelSpec, create_model
 from autoprune.runtime import ort_session, run_session
@@ -284,7 +284,7 @@ def test_gradual_pruning_ramps_to_exactly_the_final_sparsity(
         w = torch.cat([l.weight.detach().flatten() for l in weight_layers(model_ref[0]).values()])
         sparsity.append(float((w == 0).float().mean()))
 
-    import autoprune.compress.pipeline as pipeline
+    import autoprune.pipeline as pipeline
 
     model_ref = []  # the model being fine-tuned, seen by the callback
     real_fit = pipeline.fit

@@ -27,7 +27,7 @@ from autoprune.surrogate import (
     SurrogateSampler,
     propose,
 )
-from autoprune.surrogate._study import hypervolume
+from autoprune.ops import hypervolume
 from tests.conftest import assert_one_line_error, run_cli
 from tests.test_search import search, write_spec
 
@@ -253,7 +253,7 @@ def test_enqueued_proposals_are_evaluated_once_and_tagged(small_study) -> None:
     assert r["enqueued"] == 2 and len(r["proposals"]) == 2
     study = optuna.load_study(study_name="s", storage=url)
     from autoprune.surrogate import Proposal
-    from autoprune.surrogate._study import enqueue
+    from autoprune.workflow import enqueue
 
     again = [Proposal(params=p["params"], predicted=p["predicted"]) for p in r["proposals"]]
     assert enqueue(study, again) == 0  # already waiting: skipped

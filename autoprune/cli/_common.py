@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any, NoReturn
 
-from autoprune._names import bad_study_name
+from autoprune.names import bad_study_name
 from autoprune.errors import AutoPruneError
 
 EXIT_USAGE = 2

@@ -52,7 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_compress(args: argparse.Namespace) -> dict[str, Any]:
-    from autoprune.compress import compress, load_recipe
+    from autoprune.compress import load_recipe
+    from autoprune.pipeline import compress, dataset_meta
     from autoprune.compress.recipe import check_layers
     from autoprune.measure import measure_model
     from autoprune.models import create_model
@@ -65,8 +66,7 @@ def run_compress(args: argparse.Namespace) -> dict[str, Any]:
     base = load_base(args, splits, spec, train_from_checkpoint=False)
     base_metrics = measure_model(base.model, splits, threads=args.threads)
     meta = {
-        "dataset": {"name": splits.name, "data_dir": str(args.data_dir) if args.data_dir else None,
-                    "val_fraction": args.val_fraction, "seed": args.seed},
+        "dataset": dataset_meta(splits.name, args.data_dir, args.val_fraction, args.seed),
         "recipe": config.name,
         "base": {"accuracy": base_metrics.accuracy, "dense_bytes": base_metrics.dense_bytes,
                  "macs": base_metrics.macs, "latency_ms": base_metrics.latency_ms},
@@ -89,7 +89,8 @@ def run_compress(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_eval(args: argparse.Namespace) -> dict[str, Any]:
-    from autoprune.compress import breakdown, evaluate_packed
+    from autoprune.compress import breakdown
+    from autoprune.pipeline import evaluate_packed
     from autoprune.compress.export import export_onnx, export_torchscript
 
     output_path(args.torchscript, "--torchscript")

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
-from autoprune._names import file_stem
 from autoprune.cli._common import (
     grid,
     non_negative_float,
@@ -21,17 +19,13 @@ from autoprune.cli._common import (
 )
 from autoprune.errors import AutoPruneError
 
-DEFAULT_SPEC = Path("studies/digits-lenet5.toml")
 DEFAULT_STORAGE = "sqlite:///studies/autoprune.db"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-class Interrupted(AutoPruneError):
-    exit_code = 130
-
-
 def register(sub: argparse._SubParsersAction) -> None:
-    from autoprune.search.spec import OBJECTIVES, PRUNERS, SAMPLERS
+    from autoprune.search.spec import OBJECTIVES, PRUNERS
+    from autoprune.workflow import DEFAULT_SPEC, list_samplers
 
     p = sub.add_parser(
         "search", help="run (or resume) a compression search: an Optuna study",
@@ -50,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--setup-only", action="store_true",
                    help="create the study, train (or load) the base model, queue the baselines, and exit: "
                    "run once before starting workers on several machines or containers")  # fmt: skip
-    p.add_argument("--sampler", choices=SAMPLERS, help="override the spec's sampler")
+    p.add_argument("--sampler", choices=list_samplers(), help="override the spec's sampler")
     p.add_argument("--pruner", choices=PRUNERS, help="override the spec's pruner (single objective only)")
     p.add_argument("--objectives", metavar="A,B", help=f"override the spec's objectives ({', '.join(OBJECTIVES)})")
     p.add_argument("--max-acc-drop", type=non_negative_float, metavar="D", help="accuracy budget in points (single objective)")
@@ -102,69 +96,21 @@ def trial_choice(text: str) -> str | int:
     return int(text)
 
 
-def _spec(args: argparse.Namespace) -> tuple[Any, Path]:
-    from autoprune.search.spec import StudySpec, load_spec, override
-
-    if args.spec is not None:
-        spec, spec_dir = load_spec(args.spec), args.spec.resolve().parent
-    elif DEFAULT_SPEC.is_file():
-        spec, spec_dir = load_spec(DEFAULT_SPEC), DEFAULT_SPEC.resolve().parent
-    else:  # outside a checkout: the same default, without the baseline recipe files
-        spec, spec_dir = StudySpec(), Path.cwd()
-        spec = override(spec, study__name="digits-lenet5")
-    objectives = [o.strip() for o in args.objectives.split(",")] if args.objectives else None
-    spec = override(
-        spec, study__name=args.study, study__storage=args.storage, study__trials=args.trials,
-        study__sampler=args.sampler, study__pruner=args.pruner, study__objectives=objectives,
-        study__max_acc_drop=args.max_acc_drop, study__seed=args.seed,
-    )  # fmt: skip
-    return spec, spec_dir
-
-
 def run_search(args: argparse.Namespace) -> dict[str, Any]:
     import optuna
 
-    from autoprune.search.run import counts, run_search as run_study
-    from autoprune.search.stop import stop_on_signals
-    from autoprune.search.storage import parse_storage, storage_errors
+    from autoprune.search import parse_storage, stop_on_signals
+    from autoprune.workflow import search, search_spec
 
-    spec, spec_dir = _spec(args)
-    info = parse_storage(spec.study.storage)
+    objectives = [o.strip() for o in args.objectives.split(",")] if args.objectives else None
+    spec, spec_dir = search_spec(
+        args.spec, name=args.study, storage=args.storage, trials=args.trials, sampler=args.sampler,
+        pruner=args.pruner, objectives=objectives, max_acc_drop=args.max_acc_drop, seed=args.seed,
+    )  # fmt: skip
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     stop_on_signals()
-    try:
-        with storage_errors(info):
-            study = run_study(spec, info, jobs=args.jobs, progress=not args.quiet, spec_dir=spec_dir,
-                              setup_only=args.setup_only)  # fmt: skip
-            return summarise(study, spec, info)
-    except KeyboardInterrupt:
-        from autoprune.search.storage import open_storage
-
-        study = optuna.load_study(study_name=spec.study.name, storage=open_storage(info))
-        done = counts(study)[0]
-        raise Interrupted(
-            f"interrupted: {done} of {spec.study.trials} trials finished and stored; "
-            f"run the same command again to resume"
-        ) from None
-
-
-def summarise(study: Any, spec: Any, info: Any) -> dict[str, Any]:
-    from autoprune.search.report import best_trial, pareto_front, state_counts, trial_row
-
-    best = best_trial(study, spec.study.max_acc_drop)
-    storage_arg = info.safe_url if "***" not in info.safe_url else "URL"
-    return {
-        "study": study.study_name,
-        "storage": info.safe_url,
-        "objectives": spec.study.objectives,
-        "target_trials": spec.study.trials,
-        "states": state_counts(study),
-        "base": study.user_attrs.get("base"),
-        "pareto": [trial_row(t) for t in pareto_front(study)],
-        "best": trial_row(best) if best else None,
-        "max_acc_drop": spec.study.max_acc_drop,
-        "dashboard": f"autoprune dashboard --storage {shlex.quote(storage_arg)}",
-    }
+    return search(spec, parse_storage(spec.study.storage), spec_dir=spec_dir, jobs=args.jobs,
+                  progress=not args.quiet, setup_only=args.setup_only)  # fmt: skip
 
 
 def _pareto_table(rows: list[dict[str, Any]]) -> str:
@@ -231,36 +177,13 @@ def format_trials(r: dict[str, Any]) -> str:
 
 
 def run_export(args: argparse.Namespace) -> dict[str, Any]:
-    from optuna.artifacts import download_artifact
-    from optuna.artifacts.exceptions import ArtifactNotFound
-
-    from autoprune.search.report import best_trial, study_budget
-    from autoprune.search.storage import artifact_dir, artifact_store, check_artifact_id
+    from autoprune.workflow import default_export_path, export_trial, find_trial
 
     output_path(args.out, "--out")
     study, info, _ = _open(args)
-    if args.trial == "best":
-        budget = args.max_acc_drop if args.max_acc_drop is not None else study_budget(study)
-        trial = best_trial(study, budget)
-        if trial is None:
-            raise AutoPruneError(f"no completed trial of {study.study_name} is within {budget} points of the base")
-    else:
-        trial = next((t for t in study.get_trials(deepcopy=False) if t.number == args.trial), None)
-        if trial is None:
-            raise AutoPruneError(f"--trial {args.trial}: expected a trial number below {len(study.trials)} or 'best'")
-    artifact_id = check_artifact_id(trial.user_attrs.get("artifact_id"))
-    if not artifact_id:
-        raise AutoPruneError(f"trial {trial.number} is {trial.state.name.lower()} and has no packed file")
-    folder = args.artifacts or artifact_dir(info)
-    store = artifact_store(folder, create=False)
-    out = args.out or output_path(Path(f"{file_stem(study.study_name)}-trial-{trial.number}.apk"), "--out")
-    try:
-        download_artifact(artifact_store=store, artifact_id=artifact_id, file_path=str(out))
-    except (ArtifactNotFound, FileNotFoundError):
-        raise AutoPruneError(
-            f"the packed file of trial {trial.number} is not in {folder}: removed by the retention rule, "
-            "or kept elsewhere (pass --artifacts DIR)"
-        ) from None
+    trial = find_trial(study, args.trial, max_acc_drop=args.max_acc_drop)
+    out = args.out or output_path(default_export_path(study, trial), "--out")
+    export_trial(study, trial, out, info, artifacts=args.artifacts)
     return {"study": study.study_name, "trial": trial.number, "out": str(out), "packed_bytes": out.stat().st_size}
 
 

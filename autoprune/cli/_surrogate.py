@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from autoprune._names import file_stem
+from autoprune.names import file_stem
 from autoprune.cli._common import grid, non_negative_float, output_path, positive_int
 from autoprune.cli._search import _storage_options
 from autoprune.errors import AutoPruneError
@@ -87,7 +87,7 @@ def _view(args: argparse.Namespace) -> Any:
     import optuna
 
     from autoprune.search.storage import parse_storage, storage_errors
-    from autoprune.surrogate._study import open_view
+    from autoprune.workflow import open_view
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     info = parse_storage(args.storage)
@@ -103,7 +103,7 @@ def _fit_report(surrogate: Any, history: Any) -> dict[str, Any]:
 
 
 def run_fit(args: argparse.Namespace) -> dict[str, Any]:
-    from autoprune.surrogate._study import fit
+    from autoprune.workflow import fit
 
     output_path(args.out, "--out")
     view = _view(args)
@@ -129,9 +129,8 @@ def format_fit(r: dict[str, Any]) -> str:
 
 
 def run_propose(args: argparse.Namespace) -> dict[str, Any]:
-    from autoprune.surrogate import ProposeConfig, Surrogate
-    from autoprune.surrogate._history import history_from_trials
-    from autoprune.surrogate._study import enqueue, fit, propose_for
+    from autoprune.surrogate import ProposeConfig, Surrogate, history_from_trials
+    from autoprune.workflow import enqueue, fit, propose_for
 
     view = _view(args)
     budget = args.max_acc_drop if args.max_acc_drop is not None else view.budget
@@ -179,8 +178,7 @@ def _short(v: Any) -> str:
 
 
 def run_compare(args: argparse.Namespace) -> dict[str, Any]:
-    from autoprune.surrogate._figures import compare_png, publish
-    from autoprune.surrogate._study import compare
+    from autoprune.workflow import compare, compare_png, publish
 
     try:
         sizes = [int(s) for s in args.at.split(",") if s.strip()]
@@ -196,7 +194,7 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def format_compare(r: dict[str, Any]) -> str:
-    from autoprune.surrogate._figures import COMPARE_HEADER, compare_table
+    from autoprune.workflow import COMPARE_HEADER, compare_table
 
     return "\n".join([
         f"surrogate versus search on {r['study']} (validation drop <= {r['max_acc_drop']} points); "

@@ -3,8 +3,9 @@
 Model transforms (config in, model changed) over the pure math in :mod:`autoprune.ops`.
 """
 
-from autoprune.compress._layers import RecipeError, weight_layers
+from autoprune.compress._layers import RecipeError, conv_layers, output_layer, weight_layers
 from autoprune.compress.packing import (
+    packed_model_spec,
     LayerReport,
     PackConfig,
     PackError,
@@ -14,31 +15,32 @@ from autoprune.compress.packing import (
     read_header,
     save_packed,
 )
-from autoprune.compress.pipeline import CompressResult, PackedEvaluation, compress, evaluate_packed
-from autoprune.compress.quantize import ShareConfig, share_weights_
+from autoprune.compress.quantize import ShareConfig, attach_codebooks_, detach_codebooks_, share_weights_
 from autoprune.compress.recipe import CompressConfig, FinetuneConfig, load_recipe
 from autoprune.compress.structured import FilterPruneConfig, LayerNorms, prune_filters_
-from autoprune.compress.unstructured import MagnitudeConfig, prune_magnitude_
+from autoprune.compress.unstructured import MagnitudeConfig, mask_holder, prune_magnitude_
 
 __all__ = [
     "CompressConfig",
-    "CompressResult",
     "FilterPruneConfig",
     "FinetuneConfig",
     "LayerNorms",
     "LayerReport",
     "MagnitudeConfig",
-    "PackedEvaluation",
     "PackConfig",
     "PackError",
     "PackReport",
     "RecipeError",
     "ShareConfig",
+    "attach_codebooks_",
     "breakdown",
-    "compress",
-    "evaluate_packed",
+    "conv_layers",
+    "detach_codebooks_",
     "load_packed",
     "load_recipe",
+    "mask_holder",
+    "output_layer",
+    "packed_model_spec",
     "prune_filters_",
     "prune_magnitude_",
     "read_header",

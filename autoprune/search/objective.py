@@ -16,7 +16,8 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import TrialState
 from torch import nn
 
-from autoprune.compress import CompressConfig, compress
+from autoprune.compress import CompressConfig
+from autoprune.pipeline import compress, dataset_meta
 from autoprune.data import DataSplits
 from autoprune.errors import DivergedError
 from autoprune.measure import Metrics
@@ -58,6 +59,7 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         started = time.perf_counter()
         spec, ctx = self.ctx.spec, self.ctx
+        d = spec.data
         source = trial.user_attrs.get("source") or self.sampler_name
         recipe = trial.user_attrs.get("recipe")
         if recipe is not None:
@@ -82,7 +84,8 @@ class Objective:
                     ctx.base, ctx.model_spec, ctx.splits, config, out,
                     base_metrics=ctx.base_metrics, callbacks=callbacks, seed=spec.study.seed + trial.number,
                     progress=False, latency_repeats=spec.study.latency_repeats,
-                    meta={"study": trial.study.study_name, "trial": trial.number, "dataset": _dataset_meta(spec)},
+                    meta={"study": trial.study.study_name, "trial": trial.number,
+                          "dataset": dataset_meta(d.name, d.data_dir, d.val_fraction, d.seed)},
                 )  # fmt: skip
             except DivergedError as e:
                 trial.set_user_attr("fail_reason", str(e))
@@ -122,11 +125,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def _dataset_meta(spec: StudySpec) -> dict[str, Any]:
-    d = spec.data
-    return {"name": d.name, "data_dir": d.data_dir or None, "val_fraction": d.val_fraction, "seed": d.seed}
 
 
 def enforce_retention(study: optuna.Study, store: FileSystemArtifactStore, keep: int) -> int:

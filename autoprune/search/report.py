@@ -8,6 +8,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from autoprune.ops.pareto import best_within, non_dominated
 from autoprune.search.spec import SpecError, StudySection
 
 
@@ -37,29 +38,25 @@ def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
     """The study's Pareto front; for one objective, the feasible (accuracy, size) front."""
     if len(study.directions) > 1:
         return sorted(study.best_trials, key=lambda t: -t.user_attrs.get("accuracy", 0))
-    feasible = [
+    ok = [
         t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if all(c <= 0 for c in t.constraints.values()) and "accuracy" in t.user_attrs
     ]  # fmt: skip
-    front = [
-        t for t in feasible
-        if not any(
-            o.user_attrs["accuracy"] >= t.user_attrs["accuracy"]
-            and o.user_attrs["packed_bytes"] <= t.user_attrs["packed_bytes"]
-            and (o.user_attrs["accuracy"], o.user_attrs["packed_bytes"]) != (t.user_attrs["accuracy"], t.user_attrs["packed_bytes"])
-            for o in feasible
-        )
-    ]  # fmt: skip
+    points = [(t.user_attrs["accuracy"], t.user_attrs["packed_bytes"]) for t in ok]
+    front = [t for t, keep in zip(ok, non_dominated(points, (True, False))) if keep] if ok else []
     return sorted(front, key=lambda t: -t.user_attrs["accuracy"])
 
 
 def best_trial(study: optuna.Study, max_acc_drop: float) -> FrozenTrial | None:
     """The highest compression ratio within the accuracy budget."""
-    ok = [
-        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.user_attrs.get("acc_drop") is not None and t.user_attrs["acc_drop"] <= max_acc_drop
-    ]  # fmt: skip
-    return max(ok, key=lambda t: t.user_attrs["compression_ratio"], default=None)
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    drops = [_number(t.user_attrs.get("acc_drop")) for t in done]
+    i = best_within([_number(t.user_attrs.get("compression_ratio")) for t in done], drops, max_acc_drop)
+    return None if i is None else done[i]
+
+
+def _number(v: Any) -> float:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
 
 
 def state_counts(study: optuna.Study) -> dict[str, int]:

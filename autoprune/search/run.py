@@ -28,34 +28,22 @@ from autoprune.errors import AutoPruneError
 from autoprune.measure import Metrics, measure_model
 from autoprune.models import ModelSpec, create_model, load_checkpoint
 from autoprune.search.objective import Objective, SearchContext, enforce_retention
+from autoprune.search.samplers import SamplerFactory, make_sampler, sampler_factory
 from autoprune.search.space import SpaceLayers, distributions, recipe_params
 from autoprune.search.spec import StudySpec, record, spec_from_dict
 from autoprune.search.stop import stop_on_signals, stop_requested
-from autoprune.search.storage import StorageError, StorageInfo, artifact_dir, artifact_store, open_storage
+from autoprune.search.storage import (
+    StorageError,
+    StorageInfo,
+    artifact_dir,
+    artifact_store,
+    open_storage,
+    parse_storage,
+)
 from autoprune.train import TrainConfig, train_base
 
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-
-
-def make_sampler(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
-    name = spec.study.sampler
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if name == "random":
-            return optuna.samplers.RandomSampler(seed=seed)
-        if name == "nsga2":
-            # Optuna's default population (50) is pure random search for a budget under 100
-            # trials: a generation a quarter of the budget (4..50) lets it evolve.
-            population = max(4, min(50, spec.study.trials // 4))
-            return optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
-        if name == "gp":
-            return optuna.samplers.GPSampler(seed=seed)
-        if name == "surrogate":
-            from autoprune.surrogate import SurrogateSampler
-
-            return SurrogateSampler(max_acc_drop=spec.study.max_acc_drop, seed=seed)
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
@@ -270,12 +258,13 @@ class WorkerArgs:
     target: int
     threads: int
     index: int
+    # Pickled by reference: unpickling it in the worker imports the module that registered the
+    # sampler (autoprune.surrogate, say) before the spec is read.
+    sampler: SamplerFactory
 
 
 def _worker_main(args: WorkerArgs) -> None:
     """One worker process: its own storage connection, sampler seed and thread share."""
-    from autoprune.search.storage import parse_storage
-
     stop_on_signals()
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -340,9 +329,10 @@ def run_search(
 
 def _run_workers(spec: StudySpec, info: StorageInfo, jobs: int, target: int, bar: tqdm, study: optuna.Study) -> None:
     threads = max(1, (os.cpu_count() or 1) // jobs)
+    sampler = sampler_factory(spec.study.sampler)
     context = multiprocessing.get_context("spawn")
     workers = [
-        context.Process(target=_worker_main, args=(WorkerArgs(spec.to_dict(), info.url, target, threads, i),))
+        context.Process(target=_worker_main, args=(WorkerArgs(spec.to_dict(), info.url, target, threads, i, sampler),))
         for i in range(jobs)
     ]  # fmt: skip
     for w in workers:

@@ -17,8 +17,16 @@ import torch
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from torch import nn
 
-from autoprune.compress import CompressConfig, FilterPruneConfig, FinetuneConfig, MagnitudeConfig, ShareConfig
-from autoprune.compress._layers import conv_layers, output_layer, weight_layers
+from autoprune.compress import (
+    CompressConfig,
+    FilterPruneConfig,
+    FinetuneConfig,
+    MagnitudeConfig,
+    ShareConfig,
+    conv_layers,
+    output_layer,
+    weight_layers,
+)
 from autoprune.search.spec import SpaceSection
 
 

@@ -17,7 +17,8 @@ from typing import Any
 from autoprune._config import build_config, read_toml
 from autoprune.errors import AutoPruneError
 from autoprune.models import is_user_model
-from autoprune._names import bad_study_name
+from autoprune.names import bad_study_name
+from autoprune.search.samplers import list_samplers
 from autoprune.search.storage import parse_storage
 
 OBJECTIVES = {  # name -> Optuna direction
@@ -27,7 +28,6 @@ OBJECTIVES = {  # name -> Optuna direction
     "macs": "minimize",
     "compression_ratio": "maximize",
 }
-SAMPLERS = ("tpe", "random", "nsga2", "gp", "surrogate")
 PRUNERS = ("median", "hyperband", "none")
 INITS = ("linear", "density", "forgy")
 
@@ -203,8 +203,8 @@ def _validate(spec: StudySpec) -> None:
             raise SpecError(f"study.objectives: unknown objective {o!r}; valid: {', '.join(OBJECTIVES)}")
     if not 1 <= len(s.objectives) <= 2 or len(set(s.objectives)) != len(s.objectives):
         raise SpecError(f"study.objectives={s.objectives} should be one or two distinct objectives")
-    if s.sampler not in SAMPLERS:
-        raise SpecError(f"study.sampler={s.sampler!r} should be one of {', '.join(SAMPLERS)}")
+    if s.sampler not in list_samplers():
+        raise SpecError(f"study.sampler={s.sampler!r} should be one of {', '.join(list_samplers())}")
     if s.pruner not in PRUNERS:
         raise SpecError(f"study.pruner={s.pruner!r} should be one of {', '.join(PRUNERS)}")
     if s.trials < 1:

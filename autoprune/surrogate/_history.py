@@ -12,7 +12,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
-from autoprune.compress._layers import weight_layers
+from autoprune.compress import weight_layers
 from autoprune.errors import AutoPruneError
 
 # What the surrogate predicts, from the trial's user attributes.

@@ -13,6 +13,7 @@ from typing import Mapping
 
 import numpy as np
 
+from autoprune.ops.pareto import best_within, fronts
 from autoprune.surrogate._history import History, SurrogateError, per_layer_params
 from autoprune.surrogate._model import MLPEnsemble
 
@@ -34,7 +35,8 @@ class InverseThresholds:
         self.params_ = per_layer_params(history.encoder.dists)
         if not any(self.params_.values()):
             raise SurrogateError("the inverse model needs per-layer thresholds in the space (per_layer)")
-        efficient = _efficient(history.target("acc_drop"), history.target("log_compression_ratio"))
+        points = np.column_stack([history.target("acc_drop"), history.target("log_compression_ratio")])
+        efficient = fronts(points, (False, True), FRONTS)
         self.rows_ = int(efficient.sum())
         columns = history.encoder.columns
         for kind, layers in self.params_.items():
@@ -68,30 +70,10 @@ class InverseThresholds:
         drop, ratio = history.target("acc_drop"), history.target("log_compression_ratio")
         out = []
         for target in drops:
-            ok = drop <= target
-            base = (
-                history.x[np.argmax(np.where(ok, ratio, -np.inf))] if ok.any() else history.x[np.argmin(drop)]
-            )
+            best = best_within(ratio, drop, target)
+            base = history.x[best] if best is not None else history.x[np.argmin(drop)]
             row = base.copy()
             for param, value in self.thresholds(target, descriptors).items():
                 row[columns.index(param)] = value
             out.append(row)
         return out
-
-
-def _efficient(drop: np.ndarray, log_ratio: np.ndarray, fronts: int = FRONTS) -> np.ndarray:
-    """Rows on the first ``fronts`` non-dominated fronts (lower drop, higher ratio)."""
-    remaining = np.ones(len(drop), dtype=bool)
-    chosen = np.zeros(len(drop), dtype=bool)
-    for _ in range(fronts):
-        idx = np.flatnonzero(remaining)
-        front = [
-            i for i in idx
-            if not any(drop[j] <= drop[i] and log_ratio[j] >= log_ratio[i]
-                       and (drop[j], log_ratio[j]) != (drop[i], log_ratio[i]) for j in idx)
-        ]  # fmt: skip
-        chosen[front] = True
-        remaining[front] = False
-        if not remaining.any():
-            break
-    return chosen

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from autoprune.ops.pareto import feasible
 from autoprune.surrogate._history import History
 from autoprune.surrogate._model import Surrogate
 
@@ -103,7 +104,7 @@ def best_rows(history: History, max_acc_drop: float, target: str = "size", n: in
     drop = history.target("acc_drop")
     metric = history.target(TARGET_METRICS[target])
     gain = metric if target == "size" else -metric
-    ok = drop <= max_acc_drop
+    ok = feasible(drop, max_acc_drop)
     order = np.argsort(-gain[ok]) if ok.any() else np.argsort(drop)
     rows = history.x[ok] if ok.any() else history.x
     return rows[order[:n]]

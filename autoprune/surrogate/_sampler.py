@@ -21,6 +21,8 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 from scipy.stats import norm
 
+from autoprune.ops.pareto import feasible
+from autoprune.search.samplers import register_sampler
 from autoprune.surrogate._history import Encoder, history_from_trials
 from autoprune.surrogate._model import Surrogate
 from autoprune.surrogate._propose import best_rows
@@ -109,7 +111,7 @@ class SurrogateSampler(BaseSampler):
             history, cv=False
         )
         drop, log_ratio = history.target("acc_drop"), history.target("log_compression_ratio")
-        feasible = drop <= self.max_acc_drop
+        ok = feasible(drop, self.max_acc_drop)
         anchors = best_rows(history, self.max_acc_drop)
         rows = np.vstack(
             [encoder.sample(self._rng, self.candidates), encoder.perturb(self._rng, anchors, self.candidates)]
@@ -118,11 +120,11 @@ class SurrogateSampler(BaseSampler):
         pred = surrogate.predict(rows)
         d_mean, d_spread = pred["acc_drop"]
         p_feasible = norm.cdf((self.max_acc_drop - d_mean) / np.maximum(d_spread, MIN_DROP_SPREAD))
-        if feasible.any():
+        if ok.any():
             mu, sd = pred["log_compression_ratio"]
             sd = np.maximum(sd, 1e-6)
-            z = (mu - log_ratio[feasible].max()) / sd
-            score = ((mu - log_ratio[feasible].max()) * norm.cdf(z) + sd * norm.pdf(z)) * p_feasible
+            z = (mu - log_ratio[ok].max()) / sd
+            score = ((mu - log_ratio[ok].max()) * norm.cdf(z) + sd * norm.pdf(z)) * p_feasible
         else:
             score = p_feasible
         if running:
@@ -136,3 +138,9 @@ class SurrogateSampler(BaseSampler):
             score[best], d_mean[best], math.exp(pred["log_compression_ratio"][0][best]),
         )  # fmt: skip
         return encoder.decode(rows[best])
+
+
+@register_sampler("surrogate")
+def make_surrogate_sampler(spec: Any, seed: int) -> SurrogateSampler:
+    """``study.sampler = "surrogate"``: TPE to start, then the ensemble's constrained EI."""
+    return SurrogateSampler(max_acc_drop=spec.study.max_acc_drop, seed=seed)

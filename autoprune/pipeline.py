@@ -1,4 +1,7 @@
-"""One run of the Deep Compression pipeline on a copy of a trained network.
+"""The compression use case above the transforms: one run of the Deep Compression pipeline on
+a copy of a trained network (pruning, fine-tuning, weight sharing, packing, measurement), and
+the evaluation of a packed file on its dataset.
+
 
 structured pruning -> magnitude pruning -> fine-tuning (masks held) -> weight sharing ->
 trained quantization -> packed file -> measurement of the model decoded from that file.
@@ -15,12 +18,22 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from autoprune.compress._layers import weight_layers
-from autoprune.compress.packing import PackReport, load_packed, packed_model_spec, read_header, save_packed
-from autoprune.compress.quantize import attach_codebooks_, detach_codebooks_, share_weights_
-from autoprune.compress.recipe import CompressConfig
-from autoprune.compress.structured import LayerNorms, prune_filters_
-from autoprune.compress.unstructured import mask_holder, prune_magnitude_
+from autoprune.compress import (
+    CompressConfig,
+    LayerNorms,
+    PackReport,
+    attach_codebooks_,
+    detach_codebooks_,
+    load_packed,
+    mask_holder,
+    packed_model_spec,
+    prune_filters_,
+    prune_magnitude_,
+    read_header,
+    save_packed,
+    share_weights_,
+    weight_layers,
+)
 from autoprune.data import DataSplits, load_dataset
 from autoprune.errors import AutoPruneError, DataError
 from autoprune.measure import Metrics, measure_model
@@ -189,3 +202,8 @@ def evaluate_packed(
         )
     net, header = load_packed(path, model=model)
     return PackedEvaluation(net, header, splits, measure_model(net, splits, threads=threads))
+
+
+def dataset_meta(name: str, data_dir: str | Path | None, val_fraction: float, seed: int) -> dict[str, Any]:
+    """The dataset a packed file records (its folder only as a note: it is never read back)."""
+    return {"name": name, "data_dir": str(data_dir) if data_dir else None, "val_fraction": val_fraction, "seed": seed}

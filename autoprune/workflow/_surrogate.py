@@ -14,22 +14,25 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from autoprune.ops.pareto import best_within, hypervolume
 from autoprune.search.objective import Objective, SearchContext
 from autoprune.search.run import open_study, prepare, work
 from autoprune.search.space import distributions
 from autoprune.search.report import study_budget
 from autoprune.search.spec import StudySpec, trusted_spec
 from autoprune.search.storage import StorageInfo, open_storage, resolve_study_name
-from autoprune.surrogate._history import (
+from autoprune.surrogate import (
     Encoder,
     History,
+    InverseThresholds,
+    Proposal,
+    ProposeConfig,
+    Surrogate,
     SurrogateError,
     history_from_trials,
     layer_descriptors,
+    propose,
 )
-from autoprune.surrogate._inverse import InverseThresholds
-from autoprune.surrogate._model import Surrogate
-from autoprune.surrogate._propose import Proposal, ProposeConfig, propose
 
 COMPARE_SUFFIX = "-surrogate-compare"  # the side study that holds compare's real evaluations
 
@@ -130,23 +133,10 @@ def enqueue(study: optuna.Study, proposals: Sequence[Proposal], **attrs: Any) ->
 # ----------------------------------------------------------------------------- compare
 
 
-def hypervolume(points: Sequence[tuple[float, float]], budget: float) -> float:
-    """Area dominated in (accuracy drop, log10 compression ratio) within the budget, reference
-    point (drop = budget, ratio = 1): a trial with drop d and ratio r alone scores
-    (budget - d) * log10(r). Larger is better."""
-    pts = sorted((d, math.log10(r)) for d, r in points if d <= budget and r > 1)
-    area, best = 0.0, 0.0
-    for i, (d, lr) in enumerate(pts):  # sweep from the lowest drop up
-        best = max(best, lr)
-        nxt = pts[i + 1][0] if i + 1 < len(pts) else budget
-        area += (nxt - d) * best
-    return area
-
-
 def _summary(trials: Sequence[FrozenTrial], budget: float) -> dict[str, Any]:
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("acc_drop") is not None]
-    feasible = [t for t in done if t.user_attrs["acc_drop"] <= budget]
-    best = max(feasible, key=lambda t: t.user_attrs["compression_ratio"], default=None)
+    i = best_within([t.user_attrs["compression_ratio"] for t in done], [t.user_attrs["acc_drop"] for t in done], budget)
+    best = None if i is None else done[i]
     return {
         "trials": len(trials),
         "best_ratio": best.user_attrs["compression_ratio"] if best else None,

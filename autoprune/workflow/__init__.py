@@ -1,0 +1,42 @@
+"""What the commands do, as functions a notebook calls the same way: a search with every
+sampler registered, reading results back out of a study, and the surrogate on a stored study
+(fit, propose, enqueue, compare). Sits above ``search`` and ``surrogate``; the CLI is a thin
+layer over it."""
+
+import autoprune.surrogate  # noqa: F401  (registers the "surrogate" sampler)
+from autoprune.search.samplers import list_samplers
+from autoprune.workflow._export import default_export_path, export_trial, find_trial
+from autoprune.workflow._figures import COMPARE_HEADER, compare_png, compare_table, publish
+from autoprune.workflow._search import DEFAULT_SPEC, Interrupted, search, search_spec, search_summary
+from autoprune.workflow._surrogate import (
+    StudyView,
+    compare,
+    enqueue,
+    fit,
+    open_view,
+    propose_for,
+    search_trials,
+)
+
+__all__ = [
+    "COMPARE_HEADER",
+    "DEFAULT_SPEC",
+    "Interrupted",
+    "StudyView",
+    "compare",
+    "compare_png",
+    "compare_table",
+    "default_export_path",
+    "enqueue",
+    "export_trial",
+    "find_trial",
+    "fit",
+    "list_samplers",
+    "open_view",
+    "propose_for",
+    "publish",
+    "search",
+    "search_spec",
+    "search_summary",
+    "search_trials",
+]

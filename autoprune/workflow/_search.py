@@ -1,0 +1,69 @@
+"""The search as a command runs it: which spec, the run itself, and what it reports."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from autoprune.errors import AutoPruneError
+from autoprune.search.report import best_trial, pareto_front, state_counts, trial_row
+from autoprune.search.run import counts, run_search as run_study
+from autoprune.search.spec import StudySpec, load_spec, override
+from autoprune.search.storage import StorageInfo, open_storage, storage_errors
+
+DEFAULT_SPEC = Path("studies/digits-lenet5.toml")  # the embedded default, in a checkout
+
+
+class Interrupted(AutoPruneError):
+    exit_code = 130
+
+
+def search_spec(path: Path | None = None, **overrides: Any) -> tuple[StudySpec, Path]:
+    """The spec at ``path`` (default: the embedded digits default) with the study section's
+    ``overrides`` (None: not given), and the folder its baseline recipes are relative to."""
+    if path is not None:
+        spec, spec_dir = load_spec(path), path.resolve().parent
+    elif DEFAULT_SPEC.is_file():
+        spec, spec_dir = load_spec(DEFAULT_SPEC), DEFAULT_SPEC.resolve().parent
+    else:  # outside a checkout: the same default, without the baseline recipe files
+        spec, spec_dir = StudySpec(), Path.cwd()
+        spec = override(spec, study__name="digits-lenet5")
+    return override(spec, **{f"study__{k}": v for k, v in overrides.items()}), spec_dir
+
+
+def search(
+    spec: StudySpec, info: StorageInfo, *, spec_dir: Path, jobs: int = 1, progress: bool = True,
+    setup_only: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """Run (or resume) the search and summarise it; an interruption leaves every finished
+    trial stored and says how many."""
+    try:
+        with storage_errors(info):
+            study = run_study(spec, info, jobs=jobs, progress=progress, spec_dir=spec_dir, setup_only=setup_only)
+            return search_summary(study, spec, info)
+    except KeyboardInterrupt:
+        study = optuna.load_study(study_name=spec.study.name, storage=open_storage(info))
+        raise Interrupted(
+            f"interrupted: {counts(study)[0]} of {spec.study.trials} trials finished and stored; "
+            "run the same command again to resume"
+        ) from None
+
+
+def search_summary(study: optuna.Study, spec: StudySpec, info: StorageInfo) -> dict[str, Any]:
+    best = best_trial(study, spec.study.max_acc_drop)
+    storage_arg = info.safe_url if "***" not in info.safe_url else "URL"
+    return {
+        "study": study.study_name,
+        "storage": info.safe_url,
+        "objectives": spec.study.objectives,
+        "target_trials": spec.study.trials,
+        "states": state_counts(study),
+        "base": study.user_attrs.get("base"),
+        "pareto": [trial_row(t) for t in pareto_front(study)],
+        "best": trial_row(best) if best else None,
+        "max_acc_drop": spec.study.max_acc_drop,
+        "dashboard": f"autoprune dashboard --storage {shlex.quote(storage_arg)}",
+    }

@@ -1,0 +1,82 @@
+"""The shape of the package: layers import only downward (at module level and inside
+functions alike, so no import hides a cycle), and the CLI and the benchmarks use only public
+names."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+PACKAGE = REPO / "autoprune"
+# Lowest first; a module may import its own layer and the ones below it.
+LAYERS = [
+    {"__init__", "errors", "_config", "names", "ops"},
+    {"models", "data"},
+    {"runtime", "measure"},
+    {"train"},
+    {"compress"},  # the transforms: a config in, a model changed
+    {"pipeline"},  # the compression use case over them
+    {"search"},
+    {"surrogate"},
+    {"workflow"},  # what the commands do: search with every sampler, the surrogate on a study
+    {"cli", "__main__"},
+]
+LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
+
+
+def component(path: Path) -> str:
+    """The top-level part of the package a file belongs to (autoprune/search/run.py -> search)."""
+    return path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+
+
+def imported(path: Path) -> list[tuple[int, str]]:
+    """(line, dotted module) of every autoprune import in the file, wherever it stands."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if a.name.startswith("autoprune")]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("autoprune"):
+            found += [(node.lineno, f"{node.module}.{a.name}") for a in node.names]
+    return found
+
+
+SOURCES = sorted(PACKAGE.rglob("*.py"))
+
+
+def test_every_module_has_a_layer() -> None:
+    assert {component(p) for p in SOURCES} <= set(LAYER), {component(p) for p in SOURCES} - set(LAYER)
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=[str(p.relative_to(PACKAGE)) for p in SOURCES])
+def test_imports_only_go_down(path: Path) -> None:
+    mine = LAYER[component(path)]
+    for line, module in imported(path):
+        target = module.split(".")[1]
+        if target in LAYER:  # "autoprune.__version__" and the like name the package itself
+            assert LAYER[target] <= mine, f"{path.name}:{line} imports {module}, a layer above {component(path)}"
+
+
+def private(module: str, own: str) -> bool:
+    parts = module.split(".")[1:]
+    return parts[0] != own and any(p.startswith("_") and p != "__version__" for p in parts)
+
+
+CALLERS = sorted((PACKAGE / "cli").glob("*.py")) + sorted((REPO / "bench").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", CALLERS, ids=[str(p.relative_to(REPO)) for p in CALLERS])
+def test_the_cli_and_the_benchmarks_use_public_names(path: Path) -> None:
+    bad = [f"{path.name}:{line} {m}" for line, m in imported(path) if private(m, own="cli")]
+    assert not bad, bad
+
+
+def test_the_layer_check_can_fail(tmp_path: Path) -> None:
+    upward = tmp_path / "x.py"
+    upward.write_text("def f():\n    from autoprune.surrogate import SurrogateSampler\n")
+    assert imported(upward) == [(2, "autoprune.surrogate.SurrogateSampler")]
+    assert private("autoprune.surrogate._study.compare", own="cli")
+    assert not private("autoprune.cli._common.grid", own="cli")
