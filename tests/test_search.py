@@ -21,7 +21,7 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from autoprune.compress import load_packed
-from autoprune.search.objective import RECORD
+from autoprune.search.record import names as record_names
 from autoprune.search.spec import SpecError, load_spec, spec_from_dict
 from tests.conftest import REPO, assert_one_line_error, run_cli
 
@@ -170,7 +170,7 @@ def test_search_records_everything_and_resumes_to_exactly_n(kind: str, tmp_path:
     assert sorted(t.user_attrs["recipe_name"] for t in baselines) == ["deep-compression-lenet5", "uniform-l1"]
     assert {t.number for t in baselines} == {0, 1}
     for t in study.get_trials(states=(TrialState.COMPLETE,)):
-        assert set(RECORD) <= set(t.user_attrs), set(RECORD) - set(t.user_attrs)
+        assert set(record_names()) <= set(t.user_attrs), set(record_names()) - set(t.user_attrs)
         assert t.values == [t.user_attrs["accuracy"], t.user_attrs["packed_bytes"]]
     assert study.trials[2].user_attrs["source"] == "TPESampler"
     assert {"base", "spec", "model", "dataset"} <= set(study.user_attrs)

@@ -17,7 +17,6 @@ from autoprune.cli._common import (
     table,
     timed_busy,
 )
-from autoprune.errors import AutoPruneError
 
 DEFAULT_STORAGE = "sqlite:///studies/autoprune.db"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

@@ -3,13 +3,11 @@ recorded under stable names."""
 
 from __future__ import annotations
 
-import math
 import tempfile
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
@@ -22,19 +20,11 @@ from autoprune.data import DataSplits
 from autoprune.errors import DivergedError
 from autoprune.measure import Metrics
 from autoprune.models import ModelSpec
+from autoprune.search.record import TrialRecord
 from autoprune.search.space import SpaceLayers, config_from_params, distributions, suggest, with_cap
 from autoprune.search.spec import StudySpec
 from autoprune.search.stop import stop_requested
 from autoprune.search.storage import check_artifact_id
-
-# The user attributes every completed trial carries (the surrogate, dashboard and CLI read them).
-RECORD = (
-    "accuracy", "test_accuracy", "acc_drop", "params", "nonzero_params", "macs", "dense_bytes",
-    "packed_bytes", "compression_ratio", "latency_ms", "latency_ms_batch", "speedup",
-    "prune_s", "finetune_s", "quantize_s", "pack_s", "eval_s", "trial_s", "source",
-    "backend", "threads", "other_load",  # where latency_ms was measured, and how busy the machine was
-)  # fmt: skip
-
 
 @dataclass
 class SearchContext:
@@ -90,19 +80,17 @@ class Objective:
             except DivergedError as e:
                 trial.set_user_attr("fail_reason", str(e))
                 raise optuna.TrialPruned(str(e)) from None
-            m = result.metrics
-            m["trial_s"] = time.perf_counter() - started
-            for key in RECORD:
-                if key in m:
-                    trial.set_user_attr(key, _plain(m[key]))
+            record = TrialRecord.from_metrics(result.metrics, source=source, trial_s=time.perf_counter() - started)
+            for key, value in record.to_user_attrs().items():
+                trial.set_user_attr(key, value)
             artifact_id = upload_artifact(
                 artifact_store=ctx.artifacts, file_path=str(out), study_or_trial=trial,
                 mimetype="application/octet-stream",
             )  # fmt: skip
             trial.set_user_attr("artifact_id", artifact_id)
         if single:
-            trial.set_constraint("acc_drop", m["acc_drop"] - spec.study.max_acc_drop)
-        values = tuple(float(m[o]) for o in spec.study.objectives)
+            trial.set_constraint("acc_drop", record.acc_drop - spec.study.max_acc_drop)
+        values = tuple(float(getattr(record, o)) for o in spec.study.objectives)
         return values[0] if single else values
 
 
@@ -119,12 +107,6 @@ def _pruning_callback(trial: optuna.Trial):
             raise optuna.TrialPruned(f"validation accuracy {val_accuracy:.2f}% at epoch {epoch}")
 
     return report
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def enforce_retention(study: optuna.Study, store: FileSystemArtifactStore, keep: int) -> int:

@@ -9,27 +9,20 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.ops.pareto import best_within, non_dominated
+from autoprune.search.record import TrialRecord, names
 from autoprune.search.spec import SpecError, StudySection
 
 
 def trial_row(t: FrozenTrial) -> dict[str, Any]:
+    """A trial as the tables and ``--json`` show it: every field of the record (None where the
+    trial has none), the recipe's name for a baseline, and ``params``: the sampled settings
+    (the parameter count is the record's ``params`` user attribute)."""
     a = t.user_attrs
     return {
         "trial": t.number,
         "state": t.state.name,
-        "source": a.get("source"),
         "recipe": a.get("recipe_name"),
-        "accuracy": a.get("accuracy"),
-        "test_accuracy": a.get("test_accuracy"),
-        "acc_drop": a.get("acc_drop"),
-        "packed_bytes": a.get("packed_bytes"),
-        "compression_ratio": a.get("compression_ratio"),
-        "latency_ms": a.get("latency_ms"),
-        "backend": a.get("backend"),
-        "other_load": a.get("other_load"),
-        "speedup": a.get("speedup"),
-        "macs": a.get("macs"),
-        "trial_s": a.get("trial_s"),
+        **{name: a.get(name) for name in names()},
         "params": t.params,
     }
 
@@ -49,14 +42,10 @@ def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
 
 def best_trial(study: optuna.Study, max_acc_drop: float) -> FrozenTrial | None:
     """The highest compression ratio within the accuracy budget."""
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    drops = [_number(t.user_attrs.get("acc_drop")) for t in done]
-    i = best_within([_number(t.user_attrs.get("compression_ratio")) for t in done], drops, max_acc_drop)
-    return None if i is None else done[i]
-
-
-def _number(v: Any) -> float:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+    done = [(t, r) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if (r := TrialRecord.from_attrs(t.user_attrs)) is not None]  # fmt: skip
+    i = best_within([r.compression_ratio for _, r in done], [r.acc_drop for _, r in done], max_acc_drop)
+    return None if i is None else done[i][0]
 
 
 def state_counts(study: optuna.Study) -> dict[str, int]:

@@ -18,16 +18,10 @@ from autoprune._config import build_config, read_toml
 from autoprune.errors import AutoPruneError
 from autoprune.models import is_user_model
 from autoprune.names import bad_study_name
+from autoprune.search.record import OBJECTIVES  # noqa: F401  (name -> Optuna direction, read here)
 from autoprune.search.samplers import list_samplers
 from autoprune.search.storage import parse_storage
 
-OBJECTIVES = {  # name -> Optuna direction
-    "accuracy": "maximize",
-    "packed_bytes": "minimize",
-    "latency_ms": "minimize",
-    "macs": "minimize",
-    "compression_ratio": "maximize",
-}
 PRUNERS = ("median", "hyperband", "none")
 INITS = ("linear", "density", "forgy")
 

@@ -14,9 +14,11 @@ from torch import nn
 
 from autoprune.compress import weight_layers
 from autoprune.errors import AutoPruneError
+from autoprune.search.record import names
 
-# What the surrogate predicts, from the trial's user attributes.
+# What the surrogate predicts, from these fields of the trial record.
 TARGETS = ("acc_drop", "log_compression_ratio", "latency_ms")
+RECORDED = names("acc_drop", "compression_ratio", "latency_ms")
 
 
 class SurrogateError(AutoPruneError):
@@ -115,11 +117,11 @@ def _from_unit(u: float, d: BaseDistribution) -> float | int:
 
 
 def targets_of(attrs: Mapping[str, Any]) -> dict[str, float]:
-    ratio = attrs.get("compression_ratio")
+    drop, ratio, latency = (attrs.get(name) for name in RECORDED)
     return {
-        "acc_drop": attrs.get("acc_drop"),
+        "acc_drop": drop,
         "log_compression_ratio": math.log(ratio) if ratio and ratio > 0 else None,
-        "latency_ms": attrs.get("latency_ms"),
+        "latency_ms": latency,
     }
 
 

@@ -16,6 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.ops.pareto import best_within, hypervolume
 from autoprune.search.objective import Objective, SearchContext
+from autoprune.search.record import TrialRecord
 from autoprune.search.run import open_study, prepare, work
 from autoprune.search.space import distributions
 from autoprune.search.report import study_budget
@@ -134,18 +135,17 @@ def enqueue(study: optuna.Study, proposals: Sequence[Proposal], **attrs: Any) ->
 
 
 def _summary(trials: Sequence[FrozenTrial], budget: float) -> dict[str, Any]:
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("acc_drop") is not None]
-    i = best_within([t.user_attrs["compression_ratio"] for t in done], [t.user_attrs["acc_drop"] for t in done], budget)
-    best = None if i is None else done[i]
+    done = [(t, r) for t in trials
+            if t.state == TrialState.COMPLETE and (r := TrialRecord.from_attrs(t.user_attrs)) is not None]  # fmt: skip
+    i = best_within([r.compression_ratio for _, r in done], [r.acc_drop for _, r in done], budget)
+    best, rec = done[i] if i is not None else (None, None)
     return {
         "trials": len(trials),
-        "best_ratio": best.user_attrs["compression_ratio"] if best else None,
-        "best_acc_drop": best.user_attrs["acc_drop"] if best else None,
-        "best_test_accuracy": best.user_attrs.get("test_accuracy") if best else None,
+        "best_ratio": rec.compression_ratio if rec else None,
+        "best_acc_drop": rec.acc_drop if rec else None,
+        "best_test_accuracy": rec.test_accuracy if rec else None,
         "best_trial": best.number if best else None,
-        "hypervolume": hypervolume(
-            [(t.user_attrs["acc_drop"], t.user_attrs["compression_ratio"]) for t in done], budget
-        ),
+        "hypervolume": hypervolume([(r.acc_drop, r.compression_ratio) for _, r in done], budget),
         "wall_s": sum(t.user_attrs.get("trial_s") or 0.0 for t in trials),
     }
 

@@ -1,0 +1,80 @@
+"""The trial record: every metric a completed trial carries, written once.
+
+A trial's user attributes are this dataclass's fields under their own names, so Optuna, the
+dashboard, the surrogate and the CLI all read the same record. A field with an objective
+direction in its metadata can be searched on (``study.objectives``). Adding a metric is a
+field here and the line that computes it in :mod:`autoprune.pipeline`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+
+def _objective(direction: str) -> dict[str, str]:
+    return {"direction": direction}
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    accuracy: float = field(metadata=_objective("maximize"))  # validation top-1, percent
+    test_accuracy: float  # held-out test top-1, percent: reported, never selected on
+    acc_drop: float  # base validation accuracy minus accuracy, in points
+    params: int  # parameters left after filter pruning
+    nonzero_params: int
+    macs: int = field(metadata=_objective("minimize"))
+    dense_bytes: int  # the pruned network's fp32 state_dict
+    packed_bytes: int = field(metadata=_objective("minimize"))  # the packed file on disk
+    compression_ratio: float = field(metadata=_objective("maximize"))  # base dense bytes / packed bytes
+    latency_ms: float = field(metadata=_objective("minimize"))  # batch 1, median after warm-up
+    latency_ms_batch: float  # batch 64
+    speedup: float  # base latency / latency
+    source: str = ""  # the sampler's class name, "baseline" or "surrogate"
+    prune_s: float | None = None
+    finetune_s: float | None = None
+    quantize_s: float | None = None
+    pack_s: float | None = None
+    eval_s: float | None = None
+    trial_s: float | None = None
+    backend: str | None = None  # where latency_ms was measured (onnxruntime, torch-onednn, ...)
+    threads: int | None = None
+    other_load: float | None = None  # cores other processes kept busy while timing
+
+    @classmethod
+    def from_metrics(cls, metrics: Mapping[str, Any], **extra: Any) -> TrialRecord:
+        """The record of a compression run's metrics (other keys are ignored)."""
+        values = {**metrics, **extra}
+        return cls(**{name: values[name] for name in names() if name in values})
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> TrialRecord | None:
+        """The record stored in a trial's user attributes; None when a required metric is missing
+        (a failed, pruned or foreign trial)."""
+        values = {}
+        for f in dataclasses.fields(cls):
+            value = attrs.get(f.name)
+            if value is None and f.default is dataclasses.MISSING:
+                return None
+            if value is not None:
+                values[f.name] = value
+        return cls(**values)
+
+    def to_user_attrs(self) -> dict[str, Any]:
+        """As stored: a non-finite number (a diverged latency, say) becomes None (JSON has no NaN)."""
+        return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def names(*wanted: str) -> tuple[str, ...]:
+    """The record's field names, or ``wanted`` checked against them (a renamed field fails at
+    import, not silently at read time)."""
+    all_names = tuple(f.name for f in dataclasses.fields(TrialRecord))
+    missing = [w for w in wanted if w not in all_names]
+    if missing:
+        raise KeyError(f"the trial record has no field {missing[0]!r}")
+    return wanted or all_names
+
+
+OBJECTIVES = {f.name: f.metadata["direction"] for f in dataclasses.fields(TrialRecord) if "direction" in f.metadata}
