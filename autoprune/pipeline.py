@@ -129,6 +129,7 @@ def compress(
     metrics = {
         **measured.to_dict(),
         "acc_drop": base_metrics.accuracy - measured.accuracy,
+        "test_acc_drop": base_metrics.test_accuracy - measured.test_accuracy,
         "base_accuracy": base_metrics.accuracy,
         "base_dense_bytes": base_metrics.dense_bytes,
         "packed_bytes": report.packed_bytes,

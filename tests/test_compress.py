@@ -265,6 +265,7 @@ def test_pipeline_records_every_metric_and_reports_each_epoch(digits_base, tmp_p
     assert m["packed_bytes"] == (tmp_path / "c.apk").stat().st_size
     assert m["compression_ratio"] == pytest.approx(base_metrics.dense_bytes / m["packed_bytes"])
     assert m["acc_drop"] == pytest.approx(base_metrics.accuracy - m["accuracy"])
+    assert m["test_acc_drop"] == pytest.approx(base_metrics.test_accuracy - m["test_accuracy"])
     assert m["params"] < base_metrics.params and m["nonzero_params"] < m["params"]
     assert base is not result.model and count_params(base) == base_metrics.params  # the base is untouched
 

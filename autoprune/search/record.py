@@ -33,6 +33,7 @@ class TrialRecord:
     latency_ms_batch: float  # batch 64
     speedup: float  # base latency / latency
     source: str = ""  # the sampler's class name, "baseline" or "surrogate"
+    test_acc_drop: float | None = None  # base test accuracy minus test_accuracy: reported beside acc_drop
     prune_s: float | None = None
     finetune_s: float | None = None
     quantize_s: float | None = None
