@@ -31,8 +31,12 @@ def read_toml(path: Path, what: str, error: type[AutoPruneError]) -> dict[str, A
         raise error(f"{what} {path} is not valid TOML: {e}") from None
 
 
-def build_config(cls: type, data: Any, *, error: type[AutoPruneError], prefix: str = "") -> Any:
-    """Construct dataclass ``cls`` (nested dataclasses included) from a TOML table."""
+def build_config(
+    cls: type, data: Any, *, error: type[AutoPruneError], prefix: str = "", base: Any = None
+) -> Any:
+    """Construct dataclass ``cls`` (nested dataclasses included) from a TOML table; keys the
+    table leaves out keep ``base``'s values (for a nested table: the parent field's default,
+    so a recipe's ``[finetune]`` starts from fine-tuning's defaults, not base training's)."""
     if not isinstance(data, dict):
         raise error(f"{prefix.rstrip('.') or 'the file'} should be a table")
     hints = typing.get_type_hints(cls)
@@ -44,13 +48,20 @@ def build_config(cls: type, data: Any, *, error: type[AutoPruneError], prefix: s
     for name, value in data.items():
         hint, key = hints[name], prefix + name
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = build_config(hint, value, error=error, prefix=key + ".")
+            kwargs[name] = build_config(hint, value, error=error, prefix=key + ".", base=_default(cls, name))
         else:
             kwargs[name] = _check(value, hint, key, error)
     try:
-        return cls(**kwargs)
+        return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise error(f"{prefix.rstrip('.')}: {e}") from None
+
+
+def _default(cls: type, name: str) -> Any:
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
 
 
 def _check(value: Any, hint: Any, key: str, error: type[AutoPruneError]) -> Any:

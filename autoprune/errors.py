@@ -30,5 +30,9 @@ class CheckpointError(AutoPruneError):
     """A checkpoint is corrupt, is not a state_dict, or does not fit the model."""
 
 
+class ConfigError(AutoPruneError, ValueError):
+    """A config value out of range (a ValueError too, as a dataclass's checks raise)."""
+
+
 class DivergedError(AutoPruneError):
     """Training produced a non-finite or exploding loss."""

@@ -10,6 +10,7 @@ trained quantization -> packed file -> measurement of the model decoded from tha
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,9 +88,7 @@ def compress(
             masks = prune_magnitude_(model, u.at_step(step, steps))
         shifted = [lambda e, acc, cb=cb, o=offset: cb(o + e, acc) for cb in callbacks]
         fit(
-            model, splits,
-            TrainConfig(epochs=epochs, lr=ft.lr, batch_size=ft.batch_size, optimizer=ft.optimizer,
-                        max_batches=ft.max_batches, seed=seed + step - 1),
+            model, splits, dataclasses.replace(ft, epochs=epochs), seed=seed + step - 1,
             callbacks=shifted, after_step=mask_holder(model, masks), progress=progress, desc="fine-tune",
         )  # fmt: skip
         offset += epochs
@@ -108,7 +107,8 @@ def compress(
             try:
                 fit(
                     model, splits,
-                    TrainConfig(epochs=q.epochs, lr=q.lr, batch_size=ft.batch_size, max_batches=ft.max_batches, seed=seed),
+                    TrainConfig(epochs=q.epochs, lr=q.lr, batch_size=ft.batch_size, max_batches=ft.max_batches),
+                    seed=seed,
                     callbacks=shifted, progress=progress, desc="trained quantization",
                 )  # fmt: skip
             finally:

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from autoprune.data import DataSplits
-from autoprune.errors import DivergedError
+from autoprune.errors import ConfigError, DivergedError
 from autoprune.measure import accuracy
 from autoprune.models import ModelSpec, create_model, factory_fingerprint, load_checkpoint
 
@@ -30,25 +30,30 @@ CACHE_VERSION = 2
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """One training run's settings: base training (a spec's ``[train]``), fine-tuning (a
+    recipe's ``[finetune]``) and trained quantization all use this config; the seed is the
+    run's, passed beside it."""
+
     epochs: int = 15
     lr: float = 1e-3  # peak learning rate; cosine-annealed to zero over the run
     batch_size: int = 64
     optimizer: str = "adam"  # "adam" or "sgd" (momentum 0.9)
     weight_decay: float = 0.0
     max_batches: int | None = None  # cap on batches per epoch, for cheap trials
-    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
-            raise ValueError(f"epochs={self.epochs} should be >= 0")
+            raise ConfigError(f"epochs={self.epochs} should be >= 0")
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr={self.lr} should be a positive number")
+            raise ConfigError(f"lr={self.lr} should be a positive number")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise ConfigError(f"weight_decay={self.weight_decay} should be a number >= 0")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size={self.batch_size} should be >= 1")
+            raise ConfigError(f"batch_size={self.batch_size} should be >= 1")
         if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"optimizer={self.optimizer!r} should be 'adam' or 'sgd'")
+            raise ConfigError(f"optimizer={self.optimizer!r} should be 'adam' or 'sgd'")
         if self.max_batches is not None and self.max_batches < 1:
-            raise ValueError(f"max_batches={self.max_batches} should be >= 1 or None")
+            raise ConfigError(f"max_batches={self.max_batches} should be >= 1 or None")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,6 +64,7 @@ def fit(
     splits: DataSplits,
     config: TrainConfig,
     *,
+    seed: int = 0,
     callbacks: Sequence[EpochCallback] = (),
     after_step: Callable[[], None] | None = None,
     progress: bool = True,
@@ -83,7 +89,7 @@ def fit(
             params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay
         )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, config.epochs * batches))
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(seed)
     loss_fn = nn.CrossEntropyLoss()
     first_loss: float | None = None
     history: list[float] = []
@@ -140,7 +146,7 @@ class BaseModel:
 
 
 def base_key(
-    spec: ModelSpec, splits: DataSplits, config: TrainConfig, checkpoint: Path | None
+    spec: ModelSpec, splits: DataSplits, config: TrainConfig, checkpoint: Path | None, seed: int = 0
 ) -> str:
     """The cache key: model, its source, the data's content, the settings and the start point."""
     record = {
@@ -149,7 +155,7 @@ def base_key(
         "spec": spec.to_dict(),
         "factory": factory_fingerprint(spec.name),
         "data": splits.fingerprint,
-        "train": config.to_dict(),
+        "train": {**config.to_dict(), "seed": seed},
         "checkpoint": _file_hash(checkpoint) if checkpoint else None,
     }
     return hashlib.blake2b(json.dumps(record, sort_keys=True).encode(), digest_size=12).hexdigest()
@@ -160,17 +166,18 @@ def train_base(
     splits: DataSplits,
     config: TrainConfig,
     *,
+    seed: int = 0,
     checkpoint: str | Path | None = None,
     use_cache: bool = True,
     progress: bool = True,
 ) -> BaseModel:
     """Build ``spec``, optionally start from ``checkpoint``, train it, and cache the result."""
     checkpoint = Path(checkpoint) if checkpoint is not None else None
-    key = base_key(spec, splits, config, checkpoint)
+    key = base_key(spec, splits, config, checkpoint, seed)
     path = cache_dir() / f"{spec.name.replace('/', '_').replace(':', '_')[-40:]}-{key}.pt"
     meta_path = path.with_suffix(".json")
 
-    torch.manual_seed(config.seed)  # the same seed gives the same initial weights
+    torch.manual_seed(seed)  # the same seed gives the same initial weights
     model = create_model(spec)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
@@ -181,11 +188,12 @@ def train_base(
         log.info("loaded cached base model %s", path)
         return BaseModel(model, spec, path, True, tuple(history))
 
-    history = fit(model, splits, config, progress=progress, desc=f"train {spec.name}")
+    history = fit(model, splits, config, seed=seed, progress=progress, desc=f"train {spec.name}")
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_save(model.state_dict(), path)
     tmp = meta_path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"spec": spec.to_dict(), "train": config.to_dict(), "val_history": history}))
+    tmp.write_text(json.dumps({"spec": spec.to_dict(), "train": {**config.to_dict(), "seed": seed},
+                               "val_history": history}))  # fmt: skip
     os.replace(tmp, meta_path)
     return BaseModel(model, spec, path, False, tuple(history))
 

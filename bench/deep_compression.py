@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 
 from autoprune.compress import load_recipe, save_packed, weight_layers
-from autoprune.pipeline import compress
 from autoprune.data import load_dataset
 from autoprune.measure import measure_model
 from autoprune.models import ModelSpec
+from autoprune.pipeline import compress
 from autoprune.train import TrainConfig, train_base
 
 RECIPES = {

@@ -32,9 +32,9 @@ from autoprune.compress.structured import filter_norms
 from autoprune.compress.unstructured import mask_holder
 from autoprune.data import load_dataset
 from autoprune.errors import DivergedError
-from autoprune.pipeline import compress
 from autoprune.measure import count_params, measure_model
 from autoprune.models import ModelSpec, create_model
+from autoprune.pipeline import compress
 from autoprune.runtime import ort_session, run_session
 from autoprune.train import TrainConfig, fit, train_base
 

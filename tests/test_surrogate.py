@@ -16,6 +16,7 @@ from optuna.distributions import FloatDistribution as F
 from optuna.distributions import IntDistribution as I
 from optuna.trial import TrialState
 
+from autoprune.ops import hypervolume
 from autoprune.surrogate import (
     TARGETS,
     Encoder,
@@ -27,7 +28,6 @@ from autoprune.surrogate import (
     SurrogateSampler,
     propose,
 )
-from autoprune.ops import hypervolume
 from tests.conftest import assert_one_line_error, run_cli
 from tests.test_search import search, write_spec
 

@@ -13,15 +13,15 @@ SPEC = ModelSpec("lenet5", 10, 1, (8, 8))
 
 def test_same_seed_same_model_and_cache_hit() -> None:
     s = load_dataset("digits")
-    config = TrainConfig(epochs=1, max_batches=5, seed=3)
-    a = train_base(SPEC, s, config, use_cache=False, progress=False)
-    b = train_base(SPEC, s, config, use_cache=False, progress=False)
+    config = TrainConfig(epochs=1, max_batches=5)
+    a = train_base(SPEC, s, config, seed=3, use_cache=False, progress=False)
+    b = train_base(SPEC, s, config, seed=3, use_cache=False, progress=False)
     for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
         assert ka == kb and torch.equal(va, vb)
-    c = train_base(SPEC, s, config, progress=False)
+    c = train_base(SPEC, s, config, seed=3, progress=False)
     assert c.cached and c.path == a.path
     assert all(torch.equal(va, vc) for va, vc in zip(a.model.state_dict().values(), c.model.state_dict().values()))
-    d = train_base(SPEC, s, TrainConfig(epochs=1, max_batches=5, seed=4), progress=False)
+    d = train_base(SPEC, s, TrainConfig(epochs=1, max_batches=5), seed=4, progress=False)
     assert not d.cached and d.path != a.path
 
 

@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 from typing import Any, NoReturn
 
-from autoprune.names import bad_study_name
 from autoprune.errors import AutoPruneError
+from autoprune.names import bad_study_name
 
 EXIT_USAGE = 2
 

@@ -12,8 +12,8 @@ from autoprune.cli._common import (
     add_model_data_options,
     add_output_options,
     grid,
-    output_path,
     latency_text,
+    output_path,
     table,
 )
 from autoprune.cli._train import add_train_options, load_base, load_data
@@ -53,10 +53,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_compress(args: argparse.Namespace) -> dict[str, Any]:
     from autoprune.compress import load_recipe
-    from autoprune.pipeline import compress, dataset_meta
     from autoprune.compress.recipe import check_layers
     from autoprune.measure import measure_model
     from autoprune.models import create_model
+    from autoprune.pipeline import compress, dataset_meta
 
     started = time.perf_counter()
     output_path(args.out, "--out")
@@ -90,8 +90,8 @@ def run_compress(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     from autoprune.compress import breakdown
-    from autoprune.pipeline import evaluate_packed
     from autoprune.compress.export import export_onnx, export_torchscript
+    from autoprune.pipeline import evaluate_packed
 
     output_path(args.torchscript, "--torchscript")
     output_path(args.onnx, "--onnx")

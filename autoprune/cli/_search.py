@@ -17,8 +17,8 @@ from autoprune.cli._common import (
     table,
     timed_busy,
 )
+from autoprune.search.storage import DEFAULT_STORAGE
 
-DEFAULT_STORAGE = "sqlite:///studies/autoprune.db"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 

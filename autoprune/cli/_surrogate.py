@@ -6,10 +6,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from autoprune.names import file_stem
 from autoprune.cli._common import grid, non_negative_float, output_path, positive_int
 from autoprune.cli._search import _storage_options
 from autoprune.errors import AutoPruneError
+from autoprune.names import file_stem
 
 
 def register(sub: argparse._SubParsersAction) -> None:

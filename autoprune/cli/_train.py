@@ -62,11 +62,10 @@ def load_base(args: argparse.Namespace, splits: Any, spec: Any, *, train_from_ch
     if args.checkpoint is not None and not train_from_checkpoint:
         model = load_checkpoint(create_model(spec), args.checkpoint).eval()
         return BaseModel(model, spec, args.checkpoint, True, ())
-    config = TrainConfig(
-        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer, seed=args.seed
-    )
+    config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer)
     return train_base(
-        spec, splits, config, checkpoint=args.checkpoint, use_cache=not args.no_cache, progress=not args.quiet
+        spec, splits, config, seed=args.seed, checkpoint=args.checkpoint, use_cache=not args.no_cache,
+        progress=not args.quiet,
     )
 
 

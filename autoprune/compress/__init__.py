@@ -5,25 +5,24 @@ Model transforms (config in, model changed) over the pure math in :mod:`autoprun
 
 from autoprune.compress._layers import RecipeError, conv_layers, output_layer, weight_layers
 from autoprune.compress.packing import (
-    packed_model_spec,
     LayerReport,
     PackConfig,
     PackError,
     PackReport,
     breakdown,
     load_packed,
+    packed_model_spec,
     read_header,
     save_packed,
 )
 from autoprune.compress.quantize import ShareConfig, attach_codebooks_, detach_codebooks_, share_weights_
-from autoprune.compress.recipe import CompressConfig, FinetuneConfig, load_recipe
+from autoprune.compress.recipe import CompressConfig, load_recipe
 from autoprune.compress.structured import FilterPruneConfig, LayerNorms, prune_filters_
 from autoprune.compress.unstructured import MagnitudeConfig, mask_holder, prune_magnitude_
 
 __all__ = [
     "CompressConfig",
     "FilterPruneConfig",
-    "FinetuneConfig",
     "LayerNorms",
     "LayerReport",
     "MagnitudeConfig",

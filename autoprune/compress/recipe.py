@@ -13,32 +13,11 @@ from typing import Any
 
 from autoprune._config import build_config, read_toml
 from autoprune.compress._layers import RecipeError
-
 from autoprune.compress.packing import PackConfig
 from autoprune.compress.quantize import ShareConfig
 from autoprune.compress.structured import FilterPruneConfig
 from autoprune.compress.unstructured import MagnitudeConfig
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """Fine-tuning after pruning, before weight sharing."""
-
-    epochs: int = 2
-    lr: float = 1e-3
-    batch_size: int = 64
-    optimizer: str = "adam"
-    max_batches: int | None = None  # cap on batches per epoch, for cheap trials
-
-    def __post_init__(self) -> None:
-        if self.epochs < 0:
-            raise RecipeError(f"finetune epochs={self.epochs} should be >= 0")
-        if not self.lr > 0:
-            raise RecipeError(f"finetune lr={self.lr} should be > 0")
-        if self.optimizer not in ("adam", "sgd"):
-            raise RecipeError(f"finetune optimizer={self.optimizer!r} should be 'adam' or 'sgd'")
-        if self.batch_size < 1 or (self.max_batches is not None and self.max_batches < 1):
-            raise RecipeError("finetune batch_size and max_batches should be >= 1")
+from autoprune.train import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -49,7 +28,7 @@ class CompressConfig:
     description: str = ""
     structured: FilterPruneConfig = field(default_factory=FilterPruneConfig)
     unstructured: MagnitudeConfig = field(default_factory=MagnitudeConfig)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2))  # after pruning, masks held
     quantize: ShareConfig = field(default_factory=ShareConfig)
     pack: PackConfig = field(default_factory=PackConfig)
 

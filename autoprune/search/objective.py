@@ -15,16 +15,17 @@ from optuna.trial import TrialState
 from torch import nn
 
 from autoprune.compress import CompressConfig
-from autoprune.pipeline import compress, dataset_meta
 from autoprune.data import DataSplits
 from autoprune.errors import DivergedError
 from autoprune.measure import Metrics
 from autoprune.models import ModelSpec
+from autoprune.pipeline import compress, dataset_meta
 from autoprune.search.record import TrialRecord
 from autoprune.search.space import SpaceLayers, config_from_params, distributions, suggest, with_cap
 from autoprune.search.spec import StudySpec
 from autoprune.search.stop import stop_requested
 from autoprune.search.storage import check_artifact_id
+
 
 @dataclass
 class SearchContext:

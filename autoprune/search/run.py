@@ -40,7 +40,7 @@ from autoprune.search.storage import (
     open_storage,
     parse_storage,
 )
-from autoprune.train import TrainConfig, train_base
+from autoprune.train import train_base
 
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -111,9 +111,7 @@ def load_inputs(spec: StudySpec, *, progress: bool, spec_dir: Path | None = None
     if spec.model.checkpoint:
         base = load_checkpoint(model, spec.model.checkpoint).eval()
     else:
-        t = spec.train
-        config = TrainConfig(epochs=t.epochs, lr=t.lr, batch_size=t.batch_size, seed=d.seed)
-        base = train_base(model_spec, splits, config, progress=progress).model
+        base = train_base(model_spec, splits, spec.train, seed=d.seed, progress=progress).model
     return Inputs(splits, model_spec, base, recipes)
 
 

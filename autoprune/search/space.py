@@ -20,7 +20,6 @@ from torch import nn
 from autoprune.compress import (
     CompressConfig,
     FilterPruneConfig,
-    FinetuneConfig,
     MagnitudeConfig,
     ShareConfig,
     conv_layers,
@@ -28,6 +27,7 @@ from autoprune.compress import (
     weight_layers,
 )
 from autoprune.search.spec import SpaceSection
+from autoprune.train import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def config_from_params(
         name="search",
         structured=FilterPruneConfig(mode="ratio", layers=ratios),
         unstructured=MagnitudeConfig(mode="quality", layers=quality),
-        finetune=FinetuneConfig(epochs=epochs, lr=lr, max_batches=space.max_batches or None),
+        finetune=TrainConfig(epochs=epochs, lr=lr, max_batches=space.max_batches or None),
         quantize=ShareConfig(
             conv_bits=value("conv_bits", space.conv_bits),
             fc_bits=value("fc_bits", space.fc_bits),

@@ -18,12 +18,13 @@ from autoprune._config import build_config, read_toml
 from autoprune.errors import AutoPruneError
 from autoprune.models import is_user_model
 from autoprune.names import bad_study_name
+from autoprune.ops.kmeans import INITS
 from autoprune.search.record import OBJECTIVES  # noqa: F401  (name -> Optuna direction, read here)
 from autoprune.search.samplers import list_samplers
-from autoprune.search.storage import parse_storage
+from autoprune.search.storage import DEFAULT_STORAGE, GRACE_PERIOD, HEARTBEAT_INTERVAL, parse_storage
+from autoprune.train import TrainConfig
 
 PRUNERS = ("median", "hyperband", "none")
-INITS = ("linear", "density", "forgy")
 
 
 class SpecError(AutoPruneError):
@@ -43,14 +44,9 @@ class DataSection:
     val_fraction: float = 0.1
     seed: int = 0
 
-
-@dataclass(frozen=True)
-class TrainSection:
-    """Base training, when no checkpoint is given (cached: done at most once)."""
-
-    epochs: int = 15
-    lr: float = 1e-3
-    batch_size: int = 64
+    def __post_init__(self) -> None:
+        if not 0 < self.val_fraction < 1:
+            raise SpecError(f"data.val_fraction={self.val_fraction} should be in (0, 1)")
 
 
 @dataclass(frozen=True)
@@ -70,11 +66,27 @@ class SpaceSection:
     quant_epochs: list[int] = field(default_factory=lambda: [1])
     max_batches: int = 0  # cap on batches per fine-tuning epoch (0: whole epochs)
 
+    def __post_init__(self) -> None:
+        for key in ("structured", "magnitude"):
+            if getattr(self, key) not in ("per_layer", "global", "off"):
+                raise SpecError(f"space.{key}={getattr(self, key)!r} should be 'per_layer', 'global' or 'off'")
+        _range("space.ratio", self.ratio, 0.0, 0.95)
+        _range("space.quality", self.quality, 0.0, 10.0)
+        _range("space.conv_bits", self.conv_bits, 1, 16)
+        _range("space.fc_bits", self.fc_bits, 1, 16)
+        _range("space.finetune_epochs", self.finetune_epochs, 0, 1000)
+        _range("space.lr", self.lr, 1e-8, 10.0)
+        _range("space.quant_epochs", self.quant_epochs, 0, 1000)
+        if not self.init or any(i not in INITS for i in self.init) or len(set(self.init)) != len(self.init):
+            raise SpecError(f"space.init={self.init} should be distinct names among {', '.join(INITS)}")
+        if self.max_batches < 0:
+            raise SpecError(f"space.max_batches={self.max_batches} should be >= 0")
+
 
 @dataclass(frozen=True)
 class StudySection:
     name: str = ""  # default: the spec file's name
-    storage: str = "sqlite:///studies/autoprune.db"
+    storage: str = DEFAULT_STORAGE
     artifacts: str = ""  # default: an "artifacts" folder beside a SQLite/journal file, else studies/artifacts
     keep_artifacts: int = 200  # packed files kept; beyond it, those off the Pareto front go first
     trials: int = 30  # run until the study holds this many finished trials
@@ -85,8 +97,31 @@ class StudySection:
     max_acc_drop: float = 1.0  # constraint acc_drop <= this, for a single objective
     baselines: list[str] = field(default_factory=list)  # recipe files (relative to the spec) run first
     latency_repeats: int = 30
-    heartbeat_interval: int = 10  # seconds between a running trial's heartbeats (RDB storage)
-    grace_period: int = 30  # a trial silent this long was lost with its worker: failed and retried
+    heartbeat_interval: int = HEARTBEAT_INTERVAL  # seconds between a running trial's heartbeats (RDB storage)
+    grace_period: int = GRACE_PERIOD  # a trial silent this long was lost with its worker: failed and retried
+
+    def __post_init__(self) -> None:
+        if self.name and bad_study_name(self.name):
+            raise SpecError(f"{bad_study_name(self.name)} (it names files); pick one with --study or study.name")
+        for o in self.objectives:
+            if o not in OBJECTIVES:
+                raise SpecError(f"study.objectives: unknown objective {o!r}; valid: {', '.join(OBJECTIVES)}")
+        if not 1 <= len(self.objectives) <= 2 or len(set(self.objectives)) != len(self.objectives):
+            raise SpecError(f"study.objectives={self.objectives} should be one or two distinct objectives")
+        if self.sampler not in list_samplers():
+            raise SpecError(f"study.sampler={self.sampler!r} should be one of {', '.join(list_samplers())}")
+        if self.pruner not in PRUNERS:
+            raise SpecError(f"study.pruner={self.pruner!r} should be one of {', '.join(PRUNERS)}")
+        if self.trials < 1:
+            raise SpecError(f"study.trials={self.trials} should be >= 1")
+        if not 1 <= self.heartbeat_interval < self.grace_period:
+            raise SpecError(
+                f"study.heartbeat_interval={self.heartbeat_interval} should be >= 1 and below study.grace_period"
+            )
+        if self.keep_artifacts < 1 or self.latency_repeats < 1:
+            raise SpecError("study.keep_artifacts and study.latency_repeats should be >= 1")
+        if not (self.max_acc_drop >= 0 and math.isfinite(self.max_acc_drop)):
+            raise SpecError(f"study.max_acc_drop={self.max_acc_drop} should be a finite number >= 0")
 
 
 @dataclass(frozen=True)
@@ -94,11 +129,20 @@ class StudySpec:
     study: StudySection = field(default_factory=StudySection)
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
-    train: TrainSection = field(default_factory=TrainSection)
+    train: TrainConfig = field(default_factory=TrainConfig)  # base training, when no checkpoint (cached)
     space: SpaceSection = field(default_factory=SpaceSection)
+
+    def __post_init__(self) -> None:
+        if self.train.epochs < 1:
+            raise SpecError(f"train.epochs={self.train.epochs} should be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def with_study(self, **changes: Any) -> StudySpec:
+        """The spec with the study section's ``changes`` (a None value: not given, kept)."""
+        given = {k: v for k, v in changes.items() if v is not None}
+        return dataclasses.replace(self, study=dataclasses.replace(self.study, **given)) if given else self
 
     @property
     def directions(self) -> list[str]:
@@ -107,10 +151,7 @@ class StudySpec:
 
 def spec_from_dict(data: dict[str, Any], *, default_name: str = "autoprune") -> StudySpec:
     spec = build_config(StudySpec, data, error=SpecError)
-    if not spec.study.name:
-        spec = dataclasses.replace(spec, study=dataclasses.replace(spec.study, name=default_name))
-    _validate(spec)
-    return spec
+    return spec if spec.study.name else spec.with_study(name=default_name)
 
 
 def record(spec: StudySpec) -> dict[str, Any]:
@@ -166,19 +207,6 @@ def load_spec(path: str | Path) -> StudySpec:
         raise SpecError(f"study spec {path}: {e}") from None
 
 
-def override(spec: StudySpec, **changes: Any) -> StudySpec:
-    """Apply command-line overrides given as ``section__key=value`` (None: not given)."""
-    sections: dict[str, dict[str, Any]] = {}
-    for key, value in changes.items():
-        if value is not None:
-            section, _, name = key.partition("__")
-            sections.setdefault(section, {})[name] = value
-    replaced = {s: dataclasses.replace(getattr(spec, s), **v) for s, v in sections.items()}
-    spec = dataclasses.replace(spec, **replaced)
-    _validate(spec)
-    return spec
-
-
 def _range(key: str, values: list, low: float, high: float) -> None:
     if len(values) not in (1, 2):
         raise SpecError(f"{key}={values} should be one value (fixed) or a [low, high] range")
@@ -186,44 +214,3 @@ def _range(key: str, values: list, low: float, high: float) -> None:
         raise SpecError(f"{key}={values} is an empty range (low must be below high; one value fixes it)")
     if not all(low <= v <= high for v in values):
         raise SpecError(f"{key}={values} should lie within [{low}, {high}]")
-
-
-def _validate(spec: StudySpec) -> None:
-    s, sp = spec.study, spec.space
-    if s.name and bad_study_name(s.name):
-        raise SpecError(f"{bad_study_name(s.name)} (it names files); pick one with --study or study.name")
-    for o in s.objectives:
-        if o not in OBJECTIVES:
-            raise SpecError(f"study.objectives: unknown objective {o!r}; valid: {', '.join(OBJECTIVES)}")
-    if not 1 <= len(s.objectives) <= 2 or len(set(s.objectives)) != len(s.objectives):
-        raise SpecError(f"study.objectives={s.objectives} should be one or two distinct objectives")
-    if s.sampler not in list_samplers():
-        raise SpecError(f"study.sampler={s.sampler!r} should be one of {', '.join(list_samplers())}")
-    if s.pruner not in PRUNERS:
-        raise SpecError(f"study.pruner={s.pruner!r} should be one of {', '.join(PRUNERS)}")
-    if s.trials < 1:
-        raise SpecError(f"study.trials={s.trials} should be >= 1")
-    if not 1 <= s.heartbeat_interval < s.grace_period:
-        raise SpecError(f"study.heartbeat_interval={s.heartbeat_interval} should be >= 1 and below study.grace_period")
-    if s.keep_artifacts < 1 or s.latency_repeats < 1:
-        raise SpecError("study.keep_artifacts and study.latency_repeats should be >= 1")
-    if not (s.max_acc_drop >= 0 and math.isfinite(s.max_acc_drop)):
-        raise SpecError(f"study.max_acc_drop={s.max_acc_drop} should be a finite number >= 0")
-    for key in ("structured", "magnitude"):
-        if getattr(sp, key) not in ("per_layer", "global", "off"):
-            raise SpecError(f"space.{key}={getattr(sp, key)!r} should be 'per_layer', 'global' or 'off'")
-    _range("space.ratio", sp.ratio, 0.0, 0.95)
-    _range("space.quality", sp.quality, 0.0, 10.0)
-    _range("space.conv_bits", sp.conv_bits, 1, 16)
-    _range("space.fc_bits", sp.fc_bits, 1, 16)
-    _range("space.finetune_epochs", sp.finetune_epochs, 0, 1000)
-    _range("space.lr", sp.lr, 1e-8, 10.0)
-    _range("space.quant_epochs", sp.quant_epochs, 0, 1000)
-    if not sp.init or any(i not in INITS for i in sp.init) or len(set(sp.init)) != len(sp.init):
-        raise SpecError(f"space.init={sp.init} should be distinct names among {', '.join(INITS)}")
-    if sp.max_batches < 0:
-        raise SpecError(f"space.max_batches={sp.max_batches} should be >= 0")
-    if not 0 < spec.data.val_fraction < 1:
-        raise SpecError(f"data.val_fraction={spec.data.val_fraction} should be in (0, 1)")
-    if spec.train.epochs < 1 or spec.train.batch_size < 1 or not spec.train.lr > 0:
-        raise SpecError("train.epochs, train.batch_size and train.lr should be positive")

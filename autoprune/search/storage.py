@@ -23,6 +23,7 @@ from optuna.storages.journal import JournalFileBackend
 
 from autoprune.errors import AutoPruneError
 
+DEFAULT_STORAGE = "sqlite:///studies/autoprune.db"  # relative to the current folder
 HEARTBEAT_INTERVAL = 10  # seconds between a running trial's heartbeats
 GRACE_PERIOD = 30  # a trial silent this long belongs to a dead worker: failed and retried
 MAX_RETRY = 3

@@ -9,8 +9,8 @@ from optuna.artifacts import download_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial
 
-from autoprune.names import file_stem
 from autoprune.errors import AutoPruneError
+from autoprune.names import file_stem
 from autoprune.search.report import best_trial, study_budget
 from autoprune.search.storage import StorageInfo, artifact_dir, artifact_store, check_artifact_id
 

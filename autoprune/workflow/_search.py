@@ -10,8 +10,9 @@ import optuna
 
 from autoprune.errors import AutoPruneError
 from autoprune.search.report import best_trial, pareto_front, state_counts, trial_row
-from autoprune.search.run import counts, run_search as run_study
-from autoprune.search.spec import StudySpec, load_spec, override
+from autoprune.search.run import counts
+from autoprune.search.run import run_search as run_study
+from autoprune.search.spec import StudySpec, load_spec
 from autoprune.search.storage import StorageInfo, open_storage, storage_errors
 
 DEFAULT_SPEC = Path("studies/digits-lenet5.toml")  # the embedded default, in a checkout
@@ -30,8 +31,8 @@ def search_spec(path: Path | None = None, **overrides: Any) -> tuple[StudySpec, 
         spec, spec_dir = load_spec(DEFAULT_SPEC), DEFAULT_SPEC.resolve().parent
     else:  # outside a checkout: the same default, without the baseline recipe files
         spec, spec_dir = StudySpec(), Path.cwd()
-        spec = override(spec, study__name="digits-lenet5")
-    return override(spec, **{f"study__{k}": v for k, v in overrides.items()}), spec_dir
+        spec = spec.with_study(name="digits-lenet5")
+    return spec.with_study(**overrides), spec_dir
 
 
 def search(

@@ -17,9 +17,9 @@ from optuna.trial import FrozenTrial, TrialState
 from autoprune.ops.pareto import best_within, hypervolume
 from autoprune.search.objective import Objective, SearchContext
 from autoprune.search.record import TrialRecord
+from autoprune.search.report import study_budget
 from autoprune.search.run import open_study, prepare, work
 from autoprune.search.space import distributions
-from autoprune.search.report import study_budget
 from autoprune.search.spec import StudySpec, trusted_spec
 from autoprune.search.storage import StorageInfo, open_storage, resolve_study_name
 from autoprune.surrogate import (
