@@ -103,3 +103,45 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.workspace import build_workspace
 
     return build_workspace(tmp_path_factory.mktemp("workspace"))
+
+
+PG_URL = os.environ.get("AUTOPRUNE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def postgres_reachable() -> bool:
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(PG_URL)
+        with engine.connect():
+            pass
+        engine.dispose()
+        return True
+    except Exception:
+        return False
+
+
+STORAGE_KINDS = ["inmemory", "sqlite", "journal", pytest.param("postgresql", marks=pytest.mark.skipif(
+    not postgres_reachable(), reason=f"no PostgreSQL server reachable at {PG_URL}"))]  # fmt: skip
+
+
+@pytest.fixture(params=STORAGE_KINDS)
+def storage(request: pytest.FixtureRequest, tmp_path: Path):
+    """An Optuna storage of each kind autoprune supports, as its own code opens it (Optuna's
+    testing habit: library tests run over every storage mode). Yields (storage, info or None)."""
+    import optuna
+
+    from autoprune.search.storage import open_storage, parse_storage
+
+    if request.param == "inmemory":
+        yield optuna.storages.InMemoryStorage(), None
+        return
+    url = {"sqlite": f"sqlite:///{tmp_path / 'study.db'}", "journal": f"journal:{tmp_path / 'study.log'}",
+           "postgresql": PG_URL}[request.param]  # fmt: skip
+    info = parse_storage(url)
+    store = open_storage(info)
+    before = {s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)}
+    yield store, info
+    for s in optuna.get_all_study_summaries(store, include_best_trial=False):
+        if s.study_name not in before:  # leave the shared PostgreSQL database as it was
+            optuna.delete_study(study_name=s.study_name, storage=store)

@@ -1,0 +1,100 @@
+"""Library-level study logic over every storage kind (in-memory, SQLite, journal, and
+PostgreSQL when reachable), without subprocesses: the record as stored and read back, the
+budget rule on stored trials, retention's refusal of a path-like artifact id, study lookup."""
+
+from __future__ import annotations
+
+import uuid
+
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution
+from optuna.trial import create_trial
+
+from autoprune.errors import AutoPruneError
+from autoprune.search import best_trial, pareto_front, resolve_study_name, study_budget, trial_row
+from autoprune.search.objective import enforce_retention
+from autoprune.search.record import TrialRecord, names
+from autoprune.search.run import open_study
+from autoprune.search.spec import StudySpec, record
+
+
+def metrics(acc: float, drop: float, ratio: float) -> dict:
+    return {"accuracy": acc, "test_accuracy": acc - 0.5, "acc_drop": drop, "test_acc_drop": drop + 0.5,
+            "params": 100, "nonzero_params": 50, "macs": 1000, "dense_bytes": 4000,
+            "packed_bytes": int(40_000 / ratio), "compression_ratio": ratio, "latency_ms": 0.1,
+            "latency_ms_batch": 1.0, "speedup": 1.5, "source": "test", "trial_s": float("nan")}  # fmt: skip
+
+
+def add(study: optuna.Study, acc: float, drop: float, ratio: float, **attrs) -> None:
+    rec = TrialRecord.from_metrics(metrics(acc, drop, ratio))
+    study.add_trial(create_trial(
+        params={"x": ratio / 100}, distributions={"x": FloatDistribution(0, 1)},
+        values=[rec.accuracy, rec.packed_bytes], user_attrs={**rec.to_user_attrs(), **attrs},
+    ))  # fmt: skip
+
+
+@pytest.fixture
+def study(storage) -> optuna.Study:
+    store, _ = storage
+    spec = StudySpec().with_study(name=f"t-{uuid.uuid4().hex[:8]}", max_acc_drop=1.5)
+    return open_study(spec, store, seed=0)
+
+
+def test_the_record_round_trips_through_the_storage(study: optuna.Study) -> None:
+    add(study, 95.0, 0.5, 20.0)
+    stored = study.trials[0].user_attrs
+    assert set(names()) <= set(stored)
+    assert stored["trial_s"] is None  # non-finite is stored as null
+    rec = TrialRecord.from_attrs(stored)
+    assert rec is not None and rec.test_acc_drop == 1.0 and rec.compression_ratio == 20.0
+    row = trial_row(study.trials[0])
+    assert row["test_acc_drop"] == 1.0 and row["params"] == {"x": 0.2}
+
+
+def test_the_budget_rule_on_stored_trials(study: optuna.Study) -> None:
+    add(study, 95.0, 0.5, 20.0)
+    add(study, 94.0, 1.4, 40.0)
+    add(study, 90.0, 5.0, 90.0)
+    add(study, 96.0, 0.1, 10.0)
+    assert study_budget(study) == 1.5  # the stored spec's
+    assert best_trial(study, 1.5).number == 1
+    assert best_trial(study, 0.6).number == 0
+    assert best_trial(study, 0.01) is None
+    assert {t.number for t in pareto_front(study)} == {0, 1, 2, 3}  # accuracy vs bytes: all trade off
+    add(study, 89.0, 6.0, 80.0)  # worse than trial 2 on both
+    assert 4 not in {t.number for t in pareto_front(study)}
+
+
+def test_the_stored_spec_keeps_no_password(study: optuna.Study) -> None:
+    spec = StudySpec().with_study(storage="postgresql://u:hunter2@db.example/x")
+    assert record(spec)["study"]["storage"] == "postgresql://u@db.example/x"
+    assert "hunter2" not in str(study.user_attrs)
+
+
+def test_retention_never_removes_a_path_named_by_a_study(study: optuna.Study, tmp_path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    (tmp_path / "artifacts").mkdir()
+    store = optuna.artifacts.FileSystemArtifactStore(str(tmp_path / "artifacts"))
+    dropped, kept = str(uuid.uuid4()), str(uuid.uuid4())
+    for artifact_id in (dropped, kept):
+        (tmp_path / "artifacts" / artifact_id).write_bytes(b"packed")
+    add(study, 90.0, 0.5, 10.0, artifact_id="../victim")  # off the front: retention would remove it
+    add(study, 89.0, 0.5, 9.0, artifact_id=dropped)  # off the front too
+    add(study, 95.0, 0.5, 30.0, artifact_id=kept)  # the front, and the most recent
+    assert enforce_retention(study, store, keep=1) == 1
+    assert victim.read_text() == "keep me"
+    assert not (tmp_path / "artifacts" / dropped).exists() and (tmp_path / "artifacts" / kept).exists()
+
+
+def test_study_lookup(storage) -> None:
+    store, info = storage
+    name = f"only-{uuid.uuid4().hex[:8]}"
+    optuna.create_study(study_name=name, storage=store)
+    safe = info.safe_url if info else "memory"
+    assert resolve_study_name(store, name, safe) == name
+    with pytest.raises(AutoPruneError, match="no study 'nope'"):
+        resolve_study_name(store, "nope", safe)
+    if info is None or info.kind != "postgresql":  # a shared server may hold other studies
+        assert resolve_study_name(store, None, safe) == name
