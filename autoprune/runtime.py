@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from autoprune._compat import onnx_log_to_stderr
 from autoprune.errors import AutoPruneError
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def _quiet_exporter() -> Iterator[None]:
     On a failed export torch prints the whole graph through its ONNX log, which its own
     context manager leaves enabled (torch 2.13); the error itself still reaches the caller.
     """
-    torch._C._jit_set_onnx_log_output_stream("stderr")
+    onnx_log_to_stderr()
     sys.stderr.flush()
     saved = os.dup(2)
     try:

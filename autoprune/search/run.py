@@ -21,6 +21,7 @@ from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
+from autoprune._compat import has_heartbeat, rdb_backend, trial_id
 from autoprune.compress import CompressConfig, load_recipe
 from autoprune.compress.recipe import check_layers
 from autoprune.data import load_dataset
@@ -177,8 +178,8 @@ def enqueue_baselines(study: optuna.Study, ctx: SearchContext, recipes: tuple[Co
 
 def rdb_storage(study: optuna.Study) -> RDBStorage | None:
     """The study's RDB storage with heartbeats on, under Optuna's caching wrapper; else None."""
-    storage = getattr(study._storage, "_backend", study._storage)
-    if isinstance(storage, RDBStorage) and storage.get_heartbeat_interval() is not None:
+    storage = rdb_backend(study)
+    if storage is not None and storage.get_heartbeat_interval() is not None:
         return storage
     return None
 
@@ -199,18 +200,14 @@ def fail_orphaned_trials(study: optuna.Study) -> int:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if t.datetime_start is None or (now - t.datetime_start).total_seconds() <= grace:
             continue
-        with storage.engine.connect() as conn:
-            beat = conn.execute(
-                sqlalchemy.text("SELECT 1 FROM trial_heartbeats WHERE trial_id = :id"), {"id": t._trial_id}
-            ).first()
-        if beat is not None:
+        if has_heartbeat(storage, t):
             continue  # Optuna's own stale check handles it
         try:
-            if storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+            if storage.set_trial_state_values(trial_id(t), state=TrialState.FAIL):
                 failed += 1
                 retry = storage.get_heartbeat_stale_trial_callback()
                 if retry is not None:
-                    retry(study, storage.get_trial(t._trial_id))
+                    retry(study, storage.get_trial(trial_id(t)))
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # another worker got there first
     return failed

@@ -158,7 +158,20 @@ def recipe_params(
         elif name == "quant_epochs" and q.enabled:
             params[name] = q.epochs
     # Only values the space can hold: a retried trial must validate against its distributions.
-    return {k: v for k, v in params.items() if dists[k]._contains(dists[k].to_internal_repr(v))}
+    return {k: v for k, v in params.items() if holds(dists[k], v)}
+
+
+def holds(dist: BaseDistribution, value: Any) -> bool:
+    """Whether ``dist`` can hold ``value`` (a range's bounds and step, or a choice)."""
+    if isinstance(dist, CategoricalDistribution):
+        return value in dist.choices
+    assert isinstance(dist, (IntDistribution, FloatDistribution))
+    if isinstance(dist, IntDistribution) and (isinstance(value, bool) or value != int(value)):
+        return False
+    if not dist.low <= value <= dist.high:
+        return False
+    step = dist.step
+    return step is None or abs((value - dist.low) / step - round((value - dist.low) / step)) < 1e-8
 
 
 def with_cap(recipe: CompressConfig, space: SpaceSection) -> CompressConfig:
