@@ -45,6 +45,7 @@ def test_help_describes_every_subcommand(capsys: pytest.CaptureFixture[str]) -> 
             assert "--json" in text
 
 
+@pytest.mark.slow
 def test_train_json_is_one_document_on_stdout(tmp_path: Path) -> None:
     out = tmp_path / "base.pt"
     r = run_cli("train", "--epochs", "2", "--json", "--quiet", "--out", str(out))
@@ -56,6 +57,7 @@ def test_train_json_is_one_document_on_stdout(tmp_path: Path) -> None:
     assert set(torch.load(out, weights_only=True)) == set(create_model(ModelSpec("lenet5", 10, 1, (8, 8))).state_dict())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, needle",
     [
@@ -90,6 +92,7 @@ def test_bad_factories_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
         assert code == 2 and len(err) == 1 and needle in err[0]
 
 
+@pytest.mark.slow
 def test_a_traceback_never_reaches_the_user_for_a_corrupt_checkpoint(tmp_path: Path) -> None:
     corrupt = tmp_path / "c.pt"
     corrupt.write_bytes(b"PK\x03\x04 truncated zip")
@@ -159,6 +162,7 @@ def test_bad_recipes_are_one_line(body: str, needle: str, tmp_path: Path, capsys
     assert not (tmp_path / "x.apk").exists()
 
 
+@pytest.mark.slow
 def test_eval_of_a_corrupt_file_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "bad.apk").write_bytes(b"APRUNE\x01garbage")
     assert_one_line_error(run_cli("eval", str(tmp_path / "bad.apk")), "truncated")
@@ -182,6 +186,7 @@ def test_the_trials_table_marks_latencies_timed_on_a_busy_machine() -> None:
     assert "0.031*" in busy and busy.count("0.031*") == 1 and "may read high" in busy
 
 
+@pytest.mark.slow
 def test_an_output_path_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("not a folder")
     r = run_cli("train", "--epochs", "1", "--quiet", "--out", str(tmp_path / "afile" / "base.pt"))

@@ -152,11 +152,13 @@ def test_spec_errors_name_the_key(data: dict, message: str) -> None:
     assert message in str(e.value)
 
 
+@pytest.mark.slow
 def test_bad_spec_is_one_line_and_exit_2(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text("[space]\nratio = [0.6, 0.1]\n")
     assert_one_line_error(search(str(tmp_path / "bad.toml")), "space.ratio=[0.6, 0.1] is an empty range")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", STORAGES)
 def test_search_records_everything_and_resumes_to_exactly_n(kind: str, tmp_path: Path, study_name: str) -> None:
     url = storage_url(kind, tmp_path)
@@ -184,6 +186,7 @@ def test_search_records_everything_and_resumes_to_exactly_n(kind: str, tmp_path:
     assert sum(t.user_attrs.get("source") == "baseline" for t in study.trials) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", STORAGES)
 def test_ctrl_c_leaves_nothing_running_and_the_same_command_resumes(kind: str, tmp_path: Path, study_name: str) -> None:
     url = storage_url(kind, tmp_path)
@@ -205,6 +208,7 @@ def test_ctrl_c_leaves_nothing_running_and_the_same_command_resumes(kind: str, t
     assert count(load(url, study_name), TrialState.COMPLETE) == 6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", STORAGES)
 def test_a_killed_worker_trial_is_retried(kind: str, tmp_path: Path, study_name: str) -> None:
     url = storage_url(kind, tmp_path)
@@ -230,6 +234,7 @@ def test_a_killed_worker_trial_is_retried(kind: str, tmp_path: Path, study_name:
     assert killed[0].params.items() <= retried[0].params.items()
 
 
+@pytest.mark.slow
 def test_a_trial_orphaned_before_its_first_heartbeat_is_failed_and_retried(tmp_path: Path) -> None:
     from autoprune.search.run import fail_orphaned_trials
     from autoprune.search.storage import open_storage, parse_storage
@@ -247,6 +252,7 @@ def test_a_trial_orphaned_before_its_first_heartbeat_is_failed_and_retried(tmp_p
     assert study.trials[1].state == TrialState.WAITING and study.trials[1].params == study.trials[0].params
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not postgres_reachable(), reason=f"no PostgreSQL server reachable at {PG_URL}")
 def test_two_workers_on_postgresql(tmp_path: Path, study_name: str) -> None:
     spec = write_spec(tmp_path, trials=6)
@@ -269,11 +275,13 @@ def test_two_workers_on_postgresql(tmp_path: Path, study_name: str) -> None:
     assert sorted(names) == ["deep-compression-lenet5", "uniform-l1"]  # no duplicated baseline
 
 
+@pytest.mark.slow
 def test_sqlite_refuses_parallel_workers(tmp_path: Path) -> None:
     r = search(str(write_spec(tmp_path)), "--storage", f"sqlite:///{tmp_path / 'x.db'}", "--jobs", "2")
     assert_one_line_error(r, "use --storage postgresql://", "journal:PATH")
 
 
+@pytest.mark.slow
 def test_journal_storage_with_two_workers(tmp_path: Path, study_name: str) -> None:
     url = f"journal:{tmp_path / 'study.log'}"
     r = search(str(write_spec(tmp_path, trials=4)), "--storage", url, "--study", study_name, "--jobs", "2")
@@ -281,6 +289,7 @@ def test_journal_storage_with_two_workers(tmp_path: Path, study_name: str) -> No
     assert count(load(url, study_name), TrialState.COMPLETE) >= 4
 
 
+@pytest.mark.slow
 def test_unreachable_database_hides_the_password(tmp_path: Path) -> None:
     r = search(str(write_spec(tmp_path)), "--storage", "postgresql://alice:s3cret@127.0.0.1:1/nowhere")
     assert_one_line_error(r, "cannot open storage", "postgresql://alice:***@127.0.0.1:1/nowhere")
@@ -288,6 +297,7 @@ def test_unreachable_database_hides_the_password(tmp_path: Path) -> None:
     assert_one_line_error(search(str(write_spec(tmp_path)), "--storage", "mongodb://x"), "unsupported storage")
 
 
+@pytest.mark.slow
 def test_optuna_cli_export_trials_and_eval(tmp_path: Path, study_name: str) -> None:
     url = storage_url("sqlite", tmp_path)
     assert search(str(write_spec(tmp_path, trials=3)), "--storage", url, "--study", study_name).returncode == 0
@@ -311,6 +321,7 @@ def test_optuna_cli_export_trials_and_eval(tmp_path: Path, study_name: str) -> N
     assert_one_line_error(run_cli("export", "--storage", url, "--trial", "99"), "expected a trial number below 3")
 
 
+@pytest.mark.slow
 def test_dashboard_serves_the_study(tmp_path: Path, study_name: str) -> None:
     url = storage_url("sqlite", tmp_path)
     assert search(str(write_spec(tmp_path, trials=2)), "--storage", url, "--study", study_name).returncode == 0
@@ -338,6 +349,7 @@ def test_dashboard_serves_the_study(tmp_path: Path, study_name: str) -> None:
 CHROMIUM = os.environ.get("AUTOPRUNE_TEST_CHROMIUM", "/usr/bin/chromium")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason=f"no Chromium at {CHROMIUM} (Debian's chromium package)")
 def test_the_dashboard_shows_the_study_live_in_a_browser(tmp_path: Path, study_name: str) -> None:
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright comes with the dev extras")
@@ -403,6 +415,7 @@ def _study_has(url: str, name: str, predicate) -> bool:
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "objectives, extra",
     [('["compression_ratio"]', ("--pruner", "median", "--max-acc-drop", "2.0")),

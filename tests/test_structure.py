@@ -14,7 +14,7 @@ from tests.conftest import REPO
 PACKAGE = REPO / "autoprune"
 # Lowest first; a module may import its own layer and the ones below it.
 LAYERS = [
-    {"__init__", "errors", "_config", "names", "ops"},
+    {"__init__", "errors", "_config", "_compat", "names", "ops"},
     {"models", "data"},
     {"runtime", "measure"},
     {"train"},
@@ -80,3 +80,12 @@ def test_the_layer_check_can_fail(tmp_path: Path) -> None:
     assert imported(upward) == [(2, "autoprune.surrogate.SurrogateSampler")]
     assert private("autoprune.surrogate._study.compare", own="cli")
     assert not private("autoprune.cli._common.grid", own="cli")
+
+
+def test_only_compat_reaches_into_optuna_and_torch_internals() -> None:
+    reaches = ("._storage", "._trial_id", "._contains(", "torch._C", "._backend", "trial_heartbeats")
+    found = [
+        f"{p.relative_to(PACKAGE)}: {r}" for p in SOURCES if p.name != "_compat.py"
+        for r in reaches if r in p.read_text()
+    ]  # fmt: skip
+    assert not found, found

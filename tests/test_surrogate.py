@@ -216,6 +216,7 @@ def small_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     return url, tmp
 
 
+@pytest.mark.slow
 def test_fit_reports_cross_validated_error(small_study) -> None:
     url, tmp = small_study
     out = run_cli(
@@ -230,6 +231,7 @@ def test_fit_reports_cross_validated_error(small_study) -> None:
     assert "CV R^2" in text.stdout and "acc_drop" in text.stdout
 
 
+@pytest.mark.slow
 def test_too_few_trials_through_the_cli_is_one_line(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'few.db'}"
     spec = write_spec(tmp_path, trials=3, epochs=1, max_batches=2)
@@ -240,6 +242,7 @@ def test_too_few_trials_through_the_cli_is_one_line(tmp_path: Path) -> None:
     assert_one_line_error(missing, "nope")
 
 
+@pytest.mark.slow
 def test_enqueued_proposals_are_evaluated_once_and_tagged(small_study) -> None:
     url, tmp = small_study
     out = run_cli("surrogate", "propose", "--storage", url, "--study", "s", "-k", "2", "--enqueue",
@@ -269,6 +272,7 @@ def test_enqueued_proposals_are_evaluated_once_and_tagged(small_study) -> None:
     assert all("predicted_acc_drop" in t.user_attrs and "accuracy" in t.user_attrs for t in tagged)
 
 
+@pytest.mark.slow
 def test_compare_gives_a_table_json_png_and_a_note(small_study) -> None:
     url, tmp = small_study
     png = tmp / "cmp.png"
