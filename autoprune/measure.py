@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -35,6 +36,19 @@ def accuracy(model: nn.Module, split: Split, *, batch_size: int = 1024) -> float
         correct += int((logits.argmax(1) == split.y[start : start + batch_size]).sum())
     model.train(was_training)
     return 100.0 * correct / max(len(split), 1)
+
+
+@torch.inference_mode()
+def correct(model: nn.Module, split: Split, *, batch_size: int = 1024) -> np.ndarray:
+    """Per image of ``split``: whether the model's top-1 class is right (eval mode)."""
+    was_training = model.training
+    model.eval()
+    out = [
+        (model(split.x[start : start + batch_size]).argmax(1) == split.y[start : start + batch_size]).numpy()
+        for start in range(0, len(split), batch_size)
+    ]  # fmt: skip
+    model.train(was_training)
+    return np.concatenate(out) if out else np.zeros(0, dtype=bool)
 
 
 def count_params(model: nn.Module) -> int:

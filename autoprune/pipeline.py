@@ -37,8 +37,9 @@ from autoprune.compress import (
 )
 from autoprune.data import DataSplits, load_dataset
 from autoprune.errors import AutoPruneError, DataError
-from autoprune.measure import Metrics, measure_model
+from autoprune.measure import Metrics, correct, measure_model
 from autoprune.models import ModelSpec
+from autoprune.ops.paired import paired_drop
 from autoprune.train import EpochCallback, TrainConfig, fit
 
 
@@ -130,6 +131,7 @@ def compress(
         **measured.to_dict(),
         "acc_drop": base_metrics.accuracy - measured.accuracy,
         "test_acc_drop": base_metrics.test_accuracy - measured.test_accuracy,
+        "acc_drop_se": paired_drop(correct(base, splits.val), correct(decoded, splits.val)).se,
         "base_accuracy": base_metrics.accuracy,
         "base_dense_bytes": base_metrics.dense_bytes,
         "packed_bytes": report.packed_bytes,

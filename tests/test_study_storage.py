@@ -14,7 +14,7 @@ from optuna.trial import create_trial
 from autoprune.errors import AutoPruneError
 from autoprune.search import best_trial, pareto_front, resolve_study_name, study_budget, trial_row
 from autoprune.search.objective import enforce_retention
-from autoprune.search.record import TrialRecord, names
+from autoprune.search.record import Budget, TrialRecord, names
 from autoprune.search.run import open_study
 from autoprune.search.spec import StudySpec, record
 
@@ -57,10 +57,10 @@ def test_the_budget_rule_on_stored_trials(study: optuna.Study) -> None:
     add(study, 94.0, 1.4, 40.0)
     add(study, 90.0, 5.0, 90.0)
     add(study, 96.0, 0.1, 10.0)
-    assert study_budget(study) == 1.5  # the stored spec's
-    assert best_trial(study, 1.5).number == 1
-    assert best_trial(study, 0.6).number == 0
-    assert best_trial(study, 0.01) is None
+    assert study_budget(study).max_drop == 1.5  # the stored spec's
+    assert best_trial(study, Budget(1.5)).number == 1
+    assert best_trial(study, Budget(0.6)).number == 0
+    assert best_trial(study, Budget(0.01)) is None
     assert {t.number for t in pareto_front(study)} == {0, 1, 2, 3}  # accuracy vs bytes: all trade off
     add(study, 89.0, 6.0, 80.0)  # worse than trial 2 on both
     assert 4 not in {t.number for t in pareto_front(study)}
@@ -98,3 +98,41 @@ def test_study_lookup(storage) -> None:
         resolve_study_name(store, "nope", safe)
     if info is None or info.kind != "postgresql":  # a shared server may hold other studies
         assert resolve_study_name(store, None, safe) == name
+
+
+def test_the_paired_standard_error_on_a_known_case() -> None:
+    from autoprune.ops import paired_drop
+
+    # 200 images: both right on 150, both wrong on 30, only the base right on 15, only the new on 5
+    base = [True] * 150 + [False] * 30 + [True] * 15 + [False] * 5
+    new = [True] * 150 + [False] * 30 + [False] * 15 + [True] * 5
+    p = paired_drop(base, new)
+    assert (p.lost, p.gained, p.n) == (15, 5, 200)
+    assert p.drop == pytest.approx(5.0)  # 100 * (15 - 5) / 200
+    mean = 10 / 200
+    assert p.se == pytest.approx(100 * ((21 / 200 - mean**2) / 200) ** 0.5)  # 20 disagreements + 1 pseudo
+    same = paired_drop([True, False] * 50, [True, False] * 50)
+    assert same.drop == 0 and same.se == pytest.approx(100 * (1 / 100 / 100) ** 0.5)  # one image's worth
+    with pytest.raises(ValueError):
+        paired_drop([True], [True, False])
+
+
+def test_best_the_constraint_and_the_surrogate_judge_drops_by_one_rule(
+    study: optuna.Study, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import autoprune.search.record as record_module
+    from autoprune.surrogate import Encoder, history_from_trials
+
+    add(study, 95.0, 0.9, 20.0, acc_drop_se=0.2)  # 0.9 + 1.28 * 0.2 = 1.16: within 1 only by its point
+    add(study, 96.0, 0.3, 10.0, acc_drop_se=0.1)
+    upper = Budget.of(1.0, "upper", 0.9)
+    assert upper.z == pytest.approx(1.2816, abs=1e-4)
+    assert best_trial(study, Budget.of(1.0, "point")).number == 0
+    assert best_trial(study, upper).number == 1
+    history = history_from_trials(study.trials, Encoder({"x": FloatDistribution(0, 1)}), upper)
+    assert history.target("acc_drop") == pytest.approx([0.9 + upper.z * 0.2, 0.3 + upper.z * 0.1])
+    # every consumer goes through the one function: change it and all of them follow
+    monkeypatch.setattr(record_module, "judged_drop", lambda drop, se, z: 0.0)
+    assert best_trial(study, upper).number == 0
+    assert list(history_from_trials(study.trials, Encoder({"x": FloatDistribution(0, 1)}), upper).target("acc_drop")) == [0, 0]
+    assert upper.drop(TrialRecord.from_attrs(study.trials[0].user_attrs)) == 0.0  # what the objective's constraint uses

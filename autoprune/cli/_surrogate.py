@@ -133,10 +133,10 @@ def run_propose(args: argparse.Namespace) -> dict[str, Any]:
     from autoprune.workflow import enqueue, fit, propose_for
 
     view = _view(args)
-    budget = args.max_acc_drop if args.max_acc_drop is not None else view.budget
+    budget = args.max_acc_drop if args.max_acc_drop is not None else view.budget.max_drop
     if args.surrogate:
         surrogate = Surrogate.load(args.surrogate, view.encoder)
-        history = history_from_trials(view.study.get_trials(deepcopy=False), view.encoder)
+        history = history_from_trials(view.study.get_trials(deepcopy=False), view.encoder, view.budget)
     else:
         surrogate, history = fit(view, seed=args.seed)
     proposals = propose_for(view, surrogate, history, ProposeConfig(max_acc_drop=budget, target=args.target,

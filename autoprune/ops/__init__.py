@@ -6,12 +6,14 @@ Nothing here knows about ``nn.Module`` or Optuna, so all of it is tested exhaust
 
 from autoprune.ops.huffman import HuffmanCode, pack_fixed, unpack_fixed
 from autoprune.ops.kmeans import KMeansResult, init_centroids, kmeans_1d
+from autoprune.ops.paired import PairedDrop, paired_drop
 from autoprune.ops.pareto import best_within, feasible, fronts, hypervolume, non_dominated
 from autoprune.ops.sparse import decode_relative, encode_relative
 
 __all__ = [
     "HuffmanCode",
     "KMeansResult",
+    "PairedDrop",
     "best_within",
     "decode_relative",
     "encode_relative",
@@ -21,6 +23,7 @@ __all__ = [
     "init_centroids",
     "kmeans_1d",
     "non_dominated",
+    "paired_drop",
     "pack_fixed",
     "unpack_fixed",
 ]

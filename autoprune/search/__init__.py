@@ -3,6 +3,7 @@ network. ``spec`` (what to search), ``space`` (the only module that calls ``tria
 ``objective`` (one trial), ``samplers`` (the registry), ``run`` (workers, resume),
 ``storage``, ``report``."""
 
+from autoprune.search.record import OBJECTIVES, Budget, TrialRecord
 from autoprune.search.report import best_trial, pareto_front, state_counts, study_budget, trial_row
 from autoprune.search.run import run_search
 from autoprune.search.samplers import list_samplers, make_sampler, register_sampler
@@ -20,6 +21,9 @@ from autoprune.search.storage import (
 )
 
 __all__ = [
+    "OBJECTIVES",
+    "Budget",
+    "TrialRecord",
     "SpecError",
     "StorageError",
     "StorageInfo",

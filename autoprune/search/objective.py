@@ -21,10 +21,19 @@ from autoprune.measure import Metrics
 from autoprune.models import ModelSpec
 from autoprune.pipeline import compress, dataset_meta
 from autoprune.search.record import TrialRecord
-from autoprune.search.space import SpaceLayers, config_from_params, distributions, suggest, with_cap
+from autoprune.search.space import (
+    SpaceLayers,
+    at_full_budget,
+    config_from_params,
+    distributions,
+    suggest,
+    with_cap,
+)
 from autoprune.search.spec import StudySpec
 from autoprune.search.stop import stop_requested
 from autoprune.search.storage import check_artifact_id
+
+FINAL = "final"  # the source of a trial re-run at the full budget (autoprune finalize)
 
 
 @dataclass
@@ -52,6 +61,9 @@ class Objective:
         spec, ctx = self.ctx.spec, self.ctx
         d = spec.data
         source = trial.user_attrs.get("source") or self.sampler_name
+        final = source == FINAL
+        parent = trial.user_attrs.get("parent")
+        number = parent if final and isinstance(parent, int) else trial.number  # a final trial: its parent's seeds
         recipe = trial.user_attrs.get("recipe")
         if recipe is not None:
             # A baseline runs its own recipe exactly, under the same fine-tuning budget; its
@@ -60,20 +72,27 @@ class Objective:
             with warnings.catch_warnings():  # a recipe may lie outside the space (8 epochs, say)
                 warnings.filterwarnings("ignore", message="Fixed parameter")
                 suggest(trial, {k: v for k, v in self.dists.items() if k in names})
-            config = with_cap(CompressConfig.from_dict(recipe), spec.space)
+            config = CompressConfig.from_dict(recipe)
+            config = config if final else with_cap(config, spec.space)
         else:
             params = suggest(trial, self.dists)
-            config = config_from_params(params, spec.space, ctx.layers, seed=spec.study.seed + trial.number)
+            config = config_from_params(params, spec.space, ctx.layers, seed=spec.study.seed + number)
+            if final:
+                config = at_full_budget(config, spec.final.epochs, spec.final.quant_epochs)
         trial.set_user_attr("source", source)
+        if final:  # what "full budget" meant for this trial
+            trial.set_user_attr("budget", {"epochs": config.finetune.epochs, "max_batches": config.finetune.max_batches,
+                                           "quant_epochs": config.quantize.epochs})  # fmt: skip
 
         single = len(spec.study.objectives) == 1
-        callbacks = [_stop_callback, _pruning_callback(trial)] if single else [_stop_callback]
+        # a final trial runs another budget than the search's: its epochs are not comparable
+        callbacks = [_stop_callback, _pruning_callback(trial)] if single and not final else [_stop_callback]
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / f"trial-{trial.number}.apk"
             try:
                 result = compress(
                     ctx.base, ctx.model_spec, ctx.splits, config, out,
-                    base_metrics=ctx.base_metrics, callbacks=callbacks, seed=spec.study.seed + trial.number,
+                    base_metrics=ctx.base_metrics, callbacks=callbacks, seed=spec.study.seed + number,
                     progress=False, latency_repeats=spec.study.latency_repeats,
                     meta={"study": trial.study.study_name, "trial": trial.number,
                           "dataset": dataset_meta(d.name, d.data_dir, d.val_fraction, d.seed)},
@@ -90,7 +109,8 @@ class Objective:
             )  # fmt: skip
             trial.set_user_attr("artifact_id", artifact_id)
         if single:
-            trial.set_constraint("acc_drop", record.acc_drop - spec.study.max_acc_drop)
+            budget = spec.study.budget
+            trial.set_constraint("acc_drop", budget.drop(record) - budget.max_drop)
         values = tuple(float(getattr(record, o)) for o in spec.study.objectives)
         return values[0] if single else values
 

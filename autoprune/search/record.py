@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any, Mapping
 
 
@@ -34,6 +35,7 @@ class TrialRecord:
     speedup: float  # base latency / latency
     source: str = ""  # the sampler's class name, "baseline" or "surrogate"
     test_acc_drop: float | None = None  # base test accuracy minus test_accuracy: reported beside acc_drop
+    acc_drop_se: float | None = None  # standard error of acc_drop, paired on the validation images
     prune_s: float | None = None
     finetune_s: float | None = None
     quantize_s: float | None = None
@@ -76,6 +78,38 @@ def names(*wanted: str) -> tuple[str, ...]:
     if missing:
         raise KeyError(f"the trial record has no field {missing[0]!r}")
     return wanted or all_names
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The accuracy budget and how a trial's drop is judged against it, written once.
+
+    A trial is within the budget when ``acc_drop + z * acc_drop_se <= max_drop``: z = 0 judges
+    the point estimate ("point" selection); "upper" selection judges the one-sided upper
+    confidence bound, so that picking the best of many noisy estimates does not pick the
+    luckiest. A record without ``acc_drop_se`` (made before it existed) is judged on its point.
+    """
+
+    max_drop: float  # points of validation accuracy
+    z: float = 0.0
+
+    @classmethod
+    def of(cls, max_drop: float, selection: str = "point", confidence: float = 0.9) -> Budget:
+        return cls(max_drop, NormalDist().inv_cdf(confidence) if selection == "upper" else 0.0)
+
+    def drop(self, record: TrialRecord) -> float:
+        """The drop as the budget judges it."""
+        return judged_drop(record.acc_drop, record.acc_drop_se, self.z)
+
+    def judged(self, attrs: Mapping[str, Any]) -> float | None:
+        """The judged drop of a trial's user attributes, or None without an accuracy drop."""
+        drop = attrs.get("acc_drop")
+        return None if drop is None else judged_drop(drop, attrs.get("acc_drop_se"), self.z)
+
+
+def judged_drop(drop: float, se: float | None, z: float) -> float:
+    """The one rule: a drop plus z standard errors (none recorded: the point estimate)."""
+    return drop + z * (se or 0.0)
 
 
 OBJECTIVES = {f.name: f.metadata["direction"] for f in dataclasses.fields(TrialRecord) if "direction" in f.metadata}

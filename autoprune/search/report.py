@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.ops.pareto import best_within, non_dominated
-from autoprune.search.record import TrialRecord, names
+from autoprune.search.record import Budget, TrialRecord, names
 from autoprune.search.spec import SpecError, StudySection
 
 
@@ -40,11 +39,11 @@ def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
     return sorted(front, key=lambda t: -t.user_attrs["accuracy"])
 
 
-def best_trial(study: optuna.Study, max_acc_drop: float) -> FrozenTrial | None:
-    """The highest compression ratio within the accuracy budget."""
+def best_trial(study: optuna.Study, budget: Budget) -> FrozenTrial | None:
+    """The highest compression ratio within the accuracy budget, drops judged by its rule."""
     done = [(t, r) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if (r := TrialRecord.from_attrs(t.user_attrs)) is not None]  # fmt: skip
-    i = best_within([r.compression_ratio for _, r in done], [r.acc_drop for _, r in done], max_acc_drop)
+    i = best_within([r.compression_ratio for _, r in done], [budget.drop(r) for _, r in done], budget.max_drop)
     return None if i is None else done[i][0]
 
 
@@ -55,11 +54,16 @@ def state_counts(study: optuna.Study) -> dict[str, int]:
     return out
 
 
-def study_budget(study: optuna.Study) -> float:
-    """The accuracy budget (points) of the spec stored in the study, checked: stored data."""
+def study_budget(study: optuna.Study) -> Budget:
+    """The accuracy budget and selection rule of the spec stored in the study, checked (stored
+    data). A study made before the selection rule existed is judged on the point estimate."""
     stored = study.user_attrs.get("spec")
     section = stored.get("study") if isinstance(stored, dict) else None
-    value = section.get("max_acc_drop", StudySection.max_acc_drop) if isinstance(section, dict) else StudySection.max_acc_drop
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
-        raise SpecError(f"study {study.study_name!r} stores a budget of {value!r} points; pass --max-acc-drop")
-    return float(value)
+    section = section if isinstance(section, dict) else {}
+    keys = {"max_acc_drop": StudySection.max_acc_drop, "selection": "point", "confidence": StudySection.confidence}
+    values = {k: section.get(k, default) for k, default in keys.items()}
+    try:
+        checked = StudySection(**values)  # the section's own checks
+    except (SpecError, TypeError):
+        raise SpecError(f"study {study.study_name!r} stores a budget it cannot state ({values}); pass --max-acc-drop") from None
+    return checked.budget

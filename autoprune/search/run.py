@@ -28,7 +28,7 @@ from autoprune.data import load_dataset
 from autoprune.errors import AutoPruneError
 from autoprune.measure import Metrics, measure_model
 from autoprune.models import ModelSpec, create_model, load_checkpoint
-from autoprune.search.objective import Objective, SearchContext, enforce_retention
+from autoprune.search.objective import FINAL, Objective, SearchContext, enforce_retention
 from autoprune.search.samplers import SamplerFactory, make_sampler, sampler_factory
 from autoprune.search.space import SpaceLayers, distributions, recipe_params
 from autoprune.search.spec import StudySpec, record, spec_from_dict
@@ -214,7 +214,9 @@ def fail_orphaned_trials(study: optuna.Study) -> int:
 
 
 def counts(study: optuna.Study) -> tuple[int, int]:
-    trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+    """(finished, running) search trials; the final stage's re-runs do not count toward N."""
+    trials = [t for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+              if t.user_attrs.get("source") != FINAL]  # fmt: skip
     done = sum(t.state in FINISHED for t in trials)
     return done, len(trials) - done
 

@@ -174,6 +174,13 @@ def holds(dist: BaseDistribution, value: Any) -> bool:
     return step is None or abs((value - dist.low) / step - round((value - dist.low) / step)) < 1e-8
 
 
+def at_full_budget(config: CompressConfig, epochs: int, quant_epochs: int) -> CompressConfig:
+    """A search trial's settings for the final stage: ``epochs`` of fine-tuning with no batch cap."""
+    finetune = dataclasses.replace(config.finetune, epochs=epochs, max_batches=None)
+    quantize = dataclasses.replace(config.quantize, epochs=quant_epochs)
+    return dataclasses.replace(config, finetune=finetune, quantize=quantize)
+
+
 def with_cap(recipe: CompressConfig, space: SpaceSection) -> CompressConfig:
     """A baseline recipe under the search's fine-tuning budget (the same batch cap)."""
     if not space.max_batches:

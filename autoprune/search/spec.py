@@ -19,7 +19,7 @@ from autoprune.errors import AutoPruneError
 from autoprune.models import is_user_model
 from autoprune.names import bad_study_name
 from autoprune.ops.kmeans import INITS
-from autoprune.search.record import OBJECTIVES  # noqa: F401  (name -> Optuna direction, read here)
+from autoprune.search.record import OBJECTIVES, Budget
 from autoprune.search.samplers import list_samplers
 from autoprune.search.storage import DEFAULT_STORAGE, GRACE_PERIOD, HEARTBEAT_INTERVAL, parse_storage
 from autoprune.train import TrainConfig
@@ -84,6 +84,20 @@ class SpaceSection:
 
 
 @dataclass(frozen=True)
+class FinalSection:
+    """The final stage (``autoprune finalize``): the best trials re-run at the full fine-tuning
+    budget, no batch cap, beside the baselines run the same way."""
+
+    k: int = 3  # best trials within the budget to finalize (plus the front's knee and every baseline)
+    epochs: int = 4  # fine-tuning epochs of a finalized search trial (the shipped recipes use 4)
+    quant_epochs: int = 1  # trained-quantization epochs
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or self.epochs < 0 or self.quant_epochs < 0:
+            raise SpecError(f"final.k={self.k} should be >= 1, final.epochs and final.quant_epochs >= 0")
+
+
+@dataclass(frozen=True)
 class StudySection:
     name: str = ""  # default: the spec file's name
     storage: str = DEFAULT_STORAGE
@@ -94,7 +108,9 @@ class StudySection:
     pruner: str = "median"  # single objective only
     seed: int = 0
     objectives: list[str] = field(default_factory=lambda: ["accuracy", "packed_bytes"])
-    max_acc_drop: float = 1.0  # constraint acc_drop <= this, for a single objective
+    max_acc_drop: float = 1.0  # the accuracy budget, in points of validation accuracy
+    selection: str = "upper"  # "upper": judge the drop's upper confidence bound; "point": the drop itself
+    confidence: float = 0.9  # of the one-sided upper bound
     baselines: list[str] = field(default_factory=list)  # recipe files (relative to the spec) run first
     latency_repeats: int = 30
     heartbeat_interval: int = HEARTBEAT_INTERVAL  # seconds between a running trial's heartbeats (RDB storage)
@@ -122,6 +138,14 @@ class StudySection:
             raise SpecError("study.keep_artifacts and study.latency_repeats should be >= 1")
         if not (self.max_acc_drop >= 0 and math.isfinite(self.max_acc_drop)):
             raise SpecError(f"study.max_acc_drop={self.max_acc_drop} should be a finite number >= 0")
+        if self.selection not in ("upper", "point"):
+            raise SpecError(f"study.selection={self.selection!r} should be 'upper' or 'point'")
+        if not 0.5 <= self.confidence < 1:
+            raise SpecError(f"study.confidence={self.confidence} should be in [0.5, 1)")
+
+    @property
+    def budget(self) -> Budget:
+        return Budget.of(self.max_acc_drop, self.selection, self.confidence)
 
 
 @dataclass(frozen=True)
@@ -131,6 +155,7 @@ class StudySpec:
     data: DataSection = field(default_factory=DataSection)
     train: TrainConfig = field(default_factory=TrainConfig)  # base training, when no checkpoint (cached)
     space: SpaceSection = field(default_factory=SpaceSection)
+    final: FinalSection = field(default_factory=FinalSection)
 
     def __post_init__(self) -> None:
         if self.train.epochs < 1:

@@ -14,7 +14,7 @@ from torch import nn
 
 from autoprune.compress import weight_layers
 from autoprune.errors import AutoPruneError
-from autoprune.search.record import names
+from autoprune.search.record import Budget, names
 
 # What the surrogate predicts, from these fields of the trial record.
 TARGETS = ("acc_drop", "log_compression_ratio", "latency_ms")
@@ -116,10 +116,11 @@ def _from_unit(u: float, d: BaseDistribution) -> float | int:
     return min(max(v, d.low), d.high)
 
 
-def targets_of(attrs: Mapping[str, Any]) -> dict[str, float]:
-    drop, ratio, latency = (attrs.get(name) for name in RECORDED)
+def targets_of(attrs: Mapping[str, Any], budget: Budget = Budget(0.0)) -> dict[str, float]:
+    """The targets of a trial; ``acc_drop`` as ``budget`` judges it (its rule, not its limit)."""
+    ratio, latency = (attrs.get(name) for name in RECORDED[1:])
     return {
-        "acc_drop": drop,
+        "acc_drop": budget.judged(attrs),
         "log_compression_ratio": math.log(ratio) if ratio and ratio > 0 else None,
         "latency_ms": latency,
     }
@@ -142,8 +143,10 @@ class History:
         return self.y[:, TARGETS.index(name)]
 
 
-def history_from_trials(trials: Iterable[FrozenTrial], encoder: Encoder) -> History:
-    """The usable trials; failed, pruned, running, non-finite and off-space trials are counted."""
+def history_from_trials(trials: Iterable[FrozenTrial], encoder: Encoder, budget: Budget = Budget(0.0)) -> History:
+    """The usable trials; failed, pruned, running, non-finite and off-space trials are counted.
+    The drop learnt is the one ``budget`` judges (the upper confidence bound under "upper"
+    selection), so the surrogate's "within the budget" is the search's."""
     rows, ys, numbers = [], [], []
     left_out: dict[str, int] = {}
 
@@ -154,10 +157,13 @@ def history_from_trials(trials: Iterable[FrozenTrial], encoder: Encoder) -> Hist
         if t.state != TrialState.COMPLETE:
             skip(t.state.name.lower())
             continue
+        if t.user_attrs.get("source") == "final":
+            skip("final stage")  # another fine-tuning budget than the search's
+            continue
         if any(name not in t.params for name in encoder.dists):
             skip("outside the space")  # a baseline recipe the space cannot express
             continue
-        y = targets_of(t.user_attrs)
+        y = targets_of(t.user_attrs, budget)
         values = [y[k] for k in TARGETS]
         if any(v is None or not math.isfinite(v) for v in values):
             skip("non-finite")

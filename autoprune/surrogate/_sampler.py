@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from scipy.stats import norm
 
 from autoprune.ops.pareto import feasible
+from autoprune.search.record import Budget
 from autoprune.search.samplers import register_sampler
 from autoprune.surrogate._history import Encoder, history_from_trials
 from autoprune.surrogate._model import Surrogate
@@ -36,12 +37,14 @@ class SurrogateSampler(BaseSampler):
         self,
         *,
         max_acc_drop: float = 1.0,
+        drop_z: float = 0.0,  # judge drops as acc_drop + drop_z * acc_drop_se (the study's rule)
         n_startup_trials: int = 10,
         candidates: int = 2000,
         n_members: int = 5,
         seed: int | None = None,
     ):
         self.max_acc_drop = max_acc_drop
+        self.budget = Budget(max_acc_drop, drop_z)
         self.n_startup_trials = n_startup_trials
         self.candidates = candidates
         self.n_members = n_members
@@ -106,7 +109,7 @@ class SurrogateSampler(BaseSampler):
     ) -> dict[str, Any]:
         """The best candidate; ``running``: the parameters of trials other workers are running."""
         encoder = Encoder(dists)
-        history = history_from_trials(trials, encoder)
+        history = history_from_trials(trials, encoder, self.budget)
         surrogate = Surrogate(encoder, n_members=self.n_members, seed=self._seed + len(history)).fit(
             history, cv=False
         )
@@ -143,4 +146,5 @@ class SurrogateSampler(BaseSampler):
 @register_sampler("surrogate")
 def make_surrogate_sampler(spec: Any, seed: int) -> SurrogateSampler:
     """``study.sampler = "surrogate"``: TPE to start, then the ensemble's constrained EI."""
-    return SurrogateSampler(max_acc_drop=spec.study.max_acc_drop, seed=seed)
+    budget = spec.study.budget
+    return SurrogateSampler(max_acc_drop=budget.max_drop, drop_z=budget.z, seed=seed)

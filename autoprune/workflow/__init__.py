@@ -7,6 +7,7 @@ import autoprune.surrogate  # noqa: F401  (registers the "surrogate" sampler)
 from autoprune.search.samplers import list_samplers
 from autoprune.workflow._export import default_export_path, export_trial, find_trial
 from autoprune.workflow._figures import COMPARE_HEADER, compare_png, compare_table, publish
+from autoprune.workflow._final import final_summary, finalize, parents
 from autoprune.workflow._search import DEFAULT_SPEC, Interrupted, search, search_spec, search_summary
 from autoprune.workflow._surrogate import (
     StudyView,
@@ -29,10 +30,13 @@ __all__ = [
     "default_export_path",
     "enqueue",
     "export_trial",
+    "final_summary",
+    "finalize",
     "find_trial",
     "fit",
     "list_samplers",
     "open_view",
+    "parents",
     "propose_for",
     "publish",
     "search",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import optuna
@@ -19,10 +20,15 @@ def find_trial(study: optuna.Study, trial: int | str, *, max_acc_drop: float | N
     """Trial number ``trial``, or with ``"best"`` the highest compression ratio within the
     budget (``max_acc_drop``, default the study's own)."""
     if trial == "best":
-        budget = max_acc_drop if max_acc_drop is not None else study_budget(study)
+        budget = study_budget(study)
+        if max_acc_drop is not None:
+            budget = dataclasses.replace(budget, max_drop=max_acc_drop)
         found = best_trial(study, budget)
         if found is None:
-            raise AutoPruneError(f"no completed trial of {study.study_name} is within {budget} points of the base")
+            raise AutoPruneError(
+                f"no completed trial of {study.study_name} is within {budget.max_drop} points of the base"
+                + (" (judged on the drop's upper confidence bound)" if budget.z else "")
+            )
         return found
     found = next((t for t in study.get_trials(deepcopy=False) if t.number == trial), None)
     if found is None:

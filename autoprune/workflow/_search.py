@@ -54,7 +54,7 @@ def search(
 
 
 def search_summary(study: optuna.Study, spec: StudySpec, info: StorageInfo) -> dict[str, Any]:
-    best = best_trial(study, spec.study.max_acc_drop)
+    best = best_trial(study, spec.study.budget)
     storage_arg = info.safe_url if "***" not in info.safe_url else "URL"
     return {
         "study": study.study_name,
@@ -66,5 +66,7 @@ def search_summary(study: optuna.Study, spec: StudySpec, info: StorageInfo) -> d
         "pareto": [trial_row(t) for t in pareto_front(study)],
         "best": trial_row(best) if best else None,
         "max_acc_drop": spec.study.max_acc_drop,
+        "selection": spec.study.selection,
+        "confidence": spec.study.confidence,
         "dashboard": f"autoprune dashboard --storage {shlex.quote(storage_arg)}",
     }

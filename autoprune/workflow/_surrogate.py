@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.ops.pareto import best_within, hypervolume
 from autoprune.search.objective import Objective, SearchContext
-from autoprune.search.record import TrialRecord
+from autoprune.search.record import Budget, TrialRecord
 from autoprune.search.report import study_budget
 from autoprune.search.run import open_study, prepare, work
 from autoprune.search.space import distributions
@@ -48,10 +48,7 @@ class StudyView:
     ctx: SearchContext
     encoder: Encoder
     descriptors: dict[str, np.ndarray]
-
-    @property
-    def budget(self) -> float:
-        return self.spec.study.max_acc_drop
+    budget: Budget  # the study's own: its limit and how it judges a drop
 
 
 def open_view(
@@ -77,10 +74,10 @@ def open_view(
         study.user_attrs["spec"], study=name, storage=info.url, model=model, checkpoint=checkpoint,
         data_dir=data_dir, artifacts=artifacts,
     )  # fmt: skip
-    spec = dataclasses.replace(spec, study=dataclasses.replace(spec.study, max_acc_drop=study_budget(study)))
+    budget = study_budget(study)
     ctx = prepare(spec, study, storage, info, progress=progress)
     return StudyView(
-        study, spec, info, ctx, Encoder(distributions(spec.space, ctx.layers)), layer_descriptors(ctx.base)
+        study, spec, info, ctx, Encoder(distributions(spec.space, ctx.layers)), layer_descriptors(ctx.base), budget
     )
 
 
@@ -88,7 +85,7 @@ def search_trials(study: optuna.Study) -> list[FrozenTrial]:
     """The search's own finished trials in order (not the surrogate's proposals)."""
     return [
         t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-        if t.user_attrs.get("source") != "surrogate"
+        if t.user_attrs.get("source") not in ("surrogate", "final")
     ]  # fmt: skip
 
 
@@ -96,7 +93,7 @@ def fit(
     view: StudyView, trials: Sequence[FrozenTrial] | None = None, *, seed: int = 0
 ) -> tuple[Surrogate, History]:
     history = history_from_trials(
-        trials if trials is not None else view.study.get_trials(deepcopy=False), view.encoder
+        trials if trials is not None else view.study.get_trials(deepcopy=False), view.encoder, view.budget
     )
     return Surrogate(view.encoder, seed=seed).fit(history), history
 
@@ -134,10 +131,10 @@ def enqueue(study: optuna.Study, proposals: Sequence[Proposal], **attrs: Any) ->
 # ----------------------------------------------------------------------------- compare
 
 
-def _summary(trials: Sequence[FrozenTrial], budget: float) -> dict[str, Any]:
+def _summary(trials: Sequence[FrozenTrial], budget: Budget) -> dict[str, Any]:
     done = [(t, r) for t in trials
             if t.state == TrialState.COMPLETE and (r := TrialRecord.from_attrs(t.user_attrs)) is not None]  # fmt: skip
-    i = best_within([r.compression_ratio for _, r in done], [r.acc_drop for _, r in done], budget)
+    i = best_within([r.compression_ratio for _, r in done], [budget.drop(r) for _, r in done], budget.max_drop)
     best, rec = done[i] if i is not None else (None, None)
     return {
         "trials": len(trials),
@@ -145,7 +142,7 @@ def _summary(trials: Sequence[FrozenTrial], budget: float) -> dict[str, Any]:
         "best_acc_drop": rec.acc_drop if rec else None,
         "best_test_accuracy": rec.test_accuracy if rec else None,
         "best_trial": best.number if best else None,
-        "hypervolume": hypervolume([(r.acc_drop, r.compression_ratio) for _, r in done], budget),
+        "hypervolume": hypervolume([(budget.drop(r), r.compression_ratio) for _, r in done], budget.max_drop),
         "wall_s": sum(t.user_attrs.get("trial_s") or 0.0 for t in trials),
     }
 
@@ -164,18 +161,18 @@ def compare(
         )
     side = _side_study(view)
     objective = Objective(dataclasses.replace(view.ctx, spec=_side_spec(view)), sampler_name="surrogate")
-    budget = view.budget if max_acc_drop is None else max_acc_drop
+    budget = view.budget if max_acc_drop is None else dataclasses.replace(view.budget, max_drop=max_acc_drop)
     rows = []
     for n in sizes:
         started = time.perf_counter()
         surrogate, history = fit(view, own[:n], seed=seed)
-        config = ProposeConfig(max_acc_drop=budget, k=k, seed=seed + n)
+        config = ProposeConfig(max_acc_drop=budget.max_drop, k=k, seed=seed + n)
         proposals = propose_for(view, surrogate, history, config)
         model_s = time.perf_counter() - started
         # Each proposal runs once: the same command again (or another budget proposing the
         # same settings) reuses the side study's trial.
         missing = [p for p in proposals if _trial_with(side, p.params) is None]
-        enqueue(side, missing, history_size=n, budget=budget)
+        enqueue(side, missing, history_size=n, budget=budget.max_drop)
         waiting = len(side.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
         work(side, objective, sum(t.state.is_finished() for t in side.get_trials(deepcopy=False)) + waiting)
         evaluated = [t for p in proposals if (t := _trial_with(side, p.params)) is not None]
@@ -183,7 +180,7 @@ def compare(
     return {
         "study": view.study.study_name,
         "side_study": side.study_name,
-        "max_acc_drop": budget,
+        "max_acc_drop": budget.max_drop,
         "rows": rows,
         "search_full": _summary(own, budget),
     }
@@ -204,7 +201,7 @@ def _trial_with(study: optuna.Study, params: dict[str, Any]) -> FrozenTrial | No
 
 def _compare_row(
     n: int, k: int, surrogate: Surrogate, own: Sequence[FrozenTrial], evaluated: list[FrozenTrial],
-    budget: float, model_s: float,
+    budget: Budget, model_s: float,
 ) -> dict[str, Any]:  # fmt: skip
     """The surrogate (n history trials + its proposals) beside the search after as many trials."""
     mine = _summary(evaluated, budget)

@@ -1,0 +1,111 @@
+"""The final stage: what practitioners do after a search. The best trials within the budget,
+the Pareto front's knee and every baseline recipe are run again with the full fine-tuning
+budget (``[final]`` in the spec, no batch cap), in the same study, each linked to the trial it
+refines, so the search and the hand-tuned recipes are compared at the same budget."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autoprune.errors import AutoPruneError
+from autoprune.ops.pareto import non_dominated
+from autoprune.search.objective import FINAL, Objective
+from autoprune.search.record import Budget, TrialRecord
+from autoprune.search.report import trial_row
+from autoprune.search.run import load_inputs, prepare
+from autoprune.search.spec import StudySpec
+from autoprune.search.stop import stop_requested
+from autoprune.search.storage import StorageInfo, open_storage, resolve_study_name, storage_errors
+
+RECIPE_ATTRS = ("recipe", "recipe_name", "recipe_params")  # what a baseline's re-run needs
+
+
+def parents(study: optuna.Study, budget: Budget, k: int) -> list[FrozenTrial]:
+    """The trials the final stage refines: the ``k`` highest ratios within the budget, the
+    knee of the (judged drop, log ratio) front, and every baseline; in trial order."""
+    done = [(t, r) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.user_attrs.get("source") != FINAL and (r := TrialRecord.from_attrs(t.user_attrs))]  # fmt: skip
+    searched = [(t, r) for t, r in done if r.source != "baseline"]
+    within = sorted((p for p in searched if budget.drop(p[1]) <= budget.max_drop), key=lambda p: -p[1].compression_ratio)
+    chosen = {t.number: t for t, _ in within[:k]}
+    knee = _knee([(budget.drop(r), math.log(r.compression_ratio)) for _, r in searched])
+    if knee is not None:
+        chosen.setdefault(searched[knee][0].number, searched[knee][0])
+    chosen.update({t.number: t for t, r in done if r.source == "baseline"})
+    return [chosen[n] for n in sorted(chosen)]
+
+
+def _knee(points: list[tuple[float, float]]) -> int | None:
+    """The front's point farthest from the line through its two ends (both axes scaled to
+    [0, 1]): where more compression starts to cost much more accuracy."""
+    if not points:
+        return None
+    front = [i for i, keep in enumerate(non_dominated(points, (False, True))) if keep]
+    if len(front) < 3:
+        return None
+    xs, ys = [points[i][0] for i in front], [points[i][1] for i in front]
+    span_x, span_y = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    scaled = sorted(((x - min(xs)) / span_x, (y - min(ys)) / span_y, i) for x, y, i in zip(xs, ys, front))
+    (x0, y0, _), (x1, y1, _) = scaled[0], scaled[-1]
+    norm = math.hypot(x1 - x0, y1 - y0) or 1.0
+    distance = {i: abs((y1 - y0) * x - (x1 - x0) * y + x1 * y0 - y1 * x0) / norm for x, y, i in scaled}
+    return max(distance, key=distance.get)
+
+
+def enqueue_finals(study: optuna.Study, chosen: list[FrozenTrial]) -> int:
+    """Queue a full-budget re-run of each chosen trial that has none yet (done, queued or running)."""
+    refined = {t.user_attrs.get("parent") for t in study.get_trials(deepcopy=False)
+               if t.user_attrs.get("source") == FINAL and t.state != TrialState.FAIL}  # fmt: skip
+    added = 0
+    for t in chosen:
+        if t.number in refined:
+            continue
+        attrs = {"source": FINAL, "parent": t.number, **{k: t.user_attrs[k] for k in RECIPE_ATTRS if k in t.user_attrs}}
+        study.enqueue_trial(t.params, user_attrs=attrs, skip_if_exists=False)
+        added += 1
+    return added
+
+
+def finalize(
+    spec: StudySpec, info: StorageInfo, *, k: int | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """Run the final stage on the study ``spec`` names (which must exist) and compare each
+    finalized trial with the trial it refines."""
+    with storage_errors(info):
+        storage = open_storage(info, create=False, heartbeat_interval=spec.study.heartbeat_interval,
+                               grace_period=spec.study.grace_period)  # fmt: skip
+        name = resolve_study_name(storage, spec.study.name, info.safe_url)
+        study = optuna.load_study(study_name=name, storage=storage)
+        budget = spec.study.budget
+        chosen = parents(study, budget, k or spec.final.k)
+        if not chosen:
+            raise AutoPruneError(f"study {name!r} has no completed trial to finalize; run 'autoprune search' first")
+        inputs = load_inputs(spec, progress=progress)
+        ctx = prepare(spec, study, storage, info, progress=progress, inputs=inputs)
+        enqueue_finals(study, chosen)
+        objective = Objective(ctx, sampler_name=FINAL)
+        while any(t.user_attrs.get("source") == FINAL for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))):
+            if stop_requested():
+                raise KeyboardInterrupt
+            study.optimize(objective, n_trials=1, gc_after_trial=False)
+        return final_summary(study, budget)
+
+
+def final_summary(study: optuna.Study, budget: Budget) -> dict[str, Any]:
+    """Each finalized trial beside the trial it refines: both drops and the ratio."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    rows = []
+    for t in trials.values():
+        if t.user_attrs.get("source") != FINAL or t.state != TrialState.COMPLETE:
+            continue
+        parent = trials.get(t.user_attrs.get("parent"))
+        if parent is None:
+            continue
+        rows.append({"kind": parent.user_attrs.get("recipe_name") or "search", "parent": trial_row(parent),
+                     "final": trial_row(t), "within": budget.judged(t.user_attrs) <= budget.max_drop})  # fmt: skip
+    return {"study": study.study_name, "max_acc_drop": budget.max_drop, "z": budget.z,
+            "rows": sorted(rows, key=lambda r: r["parent"]["trial"])}  # fmt: skip
