@@ -44,3 +44,31 @@ def test_finalize_refines_the_best_trials_and_the_baselines(
     assert code == 0 and "val drop" in out and "final" in out
     assert len([t for t in optuna.load_study(study_name="tiny", storage="sqlite:///study.db").trials
                 if t.user_attrs.get("source") == "final"]) == len(finals)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_an_interrupted_baseline_is_queued_again_once(workspace: Path, tmp_path: Path) -> None:
+    from autoprune.search import open_storage, parse_storage
+    from autoprune.search.run import enqueue_baselines, load_inputs, open_study, prepare
+    from autoprune.workflow import search_spec
+
+    shutil.copy(workspace / "study.db", tmp_path / "study.db")
+    spec, spec_dir = search_spec(workspace / "tiny.toml", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    info = parse_storage(spec.study.storage)
+    storage = open_storage(info)
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    inputs = load_inputs(spec, progress=False, spec_dir=spec_dir)
+    ctx = prepare(spec, study, storage, info, progress=False, inputs=inputs)
+    assert enqueue_baselines(study, ctx, inputs.baselines) == 0  # both COMPLETE: nothing to do
+
+    fresh = open_study(spec.with_study(name="interrupted"), storage, seed=0)
+    ctx = prepare(spec, fresh, storage, info, progress=False, inputs=inputs)
+    assert enqueue_baselines(fresh, ctx, inputs.baselines) == 2
+    for _ in range(2):  # Ctrl-C during each baseline: both FAIL
+        trial = fresh.ask()
+        fresh.tell(trial, state=optuna.trial.TrialState.FAIL)
+    assert enqueue_baselines(fresh, ctx, inputs.baselines) == 2  # queued again
+    assert enqueue_baselines(fresh, ctx, inputs.baselines) == 0  # once: they are waiting
+    for _ in range(2):
+        fresh.tell(fresh.ask(), state=optuna.trial.TrialState.FAIL)
+    assert enqueue_baselines(fresh, ctx, inputs.baselines) == 0  # failed twice: the recipe itself fails

@@ -6,8 +6,10 @@ anything else that escapes is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
+import signal
 import sys
 import warnings
 from typing import Sequence
@@ -33,27 +35,36 @@ def build_parser() -> Parser:
 
 
 class _HeldWarnings(logging.Handler):
-    """Keeps the warnings of a run and prints them once it succeeds, each message once: a
-    refusal stays one line, and a warning repeated per trial does not break the progress bar."""
+    """Keeps the warnings of a run and prints them once it succeeds, each kind once (the first
+    of a warning repeated per trial, with how many more there were): a refusal stays one line,
+    and a warning per trial does not break the progress bar into a line per trial."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
-        self.messages: dict[str, None] = {}  # insertion-ordered set
+        self.kinds: dict[str, list] = {}  # the message's template -> [first message, count]
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.messages.setdefault(record.getMessage().strip().splitlines()[0], None)
+        kind = self.kinds.setdefault(str(record.msg), [record.getMessage().strip().splitlines()[0], 0])
+        kind[1] += 1
 
     def flush_to_stderr(self) -> None:
-        for message in self.messages:
-            print(f"autoprune: warning: {message}", file=sys.stderr)
+        for message, count in self.kinds.values():
+            more = f" (and {count - 1} more like it)" if count > 1 else ""
+            print(f"autoprune: warning: {message}{more}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID` prints every thread's stack, whatever started us
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    import optuna  # its log joins ours: held like every warning, never a traceback before our line
+
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
     held = _HeldWarnings()
     handlers: list[logging.Handler] = []
     if not args.verbose:

@@ -158,15 +158,23 @@ def study_lock(storage: BaseStorage, name: str) -> Iterator[None]:
 
 
 def enqueue_baselines(study: optuna.Study, ctx: SearchContext, recipes: tuple[CompressConfig, ...]) -> int:
-    """The manual recipes as the study's first trials, once per study (``source=baseline``)."""
+    """The manual recipes as the study's first trials, once per study (``source=baseline``).
+
+    A baseline whose only trials failed (interrupted, or its worker lost) is queued again, once;
+    one that failed twice is left with a warning naming why: the recipe itself fails."""
     if not recipes:
         return 0
     dists = distributions(ctx.spec.space, ctx.layers)
     with study_lock(ctx.storage, ctx.spec.study.name):
-        done = {t.user_attrs.get("recipe_name") for t in study.get_trials(deepcopy=False)}
+        baselines = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("source") == "baseline"]
         added = 0
         for recipe in recipes:
-            if recipe.name in done:
+            mine = [t for t in baselines if t.user_attrs.get("recipe_name") == recipe.name]
+            if any(t.state != TrialState.FAIL for t in mine):
+                continue  # done, running or queued
+            if len(mine) >= 2:
+                reason = mine[-1].user_attrs.get("fail_reason", "no reason recorded")
+                log.warning("baseline %s failed %d times (%s); not queued again", recipe.name, len(mine), reason)
                 continue
             params = recipe_params(recipe, dists, ctx.base)
             attrs = {"source": "baseline", "recipe": recipe.to_dict(), "recipe_name": recipe.name,
@@ -242,7 +250,9 @@ def work(study: optuna.Study, objective: Objective, target: int, *, bar: tqdm | 
             return
         if done + running >= target:  # the last trials run elsewhere; take over if they die
             if heartbeat:
-                optuna.storages.fail_stale_trials(study)
+                with warnings.catch_warnings():  # "experimental" since Optuna 2.9; we rely on it knowingly
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(study)
             time.sleep(1.0)
             continue
         study.optimize(objective, n_trials=1, callbacks=[after], gc_after_trial=False)
