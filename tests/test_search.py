@@ -444,3 +444,70 @@ def test_other_objectives(objectives: str, extra: tuple, tmp_path: Path, study_n
     assert summary["objectives"] == names
     if len(names) == 1:  # the Pareto table only shows trials within the budget
         assert all(row["acc_drop"] <= 2.0 for row in summary["pareto"])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not postgres_reachable(), reason=f"no PostgreSQL server reachable at {PG_URL}")
+def test_a_database_dropped_mid_run_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    name = f"autoprune_drop_{uuid.uuid4().hex[:8]}"
+    admin = sqlalchemy.create_engine(PG_URL.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    url = PG_URL.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        proc = popen_search(str(write_spec(tmp_path, trials=20, epochs=3, max_batches=10)), "--storage", url)
+        probe = sqlalchemy.create_engine(url)
+
+        def running() -> bool:
+            try:
+                with probe.connect() as conn:
+                    return bool(conn.execute(sqlalchemy.text("SELECT count(*) FROM trials WHERE state = 'RUNNING'")).scalar())
+            except sqlalchemy.exc.SQLAlchemyError:
+                return False
+
+        wait_for(running)
+        probe.dispose()
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f"DROP DATABASE {name} WITH (FORCE)"))
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 2, err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in err, err
+        assert name in lines[0]
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
+
+
+RACE = """
+import sys, time
+import optuna
+from autoprune.search.storage import open_storage, parse_storage
+while time.time() < float(sys.argv[2]):
+    time.sleep(0.001)
+storage = open_storage(parse_storage(sys.argv[1]))
+optuna.create_study(study_name="race", storage=storage, load_if_exists=True)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not postgres_reachable(), reason=f"no PostgreSQL server reachable at {PG_URL}")
+def test_workers_started_together_on_an_empty_database_all_start() -> None:
+    admin = sqlalchemy.create_engine(PG_URL.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+    for _ in range(3):  # the race is a matter of milliseconds: three fresh databases
+        name = f"autoprune_race_{uuid.uuid4().hex[:8]}"
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+        try:
+            start = str(time.time() + 4.0)  # every process imports first, then they go together
+            url = PG_URL.rsplit("/", 1)[0] + f"/{name}"
+            procs = [subprocess.Popen([sys.executable, "-c", RACE, url, start], stderr=subprocess.PIPE, text=True)
+                     for _ in range(4)]  # fmt: skip
+            for p in procs:
+                _, err = p.communicate(timeout=120)
+                assert p.returncode == 0, err
+        finally:
+            with admin.connect() as conn:
+                conn.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    admin.dispose()

@@ -278,7 +278,8 @@ def _worker_main(args: WorkerArgs) -> None:
     warnings.filterwarnings("ignore", module="torch_pruning")
     spec = spec_from_dict(args.spec)
     info = parse_storage(args.storage_url)
-    storage = open_storage(info, heartbeat_interval=spec.study.heartbeat_interval, grace_period=spec.study.grace_period)
+    storage = open_storage(info, heartbeat_interval=spec.study.heartbeat_interval,
+                           grace_period=spec.study.grace_period, timeout=spec.study.db_timeout)  # fmt: skip
     study = open_study(spec, storage, seed=spec.study.seed + 1000 * args.index + len(_all_trials(storage, spec)))
     ctx = prepare(spec, study, storage, info, progress=False)
     try:
@@ -314,7 +315,8 @@ def run_search(
             "use --storage postgresql://USER@HOST/DB or --storage journal:PATH"
         )
     inputs = load_inputs(spec, progress=progress, spec_dir=spec_dir)
-    storage = open_storage(info, heartbeat_interval=spec.study.heartbeat_interval, grace_period=spec.study.grace_period)
+    storage = open_storage(info, heartbeat_interval=spec.study.heartbeat_interval,
+                           grace_period=spec.study.grace_period, timeout=spec.study.db_timeout)  # fmt: skip
     existing = len(_all_trials(storage, spec))
     study = open_study(spec, storage, seed=spec.study.seed + existing)
     ctx = prepare(spec, study, storage, info, progress=progress, inputs=inputs)

@@ -21,7 +21,13 @@ from autoprune.names import bad_study_name
 from autoprune.ops.kmeans import INITS
 from autoprune.search.record import OBJECTIVES, Budget
 from autoprune.search.samplers import list_samplers
-from autoprune.search.storage import DEFAULT_STORAGE, GRACE_PERIOD, HEARTBEAT_INTERVAL, parse_storage
+from autoprune.search.storage import (
+    DB_TIMEOUT,
+    DEFAULT_STORAGE,
+    GRACE_PERIOD,
+    HEARTBEAT_INTERVAL,
+    parse_storage,
+)
 from autoprune.train import TrainConfig
 
 PRUNERS = ("median", "hyperband", "none")
@@ -115,6 +121,7 @@ class StudySection:
     latency_repeats: int = 30
     heartbeat_interval: int = HEARTBEAT_INTERVAL  # seconds between a running trial's heartbeats (RDB storage)
     grace_period: int = GRACE_PERIOD  # a trial silent this long was lost with its worker: failed and retried
+    db_timeout: int = DB_TIMEOUT  # seconds before an unreachable or silent PostgreSQL server is an error
 
     def __post_init__(self) -> None:
         if self.name and bad_study_name(self.name):
@@ -134,6 +141,8 @@ class StudySection:
             raise SpecError(
                 f"study.heartbeat_interval={self.heartbeat_interval} should be >= 1 and below study.grace_period"
             )
+        if not 1 <= self.db_timeout <= 3600:
+            raise SpecError(f"study.db_timeout={self.db_timeout} should be in 1..3600 seconds")
         if self.keep_artifacts < 1 or self.latency_repeats < 1:
             raise SpecError("study.keep_artifacts and study.latency_repeats should be >= 1")
         if not (self.max_acc_drop >= 0 and math.isfinite(self.max_acc_drop)):

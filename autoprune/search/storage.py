@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import re
+import time
 import urllib.parse
 import uuid
 import warnings
@@ -25,6 +27,8 @@ from autoprune.errors import AutoPruneError
 
 DEFAULT_STORAGE = "sqlite:///studies/autoprune.db"  # relative to the current folder
 HEARTBEAT_INTERVAL = 10  # seconds between a running trial's heartbeats
+DB_TIMEOUT = 30  # seconds before an unreachable or silent PostgreSQL server is an error
+SCHEMA_ATTEMPTS = 5
 GRACE_PERIOD = 30  # a trial silent this long belongs to a dead worker: failed and retried
 MAX_RETRY = 3
 
@@ -104,6 +108,7 @@ def open_storage(
     create: bool = True,
     heartbeat_interval: int = HEARTBEAT_INTERVAL,
     grace_period: int = GRACE_PERIOD,
+    timeout: int = DB_TIMEOUT,
 ) -> BaseStorage:
     """Open the storage (``create``: and create it if needed); heartbeats with retry on RDB
     storages. A read-only command passes ``create=False``: it never makes a database."""
@@ -127,19 +132,41 @@ def open_storage(
             raise StorageError(f"cannot open journal file {path}: {e.strerror}") from None
         except (ValueError, KeyError, TypeError, UnicodeDecodeError):
             raise StorageError(f"{path} is not an Optuna journal file") from None
-    try:
-        with warnings.catch_warnings():  # heartbeats and their retry are "experimental" in Optuna 5
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(
-                info.url,
-                engine_kwargs={"pool_pre_ping": True} if info.kind == "postgresql" else None,
-                heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
-                skip_table_creation=not create,
-            )
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as e:
-        raise StorageError(f"cannot open storage {info.safe_url}: {_reason(e, info)}") from None
+    engine_kwargs = {"pool_pre_ping": True, "connect_args": _pg_timeouts(timeout)} if info.kind == "postgresql" else None
+    for attempt in range(SCHEMA_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():  # heartbeats and their retry are "experimental" in Optuna 5
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(
+                    info.url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat_interval,
+                    grace_period=grace_period,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+                    skip_table_creation=not create,
+                )
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as e:
+            # Workers started together on an empty database race to create the schema; the
+            # loser sees a duplicate type or table: the winner's schema is there a moment later.
+            if not create or attempt == SCHEMA_ATTEMPTS - 1:
+                raise StorageError(f"cannot open storage {info.safe_url}: {_reason(e, info)}") from None
+            time.sleep(random.uniform(0.2, 1.0))
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as e:
+            raise StorageError(f"cannot open storage {info.safe_url}: {_reason(e, info)}") from None
+    raise AssertionError("unreachable")
+
+
+def _pg_timeouts(timeout: int) -> dict[str, int]:
+    """libpq settings so that an unreachable or silently dead server is an error within about
+    ``timeout`` seconds instead of a hang: connect timeout, TCP keepalives, unacknowledged data."""
+    return {
+        "connect_timeout": timeout,
+        "keepalives": 1,
+        "keepalives_idle": max(1, timeout // 2),
+        "keepalives_interval": max(1, timeout // 6),
+        "keepalives_count": 3,
+        "tcp_user_timeout": timeout * 1000,
+    }
 
 
 def _looks_like_journal(path: Path) -> bool:
@@ -170,6 +197,24 @@ def storage_errors(info: StorageInfo) -> Iterator[None]:
         yield
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
         raise StorageError(f"storage {info.safe_url} failed: {_reason(e, info)}") from None
+    except Exception as e:
+        # Optuna can fail on its own follow-up error while a database disappears (Optuna 5:
+        # UnboundLocalError 'updated_state' after a failed commit); the database's is the cause.
+        cause = _database_cause(e)
+        if cause is None:
+            raise
+        raise StorageError(f"storage {info.safe_url} failed: {_reason(cause, info)}") from None
+
+
+def _database_cause(e: BaseException) -> BaseException | None:
+    """The database error somewhere in ``e``'s chain of causes, if any."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def check_artifact_id(artifact_id: object) -> str:

@@ -77,7 +77,7 @@ def finalize(
     finalized trial with the trial it refines."""
     with storage_errors(info):
         storage = open_storage(info, create=False, heartbeat_interval=spec.study.heartbeat_interval,
-                               grace_period=spec.study.grace_period)  # fmt: skip
+                               grace_period=spec.study.grace_period, timeout=spec.study.db_timeout)  # fmt: skip
         name = resolve_study_name(storage, spec.study.name, info.safe_url)
         study = optuna.load_study(study_name=name, storage=storage)
         budget = spec.study.budget
