@@ -136,3 +136,24 @@ def test_best_the_constraint_and_the_surrogate_judge_drops_by_one_rule(
     assert best_trial(study, upper).number == 0
     assert list(history_from_trials(study.trials, Encoder({"x": FloatDistribution(0, 1)}), upper).target("acc_drop")) == [0, 0]
     assert upper.drop(TrialRecord.from_attrs(study.trials[0].user_attrs)) == 0.0  # what the objective's constraint uses
+
+
+def test_orphaned_packed_files_are_removed_and_nothing_else(study: optuna.Study, storage, tmp_path) -> None:
+    import os
+    import time
+
+    from autoprune.search.objective import remove_orphans
+
+    store_dir = tmp_path / "artifacts"
+    store_dir.mkdir()
+    kept, orphan, failed, fresh = (str(uuid.uuid4()) for _ in range(4))
+    for name in (kept, orphan, failed, fresh, "notes.txt"):
+        (store_dir / name).write_bytes(b"x")
+        if name != fresh:
+            os.utime(store_dir / name, (time.time() - 3600, time.time() - 3600))
+    add(study, 95.0, 0.5, 20.0, artifact_id=kept)
+    trial = study.ask()  # uploaded, then its worker failed it
+    trial.set_user_attr("artifact_id", failed)
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    assert remove_orphans(storage[0], store_dir, older_than=600) == 2
+    assert sorted(p.name for p in store_dir.iterdir()) == sorted([kept, fresh, "notes.txt"])

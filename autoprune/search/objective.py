@@ -130,6 +130,29 @@ def _pruning_callback(trial: optuna.Trial):
     return report
 
 
+def remove_orphans(storage: optuna.storages.BaseStorage, folder: Path, *, older_than: float) -> int:
+    """Remove packed files no live trial of any study in ``storage`` owns: a worker killed
+    between uploading its file and completing its trial leaves one behind, and so does a
+    trial that failed after uploading. Files newer than ``older_than`` seconds are kept (a
+    live worker may be between the two steps). Returns how many were removed."""
+    if not folder.is_dir():
+        return 0
+    live = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+    owned = set()
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        for t in study.get_trials(deepcopy=False, states=live):
+            owned.add(str(t.user_attrs.get("artifact_id")))
+            owned.update(m.artifact_id for m in optuna.artifacts.get_all_artifact_meta(t, storage=storage))
+    removed = 0
+    now = time.time()
+    for path in folder.iterdir():
+        if check_artifact_id(path.name) == path.name and path.name not in owned and now - path.stat().st_mtime > older_than:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def enforce_retention(study: optuna.Study, store: FileSystemArtifactStore, keep: int) -> int:
     """Keep the packed files of the Pareto front, the baselines and the ``keep`` most recent
     trials; remove the others. Returns how many were removed."""

@@ -28,7 +28,7 @@ from autoprune.data import load_dataset
 from autoprune.errors import AutoPruneError
 from autoprune.measure import Metrics, measure_model
 from autoprune.models import ModelSpec, create_model, load_checkpoint
-from autoprune.search.objective import FINAL, Objective, SearchContext, enforce_retention
+from autoprune.search.objective import FINAL, Objective, SearchContext, enforce_retention, remove_orphans
 from autoprune.search.samplers import SamplerFactory, make_sampler, sampler_factory
 from autoprune.search.space import SpaceLayers, distributions, recipe_params
 from autoprune.search.spec import StudySpec, record, spec_from_dict
@@ -320,6 +320,7 @@ def run_search(
     existing = len(_all_trials(storage, spec))
     study = open_study(spec, storage, seed=spec.study.seed + existing)
     ctx = prepare(spec, study, storage, info, progress=progress, inputs=inputs)
+    remove_orphans(storage, artifact_dir(info, spec.study.artifacts), older_than=2 * spec.study.grace_period)
     enqueue_baselines(study, ctx, inputs.baselines)
     if setup_only:
         return study
