@@ -54,8 +54,9 @@ class _HeldWarnings(logging.Handler):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID` prints every thread's stack, whatever started us
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    if hasattr(signal, "SIGUSR1") and sys.__stderr__ is not None:
+        # `kill -USR1 PID` prints every thread's stack to the real stderr, whatever started us
+        faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
