@@ -9,6 +9,7 @@ from __future__ import annotations
 import faulthandler
 import json
 import logging
+import os
 import signal
 import sys
 import warnings
@@ -102,10 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             root.removeHandler(handler)
         root.setLevel(level)
     held.flush_to_stderr()
-    if getattr(args, "json", False):
-        print(json.dumps(result, indent=2))
-    else:
-        print(args.format(result))
+    try:
+        print(json.dumps(result, indent=2) if getattr(args, "json", False) else args.format(result), flush=True)
+    except BrokenPipeError:  # `autoprune trials | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
     return 0
 
 
