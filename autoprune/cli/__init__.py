@@ -6,6 +6,7 @@ anything else that escapes is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import json
 import logging
@@ -13,7 +14,7 @@ import os
 import signal
 import sys
 import warnings
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from autoprune import __version__
 from autoprune.cli import _compress, _search, _surrogate, _train
@@ -54,6 +55,34 @@ class _HeldWarnings(logging.Handler):
             print(f"autoprune: warning: {message}{more}", file=sys.stderr)
 
 
+@contextlib.contextmanager
+def _routed_logs(held: _HeldWarnings, *, verbose: bool) -> Iterator[None]:
+    """Every log record and warning (ours, Optuna's, Python's) goes to ``held``, or with
+    --verbose to stderr as it happens; the logging setup is restored afterwards."""
+    import optuna
+
+    optuna.logging.disable_default_handler()  # Optuna's log joins ours: no traceback of its own
+    optuna.logging.enable_propagation()
+    handler: logging.Handler = held
+    if verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    root.addHandler(handler)
+    logging.captureWarnings(True)
+    try:
+        with warnings.catch_warnings():
+            if not verbose:
+                warnings.filterwarnings("ignore", module="torch_pruning")
+            yield
+    finally:
+        logging.captureWarnings(False)
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if hasattr(signal, "SIGUSR1") and sys.__stderr__ is not None:
         # `kill -USR1 PID` prints every thread's stack to the real stderr, whatever started us
@@ -63,29 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    import optuna  # its log joins ours: held like every warning, never a traceback before our line
-
-    optuna.logging.disable_default_handler()
-    optuna.logging.enable_propagation()
     held = _HeldWarnings()
-    handlers: list[logging.Handler] = []
-    if not args.verbose:
-        handlers.append(held)
-    else:
-        verbose = logging.StreamHandler(sys.stderr)
-        verbose.setLevel(logging.INFO)
-        verbose.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        handlers.append(verbose)
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.INFO if args.verbose else logging.WARNING)
-    for handler in handlers:
-        root.addHandler(handler)
-    logging.captureWarnings(True)  # warnings.warn goes through the held handler too
     try:
-        with warnings.catch_warnings():
-            if not args.verbose:
-                warnings.filterwarnings("ignore", module="torch_pruning")
+        with _routed_logs(held, verbose=args.verbose):
             result = args.run(args)
     except AutoPruneError as e:
         print(f"autoprune {args.command}: error: {_one_line(e)}", file=sys.stderr)
@@ -97,11 +106,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"autoprune {args.command}: interrupted", file=sys.stderr)
         return 130
-    finally:
-        logging.captureWarnings(False)
-        for handler in handlers:
-            root.removeHandler(handler)
-        root.setLevel(level)
     held.flush_to_stderr()
     try:
         print(json.dumps(result, indent=2) if getattr(args, "json", False) else args.format(result), flush=True)
