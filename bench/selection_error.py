@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import platform
 import tempfile
@@ -51,6 +52,8 @@ def main() -> None:
     parser.add_argument("--val-fraction", type=float, nargs="+", default=[0.1])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--trials", type=int)
+    parser.add_argument("--budgets", type=float, nargs="+", help="judge at these budgets (default: the spec's)")
+    parser.add_argument("--keep", type=Path, help="keep the studies in this SQLite file (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/selection_error.json"))
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -59,15 +62,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for fraction in args.val_fraction:
             for seed in args.seeds:
-                spec, spec_dir = search_spec(args.spec, storage=f"sqlite:///{tmp}/s.db", trials=args.trials, seed=seed,
+                db = args.keep or Path(tmp) / "s.db"
+                spec, spec_dir = search_spec(args.spec, storage=f"sqlite:///{db}", trials=args.trials, seed=seed,
                                              name=f"{args.spec.stem}-v{fraction}-s{seed}")  # fmt: skip
                 spec = dataclasses.replace(spec, data=dataclasses.replace(spec.data, val_fraction=fraction))
                 started = time.perf_counter()
                 summary = search(spec, parse_storage(spec.study.storage), spec_dir=spec_dir, progress=False)
                 study = optuna.load_study(study_name=spec.study.name, storage=spec.study.storage)
-                for rule, (selection, confidence) in RULES.items():
-                    budget = Budget.of(spec.study.max_acc_drop, selection, confidence)
-                    row = {"spec": args.spec.stem, "val_fraction": fraction, "seed": seed, "rule": rule,
+                for max_drop, (rule, (selection, confidence)) in itertools.product(
+                    args.budgets or [spec.study.max_acc_drop], RULES.items()
+                ):
+                    budget = Budget.of(max_drop, selection, confidence)
+                    row = {"spec": args.spec.stem, "val_fraction": fraction, "seed": seed, "budget": max_drop, "rule": rule,
                            "trials": len(study.trials), "wall_s": round(time.perf_counter() - started, 1),
                            "base_val_accuracy": summary["base"]["accuracy"], **judge(study, budget)}  # fmt: skip
                     rows.append(row)
