@@ -191,3 +191,42 @@ def test_an_output_path_that_cannot_be_written_is_one_line(tmp_path: Path) -> No
     (tmp_path / "afile").write_text("not a folder")
     r = run_cli("train", "--epochs", "1", "--quiet", "--out", str(tmp_path / "afile" / "base.pt"))
     assert_one_line_error(r, str(tmp_path / "afile"))  # the path, and why the system refused it
+
+
+def test_a_warning_before_an_error_never_makes_two_lines(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import logging
+
+    import autoprune.cli._train as train_cli
+    from autoprune.errors import DataError
+
+    def busy_then_refused(args):
+        logging.getLogger("autoprune.measure").warning("other processes kept %.1f cores busy", 1.2)
+        raise DataError("the data is bad")
+
+    monkeypatch.setattr(train_cli, "load_data", busy_then_refused)
+    assert main(["train", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["autoprune train: error: the data is bad"]
+
+
+def test_warnings_print_once_per_kind_after_success(capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    from autoprune.cli import _HeldWarnings
+
+    held = _HeldWarnings()
+    log = logging.getLogger("autoprune.test")
+    log.addHandler(held)
+    try:
+        for load in (1.2, 1.1, 1.4):
+            log.warning("other processes kept %.1f cores busy", load)
+        log.warning("something else")
+    finally:
+        log.removeHandler(held)
+    held.flush_to_stderr()
+    assert capsys.readouterr().err.splitlines() == [
+        "autoprune: warning: other processes kept 1.2 cores busy (and 2 more like it)",
+        "autoprune: warning: something else",
+    ]
