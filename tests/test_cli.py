@@ -230,3 +230,27 @@ def test_warnings_print_once_per_kind_after_success(capsys: pytest.CaptureFixtur
         "autoprune: warning: other processes kept 1.2 cores busy (and 2 more like it)",
         "autoprune: warning: something else",
     ]
+
+
+def test_a_dying_background_thread_never_adds_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import threading
+
+    import autoprune.cli._train as train_cli
+    from autoprune.errors import DataError
+
+    def heartbeat_dies_then_refused(args):
+        def beat() -> None:
+            raise ConnectionError("server closed the connection")
+
+        t = threading.Thread(target=beat, name="heartbeat")
+        t.start()
+        t.join()
+        raise DataError("storage went away")
+
+    monkeypatch.setattr(train_cli, "load_data", heartbeat_dies_then_refused)
+    before = threading.excepthook
+    assert main(["train", "--quiet"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["autoprune train: error: storage went away"]
+    assert threading.excepthook is before  # restored after the command

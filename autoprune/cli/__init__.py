@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import warnings
 from typing import Iterator, Sequence
 
@@ -68,19 +69,28 @@ def _routed_logs(held: _HeldWarnings, *, verbose: bool) -> Iterator[None]:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
-    level = root.level
+    level, hook = root.level, threading.excepthook
     root.setLevel(logging.INFO if verbose else logging.WARNING)
     root.addHandler(handler)
     logging.captureWarnings(True)
+    # a background thread that dies (Optuna's heartbeat when the database goes away) is a log
+    # line like any other, not a traceback printed over the command's one-line error
+    threading.excepthook = _log_thread_exception
     try:
         with warnings.catch_warnings():
             if not verbose:
                 warnings.filterwarnings("ignore", module="torch_pruning")
             yield
     finally:
+        threading.excepthook = hook
         logging.captureWarnings(False)
         root.removeHandler(handler)
         root.setLevel(level)
+
+
+def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    name = args.thread.name if args.thread else "a thread"
+    logging.getLogger("autoprune").warning("%s stopped: %s: %s", name, args.exc_type.__name__, args.exc_value)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -195,6 +195,8 @@ def storage_errors(info: StorageInfo) -> Iterator[None]:
     becomes one line naming the storage, password masked."""
     try:
         yield
+    except AutoPruneError:
+        raise  # already one line (its context may hold the database's error: it was said)
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
         raise StorageError(f"storage {info.safe_url} failed: {_reason(e, info)}") from None
     except Exception as e:
