@@ -254,3 +254,15 @@ def test_a_dying_background_thread_never_adds_a_traceback(
     assert main(["train", "--quiet"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == ["autoprune train: error: storage went away"]
     assert threading.excepthook is before  # restored after the command
+
+
+@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_openmp_threads_wait_passively_unless_the_user_says_otherwise(given: str | None, expected: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | ({"OMP_WAIT_POLICY": given} if given else {})
+    code = "import os, autoprune.cli, torch; print(os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.strip() == expected

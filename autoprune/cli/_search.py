@@ -40,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trials", type=positive_int, metavar="N", help="run until the study holds N finished trials")
     p.add_argument("--jobs", type=positive_int, default=1, metavar="N",
                    help="worker processes, the cores split between them (PostgreSQL or journal storage)")
+    p.add_argument("--threads", type=positive_int, metavar="N",
+                   help="torch threads per worker (default: all cores, split between --jobs workers)")
     p.add_argument("--setup-only", action="store_true",
                    help="create the study, train (or load) the base model, queue the baselines, and exit: "
                    "run once before starting workers on several machines or containers")  # fmt: skip
@@ -124,7 +126,7 @@ def run_search(args: argparse.Namespace) -> dict[str, Any]:
     )  # fmt: skip
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     stop_on_signals()
-    return search(spec, parse_storage(spec.study.storage), spec_dir=spec_dir, jobs=args.jobs,
+    return search(spec, parse_storage(spec.study.storage), spec_dir=spec_dir, jobs=args.jobs, threads=args.threads,
                   progress=not args.quiet, setup_only=args.setup_only)  # fmt: skip
 
 

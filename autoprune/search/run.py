@@ -300,6 +300,7 @@ def run_search(
     info: StorageInfo,
     *,
     jobs: int = 1,
+    threads: int | None = None,
     progress: bool = True,
     spec_dir: Path = Path("."),
     setup_only: bool = False,
@@ -327,18 +328,23 @@ def run_search(
     target = spec.study.trials
     bar = tqdm(total=target, initial=counts(study)[0], desc=f"search {spec.study.name}", unit="trial",
                disable=not progress)  # fmt: skip
+    before = torch.get_num_threads()
     try:
         if jobs == 1:
+            torch.set_num_threads(threads or before)
             work(study, Objective(ctx, sampler_name=type(study.sampler).__name__), target, bar=bar)
         else:
-            _run_workers(spec, info, jobs, target, bar, study)
+            _run_workers(spec, info, jobs, target, bar, study, threads)
     finally:
+        torch.set_num_threads(before)
         bar.close()
     return study
 
 
-def _run_workers(spec: StudySpec, info: StorageInfo, jobs: int, target: int, bar: tqdm, study: optuna.Study) -> None:
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+def _run_workers(
+    spec: StudySpec, info: StorageInfo, jobs: int, target: int, bar: tqdm, study: optuna.Study, threads: int | None
+) -> None:
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     sampler = sampler_factory(spec.study.sampler)
     context = multiprocessing.get_context("spawn")
     workers = [

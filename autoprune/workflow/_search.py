@@ -36,14 +36,15 @@ def search_spec(path: Path | None = None, **overrides: Any) -> tuple[StudySpec, 
 
 
 def search(
-    spec: StudySpec, info: StorageInfo, *, spec_dir: Path, jobs: int = 1, progress: bool = True,
-    setup_only: bool = False,
+    spec: StudySpec, info: StorageInfo, *, spec_dir: Path, jobs: int = 1, threads: int | None = None,
+    progress: bool = True, setup_only: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """Run (or resume) the search and summarise it; an interruption leaves every finished
     trial stored and says how many."""
     try:
         with storage_errors(info):
-            study = run_study(spec, info, jobs=jobs, progress=progress, spec_dir=spec_dir, setup_only=setup_only)
+            study = run_study(spec, info, jobs=jobs, threads=threads, progress=progress, spec_dir=spec_dir,
+                              setup_only=setup_only)  # fmt: skip
             return search_summary(study, spec, info)
     except KeyboardInterrupt:
         study = optuna.load_study(study_name=spec.study.name, storage=open_storage(info))
