@@ -24,9 +24,7 @@ from autoprune.compress import load_packed
 from autoprune.search.record import Budget, TrialRecord
 from autoprune.search.record import names as record_names
 from autoprune.search.spec import SpecError, load_spec, spec_from_dict
-from tests.conftest import REPO, assert_one_line_error, run_cli
-
-PG_URL = os.environ.get("AUTOPRUNE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+from tests.conftest import PG_URL, REPO, assert_one_line_error, postgres_reachable, run_cli
 
 TINY_SPEC = """
 [study]
@@ -51,17 +49,6 @@ finetune_epochs = [{epochs}]
 quant_epochs = [1]
 max_batches = {max_batches}
 """
-
-
-def postgres_reachable() -> bool:
-    try:
-        engine = sqlalchemy.create_engine(PG_URL)
-        with engine.connect():
-            pass
-        engine.dispose()
-        return True
-    except Exception:
-        return False
 
 
 STORAGES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.skipif(

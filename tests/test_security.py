@@ -20,7 +20,7 @@ from autoprune.cli import main
 from autoprune.compress import PackError, load_packed
 from autoprune.search.spec import SpecError, spec_from_dict
 from autoprune.search.storage import mask_url, parse_storage
-from tests.test_search import PG_URL, postgres_reachable
+from tests.conftest import PG_URL, postgres_reachable
 from tests.workspace import call, rewrite_header, snapshot
 
 EVIL = """
