@@ -222,13 +222,15 @@ def test_warnings_print_once_per_kind_after_success(capsys: pytest.CaptureFixtur
     try:
         for load in (1.2, 1.1, 1.4):
             log.warning("other processes kept %.1f cores busy", load)
-        log.warning("something else")
+        log.warning("%s", "something else")  # how Python's warnings arrive: all under one template
+        log.warning("%s", "and another thing")
     finally:
         log.removeHandler(held)
     held.flush_to_stderr()
     assert capsys.readouterr().err.splitlines() == [
         "autoprune: warning: other processes kept 1.2 cores busy (and 2 more like it)",
         "autoprune: warning: something else",
+        "autoprune: warning: and another thing",
     ]
 
 

@@ -11,6 +11,7 @@ import faulthandler
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -50,10 +51,11 @@ class _HeldWarnings(logging.Handler):
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
-        self.kinds: dict[str, list] = {}  # the message's template -> [first message, count]
+        self.kinds: dict[str, list] = {}  # the message with its numbers masked -> [first message, count]
 
     def emit(self, record: logging.LogRecord) -> None:
-        kind = self.kinds.setdefault(str(record.msg), [record.getMessage().strip().splitlines()[0], 0])
+        message = record.getMessage().strip().splitlines()[0]
+        kind = self.kinds.setdefault(re.sub(r"\d+(\.\d+)?", "#", message), [message, 0])
         kind[1] += 1
 
     def flush_to_stderr(self) -> None:
