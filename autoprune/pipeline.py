@@ -24,6 +24,7 @@ from autoprune.compress import (
     LayerNorms,
     PackReport,
     attach_codebooks_,
+    decode_packed,
     detach_codebooks_,
     load_packed,
     mask_holder,
@@ -175,7 +176,7 @@ def evaluate_packed(
     come from the caller. A dataset whose images or classes differ from the file's network is
     refused before anything is decoded.
     """
-    header, _ = read_header(path)
+    header, payload = read_header(path)  # read once: checked here, decoded below
     spec = packed_model_spec(header, path, model=model)
     stored = header.get("meta", {}).get("dataset")
     stored = stored if isinstance(stored, dict) else {}
@@ -203,7 +204,7 @@ def evaluate_packed(
             f"{path} holds a network for {'x'.join(map(str, wanted))} images and {spec.num_classes} classes; "
             f"dataset {name!r} has {'x'.join(map(str, splits.input_shape))} images and {splits.num_classes} classes"
         )
-    net, header = load_packed(path, model=model)
+    net = decode_packed(header, payload, path, model=model)
     return PackedEvaluation(net, header, splits, measure_model(net, splits, threads=threads))
 
 

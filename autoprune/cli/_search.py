@@ -32,11 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "records accuracy, size, MACs and latency in the study. Runs until the study holds --trials "
         "finished trials: the same command resumes an interrupted search.",
     )  # fmt: skip
-    p.add_argument("spec", nargs="?", type=Path, metavar="SPEC.toml",
-                   help=f"study spec (default: {DEFAULT_SPEC}, the embedded digits default)")
-    p.add_argument("--study", type=study_name, metavar="NAME", help="study name (default: the spec's, else its file name)")
-    p.add_argument("--storage", metavar="URL",
-                   help=f"sqlite:///PATH.db, postgresql://USER@HOST/DB or journal:PATH (default: the spec's, {DEFAULT_STORAGE})")
+    _spec_options(p, DEFAULT_SPEC)
     p.add_argument("--trials", type=positive_int, metavar="N", help="run until the study holds N finished trials")
     p.add_argument("--jobs", type=positive_int, default=1, metavar="N",
                    help="worker processes, the cores split between them (PostgreSQL or journal storage)")
@@ -60,10 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "and every baseline recipe run again with the spec's [final] budget (no batch cap), recorded in the "
         "same study (source=final, parent=N), each shown beside the trial it refines. Run it again to resume.",
     )  # fmt: skip
-    f.add_argument("spec", nargs="?", type=Path, metavar="SPEC.toml",
-                   help=f"the search's spec (default: {DEFAULT_SPEC})")
-    f.add_argument("--study", type=study_name, metavar="NAME", help="study name (default: the spec's)")
-    f.add_argument("--storage", metavar="URL", help="(default: the spec's)")
+    _spec_options(f, DEFAULT_SPEC)
     f.add_argument("-k", type=positive_int, metavar="K", help="best trials to finalize (default: the spec's final.k)")
     f.add_argument("--max-acc-drop", type=non_negative_float, metavar="D", help="the budget they are chosen within (default: the spec's)")
     f.add_argument("--json", action="store_true", help="print one JSON document on stdout")
@@ -98,6 +91,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--port", type=port, default=8080, help="(default: %(default)s)")
     d.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     d.set_defaults(run=run_dashboard, format=str)
+
+
+def _spec_options(p: argparse.ArgumentParser, default_spec: Path) -> None:
+    """A spec and the study and storage it names, as search and finalize take them."""
+    p.add_argument("spec", nargs="?", type=Path, metavar="SPEC.toml",
+                   help=f"study spec (default: {default_spec}, the embedded digits default)")
+    p.add_argument("--study", type=study_name, metavar="NAME", help="study name (default: the spec's, else its file name)")
+    p.add_argument("--storage", metavar="URL",
+                   help=f"sqlite:///PATH.db, postgresql://USER@HOST/DB or journal:PATH (default: the spec's, {DEFAULT_STORAGE})")
 
 
 def _storage_options(p: argparse.ArgumentParser) -> None:

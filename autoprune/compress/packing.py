@@ -254,11 +254,19 @@ def load_packed(path: str | Path, *, model: str | None = None) -> tuple[nn.Modul
     you name that factory as ``model`` (the ``--model`` of the command line).
     """
     header, payload = read_header(path)
+    return decode_packed(header, payload, path, model=model), header
+
+
+def decode_packed(
+    header: dict[str, Any], payload: memoryview, path: str | Path, *, model: str | None = None
+) -> nn.Module:
+    """The network of a header and payload :func:`read_header` returned (eval mode)."""
     spec = packed_model_spec(header, path, model=model)
     skeleton = _skeleton(spec)
     dense = sum(t.numel() * t.element_size() for t in skeleton.state_dict().values())
-    if dense > MAX_RATIO * Path(path).stat().st_size + (64 << 20):
-        raise PackError(f"{path} declares a {dense:,}-byte network in a file of {Path(path).stat().st_size:,} bytes: corrupt")
+    size = Path(path).stat().st_size
+    if dense > MAX_RATIO * size + (64 << 20):
+        raise PackError(f"{path} declares a {dense:,}-byte network in a file of {size:,} bytes: corrupt")
     try:
         _check_tensors(header, skeleton)
         net = create_model(spec)
@@ -274,7 +282,7 @@ def load_packed(path: str | Path, *, model: str | None = None) -> tuple[nn.Modul
     except (KeyError, IndexError, ValueError, TypeError, AttributeError, RuntimeError) as e:
         raise PackError(f"{path} does not decode to its model ({type(e).__name__}: {e})") from None
     net.eval()
-    return net, header
+    return net
 
 
 def packed_model_spec(header: dict[str, Any], path: str | Path, *, model: str | None = None) -> ModelSpec:
