@@ -157,3 +157,20 @@ def test_orphaned_packed_files_are_removed_and_nothing_else(study: optuna.Study,
     study.tell(trial, state=optuna.trial.TrialState.FAIL)
     assert remove_orphans(storage[0], store_dir, older_than=600) == 2
     assert sorted(p.name for p in store_dir.iterdir()) == sorted([kept, fresh, "notes.txt"])
+
+
+def test_best_on_a_latency_study_is_the_fastest_within_the_budget(storage) -> None:
+    from autoprune.workflow._final import parents
+
+    store, _ = storage
+    spec = StudySpec().with_study(name=f"lat-{uuid.uuid4().hex[:8]}", objectives=["accuracy", "latency_ms"])
+    study = open_study(spec, store, seed=0)
+    add(study, 95.0, 0.5, 40.0, speedup=1.2)  # the smallest, not the fastest
+    add(study, 95.0, 0.6, 10.0, speedup=2.5)  # the fastest within the budget
+    add(study, 90.0, 5.0, 5.0, speedup=4.0)  # faster still, far outside it
+    assert best_trial(study, Budget(1.0)).number == 1
+    assert [t.number for t in parents(study, Budget(1.0), k=1)] == [1]
+    size = open_study(spec.with_study(name=f"size-{uuid.uuid4().hex[:8]}", objectives=["accuracy", "packed_bytes"]), store, seed=0)
+    add(size, 95.0, 0.5, 40.0, speedup=1.2)
+    add(size, 95.0, 0.6, 10.0, speedup=2.5)
+    assert best_trial(size, Budget(1.0)).number == 0

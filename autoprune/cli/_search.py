@@ -176,7 +176,10 @@ def best_line(r: dict[str, Any]) -> str:
     b = r["best"]
     rule = f" (judged on the {r['confidence']:.0%} upper bound)" if r.get("selection") == "upper" else ""
     test = f", {b['test_acc_drop']:.2f} test" if b.get("test_acc_drop") is not None else ""
-    return (f"best within {r['max_acc_drop']} points{rule}: trial {b['trial']}, {b['compression_ratio']:.1f}x, "
+    gain = f"{b['compression_ratio']:.1f}x"
+    if "latency_ms" in r.get("objectives", ()) and b.get("speedup") is not None:  # best is the fastest
+        gain = f"{b['speedup']:.2f}x faster ({gain} smaller)"
+    return (f"best within {r['max_acc_drop']} points{rule}: trial {b['trial']}, {gain}, "
             f"drop {b['acc_drop']:.2f} val{test} (export: autoprune export --study {r['study']} --trial {b['trial']})")  # fmt: skip
 
 

@@ -12,7 +12,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from statistics import NormalDist
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 
 def _objective(direction: str) -> dict[str, str]:
@@ -110,6 +110,17 @@ class Budget:
 def judged_drop(drop: float, se: float | None, z: float) -> float:
     """The one rule: a drop plus z standard errors (none recorded: the point estimate)."""
     return drop + z * (se or 0.0)
+
+
+def goal(objectives: Sequence[str] | None) -> Callable[[TrialRecord], float]:
+    """What "best" maximises among the trials within the budget: the measured speed-up for a
+    search on latency, fewer MACs for one on MACs, the compression ratio otherwise."""
+    objectives = objectives or ()
+    if "latency_ms" in objectives:
+        return lambda r: r.speedup
+    if "macs" in objectives:
+        return lambda r: -r.macs
+    return lambda r: r.compression_ratio
 
 
 OBJECTIVES = {f.name: f.metadata["direction"] for f in dataclasses.fields(TrialRecord) if "direction" in f.metadata}

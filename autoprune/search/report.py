@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.ops.pareto import best_within, non_dominated
-from autoprune.search.record import Budget, TrialRecord, names
+from autoprune.search.record import Budget, TrialRecord, goal, names
 from autoprune.search.spec import SpecError, StudySection
 
 
@@ -40,10 +40,12 @@ def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def best_trial(study: optuna.Study, budget: Budget) -> FrozenTrial | None:
-    """The highest compression ratio within the accuracy budget, drops judged by its rule."""
+    """The best trial within the accuracy budget, drops judged by its rule: the highest
+    compression ratio, or speed-up for a study searching on latency (:func:`goal`)."""
     done = [(t, r) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if (r := TrialRecord.from_attrs(t.user_attrs)) is not None]  # fmt: skip
-    i = best_within([r.compression_ratio for _, r in done], [budget.drop(r) for _, r in done], budget.max_drop)
+    value = study_goal(study)
+    i = best_within([value(r) for _, r in done], [budget.drop(r) for _, r in done], budget.max_drop)
     return None if i is None else done[i][0]
 
 
@@ -52,6 +54,12 @@ def state_counts(study: optuna.Study) -> dict[str, int]:
     for t in study.get_trials(deepcopy=False):
         out[t.state.name] = out.get(t.state.name, 0) + 1
     return out
+
+
+def study_goal(study: optuna.Study) -> Callable[[TrialRecord], float]:
+    """What "best" maximises in this study, from the objectives it stores."""
+    stored = study.user_attrs.get("objectives")
+    return goal([o for o in stored if isinstance(o, str)] if isinstance(stored, list) else None)
 
 
 def study_budget(study: optuna.Study) -> Budget:

@@ -15,7 +15,7 @@ from autoprune.errors import AutoPruneError
 from autoprune.ops.pareto import non_dominated
 from autoprune.search.objective import FINAL, Objective
 from autoprune.search.record import Budget, TrialRecord
-from autoprune.search.report import trial_row
+from autoprune.search.report import study_goal, trial_row
 from autoprune.search.run import load_inputs, prepare
 from autoprune.search.spec import StudySpec
 from autoprune.search.stop import stop_requested
@@ -25,12 +25,14 @@ RECIPE_ATTRS = ("recipe", "recipe_name", "recipe_params")  # what a baseline's r
 
 
 def parents(study: optuna.Study, budget: Budget, k: int) -> list[FrozenTrial]:
-    """The trials the final stage refines: the ``k`` highest ratios within the budget, the
-    knee of the (judged drop, log ratio) front, and every baseline; in trial order."""
+    """The trials the final stage refines: the ``k`` best within the budget (highest ratios,
+    or speed-ups for a study on latency), the knee of the (judged drop, log ratio) front, and
+    every baseline; in trial order."""
     done = [(t, r) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if t.user_attrs.get("source") != FINAL and (r := TrialRecord.from_attrs(t.user_attrs))]  # fmt: skip
     searched = [(t, r) for t, r in done if r.source != "baseline"]
-    within = sorted((p for p in searched if budget.drop(p[1]) <= budget.max_drop), key=lambda p: -p[1].compression_ratio)
+    value = study_goal(study)
+    within = sorted((p for p in searched if budget.drop(p[1]) <= budget.max_drop), key=lambda p: -value(p[1]))
     chosen = {t.number: t for t, _ in within[:k]}
     knee = _knee([(budget.drop(r), math.log(r.compression_ratio)) for _, r in searched])
     if knee is not None:
