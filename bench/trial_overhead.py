@@ -44,7 +44,7 @@ def main() -> None:
         spec = dataclasses.replace(spec, study=study_cfg)
         info = parse_storage(spec.study.storage)
         storage = open_storage(info)
-        study = open_study(spec, storage, seed=0)
+        study = open_study(spec, storage)
         ctx = prepare(spec, study, storage, info, progress=False)
         objective = Objective(ctx, sampler_name="TPESampler")
         for _ in range(args.trials):

@@ -61,7 +61,7 @@ def test_an_interrupted_baseline_is_queued_again_once(workspace: Path, tmp_path:
     ctx = prepare(spec, study, storage, info, progress=False, inputs=inputs)
     assert enqueue_baselines(study, ctx, inputs.baselines) == 0  # both COMPLETE: nothing to do
 
-    fresh = open_study(spec.with_study(name="interrupted"), storage, seed=0)
+    fresh = open_study(spec.with_study(name="interrupted"), storage)
     ctx = prepare(spec, fresh, storage, info, progress=False, inputs=inputs)
     assert enqueue_baselines(fresh, ctx, inputs.baselines) == 2
     for _ in range(2):  # Ctrl-C during each baseline: both FAIL

@@ -38,7 +38,7 @@ def add(study: optuna.Study, acc: float, drop: float, ratio: float, **attrs) -> 
 def study(storage) -> optuna.Study:
     store, _ = storage
     spec = StudySpec().with_study(name=f"t-{uuid.uuid4().hex[:8]}", max_acc_drop=1.5)
-    return open_study(spec, store, seed=0)
+    return open_study(spec, store)
 
 
 def test_the_record_round_trips_through_the_storage(study: optuna.Study) -> None:
@@ -164,13 +164,34 @@ def test_best_on_a_latency_study_is_the_fastest_within_the_budget(storage) -> No
 
     store, _ = storage
     spec = StudySpec().with_study(name=f"lat-{uuid.uuid4().hex[:8]}", objectives=["accuracy", "latency_ms"])
-    study = open_study(spec, store, seed=0)
+    study = open_study(spec, store)
     add(study, 95.0, 0.5, 40.0, speedup=1.2)  # the smallest, not the fastest
     add(study, 95.0, 0.6, 10.0, speedup=2.5)  # the fastest within the budget
     add(study, 90.0, 5.0, 5.0, speedup=4.0)  # faster still, far outside it
     assert best_trial(study, Budget(1.0)).number == 1
     assert [t.number for t in parents(study, Budget(1.0), k=1)] == [1]
-    size = open_study(spec.with_study(name=f"size-{uuid.uuid4().hex[:8]}", objectives=["accuracy", "packed_bytes"]), store, seed=0)
+    size = open_study(spec.with_study(name=f"size-{uuid.uuid4().hex[:8]}", objectives=["accuracy", "packed_bytes"]), store)
     add(size, 95.0, 0.5, 40.0, speedup=1.2)
     add(size, 95.0, 0.6, 10.0, speedup=2.5)
     assert best_trial(size, Budget(1.0)).number == 0
+
+
+def test_workers_started_apart_never_draw_the_same_trial_and_one_worker_replays(storage) -> None:
+    store, _ = storage
+
+    def draws(studies: list[optuna.Study], n: int) -> list[tuple]:
+        """``n`` trials asked round-robin of the workers' studies, none told (all running)."""
+        out = []
+        for i in range(n):
+            trial = studies[i % len(studies)].ask()
+            out.append((trial.suggest_float("x", 0, 1), trial.suggest_int("y", 0, 10**6)))
+        return out
+
+    spec = StudySpec().with_study(name=f"w-{uuid.uuid4().hex[:8]}", seed=7)
+    workers = [open_study(spec, store) for _ in range(4)]  # four commands, one seed, one fresh study
+    together = draws(workers, 12)
+    assert len(set(together)) == 12
+    again = draws([open_study(spec.with_study(name=f"r-{uuid.uuid4().hex[:8]}"), store)], 12)
+    assert again == together  # trial N's draws depend on the seed and N only
+    other = draws([open_study(spec.with_study(name=f"o-{uuid.uuid4().hex[:8]}", seed=8), store)], 12)
+    assert not set(other) & set(together)

@@ -56,15 +56,16 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
 
 
-def open_study(spec: StudySpec, storage: BaseStorage, *, seed: int) -> optuna.Study:
-    """Create the study, or load it to resume; its objectives must match the spec's."""
+def open_study(spec: StudySpec, storage: BaseStorage) -> optuna.Study:
+    """Create the study, or load it to resume; its objectives must match the spec's. The
+    sampler draws trial N from (``study.seed``, N), whichever worker runs it."""
     names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     exists = spec.study.name in names
     study = optuna.create_study(
         study_name=spec.study.name,
         storage=storage,
         directions=spec.directions,
-        sampler=make_sampler(spec, seed),
+        sampler=make_sampler(spec, spec.study.seed),
         pruner=make_pruner(spec),
         load_if_exists=True,
     )
@@ -264,14 +265,13 @@ class WorkerArgs:
     storage_url: str
     target: int
     threads: int
-    index: int
     # Pickled by reference: unpickling it in the worker imports the module that registered the
     # sampler (autoprune.surrogate, say) before the spec is read.
     sampler: SamplerFactory
 
 
 def _worker_main(args: WorkerArgs) -> None:
-    """One worker process: its own storage connection, sampler seed and thread share."""
+    """One worker process: its own storage connection and thread share."""
     stop_on_signals()
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -280,19 +280,12 @@ def _worker_main(args: WorkerArgs) -> None:
     info = parse_storage(args.storage_url)
     storage = open_storage(info, heartbeat_interval=spec.study.heartbeat_interval,
                            grace_period=spec.study.grace_period, timeout=spec.study.db_timeout)  # fmt: skip
-    study = open_study(spec, storage, seed=spec.study.seed + 1000 * args.index + len(_all_trials(storage, spec)))
+    study = open_study(spec, storage)
     ctx = prepare(spec, study, storage, info, progress=False)
     try:
-        work(study, Objective(ctx, sampler_name=type(study.sampler).__name__), args.target)
+        work(study, Objective(ctx, sampler_name=study.sampler.name), args.target)
     except KeyboardInterrupt:
         pass
-
-
-def _all_trials(storage: BaseStorage, spec: StudySpec) -> list:
-    try:
-        return optuna.load_study(study_name=spec.study.name, storage=storage).get_trials(deepcopy=False)
-    except KeyError:
-        return []
 
 
 def run_search(
@@ -318,8 +311,7 @@ def run_search(
     inputs = load_inputs(spec, progress=progress, spec_dir=spec_dir)
     storage = open_storage(info, heartbeat_interval=spec.study.heartbeat_interval,
                            grace_period=spec.study.grace_period, timeout=spec.study.db_timeout)  # fmt: skip
-    existing = len(_all_trials(storage, spec))
-    study = open_study(spec, storage, seed=spec.study.seed + existing)
+    study = open_study(spec, storage)
     ctx = prepare(spec, study, storage, info, progress=progress, inputs=inputs)
     remove_orphans(storage, artifact_dir(info, spec.study.artifacts), older_than=2 * spec.study.grace_period)
     enqueue_baselines(study, ctx, inputs.baselines)
@@ -332,7 +324,7 @@ def run_search(
     try:
         if jobs == 1:
             torch.set_num_threads(threads or before)
-            work(study, Objective(ctx, sampler_name=type(study.sampler).__name__), target, bar=bar)
+            work(study, Objective(ctx, sampler_name=study.sampler.name), target, bar=bar)
         else:
             _run_workers(spec, info, jobs, target, bar, study, threads)
     finally:
@@ -348,8 +340,8 @@ def _run_workers(
     sampler = sampler_factory(spec.study.sampler)
     context = multiprocessing.get_context("spawn")
     workers = [
-        context.Process(target=_worker_main, args=(WorkerArgs(spec.to_dict(), info.url, target, threads, i, sampler),))
-        for i in range(jobs)
+        context.Process(target=_worker_main, args=(WorkerArgs(spec.to_dict(), info.url, target, threads, sampler),))
+        for _ in range(jobs)
     ]  # fmt: skip
     for w in workers:
         w.start()

@@ -7,9 +7,12 @@ registers ``surrogate`` when it is imported), so ``search`` never imports what s
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+import numpy as np
 import optuna
+from optuna.distributions import BaseDistribution
+from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.errors import UnknownNameError
 
@@ -39,10 +42,58 @@ def sampler_factory(name: str) -> SamplerFactory:
     return _REGISTRY[name]
 
 
-def make_sampler(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
-    with warnings.catch_warnings():  # GP and constant liar are "experimental" in Optuna 5
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return sampler_factory(spec.study.sampler)(spec, seed)
+def make_sampler(spec: StudySpec, seed: int) -> TrialSeeded:
+    """The spec's sampler, its random draws for trial N seeded by (``seed``, N)."""
+    factory = sampler_factory(spec.study.sampler)
+    return TrialSeeded(lambda trial_seed: factory(spec, trial_seed), seed)
+
+
+def trial_seed(seed: int, number: int) -> int:
+    """Trial ``number``'s sampler seed: mixed, so that seed 1's trial 0 is not seed 0's trial 1."""
+    return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+
+
+class TrialSeeded(optuna.samplers.BaseSampler):
+    """A sampler whose random draws for trial N come from (``seed``, N), not from one stream
+    per process: workers started as separate commands (or machines) on one study never draw
+    the same trial, since trial numbers are unique in the storage, and a run replays exactly
+    from its seed. A fresh inner sampler per trial; Optuna's samplers keep their history in
+    the study, so only their random state is lost between trials, which is the point."""
+
+    def __init__(self, make: Callable[[int], optuna.samplers.BaseSampler], seed: int) -> None:
+        self._make, self._seed = make, seed
+        self._inner = self._new(seed)
+        self.name = type(self._inner).__name__  # what trials record as their source
+
+    def _new(self, seed: int) -> optuna.samplers.BaseSampler:
+        with warnings.catch_warnings():  # GP and constant liar are "experimental" in Optuna 5
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return self._make(seed)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._inner = self._new(trial_seed(self._seed, trial.number))
+        self._inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return self._inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return self._inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        return self._inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(
+        self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
+    ) -> None:
+        self._inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        """Optuna reseeds before a threaded optimize; the seeds here come from trial numbers."""
 
 
 @register_sampler("tpe")

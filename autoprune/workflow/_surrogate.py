@@ -244,7 +244,7 @@ def _side_spec(view: StudyView) -> StudySpec:
 
 def _side_study(view: StudyView) -> optuna.Study:
     spec = _side_spec(view)
-    side = open_study(spec, view.ctx.storage, seed=0)
+    side = open_study(spec, view.ctx.storage)
     if "base" not in side.user_attrs:
         side.set_user_attr("base", view.ctx.base_metrics.to_dict())
     side.set_user_attr("compares", view.study.study_name)
