@@ -7,11 +7,20 @@ the versions. Nothing else in autoprune reaches into ``_private`` names of Optun
 
 from __future__ import annotations
 
+import datetime
+import time
+from typing import Callable
+
 import optuna
 import sqlalchemy
 import torch
-from optuna.storages import RDBStorage
-from optuna.trial import FrozenTrial
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+BEAT_ATTR = "autoprune:heartbeat"  # a journal trial's last heartbeat, seconds since the epoch
 
 
 def rdb_backend(study: optuna.Study) -> RDBStorage | None:
@@ -33,6 +42,76 @@ def has_heartbeat(storage: RDBStorage, trial: FrozenTrial) -> bool:
             sqlalchemy.text("SELECT 1 FROM trial_heartbeats WHERE trial_id = :id"), {"id": trial_id(trial)}
         ).first()
     return row is not None
+
+
+def heartbeat_backend(study: optuna.Study) -> BaseStorage | None:
+    """The study's storage when it records heartbeats (RDB, or our journal), else None."""
+    storage = study._storage
+    return storage if is_heartbeat_enabled(storage) else None
+
+
+def heartbeat_age(storage: BaseStorage, trial: FrozenTrial) -> float | None:
+    """Seconds since the trial's last heartbeat (by the database's clock, as Optuna's stale
+    check reads it), or None if it never sent one."""
+    if isinstance(storage, HeartbeatJournalStorage):
+        beat = trial.system_attrs.get(BEAT_ATTR)
+        return time.time() - beat if isinstance(beat, (int, float)) else None
+    rdb = getattr(storage, "_backend", storage)
+    if not isinstance(rdb, RDBStorage):
+        return None
+    with rdb.engine.connect() as conn:
+        now = conn.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar()
+        beat = conn.execute(
+            sqlalchemy.text("SELECT heartbeat FROM trial_heartbeats WHERE trial_id = :id"), {"id": trial_id(trial)}
+        ).scalar()
+    if beat is None or now is None:
+        return None
+    if isinstance(beat, str):  # SQLite hands back text
+        beat = datetime.datetime.fromisoformat(beat)
+    return (now.replace(tzinfo=None) - beat.replace(tzinfo=None)).total_seconds()
+
+
+class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
+    """A journal storage with Optuna's heartbeat, which only RDB storages have: a running
+    trial appends its beat to the log every ``heartbeat_interval`` seconds, and a trial silent
+    for ``grace_period`` (or never heard from, that long after it started) is stale, so
+    ``optuna.storages.fail_stale_trials`` fails and retries it as on PostgreSQL."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        heartbeat_interval: int,
+        grace_period: int,
+        stale_trial_callback: Callable[[optuna.Study, FrozenTrial], None] | None,
+    ) -> None:
+        super().__init__(JournalFileBackend(path))
+        self.path = path
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period
+        self._stale_trial_callback = stale_trial_callback
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            self.set_trial_system_attr(trial_id, BEAT_ATTR, time.time())
+        except UpdateFinishedTrialError:
+            pass  # finished (or failed as stale by another worker) while beating
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        now = time.time()
+        stale = []
+        for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+            beat = t.system_attrs.get(BEAT_ATTR)
+            last = beat if isinstance(beat, (int, float)) else (t.datetime_start or datetime.datetime.now()).timestamp()
+            if now - last > self.grace_period:
+                stale.append(trial_id(t))
+        return stale
+
+    def get_heartbeat_interval(self) -> int | None:
+        return self.heartbeat_interval
+
+    def get_heartbeat_stale_trial_callback(self) -> Callable[[optuna.Study, FrozenTrial], None] | None:
+        return self._stale_trial_callback
 
 
 def onnx_log_to_stderr() -> None:

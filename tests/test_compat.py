@@ -3,14 +3,16 @@ so an upgrade that moves one fails here, by name, rather than somewhere in a sea
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import optuna
 import pytest
 import torch
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
 
-from autoprune._compat import has_heartbeat, onnx_log_to_stderr, rdb_backend, trial_id
+from autoprune._compat import HeartbeatJournalStorage, heartbeat_age, heartbeat_backend, onnx_log_to_stderr, rdb_backend, trial_id
 from autoprune.search.space import holds
 from autoprune.search.storage import open_storage, parse_storage
 
@@ -23,10 +25,30 @@ def test_optuna_internals_still_where_autoprune_reaches(tmp_path: Path) -> None:
     backend = rdb_backend(optuna.load_study(study_name=study.study_name, storage=storage))
     assert isinstance(backend, optuna.storages.RDBStorage)
     assert backend.get_trial(trial_id(frozen)).number == trial.number
-    assert not has_heartbeat(backend, frozen)
+    assert heartbeat_age(backend, frozen) is None
     backend.record_heartbeat(trial_id(frozen))
-    assert has_heartbeat(backend, frozen)
+    assert 0 <= heartbeat_age(backend, frozen) < 60  # the database's clock against its own beat
+    assert heartbeat_backend(study) is not None
     assert rdb_backend(optuna.create_study()) is None  # in memory
+    assert heartbeat_backend(optuna.create_study()) is None
+
+
+def test_a_journal_storage_has_heartbeats_and_fails_a_silent_trial_as_stale(tmp_path: Path) -> None:
+    storage = open_storage(parse_storage(f"journal:{tmp_path / 'j.log'}"), heartbeat_interval=1, grace_period=2)
+    assert isinstance(storage, HeartbeatJournalStorage)
+    study = optuna.create_study(storage=storage)
+    assert heartbeat_backend(study) is storage
+    beating, silent = study.ask(), study.ask()
+    storage.record_heartbeat(beating._trial_id)
+    assert heartbeat_age(storage, study.trials[0]) < 1 and heartbeat_age(storage, study.trials[1]) is None
+    time.sleep(2.5)
+    storage.record_heartbeat(beating._trial_id)  # still alive
+    optuna.storages.fail_stale_trials(study)  # Optuna's own check, as on an RDB storage
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.RUNNING, TrialState.FAIL, TrialState.WAITING]  # the silent one failed and retried
+    assert study.trials[2].system_attrs["failed_trial"] == silent.number
+    study.tell(beating, 1.0)
+    storage.record_heartbeat(beating._trial_id)  # a beat racing the end is harmless
 
 
 def test_torch_onnx_log_switch_still_exists() -> None:

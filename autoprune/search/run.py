@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import fcntl
 import logging
 import multiprocessing
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
-from autoprune._compat import has_heartbeat, rdb_backend, trial_id
+from autoprune._compat import HeartbeatJournalStorage, heartbeat_age, heartbeat_backend, rdb_backend, trial_id
 from autoprune.compress import CompressConfig, load_recipe
 from autoprune.compress.recipe import check_layers
 from autoprune.data import load_dataset
@@ -143,7 +145,14 @@ def base_metrics(study: optuna.Study, base: torch.nn.Module, splits: Any, latenc
 
 @contextlib.contextmanager
 def study_lock(storage: BaseStorage, name: str) -> Iterator[None]:
-    """A PostgreSQL advisory lock, so concurrent commands enqueue the baselines once."""
+    """One command at a time between concurrent ones, so that they enqueue the baselines and
+    retries once: a PostgreSQL advisory lock, or a lock file beside a journal (the kernel
+    releases both when the holder dies)."""
+    if isinstance(storage, HeartbeatJournalStorage):
+        with open(f"{storage.path}.lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+        return
     engine = getattr(storage, "engine", None)
     if not isinstance(storage, RDBStorage) or engine is None or engine.dialect.name != "postgresql":
         yield
@@ -185,23 +194,16 @@ def enqueue_baselines(study: optuna.Study, ctx: SearchContext, recipes: tuple[Co
     return added
 
 
-def rdb_storage(study: optuna.Study) -> RDBStorage | None:
-    """The study's RDB storage with heartbeats on, under Optuna's caching wrapper; else None."""
-    storage = rdb_backend(study)
-    if storage is not None and storage.get_heartbeat_interval() is not None:
-        return storage
-    return None
-
-
 def fail_orphaned_trials(study: optuna.Study) -> int:
     """Fail (and retry) trials of workers that died before their first heartbeat.
 
-    Optuna's stale check only looks at trials that have a heartbeat row; a worker killed in
-    the moment between creating its trial and recording the first beat would leave that trial
-    RUNNING forever, and a study that waits for it would never finish.
+    Optuna's stale check on an RDB storage only looks at trials that have a heartbeat row; a
+    worker killed in the moment between creating its trial and recording the first beat would
+    leave that trial RUNNING forever, and a study that waits for it would never finish. (Our
+    journal storage's stale check covers such trials itself.)
     """
-    storage = rdb_storage(study)
-    if storage is None:
+    storage = rdb_backend(study)
+    if storage is None or storage.get_heartbeat_interval() is None:
         return 0
     grace = storage.grace_period or 2 * (storage.get_heartbeat_interval() or 1)
     now = datetime.datetime.now()
@@ -209,7 +211,7 @@ def fail_orphaned_trials(study: optuna.Study) -> int:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if t.datetime_start is None or (now - t.datetime_start).total_seconds() <= grace:
             continue
-        if has_heartbeat(storage, t):
+        if heartbeat_age(storage, t) is not None:
             continue  # Optuna's own stale check handles it
         try:
             if storage.set_trial_state_values(trial_id(t), state=TrialState.FAIL):
@@ -220,6 +222,27 @@ def fail_orphaned_trials(study: optuna.Study) -> int:
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # another worker got there first
     return failed
+
+
+def retry_lost_trials(study: optuna.Study, storage: BaseStorage, name: str) -> int:
+    """Retry failed trials that nobody retried: a worker that fails a stale trial writes FAIL,
+    then queues the retry, and one killed in between leaves a FAIL with no retry (Optuna's
+    ``fail_stale_trials`` is not atomic); a search interrupted by Ctrl-C leaves its trial FAIL
+    too. A trial that failed by itself (``fail_reason``: a diverged fine-tune) is not retried,
+    nor one already retried ``MAX_RETRY`` times. Run at start, under the study lock."""
+    retry = getattr(heartbeat_backend(study), "get_heartbeat_stale_trial_callback", lambda: None)()
+    if retry is None:
+        return 0
+    settle = datetime.timedelta(seconds=5)  # a live worker queues its retry within milliseconds
+    with study_lock(storage, name):
+        trials = study.get_trials(deepcopy=False)
+        retried = {t.system_attrs.get("failed_trial") for t in trials}
+        lost = [t for t in trials if t.state == TrialState.FAIL and t.number not in retried
+                and "fail_reason" not in t.user_attrs and t.datetime_complete is not None
+                and datetime.datetime.now() - t.datetime_complete > settle]  # fmt: skip
+        for t in lost:
+            retry(study, t)  # Optuna's retry callback: a copy, WAITING, up to its max_retry
+    return len(lost)
 
 
 def counts(study: optuna.Study) -> tuple[int, int]:
@@ -233,7 +256,8 @@ def counts(study: optuna.Study) -> tuple[int, int]:
 def work(study: optuna.Study, objective: Objective, target: int, *, bar: tqdm | None = None) -> None:
     """Run trials until the study holds ``target`` finished (complete or pruned) trials."""
     keep = objective.ctx.spec.study.keep_artifacts
-    heartbeat = rdb_storage(study) is not None
+    heartbeat = heartbeat_backend(study)
+    waited: set[int] = set()
 
     def after(study: optuna.Study, trial: FrozenTrial) -> None:
         enforce_retention(study, objective.ctx.artifacts, keep)
@@ -254,9 +278,24 @@ def work(study: optuna.Study, objective: Objective, target: int, *, bar: tqdm | 
                 with warnings.catch_warnings():  # "experimental" since Optuna 2.9; we rely on it knowingly
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     optuna.storages.fail_stale_trials(study)
+                _say_waiting(study, heartbeat, waited, bar)
             time.sleep(1.0)
             continue
         study.optimize(objective, n_trials=1, callbacks=[after], gc_after_trial=False)
+
+
+def _say_waiting(study: optuna.Study, storage: BaseStorage, said: set[int], bar: tqdm | None) -> None:
+    """Once per trial: the last trials run elsewhere, and one of them has gone quiet."""
+    interval = storage.get_heartbeat_interval() or 1
+    grace = getattr(storage, "grace_period", None) or 2 * interval
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        age = heartbeat_age(storage, t)
+        if t.number in said or age is None or age <= 2 * interval:
+            continue
+        said.add(t.number)
+        if bar is not None and not bar.disable:
+            tqdm.write(f"waiting up to {max(0, grace - age):.0f} s for trial {t.number}, last heard from "
+                       f"{age:.0f} s ago, to be retried", file=sys.stderr)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -314,6 +353,7 @@ def run_search(
     study = open_study(spec, storage)
     ctx = prepare(spec, study, storage, info, progress=progress, inputs=inputs)
     remove_orphans(storage, artifact_dir(info, spec.study.artifacts), older_than=2 * spec.study.grace_period)
+    retry_lost_trials(study, storage, spec.study.name)
     enqueue_baselines(study, ctx, inputs.baselines)
     if setup_only:
         return study

@@ -97,10 +97,16 @@ class FinalSection:
     k: int = 3  # best trials within the budget to finalize (plus the front's knee and every baseline)
     epochs: int = 4  # fine-tuning epochs of a finalized search trial (the shipped recipes use 4)
     quant_epochs: int = 1  # trained-quantization epochs
+    # Points added to the budget when choosing the trials to finalize: a capped fine-tune
+    # overstates the drop that the full budget reaches. The finalized trials are judged on the
+    # budget itself.
+    slack: float = 0.0
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.epochs < 0 or self.quant_epochs < 0:
             raise SpecError(f"final.k={self.k} should be >= 1, final.epochs and final.quant_epochs >= 0")
+        if not (0 <= self.slack <= 100 and math.isfinite(self.slack)):
+            raise SpecError(f"final.slack={self.slack} should be a number of points in [0, 100]")
 
 
 @dataclass(frozen=True)

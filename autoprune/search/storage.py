@@ -20,9 +20,9 @@ from typing import Iterator
 import optuna
 import sqlalchemy
 from optuna.artifacts import FileSystemArtifactStore
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 
+from autoprune._compat import HeartbeatJournalStorage
 from autoprune.errors import AutoPruneError
 
 DEFAULT_STORAGE = "sqlite:///studies/autoprune.db"  # relative to the current folder
@@ -125,7 +125,11 @@ def open_storage(
         try:
             if path.is_file() and not _looks_like_journal(path):
                 raise ValueError
-            storage = JournalStorage(JournalFileBackend(str(path)))
+            with warnings.catch_warnings():  # the retry callback is "experimental" in Optuna 5
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+            storage = HeartbeatJournalStorage(str(path), heartbeat_interval=heartbeat_interval,
+                                              grace_period=grace_period, stale_trial_callback=retry)  # fmt: skip
             optuna.get_all_study_summaries(storage, include_best_trial=False)  # reads the whole log
             return storage
         except OSError as e:

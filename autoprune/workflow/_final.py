@@ -5,6 +5,7 @@ refines, so the search and the hand-tuned recipes are compared at the same budge
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -83,7 +84,7 @@ def finalize(
         name = resolve_study_name(storage, spec.study.name, info.safe_url)
         study = optuna.load_study(study_name=name, storage=storage)
         budget = spec.study.budget
-        chosen = parents(study, budget, k or spec.final.k)
+        chosen = parents(study, dataclasses.replace(budget, max_drop=budget.max_drop + spec.final.slack), k or spec.final.k)
         if not chosen:
             raise AutoPruneError(f"study {name!r} has no completed trial to finalize; run 'autoprune search' first")
         inputs = load_inputs(spec, progress=progress)
