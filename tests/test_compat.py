@@ -12,7 +12,14 @@ import torch
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from autoprune._compat import HeartbeatJournalStorage, heartbeat_age, heartbeat_backend, onnx_log_to_stderr, rdb_backend, trial_id
+from autoprune._compat import (
+    HeartbeatJournalStorage,
+    heartbeat_age,
+    heartbeat_backend,
+    onnx_log_to_stderr,
+    rdb_backend,
+    trial_id,
+)
 from autoprune.search.space import holds
 from autoprune.search.storage import open_storage, parse_storage
 
