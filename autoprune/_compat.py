@@ -55,7 +55,8 @@ def heartbeat_age(storage: BaseStorage, trial: FrozenTrial) -> float | None:
     check reads it), or None if it never sent one."""
     if isinstance(storage, HeartbeatJournalStorage):
         beat = trial.system_attrs.get(BEAT_ATTR)
-        return time.time() - beat if isinstance(beat, (int, float)) else None
+        started = trial.datetime_start.timestamp() if trial.datetime_start else 0.0
+        return time.time() - beat if isinstance(beat, (int, float)) and beat >= started else None
     rdb = getattr(storage, "_backend", storage)
     if not isinstance(rdb, RDBStorage):
         return None
@@ -101,9 +102,9 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         now = time.time()
         stale = []
         for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-            beat = t.system_attrs.get(BEAT_ATTR)
-            last = beat if isinstance(beat, (int, float)) else (t.datetime_start or datetime.datetime.now()).timestamp()
-            if now - last > self.grace_period:
+            beat = t.system_attrs.get(BEAT_ATTR)  # a retry inherits its failed parent's: the start counts too
+            started = (t.datetime_start or datetime.datetime.now()).timestamp()
+            if now - max(started, beat if isinstance(beat, (int, float)) else 0.0) > self.grace_period:
                 stale.append(trial_id(t))
         return stale
 

@@ -9,7 +9,7 @@ import uuid
 import optuna
 import pytest
 from optuna.distributions import FloatDistribution
-from optuna.trial import create_trial
+from optuna.trial import TrialState, create_trial
 
 from autoprune.errors import AutoPruneError
 from autoprune.search import best_trial, pareto_front, resolve_study_name, study_budget, trial_row
@@ -195,3 +195,36 @@ def test_workers_started_apart_never_draw_the_same_trial_and_one_worker_replays(
     assert again == together  # trial N's draws depend on the seed and N only
     other = draws([open_study(spec.with_study(name=f"o-{uuid.uuid4().hex[:8]}", seed=8), store)], 12)
     assert not set(other) & set(together)
+
+
+def test_a_failed_trial_nobody_retried_is_retried_once_at_the_next_start(storage) -> None:
+    from autoprune.search.run import retry_lost_trials
+
+    store, info = storage
+    study = open_study(StudySpec().with_study(name=f"lost-{uuid.uuid4().hex[:8]}"), store)
+
+    def failed(**attrs) -> int:
+        trial = study.ask()
+        trial.suggest_float("x", 0, 1)
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        study.tell(trial, state=TrialState.FAIL)
+        return trial.number
+
+    lost = failed()  # marked stale by a worker killed before it queued the retry
+    diverged = failed(fail_reason="fine-tuning diverged")  # failed by itself: not retried
+    if info is None:  # in memory: no heartbeats, nothing to retry
+        assert retry_lost_trials(study) == 0
+        return
+    assert retry_lost_trials(study) == 1
+    retry = study.trials[-1]
+    assert retry.state == TrialState.WAITING and retry.system_attrs["failed_trial"] == lost
+    assert retry.params == study.trials[lost].params and diverged not in retry.system_attrs["retry_history"]
+    assert retry_lost_trials(study) == 0  # once
+    # a retry that failed in turn is retried from itself, not from its first ancestor again
+    trial = study.ask()
+    assert trial.number == retry.number
+    study.tell(trial, state=TrialState.FAIL)
+    assert retry_lost_trials(study) == 1
+    assert study.trials[-1].system_attrs["retry_history"] == [lost, retry.number]
+    assert retry_lost_trials(study) == 0

@@ -3,7 +3,6 @@ holds N finished trials, and summarise the Pareto front."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import fcntl
 import logging
@@ -14,7 +13,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import optuna
 import sqlalchemy
@@ -23,7 +22,7 @@ from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
-from autoprune._compat import HeartbeatJournalStorage, heartbeat_age, heartbeat_backend, rdb_backend, trial_id
+from autoprune._compat import heartbeat_age, heartbeat_backend, rdb_backend, trial_id
 from autoprune.compress import CompressConfig, load_recipe
 from autoprune.compress.recipe import check_layers
 from autoprune.data import load_dataset
@@ -143,28 +142,56 @@ def base_metrics(study: optuna.Study, base: torch.nn.Module, splits: Any, latenc
     return Metrics(**stored)
 
 
-@contextlib.contextmanager
-def study_lock(storage: BaseStorage, name: str) -> Iterator[None]:
-    """One command at a time between concurrent ones, so that they enqueue the baselines and
-    retries once: a PostgreSQL advisory lock, or a lock file beside a journal (the kernel
-    releases both when the holder dies)."""
-    if isinstance(storage, HeartbeatJournalStorage):
-        with open(f"{storage.path}.lock", "a") as f:
+class StudyLock:
+    """One command at a time, across processes and machines, for what must happen once: the
+    baselines queued, a lost trial retried, a stale trial failed and retried, and the check
+    that the study still needs a trial together with that trial's creation (so N workers
+    finish exactly N trials). A PostgreSQL advisory lock, or a lock file beside a SQLite or
+    journal file; the kernel or the server releases either when its holder dies. A no-op in
+    memory."""
+
+    def __init__(self, storage: BaseStorage, name: str) -> None:
+        self.key = int.from_bytes(name.encode()[:8].ljust(8, b"\0"), "big") & 0x7FFFFFFFFFFFFFFF
+        self.engine = getattr(storage, "engine", None) if isinstance(storage, RDBStorage) else None
+        path = getattr(storage, "path", None) or (self.engine.url.database if self.engine is not None else None)
+        self.path = f"{path}.autoprune-lock" if path and path != ":memory:" else None  # not ".lock": the journal's own
+        if self.engine is not None and self.engine.dialect.name != "postgresql":
+            self.engine = None
+        self._held: Any = None
+
+    def acquire(self) -> None:
+        if self._held is not None:
+            return
+        if self.engine is not None:
+            conn = self.engine.connect()
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
+            self._held = conn
+        elif self.path is not None:
+            f = open(self.path, "a")
             fcntl.flock(f, fcntl.LOCK_EX)
-            yield
-        return
-    engine = getattr(storage, "engine", None)
-    if not isinstance(storage, RDBStorage) or engine is None or engine.dialect.name != "postgresql":
-        yield
-        return
-    key = int.from_bytes(name.encode()[:8].ljust(8, b"\0"), "big") & 0x7FFFFFFFFFFFFFFF
-    with engine.connect() as conn:
-        conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
-        try:
-            yield
-        finally:
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-            conn.commit()
+            self._held = f
+        else:
+            self._held = True
+
+    def release(self) -> None:
+        held, self._held = self._held, None
+        if held is None or held is True:
+            return
+        if self.engine is not None:
+            try:
+                held.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+                held.commit()
+            finally:
+                held.close()
+        else:
+            held.close()  # closing the file drops the flock
+
+    def __enter__(self) -> StudyLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def enqueue_baselines(study: optuna.Study, ctx: SearchContext, recipes: tuple[CompressConfig, ...]) -> int:
@@ -175,7 +202,7 @@ def enqueue_baselines(study: optuna.Study, ctx: SearchContext, recipes: tuple[Co
     if not recipes:
         return 0
     dists = distributions(ctx.spec.space, ctx.layers)
-    with study_lock(ctx.storage, ctx.spec.study.name):
+    with StudyLock(ctx.storage, ctx.spec.study.name):
         baselines = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("source") == "baseline"]
         added = 0
         for recipe in recipes:
@@ -224,24 +251,20 @@ def fail_orphaned_trials(study: optuna.Study) -> int:
     return failed
 
 
-def retry_lost_trials(study: optuna.Study, storage: BaseStorage, name: str) -> int:
-    """Retry failed trials that nobody retried: a worker that fails a stale trial writes FAIL,
-    then queues the retry, and one killed in between leaves a FAIL with no retry (Optuna's
-    ``fail_stale_trials`` is not atomic); a search interrupted by Ctrl-C leaves its trial FAIL
-    too. A trial that failed by itself (``fail_reason``: a diverged fine-tune) is not retried,
-    nor one already retried ``MAX_RETRY`` times. Run at start, under the study lock."""
+def retry_lost_trials(study: optuna.Study) -> int:
+    """Retry failed trials that nobody retried: a search interrupted by Ctrl-C leaves its trial
+    FAIL, and so does a worker killed between failing a stale trial and queueing its retry
+    (Optuna's ``fail_stale_trials`` is not atomic). A trial that failed by itself
+    (``fail_reason``: a diverged fine-tune) is not retried, nor one retried ``MAX_RETRY``
+    times. Call it under the :class:`StudyLock`, which stale checks hold too."""
     retry = getattr(heartbeat_backend(study), "get_heartbeat_stale_trial_callback", lambda: None)()
     if retry is None:
         return 0
-    settle = datetime.timedelta(seconds=5)  # a live worker queues its retry within milliseconds
-    with study_lock(storage, name):
-        trials = study.get_trials(deepcopy=False)
-        retried = {t.system_attrs.get("failed_trial") for t in trials}
-        lost = [t for t in trials if t.state == TrialState.FAIL and t.number not in retried
-                and "fail_reason" not in t.user_attrs and t.datetime_complete is not None
-                and datetime.datetime.now() - t.datetime_complete > settle]  # fmt: skip
-        for t in lost:
-            retry(study, t)  # Optuna's retry callback: a copy, WAITING, up to its max_retry
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}  # every retry's ancestors
+    lost = [t for t in trials if t.state == TrialState.FAIL and t.number not in retried and "fail_reason" not in t.user_attrs]
+    for t in lost:
+        retry(study, t)  # Optuna's retry callback: a copy, WAITING, up to its max_retry
     return len(lost)
 
 
@@ -265,23 +288,31 @@ def work(study: optuna.Study, objective: Objective, target: int, *, bar: tqdm | 
             bar.n = counts(study)[0]
             bar.set_postfix(last=f"#{trial.number} {trial.state.name.lower()}")  # refreshes
 
+    lock = StudyLock(objective.ctx.storage, study.study_name)
+
+    def run(trial: optuna.Trial) -> float | tuple[float, ...]:
+        lock.release()  # the trial exists: let the other workers count it
+        return objective(trial)
+
     while True:
         if stop_requested():
             raise KeyboardInterrupt
-        if heartbeat:
-            fail_orphaned_trials(study)
-        done, running = counts(study)
-        if done >= target:
-            return
-        if done + running >= target:  # the last trials run elsewhere; take over if they die
+        with lock:
             if heartbeat:
+                fail_orphaned_trials(study)
                 with warnings.catch_warnings():  # "experimental" since Optuna 2.9; we rely on it knowingly
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     optuna.storages.fail_stale_trials(study)
-                _say_waiting(study, heartbeat, waited, bar)
-            time.sleep(1.0)
-            continue
-        study.optimize(objective, n_trials=1, callbacks=[after], gc_after_trial=False)
+            done, running = counts(study)
+            if done >= target:
+                return
+            if done + running < target:
+                # Optuna fails stale trials again and creates the trial, still under the lock
+                study.optimize(run, n_trials=1, callbacks=[after], gc_after_trial=False)
+                continue
+        if heartbeat:  # the last trials run elsewhere; take over if they die
+            _say_waiting(study, heartbeat, waited, bar)
+        time.sleep(1.0)
 
 
 def _say_waiting(study: optuna.Study, storage: BaseStorage, said: set[int], bar: tqdm | None) -> None:
@@ -353,7 +384,8 @@ def run_search(
     study = open_study(spec, storage)
     ctx = prepare(spec, study, storage, info, progress=progress, inputs=inputs)
     remove_orphans(storage, artifact_dir(info, spec.study.artifacts), older_than=2 * spec.study.grace_period)
-    retry_lost_trials(study, storage, spec.study.name)
+    with StudyLock(storage, spec.study.name):
+        retry_lost_trials(study)
     enqueue_baselines(study, ctx, inputs.baselines)
     if setup_only:
         return study
