@@ -258,7 +258,7 @@ def test_two_workers_on_postgresql(tmp_path: Path, study_name: str) -> None:
     assert both.returncode == 0 and other.returncode == 0, both.stderr + err
     study = load(PG_URL, study_name)
     finished = count(study, TrialState.COMPLETE)
-    assert 6 <= finished <= 8  # concurrent workers may each finish the trial they had started
+    assert finished == 6  # the check that a trial is needed and its creation share one lock
     names = [t.user_attrs.get("recipe_name") for t in study.trials if t.user_attrs.get("source") == "baseline"]
     assert sorted(names) == ["deep-compression-lenet5", "uniform-l1"]  # no duplicated baseline
 

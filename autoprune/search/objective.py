@@ -137,13 +137,14 @@ def remove_orphans(storage: optuna.storages.BaseStorage, folder: Path, *, older_
     live worker may be between the two steps). Returns how many were removed."""
     if not folder.is_dir():
         return 0
-    live = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
     owned = set()
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
-        for t in study.get_trials(deepcopy=False, states=live):
-            owned.add(str(t.user_attrs.get("artifact_id")))
-            owned.update(m.artifact_id for m in optuna.artifacts.get_all_artifact_meta(t, storage=storage))
+        for t in study.get_trials(deepcopy=False):
+            if t.state == TrialState.COMPLETE:  # its own file: a retry inherits its parent's upload record
+                owned.add(str(t.user_attrs.get("artifact_id")))
+            elif t.state in (TrialState.RUNNING, TrialState.WAITING):  # may be between upload and completion
+                owned.update(m.artifact_id for m in optuna.artifacts.get_all_artifact_meta(t, storage=storage))
     removed = 0
     now = time.time()
     for path in folder.iterdir():

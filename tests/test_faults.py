@@ -1,0 +1,160 @@
+"""Fault injection: four workers started as separate commands at the same instant on a fresh
+database, SIGKILLed at random moments (and the moment a packed file lands, before its trial
+completes) and replaced, until the study holds N trials; then one more run. The study must
+end with exactly N trials, each sampled setting once, each baseline once, nothing left
+running or queued, every trial's packed file loadable and no file without its trial."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy
+from optuna.trial import TrialState
+
+from autoprune.compress import load_packed
+from tests.conftest import PG_URL, REPO, postgres_reachable, run_cli
+
+N = 12
+KILLS = 8  # kill events, every fourth one the moment a packed file lands
+GRACE = 3
+SPEC = """
+[study]
+trials = {n}
+artifacts = "{artifacts}"
+baselines = ["{recipes}/deep-compression-lenet5.toml", "{recipes}/uniform-l1.toml"]
+latency_repeats = 3
+heartbeat_interval = 1
+grace_period = {grace}
+[model]
+name = "lenet5"
+[data]
+name = "digits"
+[train]
+epochs = 2
+[space]
+ratio = [0.0, 0.5]
+quality = [0.0, 1.5]
+conv_bits = [4, 6]
+fc_bits = [3, 5]
+finetune_epochs = [1]
+quant_epochs = [1]
+max_batches = 3
+"""
+
+
+def start(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "autoprune", "search", "--quiet", "--threads", "1", *args],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def completed(storage: optuna.storages.BaseStorage, name: str) -> int:
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return 0
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+
+
+@pytest.fixture(params=["journal", pytest.param("postgresql", marks=pytest.mark.skipif(
+    not postgres_reachable(), reason=f"no PostgreSQL server reachable at {PG_URL}"))])  # fmt: skip
+def fresh_url(request: pytest.FixtureRequest, tmp_path: Path):
+    if request.param == "journal":
+        yield f"journal:{tmp_path / 'study.log'}"
+        return
+    admin = sqlalchemy.create_engine(PG_URL.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+    db = f"autoprune_faults_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f"CREATE DATABASE {db}"))
+    try:
+        yield PG_URL.rsplit("/", 1)[0] + f"/{db}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+        admin.dispose()
+
+
+@pytest.mark.slow
+def test_workers_killed_at_random_leave_every_trial_run_once(fresh_url: str, tmp_path: Path) -> None:
+    from autoprune.search.storage import open_storage, parse_storage
+
+    artifacts = tmp_path / "artifacts"
+    spec = tmp_path / "faults.toml"
+    spec.write_text(SPEC.format(n=N, grace=GRACE, artifacts=artifacts, recipes=REPO / "studies" / "recipes"))
+    name = "faults"
+    args = [str(spec), "--storage", fresh_url, "--study", name]
+    rng = random.Random(0)
+    workers = [start(args) for _ in range(4)]  # at the same instant, on an empty database
+    storage = None
+    kills = landed = 0
+    deadline = time.monotonic() + 420
+    try:
+        while time.monotonic() < deadline:
+            if storage is None:
+                try:
+                    storage = open_storage(parse_storage(fresh_url), create=False)
+                except Exception:  # the workers have not made the schema yet
+                    time.sleep(0.5)
+                    continue
+            done = completed(storage, name)
+            if done >= N:
+                break
+            if kills >= KILLS:  # enough faults: let the survivors finish
+                time.sleep(0.5)
+                continue
+            if kills % 4 == 3:  # the moment a packed file lands: before its trial completes
+                seen = set(artifacts.iterdir()) if artifacts.is_dir() else set()
+                until = time.monotonic() + 30
+                while time.monotonic() < until and not (artifacts.is_dir() and set(artifacts.iterdir()) - seen):
+                    time.sleep(0.002)
+                for w in workers:
+                    kill(w)
+                workers = [start(args) for _ in range(4)]
+                landed += 1
+            else:  # a random moment, at least once per trial finished
+                until = time.monotonic() + rng.uniform(0.5, 3.0)
+                while time.monotonic() < until and completed(storage, name) == done:
+                    time.sleep(0.05)
+                alive = [w for w in workers if w.poll() is None]
+                if alive:
+                    victim = rng.choice(alive)
+                    kill(victim)
+                    workers[workers.index(victim)] = start(args)
+            kills += 1
+        else:
+            raise AssertionError(f"the study did not reach {N} trials in time")
+    finally:
+        for w in workers:
+            kill(w)
+    assert kills == KILLS and landed == KILLS // 4
+    time.sleep(2 * GRACE + 1)  # the dead workers' trials are stale, their stray files old enough to go
+    rerun = run_cli("search", "--quiet", *args, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+
+    study = optuna.load_study(study_name=name, storage=open_storage(parse_storage(fresh_url), create=False))
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == N, [(t.number, t.state.name) for t in trials]
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    baselines = sorted(t.user_attrs["recipe_name"] for t in complete if t.user_attrs.get("source") == "baseline")
+    assert baselines == ["deep-compression-lenet5", "uniform-l1"]
+    sampled = [tuple(sorted(t.params.items())) for t in complete if t.user_attrs.get("source") != "baseline"]
+    assert len(set(sampled)) == len(sampled) == N - 2
+    files = {p.name for p in artifacts.iterdir()}
+    assert files == {t.user_attrs["artifact_id"] for t in complete}  # no file without its trial
+    for t in complete:
+        model, header = load_packed(artifacts / t.user_attrs["artifact_id"])
+        assert sum(p.numel() for p in model.parameters()) == t.user_attrs["params"]
