@@ -158,3 +158,87 @@ def test_workers_killed_at_random_leave_every_trial_run_once(fresh_url: str, tmp
     for t in complete:
         model, header = load_packed(artifacts / t.user_attrs["artifact_id"])
         assert sum(p.numel() for p in model.parameters()) == t.user_attrs["params"]
+
+
+def _iptables_usable() -> bool:
+    try:
+        return subprocess.run(["iptables", "-L", "INPUT", "-n"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+class Relay:
+    """A TCP relay on a free local port to PostgreSQL, so that packets to it alone can be dropped."""
+
+    def __init__(self, host: str, port: int) -> None:
+        import socket
+        import threading
+
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+
+        def pipe(a: socket.socket, b: socket.socket) -> None:
+            try:
+                while data := a.recv(65536):
+                    b.sendall(data)
+            except OSError:
+                pass
+
+        def accept() -> None:
+            while True:
+                try:
+                    client, _ = self.server.accept()
+                except OSError:
+                    return
+                upstream = socket.create_connection((host, port))
+                for a, b in ((client, upstream), (upstream, client)):
+                    threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+
+        threading.Thread(target=accept, daemon=True).start()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not postgres_reachable(), reason=f"no PostgreSQL server reachable at {PG_URL}")
+@pytest.mark.skipif(not _iptables_usable(), reason="needs iptables (root) to drop a connection's packets")
+@pytest.mark.parametrize("interrupt", [False, True], ids=["waits", "ctrl-c"])
+def test_a_silently_dead_connection_is_one_line_within_the_timeout(interrupt: bool, tmp_path: Path) -> None:
+    import urllib.parse
+
+    pg = urllib.parse.urlsplit(PG_URL)
+    relay = Relay(pg.hostname or "127.0.0.1", pg.port or 5432)
+    url = f"{pg.scheme}://{pg.username}@127.0.0.1:{relay.port}{pg.path}"
+    name = f"paused-{uuid.uuid4().hex[:8]}"
+    spec = tmp_path / "paused.toml"
+    text = SPEC.format(n=50, grace=GRACE, artifacts=tmp_path / "a", recipes=REPO / "studies" / "recipes")
+    spec.write_text(text.replace(f"grace_period = {GRACE}", f"grace_period = {GRACE}\ndb_timeout = 5"))
+    storage = optuna.storages.RDBStorage(PG_URL)
+    proc = start([str(spec), "--storage", url, "--study", name])
+    rules = [["INPUT", "-p", "tcp", "--dport", str(relay.port), "-j", "DROP"],
+             ["INPUT", "-p", "tcp", "--sport", str(relay.port), "-j", "DROP"]]  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while completed(storage, name) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert completed(storage, name) >= 3, proc.stderr.read() if proc.poll() is not None else "too slow"
+        for rule in rules:  # silence: no reset, no answer, as a cut cable or a paused VM
+            subprocess.run(["iptables", "-I", *rule], check=True)
+        paused = time.monotonic()
+        if interrupt:
+            time.sleep(1.0)
+            proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=90)
+        took = time.monotonic() - paused
+    finally:
+        for rule in rules:
+            subprocess.run(["iptables", "-D", *rule], capture_output=True)
+        kill(proc)
+    lines = [line for line in err.strip().splitlines() if not line.startswith("stopping at the next safe point")]
+    assert len(lines) == 1 and "Traceback" not in err, err  # Ctrl-C's own notice, then one line
+    assert took < 5 * 3, (took, err)  # measured ~10.6 s: libpq waits at least 2 s per attempt, several in a row
+    if interrupt:
+        assert proc.returncode in (2, 130), err
+    else:
+        assert proc.returncode == 2, err
+        assert f"127.0.0.1:{relay.port}" in lines[0], lines[0]
+    assert completed(storage, name) >= 3  # what was stored stays stored
+    optuna.delete_study(study_name=name, storage=storage)

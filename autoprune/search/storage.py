@@ -162,14 +162,17 @@ def open_storage(
 
 def _pg_timeouts(timeout: int) -> dict[str, int]:
     """libpq settings so that an unreachable or silently dead server is an error within about
-    ``timeout`` seconds instead of a hang: connect timeout, TCP keepalives, unacknowledged data."""
+    ``timeout`` seconds instead of a hang. A command that loses its server meets it up to three
+    times in a row (a query in flight, the pool's ping, a new connection), so each wait is a
+    third: connect timeout, TCP keepalives, unacknowledged data."""
+    third = max(2, timeout // 3)  # libpq's connect_timeout floor is 2 s
     return {
-        "connect_timeout": timeout,
+        "connect_timeout": third,
         "keepalives": 1,
-        "keepalives_idle": max(1, timeout // 2),
-        "keepalives_interval": max(1, timeout // 6),
-        "keepalives_count": 3,
-        "tcp_user_timeout": timeout * 1000,
+        "keepalives_idle": max(1, third // 2),
+        "keepalives_interval": 1,
+        "keepalives_count": max(1, third // 2),
+        "tcp_user_timeout": third * 1000,
     }
 
 
