@@ -197,6 +197,26 @@ def test_ctrl_c_leaves_nothing_running_and_the_same_command_resumes(kind: str, t
 
 
 @pytest.mark.slow
+def test_ctrl_c_during_a_baseline_then_rerun_runs_each_baseline_once(tmp_path: Path, study_name: str) -> None:
+    url = storage_url("sqlite", tmp_path)
+    args = (str(write_spec(tmp_path, trials=4, epochs=3, max_batches=10)), "--storage", url, "--study", study_name)
+    proc = popen_search(*args)
+    wait_for(lambda: _study_has(url, study_name, lambda s: count(s, TrialState.COMPLETE) == 0
+                                and count(s, TrialState.RUNNING) == 1))  # fmt: skip
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    interrupted = load(url, study_name).trials[0]
+    assert interrupted.state == TrialState.FAIL and interrupted.user_attrs["source"] == "baseline"
+    again = search(*args)
+    assert again.returncode == 0, again.stderr
+    study = load(url, study_name)
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE and t.user_attrs.get("source") == "baseline"]
+    assert sorted(t.user_attrs["recipe_name"] for t in done) == ["deep-compression-lenet5", "uniform-l1"]
+    assert count(study, TrialState.COMPLETE) == 4 and not count(study, TrialState.RUNNING, TrialState.WAITING)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", STORAGES)
 def test_a_killed_worker_trial_is_retried(kind: str, tmp_path: Path, study_name: str) -> None:
     url = storage_url(kind, tmp_path)
