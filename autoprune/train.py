@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from autoprune.data import DataSplits
 from autoprune.errors import ConfigError, DivergedError
 from autoprune.measure import accuracy
-from autoprune.models import ModelSpec, create_model, factory_fingerprint, load_checkpoint
+from autoprune.models import ModelSpec, create_model, load_checkpoint, model_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -146,14 +146,15 @@ class BaseModel:
 
 
 def base_key(
-    spec: ModelSpec, splits: DataSplits, config: TrainConfig, checkpoint: Path | None, seed: int = 0
+    spec: ModelSpec, model: nn.Module, splits: DataSplits, config: TrainConfig, checkpoint: Path | None, seed: int = 0
 ) -> str:
-    """The cache key: model, its source, the data's content, the settings and the start point."""
+    """The cache key: what the freshly built ``model`` is (:func:`model_fingerprint`), the
+    data's content, the settings and the start point."""
     record = {
         "version": CACHE_VERSION,
         "torch": torch.__version__,
         "spec": spec.to_dict(),
-        "factory": factory_fingerprint(spec.name),
+        "model": model_fingerprint(spec.name, model),
         "data": splits.fingerprint,
         "train": {**config.to_dict(), "seed": seed},
         "checkpoint": _file_hash(checkpoint) if checkpoint else None,
@@ -173,12 +174,11 @@ def train_base(
 ) -> BaseModel:
     """Build ``spec``, optionally start from ``checkpoint``, train it, and cache the result."""
     checkpoint = Path(checkpoint) if checkpoint is not None else None
-    key = base_key(spec, splits, config, checkpoint, seed)
-    path = cache_dir() / f"{spec.name.replace('/', '_').replace(':', '_')[-40:]}-{key}.pt"
-    meta_path = path.with_suffix(".json")
-
     torch.manual_seed(seed)  # the same seed gives the same initial weights
     model = create_model(spec)
+    key = base_key(spec, model, splits, config, checkpoint, seed)
+    path = cache_dir() / f"{spec.name.replace('/', '_').replace(':', '_')[-40:]}-{key}.pt"
+    meta_path = path.with_suffix(".json")
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     if use_cache and path.is_file() and meta_path.is_file():

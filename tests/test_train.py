@@ -62,3 +62,48 @@ def test_diverging_run_raises() -> None:
 def test_bad_config_is_refused(bad: dict) -> None:
     with pytest.raises(ValueError):
         TrainConfig(**bad)
+
+
+NETLIB = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, num_classes, in_channels):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 4, 3)
+        self.fc = nn.Linear(4 * 6 * 6, num_classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(torch.{act}(self.conv(x)), 1))
+"""
+
+WRAPPER = """
+from netlib import Net
+
+
+def build(num_classes, in_channels):
+    return Net(num_classes, in_channels)
+"""
+
+
+def test_a_changed_module_the_factory_imports_gives_a_new_base(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "wrap.py").write_text(WRAPPER)
+    spec = ModelSpec(f"{tmp_path / 'wrap.py'}:build", 10, 1, (8, 8))
+    s = load_dataset("digits")
+    config = TrainConfig(epochs=1, max_batches=2)
+
+    def base(act: str):
+        (tmp_path / "netlib.py").write_text(NETLIB.format(act=act))
+        for name in [n for n in sys.modules if n == "netlib" or n.startswith("autoprune_user_")]:
+            del sys.modules[name]  # as a new process would import them
+        return train_base(spec, s, config, seed=0, progress=False)
+
+    relu = base("relu")
+    assert base("relu").cached  # unchanged: the cache serves it
+    sigmoid = base("sigmoid")  # only the imported module's forward() changed: same file named by --model
+    assert not sigmoid.cached and sigmoid.path != relu.path

@@ -5,16 +5,16 @@ from autoprune.models._checkpoint import load_checkpoint
 from autoprune.models._registry import (
     ModelSpec,
     create_model,
-    factory_fingerprint,
     is_user_model,
     list_models,
+    model_fingerprint,
     register_model,
 )
 
 __all__ = [
     "ModelSpec",
     "create_model",
-    "factory_fingerprint",
+    "model_fingerprint",
     "is_user_model",
     "list_models",
     "load_checkpoint",

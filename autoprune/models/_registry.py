@@ -7,10 +7,14 @@ import importlib
 import importlib.util
 import inspect
 import sys
+import sysconfig
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+import torch.fx
 from torch import nn
 
 from autoprune.errors import ModelError, UnknownNameError
@@ -97,13 +101,50 @@ def resolve_factory(name: str) -> Factory:
     return factory
 
 
-def factory_fingerprint(name: str) -> str:
-    """A hash of a user factory's source file, so caches notice when it is edited."""
-    if not is_user_model(name):
-        return ""
-    module = inspect.getmodule(resolve_factory(name))
-    source = getattr(module, "__file__", None)
-    return hashlib.blake2b(Path(source).read_bytes(), digest_size=8).hexdigest() if source else ""
+def model_fingerprint(name: str, model: nn.Module) -> str:
+    """What a freshly built network is, for the base-model cache: its modules and their shapes,
+    its initial weights (built at the caller's seed), its traced graph where torch.fx can trace
+    it (an activation swapped inside ``forward`` shows there), and for a user's model the source
+    of every user file its factory and classes come from, and of the user modules and functions
+    those files import."""
+    h = hashlib.blake2b(digest_size=12)
+    h.update(repr(model).encode())
+    for key, value in model.state_dict().items():
+        h.update(f"{key}{tuple(value.shape)}{value.dtype}".encode())
+        h.update(value.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            h.update(torch.fx.symbolic_trace(model).code.encode())
+    except Exception:  # data-dependent control flow: the sources below still cover forward()
+        h.update(b"untraceable")
+    if is_user_model(name):
+        for path in _user_sources([resolve_factory(name), *(type(m) for m in model.modules())]):
+            h.update(str(path).encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _user_sources(objects: list[Any]) -> list[Path]:
+    """The source files, outside the standard library and installed packages, that define
+    ``objects`` or anything their modules import by name (one level deep)."""
+    installed = {Path(p).resolve() for key in ("stdlib", "platstdlib", "purelib", "platlib")
+                 if (p := sysconfig.get_paths().get(key))}  # fmt: skip
+    modules = {m for o in objects if (m := inspect.getmodule(o)) is not None}
+    for module in list(modules):
+        for value in vars(module).values():
+            if inspect.ismodule(value) or inspect.isfunction(value) or inspect.isclass(value):
+                if (m := inspect.getmodule(value)) is not None:
+                    modules.add(m)
+    files = set()
+    for module in modules:
+        source = getattr(module, "__file__", None)
+        if not source or not source.endswith(".py"):
+            continue
+        path = Path(source).resolve()
+        if path.is_file() and not any(path.is_relative_to(root) for root in installed):
+            files.add(path)
+    return sorted(files)
 
 
 def _import_module(target: str) -> Any:
