@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from autoprune.data import load_dataset
-from autoprune.errors import CheckpointError, ModelError, UnknownNameError
+from autoprune.errors import AutoPruneError, CheckpointError, ModelError, UnknownNameError
 from autoprune.measure import count_params
 from autoprune.models import ModelSpec, create_model, list_models, load_checkpoint
 from autoprune.train import TrainConfig, fit
@@ -116,3 +116,29 @@ def test_checkpoint_errors(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(model, tmp_path / "missing.pt")
     assert isinstance(model, nn.Module)
+
+
+def test_a_file_packed_with_a_relative_factory_path_loads_from_another_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from autoprune.compress import load_packed, save_packed
+    from autoprune.models import ModelSpec, create_model
+
+    made, elsewhere = tmp_path / "made", tmp_path / "elsewhere"
+    made.mkdir()
+    elsewhere.mkdir()
+    wrapper = made / "wrap.py"
+    wrapper.write_text("from autoprune.models._builtin import lenet5\n\n\ndef build(num_classes, in_channels, image_size):\n"
+                       "    return lenet5(num_classes=num_classes, in_channels=in_channels, image_size=image_size)\n")  # fmt: skip
+    monkeypatch.chdir(made)
+    spec = ModelSpec("wrap.py:build", 10, 1, (8, 8))  # relative, as typed in that folder
+    save_packed(create_model(spec), spec, made / "m.apk")
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(AutoPruneError, match=f"--model {made / 'wrap.py'}:build"):  # the hint works from here
+        load_packed(made / "m.apk")
+    model, header = load_packed(made / "m.apk", model="../made/wrap.py:build")  # relative to where we are now
+    assert header["model"]["name"] == f"{wrapper}:build" and sum(p.numel() for p in model.parameters()) > 0
+    assert not [r for r in caplog.records if "other source" in r.getMessage()]
+    wrapper.write_text(wrapper.read_text() + "\n# edited\n")
+    load_packed(made / "m.apk", model=f"{wrapper}:build")
+    assert [r for r in caplog.records if "other source" in r.getMessage()]  # the changed factory is named

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
 import math
 import struct
 import zlib
@@ -30,7 +31,7 @@ from torch import nn
 
 from autoprune.compress._layers import RecipeError, layer_kind, weight_layers
 from autoprune.errors import AutoPruneError, ModelError
-from autoprune.models import ModelSpec, create_model, is_user_model
+from autoprune.models import ModelSpec, canonical_name, create_model, factory_source_hash, is_user_model
 from autoprune.ops.huffman import HuffmanCode, pack_fixed, unpack_fixed
 from autoprune.ops.sparse import decode_relative, encode_relative
 
@@ -40,6 +41,8 @@ SHAPE_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_feat
 _DTYPES = {name: np.dtype(name) for name in ("float32", "float64", "float16", "int64", "int32", "uint8", "bool")}
 MAX_HEADER = 64 << 20  # bytes a header may inflate to
 MAX_RATIO = 4096  # the dense network may be at most this many times the file (plus 64 MiB)
+
+log = logging.getLogger(__name__)
 
 
 class PackError(AutoPruneError):
@@ -203,7 +206,11 @@ def save_packed(
         else:
             entry["values"] = {"coder": "float32", "count": int(values.size), "data": w.add(values.tobytes())}
         tensors.append(entry)
-    header = {"format": VERSION, "model": spec.to_dict(), "shapes": shapes, "tensors": tensors, "meta": meta or {}}
+    meta = dict(meta or {})
+    if (source := factory_source_hash(spec.name)) is not None:
+        meta["model_source"] = source  # a later load can tell whether the factory it is given changed
+    model_dict = {**spec.to_dict(), "name": canonical_name(spec.name)}  # loads from any folder
+    header = {"format": VERSION, "model": model_dict, "shapes": shapes, "tensors": tensors, "meta": meta}
     header_bytes = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
     body = MAGIC + struct.pack("<BI", VERSION, len(header_bytes)) + header_bytes + w.buffer.getvalue()
     path = Path(path)
@@ -294,6 +301,12 @@ def packed_model_spec(header: dict[str, Any], path: str | Path, *, model: str | 
             f"{path} was made with your own model factory {recorded!r}; autoprune never imports code "
             f"named by a file: pass the factory yourself (--model {recorded}, or load_packed(..., model=...))"
         )
+    if model is not None and is_user_model(model):
+        recorded_source, found = header.get("meta", {}).get("model_source"), factory_source_hash(model)
+        if recorded_source is not None and recorded_source != found:
+            log.warning("%s was made by %s (source %s); the factory given, %s, has other source (%s): "
+                        "its weights load where the shapes match, but check it is the same network",
+                        path, recorded, recorded_source, canonical_name(model), found)  # fmt: skip
     return dataclasses.replace(ModelSpec.from_dict(header["model"]), name=model or recorded)
 
 

@@ -4,7 +4,9 @@ from autoprune.models import _builtin  # noqa: F401  (register the built-in mode
 from autoprune.models._checkpoint import load_checkpoint
 from autoprune.models._registry import (
     ModelSpec,
+    canonical_name,
     create_model,
+    factory_source_hash,
     is_user_model,
     list_models,
     model_fingerprint,
@@ -13,7 +15,9 @@ from autoprune.models._registry import (
 
 __all__ = [
     "ModelSpec",
+    "canonical_name",
     "create_model",
+    "factory_source_hash",
     "model_fingerprint",
     "is_user_model",
     "list_models",

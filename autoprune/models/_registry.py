@@ -125,6 +125,25 @@ def model_fingerprint(name: str, model: nn.Module) -> str:
     return h.hexdigest()
 
 
+def canonical_name(name: str) -> str:
+    """A model name that means the same from any folder: a factory file's path made absolute."""
+    target, _, attr = name.rpartition(":")
+    if is_user_model(name) and target.endswith(".py"):
+        return f"{Path(target).expanduser().resolve()}:{attr}"
+    return name
+
+
+def factory_source_hash(name: str) -> str | None:
+    """A hash of the user files a factory comes from (None for a built-in model), so a packed
+    file can tell when the factory named to load it is not the code that made it."""
+    if not is_user_model(name):
+        return None
+    h = hashlib.blake2b(digest_size=8)
+    for path in _user_sources([resolve_factory(name)]):
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
 def _user_sources(objects: list[Any]) -> list[Path]:
     """The source files, outside the standard library and installed packages, that define
     ``objects`` or anything their modules import by name (one level deep)."""
