@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import statistics
 import time
@@ -262,9 +263,9 @@ class Metrics:
     macs: int
     dense_bytes: int
     latency_ms: float  # batch 1, median
-    latency_ms_batch: float  # batch 64, median
+    latency_ms_batch: float  # batch 64 (or the batch asked for), median
     threads: int
-    backend: str  # where the batch-1 latency was measured: one of BACKENDS
+    backend: str  # where the batch-1 latency was measured: one of BACKENDS, or "not measured"
     other_load: float | None = None  # cores other processes kept busy while timing (None: unknown)
 
     def to_dict(self) -> dict[str, Any]:
@@ -277,22 +278,31 @@ def measure_model(
     *,
     latency_repeats: int = 50,
     threads: int | None = None,
+    latency: bool = True,
+    latency_batch: int = 64,
 ) -> Metrics:
-    """Measure everything about ``model`` that does not depend on how it is stored."""
+    """Measure everything about ``model`` that does not depend on how it is stored; with
+    ``latency=False`` no timing is taken (the latencies are NaN: not measured)."""
     shape = splits.input_shape
-    before = cpu_sample()
-    plans = [_Plan(1, 10, latency_repeats), _Plan(64, 3, max(5, latency_repeats // 5))]
-    single, batch = _latencies(model, shape, plans, threads=threads, backends=BACKENDS)
-    load = other_load(before, cpu_sample())
-    if load is not None and load >= BUSY:
-        log.warning("other processes kept %.1f cores busy while timing: latency may read high", load)
-    return Metrics(
+    counted = dict(
         accuracy=accuracy(model, splits.val),
         test_accuracy=accuracy(model, splits.test),
         params=count_params(model),
         nonzero_params=count_nonzero(model),
         macs=count_macs(model, shape),
         dense_bytes=dense_bytes(model),
+    )
+    if not latency:
+        return Metrics(**counted, latency_ms=math.nan, latency_ms_batch=math.nan,
+                       threads=threads or torch.get_num_threads(), backend="not measured")  # fmt: skip
+    before = cpu_sample()
+    plans = [_Plan(1, 10, latency_repeats), _Plan(latency_batch, 3, max(5, latency_repeats // 5))]
+    single, batch = _latencies(model, shape, plans, threads=threads, backends=BACKENDS)
+    load = other_load(before, cpu_sample())
+    if load is not None and load >= BUSY:
+        log.warning("other processes kept %.1f cores busy while timing: latency may read high", load)
+    return Metrics(
+        **counted,
         latency_ms=single.median_ms,
         latency_ms_batch=batch.median_ms,
         threads=single.threads,

@@ -65,6 +65,8 @@ def compress(
     progress: bool = True,
     latency_repeats: int = 50,
     threads: int | None = None,
+    latency: bool = True,
+    latency_batch: int = 64,
     meta: dict[str, Any] | None = None,
 ) -> CompressResult:
     """Compress a copy of ``base`` with ``config``, write the packed file to ``out``, measure.
@@ -125,7 +127,8 @@ def compress(
     timings["pack_s"] = time.perf_counter() - pack_time
 
     eval_time = time.perf_counter()
-    measured = measure_model(decoded, splits, latency_repeats=latency_repeats, threads=threads)
+    measured = measure_model(decoded, splits, latency_repeats=latency_repeats, threads=threads, latency=latency,
+                             latency_batch=latency_batch)  # fmt: skip
     timings["eval_s"] = time.perf_counter() - eval_time
 
     metrics = {
@@ -168,6 +171,8 @@ def evaluate_packed(
     val_fraction: float | None = None,
     seed: int | None = None,
     threads: int | None = None,
+    latency: bool = True,
+    latency_batch: int = 64,
 ) -> PackedEvaluation:
     """Decode a packed file and measure it on its dataset.
 
@@ -205,7 +210,8 @@ def evaluate_packed(
             f"dataset {name!r} has {'x'.join(map(str, splits.input_shape))} images and {splits.num_classes} classes"
         )
     net = decode_packed(header, payload, path, model=model)
-    return PackedEvaluation(net, header, splits, measure_model(net, splits, threads=threads))
+    measured = measure_model(net, splits, threads=threads, latency=latency, latency_batch=latency_batch)
+    return PackedEvaluation(net, header, splits, measured)
 
 
 def dataset_meta(name: str, data_dir: str | Path | None, val_fraction: float, seed: int) -> dict[str, Any]:

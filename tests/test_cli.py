@@ -268,3 +268,35 @@ def test_openmp_threads_wait_passively_unless_the_user_says_otherwise(given: str
     code = "import os, autoprune.cli, torch; print(os.environ['OMP_WAIT_POLICY'])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
     assert out.strip() == expected
+
+
+def test_compress_no_latency_takes_no_timing_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import autoprune.measure as measure
+
+    timed = []
+    real = measure._latencies
+
+    def spy(model, shape, plans, **kwargs):
+        timed.append([p.batch_size for p in plans])
+        return real(model, shape, plans, **kwargs)
+
+    monkeypatch.setattr(measure, "_latencies", spy)
+    (tmp_path / "r.toml").write_text(RECIPE)
+    args = ["compress", "--recipe", str(tmp_path / "r.toml"), "--out", str(tmp_path / "m.apk"), "--epochs", "2", "--quiet"]
+    assert main([*args, "--no-latency", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert timed == []  # neither the base nor the result was timed
+    assert doc["latency_ms"] is None and doc["speedup"] is None and doc["base"]["latency_ms"] is None
+    assert doc["accuracy"] > 0 and doc["macs"] > 0 and doc["mac_ratio"] > 1
+    assert main([*args, "--no-latency"]) == 0
+    text = capsys.readouterr().out
+    assert "not measured (--no-latency)" in text and "nan" not in text
+    assert main(["eval", str(tmp_path / "m.apk"), "--no-latency", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["latency_ms"] is None and timed == []
+    assert main([*args, "--latency-batch", "16", "--json"]) == 0
+    assert timed == [[1, 16], [1, 16]]  # base and result, at batch 1 and the batch asked for
+    capsys.readouterr()
+    assert main([*args, "--latency-batch", "16"]) == 0
+    assert "at batch 16" in capsys.readouterr().out

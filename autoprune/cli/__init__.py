@@ -10,13 +10,14 @@ import contextlib
 import faulthandler
 import json
 import logging
+import math
 import os
 import re
 import signal
 import sys
 import threading
 import warnings
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 # OpenMP threads that spin while they wait steal the CPU from other processes and from each
 # other: beside two CPU-bound processes on 2 cores a search trial ran 5.2x slower with the
@@ -101,6 +102,17 @@ def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
     logging.getLogger("autoprune").warning("%s stopped: %s: %s", name, args.exc_type.__name__, args.exc_value)
 
 
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: a number not measured (or infinite) is null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if hasattr(signal, "SIGUSR1") and sys.__stderr__ is not None:
         # `kill -USR1 PID` prints every thread's stack to the real stderr, whatever started us
@@ -126,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     held.flush_to_stderr()
     try:
-        print(json.dumps(result, indent=2) if getattr(args, "json", False) else args.format(result), flush=True)
+        print(json.dumps(_finite(result), indent=2) if getattr(args, "json", False) else args.format(result), flush=True)
     except BrokenPipeError:  # `autoprune trials | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
     return 0

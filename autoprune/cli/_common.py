@@ -156,6 +156,8 @@ def timed_busy(r: dict[str, Any]) -> bool:
 
 def latency_text(r: dict[str, Any]) -> str:
     """A measured model's latency line, with a warning when other processes used the CPU."""
+    if r.get("backend") == "not measured":
+        return "not measured (--no-latency)"
     busy = f"; other processes kept {r['other_load']:.1f} cores busy: may read high" if timed_busy(r) else ""
-    return (f"{r['latency_ms']:.3f} ms at batch 1, {r['latency_ms_batch']:.3f} ms at batch 64 "
+    return (f"{r['latency_ms']:.3f} ms at batch 1, {r['latency_ms_batch']:.3f} ms at batch {r.get('latency_batch', 64)} "
             f"({r['threads']} threads, {r['backend']}{busy})")  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from autoprune.cli._common import (
     grid,
     latency_text,
     output_path,
+    positive_int,
     table,
 )
 from autoprune.cli._train import add_train_options, load_base, load_data
@@ -30,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, metavar="OUT", help="where to write the packed file")
     add_model_data_options(p)
     add_train_options(p, epochs_help="base training epochs when no --checkpoint is given")
+    add_latency_options(p)
     add_output_options(p)
     p.set_defaults(run=run_compress, format=format_compress)
 
@@ -47,8 +50,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--torchscript", type=Path, metavar="PATH", help="also write the decoded network as TorchScript")
     e.add_argument("--onnx", type=Path, metavar="PATH",
                    help="also write the decoded network as ONNX (for ONNX Runtime; batch size free)")  # fmt: skip
+    add_latency_options(e)
     add_output_options(e)
     e.set_defaults(run=run_eval, format=format_eval)
+
+
+def add_latency_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("latency")
+    g.add_argument("--no-latency", action="store_true",
+                   help="take no timing (accuracy, size and MACs only): for large networks on a busy machine")  # fmt: skip
+    g.add_argument("--latency-batch", type=positive_int, default=64, metavar="N",
+                   help="the second timed batch size, beside batch 1 (default: 64)")  # fmt: skip
 
 
 def run_compress(args: argparse.Namespace) -> dict[str, Any]:
@@ -64,18 +76,20 @@ def run_compress(args: argparse.Namespace) -> dict[str, Any]:
     splits, spec = load_data(args)
     check_layers(config, create_model(spec))  # before any training
     base = load_base(args, splits, spec, train_from_checkpoint=False)
-    base_metrics = measure_model(base.model, splits, threads=args.threads)
+    timing = {"latency": not args.no_latency, "latency_batch": args.latency_batch}
+    base_metrics = measure_model(base.model, splits, threads=args.threads, **timing)
     meta = {
         "dataset": dataset_meta(splits.name, args.data_dir, args.val_fraction, args.seed),
         "recipe": config.name,
         "base": {"accuracy": base_metrics.accuracy, "dense_bytes": base_metrics.dense_bytes,
-                 "macs": base_metrics.macs, "latency_ms": base_metrics.latency_ms},
+                 "macs": base_metrics.macs, "latency_ms": base_metrics.latency_ms if timing["latency"] else None},
     }  # fmt: skip
     result = compress(
         base.model, spec, splits, config, args.out,
-        base_metrics=base_metrics, seed=args.seed, progress=not args.quiet, threads=args.threads, meta=meta,
+        base_metrics=base_metrics, seed=args.seed, progress=not args.quiet, threads=args.threads, meta=meta, **timing,
     )  # fmt: skip
     return {
+        "latency_batch": args.latency_batch,
         "recipe": config.name,
         "model": spec.name,
         "dataset": splits.name,
@@ -97,13 +111,15 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     output_path(args.onnx, "--onnx")
     ev = evaluate_packed(
         args.file, model=args.model, dataset=args.dataset, data_dir=args.data_dir,
-        val_fraction=args.val_fraction, seed=args.seed, threads=args.threads,
+        val_fraction=args.val_fraction, seed=args.seed, threads=args.threads, latency=not args.no_latency,
+        latency_batch=args.latency_batch,
     )  # fmt: skip
     metrics, meta = ev.metrics.to_dict(), ev.header.get("meta", {})
     packed = args.file.stat().st_size
     base = meta.get("base") if isinstance(meta.get("base"), dict) else {}
     dense, base_acc = base.get("dense_bytes"), base.get("accuracy")
     result = {
+        "latency_batch": args.latency_batch,
         "file": str(args.file),
         "model": ev.header["model"]["name"],
         "dataset": ev.splits.name,
@@ -148,12 +164,21 @@ def _summary(r: dict[str, Any], base_acc: float | None, base_bytes: int | None) 
     ]  # fmt: skip
 
 
+def _timed(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _ms(value: Any) -> str:
+    return f", {value:.3f} ms" if _timed(value) else ""
+
+
 def format_compress(r: dict[str, Any]) -> str:
     rows = [("recipe", f"{r['recipe']}: {r['model']} on {r['dataset']}")]
     rows += _summary(r, r["base"]["accuracy"], r["base"]["dense_bytes"])
     rows += [
-        ("base", f"{r['base']['params']:,} params, {r['base']['macs']:,} MACs, {r['base']['latency_ms']:.3f} ms"),
-        ("speed-up", f"{r['speedup']:.2f}x measured at batch 1, {r['mac_ratio']:.2f}x fewer MACs"),
+        ("base", f"{r['base']['params']:,} params, {r['base']['macs']:,} MACs" + _ms(r["base"]["latency_ms"])),
+        ("speed-up", (f"{r['speedup']:.2f}x measured at batch 1, " if _timed(r["speedup"]) else "not measured, ")
+                     + f"{r['mac_ratio']:.2f}x fewer MACs"),
         ("time", f"prune {r['prune_s']:.1f} s, fine-tune {r['finetune_s']:.1f} s, quantize {r['quantize_s']:.1f} s, "
                  f"pack {r['pack_s']:.2f} s, eval {r['eval_s']:.1f} s"),
         ("written", r["out"]),
