@@ -335,3 +335,37 @@ def test_unknown_layer_name_lists_the_layers() -> None:
     model = create_model(ModelSpec("lenet5", 10, 1, (8, 8)))
     with pytest.raises(RecipeError, match="unknown layer 'conv9'.*conv1, conv2"):
         prune_filters_(model, FilterPruneConfig(layers={"conv9": 0.5}), torch.zeros(1, 1, 8, 8))
+
+
+class Multiplier2(nn.Module):
+    """A grouped conv with a channel multiplier of 2 (groups = inputs, outputs = 2 x inputs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1, groups=8)
+        self.conv3 = nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv3(torch.relu(self.conv2(torch.relu(self.conv1(x))))))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_a_layer_pruned_other_than_asked_is_named_with_why(caplog: pytest.LogCaptureFixture) -> None:
+    model = Multiplier2()
+    x = torch.randn(2, 1, 8, 8)
+    with caplog.at_level("WARNING", logger="autoprune.compress.structured"):
+        records = {r.layer: r for r in prune_filters_(model, FilterPruneConfig(default=0.5), torch.zeros(1, 1, 8, 8))}
+    assert model(x).shape == (2, 10) and count_params(model) == expected_params(model)
+    assert {n: r.asked for n, r in records.items()} == {"conv1": 0.5, "conv2": 0.5, "conv3": 0.5}
+    assert records["conv3"].removed == 8 and records["conv3"].why == ""  # as asked: nothing to say
+    # torch-pruning leaves the multiplier-2 group whole, and conv1 with it: both said, with why
+    assert records["conv2"].why.startswith("grouped (groups=8) conv") and records["conv2"].removed == 0
+    assert records["conv1"].removed == 0 and records["conv1"].why.startswith("coupled through the graph")
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 2
+    for layer in ("conv1", "conv2"):
+        assert any(m.startswith(f"structured pruning of {layer} removed 0% of its filters, 50% asked: ") for m in warned)
+    row = records["conv1"].to_dict()
+    assert (row["asked"], row["removed_share"], row["why"]) == (0.5, 0.0, records["conv1"].why)  # what --json carries

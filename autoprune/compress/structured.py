@@ -8,6 +8,7 @@ When filters of several convs are coupled (a residual sum), their norms are adde
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,8 @@ import torch_pruning as tp
 from torch import nn
 
 from autoprune.compress._layers import RecipeError, check_layer_names, conv_layers, output_layer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -54,9 +57,15 @@ class LayerNorms:
     normalised: list[float]  # norms / max norm
     kept: int
     removed: int
+    asked: float = 0.0  # share of filters the recipe asked to remove
+    why: str = ""  # why the share removed differs from the share asked (empty: it does not)
+
+    @property
+    def removed_share(self) -> float:
+        return self.removed / max(1, self.kept + self.removed)
 
     def to_dict(self) -> dict[str, Any]:
-        return self.__dict__.copy()
+        return {**self.__dict__, "removed_share": self.removed_share}
 
 
 def filter_norms(weight: torch.Tensor, criterion: str = "l1") -> torch.Tensor:
@@ -94,41 +103,53 @@ def prune_filters_(
     convs = conv_layers(model)
     check_layer_names(config.layers, convs, "structured.layers")
     keep_whole = output_layer(model)
-    records, ratios = [], {}
+    records, ratios, asked, why = [], {}, {}, {}
     for name, conv in convs.items():
         norms = filter_norms(conv.weight, config.criterion)
         ordered = torch.sort(norms, descending=True).values
         normalised = ordered / ordered[0].clamp_min(1e-12)
-        value = config.value_for(name) if name != keep_whole else 0.0
-        ratio = value if config.mode == "ratio" else float((normalised < value).float().mean())
-        if conv.groups > 1 and conv.groups == conv.in_channels:
-            ratio = 0.0  # a depthwise conv follows the layer that feeds it
+        value = config.value_for(name)
+        asked[name] = value if config.mode == "ratio" else float((normalised < value).float().mean())
+        ratio = asked[name]
+        if name == keep_whole:
+            ratio, why[name] = 0.0, "the output layer: its outputs are the classes"
+        elif conv.groups > 1:
+            # depthwise (groups = inputs = outputs) or grouped (each group's outputs tied to its
+            # inputs, a channel multiplier included): the layer that feeds it decides
+            kind = "depthwise" if conv.groups == conv.in_channels == conv.out_channels else f"grouped (groups={conv.groups})"
+            ratio, why[name] = 0.0, f"{kind} conv: it follows the layer that feeds it"
         removed = _removed_count(conv.out_channels, ratio, config.round_to)
         if removed:
             ratios[conv] = removed / conv.out_channels
-        records.append(
-            LayerNorms(name, ordered.tolist(), normalised.tolist(), conv.out_channels - removed, removed)
+        records.append(LayerNorms(name, ordered.tolist(), normalised.tolist(), conv.out_channels - removed, removed))
+    if ratios:
+        ignored = [m for n, m in model.named_modules() if n == keep_whole]
+        pruner = tp.pruner.MetaPruner(
+            model,
+            example_input,
+            importance=FilterNormImportance(config.criterion),
+            pruning_ratio=0.0,
+            pruning_ratio_dict=ratios,
+            ignored_layers=ignored,
+            round_to=config.round_to if config.round_to > 1 else None,
+            root_module_types=[nn.Conv2d],
         )
-    if not ratios:
-        return records
-    ignored = [m for n, m in model.named_modules() if n == keep_whole]
-    pruner = tp.pruner.MetaPruner(
-        model,
-        example_input,
-        importance=FilterNormImportance(config.criterion),
-        pruning_ratio=0.0,
-        pruning_ratio_dict=ratios,
-        ignored_layers=ignored,
-        round_to=config.round_to if config.round_to > 1 else None,
-        root_module_types=[nn.Conv2d],
-    )
-    pruner.step()
-    # What the graph really removed (coupled layers can lose filters through their partners).
+        pruner.step()
+    # What the graph really removed (coupled layers lose filters through their partners, or keep them).
     after = conv_layers(model)
-    return [
-        LayerNorms(r.layer, r.norms, r.normalised, after[r.layer].out_channels, len(r.norms) - after[r.layer].out_channels)
-        for r in records
-    ]
+    out = []
+    for r in records:
+        total = len(r.norms)
+        removed = total - after[r.layer].out_channels
+        expected = _removed_count(total, asked[r.layer], config.round_to)
+        reason = ""
+        if abs(removed - expected) > max(1, config.round_to):
+            reason = why.get(r.layer, "coupled through the graph (a residual addition, a concatenation or a "
+                                      "grouped conv it feeds) with layers asked for another share")  # fmt: skip
+            log.warning("structured pruning of %s removed %.0f%% of its filters, %.0f%% asked: %s",
+                        r.layer, 100 * removed / total, 100 * asked[r.layer], reason)  # fmt: skip
+        out.append(LayerNorms(r.layer, r.norms, r.normalised, total - removed, removed, asked[r.layer], reason))
+    return out
 
 
 def _removed_count(channels: int, ratio: float, round_to: int) -> int:
