@@ -120,6 +120,39 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
+def figure(db: Path, path: Path) -> None:
+    """Every finalized trial in ``db``: compression ratio against test drop, one panel per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    storage = f"sqlite:///{db}"
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    models = [m for m in ("lenet5", "lenet300") if any(n.startswith(f"fashion-{m}-s") for n in names)]
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
+    style = {"search": ("o", "tab:blue"), "deep-compression": ("s", "tab:red"), "uniform-l1": ("^", "tab:green")}
+    for ax, model in zip(axes[0], models):
+        seen = set()
+        for name in (n for n in names if n.startswith(f"fashion-{model}-s")):
+            for method, r in finals(optuna.load_study(study_name=name, storage=storage)):
+                key = next(k for k in style if method.startswith(k))
+                marker, color = style[key]
+                ax.scatter(r.compression_ratio, r.test_acc_drop, marker=marker, color=color,
+                           label=None if key in seen else ("search, finalized" if key == "search" else key))  # fmt: skip
+                seen.add(key)
+        for level in BUDGETS:
+            ax.axhline(level, color="grey", lw=0.8, ls="--")
+        ax.set_xscale("log")
+        ax.set_xlabel("compression ratio (packed file vs dense fp32)")
+        ax.set_ylabel("test accuracy drop (points)")
+        ax.set_title(f"{model} on Fashion-MNIST: every finalized trial, all seeds")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["lenet5", "lenet300"], choices=["lenet5", "lenet300"])
@@ -129,7 +162,11 @@ def main() -> None:
     parser.add_argument("--latency-trials", type=int, default=20, help="LeNet-5 latency search, first seed only (0: skip)")
     parser.add_argument("--db", type=Path, default=Path(tempfile.gettempdir()) / "search_vs_recipe.db")
     parser.add_argument("--out", type=Path, default=Path("bench/results/search_vs_recipe.json"))
+    parser.add_argument("--figure", type=Path, help="only draw the finalized trials in --db to this PNG")
     args = parser.parse_args()
+    if args.figure:
+        figure(args.db, args.figure)
+        return
     warnings.filterwarnings("ignore")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
