@@ -4,7 +4,7 @@ holds N finished trials, and summarise the Pareto front."""
 from __future__ import annotations
 
 import datetime
-import fcntl
+import hashlib
 import logging
 import multiprocessing
 import os
@@ -21,6 +21,11 @@ import torch
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock file, one worker per SQLite or journal file
+    fcntl = None  # type: ignore[assignment]
 
 from autoprune._compat import heartbeat_age, heartbeat_backend, rdb_backend, trial_id
 from autoprune.compress import CompressConfig, load_recipe
@@ -151,10 +156,10 @@ class StudyLock:
     memory."""
 
     def __init__(self, storage: BaseStorage, name: str) -> None:
-        self.key = int.from_bytes(name.encode()[:8].ljust(8, b"\0"), "big") & 0x7FFFFFFFFFFFFFFF
+        self.key = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big") & 0x7FFFFFFFFFFFFFFF
         self.engine = getattr(storage, "engine", None) if isinstance(storage, RDBStorage) else None
         path = getattr(storage, "path", None) or (self.engine.url.database if self.engine is not None else None)
-        self.path = f"{path}.autoprune-lock" if path and path != ":memory:" else None  # not ".lock": the journal's own
+        self.path = f"{path}.autoprune-lock" if path and path != ":memory:" and fcntl else None  # not ".lock": the journal's
         if self.engine is not None and self.engine.dialect.name != "postgresql":
             self.engine = None
         self._held: Any = None
