@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import warnings
 from pathlib import Path
@@ -369,3 +370,103 @@ def test_a_layer_pruned_other_than_asked_is_named_with_why(caplog: pytest.LogCap
         assert any(m.startswith(f"structured pruning of {layer} removed 0% of its filters, 50% asked: ") for m in warned)
     row = records["conv1"].to_dict()
     assert (row["asked"], row["removed_share"], row["why"]) == (0.5, 0.0, records["conv1"].why)  # what --json carries
+
+
+class ChannelShuffle(nn.Module):
+    """ShuffleNet's unit: a grouped 1x1 conv, a channel shuffle, a depthwise and a grouped conv."""
+
+    def __init__(self, groups: int = 2) -> None:
+        super().__init__()
+        self.g = groups
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.gconv1 = nn.Conv2d(16, 16, 1, groups=groups)
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.gconv2 = nn.Conv2d(16, 32, 1, groups=groups)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.gconv1(torch.relu(self.stem(x))))
+        b, c, h, w = x.shape
+        x = x.view(b, self.g, c // self.g, h, w).transpose(1, 2).reshape(b, c, h, w)
+        return self.fc(self.gconv2(self.dw(x)).mean((2, 3)))
+
+
+class ChannelFlip(nn.Module):
+    """Channels mixed by a reshape over the channel axis that the dependency graph cannot follow."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.conv3 = nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        b, c, h, w = x.shape
+        x = x.reshape(b, 2, c // 2, h, w).flip(1).reshape(b, c, h, w)
+        return self.fc(torch.relu(self.conv3(x)).mean((2, 3)))
+
+
+def zeroed_twin(original: nn.Module, pruned: nn.Module) -> nn.Module:
+    """``original`` with the filters ``pruned`` lost set to zero (found by their biases): with
+    ReLU after every conv and no batch norm, a correct surgery computes exactly the same."""
+    twin = copy.deepcopy(original)
+    after = dict(pruned.named_modules())
+    with torch.no_grad():
+        for name, conv in twin.named_modules():
+            if isinstance(conv, nn.Conv2d):
+                kept = set(after[name].bias.tolist())
+                for i, b in enumerate(conv.bias.tolist()):
+                    if b not in kept:
+                        conv.weight[i] = 0
+                        conv.bias[i] = 0
+    return twin
+
+
+@pytest.mark.parametrize("net, whole", [(ChannelShuffle, {"gconv1", "dw", "gconv2"}), (ChannelFlip, {"conv2", "conv3"})])
+def test_couplings_the_graph_cannot_follow_are_left_whole_and_the_rest_is_pruned_correctly(
+    net: type, whole: set, caplog: pytest.LogCaptureFixture
+) -> None:
+    torch.manual_seed(0)
+    model = net().eval()
+    original = copy.deepcopy(model)
+    with caplog.at_level("WARNING", logger="autoprune.compress.structured"):
+        records = prune_filters_(model, FilterPruneConfig(default=0.3), torch.zeros(1, 3, 16, 16))
+    assert {r.layer for r in records if r.removed == 0} == whole
+    assert all(r.removed > 0 for r in records if r.layer not in whole)  # the rest is pruned
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert all(f"structured pruning of {layer} removed 0%" in warned for layer in whole)
+    x = torch.randn(4, 3, 16, 16)
+    assert torch.allclose(model(x), zeroed_twin(original, model)(x), atol=1e-6)  # the same network, minus filters
+
+
+def test_the_flip_would_be_corrupted_without_the_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    import autoprune.compress.structured as structured
+
+    monkeypatch.setattr(structured, "_untraceable_convs", lambda model, x: set())
+    torch.manual_seed(0)
+    model = ChannelFlip().eval()
+    original = copy.deepcopy(model)
+    prune_filters_(model, FilterPruneConfig(default=0.3), torch.zeros(1, 3, 16, 16))
+    x = torch.randn(4, 3, 16, 16)
+    assert not torch.allclose(model(x), zeroed_twin(original, model)(x), atol=1e-4)  # what the check prevents
+
+
+def test_a_surgery_that_fails_leaves_the_network_whole_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import torch_pruning as tp
+
+    def broken(self) -> None:
+        raise RuntimeError("INDICES element is out of DATA bounds, id=96 axis_dim=96")
+
+    monkeypatch.setattr(tp.pruner.MetaPruner, "step", broken)
+    model = create_model(ModelSpec("lenet5", 10, 1, (28, 28)))
+    before = copy.deepcopy(model.state_dict())
+    with caplog.at_level("WARNING", logger="autoprune.compress.structured"):
+        records = prune_filters_(model, FilterPruneConfig(default=0.5), torch.zeros(1, 1, 28, 28))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(r.removed == 0 for r in records)
+    assert any("left every conv whole (RuntimeError: INDICES element" in r.getMessage() for r in caplog.records)
+    assert all(r.why == "torch-pruning's surgery failed on this network: left whole" for r in records)

@@ -8,6 +8,7 @@ When filters of several convs are coupled (a residual sum), their norms are adde
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from dataclasses import dataclass, field
@@ -123,18 +124,16 @@ def prune_filters_(
             ratios[conv] = removed / conv.out_channels
         records.append(LayerNorms(name, ordered.tolist(), normalised.tolist(), conv.out_channels - removed, removed))
     if ratios:
-        ignored = [m for n, m in model.named_modules() if n == keep_whole]
-        pruner = tp.pruner.MetaPruner(
-            model,
-            example_input,
-            importance=FilterNormImportance(config.criterion),
-            pruning_ratio=0.0,
-            pruning_ratio_dict=ratios,
-            ignored_layers=ignored,
-            round_to=config.round_to if config.round_to > 1 else None,
-            root_module_types=[nn.Conv2d],
-        )
-        pruner.step()
+        for name in _untraceable_convs(model, example_input):
+            conv = convs[name]
+            if conv in ratios:
+                del ratios[conv]
+            why[name] = ("its channels pass through a reshape or transpose over the channel axis (a channel "
+                         "shuffle, say) that the dependency graph cannot follow: left whole")  # fmt: skip
+    if ratios and not _prune_verified(model, example_input, ratios, config,
+                                      ignored=[m for n, m in model.named_modules() if n == keep_whole]):  # fmt: skip
+        names = {m: n for n, m in convs.items()}
+        why.update({names[m]: "torch-pruning's surgery failed on this network: left whole" for m in ratios})
     # What the graph really removed (coupled layers lose filters through their partners, or keep them).
     after = conv_layers(model)
     out = []
@@ -150,6 +149,86 @@ def prune_filters_(
                         r.layer, 100 * removed / total, 100 * asked[r.layer], reason)  # fmt: skip
         out.append(LayerNorms(r.layer, r.norms, r.normalised, total - removed, removed, asked[r.layer], reason))
     return out
+
+
+def _prune_verified(
+    model: nn.Module, example_input: torch.Tensor, ratios: dict[nn.Module, float], config: FilterPruneConfig,
+    *, ignored: list[nn.Module],
+) -> bool:  # fmt: skip
+    """Remove the filters on a copy, check that the copy still runs and gives outputs of the
+    same shape, and only then make ``model`` that copy (True); otherwise leave it whole, with a
+    line (False)."""
+    with torch.no_grad():
+        expected = model(example_input).shape
+    trial = copy.deepcopy(model)
+    by_name = {id(m): n for n, m in model.named_modules()}
+    twins = dict(zip((id(m) for m in model.modules()), trial.modules()))
+    try:
+        pruner = tp.pruner.MetaPruner(
+            trial,
+            example_input,
+            importance=FilterNormImportance(config.criterion),
+            pruning_ratio=0.0,
+            pruning_ratio_dict={twins[id(m)]: r for m, r in ratios.items()},
+            ignored_layers=[twins[id(m)] for m in ignored],
+            round_to=config.round_to if config.round_to > 1 else None,
+            root_module_types=[nn.Conv2d],
+        )
+        pruner.step()
+        with torch.no_grad():
+            got = trial(example_input).shape
+        if got != expected:
+            raise RuntimeError(f"the output shape became {tuple(got)}, not {tuple(expected)}")
+    except Exception as e:  # torch-pruning's surgery on a graph it misread: keep the network intact
+        names = ", ".join(by_name[id(m)] for m in ratios)
+        log.warning("structured pruning left every conv whole (%s: %s); asked for %s",
+                    type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "", names)  # fmt: skip
+        return False
+    model.__dict__.update(trial.__dict__)  # the pruned copy's modules, parameters and buffers
+    return True
+
+
+def _untraceable_convs(model: nn.Module, example_input: torch.Tensor) -> set[str]:
+    """Convs whose channels reach another conv through a reshape, view or transpose over the
+    channel axis (a channel shuffle): torch-pruning maps channel i to channel i through such an
+    op, which is wrong, so those convs are left whole. A flatten into the classifier, or a
+    (B, C) <-> (B, C, 1, 1) view in a squeeze-excitation block, keeps the channels in order
+    and is not one of them."""
+    unsafe: set[int] = set()  # ids of the autograd nodes of channel-mixing reshapes
+
+    class Watch(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            name = getattr(func, "__name__", "")
+            x = args[0] if args else None
+            if isinstance(x, torch.Tensor) and isinstance(out, torch.Tensor) and x.dim() >= 2 and out.grad_fn is not None:
+                if name in ("view", "reshape", "flatten", "unflatten", "_unsafe_view"):
+                    channels = x.shape[1]
+                    if out.dim() < 2 or out.shape[1] % channels:
+                        unsafe.add(id(out.grad_fn))
+                elif name in ("transpose", "permute", "swapaxes", "movedim") and x.dim() >= 3:
+                    dims = [a for a in args[1:] if isinstance(a, int)] or list(args[1] if len(args) > 1 else [])
+                    if name == "permute" and dims:
+                        dims = [i for i, d in enumerate(dims) if i != d]
+                    if 1 in [d % x.dim() for d in dims]:
+                        unsafe.add(id(out.grad_fn))
+            return out
+
+    def forward(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        with Watch():
+            return m(x)
+
+    graph = tp.DependencyGraph().build_dependency(model, example_input, forward_fn=forward, verbose=False)
+    if not unsafe:
+        return set()
+    names = {m: n for n, m in model.named_modules()}
+    left: set[str] = set()
+    for group in graph.get_all_groups(root_module_types=[nn.Conv2d]):
+        nodes = [n for item in group for n in (item.dep.source, item.dep.target)]
+        convs = {names[n.module] for n in nodes if isinstance(n.module, nn.Conv2d) and n.module in names}
+        if len(convs) > 1 and any(id(getattr(n, "grad_fn", None)) in unsafe for n in nodes):
+            left |= convs
+    return left
 
 
 def _removed_count(channels: int, ratio: float, round_to: int) -> int:
