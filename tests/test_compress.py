@@ -7,6 +7,7 @@ import dataclasses
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -38,6 +39,7 @@ from autoprune.models import ModelSpec, create_model
 from autoprune.pipeline import compress
 from autoprune.runtime import ort_session, run_session
 from autoprune.train import TrainConfig, fit, train_base
+from tests.zoo import ZOO
 
 warnings.filterwarnings("ignore", module="torch_pruning")
 BLOCKS = str(Path(__file__).with_name("blocks.py")) + ":block_net"
@@ -470,3 +472,35 @@ def test_a_surgery_that_fails_leaves_the_network_whole_with_one_line(
     assert all(r.removed == 0 for r in records)
     assert any("left every conv whole (RuntimeError: INDICES element" in r.getMessage() for r in caplog.records)
     assert all(r.why == "torch-pruning's surgery failed on this network: left whole" for r in records)
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_the_zoo_compresses_reloads_to_identical_outputs_and_exports(name: str, tmp_path: Path) -> None:
+    from autoprune.compress import CompressConfig, load_packed
+    from autoprune.data import load_dataset
+    from autoprune.measure import measure_model
+    from autoprune.pipeline import compress
+    from autoprune.runtime import export_onnx, ort_session, run_session
+
+    splits = load_dataset("digits")
+    spec = ModelSpec(f"{Path(__file__).with_name('zoo.py')}:{name}", 10, 1, (8, 8))
+    torch.manual_seed(0)
+    base = create_model(spec).eval()
+    config = CompressConfig.from_dict({
+        "name": "zoo", "structured": {"default": 0.3}, "unstructured": {"mode": "quality", "default": 0.5},
+        "finetune": {"epochs": 1, "max_batches": 2}, "quantize": {"conv_bits": 6, "fc_bits": 4, "epochs": 1},
+    })  # fmt: skip
+    out = tmp_path / f"{name}.apk"
+    result = compress(base, spec, splits, config, out, base_metrics=measure_model(base, splits, latency=False),
+                      progress=False, latency=False)  # fmt: skip
+    assert count_params(result.model) < count_params(base)  # filters removed somewhere in every family
+    if name == "shuffle":  # the shuffle-coupled convs stay whole, the stem before them does not
+        removed = {n.layer: n.removed for n in result.norms}
+        assert removed["stem"] > 0 and removed["gconv1"] == removed["dw"] == removed["gconv2"] == 0
+    x = torch.randn(4, 1, 8, 8)
+    again, _ = load_packed(out, model=spec.name)
+    with torch.no_grad():
+        assert torch.equal(again(x), result.model(x))
+        expected = result.model(x).numpy()
+    graph = export_onnx(again, (1, 8, 8), tmp_path / f"{name}.onnx")
+    np.testing.assert_allclose(run_session(ort_session(graph), x.numpy()), expected, rtol=1e-4, atol=1e-5)
