@@ -99,7 +99,21 @@ def _routed_logs(held: _HeldWarnings, *, verbose: bool) -> Iterator[None]:
 
 def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
     name = args.thread.name if args.thread else "a thread"
+    if "heartbeat" in name and args.exc_value is not None:
+        from autoprune.search.storage import lost_storage_line
+
+        line = lost_storage_line(args.exc_value)
+        if line is not None:
+            # The heartbeat meets a silent database first (within a third of study.db_timeout):
+            # nothing more can be recorded, and the trial in flight is left for another
+            # worker's heartbeat check to fail and retry. Waiting for the main thread to meet
+            # the same timeouts, a few times over, would only delay this line.
+            print(f"autoprune {_COMMAND[0]}: error: {line}", file=sys.stderr, flush=True)
+            os._exit(EXIT_USAGE)
     logging.getLogger("autoprune").warning("%s stopped: %s: %s", name, args.exc_type.__name__, args.exc_value)
+
+
+_COMMAND = ["autoprune"]  # the command running, for a line printed from another thread
 
 
 def _finite(value: Any) -> Any:
@@ -123,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     held = _HeldWarnings()
+    _COMMAND[0] = args.command
     try:
         with _routed_logs(held, verbose=args.verbose):
             result = args.run(args)

@@ -200,6 +200,7 @@ def _reason(e: BaseException, info: StorageInfo) -> str:
 def storage_errors(info: StorageInfo) -> Iterator[None]:
     """A database that refuses a read or write mid-command (read-only, dropped, unreachable)
     becomes one line naming the storage, password masked."""
+    _ACTIVE.append(info)
     try:
         yield
     except AutoPruneError:
@@ -213,6 +214,22 @@ def storage_errors(info: StorageInfo) -> Iterator[None]:
         if cause is None:
             raise
         raise StorageError(f"storage {info.safe_url} failed: {_reason(cause, info)}") from None
+    finally:
+        _ACTIVE.pop()
+
+
+_ACTIVE: list[StorageInfo] = []  # the storages commands use now (storage_errors), innermost last
+
+
+def lost_storage_line(e: BaseException) -> str | None:
+    """The one line for a database error raised outside a command's own flow (the heartbeat
+    thread, which is the first to meet a silent server), naming the storage in use; None when
+    ``e`` is no database error or no storage is in use."""
+    cause = _database_cause(e)
+    if cause is None or not _ACTIVE:
+        return None
+    info = _ACTIVE[-1]
+    return f"storage {info.safe_url} failed: {_reason(cause, info)}"
 
 
 def _database_cause(e: BaseException) -> BaseException | None:
