@@ -7,6 +7,8 @@ the budget, how many of those exceed it on the test split by more than one point
 validation and test drop of the trial reported as best.
 
     python bench/selection_error.py --spec studies/digits-lenet5.toml --val-fraction 0.1 0.3 --seeds 0 1 2
+    python bench/selection_error.py --judge-db /tmp/search_vs_recipe.db --budgets 1 2 3 \
+        --out bench/results/selection_error_fashion_budgets.json
 """
 
 from __future__ import annotations
@@ -46,6 +48,33 @@ def judge(study: optuna.Study, budget: Budget) -> dict:
     }
 
 
+def judge_stored(db: Path, budgets: list[float], out: Path) -> None:
+    """Count, per study prefix (the model's studies over seeds), budget and rule, the search
+    trials called within the budget, those over it on test, and those over by more than 1."""
+    storage = f"sqlite:///{db}"
+    groups: dict[str, list[TrialRecord]] = {}
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        if "-latency" in summary.study_name:
+            continue
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        records = [r for t in study.get_trials(deepcopy=False)
+                   if t.user_attrs.get("source") != "final" and (r := TrialRecord.from_attrs(t.user_attrs))]  # fmt: skip
+        groups.setdefault(summary.study_name.rsplit("-s", 1)[0], []).extend(records)
+    rows = []
+    for (name, records), max_drop, (rule, (selection, confidence)) in itertools.product(
+        groups.items(), budgets, RULES.items()
+    ):
+        budget = Budget.of(max_drop, selection, confidence)
+        called = [r for r in records if budget.drop(r) <= max_drop]
+        row = {"studies": name, "budget": max_drop, "rule": rule, "trials": len(records), "called_within": len(called),
+               "over_budget_on_test": sum(r.test_acc_drop > max_drop for r in called),
+               "exceed_on_test_by_1": sum(r.test_acc_drop > max_drop + 1 for r in called),
+               "worst_test_drop": max((r.test_acc_drop for r in called), default=None)}  # fmt: skip
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    out.write_text(json.dumps({"db": str(db), "rows": rows}, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spec", type=Path, default=Path("studies/digits-lenet5.toml"))
@@ -55,7 +84,12 @@ def main() -> None:
     parser.add_argument("--budgets", type=float, nargs="+", help="judge at these budgets (default: the spec's)")
     parser.add_argument("--keep", type=Path, help="keep the studies in this SQLite file (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/selection_error.json"))
+    parser.add_argument("--judge-db", type=Path,
+                        help="run nothing: judge the search trials of every study in this SQLite file")  # fmt: skip
     args = parser.parse_args()
+    if args.judge_db:
+        judge_stored(args.judge_db, args.budgets or [1.0], args.out)
+        return
     warnings.filterwarnings("ignore")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rows = []
