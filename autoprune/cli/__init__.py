@@ -98,18 +98,10 @@ def _routed_logs(held: _HeldWarnings, *, verbose: bool) -> Iterator[None]:
 
 
 def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
-    name = args.thread.name if args.thread else "a thread"
-    if "heartbeat" in name and args.exc_value is not None:
-        from autoprune.search.storage import lost_storage_line
+    from autoprune.search.storage import exit_if_storage_lost
 
-        line = lost_storage_line(args.exc_value)
-        if line is not None:
-            # The heartbeat meets a silent database first (within a third of study.db_timeout):
-            # nothing more can be recorded, and the trial in flight is left for another
-            # worker's heartbeat check to fail and retry. Waiting for the main thread to meet
-            # the same timeouts, a few times over, would only delay this line.
-            print(f"autoprune {_COMMAND[0]}: error: {line}", file=sys.stderr, flush=True)
-            os._exit(EXIT_USAGE)
+    name = args.thread.name if args.thread else "a thread"
+    exit_if_storage_lost(name, args.exc_value, f"autoprune {_COMMAND[0]}")
     logging.getLogger("autoprune").warning("%s stopped: %s: %s", name, args.exc_type.__name__, args.exc_value)
 
 

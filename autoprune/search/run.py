@@ -9,6 +9,7 @@ import logging
 import multiprocessing
 import os
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -44,8 +45,10 @@ from autoprune.search.storage import (
     StorageInfo,
     artifact_dir,
     artifact_store,
+    exit_if_storage_lost,
     open_storage,
     parse_storage,
+    storage_errors,
 )
 from autoprune.train import train_base
 
@@ -346,21 +349,33 @@ class WorkerArgs:
 
 
 def _worker_main(args: WorkerArgs) -> None:
-    """One worker process: its own storage connection and thread share."""
+    """One worker process: its own storage connection and thread share. An error is one line
+    on stderr and the exit code (the parent reports how many workers stopped), never a
+    traceback; a heartbeat that meets a lost database ends the worker at once."""
     stop_on_signals()
+    threading.excepthook = _worker_thread_hook
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", module="torch_pruning")
     spec = spec_from_dict(args.spec)
     info = parse_storage(args.storage_url)
-    storage = open_storage(info, heartbeat_interval=spec.study.heartbeat_interval,
-                           grace_period=spec.study.grace_period, timeout=spec.study.db_timeout)  # fmt: skip
-    study = open_study(spec, storage)
-    ctx = prepare(spec, study, storage, info, progress=False)
     try:
-        work(study, Objective(ctx, sampler_name=study.sampler.name), args.target)
+        with storage_errors(info):
+            storage = open_storage(info, heartbeat_interval=spec.study.heartbeat_interval,
+                                   grace_period=spec.study.grace_period, timeout=spec.study.db_timeout)  # fmt: skip
+            study = open_study(spec, storage)
+            ctx = prepare(spec, study, storage, info, progress=False)
+            work(study, Objective(ctx, sampler_name=study.sampler.name), args.target)
     except KeyboardInterrupt:
         pass
+    except AutoPruneError as e:
+        print(f"autoprune search: worker {os.getpid()}: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(getattr(e, "exit_code", 2))
+
+
+def _worker_thread_hook(args: threading.ExceptHookArgs) -> None:
+    exit_if_storage_lost(args.thread.name if args.thread else "", args.exc_value, f"autoprune search: worker {os.getpid()}")
+    threading.__excepthook__(args)
 
 
 def run_search(

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import re
+import sys
 import time
 import urllib.parse
 import uuid
@@ -219,6 +221,17 @@ def storage_errors(info: StorageInfo) -> Iterator[None]:
 
 
 _ACTIVE: list[StorageInfo] = []  # the storages commands use now (storage_errors), innermost last
+
+
+def exit_if_storage_lost(thread_name: str, e: BaseException | None, prefix: str) -> None:
+    """For a thread hook: a heartbeat thread that met a silent or lost database (it meets one
+    first, within a third of ``study.db_timeout``) ends the process with one line, exit 2.
+    Nothing more can be recorded, and the trial in flight is left for another worker's
+    heartbeat check to fail and retry; the main thread would only meet the same timeouts."""
+    line = lost_storage_line(e) if e is not None and "heartbeat" in thread_name else None
+    if line is not None:
+        print(f"{prefix}: error: {line}", file=sys.stderr, flush=True)
+        os._exit(2)
 
 
 def lost_storage_line(e: BaseException) -> str | None:
