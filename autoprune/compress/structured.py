@@ -134,15 +134,20 @@ def prune_filters_(
                                       ignored=[m for n, m in model.named_modules() if n == keep_whole]):  # fmt: skip
         names = {m: n for n, m in convs.items()}
         why.update({names[m]: "torch-pruning's surgery failed on this network: left whole" for m in ratios})
-    # What the graph really removed (coupled layers lose filters through their partners, or keep them).
-    after = conv_layers(model)
+    return _as_removed(records, conv_layers(model), asked, why, config.round_to)
+
+
+def _as_removed(
+    records: list[LayerNorms], after: dict[str, nn.Conv2d], asked: dict[str, float], why: dict[str, str], round_to: int
+) -> list[LayerNorms]:  # fmt: skip
+    """The records with what the graph really removed (coupled layers lose filters through their
+    partners, or keep them); a layer off its ask by more than the rounding is said, with why."""
     out = []
     for r in records:
         total = len(r.norms)
         removed = total - after[r.layer].out_channels
-        expected = _removed_count(total, asked[r.layer], config.round_to)
         reason = ""
-        if abs(removed - expected) > max(1, config.round_to):
+        if abs(removed - _removed_count(total, asked[r.layer], round_to)) > max(1, round_to):
             reason = why.get(r.layer, "coupled through the graph (a residual addition, a concatenation or a "
                                       "grouped conv it feeds) with layers asked for another share")  # fmt: skip
             log.warning("structured pruning of %s removed %.0f%% of its filters, %.0f%% asked: %s",
