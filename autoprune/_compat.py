@@ -35,15 +35,6 @@ def trial_id(trial: FrozenTrial) -> int:
     return trial._trial_id
 
 
-def has_heartbeat(storage: RDBStorage, trial: FrozenTrial) -> bool:
-    """Whether the trial ever sent a heartbeat: Optuna's stale check sees only those trials."""
-    with storage.engine.connect() as conn:
-        row = conn.execute(
-            sqlalchemy.text("SELECT 1 FROM trial_heartbeats WHERE trial_id = :id"), {"id": trial_id(trial)}
-        ).first()
-    return row is not None
-
-
 def heartbeat_backend(study: optuna.Study) -> BaseStorage | None:
     """The study's storage when it records heartbeats (RDB, or our journal), else None."""
     storage = study._storage
@@ -54,7 +45,7 @@ def heartbeat_age(storage: BaseStorage, trial: FrozenTrial) -> float | None:
     """Seconds since the trial's last heartbeat (by the database's clock, as Optuna's stale
     check reads it), or None if it never sent one."""
     if isinstance(storage, HeartbeatJournalStorage):
-        beat = trial.system_attrs.get(BEAT_ATTR)
+        beat = trial.system_attrs.get(BEAT_ATTR)  # a retry inherits its failed parent's: not its own
         started = trial.datetime_start.timestamp() if trial.datetime_start else 0.0
         return time.time() - beat if isinstance(beat, (int, float)) and beat >= started else None
     rdb = getattr(storage, "_backend", storage)
@@ -99,12 +90,12 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
             pass  # finished (or failed as stale by another worker) while beating
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        now = time.time()
         stale = []
         for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-            beat = t.system_attrs.get(BEAT_ATTR)  # a retry inherits its failed parent's: the start counts too
-            started = (t.datetime_start or datetime.datetime.now()).timestamp()
-            if now - max(started, beat if isinstance(beat, (int, float)) else 0.0) > self.grace_period:
+            silent = heartbeat_age(self, t)  # None: no beat since it started (it never beat yet)
+            if silent is None:
+                silent = time.time() - (t.datetime_start or datetime.datetime.now()).timestamp()
+            if silent > self.grace_period:
                 stale.append(trial_id(t))
         return stale
 

@@ -124,8 +124,9 @@ def latency_rows(spec_path: Path, db: Path, seed: int, trials: int, k: int) -> l
 def summarise(rows: list[dict]) -> list[dict]:
     """Median over seeds of each (model, method, budget)."""
     groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["model"], r["method"], r["budget"]), []).append(r)
+    for r in rows:  # "at the recipe's accuracy" is one level per seed: grouped over seeds all the same
+        level = None if r["method"].startswith("search at ") else r["budget"]
+        groups.setdefault((r["model"], r["method"], level), []).append(r)
     out = []
     for (model, method, budget), rs in groups.items():
         def med(key: str) -> float | None:

@@ -198,6 +198,9 @@ def _reason(e: BaseException, info: StorageInfo) -> str:
     return mask_url((reason[0] if reason else type(e).__name__).replace(info.url, info.safe_url))[:200]
 
 
+_ACTIVE: list[StorageInfo] = []  # the storages commands use now (storage_errors), innermost last
+
+
 @contextlib.contextmanager
 def storage_errors(info: StorageInfo) -> Iterator[None]:
     """A database that refuses a read or write mid-command (read-only, dropped, unreachable)
@@ -220,29 +223,17 @@ def storage_errors(info: StorageInfo) -> Iterator[None]:
         _ACTIVE.pop()
 
 
-_ACTIVE: list[StorageInfo] = []  # the storages commands use now (storage_errors), innermost last
-
-
 def exit_if_storage_lost(thread_name: str, e: BaseException | None, prefix: str) -> None:
     """For a thread hook: a heartbeat thread that met a silent or lost database (it meets one
-    first, within a third of ``study.db_timeout``) ends the process with one line, exit 2.
-    Nothing more can be recorded, and the trial in flight is left for another worker's
-    heartbeat check to fail and retry; the main thread would only meet the same timeouts."""
-    line = lost_storage_line(e) if e is not None and "heartbeat" in thread_name else None
-    if line is not None:
-        print(f"{prefix}: error: {line}", file=sys.stderr, flush=True)
+    first, within a third of ``study.db_timeout``) ends the process with one line naming the
+    storage in use, exit 2. Nothing more can be recorded, and the trial in flight is left for
+    another worker's heartbeat check to fail and retry; the main thread would only meet the
+    same timeouts."""
+    cause = _database_cause(e) if e is not None and "heartbeat" in thread_name else None
+    if cause is not None and _ACTIVE:
+        info = _ACTIVE[-1]
+        print(f"{prefix}: error: storage {info.safe_url} failed: {_reason(cause, info)}", file=sys.stderr, flush=True)
         os._exit(2)
-
-
-def lost_storage_line(e: BaseException) -> str | None:
-    """The one line for a database error raised outside a command's own flow (the heartbeat
-    thread, which is the first to meet a silent server), naming the storage in use; None when
-    ``e`` is no database error or no storage is in use."""
-    cause = _database_cause(e)
-    if cause is None or not _ACTIVE:
-        return None
-    info = _ACTIVE[-1]
-    return f"storage {info.safe_url} failed: {_reason(cause, info)}"
 
 
 def _database_cause(e: BaseException) -> BaseException | None:
