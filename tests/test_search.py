@@ -283,6 +283,50 @@ def test_two_workers_on_postgresql(tmp_path: Path, study_name: str) -> None:
     assert sorted(names) == ["deep-compression-lenet5", "uniform-l1"]  # no duplicated baseline
 
 
+def _warn_from_a_worker(queue: object) -> None:
+    from autoprune.search.run import _relay_logs_to
+
+    _relay_logs_to(queue)
+    optuna.logging.get_logger("optuna").warning("Caught an error from sqlalchemy: lost")
+    optuna.logging.get_logger("optuna").info("Trial 3 finished")  # below the bar: not relayed
+    import warnings
+
+    warnings.warn("a Python warning in a worker")
+
+
+def test_a_workers_warnings_reach_the_parents_logging_not_its_stderr(capfd: pytest.CaptureFixture) -> None:
+    import logging
+    import logging.handlers
+    import multiprocessing
+
+    from autoprune.search.run import _Relay
+
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    keep = Keep(logging.WARNING)
+    logging.getLogger().addHandler(keep)
+    relay = logging.handlers.QueueListener(queue, _Relay())
+    relay.start()
+    try:
+        worker = context.Process(target=_warn_from_a_worker, args=(queue,))
+        worker.start()
+        worker.join(timeout=120)
+    finally:
+        relay.stop()
+        logging.getLogger().removeHandler(keep)
+    assert worker.exitcode == 0
+    assert any("Caught an error from sqlalchemy" in m for m in seen), seen
+    assert any("a Python warning in a worker" in m for m in seen), seen
+    assert not any("Trial 3 finished" in m for m in seen), seen
+    assert "Caught an error" not in capfd.readouterr().err  # the worker printed nothing itself
+
+
 @pytest.mark.slow
 def test_sqlite_refuses_parallel_workers(tmp_path: Path) -> None:
     r = search(str(write_spec(tmp_path)), "--storage", f"sqlite:///{tmp_path / 'x.db'}", "--jobs", "2")

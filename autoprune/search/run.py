@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import logging
+import logging.handlers
 import multiprocessing
 import os
 import sys
@@ -343,6 +344,7 @@ class WorkerArgs:
     storage_url: str
     target: int
     threads: int
+    logs: Any  # a multiprocessing queue: the worker's log records, relayed to the parent's logging
     # Pickled by reference: unpickling it in the worker imports the module that registered the
     # sampler (autoprune.surrogate, say) before the spec is read.
     sampler: SamplerFactory
@@ -355,7 +357,7 @@ def _worker_main(args: WorkerArgs) -> None:
     stop_on_signals()
     threading.excepthook = _worker_thread_hook
     torch.set_num_threads(args.threads)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _relay_logs_to(args.logs)
     warnings.filterwarnings("ignore", module="torch_pruning")
     spec = spec_from_dict(args.spec)
     info = parse_storage(args.storage_url)
@@ -371,6 +373,28 @@ def _worker_main(args: WorkerArgs) -> None:
     except AutoPruneError as e:
         print(f"autoprune search: worker {os.getpid()}: error: {e}", file=sys.stderr, flush=True)
         sys.exit(getattr(e, "exit_code", 2))
+
+
+def _relay_logs_to(queue: Any) -> None:
+    """A worker's warnings (ours, Optuna's, Python's) go to the parent, which holds them as its
+    own: printed once after the command succeeds, never over its one-line error."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+    handler = logging.handlers.QueueHandler(queue)
+    handler.setLevel(logging.WARNING)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+
+
+class _Relay(logging.Handler):
+    """The parent's end of the workers' log queue: each record goes to the root logger's
+    handlers here (the CLI's held warnings), whatever the library's own loggers do."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger().handle(record)
 
 
 def _worker_thread_hook(args: threading.ExceptHookArgs) -> None:
@@ -431,10 +455,14 @@ def _run_workers(
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     sampler = sampler_factory(spec.study.sampler)
     context = multiprocessing.get_context("spawn")
+    logs = context.Queue()
     workers = [
-        context.Process(target=_worker_main, args=(WorkerArgs(spec.to_dict(), info.url, target, threads, sampler),))
+        context.Process(target=_worker_main,
+                        args=(WorkerArgs(spec.to_dict(), info.url, target, threads, logs, sampler),))
         for _ in range(jobs)
     ]  # fmt: skip
+    relay = logging.handlers.QueueListener(logs, _Relay())
+    relay.start()
     for w in workers:
         w.start()
     try:
@@ -445,6 +473,7 @@ def _run_workers(
     finally:
         for w in workers:
             w.join()
+        relay.stop()
     bar.n = counts(study)[0]
     if stop_requested():
         raise KeyboardInterrupt
