@@ -50,6 +50,7 @@ from autoprune.search.storage import (
     open_storage,
     parse_storage,
     storage_errors,
+    watched,
 )
 from autoprune.train import train_base
 
@@ -367,7 +368,8 @@ def _worker_main(args: WorkerArgs) -> None:
                                    grace_period=spec.study.grace_period, timeout=spec.study.db_timeout)  # fmt: skip
             study = open_study(spec, storage)
             ctx = prepare(spec, study, storage, info, progress=False)
-            work(study, Objective(ctx, sampler_name=study.sampler.name), args.target)
+            with watched(info, interval=spec.study.heartbeat_interval, timeout=spec.study.db_timeout):
+                work(study, Objective(ctx, sampler_name=study.sampler.name), args.target)
     except KeyboardInterrupt:
         pass
     except AutoPruneError as e:
@@ -440,8 +442,9 @@ def run_search(
     try:
         if jobs == 1:
             torch.set_num_threads(threads or before)
-            work(study, Objective(ctx, sampler_name=study.sampler.name), target, bar=bar)
-        else:
+            with watched(info, interval=spec.study.heartbeat_interval, timeout=spec.study.db_timeout):
+                work(study, Objective(ctx, sampler_name=study.sampler.name), target, bar=bar)
+        else:  # each worker watches the storage; this process only waits for them
             _run_workers(spec, info, jobs, target, bar, study, threads)
     finally:
         torch.set_num_threads(before)

@@ -11,6 +11,7 @@ import os
 import random
 import re
 import sys
+import threading
 import time
 import urllib.parse
 import uuid
@@ -221,6 +222,35 @@ def storage_errors(info: StorageInfo) -> Iterator[None]:
         raise StorageError(f"storage {info.safe_url} failed: {_reason(cause, info)}") from None
     finally:
         _ACTIVE.pop()
+
+
+@contextlib.contextmanager
+def watched(info: StorageInfo, *, interval: float, timeout: int) -> Iterator[None]:
+    """While the block runs, a thread pings a PostgreSQL server every ``interval`` seconds on a
+    connection of its own, with the libpq timeouts of :func:`_pg_timeouts`. Optuna's heartbeat
+    runs only during a trial; between trials the main thread meets a silent server in several
+    calls in a row (a query, Optuna's fallback query, the pool's ping, a reconnect: 17 s seen
+    for a 5 s timeout). The watch meets it within a third of ``timeout`` whatever the command
+    is doing, and its thread, named as a heartbeat, ends the process with the one line of
+    :func:`exit_if_storage_lost` (through the command's thread hook)."""
+    if info.kind != "postgresql":
+        yield
+        return
+    engine = sqlalchemy.create_engine(info.url, pool_size=1, max_overflow=0, connect_args=_pg_timeouts(timeout))
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(interval):
+            with engine.connect() as conn:
+                conn.execute(sqlalchemy.text("SELECT 1"))
+
+    thread = threading.Thread(target=watch, name="autoprune-heartbeat-watch", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        engine.dispose(close=False)  # a ping in flight finishes (or fails) on its own connection
 
 
 def exit_if_storage_lost(thread_name: str, e: BaseException | None, prefix: str) -> None:
