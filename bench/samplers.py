@@ -3,10 +3,13 @@
 Runs `autoprune search` once per (sampler, seed) on one spec, each in its own study of one
 SQLite file (re-running resumes: finished studies are not repeated), then summarises the best
 compression ratio within the accuracy budget (validation) after every trial: mean and spread
-over the seeds, as JSON and a PNG.
+over the seeds, as JSON and a PNG. With --at, it also compares the surrogate sampler with each
+other sampler at those trial counts: a paired Wilcoxon signed-rank test over the seeds.
 
     python bench/samplers.py                      # tpe random nsga2 gp surrogate, seeds 0 1 2
     python bench/samplers.py --samplers tpe,gp --seeds 0
+    python bench/samplers.py --spec bench/specs/digits-lenet5-constrained.toml --trials 50 \
+        --samplers tpe,gp,random,surrogate --seeds 0,1,2,3,4,5,6,7,8,9 --at 20,30,50
 """
 
 from __future__ import annotations
@@ -30,10 +33,12 @@ SPEC = HERE / "specs" / "fashion-lenet5-samplers.toml"
 RESULTS = HERE / "results"
 
 
-def run(sampler: str, seed: int, trials: int, spec: Path, storage: str) -> float:
+def run(sampler: str, seed: int, trials: int, spec: Path, storage: str, threads: int | None) -> float:
     started = time.perf_counter()
     cmd = [sys.executable, "-m", "autoprune", "search", str(spec), "--sampler", sampler, "--seed", str(seed),
            "--study", f"samplers-{sampler}-s{seed}", "--storage", storage, "--trials", str(trials), "-q"]  # fmt: skip
+    if threads:
+        cmd += ["--threads", str(threads)]
     subprocess.run(cmd, check=True)
     return time.perf_counter() - started
 
@@ -61,6 +66,9 @@ def main() -> None:
     ap.add_argument("--budgets", default="1.0,2.0", help="accuracy budgets in points, comma-separated")
     ap.add_argument("--spec", type=Path, default=SPEC)
     ap.add_argument("--out", type=Path, help="results path without suffix (default: results/samplers-SPEC)")
+    ap.add_argument("--at", default="", help="trial counts for the paired Wilcoxon test, comma-separated")
+    ap.add_argument("--threads", type=int, help="torch threads per search (default: torch's own)")
+    ap.add_argument("--summary-only", action="store_true", help="summarise the stored studies; run nothing")
     args = ap.parse_args()
     args.out = args.out or RESULTS / f"samplers-{args.spec.stem}"
     storage = f"sqlite:///{args.out.with_suffix('.db')}"
@@ -68,8 +76,10 @@ def main() -> None:
     wall: dict[str, list[float]] = {}
     for sampler in samplers:
         for seed in seeds:
+            if args.summary_only:
+                continue
             print(f"{sampler} seed {seed} ...", flush=True)
-            wall.setdefault(sampler, []).append(run(sampler, seed, args.trials, args.spec, storage))
+            wall.setdefault(sampler, []).append(run(sampler, seed, args.trials, args.spec, storage, args.threads))
 
     budgets = [float(b) for b in args.budgets.split(",")]
     result: dict = {
@@ -84,15 +94,19 @@ def main() -> None:
         (sampler, seed): optuna.load_study(study_name=f"samplers-{sampler}-s{seed}", storage=storage)
         for sampler in samplers for seed in seeds
     }  # fmt: skip
+    curves = {}
     for budget in budgets:
         rows = result["budgets"][str(budget)] = {}
         for sampler in samplers:
-            c = np.array([best_curve(studies[sampler, seed], budget, args.trials) for seed in seeds])
+            c = curves[budget, sampler] = np.array([best_curve(studies[sampler, seed], budget, args.trials)
+                                                    for seed in seeds])  # fmt: skip
             rows[sampler] = {
                 "mean": c.mean(axis=0).round(2).tolist(),
                 "std": c.std(axis=0).round(2).tolist(),
                 "final_per_seed": c[:, -1].round(2).tolist(),
             }
+    if args.at and "surrogate" in samplers:
+        result["wilcoxon"] = paired_tests(curves, budgets, samplers, [int(n) for n in args.at.split(",")])
     for sampler in samplers:
         trial_s = [t.user_attrs.get("trial_s", math.nan) for seed in seeds for t in studies[sampler, seed].trials
                    if t.state == TrialState.COMPLETE]  # fmt: skip
@@ -105,6 +119,37 @@ def main() -> None:
         for name, r in rows.items():
             print(f"budget {budget}: {name:10s} best ratio after {args.trials} trials "
                   f"{r['mean'][-1]:6.2f} +- {r['std'][-1]:5.2f}  per seed {r['final_per_seed']}")  # fmt: skip
+    for r in result.get("wilcoxon", []):
+        print(f"budget {r['budget']} after {r['trials']}: surrogate {r['surrogate_median']:.1f}x vs {r['other']} "
+              f"{r['other_median']:.1f}x (median), {r['wins']}/{r['ties']}/{r['losses']} w/t/l, p = {r['p']}: "
+              f"{r['verdict']}")  # fmt: skip
+
+
+def paired_tests(curves: dict, budgets: list[float], samplers: list[str], at: list[int]) -> list[dict]:
+    """The surrogate sampler against each other one, per budget and trial count: the best ratio
+    per seed side by side, wins/ties/losses and a two-sided paired Wilcoxon signed-rank test
+    (zero differences split between the ranks; every pair tied: p = 1)."""
+    from scipy.stats import wilcoxon
+
+    rows = []
+    for budget in budgets:
+        for n in at:
+            mine = curves[budget, "surrogate"][:, n - 1]
+            for other in samplers:
+                if other == "surrogate":
+                    continue
+                theirs = curves[budget, other][:, n - 1]
+                diff = mine - theirs
+                p = 1.0 if not np.any(diff) else float(wilcoxon(mine, theirs, zero_method="zsplit").pvalue)
+                rows.append({
+                    "budget": budget, "trials": n, "other": other,
+                    "surrogate_median": float(np.median(mine)), "other_median": float(np.median(theirs)),
+                    "surrogate_mean": float(mine.mean()), "other_mean": float(theirs.mean()),
+                    "wins": int((diff > 0).sum()), "ties": int((diff == 0).sum()), "losses": int((diff < 0).sum()),
+                    "p": round(p, 4),
+                    "verdict": "equal" if p >= 0.05 else "better" if np.median(diff) > 0 or diff.mean() > 0 else "worse",
+                })  # fmt: skip
+    return rows
 
 
 def plot(result: dict, path: Path) -> None:
