@@ -35,6 +35,16 @@ def trial_id(trial: FrozenTrial) -> int:
     return trial._trial_id
 
 
+def study_system_attr(study: optuna.Study, key: str) -> object:
+    """A system attribute of the study (where optuna-dashboard keeps its figures and notes too:
+    out of the dashboard's attribute tables), or None."""
+    return study._storage.get_study_system_attrs(study._study_id).get(key)
+
+
+def set_study_system_attr(study: optuna.Study, key: str, value: object) -> None:
+    study._storage.set_study_system_attr(study._study_id, key, value)
+
+
 def heartbeat_backend(study: optuna.Study) -> BaseStorage | None:
     """The study's storage when it records heartbeats (RDB, or our journal), else None."""
     storage = study._storage

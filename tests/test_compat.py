@@ -18,6 +18,8 @@ from autoprune._compat import (
     heartbeat_backend,
     onnx_log_to_stderr,
     rdb_backend,
+    set_study_system_attr,
+    study_system_attr,
     trial_id,
 )
 from autoprune.search.space import holds
@@ -38,6 +40,10 @@ def test_optuna_internals_still_where_autoprune_reaches(tmp_path: Path) -> None:
     assert heartbeat_backend(study) is not None
     assert rdb_backend(optuna.create_study()) is None  # in memory
     assert heartbeat_backend(optuna.create_study()) is None
+    set_study_system_attr(study, "autoprune:x", {"a": [1, 2]})
+    again = optuna.load_study(study_name=study.study_name, storage=storage)
+    assert study_system_attr(again, "autoprune:x") == {"a": [1, 2]} and study_system_attr(again, "y") is None
+    assert "autoprune:x" not in again.user_attrs  # out of the dashboard's attribute table
 
 
 def test_a_journal_storage_has_heartbeats_and_fails_a_silent_trial_as_stale(tmp_path: Path) -> None:

@@ -13,6 +13,17 @@ from autoprune.names import file_stem
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser(
+        "sensitivity", help="how much accuracy each layer loses when pruned alone (no fine-tuning)",
+        description="For the study's base model: each layer's sorted filter L1 norms, and the validation "
+        "accuracy after pruning only that layer (filters at 10-90%%, single weights at magnitude quality "
+        "0.25-3), without fine-tuning. Computed once per base model (cached), stored in the study for the "
+        "surrogate, and saved as figures into the study (optuna-dashboard) and a PNG.",
+    )  # fmt: skip
+    _common(s, seed=False)
+    s.add_argument("--png", type=Path, metavar="FILE", help="where to write the figure (default: STUDY-sensitivity.png)")
+    s.set_defaults(run=run_sensitivity, format=format_sensitivity)
+
     p = sub.add_parser(
         "surrogate", help="learn from a study's trials: fit, propose settings, compare with the search",
         description="An MLP ensemble learns accuracy drop, compression ratio and latency from a study's "
@@ -67,7 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(run=run_compare, format=format_compare)
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, *, seed: bool = True) -> None:
     _storage_options(p)
     g = p.add_argument_group(
         "code and files the study names",
@@ -78,7 +89,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint", metavar="PATH", help="the study's base checkpoint, if it was made from one")
     g.add_argument("--data-dir", metavar="PATH", help="the study's data folder or file, if its dataset needs one")
     g.add_argument("--artifacts", metavar="DIR", help="where proposals' packed files go (default: beside the database)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the ensemble and the candidates (default: 0)")
+    if seed:
+        p.add_argument("--seed", type=int, default=0, help="seed of the ensemble and the candidates (default: 0)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
@@ -96,6 +108,39 @@ def _view(args: argparse.Namespace) -> Any:
             args.study, info, progress=not args.quiet, model=args.model, checkpoint=args.checkpoint,
             data_dir=args.data_dir, artifacts=args.artifacts,
         )  # fmt: skip
+
+
+def run_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
+    from autoprune.workflow import sensitivity_png, sensitivity_rows, study_sensitivity
+
+    output_path(args.png, "--png")
+    view = _view(args)
+    result, cached = study_sensitivity(view, progress=not args.quiet)
+    png = args.png or output_path(Path(f"{file_stem(view.study.study_name)}-sensitivity.png"), "--png")
+    sensitivity_png(result, png, title=f"{view.study.study_name}: layer sensitivity, base {result.base_accuracy:.2f}%")
+    return {
+        "study": view.study.study_name, "cached": cached, "seconds": round(result.seconds, 2),
+        "base_accuracy": result.base_accuracy, "layers": sensitivity_rows(result), "png": str(png),
+        "analysis": result.to_dict(),
+    }  # fmt: skip
+
+
+def format_sensitivity(r: dict[str, Any]) -> str:
+    first = r["layers"][0]
+    ratios = list((next((x["ratio_drop"] for x in r["layers"] if x["ratio_drop"]), None) or {}).keys())
+    qualities = list(first["quality_drop"].keys())
+    header = ["layer", "kind", "params", "filters", *(f"f{float(x):.0%}" for x in ratios), *(f"q{x}" for x in qualities)]
+    rows = [[x["layer"], x["kind"], x["params"], x["filters"] or "-",
+             *((f"{v:.1f}" for v in x["ratio_drop"].values()) if x["ratio_drop"] else ["-"] * len(ratios)),
+             *(f"{v:.1f}" for v in x["quality_drop"].values())] for x in r["layers"]]  # fmt: skip
+    how = "from the cache" if r["cached"] else f"computed in {r['seconds']} s"
+    return "\n".join([
+        f"layer sensitivity of {r['study']}'s base model ({r['base_accuracy']:.2f}% validation; {how})", "",
+        grid(header, rows), "",
+        "points of validation accuracy lost with only that layer pruned, no fine-tuning: fN% = that share of its "
+        "filters removed (lowest L1 norm first), qN = its weights below N x std zeroed",
+        f"plot: {r['png']}; stored in the study (the surrogate reads it) with its figures (optuna-dashboard)",
+    ])  # fmt: skip
 
 
 def _fit_report(surrogate: Any, history: Any) -> dict[str, Any]:

@@ -8,6 +8,14 @@ from autoprune.search.samplers import list_samplers
 from autoprune.workflow._export import default_export_path, export_trial, find_trial
 from autoprune.workflow._figures import COMPARE_HEADER, compare_png, compare_table, publish
 from autoprune.workflow._final import final_summary, finalize, parents
+from autoprune.workflow._sensitivity import (
+    SENSITIVITY_ATTR,
+    publish_sensitivity,
+    sensitivity_png,
+    sensitivity_rows,
+    stored_sensitivity,
+    study_sensitivity,
+)
 from autoprune.workflow._search import DEFAULT_SPEC, Interrupted, search, search_spec, search_summary
 from autoprune.workflow._surrogate import (
     StudyView,
@@ -21,6 +29,7 @@ from autoprune.workflow._surrogate import (
 
 __all__ = [
     "COMPARE_HEADER",
+    "SENSITIVITY_ATTR",
     "DEFAULT_SPEC",
     "Interrupted",
     "StudyView",
@@ -39,8 +48,13 @@ __all__ = [
     "parents",
     "propose_for",
     "publish",
+    "publish_sensitivity",
     "search",
     "search_spec",
     "search_summary",
     "search_trials",
+    "sensitivity_png",
+    "sensitivity_rows",
+    "stored_sensitivity",
+    "study_sensitivity",
 ]
