@@ -111,7 +111,7 @@ class Sensitivity:
                 )
                 for s in d["layers"]
             )  # fmt: skip
-            out = cls(float(d["base_accuracy"]), layers, _floats(d["ratios"]), _floats(d["qualities"]),
+            out = cls(_floats([d["base_accuracy"]])[0], layers, _floats(d["ratios"]), _floats(d["qualities"]),
                       float(d.get("seconds", 0.0)), str(d.get("key", "")))  # fmt: skip
         except (KeyError, TypeError, ValueError) as e:
             raise AutoPruneError(f"a stored sensitivity analysis is unreadable ({e}); run autoprune sensitivity again") from None

@@ -141,3 +141,19 @@ class HuffmanCode:
         if pos > bits.size - width:
             raise ValueError("Huffman stream is shorter than its header says")
         return np.asarray(out, dtype=np.int64)
+
+
+def stream_bits(counts: np.ndarray, width: int, huffman: bool = True) -> int:
+    """Bits a stream with these symbol ``counts`` takes in a packed file: Huffman-coded (its
+    code-length table of one byte per symbol up to the largest used included) when that is
+    smaller than ``width`` bits per symbol, else fixed width. ``counts`` may be expected
+    (fractional) counts: the code is built on them rounded up."""
+    counts = np.asarray(counts, dtype=np.float64)
+    n = float(counts.sum())
+    fixed = width * n
+    used = np.flatnonzero(counts > 0)
+    if not used.size or not huffman:
+        return int(round(fixed))
+    lengths = _limited_lengths(np.ceil(counts).astype(np.int64), MAX_CODE_LENGTH)
+    huffman = float((counts * lengths).sum()) + 8 * (int(used[-1]) + 1)
+    return int(round(min(fixed, huffman)))

@@ -41,3 +41,21 @@ def decode_relative(symbols: np.ndarray, index_bits: int) -> np.ndarray:
     is_filler = symbols == filler
     steps = np.where(is_filler, filler, symbols + 1)
     return (np.cumsum(steps) - 1)[~is_filler]
+
+
+def expected_gap_counts(numel: int, nonzero: int, index_bits: int) -> np.ndarray:
+    """Expected counts of each gap symbol (0 .. FILLER) when ``nonzero`` of ``numel`` positions
+    are kept independently at random: gaps are geometric with the density p, the remainder
+    r = gap mod FILLER has P(r) = p (1-p)^r / (1 - (1-p)^FILLER), and a weight is preceded by
+    (1-p)^FILLER / (1 - (1-p)^FILLER) fillers on average."""
+    filler = _filler(index_bits)
+    counts = np.zeros(filler + 1)
+    if nonzero <= 0:
+        return counts
+    p = min(nonzero / max(numel, 1), 1.0)
+    q = 1.0 - p
+    tail = q**filler
+    r = np.arange(filler)
+    counts[:filler] = nonzero * p * q**r / (1.0 - tail) if tail < 1 else nonzero / filler
+    counts[filler] = nonzero * tail / (1.0 - tail) if tail < 1 else 0.0
+    return counts

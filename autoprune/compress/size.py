@@ -1,0 +1,272 @@
+"""The packed size of a compression config, without compressing: what a candidate's file will
+weigh, in about a millisecond, so that nothing has to learn it.
+
+Structured pruning is replayed exactly on the channel map of the base network (torch-pruning's
+dependency groups, found once): which filters each group loses, lowest L1 norm first, and
+which inputs of the next layers go with them. Magnitude pruning is replayed exactly on the
+kept weights (their threshold, their count). What the real file then spends is estimated: the
+position stream from the density (gaps of weights kept independently at random), the value
+stream from k-means on a sample of the layer's surviving base weights, the header from the
+base's own. Fine-tuning moves the weights but not which are kept, so the estimate holds for a
+trial as for the untrained pipeline; tests/test_size.py measures the error against real files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from autoprune.compress._layers import layer_kind, output_layer, weight_layers
+from autoprune.compress.packing import MAGIC, save_packed
+from autoprune.compress.recipe import CompressConfig
+from autoprune.compress.structured import FilterNormImportance, _removed_count, _untraceable_convs
+from autoprune.models import ModelSpec
+from autoprune.ops.huffman import stream_bits
+from autoprune.ops.kmeans import kmeans_1d
+from autoprune.ops.sparse import expected_gap_counts
+
+SAMPLE = 20_000  # surviving base weights k-means is run on, per layer, for the value stream's cost
+EXACT = 2_048  # up to this many surviving weights, k-means runs on the candidate's own
+_FILE_OVERHEAD = len(MAGIC) + 5 + 4  # magic, version and header length, crc32
+
+
+@dataclass(frozen=True)
+class _Dim:
+    """One dimension of a module that a dependency group shrinks: removing root channel c
+    removes this dimension's indices ``idxs[root == c]``."""
+
+    group: int
+    idxs: np.ndarray
+    root: np.ndarray
+
+
+@dataclass(frozen=True)
+class LayerSize:
+    """A weight layer after structured and magnitude pruning, and what it costs in the file."""
+
+    layer: str
+    weights: int  # kept by structured pruning
+    nonzero: int  # kept by magnitude pruning too
+    base_weights: int  # in the base network
+    bytes: float  # positions, values and codebook (its share of the header and raw tensors excluded)
+
+    @property
+    def sparsity(self) -> float:
+        """Share of the base layer's weights gone, by either kind of pruning."""
+        return 1.0 - self.nonzero / max(self.base_weights, 1)
+
+
+class SizeModel:
+    """The packed bytes of any config applied to ``base``; built once per base network."""
+
+    def __init__(self, base: nn.Module, spec: ModelSpec):
+        input_shape = (spec.in_channels, *spec.image_size)
+        model = copy.deepcopy(base).eval()
+        example = torch.zeros(1, *input_shape)
+        names = {m: n for n, m in model.named_modules()}
+        self._layers = weight_layers(model)
+        out = output_layer(model)
+        untraceable = _untraceable_convs(model, example)
+        # the convs whose ratio structured pruning passes on: as prune_filters_ decides
+        self._prunable = {
+            n for n, m in self._layers.items()
+            if isinstance(m, nn.Conv2d) and n != out and m.groups == 1 and n not in untraceable
+        }  # fmt: skip
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+        importance = FilterNormImportance("l1")
+        self._groups: list[tuple[list[str], int, np.ndarray]] = []  # (modules it prunes the outputs of, channels,
+        #                                                              channels least important first)
+        self._dims: dict[tuple[str, str], _Dim] = {}  # (module, "out" | "in") -> how a group shrinks it
+        ignored = [self._layers[out]]
+        for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d]):
+            imp = importance(group)
+            if imp is None:
+                continue
+            # torch-pruning takes a group's ratio from the first module in it, in dependency
+            # order, that was handed one and whose outputs the group prunes
+            outs = [names[module] for item in group
+                    for module, fn in ((item.dep.source.module, item.dep.trigger), (item.dep.target.module, item.dep.handler))
+                    if module in names and graph.is_out_channel_pruning_fn(fn)]  # fmt: skip
+            g = len(self._groups)
+            self._groups.append((outs, len(imp), np.argsort(imp.numpy(), kind="stable")))
+            for item in group:
+                module = names.get(item.dep.target.module)
+                if module is None or item.root_idxs is None or any(r is None for r in item.root_idxs):
+                    continue
+                dim = "out" if graph.is_out_channel_pruning_fn(item.dep.handler) else "in"
+                self._dims.setdefault((module, dim), _Dim(g, np.asarray(item.idxs), np.asarray(item.root_idxs)))
+        self._weights = {n: m.weight.detach().float().numpy() for n, m in self._layers.items()}
+        state = model.state_dict()
+        weight_keys = {f"{n}.weight" for n in self._layers}
+        self._raw = [  # (module, 1-D along its out channels, bytes) of every tensor stored raw
+            (key.rsplit(".", 1)[0], t.dim() == 1, t.numel() * t.element_size())
+            for key, t in state.items() if key not in weight_keys or t.dtype != torch.float32
+        ]  # fmt: skip
+        self._header = self._header_bytes(base, spec, input_shape)
+        self._clusters: dict[tuple, tuple[float, int]] = {}  # (layer, bits, init, mode, level) -> value cost
+
+    # ------------------------------------------------------------------ structure
+
+    def removed(self, config: CompressConfig) -> dict[int, np.ndarray]:
+        """Per dependency group, the channels structured pruning removes: as prune_filters_
+        hands ratios to torch-pruning (its prunable convs, the share rounded as it rounds) and
+        as torch-pruning applies them (a group takes the ratio of its first module with one)."""
+        s = config.structured
+        ratios = {}
+        for name in self._prunable:
+            channels = self._weights[name].shape[0]
+            value = s.value_for(name)
+            if s.mode != "ratio":  # a threshold on the norm / the layer's largest norm
+                norms = np.abs(self._weights[name]).reshape(channels, -1).sum(1)
+                value = float((norms / max(norms.max(), 1e-12) < value).mean())
+            removed = _removed_count(channels, value, s.round_to)
+            if removed:
+                ratios[name] = removed / channels
+        out = {}
+        for g, (outs, channels, order) in enumerate(self._groups):
+            ratio = next((ratios[m] for m in outs if m in ratios), 0.0)
+            n = channels - int(channels * (1 - ratio))
+            if n > 0:
+                out[g] = order[:n]
+        return out
+
+    def _kept(self, module: str, dim: str, size: int, removed: dict[int, np.ndarray]) -> np.ndarray:
+        """Indices of a dimension that survive."""
+        d = self._dims.get((module, dim))
+        if d is None or d.group not in removed:
+            return np.arange(size)
+        gone = d.idxs[np.isin(d.root, removed[d.group])]
+        return np.setdiff1d(np.arange(size), gone, assume_unique=True)
+
+    # ------------------------------------------------------------------ size
+
+    def layers(self, config: CompressConfig) -> list[LayerSize]:
+        removed = self.removed(config)
+        u, q = config.unstructured, config.quantize
+        out = []
+        for name, w in self._weights.items():
+            kept = w[self._kept(name, "out", w.shape[0], removed)]
+            kept = kept[:, self._kept(name, "in", w.shape[1], removed)]
+            flat = kept.ravel()
+            value = u.value_for(name)
+            survives = _magnitude_mask(flat, u.mode, value)
+            nonzero = int(np.count_nonzero(survives))
+            pack = config.pack
+            index_bits = pack.conv_index_bits if layer_kind(self._layers[name]) == "conv" else pack.fc_index_bits
+            bits = 0.0
+            if 0 < nonzero < flat.size:  # a layer with nothing pruned has no position stream
+                gaps = expected_gap_counts(flat.size, nonzero, index_bits)
+                gaps[gaps < 0.5] = 0.0  # gaps that long are unlikely to occur at all: not in the code table
+                bits += stream_bits(gaps, index_bits, pack.huffman)
+            if q.enabled and nonzero:
+                b = q.bits_for(name, self._layers[name])
+                if nonzero <= EXACT:  # few values: cluster them as the pipeline will
+                    per_value, shared = _clustered(flat[survives], b, q.init)
+                else:
+                    per_value, shared = self._value_cost(name, b, q.init, u.mode, value)
+                value_bits = (per_value if pack.huffman else b) * nonzero
+                shared = min(shared, nonzero)
+                bits += value_bits + 32 * shared
+            else:
+                bits += 32 * nonzero
+            out.append(LayerSize(name, flat.size, nonzero, w.size, bits / 8))
+        return out
+
+    def _value_cost(self, name: str, bits: int, init: str, mode: str, value: float) -> tuple[float, int]:
+        """Bits per value of the value stream (cluster indices, Huffman-coded when that is
+        smaller) and codebook entries: k-means on a fixed sample of the layer's base
+        weights that the same threshold keeps (the threshold rounded, so that the cost of one
+        layer is computed once per level)."""
+        level = round(value, 1) if mode == "quality" else round(value, 2)
+        key = (name, bits, init, mode, level)
+        if key not in self._clusters:
+            w = self._weights[name].ravel()
+            if level <= 0:
+                kept = w[w != 0]
+            elif mode == "quality":
+                kept = w[(np.abs(w) >= level * w.std(ddof=1)) & (w != 0)]
+            else:
+                kept = w[np.abs(w) >= np.quantile(np.abs(w), min(level, 0.999))]
+            if kept.size > SAMPLE:
+                kept = kept[np.random.default_rng(0).choice(kept.size, SAMPLE, replace=False)]
+            self._clusters[key] = _clustered(kept, bits, init) if kept.size else (float(bits), 1 << bits)
+        return self._clusters[key]
+
+    def estimate(self, config: CompressConfig) -> int:
+        """Bytes of the packed file ``config`` would make of the base network."""
+        removed = self.removed(config)
+        body = sum(layer.bytes for layer in self.layers(config))
+        raw = 0
+        for module, along_out, size in self._raw:
+            if along_out and (module, "out") in self._dims and self._dims[(module, "out")].group in removed:
+                d = self._dims[(module, "out")]
+                share = 1.0 - np.isin(d.root, removed[d.group]).sum() / max(len(d.root), 1)
+                size = int(round(size * share))
+            raw += size
+        return int(round(_FILE_OVERHEAD + self._header + body + raw))
+
+    def _header_bytes(self, base: nn.Module, spec: ModelSpec, input_shape: tuple[int, ...]) -> int:
+        """The compressed JSON header of a real packed file of this network (a third of its
+        filters and half its weights pruned, 6/4 bits): its size varies by a few percent with
+        the settings and the numbers it holds."""
+        from autoprune.compress.quantize import ShareConfig, share_weights_
+        from autoprune.compress.structured import FilterPruneConfig, prune_filters_
+        from autoprune.compress.unstructured import MagnitudeConfig, prune_magnitude_
+
+        model = copy.deepcopy(base).eval()
+        with tempfile.TemporaryDirectory() as tmp, _quiet():
+            prune_filters_(model, FilterPruneConfig(default=0.3), torch.zeros(1, *input_shape))
+            prune_magnitude_(model, MagnitudeConfig(default=0.7))
+            share = ShareConfig(conv_bits=6, fc_bits=4)
+            share_weights_(model, share)
+            bits = {n: share.bits_for(n, m) for n, m in weight_layers(model).items()}
+            path = Path(tmp) / "probe.apk"
+            save_packed(model, spec, path, bits=bits, meta={"study": "x" * 16, "trial": 0})
+            data = path.read_bytes()
+        return struct.unpack_from("<I", data, len(MAGIC) + 1)[0]
+
+
+def _magnitude_mask(flat: np.ndarray, mode: str, value: float) -> np.ndarray:
+    """The weights magnitude pruning keeps, as :func:`~autoprune.compress.unstructured.magnitude_mask`
+    decides on the weights before fine-tuning (zeros stay pruned)."""
+    if value <= 0:
+        return flat != 0
+    if mode == "quality":
+        std = float(flat.std(ddof=1)) if flat.size > 1 else 0.0
+        return (np.abs(flat) >= value * std) & (flat != 0)
+    mask = np.ones(flat.size, dtype=bool)
+    mask[np.argsort(np.abs(flat), kind="stable")[: int(round(value * flat.size))]] = False
+    return mask & (flat != 0)
+
+
+def _clustered(values: np.ndarray, bits: int, init: str) -> tuple[float, int]:
+    """Bits per value of the cluster-index stream of ``values`` shared into ``2**bits``
+    clusters, and how many clusters (codebook entries) that leaves."""
+    if values.size == 0:
+        return 0.0, 0
+    result = kmeans_1d(values.astype(np.float64), 1 << bits, init=init, seed=0)
+    counts = np.bincount(result.labels, minlength=len(result.centroids)).astype(np.float64)
+    return stream_bits(counts, bits) / values.size, len(result.centroids)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The probe's pruning says nothing: its warnings are about a config nobody asked for."""
+    logger = logging.getLogger("autoprune.compress.structured")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
