@@ -45,6 +45,11 @@ def set_study_system_attr(study: optuna.Study, key: str, value: object) -> None:
     study._storage.set_study_system_attr(study._study_id, key, value)
 
 
+def set_trial_user_attr(study: optuna.Study, trial: FrozenTrial, key: str, value: object) -> None:
+    """A user attribute on a trial a sampler holds as a FrozenTrial (samplers get no Trial)."""
+    study._storage.set_trial_user_attr(trial._trial_id, key, value)
+
+
 def heartbeat_backend(study: optuna.Study) -> BaseStorage | None:
     """The study's storage when it records heartbeats (RDB, or our journal), else None."""
     storage = study._storage

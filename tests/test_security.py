@@ -16,7 +16,6 @@ from pathlib import Path
 import optuna
 import pytest
 
-from autoprune.cli import main
 from autoprune.compress import PackError, load_packed
 from autoprune.search.spec import SpecError, spec_from_dict
 from autoprune.search.storage import mask_url, parse_storage
@@ -197,10 +196,24 @@ def test_a_dashboard_open_to_the_network_says_so(
     assert code == 0 and "warning" not in err
 
 
-def test_surrogate_files_are_named_as_pickles_in_the_help(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit):
-        main(["surrogate", "propose", "--help"])
-    assert "pickle" in capsys.readouterr().out
+def test_a_surrogate_file_never_runs_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    marker = tmp_path / "pickled"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    import torch
+
+    torch.save({"format": "autoprune-surrogate/2", "models": Evil()}, tmp_path / "evil.pt")
+    code, _, err = call(["surrogate", "propose", "--storage", f"sqlite:///{tmp_path / 'none.db'}",
+                         "--surrogate", str(tmp_path / "evil.pt"), "-q"], capsys)  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1 and not marker.exists()
+    from autoprune.surrogate import Surrogate, SurrogateError
+
+    with pytest.raises(SurrogateError, match="not a saved surrogate"):
+        Surrogate.load(tmp_path / "evil.pt")  # read with weights_only: refused, never unpickled
+    assert not marker.exists()
 
 
 def test_checkpoints_load_without_pickle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -19,7 +19,7 @@ LAYERS = [
     {"runtime", "measure"},
     {"train"},
     {"compress"},  # the transforms: a config in, a model changed
-    {"pipeline"},  # the compression use case over them
+    {"pipeline", "sensitivity"},  # the compression use case over them, and the layers' sensitivity
     {"search"},
     {"surrogate"},
     {"workflow"},  # what the commands do: search with every sampler, the surrogate on a study

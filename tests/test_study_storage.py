@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 
+import numpy as np
 import optuna
 import pytest
 from optuna.distributions import FloatDistribution
@@ -121,7 +122,20 @@ def test_best_the_constraint_and_the_surrogate_judge_drops_by_one_rule(
     study: optuna.Study, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import autoprune.search.record as record_module
-    from autoprune.surrogate import Encoder, history_from_trials
+    from autoprune.compress import CompressConfig
+    from autoprune.surrogate import Encoded, history_from_trials
+
+    class AnySpace:  # every trial is a config; the surrogate's features are beside the point here
+        name = "t"
+
+        class view:  # noqa: N801
+            @staticmethod
+            def encode(configs: list) -> Encoded:
+                return Encoded(np.zeros((len(configs), 1, 1)), np.ones((len(configs), 1), bool), np.ones(len(configs)))
+
+        @staticmethod
+        def trial_config(trial: object) -> CompressConfig:
+            return CompressConfig()
 
     add(study, 95.0, 0.9, 20.0, acc_drop_se=0.2)  # 0.9 + 1.28 * 0.2 = 1.16: within 1 only by its point
     add(study, 96.0, 0.3, 10.0, acc_drop_se=0.1)
@@ -129,12 +143,12 @@ def test_best_the_constraint_and_the_surrogate_judge_drops_by_one_rule(
     assert upper.z == pytest.approx(1.2816, abs=1e-4)
     assert best_trial(study, Budget.of(1.0, "point")).number == 0
     assert best_trial(study, upper).number == 1
-    history = history_from_trials(study.trials, Encoder({"x": FloatDistribution(0, 1)}), upper)
-    assert history.target("acc_drop") == pytest.approx([0.9 + upper.z * 0.2, 0.3 + upper.z * 0.1])
+    history = history_from_trials(study.trials, AnySpace, upper)
+    assert history.drop == pytest.approx([0.9 + upper.z * 0.2, 0.3 + upper.z * 0.1])
     # every consumer goes through the one function: change it and all of them follow
     monkeypatch.setattr(record_module, "judged_drop", lambda drop, se, z: 0.0)
     assert best_trial(study, upper).number == 0
-    assert list(history_from_trials(study.trials, Encoder({"x": FloatDistribution(0, 1)}), upper).target("acc_drop")) == [0, 0]
+    assert list(history_from_trials(study.trials, AnySpace, upper).drop) == [0, 0]
     assert upper.drop(TrialRecord.from_attrs(study.trials[0].user_attrs)) == 0.0  # what the objective's constraint uses
 
 

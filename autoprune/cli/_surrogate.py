@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -25,40 +26,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(run=run_sensitivity, format=format_sensitivity)
 
     p = sub.add_parser(
-        "surrogate", help="learn from a study's trials: fit, propose settings, compare with the search",
-        description="An MLP ensemble learns accuracy drop, compression ratio and latency from a study's "
-        "trials, proposes settings, and is compared, run for real, with the search itself.",
+        "surrogate", help="learn from trials: fit, propose settings, compare with the search",
+        description="One small network shared by every layer learns what pruning a layer costs in accuracy "
+        "from the trials of a study (and of other studies: --from), reading each layer through its sensitivity "
+        "analysis; sizes are computed, not learnt. It proposes settings promised within the budget, and is "
+        "compared, run for real, with the search itself.",
     )  # fmt: skip
     commands = p.add_subparsers(dest="surrogate_command", metavar="COMMAND", parser_class=type(p))
     commands.required = True
 
     f = commands.add_parser("fit", help="fit on the study and report the cross-validated error",
-                            description="Fit the surrogate on every usable trial of the study and report "
-                            "R^2 and MAE on held-out trials (5-fold cross-validation).")  # fmt: skip
+                            description="Fit the surrogate on every usable trial of the study (and of the --from "
+                            "studies) and report R^2 and MAE on held-out trials (5-fold cross-validation), and "
+                            "how far the computed sizes are from the measured ones.")  # fmt: skip
     _common(f)
-    f.add_argument("--out", type=Path, metavar="FILE", help="save the fitted surrogate (a joblib pickle)")
+    _sources(f)
+    f.add_argument("--out", type=Path, metavar="FILE",
+                   help="save the fitted surrogate (tensors only: read back with torch's weights_only loader)")
     f.set_defaults(run=run_fit, format=format_fit)
 
-    q = commands.add_parser("propose", help="propose settings predicted to stay within the accuracy budget",
-                            description="Score many candidate settings with the surrogate and return the "
-                            "K best predicted to stay within the budget, with predicted metrics and spread.")  # fmt: skip
+    q = commands.add_parser("propose", help="propose settings promised within the accuracy budget",
+                            description="Draw many candidate settings in the study's space, compute each one's "
+                            "size, predict its drop, and return the K best promised within the budget. A study "
+                            "with no trials yet gets proposals from other studies' trials (--from).")  # fmt: skip
     _common(q)
+    _sources(q)
     q.add_argument(
         "--max-acc-drop", type=non_negative_float, metavar="D", help="budget in points (default: the study spec's)"
     )
-    q.add_argument(
-        "--target", choices=("size", "latency"), default="size", help="what to minimise (default: size)"
-    )
+    q.add_argument("--target", choices=("size", "latency"), default="size",
+                   help="what to minimise: the packed size, or the predicted batch-1 latency (default: size)")
     q.add_argument("-k", type=positive_int, default=5, metavar="K", help="how many proposals (default: 5)")
-    q.add_argument(
-        "--surrogate", type=Path, metavar="FILE",
-        help="use a surrogate saved by 'fit --out' (not refit); it is a pickle: load only files you made",
-    )
-    q.add_argument(
-        "--enqueue",
-        action="store_true",
-        help="add them to the study (source=surrogate); the next 'autoprune search' runs them",
-    )
+    q.add_argument("--surrogate", type=Path, metavar="FILE", help="use a surrogate saved by 'fit --out' (not refit)")
+    q.add_argument("--enqueue", action="store_true",
+                   help="add them to the study (source=surrogate); the next 'autoprune search' runs them")
     q.set_defaults(run=run_propose, format=format_propose)
 
     c = commands.add_parser("compare", help="fit on the first n trials, run K proposals, set them beside the search",
@@ -76,6 +77,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--png", type=Path, metavar="FILE", help="where to write the plot (default: STUDY-compare.png)"
     )
     c.set_defaults(run=run_compare, format=format_compare)
+
+
+def _sources(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--from", dest="sources", action="append", default=[], metavar="STUDY[@URL]",
+                   help="learn from this study's trials too (another network, data or space; in --storage "
+                   "unless @URL names another storage); repeat for several. Only read, never written.")  # fmt: skip
 
 
 def _common(p: argparse.ArgumentParser, *, seed: bool = True) -> None:
@@ -144,7 +151,15 @@ def format_sensitivity(r: dict[str, Any]) -> str:
 
 
 def _fit_report(surrogate: Any, history: Any) -> dict[str, Any]:
-    return {**surrogate.report(), "left_out": history.left_out}
+    from autoprune.workflow import size_error
+
+    return {**surrogate.report(), "left_out": history.left_out, "size_error": size_error(history)}
+
+
+def _sources_of(args: argparse.Namespace) -> list[Any]:
+    from autoprune.workflow import open_sources
+
+    return open_sources(args.sources, args.storage, progress=not args.quiet)
 
 
 def run_fit(args: argparse.Namespace) -> dict[str, Any]:
@@ -152,7 +167,7 @@ def run_fit(args: argparse.Namespace) -> dict[str, Any]:
 
     output_path(args.out, "--out")
     view = _view(args)
-    surrogate, history = fit(view, seed=args.seed)
+    surrogate, history = fit(view, seed=args.seed, sources=_sources_of(args))
     if args.out:
         surrogate.save(args.out)
     return {
@@ -165,61 +180,62 @@ def run_fit(args: argparse.Namespace) -> dict[str, Any]:
 def format_fit(r: dict[str, Any]) -> str:
     rows = [[t, f"{v['r2']:.3f}", f"{v['mae']:.4g}"] for t, v in r["cv"].items()]
     left = ", ".join(f"{n} {why}" for why, n in r["left_out"].items()) or "none"
-    lines = [f"surrogate on {r['study']}: {r['trials_used']} trials, {r['members']} networks per target, "
-             f"fitted in {r['fit_s']} s (left out: {left})", "",
-             grid(["target", "CV R^2", "CV MAE"], rows)]  # fmt: skip
+    lines = [
+        f"surrogate on {', '.join(r['studies'])}: {r['trials_used']} trials, {r['members']} networks per target, "
+        f"fitted in {r['fit_s']} s (left out: {left})", "",
+        grid(["target", "CV R^2", "CV MAE"], rows), "",
+        f"sizes are computed, not learnt: median error {100 * r['size_error']:.1f}% against the trials' packed files",
+    ]  # fmt: skip
     if r["saved"]:
         lines += ["", f"saved to {r['saved']}"]
     return "\n".join(lines)
 
 
 def run_propose(args: argparse.Namespace) -> dict[str, Any]:
-    from autoprune.surrogate import ProposeConfig, Surrogate, history_from_trials
-    from autoprune.workflow import enqueue, fit, propose_for
+    from autoprune.surrogate import ProposeConfig, Surrogate
+    from autoprune.workflow import enqueue, fit, history, propose_for
 
     view = _view(args)
+    sources = _sources_of(args)
     budget = args.max_acc_drop if args.max_acc_drop is not None else view.budget.max_drop
     if args.surrogate:
-        surrogate = Surrogate.load(args.surrogate, view.encoder)
-        history = history_from_trials(view.study.get_trials(deepcopy=False), view.encoder, view.budget)
+        surrogate, joined = Surrogate.load(args.surrogate), history(view, sources=sources)
     else:
-        surrogate, history = fit(view, seed=args.seed)
-    proposals = propose_for(view, surrogate, history, ProposeConfig(max_acc_drop=budget, target=args.target,
-                                                                    k=args.k, seed=args.seed))  # fmt: skip
+        surrogate, joined = fit(view, seed=args.seed, sources=sources)
+    config = ProposeConfig(max_acc_drop=budget, target=args.target, k=args.k, seed=args.seed)
+    proposals = propose_for(view, surrogate, joined, config)
     added = enqueue(view.study, proposals) if args.enqueue else 0
     return {
-        "study": view.study.study_name, "max_acc_drop": budget, "target": args.target,
-        "surrogate": _fit_report(surrogate, history),
+        "study": view.study.study_name, "max_acc_drop": budget, "target": args.target, "kappa": config.kappa,
+        "surrogate": _fit_report(surrogate, joined),
         "proposals": [p.to_dict() for p in proposals], "enqueued": added,
     }  # fmt: skip
 
 
 def format_propose(r: dict[str, Any]) -> str:
-    rows = [[i, p["kind"], "yes" if p["feasible"] else "NO",
-             f"{p['predicted_acc_drop']:+.2f} +- {p['predicted_acc_drop_spread']:.2f}",
-             f"{p['predicted_compression_ratio']:.1f}x", f"{p['predicted_latency_ms']:.3f}",
-             " ".join(f"{k}={_short(v)}" for k, v in p["params"].items())]
+    latency = any(p["predicted_latency_ms"] is not None for p in r["proposals"])
+    header = ["#", "within", "drop", "spread", "margin", "upper", "ratio", *(["ms"] if latency else []), "proposer"]
+    rows = [[i, "yes" if p["feasible"] else "no", f"{p['predicted_acc_drop']:+.2f}", f"{p['spread']:.2f}",
+             f"{p['cv_margin']:.2f}", f"{p['upper']:+.2f}", f"{p['compression_ratio']:.1f}x",
+             *([f"{p['predicted_latency_ms']:.3f}"] if latency else []), p["proposer"]]
             for i, p in enumerate(r["proposals"])]  # fmt: skip
-    cv = r["surrogate"]["cv"]
-    lines = [f"{len(r['proposals'])} proposals for {r['study']} within {r['max_acc_drop']} points "
-             f"(surrogate on {r['surrogate']['trials_used']} trials, CV R^2 drop {cv['acc_drop']['r2']:.2f}, "
-             f"ratio {cv['log_compression_ratio']['r2']:.2f})", "",
-             grid(["#", "kind", "within", "predicted drop", "ratio", "latency ms", "params"], rows)]  # fmt: skip
+    cv = r["surrogate"]["cv"].get("acc_drop", {})
+    lines = [
+        f"{len(r['proposals'])} proposals for {r['study']}, budget {r['max_acc_drop']} points "
+        f"(surrogate on {r['surrogate']['trials_used']} trials of {', '.join(r['surrogate']['studies'])}; "
+        f"CV R^2 of the drop {cv.get('r2', float('nan')):.2f})", "",
+        grid(header, rows), "",
+        *textwrap.wrap(
+            f"within: promised within the budget, when upper = drop + {r['kappa']:g} x spread + margin <= "
+            f"{r['max_acc_drop']}. drop: predicted validation accuracy drop (points); spread: the ensemble's "
+            "disagreement; margin: the surrogate's cross-validated error near the budget; ratio: computed from "
+            "the settings (not predicted). The settings themselves: --json.", width=100),
+    ]  # fmt: skip
     if not any(p["feasible"] for p in r["proposals"]):
-        lines += [
-            "",
-            "none is predicted within the budget: these are the safest; run more trials or raise --max-acc-drop",
-        ]
+        lines += ["", "none is promised within the budget: these are the safest; run more trials or raise --max-acc-drop"]
     if r["enqueued"]:
-        lines += [
-            "",
-            f"enqueued {r['enqueued']} (source=surrogate): the next 'autoprune search' on this study runs them",
-        ]
+        lines += ["", f"enqueued {r['enqueued']} (source=surrogate): the next 'autoprune search' on this study runs them"]
     return "\n".join(lines)
-
-
-def _short(v: Any) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
 def run_compare(args: argparse.Namespace) -> dict[str, Any]:

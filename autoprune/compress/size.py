@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 import struct
 import tempfile
@@ -37,7 +38,7 @@ from autoprune.ops.kmeans import kmeans_1d
 from autoprune.ops.sparse import expected_gap_counts
 
 SAMPLE = 20_000  # surviving base weights k-means is run on, per layer, for the value stream's cost
-EXACT = 2_048  # up to this many surviving weights, k-means runs on the candidate's own
+EXACT = 200  # up to this many surviving weights, k-means runs on the candidate's own
 _FILE_OVERHEAD = len(MAGIC) + 5 + 4  # magic, version and header length, crc32
 
 
@@ -115,13 +116,15 @@ class SizeModel:
         ]  # fmt: skip
         self._header = self._header_bytes(base, spec, input_shape)
         self._clusters: dict[tuple, tuple[float, int]] = {}  # (layer, bits, init, mode, level) -> value cost
+        self._kept_cache: dict[tuple[str, str, int], np.ndarray] = {}  # (module, dim, removed) -> kept indices
 
     # ------------------------------------------------------------------ structure
 
-    def removed(self, config: CompressConfig) -> dict[int, np.ndarray]:
-        """Per dependency group, the channels structured pruning removes: as prune_filters_
-        hands ratios to torch-pruning (its prunable convs, the share rounded as it rounds) and
-        as torch-pruning applies them (a group takes the ratio of its first module with one)."""
+    def removed(self, config: CompressConfig) -> dict[int, int]:
+        """Per dependency group, how many of its channels structured pruning removes (those of
+        lowest importance): as prune_filters_ hands ratios to torch-pruning (its prunable
+        convs, the share rounded as it rounds) and as torch-pruning applies them (a group takes
+        the ratio of its first module that has one)."""
         s = config.structured
         ratios = {}
         for name in self._prunable:
@@ -134,25 +137,39 @@ class SizeModel:
             if removed:
                 ratios[name] = removed / channels
         out = {}
-        for g, (outs, channels, order) in enumerate(self._groups):
+        for g, (outs, channels, _) in enumerate(self._groups):
             ratio = next((ratios[m] for m in outs if m in ratios), 0.0)
             n = channels - int(channels * (1 - ratio))
             if n > 0:
-                out[g] = order[:n]
+                out[g] = n
         return out
 
-    def _kept(self, module: str, dim: str, size: int, removed: dict[int, np.ndarray]) -> np.ndarray:
+    def _kept(self, module: str, dim: str, size: int, removed: dict[int, int]) -> np.ndarray:
         """Indices of a dimension that survive."""
         d = self._dims.get((module, dim))
-        if d is None or d.group not in removed:
+        n = removed.get(d.group, 0) if d is not None else 0
+        if n == 0:
             return np.arange(size)
-        gone = d.idxs[np.isin(d.root, removed[d.group])]
-        return np.setdiff1d(np.arange(size), gone, assume_unique=True)
+        key = (module, dim, n)
+        if key not in self._kept_cache:
+            gone = d.idxs[np.isin(d.root, self._groups[d.group][2][:n])]
+            self._kept_cache[key] = np.setdiff1d(np.arange(size), gone, assume_unique=True)
+        return self._kept_cache[key]
+
+    def kept_channels(self, module: str, dim: str, removed: dict[int, int]) -> int:
+        """How many output ("out") or input ("in") channels of a weight layer survive."""
+        size = self._weights[module].shape[0 if dim == "out" else 1]
+        return len(self._kept(module, dim, size, removed))
+
+    def module(self, name: str) -> nn.Module:
+        return self._layers[name]
 
     # ------------------------------------------------------------------ size
 
-    def layers(self, config: CompressConfig) -> list[LayerSize]:
-        removed = self.removed(config)
+    def layers(self, config: CompressConfig, *, removed: dict[int, int] | None = None) -> list[LayerSize]:
+        """Every weight layer after ``config``'s pruning (``removed``: :meth:`removed`'s answer,
+        when the caller has it already)."""
+        removed = self.removed(config) if removed is None else removed
         u, q = config.unstructured, config.quantize
         out = []
         for name, w in self._weights.items():
@@ -166,9 +183,7 @@ class SizeModel:
             index_bits = pack.conv_index_bits if layer_kind(self._layers[name]) == "conv" else pack.fc_index_bits
             bits = 0.0
             if 0 < nonzero < flat.size:  # a layer with nothing pruned has no position stream
-                gaps = expected_gap_counts(flat.size, nonzero, index_bits)
-                gaps[gaps < 0.5] = 0.0  # gaps that long are unlikely to occur at all: not in the code table
-                bits += stream_bits(gaps, index_bits, pack.huffman)
+                bits += _position_bits(_round3(flat.size), _round3(nonzero), index_bits, pack.huffman)
             if q.enabled and nonzero:
                 b = q.bits_for(name, self._layers[name])
                 if nonzero <= EXACT:  # few values: cluster them as the pipeline will
@@ -203,15 +218,18 @@ class SizeModel:
             self._clusters[key] = _clustered(kept, bits, init) if kept.size else (float(bits), 1 << bits)
         return self._clusters[key]
 
-    def estimate(self, config: CompressConfig) -> int:
-        """Bytes of the packed file ``config`` would make of the base network."""
-        removed = self.removed(config)
-        body = sum(layer.bytes for layer in self.layers(config))
+    def estimate(self, config: CompressConfig, *, removed: dict[int, int] | None = None,
+                 layers: list[LayerSize] | None = None) -> int:  # fmt: skip
+        """Bytes of the packed file ``config`` would make of the base network (``removed`` and
+        ``layers``: :meth:`removed`'s and :meth:`layers`' answers, when the caller has them)."""
+        removed = self.removed(config) if removed is None else removed
+        layers = self.layers(config, removed=removed) if layers is None else layers
+        body = sum(layer.bytes for layer in layers)
         raw = 0
         for module, along_out, size in self._raw:
             if along_out and (module, "out") in self._dims and self._dims[(module, "out")].group in removed:
                 d = self._dims[(module, "out")]
-                share = 1.0 - np.isin(d.root, removed[d.group]).sum() / max(len(d.root), 1)
+                share = 1.0 - np.isin(d.root, self._groups[d.group][2][: removed[d.group]]).sum() / max(len(d.root), 1)
                 size = int(round(size * share))
             raw += size
         return int(round(_FILE_OVERHEAD + self._header + body + raw))
@@ -235,6 +253,18 @@ class SizeModel:
             save_packed(model, spec, path, bits=bits, meta={"study": "x" * 16, "trial": 0})
             data = path.read_bytes()
         return struct.unpack_from("<I", data, len(MAGIC) + 1)[0]
+
+
+def _round3(n: int) -> int:
+    """``n`` to three significant digits: positions cost the same within that, and a cache hits."""
+    return int(float(f"{n:.3g}"))
+
+
+@functools.lru_cache(maxsize=65536)
+def _position_bits(numel: int, nonzero: int, index_bits: int, huffman: bool) -> float:
+    gaps = expected_gap_counts(numel, min(nonzero, numel), index_bits)
+    gaps[gaps < 0.5] = 0.0  # gaps that long are unlikely to occur at all: not in the code table
+    return float(stream_bits(gaps, index_bits, huffman))
 
 
 def _magnitude_mask(flat: np.ndarray, mode: str, value: float) -> np.ndarray:

@@ -137,9 +137,12 @@ def prepare(
     inputs = inputs or load_inputs(spec, progress=progress)
     store = artifact_store(artifact_dir(info, spec.study.artifacts))
     metrics = base_metrics(study, inputs.base, inputs.splits, spec.study.latency_repeats)
-    return SearchContext(
+    ctx = SearchContext(
         spec, inputs.splits, inputs.model_spec, inputs.base, metrics, SpaceLayers.of(inputs.base), store, storage
     )
+    if hasattr(study.sampler, "attach"):  # a sampler that models the network (the surrogate's)
+        study.sampler.attach(ctx)
+    return ctx
 
 
 def base_metrics(study: optuna.Study, base: torch.nn.Module, splits: Any, latency_repeats: int) -> Metrics:

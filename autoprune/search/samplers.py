@@ -62,13 +62,24 @@ class TrialSeeded(optuna.samplers.BaseSampler):
 
     def __init__(self, make: Callable[[int], optuna.samplers.BaseSampler], seed: int) -> None:
         self._make, self._seed = make, seed
+        self._context: Any = None
         self._inner = self._new(seed)
         self.name = type(self._inner).__name__  # what trials record as their source
 
     def _new(self, seed: int) -> optuna.samplers.BaseSampler:
         with warnings.catch_warnings():  # GP and constant liar are "experimental" in Optuna 5
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return self._make(seed)
+            inner = self._make(seed)
+        if self._context is not None and hasattr(inner, "attach"):
+            inner.attach(self._context)
+        return inner
+
+    def attach(self, context: Any) -> None:
+        """The search's context (base model, data, space), for samplers that model the network
+        itself (the surrogate's): handed to every inner sampler that takes it."""
+        self._context = context
+        if hasattr(self._inner, "attach"):
+            self._inner.attach(context)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self._inner = self._new(trial_seed(self._seed, trial.number))

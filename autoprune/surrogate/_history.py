@@ -1,5 +1,7 @@
-"""The trial history as a learning problem: features from a trial's parameters, targets from
-its recorded metrics, and descriptors of the layers for the per-layer (inverse) view."""
+"""A study's trials as a learning problem: each trial's settings replayed as a compression
+config on its own base network (:class:`ModelSpace`), its layers encoded, its measured drop
+(judged by the study's rule) as the target. Histories of several studies, on other networks
+and data, join into one."""
 
 from __future__ import annotations
 
@@ -10,24 +12,22 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
-from torch import nn
 
-from autoprune.compress import weight_layers
+from autoprune.compress import CompressConfig, RecipeError
 from autoprune.errors import AutoPruneError
-from autoprune.search.record import Budget, names
-
-# What the surrogate predicts, from these fields of the trial record.
-TARGETS = ("acc_drop", "log_compression_ratio", "latency_ms")
-RECORDED = names("acc_drop", "compression_ratio", "latency_ms")
+from autoprune.search.record import Budget
+from autoprune.search.space import SpaceLayers, config_from_params, distributions, with_cap
+from autoprune.search.spec import SpaceSection
+from autoprune.surrogate._layers import Encoded, LayerView
 
 
 class SurrogateError(AutoPruneError):
-    """The surrogate cannot do what was asked (too few trials, another study's model)."""
+    """The surrogate cannot do what was asked (too few trials, a study it cannot read)."""
 
 
 @dataclass(frozen=True)
 class Encoder:
-    """Maps a trial's parameters to numbers in [0, 1] and back.
+    """Maps a trial's parameters to numbers in [0, 1] and back: how candidates are drawn.
 
     Ranges are scaled to [0, 1] (log ranges in log space), a choice becomes one column per
     option (one-hot). Candidates drawn in this unit box decode to valid parameters.
@@ -39,10 +39,7 @@ class Encoder:
     def columns(self) -> list[str]:
         cols: list[str] = []
         for name, d in self.dists.items():
-            if isinstance(d, CategoricalDistribution):
-                cols += [f"{name}={c}" for c in d.choices]
-            else:
-                cols.append(name)
+            cols += [f"{name}={c}" for c in d.choices] if isinstance(d, CategoricalDistribution) else [name]
         return cols
 
     def encode(self, params: Mapping[str, Any]) -> np.ndarray:
@@ -68,10 +65,6 @@ class Encoder:
                 i += 1
         return params
 
-    def canonical(self, row: np.ndarray) -> np.ndarray:
-        """The row of the parameters ``row`` decodes to (integers rounded, one-hot exact)."""
-        return self.encode(self.decode(row))
-
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """``n`` uniform random candidates, encoded."""
         parts = []
@@ -83,7 +76,7 @@ class Encoder:
         return np.hstack(parts) if parts else np.zeros((n, 0))
 
     def perturb(self, rng: np.random.Generator, rows: np.ndarray, n: int, scale: float = 0.08) -> np.ndarray:
-        """``n`` candidates near ``rows`` (a local search around the best trials)."""
+        """``n`` candidates near ``rows`` (a local search around the best points)."""
         picked = rows[rng.integers(len(rows), size=n)].copy()
         i = 0
         for d in self.dists.values():
@@ -116,38 +109,80 @@ def _from_unit(u: float, d: BaseDistribution) -> float | int:
     return min(max(v, d.low), d.high)
 
 
-def targets_of(attrs: Mapping[str, Any], budget: Budget = Budget(0.0)) -> dict[str, float]:
-    """The targets of a trial; ``acc_drop`` as ``budget`` judges it (its rule, not its limit)."""
-    ratio, latency = (attrs.get(name) for name in RECORDED[1:])
-    return {
-        "acc_drop": budget.judged(attrs),
-        "log_compression_ratio": math.log(ratio) if ratio and ratio > 0 else None,
-        "latency_ms": latency,
-    }
+@dataclass
+class ModelSpace:
+    """One study's base network (as the surrogate sees it) and the space searched on it."""
+
+    name: str  # the study's
+    view: LayerView
+    space: SpaceSection
+    layers: SpaceLayers
+
+    @property
+    def dists(self) -> dict[str, BaseDistribution]:
+        return distributions(self.space, self.layers)
+
+    @property
+    def encoder(self) -> Encoder:
+        return Encoder(self.dists)
+
+    def config(self, params: Mapping[str, Any]) -> CompressConfig:
+        return config_from_params(dict(params), self.space, self.layers)
+
+    def trial_config(self, trial: FrozenTrial) -> CompressConfig | None:
+        """What the trial ran: a baseline its recipe (under the search's fine-tuning cap), a
+        search trial its parameters; None for a trial outside the space."""
+        recipe = trial.user_attrs.get("recipe")
+        if recipe is not None:
+            try:
+                return with_cap(CompressConfig.from_dict(recipe), self.space)
+            except (RecipeError, TypeError, ValueError):
+                return None  # a stored recipe is data: one this autoprune cannot read is skipped
+        if any(name not in trial.params for name in self.dists):
+            return None
+        return self.config(trial.params)
 
 
 @dataclass
 class History:
-    """Completed trials as arrays: ``x`` (n, columns), ``y`` (n, len(TARGETS))."""
+    """Completed trials, encoded, with what was measured."""
 
-    encoder: Encoder
-    x: np.ndarray
-    y: np.ndarray
-    numbers: list[int]  # trial numbers, in the rows' order
+    data: Encoded
+    drop: np.ndarray  # (n,) accuracy drop as the budget judges it
+    latency: np.ndarray  # (n,) batch-1 latency in ms (nan where not measured)
+    ratio: np.ndarray  # (n,) measured compression ratio
+    numbers: list[int]  # trial numbers
+    studies: list[str]  # which study each row comes from
+    params: list[dict[str, Any]]  # the sampled parameters (empty for a baseline)
     left_out: dict[str, int] = field(default_factory=dict)  # why trials were not used, with counts
 
     def __len__(self) -> int:
         return len(self.numbers)
 
-    def target(self, name: str) -> np.ndarray:
-        return self.y[:, TARGETS.index(name)]
+    @staticmethod
+    def join(parts: list[History]) -> History:
+        left: dict[str, int] = {}
+        for p in parts:
+            for k, v in p.left_out.items():
+                left[k] = left.get(k, 0) + v
+        return History(
+            Encoded.join([p.data for p in parts]), np.concatenate([p.drop for p in parts]),
+            np.concatenate([p.latency for p in parts]), np.concatenate([p.ratio for p in parts]),
+            [n for p in parts for n in p.numbers], [s for p in parts for s in p.studies],
+            [x for p in parts for x in p.params], left,
+        )  # fmt: skip
+
+    def of(self, study: str) -> np.ndarray:
+        """Row indices of one study's trials."""
+        return np.array([i for i, s in enumerate(self.studies) if s == study], dtype=int)
 
 
-def history_from_trials(trials: Iterable[FrozenTrial], encoder: Encoder, budget: Budget = Budget(0.0)) -> History:
-    """The usable trials; failed, pruned, running, non-finite and off-space trials are counted.
-    The drop learnt is the one ``budget`` judges (the upper confidence bound under "upper"
-    selection), so the surrogate's "within the budget" is the search's."""
-    rows, ys, numbers = [], [], []
+def history_from_trials(trials: Iterable[FrozenTrial], model: ModelSpace, budget: Budget = Budget(0.0)) -> History:
+    """The usable trials of one study; failed, pruned, running, final-stage and unreadable
+    trials are counted by reason. The drop learnt is the one ``budget`` judges (the upper
+    confidence bound under "upper" selection), so the surrogate's "within the budget" is the
+    search's."""
+    configs, drops, latencies, ratios, numbers, params = [], [], [], [], [], []
     left_out: dict[str, int] = {}
 
     def skip(reason: str) -> None:
@@ -160,57 +195,26 @@ def history_from_trials(trials: Iterable[FrozenTrial], encoder: Encoder, budget:
         if t.user_attrs.get("source") == "final":
             skip("final stage")  # another fine-tuning budget than the search's
             continue
-        if any(name not in t.params for name in encoder.dists):
-            skip("outside the space")  # a baseline recipe the space cannot express
-            continue
-        y = targets_of(t.user_attrs, budget)
-        values = [y[k] for k in TARGETS]
-        if any(v is None or not math.isfinite(v) for v in values):
+        drop = budget.judged(t.user_attrs)
+        ratio = t.user_attrs.get("compression_ratio")
+        if not _finite(drop) or not _finite(ratio):
             skip("non-finite")
             continue
-        rows.append(encoder.encode(t.params))
-        ys.append(values)
+        config = model.trial_config(t)
+        if config is None:
+            skip("outside the space")
+            continue
+        latency = t.user_attrs.get("latency_ms")
+        configs.append(config)
+        drops.append(drop)
+        latencies.append(latency if _finite(latency) else math.nan)
+        ratios.append(ratio)
         numbers.append(t.number)
-    width = len(encoder.columns)
-    return History(
-        encoder=encoder,
-        x=np.asarray(rows, dtype=np.float64).reshape(-1, width),
-        y=np.asarray(ys, dtype=np.float64).reshape(-1, len(TARGETS)),
-        numbers=numbers,
-        left_out=left_out,
-    )
+        params.append({} if "recipe" in t.user_attrs else dict(t.params))
+    data = model.view.encode(configs) if configs else model.view.encode([])
+    return History(data, np.asarray(drops, dtype=float), np.asarray(latencies, dtype=float),
+                   np.asarray(ratios, dtype=float), numbers, [model.name] * len(numbers), params, left_out)  # fmt: skip
 
 
-# Per-layer descriptors for the inverse model (the seed's "norm values" as inputs).
-DESCRIPTORS = ("log10_params", "depth", "is_conv", "norm_mean", "norm_std", "norm_low_fraction")
-
-
-def layer_descriptors(model: nn.Module) -> dict[str, np.ndarray]:
-    """For every weight layer: size, relative depth, kind and statistics of its filters' L1
-    norms (normalised by the layer's largest), as in the seed's Figure 1."""
-    layers = weight_layers(model)
-    out: dict[str, np.ndarray] = {}
-    n = len(layers)
-    for i, (name, m) in enumerate(layers.items()):
-        w = m.weight.detach()
-        norms = w.abs().flatten(1).sum(dim=1)  # (out_channels,)
-        norms = norms / norms.max().clamp_min(1e-12)
-        out[name] = np.array([
-            math.log10(w.numel()),
-            i / max(n - 1, 1),
-            float(isinstance(m, nn.Conv2d)),
-            float(norms.mean()),
-            float(norms.std()) if norms.numel() > 1 else 0.0,
-            float((norms < 0.5).float().mean()),
-        ])  # fmt: skip
-    return out
-
-
-def per_layer_params(dists: Mapping[str, BaseDistribution]) -> dict[str, dict[str, str]]:
-    """The per-layer thresholds of the space: ``{"ratio": {layer: param}, "quality": {...}}``."""
-    out: dict[str, dict[str, str]] = {"ratio": {}, "quality": {}}
-    for name in dists:
-        for kind in out:
-            if name.startswith(kind + "_"):
-                out[kind][name.removeprefix(kind + "_")] = name
-    return out
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

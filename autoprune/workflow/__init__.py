@@ -8,6 +8,7 @@ from autoprune.search.samplers import list_samplers
 from autoprune.workflow._export import default_export_path, export_trial, find_trial
 from autoprune.workflow._figures import COMPARE_HEADER, compare_png, compare_table, publish
 from autoprune.workflow._final import final_summary, finalize, parents
+from autoprune.workflow._search import DEFAULT_SPEC, Interrupted, search, search_spec, search_summary
 from autoprune.workflow._sensitivity import (
     SENSITIVITY_ATTR,
     publish_sensitivity,
@@ -16,15 +17,17 @@ from autoprune.workflow._sensitivity import (
     stored_sensitivity,
     study_sensitivity,
 )
-from autoprune.workflow._search import DEFAULT_SPEC, Interrupted, search, search_spec, search_summary
 from autoprune.workflow._surrogate import (
     StudyView,
     compare,
     enqueue,
     fit,
+    history,
+    open_sources,
     open_view,
     propose_for,
     search_trials,
+    size_error,
 )
 
 __all__ = [
@@ -43,7 +46,9 @@ __all__ = [
     "finalize",
     "find_trial",
     "fit",
+    "history",
     "list_samplers",
+    "open_sources",
     "open_view",
     "parents",
     "propose_for",
@@ -54,6 +59,7 @@ __all__ = [
     "search_summary",
     "search_trials",
     "sensitivity_png",
+    "size_error",
     "sensitivity_rows",
     "stored_sensitivity",
     "study_sensitivity",

@@ -19,17 +19,17 @@ def compare_table(result: dict[str, Any]) -> list[list[Any]]:
     for r in result["rows"]:
         s, b = r["surrogate"], r["search_same_trials"]
         rows.append([
-            r["history"], f"{r['cv_r2_acc_drop']:.2f} / {r['cv_r2_log_ratio']:.2f}",
+            r["history"], f"{r['cv_r2_acc_drop']:.2f}", f"{100 * r['size_error']:.1f}%",
             _ratio(s["best_ratio"]), f"{s['hypervolume']:.3f}", s["trials"], f"{s['wall_s']:.0f}",
             _ratio(b["best_ratio"]), f"{b['hypervolume']:.3f}", b["trials"], f"{b['wall_s']:.0f}",
         ])  # fmt: skip
     full = result["search_full"]
-    rows.append(["search, full budget", "", "", "", "", "", _ratio(full["best_ratio"]), f"{full['hypervolume']:.3f}",
+    rows.append(["search, full budget", "", "", "", "", "", "", _ratio(full["best_ratio"]), f"{full['hypervolume']:.3f}",
                  full["trials"], f"{full['wall_s']:.0f}"])  # fmt: skip
     return rows
 
 
-COMPARE_HEADER = ["history n", "CV R2 drop / ratio", "surrogate best", "HV", "trials", "wall s",
+COMPARE_HEADER = ["history n", "CV R2 drop", "size err", "surrogate best", "HV", "trials", "wall s",
                   "search best (n+k)", "HV", "trials", "wall s"]  # fmt: skip
 
 
@@ -49,25 +49,38 @@ def compare_note(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+NONE_WITHIN = 1.0  # where a point with no trial within the budget is drawn: no compression
+
+
+def compare_series(result: dict[str, Any]) -> list[tuple[str, list[int], list[float | None]]]:
+    """(label, history sizes, best ratio or None) for the surrogate and for the search."""
+    n = [r["history"] for r in result["rows"]]
+    return [
+        ("surrogate: n history + k proposals", n, [r["surrogate"]["best_ratio"] for r in result["rows"]]),
+        ("search after n + k trials", n, [r["search_same_trials"]["best_ratio"] for r in result["rows"]]),
+    ]
+
+
 def compare_plotly(result: dict[str, Any]) -> Any:
+    """Both series on integer history sizes; a point with nothing within the budget is an open
+    marker at 1x, labelled so."""
     import plotly.graph_objects as go
 
-    n = [r["history"] for r in result["rows"]]
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=n, y=[r["surrogate"]["best_ratio"] for r in result["rows"]], mode="lines+markers",
-                             name="surrogate: n history + k proposals"))  # fmt: skip
-    fig.add_trace(go.Scatter(x=n, y=[r["search_same_trials"]["best_ratio"] for r in result["rows"]],
-                             mode="lines+markers", name="search after n + k trials"))  # fmt: skip
+    for (label, n, best), symbol in zip(compare_series(result), ("circle", "square")):
+        fig.add_trace(go.Scatter(
+            x=n, y=[b if b is not None else NONE_WITHIN for b in best], mode="lines+markers+text", name=label,
+            marker={"symbol": [symbol if b is not None else f"{symbol}-open" for b in best], "size": 10},
+            text=["" if b is not None else "none within budget" for b in best], textposition="top center",
+        ))  # fmt: skip
     full = result["search_full"]["best_ratio"]
     if full is not None:
-        fig.add_hline(
-            y=full,
-            line_dash="dash",
-            annotation_text=f"search, full budget ({result['search_full']['trials']} trials)",
-        )
+        fig.add_hline(y=full, line_dash="dash",
+                      annotation_text=f"search, full budget ({result['search_full']['trials']} trials)")  # fmt: skip
     fig.update_layout(
         title=f"Best compression ratio within {result['max_acc_drop']} points (validation)",
-        xaxis_title="history size n", yaxis_title="compression ratio",
+        xaxis_title="history size n (search trials the surrogate learned from)", yaxis_title="compression ratio",
+        xaxis={"tickmode": "array", "tickvals": [r["history"] for r in result["rows"]]},
     )  # fmt: skip
     return fig
 
@@ -78,29 +91,19 @@ def compare_png(result: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = [r["history"] for r in result["rows"]]
-    nan = float("nan")
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    ax.plot(
-        n,
-        [r["surrogate"]["best_ratio"] or nan for r in result["rows"]],
-        "o-",
-        label="surrogate: n history + k proposals",
-    )
-    ax.plot(
-        n,
-        [r["search_same_trials"]["best_ratio"] or nan for r in result["rows"]],
-        "s-",
-        label="search after n + k trials",
-    )
+    for (label, n, best), marker in zip(compare_series(result), ("o", "s")):
+        y = [b if b is not None else NONE_WITHIN for b in best]
+        line = ax.plot(n, y, f"{marker}-", label=label)[0]
+        for x, b in zip(n, best):
+            if b is None:  # drawn hollow at 1x and said in words
+                ax.plot([x], [NONE_WITHIN], marker, markerfacecolor="white", color=line.get_color(), markersize=9)
+                ax.annotate("none within budget", (x, NONE_WITHIN), textcoords="offset points", xytext=(0, 8),
+                            ha="center", fontsize=7, color=line.get_color())  # fmt: skip
     full = result["search_full"]
     if full["best_ratio"] is not None:
-        ax.axhline(
-            full["best_ratio"],
-            linestyle="--",
-            color="grey",
-            label=f"search, full budget ({full['trials']} trials)",
-        )
+        ax.axhline(full["best_ratio"], linestyle="--", color="grey", label=f"search, full budget ({full['trials']} trials)")
+    ax.set_xticks([r["history"] for r in result["rows"]])
     ax.set_xlabel("history size n (search trials the surrogate learned from)")
     ax.set_ylabel(f"best compression ratio, drop <= {result['max_acc_drop']} pt")
     ax.set_title(result["study"])

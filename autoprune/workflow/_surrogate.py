@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -19,19 +18,24 @@ from autoprune.search.objective import Objective, SearchContext
 from autoprune.search.record import Budget, TrialRecord
 from autoprune.search.report import study_budget
 from autoprune.search.run import open_study, prepare, work
-from autoprune.search.space import distributions
 from autoprune.search.spec import StudySpec, trusted_spec
-from autoprune.search.storage import StorageInfo, open_storage, resolve_study_name
+from autoprune.search.storage import (
+    StorageInfo,
+    open_storage,
+    parse_storage,
+    resolve_study_name,
+    storage_errors,
+)
 from autoprune.surrogate import (
-    Encoder,
     History,
-    InverseThresholds,
+    ModelSpace,
     Proposal,
     ProposeConfig,
     Surrogate,
     SurrogateError,
+    anchors,
     history_from_trials,
-    layer_descriptors,
+    model_space,
     propose,
 )
 
@@ -40,15 +44,27 @@ COMPARE_SUFFIX = "-surrogate-compare"  # the side study that holds compare's rea
 
 @dataclass
 class StudyView:
-    """A stored autoprune study with what the surrogate needs: its spec, space and base model."""
+    """A stored autoprune study with what the surrogate needs: its spec, base model and budget."""
 
     study: optuna.Study
     spec: StudySpec
     info: StorageInfo
     ctx: SearchContext
-    encoder: Encoder
-    descriptors: dict[str, np.ndarray]
     budget: Budget  # the study's own: its limit and how it judges a drop
+    _model: ModelSpace | None = None
+
+    @property
+    def model(self) -> ModelSpace:
+        """Its network as the surrogate sees it (the sensitivity analysis run at most once per
+        base model: cached; ``autoprune sensitivity`` also stores it in the study)."""
+        if self._model is None:
+            self._model = model_space(self.ctx)
+        return self._model
+
+    @property
+    def latency(self) -> bool:
+        """Whether the study searches on latency (the surrogate then learns it too)."""
+        return "latency_ms" in self.spec.study.objectives
 
 
 def open_view(
@@ -74,11 +90,20 @@ def open_view(
         study.user_attrs["spec"], study=name, storage=info.url, model=model, checkpoint=checkpoint,
         data_dir=data_dir, artifacts=artifacts,
     )  # fmt: skip
-    budget = study_budget(study)
     ctx = prepare(spec, study, storage, info, progress=progress)
-    return StudyView(
-        study, spec, info, ctx, Encoder(distributions(spec.space, ctx.layers)), layer_descriptors(ctx.base), budget
-    )
+    return StudyView(study, spec, info, ctx, study_budget(study))
+
+
+def open_sources(sources: Sequence[str], default_url: str, *, progress: bool = False) -> list[StudyView]:
+    """The studies named by ``--from STUDY`` (in the same storage) or ``--from STUDY@URL``,
+    read only: nothing is written into them."""
+    views = []
+    for source in sources:
+        name, _, url = source.partition("@")
+        info = parse_storage(url or default_url)
+        with storage_errors(info):
+            views.append(open_view(name or None, info, progress=progress))
+    return views
 
 
 def search_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -89,39 +114,41 @@ def search_trials(study: optuna.Study) -> list[FrozenTrial]:
     ]  # fmt: skip
 
 
+def history(view: StudyView, trials: Sequence[FrozenTrial] | None = None, sources: Sequence[StudyView] = ()) -> History:
+    """The study's usable trials (``trials``: these only) and every source study's, each judged
+    by its own study's rule, as one history."""
+    own = trials if trials is not None else view.study.get_trials(deepcopy=False)
+    parts = [history_from_trials(own, view.model, view.budget)]
+    parts += [history_from_trials(s.study.get_trials(deepcopy=False), s.model, s.budget) for s in sources]
+    return History.join(parts)
+
+
 def fit(
-    view: StudyView, trials: Sequence[FrozenTrial] | None = None, *, seed: int = 0
+    view: StudyView, trials: Sequence[FrozenTrial] | None = None, *, seed: int = 0, sources: Sequence[StudyView] = ()
 ) -> tuple[Surrogate, History]:
-    history = history_from_trials(
-        trials if trials is not None else view.study.get_trials(deepcopy=False), view.encoder, view.budget
-    )
-    return Surrogate(view.encoder, seed=seed).fit(history), history
+    """The surrogate fitted on the study's history and its sources', with its cross-validated error."""
+    joined = history(view, trials, sources)
+    return Surrogate(seed=seed, latency=view.latency).fit(joined), joined
 
 
-def propose_for(
-    view: StudyView, surrogate: Surrogate, history: History, config: ProposeConfig
-) -> list[Proposal]:
-    """Forward proposals plus the inverse MLP's thresholds at fractions of the budget, all
-    ranked by the forward ensemble."""
-    extra: list[np.ndarray] = []
-    try:
-        inverse = InverseThresholds(seed=config.seed).fit(history, view.descriptors)
-        extra = inverse.rows(history, [config.max_acc_drop * f for f in (0.5, 0.75, 1.0)], view.descriptors)
-    except SurrogateError:
-        pass  # no per-layer thresholds in this space: forward proposals only
-    return propose(surrogate, history, dataclasses.replace(config, extra=tuple(extra)))
+def propose_for(view: StudyView, surrogate: Surrogate, history: History, config: ProposeConfig) -> list[Proposal]:
+    """Proposals in the study's own space, on its own network; searched around its best trials
+    when it has any."""
+    near = anchors(history, view.model.name, config.max_acc_drop)
+    return propose(surrogate, view.model, config, near=near)
 
 
 def enqueue(study: optuna.Study, proposals: Sequence[Proposal], **attrs: Any) -> int:
-    """Add the proposals as waiting trials (``source=surrogate``); ones already in the study are
-    skipped. Returns how many were added."""
+    """Add the proposals as waiting trials (``source=surrogate``, with what was predicted);
+    ones already in the study are skipped. Returns how many were added."""
     before = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     for p in proposals:
         user_attrs = {
             "source": "surrogate",
-            "proposal_kind": p.kind,
-            "predicted_acc_drop": p.predicted["acc_drop"]["mean"],
-            "predicted_compression_ratio": math.exp(p.predicted["log_compression_ratio"]["mean"]),
+            "proposer": p.proposer,
+            "predicted_acc_drop": p.drop,
+            "predicted_acc_drop_spread": p.spread,
+            "predicted_compression_ratio": p.ratio,
             **attrs,
         }
         study.enqueue_trial(p.params, user_attrs=user_attrs, skip_if_exists=True)
@@ -176,7 +203,7 @@ def compare(
         waiting = len(side.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
         work(side, objective, sum(t.state.is_finished() for t in side.get_trials(deepcopy=False)) + waiting)
         evaluated = [t for p in proposals if (t := _trial_with(side, p.params)) is not None]
-        rows.append(_compare_row(n, k, surrogate, own, evaluated, budget, model_s))
+        rows.append(_compare_row(n, k, surrogate, history, own, evaluated, budget, model_s))
     return {
         "study": view.study.study_name,
         "side_study": side.study_name,
@@ -199,13 +226,19 @@ def _trial_with(study: optuna.Study, params: dict[str, Any]) -> FrozenTrial | No
     )
 
 
+def size_error(history: History) -> float:
+    """Median relative error of the computed compression ratio against the measured one, over
+    a history's trials (the computed one is what proposals are ranked by)."""
+    return float(np.median(np.abs(history.data.ratio / history.ratio - 1))) if len(history) else float("nan")
+
+
 def _compare_row(
-    n: int, k: int, surrogate: Surrogate, own: Sequence[FrozenTrial], evaluated: list[FrozenTrial],
+    n: int, k: int, surrogate: Surrogate, history: History, own: Sequence[FrozenTrial], evaluated: list[FrozenTrial],
     budget: Budget, model_s: float,
 ) -> dict[str, Any]:  # fmt: skip
     """The surrogate (n history trials + its proposals) beside the search after as many trials."""
     mine = _summary(evaluated, budget)
-    history = _summary(own[:n], budget)
+    before = _summary(own[:n], budget)
     proposals = [
         {key: t.user_attrs.get(attr) for key, attr in PROPOSAL_FIELDS.items()} | {"trial": t.number}
         for t in evaluated
@@ -215,12 +248,12 @@ def _compare_row(
         "k": k,
         "cv_r2_acc_drop": surrogate.cv_["acc_drop"].r2,
         "cv_mae_acc_drop": surrogate.cv_["acc_drop"].mae,
-        "cv_r2_log_ratio": surrogate.cv_["log_compression_ratio"].r2,
+        "size_error": size_error(history),
         "surrogate": {
             **mine,  # best ratio among the proposals, run for real
             "trials": n + len(evaluated),
             "hypervolume": _summary(list(own[:n]) + evaluated, budget)["hypervolume"],
-            "wall_s": history["wall_s"] + model_s + mine["wall_s"],
+            "wall_s": before["wall_s"] + model_s + mine["wall_s"],
             "model_s": model_s,
             "proposals": proposals,
         },
@@ -229,7 +262,7 @@ def _compare_row(
 
 
 PROPOSAL_FIELDS = {  # compare's record of each proposal: key -> trial user attribute
-    "kind": "proposal_kind",
+    "proposer": "proposer",
     "predicted_acc_drop": "predicted_acc_drop",
     "acc_drop": "acc_drop",
     "predicted_ratio": "predicted_compression_ratio",
