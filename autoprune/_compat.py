@@ -35,10 +35,15 @@ def trial_id(trial: FrozenTrial) -> int:
     return trial._trial_id
 
 
+def study_system_attrs(study: optuna.Study) -> dict[str, object]:
+    """The study's system attributes (where optuna-dashboard keeps its figures and notes too:
+    out of the dashboard's attribute tables)."""
+    return study._storage.get_study_system_attrs(study._study_id)
+
+
 def study_system_attr(study: optuna.Study, key: str) -> object:
-    """A system attribute of the study (where optuna-dashboard keeps its figures and notes too:
-    out of the dashboard's attribute tables), or None."""
-    return study._storage.get_study_system_attrs(study._study_id).get(key)
+    """One system attribute of the study, or None."""
+    return study_system_attrs(study).get(key)
 
 
 def set_study_system_attr(study: optuna.Study, key: str, value: object) -> None:

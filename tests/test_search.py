@@ -21,6 +21,7 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from autoprune.compress import load_packed
+from autoprune.search.objective import stored_recipes, trial_recipe
 from autoprune.search.record import Budget, TrialRecord
 from autoprune.search.record import names as record_names
 from autoprune.search.spec import SpecError, load_spec, spec_from_dict
@@ -487,9 +488,10 @@ def test_other_objectives(objectives: str, extra: tuple, tmp_path: Path, study_n
             # the accuracy budget is an Optuna constraint; the pruner saw every epoch's accuracy
             judged = Budget.of(2.0, "upper", 0.9).drop(TrialRecord.from_attrs(t.user_attrs))  # the spec's default rule
             assert t.constraints == {"acc_drop": pytest.approx(judged - 2.0)} and judged > t.user_attrs["acc_drop"]
-            recipe = t.user_attrs.get("recipe")  # a baseline reports its own recipe's epochs
-            q = recipe["quantize"] if recipe else {"enabled": True, "epochs": 1}
-            epochs = (recipe["finetune"]["epochs"] if recipe else 2) + (q["epochs"] if q["enabled"] else 0)
+            baseline = trial_recipe(t, stored_recipes(study))  # a baseline reports its own recipe's epochs
+            recipe = baseline[0] if baseline else None
+            quant = (recipe.quantize.epochs if recipe.quantize.enabled else 0) if recipe else 1
+            epochs = (recipe.finetune.epochs if recipe else 2) + quant
             assert len(t.intermediate_values) == epochs
     summary = json.loads(r.stdout)
     assert summary["objectives"] == names

@@ -134,7 +134,7 @@ def test_best_the_constraint_and_the_surrogate_judge_drops_by_one_rule(
                 return Encoded(np.zeros((len(configs), 1, 1)), np.ones((len(configs), 1), bool), np.ones(len(configs)))
 
         @staticmethod
-        def trial_config(trial: object) -> CompressConfig:
+        def trial_config(trial: object, recipes: object) -> CompressConfig:
             return CompressConfig()
 
     add(study, 95.0, 0.9, 20.0, acc_drop_se=0.2)  # 0.9 + 1.28 * 0.2 = 1.16: within 1 only by its point

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
-from autoprune.compress import CompressConfig
+from autoprune._compat import set_study_system_attr, study_system_attrs
+from autoprune.compress import CompressConfig, RecipeError
 from autoprune.data import DataSplits
 from autoprune.errors import DivergedError
 from autoprune.measure import Metrics
@@ -34,6 +35,42 @@ from autoprune.search.stop import stop_requested
 from autoprune.search.storage import check_artifact_id
 
 FINAL = "final"  # the source of a trial re-run at the full budget (autoprune finalize)
+RECIPE_ATTR = "autoprune:recipe:"  # + name: a baseline recipe, kept in the study (a trial holds only its name)
+
+
+def store_recipe(study: optuna.Study, recipe: CompressConfig, params: list[str]) -> None:
+    """Keep a baseline recipe in the study, with the space's parameters it sets: its trials
+    carry only its name, so that a trial's page stays one line an attribute."""
+    set_study_system_attr(study, RECIPE_ATTR + recipe.name, {"recipe": recipe.to_dict(), "params": sorted(params)})
+
+
+def stored_recipes(study: optuna.Study) -> dict[str, tuple[CompressConfig, set[str]]]:
+    """The baseline recipes kept in the study, by name (stored data: each checked as a recipe
+    file is; one this autoprune cannot read is left out)."""
+    out = {}
+    for key, value in study_system_attrs(study).items():
+        if key.startswith(RECIPE_ATTR) and isinstance(value, dict):
+            try:
+                out[key.removeprefix(RECIPE_ATTR)] = (CompressConfig.from_dict(value["recipe"]), set(value["params"]))
+            except (RecipeError, KeyError, TypeError, ValueError):
+                continue
+    return out
+
+
+def trial_recipe(
+    trial: FrozenTrial | optuna.Trial, recipes: dict[str, tuple[CompressConfig, set[str]]]
+) -> tuple[CompressConfig, set[str]] | None:
+    """The recipe a baseline trial (or its final re-run) runs, and the space's parameters it
+    sets; None for a search trial. A study made before recipes moved out of the trials keeps
+    the recipe in the trial itself."""
+    attrs = trial.user_attrs
+    if isinstance(attrs.get("recipe"), dict):
+        try:
+            return CompressConfig.from_dict(attrs["recipe"]), set(attrs.get("recipe_params", []))
+        except (RecipeError, TypeError, ValueError):
+            return None
+    name = attrs.get("recipe_name")
+    return recipes.get(name) if isinstance(name, str) else None
 
 
 @dataclass
@@ -64,15 +101,16 @@ class Objective:
         final = source == FINAL
         parent = trial.user_attrs.get("parent")
         number = parent if final and isinstance(parent, int) else trial.number  # a final trial: its parent's seeds
-        recipe = trial.user_attrs.get("recipe")
-        if recipe is not None:
+        baseline = trial_recipe(trial, stored_recipes(trial.study)) if "recipe_name" in trial.user_attrs else None
+        if "recipe_name" in trial.user_attrs and baseline is None:
+            raise RecipeError(f"baseline {trial.user_attrs['recipe_name']!r} has no readable recipe in the study")
+        if baseline is not None:
             # A baseline runs its own recipe exactly, under the same fine-tuning budget; its
             # parameters are the recipe's values where the space can express them.
-            names = set(trial.user_attrs.get("recipe_params", []))
+            config, names = baseline
             with warnings.catch_warnings():  # a recipe may lie outside the space (8 epochs, say)
                 warnings.filterwarnings("ignore", message="Fixed parameter")
                 suggest(trial, {k: v for k, v in self.dists.items() if k in names})
-            config = CompressConfig.from_dict(recipe)
             config = config if final else with_cap(config, spec.space)
         else:
             params = suggest(trial, self.dists)

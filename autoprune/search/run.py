@@ -36,7 +36,14 @@ from autoprune.data import load_dataset
 from autoprune.errors import AutoPruneError
 from autoprune.measure import Metrics, measure_model
 from autoprune.models import ModelSpec, create_model, load_checkpoint
-from autoprune.search.objective import FINAL, Objective, SearchContext, enforce_retention, remove_orphans
+from autoprune.search.objective import (
+    FINAL,
+    Objective,
+    SearchContext,
+    enforce_retention,
+    remove_orphans,
+    store_recipe,
+)
 from autoprune.search.samplers import SamplerFactory, make_sampler, sampler_factory
 from autoprune.search.space import SpaceLayers, distributions, recipe_params
 from autoprune.search.spec import StudySpec, record, spec_from_dict
@@ -227,9 +234,8 @@ def enqueue_baselines(study: optuna.Study, ctx: SearchContext, recipes: tuple[Co
                 log.warning("baseline %s failed %d times (%s); not queued again", recipe.name, len(mine), reason)
                 continue
             params = recipe_params(recipe, dists, ctx.base)
-            attrs = {"source": "baseline", "recipe": recipe.to_dict(), "recipe_name": recipe.name,
-                     "recipe_params": sorted(params)}  # fmt: skip
-            study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
+            store_recipe(study, recipe, list(params))
+            study.enqueue_trial(params, user_attrs={"source": "baseline", "recipe_name": recipe.name}, skip_if_exists=False)
             added += 1
     return added
 

@@ -13,12 +13,16 @@ import numpy as np
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from autoprune.compress import CompressConfig, RecipeError
+from autoprune.compress import CompressConfig
 from autoprune.errors import AutoPruneError
+from autoprune.search.objective import trial_recipe
 from autoprune.search.record import Budget
 from autoprune.search.space import SpaceLayers, config_from_params, distributions, with_cap
 from autoprune.search.spec import SpaceSection
 from autoprune.surrogate._layers import Encoded, LayerView
+
+
+Recipes = Mapping[str, tuple[CompressConfig, set[str]]]  # a study's baseline recipes by name
 
 
 class SurrogateError(AutoPruneError):
@@ -129,15 +133,13 @@ class ModelSpace:
     def config(self, params: Mapping[str, Any]) -> CompressConfig:
         return config_from_params(dict(params), self.space, self.layers)
 
-    def trial_config(self, trial: FrozenTrial) -> CompressConfig | None:
-        """What the trial ran: a baseline its recipe (under the search's fine-tuning cap), a
-        search trial its parameters; None for a trial outside the space."""
-        recipe = trial.user_attrs.get("recipe")
-        if recipe is not None:
-            try:
-                return with_cap(CompressConfig.from_dict(recipe), self.space)
-            except (RecipeError, TypeError, ValueError):
-                return None  # a stored recipe is data: one this autoprune cannot read is skipped
+    def trial_config(self, trial: FrozenTrial, recipes: Recipes = {}) -> CompressConfig | None:
+        """What the trial ran: a baseline its recipe (under the search's fine-tuning cap; the
+        study's ``recipes``), a search trial its parameters; None for a trial outside the
+        space or a baseline whose recipe cannot be read."""
+        if "recipe_name" in trial.user_attrs:
+            baseline = trial_recipe(trial, recipes)
+            return with_cap(baseline[0], self.space) if baseline is not None else None
         if any(name not in trial.params for name in self.dists):
             return None
         return self.config(trial.params)
@@ -177,9 +179,11 @@ class History:
         return np.array([i for i, s in enumerate(self.studies) if s == study], dtype=int)
 
 
-def history_from_trials(trials: Iterable[FrozenTrial], model: ModelSpace, budget: Budget = Budget(0.0)) -> History:
-    """The usable trials of one study; failed, pruned, running, final-stage and unreadable
-    trials are counted by reason. The drop learnt is the one ``budget`` judges (the upper
+def history_from_trials(
+    trials: Iterable[FrozenTrial], model: ModelSpace, budget: Budget = Budget(0.0), recipes: Recipes = {}
+) -> History:
+    """The usable trials of one study (``recipes``: its baseline recipes, :func:`stored_recipes`);
+    failed, pruned, running, final-stage and unreadable trials are counted by reason. The drop learnt is the one ``budget`` judges (the upper
     confidence bound under "upper" selection), so the surrogate's "within the budget" is the
     search's."""
     configs, drops, latencies, ratios, numbers, params = [], [], [], [], [], []
@@ -200,7 +204,7 @@ def history_from_trials(trials: Iterable[FrozenTrial], model: ModelSpace, budget
         if not _finite(drop) or not _finite(ratio):
             skip("non-finite")
             continue
-        config = model.trial_config(t)
+        config = model.trial_config(t, recipes)
         if config is None:
             skip("outside the space")
             continue
@@ -210,7 +214,7 @@ def history_from_trials(trials: Iterable[FrozenTrial], model: ModelSpace, budget
         latencies.append(latency if _finite(latency) else math.nan)
         ratios.append(ratio)
         numbers.append(t.number)
-        params.append({} if "recipe" in t.user_attrs else dict(t.params))
+        params.append({} if "recipe_name" in t.user_attrs else dict(t.params))
     data = model.view.encode(configs) if configs else model.view.encode([])
     return History(data, np.asarray(drops, dtype=float), np.asarray(latencies, dtype=float),
                    np.asarray(ratios, dtype=float), numbers, [model.name] * len(numbers), params, left_out)  # fmt: skip

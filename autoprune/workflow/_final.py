@@ -22,7 +22,7 @@ from autoprune.search.spec import StudySpec
 from autoprune.search.stop import stop_requested
 from autoprune.search.storage import StorageInfo, open_storage, resolve_study_name, storage_errors
 
-RECIPE_ATTRS = ("recipe", "recipe_name", "recipe_params")  # what a baseline's re-run needs
+RECIPE_ATTRS = ("recipe_name", "recipe", "recipe_params")  # what a baseline's re-run needs (the last two: older studies)
 
 
 def parents(study: optuna.Study, budget: Budget, k: int) -> list[FrozenTrial]:

@@ -14,7 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.ops.pareto import best_within, hypervolume
-from autoprune.search.objective import Objective, SearchContext
+from autoprune.search.objective import Objective, SearchContext, stored_recipes
 from autoprune.search.record import Budget, TrialRecord
 from autoprune.search.report import study_budget
 from autoprune.search.run import open_study, prepare, work
@@ -118,8 +118,9 @@ def history(view: StudyView, trials: Sequence[FrozenTrial] | None = None, source
     """The study's usable trials (``trials``: these only) and every source study's, each judged
     by its own study's rule, as one history."""
     own = trials if trials is not None else view.study.get_trials(deepcopy=False)
-    parts = [history_from_trials(own, view.model, view.budget)]
-    parts += [history_from_trials(s.study.get_trials(deepcopy=False), s.model, s.budget) for s in sources]
+    parts = [history_from_trials(own, view.model, view.budget, stored_recipes(view.study))]
+    parts += [history_from_trials(s.study.get_trials(deepcopy=False), s.model, s.budget, stored_recipes(s.study))
+              for s in sources]  # fmt: skip
     return History.join(parts)
 
 
