@@ -271,6 +271,12 @@ class Metrics:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def summary(self) -> dict[str, Any]:
+        """What a packed file records of the base it was made from: enough for a ratio and a drop."""
+        timed = self.backend != "not measured"
+        return {"accuracy": self.accuracy, "dense_bytes": self.dense_bytes, "macs": self.macs,
+                "latency_ms": self.latency_ms if timed else None}  # fmt: skip
+
 
 def measure_model(
     model: nn.Module,

@@ -32,8 +32,18 @@ TOLERANCE = 0.03  # the estimate is within 3% of the real file (measured: within
 SHAPES = {"lenet5": (1, 28, 28), "lenet300": (1, 28, 28)}
 
 
+def trial_meta(model: torch.nn.Module) -> dict:
+    """What a search trial's file records besides the network: study, dataset, base, settings."""
+    layers = weight_layers(model)
+    settings = {f"quality_{n}": 0.987654321 for n in layers} | {f"ratio_{n}": 0.123456789 for n in layers if "conv" in n}
+    return {"study": "a-study-name", "trial": 7, "recipe": "TPESampler trial 7", "settings": settings,
+            "dataset": {"name": "digits", "data_dir": None, "val_fraction": 0.3, "seed": 0},
+            "base": {"accuracy": 96.98765, "dense_bytes": 123456, "macs": 654321, "latency_ms": 0.0212345}}
+
+
 def real_size(base: torch.nn.Module, spec: ModelSpec, config: CompressConfig, path: Path) -> int:
-    """What the pipeline writes for ``config`` (before fine-tuning, which moves no mask)."""
+    """What the pipeline writes for ``config`` in a search trial (before fine-tuning, which
+    moves no mask)."""
     model = copy.deepcopy(base)
     prune_filters_(model, config.structured, torch.zeros(1, spec.in_channels, *spec.image_size))
     prune_magnitude_(model, config.unstructured)
@@ -41,7 +51,7 @@ def real_size(base: torch.nn.Module, spec: ModelSpec, config: CompressConfig, pa
     if config.quantize.enabled:
         share_weights_(model, config.quantize)
         bits = {n: config.quantize.bits_for(n, m) for n, m in weight_layers(model).items()}
-    return save_packed(model, spec, path, bits=bits, config=config.pack).packed_bytes
+    return save_packed(model, spec, path, bits=bits, config=config.pack, meta=trial_meta(base)).packed_bytes
 
 
 def random_config(layers: SpaceLayers, rng: np.random.Generator) -> CompressConfig:

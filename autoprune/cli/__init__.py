@@ -26,7 +26,7 @@ from typing import Any, Iterator, Sequence
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from autoprune import __version__  # noqa: E402
-from autoprune.cli import _compress, _search, _surrogate, _train  # noqa: E402
+from autoprune.cli import _compress, _report, _search, _surrogate, _train  # noqa: E402
 from autoprune.cli._common import EXIT_USAGE, Parser  # noqa: E402
 from autoprune.errors import AutoPruneError  # noqa: E402
 
@@ -40,7 +40,7 @@ def build_parser() -> Parser:
     parser.add_argument("--version", action="version", version=f"autoprune {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for module in (_train, _compress, _search, _surrogate):
+    for module in (_train, _compress, _search, _surrogate, _report):
         module.register(sub)
     return parser
 

@@ -81,9 +81,8 @@ def run_compress(args: argparse.Namespace) -> dict[str, Any]:
     meta = {
         "dataset": dataset_meta(splits.name, args.data_dir, args.val_fraction, args.seed),
         "recipe": config.name,
-        "base": {"accuracy": base_metrics.accuracy, "dense_bytes": base_metrics.dense_bytes,
-                 "macs": base_metrics.macs, "latency_ms": base_metrics.latency_ms if timing["latency"] else None},
-    }  # fmt: skip
+        "base": base_metrics.summary(),
+    }
     result = compress(
         base.model, spec, splits, config, args.out,
         base_metrics=base_metrics, seed=args.seed, progress=not args.quiet, threads=args.threads, meta=meta, **timing,
@@ -124,6 +123,9 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
         "model": ev.header["model"]["name"],
         "dataset": ev.splits.name,
         "recipe": meta.get("recipe") if isinstance(meta.get("recipe"), str) else None,
+        "study": meta.get("study") if isinstance(meta.get("study"), str) else None,
+        "settings": {k: v for k, v in meta["settings"].items() if isinstance(v, (int, float, str))}
+        if isinstance(meta.get("settings"), dict) else {},
         **metrics,
         "packed_bytes": packed,
         "compression_ratio": dense / packed if isinstance(dense, (int, float)) and dense > 0 else None,
@@ -187,7 +189,11 @@ def format_compress(r: dict[str, Any]) -> str:
 
 
 def format_eval(r: dict[str, Any]) -> str:
-    rows = [("file", f"{r['file']}: {r['model']} on {r['dataset']} (recipe {r['recipe']})")]
+    made = f"{r['recipe']} of {r['study']}" if r.get("study") else f"recipe {r['recipe']}" if r["recipe"] else "unrecorded"
+    rows = [("file", f"{r['file']}: {r['model']} on {r['dataset']} ({made})")]
+    if r.get("settings"):
+        items = [f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["settings"].items()]
+        rows += [("settings" if i == 0 else "", ", ".join(items[i : i + 4])) for i in range(0, len(items), 4)]
     rows += _summary(r, None if r["acc_drop"] is None else r["accuracy"] + r["acc_drop"],
                      None if r["compression_ratio"] is None else round(r["compression_ratio"] * r["packed_bytes"]))  # fmt: skip
     rows += [(kind, r[kind]) for kind in ("torchscript", "onnx") if r.get(kind)]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from autoprune.cli._common import (
+    fraction,
     grid,
     non_negative_float,
     output_path,
@@ -94,12 +95,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _spec_options(p: argparse.ArgumentParser, default_spec: Path) -> None:
-    """A spec and the study and storage it names, as search and finalize take them."""
+    """A spec and the study and storage it names, as search and finalize take them, and the
+    spec values a user most often changes without copying the spec."""
     p.add_argument("spec", nargs="?", type=Path, metavar="SPEC.toml",
                    help=f"study spec (default: {default_spec}, the embedded digits default)")
     p.add_argument("--study", type=study_name, metavar="NAME", help="study name (default: the spec's, else its file name)")
     p.add_argument("--storage", metavar="URL",
                    help=f"sqlite:///PATH.db, postgresql://USER@HOST/DB or journal:PATH (default: the spec's, {DEFAULT_STORAGE})")
+    g = p.add_argument_group("spec values (each overrides the spec's)")
+    g.add_argument("--data-dir", metavar="PATH",
+                   help="where the dataset's files are (fashion-mnist: /usr/share/datasets/fashion-mnist when not given)")
+    g.add_argument("--val-fraction", type=fraction, metavar="F", help="share of the training data held out for validation")
+    g.add_argument("--train-epochs", type=positive_int, metavar="N", help="epochs of base-model training")
 
 
 def _storage_options(p: argparse.ArgumentParser) -> None:
@@ -126,10 +133,23 @@ def run_search(args: argparse.Namespace) -> dict[str, Any]:
         args.spec, name=args.study, storage=args.storage, trials=args.trials, sampler=args.sampler,
         pruner=args.pruner, objectives=objectives, max_acc_drop=args.max_acc_drop, seed=args.seed,
     )  # fmt: skip
+    spec = _spec_values(spec, args)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     stop_on_signals()
     return search(spec, parse_storage(spec.study.storage), spec_dir=spec_dir, jobs=args.jobs, threads=args.threads,
                   progress=not args.quiet, setup_only=args.setup_only)  # fmt: skip
+
+
+def _spec_values(spec: Any, args: argparse.Namespace) -> Any:
+    """The spec with the data and training values given as flags."""
+    import dataclasses
+
+    data = {k: v for k, v in (("data_dir", args.data_dir), ("val_fraction", args.val_fraction)) if v is not None}
+    if data:
+        spec = dataclasses.replace(spec, data=dataclasses.replace(spec.data, **data))
+    if args.train_epochs is not None:
+        spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, epochs=args.train_epochs))
+    return spec
 
 
 def _drops(r: dict[str, Any]) -> list[str]:
@@ -146,6 +166,7 @@ def run_finalize(args: argparse.Namespace) -> dict[str, Any]:
     from autoprune.workflow import finalize, search_spec
 
     spec, _ = search_spec(args.spec, name=args.study, storage=args.storage, max_acc_drop=args.max_acc_drop)
+    spec = _spec_values(spec, args)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     stop_on_signals()
     return finalize(spec, parse_storage(spec.study.storage), k=args.k, progress=not args.quiet)
@@ -262,11 +283,13 @@ def format_export(r: dict[str, Any]) -> str:
 def run_dashboard(args: argparse.Namespace) -> dict[str, Any]:
     from optuna_dashboard import run_server
 
-    from autoprune.search.storage import artifact_dir, artifact_store, open_storage, parse_storage
+    from autoprune.search.storage import artifact_dir, artifact_store, open_storage, parse_storage, storage_errors
 
     info = parse_storage(args.storage)
-    storage = open_storage(info)
-    store = artifact_store(args.artifacts or artifact_dir(info))
+    with storage_errors(info):
+        storage = open_storage(info, create=False)  # it only shows studies: it never makes a database
+    folder = args.artifacts or artifact_dir(info)
+    store = artifact_store(folder, create=False) if folder.is_dir() or args.artifacts else None
     if args.host not in LOOPBACK:
         print(f"autoprune dashboard: warning: --host {args.host} lets anyone who reaches this machine read, change "
               "and delete studies (optuna-dashboard has no login); prefer an SSH tunnel to 127.0.0.1",

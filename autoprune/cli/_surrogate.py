@@ -250,7 +250,7 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
     png = args.png or output_path(Path(f"{file_stem(view.study.study_name)}-compare.png"), "--png")
     result = compare(view, sizes, k=args.k, seed=args.seed, max_acc_drop=args.max_acc_drop)
     result["png"] = str(compare_png(result, png))
-    publish(view.study, result)
+    publish(view.study, result, view.budget)
     return result
 
 

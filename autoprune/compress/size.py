@@ -250,7 +250,7 @@ class SizeModel:
             share_weights_(model, share)
             bits = {n: share.bits_for(n, m) for n, m in weight_layers(model).items()}
             path = Path(tmp) / "probe.apk"
-            save_packed(model, spec, path, bits=bits, meta={"study": "x" * 16, "trial": 0})
+            save_packed(model, spec, path, bits=bits, meta=_probe_meta(model))
             data = path.read_bytes()
         return struct.unpack_from("<I", data, len(MAGIC) + 1)[0]
 
@@ -288,6 +288,17 @@ def _clustered(values: np.ndarray, bits: int, init: str) -> tuple[float, int]:
     result = kmeans_1d(values.astype(np.float64), 1 << bits, init=init, seed=0)
     counts = np.bincount(result.labels, minlength=len(result.centroids)).astype(np.float64)
     return stream_bits(counts, bits) / values.size, len(result.centroids)
+
+
+def _probe_meta(model: nn.Module) -> dict:
+    """Meta like a search trial's (its study, dataset, base and settings: a float per layer
+    and stage), so that the probe's header weighs what a trial's does."""
+    settings: dict[str, object] = {f"quality_{n}": 1.2345678901234567 for n in weight_layers(model)}
+    settings |= {f"ratio_{n}": 0.12345678901234567 for n, m in weight_layers(model).items() if isinstance(m, nn.Conv2d)}
+    settings |= {"conv_bits": 6, "fc_bits": 4, "init": "density", "finetune_epochs": 2, "lr": 0.0012345678901234567}
+    return {"study": "x" * 16, "trial": 12, "recipe": "TPESampler trial 12", "settings": settings,
+            "dataset": {"name": "fashion-mnist", "data_dir": None, "val_fraction": 0.1, "seed": 0},
+            "base": {"accuracy": 91.23456789012345, "dense_bytes": 123456, "macs": 1234567, "latency_ms": 0.0123456789}}
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 import sqlalchemy
@@ -63,6 +63,7 @@ from autoprune.train import train_base
 
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+Hook = Callable[[optuna.Study, SearchContext], None]  # called after a trial finishes (the study's figures)
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
@@ -295,8 +296,11 @@ def counts(study: optuna.Study) -> tuple[int, int]:
     return done, len(trials) - done
 
 
-def work(study: optuna.Study, objective: Objective, target: int, *, bar: tqdm | None = None) -> None:
-    """Run trials until the study holds ``target`` finished (complete or pruned) trials."""
+def work(
+    study: optuna.Study, objective: Objective, target: int, *, bar: tqdm | None = None, on_trial: Hook | None = None
+) -> None:
+    """Run trials until the study holds ``target`` finished (complete or pruned) trials;
+    ``on_trial(study, context)`` after each (the figures the study shows)."""
     keep = objective.ctx.spec.study.keep_artifacts
     heartbeat = heartbeat_backend(study)
     waited: set[int] = set()
@@ -306,6 +310,8 @@ def work(study: optuna.Study, objective: Objective, target: int, *, bar: tqdm | 
         if bar is not None:
             bar.n = counts(study)[0]
             bar.set_postfix(last=f"#{trial.number} {trial.state.name.lower()}")  # refreshes
+        if on_trial is not None:
+            on_trial(study, objective.ctx)
 
     lock = StudyLock(objective.ctx.storage, study.study_name)
 
@@ -422,6 +428,7 @@ def run_search(
     progress: bool = True,
     spec_dir: Path = Path("."),
     setup_only: bool = False,
+    on_trial: Hook | None = None,
 ) -> optuna.Study:
     """Run (or resume) the study until it holds ``spec.study.trials`` finished trials; with
     ``setup_only``, stop once the study, the cached base model and the baselines are in place.
@@ -452,18 +459,21 @@ def run_search(
         if jobs == 1:
             torch.set_num_threads(threads or before)
             with watched(info, interval=spec.study.heartbeat_interval, timeout=spec.study.db_timeout):
-                work(study, Objective(ctx, sampler_name=study.sampler.name), target, bar=bar)
+                work(study, Objective(ctx, sampler_name=study.sampler.name), target, bar=bar, on_trial=on_trial)
         else:  # each worker watches the storage; this process only waits for them
-            _run_workers(spec, info, jobs, target, bar, study, threads)
+            _run_workers(spec, info, jobs, target, bar, study, threads, on_trial and (lambda s: on_trial(s, ctx)))
     finally:
         torch.set_num_threads(before)
         bar.close()
+    if on_trial is not None:
+        on_trial(study, ctx)
     return study
 
 
 def _run_workers(
-    spec: StudySpec, info: StorageInfo, jobs: int, target: int, bar: tqdm, study: optuna.Study, threads: int | None
-) -> None:
+    spec: StudySpec, info: StorageInfo, jobs: int, target: int, bar: tqdm, study: optuna.Study, threads: int | None,
+    on_trial: Callable[[optuna.Study], None] | None = None,
+) -> None:  # fmt: skip
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     sampler = sampler_factory(spec.study.sampler)
     context = multiprocessing.get_context("spawn")
@@ -479,7 +489,10 @@ def _run_workers(
         w.start()
     try:
         while any(w.is_alive() for w in workers):
-            bar.n = counts(study)[0]
+            done = counts(study)[0]
+            if on_trial is not None and done != bar.n:
+                on_trial(study)
+            bar.n = done
             bar.refresh()
             time.sleep(1.0)
     finally:

@@ -8,6 +8,8 @@ from autoprune.search.samplers import list_samplers
 from autoprune.workflow._export import default_export_path, export_trial, find_trial
 from autoprune.workflow._figures import COMPARE_HEADER, compare_png, compare_table, publish
 from autoprune.workflow._final import final_summary, finalize, parents
+from autoprune.workflow._report import figure_png, write_report
+from autoprune.workflow._study_figures import Publisher, publish_study, study_figures, summary_note
 from autoprune.workflow._search import DEFAULT_SPEC, Interrupted, search, search_spec, search_summary
 from autoprune.workflow._sensitivity import (
     SENSITIVITY_ATTR,
@@ -35,6 +37,7 @@ __all__ = [
     "SENSITIVITY_ATTR",
     "DEFAULT_SPEC",
     "Interrupted",
+    "Publisher",
     "StudyView",
     "compare",
     "compare_png",
@@ -42,6 +45,7 @@ __all__ = [
     "default_export_path",
     "enqueue",
     "export_trial",
+    "figure_png",
     "final_summary",
     "finalize",
     "find_trial",
@@ -53,6 +57,7 @@ __all__ = [
     "parents",
     "propose_for",
     "publish",
+    "publish_study",
     "publish_sensitivity",
     "search",
     "search_spec",
@@ -60,6 +65,9 @@ __all__ = [
     "search_trials",
     "sensitivity_png",
     "size_error",
+    "study_figures",
+    "summary_note",
+    "write_report",
     "sensitivity_rows",
     "stored_sensitivity",
     "study_sensitivity",

@@ -8,6 +8,9 @@ from typing import Any
 
 import optuna
 
+from autoprune._compat import set_study_system_attr
+from autoprune.search.record import Budget
+
 
 def _ratio(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}x"
@@ -116,9 +119,14 @@ def compare_png(result: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def publish(study: optuna.Study, result: dict[str, Any]) -> None:
-    """The figure and the note into the study, where optuna-dashboard shows them."""
+def publish(study: optuna.Study, result: dict[str, Any], budget: Budget) -> None:
+    """The figure into the study, where optuna-dashboard shows it; the comparison's points
+    beside the search's progress, and its table in the study's note."""
     from optuna_dashboard import save_note, save_plotly_graph_object
 
+    from autoprune.workflow._study_figures import COMPARE_ATTR, summary_note
+
     save_plotly_graph_object(study, compare_plotly(result), graph_object_id="surrogate-compare")
-    save_note(study, compare_note(result))
+    rows = [{"trials": r["surrogate"]["trials"], "best_ratio": r["surrogate"]["best_ratio"]} for r in result["rows"]]
+    set_study_system_attr(study, COMPARE_ATTR, {"rows": rows, "note": compare_note(result)})
+    save_note(study, summary_note(study, budget))

@@ -13,7 +13,8 @@ from autoprune.search.report import best_trial, pareto_front, state_counts, tria
 from autoprune.search.run import counts
 from autoprune.search.run import run_search as run_study
 from autoprune.search.spec import StudySpec, load_spec
-from autoprune.search.storage import StorageInfo, open_storage, storage_errors
+from autoprune.search.storage import StorageInfo, artifact_dir, open_storage, storage_errors
+from autoprune.workflow._study_figures import Publisher
 
 DEFAULT_SPEC = Path("studies/digits-lenet5.toml")  # the embedded default, in a checkout
 
@@ -43,8 +44,9 @@ def search(
     trial stored and says how many."""
     try:
         with storage_errors(info):
+            publish = Publisher(spec.study.budget, artifacts=artifact_dir(info, spec.study.artifacts))
             study = run_study(spec, info, jobs=jobs, threads=threads, progress=progress, spec_dir=spec_dir,
-                              setup_only=setup_only)  # fmt: skip
+                              setup_only=setup_only, on_trial=publish)  # fmt: skip
             return search_summary(study, spec, info)
     except KeyboardInterrupt:
         study = optuna.load_study(study_name=spec.study.name, storage=open_storage(info))
