@@ -402,39 +402,6 @@ def test_dashboard_serves_the_study(tmp_path: Path, study_name: str) -> None:
 CHROMIUM = os.environ.get("AUTOPRUNE_TEST_CHROMIUM", "/usr/bin/chromium")
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason=f"no Chromium at {CHROMIUM} (Debian's chromium package)")
-def test_the_dashboard_shows_the_study_live_in_a_browser(tmp_path: Path, study_name: str) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright comes with the dev extras")
-    url = storage_url("sqlite", tmp_path)
-    spec = str(write_spec(tmp_path, trials=2))
-    assert search(spec, "--storage", url, "--study", study_name).returncode == 0
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "autoprune", "dashboard", "--storage", url, "--port", str(port)],
-                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    try:
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM,
-                                        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])  # fmt: skip
-            page = browser.new_page()
-            wait_for(lambda: _answers(port), timeout=60)
-            page.goto(f"http://127.0.0.1:{port}/dashboard")
-            page.get_by_text(study_name).first.click()
-            expect = sync_api.expect
-            expect(page.get_by_text("Objective X:")).to_be_visible(timeout=30_000)  # the Pareto front plot
-            body = page.inner_text("body")
-            assert "accuracy" in body and "packed_bytes" in body  # the study's metric names
-            page.goto(page.url.rstrip("/") + "/trials")  # the trial list (its menu entry is collapsed)
-            expect(page.get_by_text("2 Trials")).to_be_visible(timeout=30_000)
-            # a worker adds a trial; the open page shows it without a reload (Live Update)
-            assert search(spec, "--storage", url, "--study", study_name, "--trials", "3").returncode == 0
-            expect(page.get_by_text("3 Trials")).to_be_visible(timeout=60_000)
-            browser.close()
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

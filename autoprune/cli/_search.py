@@ -283,7 +283,13 @@ def format_export(r: dict[str, Any]) -> str:
 def run_dashboard(args: argparse.Namespace) -> dict[str, Any]:
     from optuna_dashboard import run_server
 
-    from autoprune.search.storage import artifact_dir, artifact_store, open_storage, parse_storage, storage_errors
+    from autoprune.search.storage import (
+        artifact_dir,
+        artifact_store,
+        open_storage,
+        parse_storage,
+        storage_errors,
+    )
 
     info = parse_storage(args.storage)
     with storage_errors(info):

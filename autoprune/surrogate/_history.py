@@ -21,7 +21,6 @@ from autoprune.search.space import SpaceLayers, config_from_params, distribution
 from autoprune.search.spec import SpaceSection
 from autoprune.surrogate._layers import Encoded, LayerView
 
-
 Recipes = Mapping[str, tuple[CompressConfig, set[str]]]  # a study's baseline recipes by name
 
 

@@ -9,7 +9,6 @@ from autoprune.workflow._export import default_export_path, export_trial, find_t
 from autoprune.workflow._figures import COMPARE_HEADER, compare_png, compare_table, publish
 from autoprune.workflow._final import final_summary, finalize, parents
 from autoprune.workflow._report import figure_png, write_report
-from autoprune.workflow._study_figures import Publisher, publish_study, study_figures, summary_note
 from autoprune.workflow._search import DEFAULT_SPEC, Interrupted, search, search_spec, search_summary
 from autoprune.workflow._sensitivity import (
     SENSITIVITY_ATTR,
@@ -19,6 +18,7 @@ from autoprune.workflow._sensitivity import (
     stored_sensitivity,
     study_sensitivity,
 )
+from autoprune.workflow._study_figures import Publisher, publish_study, study_figures, summary_note
 from autoprune.workflow._surrogate import (
     StudyView,
     compare,

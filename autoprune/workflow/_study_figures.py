@@ -219,8 +219,13 @@ def progress_figure(study: optuna.Study, budget: Budget, compare: dict[str, Any]
         if budget.drop(d.record) <= budget.max_drop:
             best = value(d.record) if best is None else max(best, value(d.record))
         curve.append(best)
-    fig = go.Figure(go.Scatter(x=list(range(1, len(curve) + 1)), y=curve, mode="lines+markers",
-                               name="search: best within the budget so far"))  # fmt: skip
+    # until a trial is within the budget the best is no compression at all: drawn at 1x, hollow
+    fig = go.Figure(go.Scatter(
+        x=list(range(1, len(curve) + 1)), y=[c if c is not None else 1.0 for c in curve], mode="lines+markers",
+        name="search: best within the budget so far",
+        marker={"symbol": ["circle" if c is not None else "circle-open" for c in curve]},
+        hovertext=[f"{c:.2f}" if c is not None else "none within the budget yet" for c in curve], hoverinfo="text",
+    ))  # fmt: skip
     if compare:  # stored data: only numbers are drawn
         rows = [r for r in compare.get("rows", []) if isinstance(r, dict) and isinstance(r.get("trials"), int)]
         fig.add_trace(go.Scatter(x=[r["trials"] for r in rows],
