@@ -100,9 +100,13 @@ CASES = {
     # storages
     "trials missing database": (["trials", "--storage", "sqlite:///missing/dir/x.db"], "no study database"),
     "trials missing database here": (["trials", "--storage", "sqlite:///x.db"], "no study database"),
+    "dashboard missing database": (["dashboard", "--storage", "sqlite:///x.db"], "no study database"),
+    "report missing database": (["report", "--storage", "sqlite:///x.db"], "no study database"),
+    "report png is a file": (["report", *ST, "--png", "afile"], "is a file"),
     "trials not a journal": (["trials", "--storage", "journal:notjournal.log"], "not an Optuna journal"),
     "trials missing journal": (["trials", "--storage", "journal:nope.log"], "no study database"),
     "trials no such study": (["trials", *ST, "--study", "nosuch"], "no study 'nosuch'"),
+    "trials says the file it read": (["trials", "--storage", "sqlite:///study.db", "--study", "nosuch"], "/study.db)"),
     "trials unsupported storage": (["trials", "--storage", "mysql://u@h/db"], "unsupported storage"),
     "trials unreachable postgres": (
         ["trials", "--storage", "postgresql://u:hunt@er2pw@127.0.0.1:1/db"], "postgresql://u:***@127.0.0.1:1/db"),

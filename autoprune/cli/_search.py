@@ -231,7 +231,7 @@ def _open(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     info = parse_storage(args.storage)
     with storage_errors(info):
         storage = open_storage(info, create=False)
-        name = resolve_study_name(storage, args.study, info.safe_url)
+        name = resolve_study_name(storage, args.study, info.where)
         return optuna.load_study(study_name=name, storage=storage), info, storage
 
 

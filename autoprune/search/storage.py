@@ -61,6 +61,13 @@ class StorageInfo:
             return None
         return Path(database.removeprefix("file:").partition("?")[0])
 
+    @property
+    def where(self) -> str:
+        """For messages: the URL, and the file it resolves to from here (a relative default
+        read from another folder is a different file)."""
+        path = self.path
+        return f"{self.safe_url} ({path.resolve()})" if path is not None and not path.is_absolute() else self.safe_url
+
 
 def parse_storage(url: str) -> StorageInfo:
     """Classify a ``--storage`` value: sqlite:///..., postgresql://..., journal:PATH or *.log."""

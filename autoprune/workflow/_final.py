@@ -81,7 +81,7 @@ def finalize(
     with storage_errors(info):
         storage = open_storage(info, create=False, heartbeat_interval=spec.study.heartbeat_interval,
                                grace_period=spec.study.grace_period, timeout=spec.study.db_timeout)  # fmt: skip
-        name = resolve_study_name(storage, spec.study.name, info.safe_url)
+        name = resolve_study_name(storage, spec.study.name, info.where)
         study = optuna.load_study(study_name=name, storage=storage)
         budget = spec.study.budget
         chosen = parents(study, dataclasses.replace(budget, max_drop=budget.max_drop + spec.final.slack), k or spec.final.k)

@@ -82,7 +82,7 @@ def open_view(
     The spec stored in the study says which model and data to rebuild, but any code, file or
     folder it names is used only when the caller names it too (see :func:`trusted_spec`)."""
     storage = open_storage(info, create=False)
-    name = resolve_study_name(storage, name, info.safe_url)
+    name = resolve_study_name(storage, name, info.where)
     study = optuna.load_study(study_name=name, storage=storage)
     if not isinstance(study.user_attrs.get("spec"), dict):
         raise SurrogateError(f"study {name!r} was not made by autoprune search (no spec in its attributes)")
