@@ -115,9 +115,10 @@ class Latency:
     batch_size: int
     median_ms: float  # median wall time of one forward pass, on the fastest backend
     min_ms: float
-    repeats: int
+    repeats: int  # runs timed (adaptive: see TOLERANCE)
     threads: int
     backend: str  # that backend: one of BACKENDS
+    interval_ms: tuple[float, float] = (math.nan, math.nan)  # the median's 95% interval
 
 
 # Where a forward pass can run on a CPU. torch has two convolution paths: oneDNN, and its own
@@ -131,14 +132,44 @@ class Latency:
 BACKENDS = ("onnxruntime", "onednn", "native")
 
 
+# Repeats are adaptive: timing stops once the median is known to within TOLERANCE (its
+# distribution-free 95% interval, from the order statistics), after at least MIN_REPEATS runs,
+# or when a plan has spent BUDGET_S seconds on one backend, whichever comes first, and at most
+# the count asked for. A small network needs few runs to pin its median; a large one is not
+# timed fifty times for nothing (MobileNetV2's compress spent 162 s timing, BENCHMARKS.md).
+TOLERANCE = 0.05  # half-width of the median's 95% interval, relative to the median
+MIN_REPEATS = 7
+BUDGET_S = 2.0
+
+
+def median_interval(times: list[float]) -> tuple[float, float]:
+    """A distribution-free 95% confidence interval of the median of ``times`` (order
+    statistics n/2 -+ 0.98 sqrt(n)); the whole range for fewer than six values."""
+    ordered = sorted(times)
+    n = len(ordered)
+    half = 0.98 * math.sqrt(n)
+    lo, hi = max(0, math.floor(n / 2 - half)), min(n - 1, math.ceil(n / 2 + half))
+    return ordered[lo], ordered[hi]
+
+
 def _time_runs(forward: Callable[[], Any], warmup: int, repeats: int) -> list[float]:
+    """Wall times in ms of ``forward``: up to ``repeats`` after ``warmup`` runs (both bounded
+    in time), stopping early once the median is pinned (see TOLERANCE)."""
+    deadline = time.perf_counter() + BUDGET_S
     for _ in range(warmup):
         forward()
-    times = []
-    for _ in range(repeats):
+        if time.perf_counter() > deadline:
+            break
+    deadline = time.perf_counter() + BUDGET_S
+    times: list[float] = []
+    while len(times) < repeats:
         start = time.perf_counter()
         forward()
         times.append((time.perf_counter() - start) * 1000.0)
+        if len(times) >= MIN_REPEATS:
+            lo, hi = median_interval(times)
+            if (hi - lo) / 2 <= TOLERANCE * statistics.median(times) or time.perf_counter() > deadline:
+                break
     return times
 
 
@@ -195,7 +226,8 @@ def _latencies(
                     times = [_time_runs(f, p.warmup, p.repeats) for f, p in zip(forwards, plans)]
                 del forwards
                 for i, (p, t) in enumerate(zip(plans, times)):
-                    result = Latency(p.batch_size, statistics.median(t), min(t), p.repeats, used, backend)
+                    result = Latency(p.batch_size, statistics.median(t), min(t), len(t), used, backend,
+                                     median_interval(t))  # fmt: skip
                     if best[i] is None or result.median_ms < best[i].median_ms:
                         best[i] = result
     finally:
@@ -267,6 +299,8 @@ class Metrics:
     threads: int
     backend: str  # where the batch-1 latency was measured: one of BACKENDS, or "not measured"
     other_load: float | None = None  # cores other processes kept busy while timing (None: unknown)
+    latency_repeats: int | None = None  # batch-1 runs timed on that backend (adaptive)
+    latency_interval: float | None = None  # half-width of the batch-1 median's 95% interval, relative
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -314,4 +348,6 @@ def measure_model(
         threads=single.threads,
         backend=single.backend,
         other_load=load,
+        latency_repeats=single.repeats,
+        latency_interval=round((single.interval_ms[1] - single.interval_ms[0]) / 2 / single.median_ms, 4),
     )

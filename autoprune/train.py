@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from autoprune.data import DataSplits
 from autoprune.errors import ConfigError, DivergedError
-from autoprune.measure import accuracy
+from autoprune.measure import Metrics, accuracy, measure_model
 from autoprune.models import ModelSpec, create_model, load_checkpoint, model_fingerprint
 
 log = logging.getLogger(__name__)
@@ -206,3 +206,27 @@ def _atomic_save(state: dict[str, torch.Tensor], path: Path) -> None:
 
 def _file_hash(path: Path) -> str:
     return hashlib.blake2b(path.read_bytes(), digest_size=12).hexdigest()
+
+
+def measured_base(base: BaseModel, splits: DataSplits, **settings: Any) -> tuple[Metrics, bool]:
+    """The base model's measurement (:func:`measure_model` with ``settings``), kept beside the
+    cached base: a base from the cache is measured once per setting (threads, latency batch)
+    and this torch; returns it and whether it came from the cache. A base that is not in the
+    cache (a checkpoint used as is) is measured every time."""
+    threads = settings.get("threads") or torch.get_num_threads()
+    key = json.dumps({**settings, "threads": threads, "torch": torch.__version__}, sort_keys=True, default=str)
+    path = base.path.with_suffix(".metrics.json")
+    in_cache = cache_dir() in base.path.parents
+    stored: dict[str, Any] = {}
+    if in_cache and path.is_file():
+        try:
+            stored = json.loads(path.read_text())
+            return Metrics(**stored[key]), True
+        except (KeyError, TypeError, ValueError):
+            stored = stored if isinstance(stored, dict) else {}
+    metrics = measure_model(base.model, splits, **settings)
+    if in_cache:
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**stored, key: metrics.to_dict()}))
+        os.replace(tmp, path)
+    return metrics, False

@@ -299,4 +299,22 @@ def test_compress_no_latency_takes_no_timing_and_says_so(
     assert timed == [[1, 16], [1, 16]]  # base and result, at batch 1 and the batch asked for
     capsys.readouterr()
     assert main([*args, "--latency-batch", "16"]) == 0
-    assert "at batch 16" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "at batch 16" in text and "median of" in text  # how many runs the median came from
+    assert timed == [[1, 16], [1, 16], [1, 16]]  # the base's measurement came with the base, from the cache
+
+
+def test_the_base_is_measured_once_per_setting_and_kept_with_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "r.toml").write_text(RECIPE)
+    args = ["compress", "--recipe", str(tmp_path / "r.toml"), "--out", str(tmp_path / "m.apk"), "--epochs", "3",
+            "--quiet", "--json", "--latency-batch", "8"]  # fmt: skip
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out)["base"]
+    assert main(args) == 0
+    second = json.loads(capsys.readouterr().out)["base"]
+    assert not first["from_cache"] and second["from_cache"]
+    assert {k: v for k, v in first.items() if k != "from_cache"} == {k: v for k, v in second.items() if k != "from_cache"}
+    assert main([*args, "--threads", "1"]) == 0  # another setting: measured again
+    assert not json.loads(capsys.readouterr().out)["base"]["from_cache"]

@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -14,6 +15,7 @@ from autoprune import runtime
 from autoprune.data import load_dataset
 from autoprune.measure import (
     BACKENDS,
+    median_interval,
     accuracy,
     count_macs,
     count_nonzero,
@@ -93,8 +95,46 @@ def test_measure_model_reports_every_field() -> None:
     m = measure_model(create_model(ModelSpec("lenet5", 10, 1, (8, 8))), s, latency_repeats=5)
     d = m.to_dict()
     assert set(d) == {"accuracy", "test_accuracy", "params", "nonzero_params", "macs", "dense_bytes",
-                      "latency_ms", "latency_ms_batch", "threads", "backend", "other_load"}  # fmt: skip
+                      "latency_ms", "latency_ms_batch", "threads", "backend", "other_load", "latency_repeats",
+                      "latency_interval"}  # fmt: skip
     assert m.params == 131_080 and m.latency_ms > 0 and m.latency_ms_batch > 0
+    assert 1 <= m.latency_repeats <= 5 and m.latency_interval >= 0  # the choices are recorded
+
+
+def test_timing_stops_once_the_median_is_pinned_and_runs_on_when_it_is_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    import autoprune.measure as measure
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: clock["t"])
+
+    def steady() -> None:  # every run takes 1 ms: the median is known after the minimum
+        clock["t"] += 0.001
+
+    assert len(measure._time_runs(steady, warmup=3, repeats=100)) == measure.MIN_REPEATS
+    rng = np.random.default_rng(0)
+
+    def noisy() -> None:  # runs spread over a factor of ten: the interval stays wide
+        clock["t"] += float(rng.uniform(0.0001, 0.001))
+
+    times = measure._time_runs(noisy, warmup=3, repeats=60)
+    assert len(times) == 60  # ran to the count asked for: never pinned to 5%
+    lo, hi = measure.median_interval(times)
+    assert lo <= float(np.median(times)) <= hi and (hi - lo) / 2 > measure.TOLERANCE * float(np.median(times))
+
+    def slow() -> None:  # a second a run: the time budget ends it
+        clock["t"] += 1.0 + float(rng.uniform(0, 0.5))
+
+    assert len(measure._time_runs(slow, warmup=1, repeats=100)) <= measure.MIN_REPEATS
+
+
+def test_the_median_interval_holds_the_median_about_95_percent_of_the_time() -> None:
+    rng = np.random.default_rng(1)
+    covered = 0
+    for _ in range(400):
+        sample = rng.exponential(1.0, size=25)  # skewed, as timings are; true median ln 2
+        lo, hi = median_interval(list(sample))
+        covered += lo <= np.log(2) <= hi
+    assert 0.9 <= covered / 400 <= 0.995
 
 
 def test_every_backend_times_the_model_and_the_fastest_is_reported() -> None:

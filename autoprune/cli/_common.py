@@ -159,5 +159,6 @@ def latency_text(r: dict[str, Any]) -> str:
     if r.get("backend") == "not measured":
         return "not measured (--no-latency)"
     busy = f"; other processes kept {r['other_load']:.1f} cores busy: may read high" if timed_busy(r) else ""
+    runs = f", median of {r['latency_repeats']} runs +- {100 * r['latency_interval']:.0f}%" if r.get("latency_repeats") else ""
     return (f"{r['latency_ms']:.3f} ms at batch 1, {r['latency_ms_batch']:.3f} ms at batch {r.get('latency_batch', 64)} "
-            f"({r['threads']} threads, {r['backend']}{busy})")  # fmt: skip
+            f"({r['threads']} threads, {r['backend']}{runs}{busy})")  # fmt: skip

@@ -66,9 +66,9 @@ def add_latency_options(p: argparse.ArgumentParser) -> None:
 def run_compress(args: argparse.Namespace) -> dict[str, Any]:
     from autoprune.compress import load_recipe
     from autoprune.compress.recipe import check_layers
-    from autoprune.measure import measure_model
     from autoprune.models import create_model
     from autoprune.pipeline import compress, dataset_meta
+    from autoprune.train import measured_base
 
     started = time.perf_counter()
     output_path(args.out, "--out")
@@ -77,7 +77,7 @@ def run_compress(args: argparse.Namespace) -> dict[str, Any]:
     check_layers(config, create_model(spec))  # before any training
     base = load_base(args, splits, spec, train_from_checkpoint=False)
     timing = {"latency": not args.no_latency, "latency_batch": args.latency_batch}
-    base_metrics = measure_model(base.model, splits, threads=args.threads, **timing)
+    base_metrics, measured_before = measured_base(base, splits, threads=args.threads, **timing)
     meta = {
         "dataset": dataset_meta(splits.name, args.data_dir, args.val_fraction, args.seed),
         "recipe": config.name,
@@ -93,7 +93,7 @@ def run_compress(args: argparse.Namespace) -> dict[str, Any]:
         "model": spec.name,
         "dataset": splits.name,
         "out": str(args.out),
-        "base": base_metrics.to_dict(),
+        "base": {**base_metrics.to_dict(), "from_cache": measured_before},
         **result.metrics,
         "layers": [dict(r.__dict__, density=r.density) for r in result.report.layers],
         "norms": [n.to_dict() for n in result.norms],
