@@ -77,7 +77,9 @@ def run_compress(args: argparse.Namespace) -> dict[str, Any]:
     check_layers(config, create_model(spec))  # before any training
     base = load_base(args, splits, spec, train_from_checkpoint=False)
     timing = {"latency": not args.no_latency, "latency_batch": args.latency_batch}
+    measuring = time.perf_counter()
     base_metrics, measured_before = measured_base(base, splits, threads=args.threads, **timing)
+    measuring = time.perf_counter() - measuring
     meta = {
         "dataset": dataset_meta(splits.name, args.data_dir, args.val_fraction, args.seed),
         "recipe": config.name,
@@ -94,6 +96,7 @@ def run_compress(args: argparse.Namespace) -> dict[str, Any]:
         "dataset": splits.name,
         "out": str(args.out),
         "base": {**base_metrics.to_dict(), "from_cache": measured_before},
+        "base_measure_s": round(measuring, 2),
         **result.metrics,
         "layers": [dict(r.__dict__, density=r.density) for r in result.report.layers],
         "norms": [n.to_dict() for n in result.norms],
