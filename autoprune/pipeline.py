@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from autoprune.compress import (
     CompressConfig,
@@ -78,12 +79,18 @@ def compress(
     clock = time.perf_counter()
     model = copy.deepcopy(base).eval()
     torch.manual_seed(seed)
+    # a line per stage, so that a slow one is seen for what it is
+    stages = tqdm(total=5, desc="compress", unit="stage", disable=not progress, leave=False,
+                  bar_format="{desc}: {n}/{total} stages, now {postfix} [{elapsed}]")  # fmt: skip
+    stages.set_postfix_str("pruning (dependency graph, filters, weights)")
 
     ft, u = config.finetune, config.unstructured
     steps = min(u.steps, ft.epochs) if ft.epochs > 0 else 1
     norms = prune_filters_(model, config.structured, torch.zeros(1, *splits.input_shape))
     masks = prune_magnitude_(model, u.at_step(1, steps))
     timings["prune_s"] = time.perf_counter() - clock
+    stages.update()
+    stages.set_postfix_str("fine-tuning")
 
     train_time = time.perf_counter()
     offset = 0
@@ -97,6 +104,8 @@ def compress(
         )  # fmt: skip
         offset += epochs
     timings["finetune_s"] = time.perf_counter() - train_time
+    stages.update()
+    stages.set_postfix_str("weight sharing (k-means, trained quantization)")
 
     q = config.quantize
     bits: dict[str, int] = {}
@@ -120,16 +129,22 @@ def compress(
             timings["finetune_s"] += time.perf_counter() - t
             quant_time += time.perf_counter() - t  # training time is not quantization time
     timings["quantize_s"] = time.perf_counter() - quant_time
+    stages.update()
+    stages.set_postfix_str("packing (Huffman coding) and decoding")
 
     pack_time = time.perf_counter()
     report = save_packed(model, spec, out, bits=bits, config=config.pack, meta=meta)
     decoded, _ = load_packed(out, model=spec.name)
     timings["pack_s"] = time.perf_counter() - pack_time
+    stages.update()
+    stages.set_postfix_str("measuring (accuracy, MACs, latency)")
 
     eval_time = time.perf_counter()
     measured = measure_model(decoded, splits, latency_repeats=latency_repeats, threads=threads, latency=latency,
                              latency_batch=latency_batch)  # fmt: skip
     timings["eval_s"] = time.perf_counter() - eval_time
+    stages.update()
+    stages.close()
 
     metrics = {
         **measured.to_dict(),

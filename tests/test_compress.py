@@ -426,7 +426,14 @@ def zeroed_twin(original: nn.Module, pruned: nn.Module) -> nn.Module:
     return twin
 
 
-@pytest.mark.parametrize("net, whole", [(ChannelShuffle, {"gconv1", "dw", "gconv2"}), (ChannelFlip, {"conv2", "conv3"})])
+def _split_shuffle() -> nn.Module:
+    from tests.zoo import split_shuffle
+
+    return split_shuffle(10, 3)
+
+
+@pytest.mark.parametrize("net, whole", [(ChannelShuffle, {"gconv1", "dw", "gconv2"}), (ChannelFlip, {"conv2"}),
+                                        (_split_shuffle, {"stem", "conv2"})])  # fmt: skip
 def test_couplings_the_graph_cannot_follow_are_left_whole_and_the_rest_is_pruned_correctly(
     net: type, whole: set, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -446,7 +453,7 @@ def test_couplings_the_graph_cannot_follow_are_left_whole_and_the_rest_is_pruned
 def test_the_flip_would_be_corrupted_without_the_check(monkeypatch: pytest.MonkeyPatch) -> None:
     import autoprune.compress.structured as structured
 
-    monkeypatch.setattr(structured, "_untraceable_convs", lambda model, x: set())
+    monkeypatch.setattr(structured, "channel_cuts", lambda model, x: structured.Cuts(None, frozenset()))
     torch.manual_seed(0)
     model = ChannelFlip().eval()
     original = copy.deepcopy(model)
@@ -494,9 +501,11 @@ def test_the_zoo_compresses_reloads_to_identical_outputs_and_exports(name: str, 
     result = compress(base, spec, splits, config, out, base_metrics=measure_model(base, splits, latency=False),
                       progress=False, latency=False)  # fmt: skip
     assert count_params(result.model) < count_params(base)  # filters removed somewhere in every family
+    removed = {n.layer: n.removed for n in result.norms}
     if name == "shuffle":  # the shuffle-coupled convs stay whole, the stem before them does not
-        removed = {n.layer: n.removed for n in result.norms}
         assert removed["stem"] > 0 and removed["gconv1"] == removed["dw"] == removed["gconv2"] == 0
+    if name == "split_shuffle":  # what feeds the shuffle stays whole; the branch's first conv and what follows do not
+        assert removed["stem"] == removed["conv2"] == 0 and removed["conv1"] > 0 and removed["conv3"] > 0
     x = torch.randn(4, 1, 8, 8)
     again, _ = load_packed(out, model=spec.name)
     with torch.no_grad():

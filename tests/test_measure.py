@@ -15,7 +15,6 @@ from autoprune import runtime
 from autoprune.data import load_dataset
 from autoprune.measure import (
     BACKENDS,
-    median_interval,
     accuracy,
     count_macs,
     count_nonzero,
@@ -24,6 +23,7 @@ from autoprune.measure import (
     dense_bytes,
     measure_latency,
     measure_model,
+    median_interval,
     other_load,
 )
 from autoprune.models import ModelSpec, create_model

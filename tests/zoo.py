@@ -110,6 +110,31 @@ class _TwoConsumers(nn.Module):
         return self.fc(torch.cat([y.mean((2, 3)), z.mean((2, 3))], 1))
 
 
+class _SplitShuffle(nn.Module):
+    """ShuffleNetV2's unit: half the channels pass, the other half go through a branch, both
+    are concatenated and shuffled."""
+
+    def __init__(self, num_classes: int, in_channels: int) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, 16, 3, padding=1)
+        self.conv1 = nn.Conv2d(8, 8, 1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.conv3 = nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        x1, x2 = x[:, :8], x[:, 8:]
+        x = torch.cat([x1, torch.relu(self.conv2(torch.relu(self.conv1(x2))))], 1)
+        b, c, h, w = x.shape
+        x = x.view(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, c, h, w)
+        return self.fc(torch.relu(self.conv3(x)).mean((2, 3)))
+
+
+def split_shuffle(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    return _SplitShuffle(num_classes, in_channels)
+
+
 def shuffle(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     return _Shuffle(num_classes, in_channels)
 
@@ -134,4 +159,4 @@ def two_consumers(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     return _TwoConsumers(num_classes, in_channels)
 
 
-ZOO = ["shuffle", "squeeze_excite", "branches", "separable", "transposed", "two_consumers"]
+ZOO = ["shuffle", "split_shuffle", "squeeze_excite", "branches", "separable", "transposed", "two_consumers"]

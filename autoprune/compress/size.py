@@ -31,7 +31,7 @@ from torch import nn
 from autoprune.compress._layers import layer_kind, output_layer, weight_layers
 from autoprune.compress.packing import MAGIC, save_packed
 from autoprune.compress.recipe import CompressConfig
-from autoprune.compress.structured import FilterNormImportance, _removed_count, _untraceable_convs
+from autoprune.compress.structured import FilterNormImportance, _removed_count, channel_cuts
 from autoprune.models import ModelSpec
 from autoprune.ops.huffman import stream_bits
 from autoprune.ops.kmeans import kmeans_1d
@@ -78,18 +78,18 @@ class SizeModel:
         names = {m: n for n, m in model.named_modules()}
         self._layers = weight_layers(model)
         out = output_layer(model)
-        untraceable = _untraceable_convs(model, example)
+        cuts = channel_cuts(model, example)
         # the convs whose ratio structured pruning passes on: as prune_filters_ decides
         self._prunable = {
             n for n, m in self._layers.items()
-            if isinstance(m, nn.Conv2d) and n != out and m.groups == 1 and n not in untraceable
+            if isinstance(m, nn.Conv2d) and n != out and m.groups == 1 and n not in cuts.whole
         }  # fmt: skip
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, forward_fn=cuts.forward)
         importance = FilterNormImportance("l1")
         self._groups: list[tuple[list[str], int, np.ndarray]] = []  # (modules it prunes the outputs of, channels,
         #                                                              channels least important first)
         self._dims: dict[tuple[str, str], _Dim] = {}  # (module, "out" | "in") -> how a group shrinks it
-        ignored = [self._layers[out]]
+        ignored = [self._layers[out], *(self._layers[n] for n in cuts.whole)]
         for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d]):
             imp = importance(group)
             if imp is None:

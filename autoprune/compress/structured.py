@@ -123,15 +123,13 @@ def prune_filters_(
         if removed:
             ratios[conv] = removed / conv.out_channels
         records.append(LayerNorms(name, ordered.tolist(), normalised.tolist(), conv.out_channels - removed, removed))
-    if ratios:
-        for name in _untraceable_convs(model, example_input):
-            conv = convs[name]
-            if conv in ratios:
-                del ratios[conv]
-            why[name] = ("its channels pass through a reshape or transpose over the channel axis (a channel "
-                         "shuffle, say) that the dependency graph cannot follow: left whole")  # fmt: skip
-    if ratios and not _prune_verified(model, example_input, ratios, config,
-                                      ignored=[m for n, m in model.named_modules() if n == keep_whole]):  # fmt: skip
+    cuts = channel_cuts(model, example_input) if ratios else Cuts(None, frozenset())
+    for name in cuts.whole:
+        ratios.pop(convs[name], None)
+        why[name] = ("its channels pass through a reshape or transpose over the channel axis (a channel "
+                     "shuffle, say) that the dependency graph cannot follow: left whole")  # fmt: skip
+    if ratios and not _prune_verified(model, example_input, ratios, config, cuts.forward,
+                                      ignored=[m for n, m in model.named_modules() if n == keep_whole or n in cuts.whole]):  # fmt: skip
         names = {m: n for n, m in convs.items()}
         why.update({names[m]: "torch-pruning's surgery failed on this network: left whole" for m in ratios})
     return _as_removed(records, conv_layers(model), asked, why, config.round_to)
@@ -158,7 +156,7 @@ def _as_removed(
 
 def _prune_verified(
     model: nn.Module, example_input: torch.Tensor, ratios: dict[nn.Module, float], config: FilterPruneConfig,
-    *, ignored: list[nn.Module],
+    forward: Any, *, ignored: list[nn.Module],
 ) -> bool:  # fmt: skip
     """Remove the filters on a copy, check that the copy still runs and gives outputs of the
     same shape, and only then make ``model`` that copy (True); otherwise leave it whole, with a
@@ -178,6 +176,7 @@ def _prune_verified(
             ignored_layers=[twins[id(m)] for m in ignored],
             round_to=config.round_to if config.round_to > 1 else None,
             root_module_types=[nn.Conv2d],
+            forward_fn=forward,  # the graph cut at channel shuffles (None: none to cut)
         )
         pruner.step()
         with torch.no_grad():
@@ -193,47 +192,81 @@ def _prune_verified(
     return True
 
 
-def _untraceable_convs(model: nn.Module, example_input: torch.Tensor) -> set[str]:
-    """Convs whose channels reach another conv through a reshape, view or transpose over the
-    channel axis (a channel shuffle): torch-pruning maps channel i to channel i through such an
-    op, which is wrong, so those convs are left whole. A flatten into the classifier, or a
-    (B, C) <-> (B, C, 1, 1) view in a squeeze-excitation block, keeps the channels in order
-    and is not one of them."""
-    unsafe: set[int] = set()  # ids of the autograd nodes of channel-mixing reshapes
+@dataclass(frozen=True)
+class Cuts:
+    """Where a network mixes its channels in a way torch-pruning's dependency graph cannot
+    follow: a reshape, view or transpose over the channel axis (a channel shuffle, say).
 
-    class Watch(torch.overrides.TorchFunctionMode):
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            name = getattr(func, "__name__", "")
-            x = args[0] if args else None
-            if isinstance(x, torch.Tensor) and isinstance(out, torch.Tensor) and x.dim() >= 2 and out.grad_fn is not None:
-                if name in ("view", "reshape", "flatten", "unflatten", "_unsafe_view"):
-                    channels = x.shape[1]
-                    if out.dim() < 2 or out.shape[1] % channels:
-                        unsafe.add(id(out.grad_fn))
-                elif name in ("transpose", "permute", "swapaxes", "movedim") and x.dim() >= 3:
-                    dims = [a for a in args[1:] if isinstance(a, int)] or list(args[1] if len(args) > 1 else [])
-                    if name == "permute" and dims:
-                        dims = [i for i, d in enumerate(dims) if i != d]
-                    if 1 in [d % x.dim() for d in dims]:
-                        unsafe.add(id(out.grad_fn))
-            return out
+    ``forward`` runs the network with its graph cut at those ops (their output detached), for
+    torch-pruning to trace: the graph then ends at each shuffle, so its groups never cross one.
+    Crossing them was wrong (it maps channel i to channel i through the shuffle) and, on
+    ShuffleNetV2, where every unit ends with one, its search for groups ran for over ten
+    minutes. ``whole`` names the convs whose outputs reach a cut: they keep every filter."""
 
-    def forward(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        with Watch():
-            return m(x)
+    forward: Any
+    whole: frozenset[str]
 
-    graph = tp.DependencyGraph().build_dependency(model, example_input, forward_fn=forward, verbose=False)
-    if not unsafe:
-        return set()
-    names = {m: n for n, m in model.named_modules()}
-    left: set[str] = set()
-    for group in graph.get_all_groups(root_module_types=[nn.Conv2d]):
-        nodes = [n for item in group for n in (item.dep.source, item.dep.target)]
-        convs = {names[n.module] for n in nodes if isinstance(n.module, nn.Conv2d) and n.module in names}
-        if len(convs) > 1 and any(id(getattr(n, "grad_fn", None)) in unsafe for n in nodes):
-            left |= convs
-    return left
+
+def channel_cuts(model: nn.Module, example_input: torch.Tensor) -> Cuts:
+    """Trace ``model`` once and find its channel-mixing ops and the convs that feed them. A
+    flatten into the classifier, or a (B, C) <-> (B, C, 1, 1) view in a squeeze-excitation
+    block, keeps the channels in order and is not one of them."""
+
+    def forward(m: nn.Module, x: torch.Tensor, seen: list[torch.Tensor] | None = None) -> Any:
+        """The output, and what went into each channel-mixing op: torch-pruning traces back
+        from every output, so the part before a cut stays in its graph (ending there)."""
+        seen = [] if seen is None else seen
+
+        class Cut(torch.overrides.TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                x = args[0] if args else None
+                if isinstance(x, torch.Tensor) and isinstance(out, torch.Tensor) and _mixes_channels(func, x, out, args):
+                    seen.append(x)
+                    return out.detach()
+                return out
+
+        with Cut():
+            return (m(x), *seen)
+
+    inputs: list[torch.Tensor] = []
+    was_training = model.training
+    model.eval()
+    try:
+        forward(model, example_input, inputs)
+    finally:
+        model.train(was_training)
+    owner = {id(p): n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) for p in m.parameters(recurse=False)}
+    whole: set[str] = set()
+    for x in inputs:  # walk back from each cut to the convs that produced its channels
+        stack, seen = [x.grad_fn], set()
+        while stack:
+            node = stack.pop()
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            convs = [owner[id(v)] for fn, _ in node.next_functions if fn is not None
+                     for v in [getattr(fn, "variable", None)] if v is not None and id(v) in owner]  # fmt: skip
+            if convs:
+                whole.update(convs)  # a conv's own output: what lies before it is not coupled to the cut
+                continue
+            stack.extend(fn for fn, _ in node.next_functions)
+    return Cuts(forward if inputs else None, frozenset(whole))
+
+
+def _mixes_channels(func: Any, x: torch.Tensor, out: torch.Tensor, args: tuple) -> bool:
+    name = getattr(func, "__name__", "")
+    if x.dim() < 2 or out.grad_fn is None:
+        return False
+    if name in ("view", "reshape", "flatten", "unflatten", "_unsafe_view"):
+        channels = x.shape[1]
+        return out.dim() < 2 or out.shape[1] % channels != 0
+    if name in ("transpose", "permute", "swapaxes", "movedim") and x.dim() >= 3:
+        dims = [a for a in args[1:] if isinstance(a, int)] or list(args[1] if len(args) > 1 else [])
+        if name == "permute" and dims:
+            dims = [i for i, d in enumerate(dims) if i != d]
+        return 1 in [d % x.dim() for d in dims]
+    return False
 
 
 def _removed_count(channels: int, ratio: float, round_to: int) -> int:
