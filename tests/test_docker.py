@@ -1,5 +1,6 @@
-"""docker/: no Docker engine runs here, so the files are checked statically. Their commands are
-run natively elsewhere (test_search's PostgreSQL test runs setup-only, then workers)."""
+"""docker/: the files checked statically (every command a valid autoprune command, the linters),
+and docker/e2e.sh run for real where a Docker engine runs or can be started: here, with a wrong
+database password, it must stop at the step that meets it and say so (.ci/run runs it whole)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def _services() -> dict[str, dict]:
 def test_every_compose_command_is_a_valid_autoprune_command() -> None:
     parser = build_parser()
     commands = {name: [_with_defaults(w) for w in s["command"]]
-                for name, s in _services().items() if s.get("image", "").startswith("autoprune")}  # fmt: skip
+                for name, s in _services().items() if _with_defaults(s.get("image", "")).startswith("autoprune")}  # fmt: skip
     assert set(commands) == {"setup", "worker", "dashboard"}
     parsed = {name: parser.parse_args(words) for name, words in commands.items()}
     assert parsed["setup"].setup_only and not parsed["worker"].setup_only
@@ -48,11 +49,19 @@ def test_workers_start_after_setup_and_share_cache_and_artifacts() -> None:
     assert all({"/cache", "/app/studies/artifacts"} <= m for m in mounts.values())
 
 
-def test_dockerfile_installs_cpu_torch_before_the_project() -> None:
-    runs = [line for line in DOCKERFILE.read_text().splitlines() if line.startswith("RUN ")]
+def test_dockerfile_installs_cpu_torch_before_the_project_and_defaults_to_the_public_images() -> None:
+    text = DOCKERFILE.read_text()
+    runs = [line for line in text.replace("\\\n", " ").splitlines() if line.startswith("RUN ")]
     torch_at = next(i for i, r in enumerate(runs) if "torch==" in r)
-    project_at = next(i for i, r in enumerate(runs) if "pip install ." in r)
-    assert torch_at < project_at and "download.pytorch.org/whl/cpu" in runs[torch_at]
+    project_at = next(i for i, r in enumerate(runs) if re.search(r"pip install .*\.$", r))
+    assert torch_at < project_at and '--index-url "$TORCH_INDEX"' in runs[torch_at]
+    # a user with Docker Hub and PyTorch's index gets what they always got
+    assert "ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu" in text and "ARG BASE=python:3.11-slim-bookworm" in text
+    build = yaml.safe_load(COMPOSE.read_text())["x-autoprune"]["build"]["args"]
+    assert _with_defaults(build["BASE"]) == "python:3.11-slim-bookworm"
+    assert _with_defaults(build["TORCH_INDEX"]) == "https://download.pytorch.org/whl/cpu"
+    assert _with_defaults(_services()["postgres"]["image"]) == "postgres:16-bookworm"
+    assert "USER 1000" in text and "PASSWORD" not in text
 
 
 @pytest.mark.parametrize("tool, args", [("hadolint", [str(DOCKERFILE)]),
@@ -64,3 +73,44 @@ def test_docker_files_pass_their_linters(tool: str, args: list[str]) -> None:
         pytest.skip(f"{tool} is not installed (README, 'Docker', says how)")
     r = subprocess.run([found, *args], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def docker_engine() -> str | None:
+    """Why no Docker engine can be used here, or None: one that answers, or one started now
+    (dockerd as root in the background, as .ci/run does)."""
+    if shutil.which("docker") is None or shutil.which("docker-compose") is None:
+        return "docker or docker-compose is not installed"
+    answers = lambda: subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0  # noqa: E731
+    if answers():
+        return None
+    import os
+
+    if os.geteuid() != 0 or shutil.which("dockerd") is None:
+        return "no Docker engine answers and none can be started (dockerd needs root)"
+    subprocess.Popen(["dockerd"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    import time
+
+    for _ in range(60):
+        if answers():
+            return None
+        time.sleep(1)
+    return "dockerd did not answer within 60 s"
+
+
+@pytest.mark.slow
+def test_e2e_names_the_step_that_fails_and_cleans_up() -> None:
+    why = docker_engine()
+    if why:
+        pytest.skip(why)
+    env = {**__import__("os").environ, "DB_PASSWORD": "not-the-password", "E2E_PROJECT": "autoprune-e2e-fail",
+           "E2E_KEEP_IMAGES": "1", "E2E_PORT": "18081"}  # the full run (.ci/run) reuses the images  # fmt: skip
+    r = subprocess.run(["bash", str(REPO / "docker" / "e2e.sh")], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=1200)  # fmt: skip
+    assert r.returncode != 0, r.stdout
+    assert "e2e: FAILED at step: up" in r.stderr, r.stdout + r.stderr
+    assert "password authentication failed" in r.stderr, r.stderr  # setup's one line, the database's words
+    assert "e2e: ok: build" in r.stdout and "e2e: ok: images" in r.stdout  # a line per step before it, timed
+    left = subprocess.run(["docker", "ps", "-aq", "--filter", "label=com.docker.compose.project=autoprune-e2e-fail"],
+                          capture_output=True, text=True).stdout.split()  # fmt: skip
+    assert not left  # cleaned up, also on failure
+    assert not list((REPO / "docker" / "wheels").glob("*.whl"))

@@ -165,7 +165,8 @@ def open_storage(
             if not create or attempt == SCHEMA_ATTEMPTS - 1:
                 raise StorageError(f"cannot open storage {info.safe_url}: {_reason(e, info)}") from None
             time.sleep(random.uniform(0.2, 1.0))
-        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as e:
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError, TypeError) as e:
+            # TypeError: the driver on a database it cannot read (SQL_ASCII text comes back as bytes)
             raise StorageError(f"cannot open storage {info.safe_url}: {_reason(e, info)}") from None
     raise AssertionError("unreachable")
 
