@@ -7,7 +7,7 @@
 #    stand-ins built from Debian's packages (a bookworm root filesystem by mmdebstrap with
 #    Python 3.11, and PostgreSQL on it), and every wheel the image needs built on this host
 #    (pip wheel, the CPU build of torch included) so that the image installs offline;
-# 2. the compose stack up with the digits spec, E2E_TRIALS trials (default 8) and two worker
+# 2. the compose stack up with the digits spec, E2E_TRIALS trials (default 12) and two worker
 #    containers; one worker container killed while its trial runs;
 # 3. the study must end with exactly the planned number of finished trials, the killed trial
 #    failed (and retried), nothing left running;
@@ -26,7 +26,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PROJECT="${E2E_PROJECT:-autoprune-e2e}"
-export COMPOSE_PROJECT_NAME="$PROJECT" TRIALS="${E2E_TRIALS:-8}" JOBS=1 DASHBOARD_PORT="${E2E_PORT:-18080}"
+export COMPOSE_PROJECT_NAME="$PROJECT" TRIALS="${E2E_TRIALS:-12}" JOBS=1 DASHBOARD_PORT="${E2E_PORT:-18080}"
 SOURCES="$(find docker/Dockerfile pyproject.toml README.md autoprune studies -type f \( -name '*.py' -o -name '*.toml' \
     -o -name Dockerfile -o -name '*.md' \) -not -path '*/__pycache__/*' | sort | xargs cat | sha256sum | cut -c1-12)"
 export AUTOPRUNE_IMAGE="autoprune-e2e/autoprune:$SOURCES"
@@ -48,7 +48,7 @@ step() {
     say "$STEP ..."
 }
 fail() { echo "e2e: $*" >&2; exit 1; }
-sql() { "${COMPOSE[@]}" exec -T postgres psql -U autoprune -d autoprune -tAc "$1" 2>/dev/null | tr -d '[:space:]'; }
+sql() { docker exec "$("${COMPOSE[@]}" ps -q postgres)" psql -U autoprune -d autoprune -tAc "$1" 2>/dev/null | tr -d '[:space:]'; }
 cleanup() {
     local status=$?
     if [ "$status" -ne 0 ]; then
@@ -59,6 +59,7 @@ cleanup() {
     if [ "${E2E_KEEP_IMAGES:-}" != 1 ]; then
         docker rmi -f "$AUTOPRUNE_IMAGE" "$STAND_IN_POSTGRES" "$STAND_IN_BASE" >/dev/null 2>&1 || true
     fi
+    docker image prune -f --filter label=autoprune.stage=build >/dev/null 2>&1 || true  # the build stage's leftovers
     rm -rf "$TMP" docker/wheels/*.whl
     [ "$status" -eq 0 ] && say "passed in $(( $(date +%s) - STARTED )) s"
     exit "$status"
@@ -109,10 +110,10 @@ fi
 
 step "up"
 "${COMPOSE[@]}" up -d --scale worker=2 >/dev/null 2>&1 || true
-for _ in $(seq 300); do
+for _ in $(seq 600); do
     setup="$("${COMPOSE[@]}" ps -q setup)"
     [ -n "$setup" ] && [ "$(docker inspect -f '{{.State.Status}}' "$setup")" = exited ] && break
-    sleep 1
+    sleep 0.5
 done
 [ -n "$setup" ] || fail "the setup container never started"
 code="$(docker inspect -f '{{.State.ExitCode}}' "$setup")"
@@ -121,12 +122,17 @@ workers="$("${COMPOSE[@]}" ps -q worker | wc -l)"
 [ "$workers" = 2 ] || fail "expected 2 worker containers, found $workers"
 
 step "kill a worker"
-for _ in $(seq 300); do
-    [ "$(sql "SELECT count(*) FROM trials WHERE state = 'RUNNING'")" -ge 1 ] 2>/dev/null && break
-    sleep 1
+victim=""
+for _ in $(seq 600); do  # the first running trial: kill a worker container that is running one
+    if [ "$(sql "SELECT count(*) FROM trials WHERE state = 'RUNNING'")" -ge 1 ] 2>/dev/null; then
+        for container in $("${COMPOSE[@]}" ps -q worker); do
+            docker kill "$container" >/dev/null 2>&1 && { victim="$container"; break; }
+        done
+        [ -n "$victim" ] && break
+    fi
+    sleep 0.5
 done
-victim="$("${COMPOSE[@]}" ps -q worker | head -n 1)"
-docker kill "$victim" >/dev/null
+[ -n "$victim" ] || fail "no worker container could be killed while a trial ran"
 say "killed worker container ${victim:0:12} with a trial running"
 
 step "study complete"
