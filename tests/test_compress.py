@@ -39,6 +39,7 @@ from autoprune.models import ModelSpec, create_model
 from autoprune.pipeline import compress
 from autoprune.runtime import ort_session, run_session
 from autoprune.train import TrainConfig, fit, train_base
+from tests.conftest import REPO
 from tests.zoo import ZOO
 
 warnings.filterwarnings("ignore", module="torch_pruning")
@@ -513,3 +514,35 @@ def test_the_zoo_compresses_reloads_to_identical_outputs_and_exports(name: str, 
         expected = result.model(x).numpy()
     graph = export_onnx(again, (1, 8, 8), tmp_path / f"{name}.onnx")
     np.testing.assert_allclose(run_session(ort_session(graph), x.numpy()), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("factory", ["shufflenet_g2", "shufflenetv2"])
+def test_the_real_shufflenets_compress_with_their_shuffles_left_whole_and_reload(factory: str, tmp_path: Path) -> None:
+    """ShuffleNet (two groups) and ShuffleNetV2 as users bring them (bench/cifar_nets.py, after
+    kuangliu/pytorch-cifar): the first crashed torch-pruning's surgery, the second hung it for
+    over ten minutes. Both compress, the convs feeding a channel shuffle keep every filter, the
+    others lose theirs, and the packed file reloads to the same outputs."""
+    from autoprune.compress import CompressConfig, load_packed
+    from autoprune.data import load_dataset
+    from autoprune.measure import measure_model
+    from autoprune.pipeline import compress
+    from tests.conftest import write_npz
+
+    splits = load_dataset("npz", data_dir=write_npz(tmp_path / "rgb16.npz", (16, 16, 3), n=160), val_fraction=0.25)
+    spec = ModelSpec(f"{REPO / 'bench' / 'cifar_nets.py'}:{factory}", 10, 3, (16, 16))
+    torch.manual_seed(0)
+    base = create_model(spec).eval()
+    config = CompressConfig.from_dict({
+        "name": "any-cnn", "structured": {"default": 0.3}, "unstructured": {"default": 0.5},
+        "finetune": {"epochs": 1, "max_batches": 1}, "quantize": {"conv_bits": 6, "fc_bits": 4, "epochs": 0},
+    })  # fmt: skip
+    result = compress(base, spec, splits, config, tmp_path / "m.apk", progress=False, latency=False,
+                      base_metrics=measure_model(base, splits, latency=False))  # fmt: skip
+    shuffled = {n.layer for n in result.norms if "reshape or transpose" in n.why}
+    assert shuffled and all(n.removed == 0 for n in result.norms if n.layer in shuffled)
+    assert sum(n.removed for n in result.norms) > 0 and count_params(result.model) < count_params(base)
+    again, _ = load_packed(tmp_path / "m.apk", model=spec.name)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(again(x), result.model(x))
