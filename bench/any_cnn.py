@@ -50,18 +50,24 @@ def autoprune(*args: str, timeout: float = 900) -> tuple[dict, float]:
     return json.loads(r.stdout), wall
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--nets", default=",".join(NETS))
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "any_cnn.json")
-    args = ap.parse_args()
+def inputs() -> Path:
+    """A folder with the report's data (512 random 32x32x3 images, 10 classes) and recipe."""
     tmp = Path(tempfile.mkdtemp())
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, size=(512, 32, 32, 3), dtype=np.uint8)
     y = rng.integers(0, 10, size=512)
     np.savez(tmp / "rgb32.npz", x_train=x, y_train=y, x_test=x[:128], y_test=y[:128])
     (tmp / "recipe.toml").write_text(RECIPE)
+    return tmp
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nets", default=",".join(NETS))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "any_cnn.json")
+    args = ap.parse_args()
+    tmp = inputs()
     rows = []
     for net in args.nets.split(","):
         data = ["--model", net, "--dataset", "npz", "--data-dir", str(tmp / "rgb32.npz"), "--threads", str(args.threads)]

@@ -17,36 +17,10 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
-RECIPE = """name = "any-cnn-report"
-[structured]
-default = 0.3
-[unstructured]
-default = 0.5
-[finetune]
-epochs = 1
-max_batches = 4
-[quantize]
-conv_bits = 6
-fc_bits = 4
-epochs = 1
-"""
-
-
-def autoprune(*args: str) -> tuple[dict, float]:
-    started = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "autoprune", *args], capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    if r.returncode != 0:
-        raise SystemExit(f"autoprune {' '.join(args)} failed: {r.stderr.strip()}")
-    return json.loads(r.stdout), wall
+from any_cnn import autoprune, inputs  # the same recipe, data and way to run the command
 
 
 def other_load(seconds: float = 2.0) -> float:
@@ -67,12 +41,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("bench/results/compress_time.json"))
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp())
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, size=(512, 32, 32, 3), dtype=np.uint8)
-    y = rng.integers(0, 10, size=512)
-    np.savez(tmp / "rgb32.npz", x_train=x, y_train=y, x_test=x[:128], y_test=y[:128])
-    (tmp / "recipe.toml").write_text(RECIPE)
+    tmp = inputs()
     data = ["--model", args.model, "--dataset", "npz", "--data-dir", str(tmp / "rgb32.npz"), "--epochs", "1",
             "--threads", str(args.threads)]  # fmt: skip
     autoprune("train", *data, "--json", "-q")  # the base, trained and cached outside the timing
