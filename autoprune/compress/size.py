@@ -31,7 +31,7 @@ from torch import nn
 from autoprune.compress._layers import layer_kind, output_layer, weight_layers
 from autoprune.compress.packing import MAGIC, save_packed
 from autoprune.compress.recipe import CompressConfig
-from autoprune.compress.structured import FilterNormImportance, _removed_count, channel_cuts
+from autoprune.compress.structured import Cuts, FilterNormImportance, _removed_count, channel_cuts
 from autoprune.models import ModelSpec
 from autoprune.ops.huffman import stream_bits
 from autoprune.ops.kmeans import kmeans_1d
@@ -75,7 +75,6 @@ class SizeModel:
         input_shape = (spec.in_channels, *spec.image_size)
         model = copy.deepcopy(base).eval()
         example = torch.zeros(1, *input_shape)
-        names = {m: n for n, m in model.named_modules()}
         self._layers = weight_layers(model)
         out = output_layer(model)
         cuts = channel_cuts(model, example)
@@ -84,12 +83,27 @@ class SizeModel:
             n for n, m in self._layers.items()
             if isinstance(m, nn.Conv2d) and n != out and m.groups == 1 and n not in cuts.whole
         }  # fmt: skip
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, forward_fn=cuts.forward)
-        importance = FilterNormImportance("l1")
         self._groups: list[tuple[list[str], int, np.ndarray]] = []  # (modules it prunes the outputs of, channels,
         #                                                              channels least important first)
         self._dims: dict[tuple[str, str], _Dim] = {}  # (module, "out" | "in") -> how a group shrinks it
-        ignored = [self._layers[out], *(self._layers[n] for n in cuts.whole)]
+        self._read_groups(model, example, cuts, ignored=[self._layers[out], *(self._layers[n] for n in cuts.whole)])
+        self._weights = {n: m.weight.detach().float().numpy() for n, m in self._layers.items()}
+        state = model.state_dict()
+        weight_keys = {f"{n}.weight" for n in self._layers}
+        self._raw = [  # (module, 1-D along its out channels, bytes) of every tensor stored raw
+            (key.rsplit(".", 1)[0], t.dim() == 1, t.numel() * t.element_size())
+            for key, t in state.items() if key not in weight_keys or t.dtype != torch.float32
+        ]  # fmt: skip
+        self._header = self._header_bytes(base, spec, input_shape)
+        self._clusters: dict[tuple, tuple[float, int]] = {}  # (layer, bits, init, mode, level) -> value cost
+        self._kept_cache: dict[tuple[str, str, int], np.ndarray] = {}  # (module, dim, removed) -> kept indices
+
+    def _read_groups(self, model: nn.Module, example: torch.Tensor, cuts: Cuts, *, ignored: list[nn.Module]) -> None:
+        """torch-pruning's dependency groups of the network, once: which modules' outputs and
+        inputs each group shrinks, and its channels in the order they would be removed."""
+        names = {m: n for n, m in model.named_modules()}
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, forward_fn=cuts.forward)
+        importance = FilterNormImportance("l1")
         for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d]):
             imp = importance(group)
             if imp is None:
@@ -107,16 +121,6 @@ class SizeModel:
                     continue
                 dim = "out" if graph.is_out_channel_pruning_fn(item.dep.handler) else "in"
                 self._dims.setdefault((module, dim), _Dim(g, np.asarray(item.idxs), np.asarray(item.root_idxs)))
-        self._weights = {n: m.weight.detach().float().numpy() for n, m in self._layers.items()}
-        state = model.state_dict()
-        weight_keys = {f"{n}.weight" for n in self._layers}
-        self._raw = [  # (module, 1-D along its out channels, bytes) of every tensor stored raw
-            (key.rsplit(".", 1)[0], t.dim() == 1, t.numel() * t.element_size())
-            for key, t in state.items() if key not in weight_keys or t.dtype != torch.float32
-        ]  # fmt: skip
-        self._header = self._header_bytes(base, spec, input_shape)
-        self._clusters: dict[tuple, tuple[float, int]] = {}  # (layer, bits, init, mode, level) -> value cost
-        self._kept_cache: dict[tuple[str, str, int], np.ndarray] = {}  # (module, dim, removed) -> kept indices
 
     # ------------------------------------------------------------------ structure
 
