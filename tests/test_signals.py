@@ -16,6 +16,9 @@ SCRIPT = Path(sys.executable).parent / "autoprune"
 @pytest.mark.slow
 @pytest.mark.skipif(not SCRIPT.is_file(), reason=f"no installed console script at {SCRIPT}")
 def test_kill_usr1_prints_the_stacks_of_the_console_script_and_it_goes_on(tmp_path: Path) -> None:
+    import optuna
+
+    optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}")  # the dashboard shows a database, never makes one
     port = 18000 + (int(time.time()) % 1000)
     proc = subprocess.Popen([str(SCRIPT), "dashboard", "--storage", f"sqlite:///{tmp_path / 's.db'}",
                              "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
