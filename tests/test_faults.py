@@ -168,7 +168,11 @@ def _iptables_usable() -> bool:
 
 
 class Relay:
-    """A TCP relay on a free local port to PostgreSQL, so that packets to it alone can be dropped."""
+    """A TCP relay on a free local port to PostgreSQL, so that packets to it alone can be dropped.
+
+    When either side of a connection ends, both are closed, and `close` ends them all: a client
+    killed while its packets were dropped must not leave its server session open, holding the
+    locks of a transaction that nobody will finish (the study's cleanup would wait on them)."""
 
     def __init__(self, host: str, port: int) -> None:
         import socket
@@ -176,6 +180,7 @@ class Relay:
 
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
+        self.sockets: list[socket.socket] = []
 
         def pipe(a: socket.socket, b: socket.socket) -> None:
             try:
@@ -183,6 +188,8 @@ class Relay:
                     b.sendall(data)
             except OSError:
                 pass
+            for s in (a, b):
+                s.close()
 
         def accept() -> None:
             while True:
@@ -190,11 +197,24 @@ class Relay:
                     client, _ = self.server.accept()
                 except OSError:
                     return
-                upstream = socket.create_connection((host, port))
+                upstream = socket.create_connection((host, port), timeout=10)
+                upstream.settimeout(None)
+                self.sockets += [client, upstream]
                 for a, b in ((client, upstream), (upstream, client)):
                     threading.Thread(target=pipe, args=(a, b), daemon=True).start()
 
         threading.Thread(target=accept, daemon=True).start()
+
+    def close(self) -> None:
+        import socket
+
+        self.server.close()
+        for s in self.sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
 
 
 @pytest.mark.slow
@@ -211,7 +231,8 @@ def test_a_silently_dead_connection_is_one_line_within_the_timeout(interrupt: bo
     spec = tmp_path / "paused.toml"
     text = SPEC.format(n=50, grace=GRACE, artifacts=tmp_path / "a", recipes=REPO / "studies" / "recipes")
     spec.write_text(text.replace(f"grace_period = {GRACE}", f"grace_period = {GRACE}\ndb_timeout = 5"))
-    storage = optuna.storages.RDBStorage(PG_URL)
+    # Its own session waits at most 30 s on a lock: a leftover session fails the test, never hangs it.
+    storage = optuna.storages.RDBStorage(PG_URL, engine_kwargs={"connect_args": {"options": "-c lock_timeout=30000"}})
     proc = start([str(spec), "--storage", url, "--study", name])
     rules = [["INPUT", "-p", "tcp", "--dport", str(relay.port), "-j", "DROP"],
              ["INPUT", "-p", "tcp", "--sport", str(relay.port), "-j", "DROP"]]  # fmt: skip
@@ -232,6 +253,7 @@ def test_a_silently_dead_connection_is_one_line_within_the_timeout(interrupt: bo
         for rule in rules:
             subprocess.run(["iptables", "-D", *rule], capture_output=True)
         kill(proc)
+        relay.close()
     lines = [line for line in err.strip().splitlines() if not line.startswith("stopping at the next safe point")]
     assert len(lines) == 1 and "Traceback" not in err, err  # Ctrl-C's own notice, then one line
     assert took < 5 + 2, (took, err)  # db_timeout (5 s: ping and reconnect, 2 s each) and the next heartbeat (1 s)
