@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import subprocess
 import sys
 import time
@@ -125,6 +126,14 @@ def test_timing_stops_once_the_median_is_pinned_and_runs_on_when_it_is_not(monke
         clock["t"] += 1.0 + float(rng.uniform(0, 0.5))
 
     assert len(measure._time_runs(slow, warmup=1, repeats=100)) <= measure.MIN_REPEATS
+    calls = {"n": 0}
+
+    def counted() -> None:  # 0.2 s a run: warm-up stops after its own budget, timing runs on
+        calls["n"] += 1
+        clock["t"] += 0.2
+
+    times = measure._time_runs(counted, warmup=10, repeats=100)
+    assert calls["n"] - len(times) == math.ceil(measure.WARMUP_S / 0.2 + 1e-9) < 10
 
 
 def test_the_median_interval_holds_the_median_about_95_percent_of_the_time() -> None:
