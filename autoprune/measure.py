@@ -136,7 +136,8 @@ BACKENDS = ("onnxruntime", "onednn", "native")
 # distribution-free 95% interval, from the order statistics), after at least MIN_REPEATS runs,
 # or when a plan has spent BUDGET_S seconds on one backend, whichever comes first, and at most
 # the count asked for. A small network needs few runs to pin its median; a large one is not
-# timed fifty times for nothing (MobileNetV2's compress spent 162 s timing, BENCHMARKS.md).
+# timed fifty times for nothing (a full-width MobileNetV2's compress spent 162 s timing: issue
+# 17; BENCHMARKS.md has it before and after).
 TOLERANCE = 0.05  # half-width of the median's 95% interval, relative to the median
 MIN_REPEATS = 7
 BUDGET_S = 2.0

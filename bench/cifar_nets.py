@@ -164,7 +164,8 @@ class InvertedResidual(nn.Module):
         self.bn3 = nn.BatchNorm2d(out_planes)
         self.shortcut = nn.Identity()
         if stride == 1 and in_planes != out_planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, out_planes, 1, bias=False), nn.BatchNorm2d(out_planes))
+            projection = nn.Conv2d(in_planes, out_planes, 1, bias=False)
+            self.shortcut = nn.Sequential(projection, nn.BatchNorm2d(out_planes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -173,11 +174,14 @@ class InvertedResidual(nn.Module):
         return out + self.shortcut(x) if self.stride == 1 else out
 
 
-def mobilenetv2(num_classes: int = 10, in_channels: int = 3, image_size: tuple[int, int] = (32, 32)) -> nn.Module:
+def mobilenetv2(
+    num_classes: int = 10, in_channels: int = 3, image_size: tuple[int, int] = (32, 32)
+) -> nn.Module:
     """MobileNetV2 for 32x32 input (stride 1 where ImageNet's has 2 in the stem and stage 2)."""
-    # (expansion, out_planes, blocks, stride)
-    cfg = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
-    layers: list[nn.Module] = [nn.Conv2d(in_channels, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU()]
+    cfg = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2),
+           (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]  # (expansion, out_planes, blocks, stride)
+    stem = nn.Conv2d(in_channels, 32, 3, padding=1, bias=False)
+    layers: list[nn.Module] = [stem, nn.BatchNorm2d(32), nn.ReLU()]
     in_planes = 32
     for expansion, out_planes, blocks, stride in cfg:
         for i in range(blocks):

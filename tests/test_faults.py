@@ -232,7 +232,8 @@ def test_a_silently_dead_connection_is_one_line_within_the_timeout(interrupt: bo
     text = SPEC.format(n=50, grace=GRACE, artifacts=tmp_path / "a", recipes=REPO / "studies" / "recipes")
     spec.write_text(text.replace(f"grace_period = {GRACE}", f"grace_period = {GRACE}\ndb_timeout = 5"))
     # Its own session waits at most 30 s on a lock: a leftover session fails the test, never hangs it.
-    storage = optuna.storages.RDBStorage(PG_URL, engine_kwargs={"connect_args": {"options": "-c lock_timeout=30000"}})
+    no_hang = {"connect_args": {"options": "-c lock_timeout=30000"}}
+    storage = optuna.storages.RDBStorage(PG_URL, engine_kwargs=no_hang)
     proc = start([str(spec), "--storage", url, "--study", name])
     rules = [["INPUT", "-p", "tcp", "--dport", str(relay.port), "-j", "DROP"],
              ["INPUT", "-p", "tcp", "--sport", str(relay.port), "-j", "DROP"]]  # fmt: skip
