@@ -129,3 +129,13 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
 def onnx_log_to_stderr() -> None:
     """Send torch's ONNX exporter log to stderr (a failed export prints the whole graph)."""
     torch._C._jit_set_onnx_log_output_stream("stderr")
+
+
+def release_process_resources() -> None:
+    """Before ``os._exit``: unlink the semaphores this process created (a ``--jobs`` log queue's),
+    as a normal exit would; without it multiprocessing's resource tracker prints a warning about
+    leaked semaphores after our one line. Runs only the finalizers of priority 0 and above, which
+    never wait (a queue's feeder-thread join has -5)."""
+    import multiprocessing.util
+
+    multiprocessing.util._run_finalizers(0)

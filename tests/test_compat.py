@@ -84,3 +84,21 @@ def test_holds_agrees_with_optuna_on_what_a_distribution_contains(dist, inside, 
         assert holds(dist, v) and dist._contains(dist.to_internal_repr(v))
     for v in outside:
         assert not holds(dist, v)
+
+
+def test_an_os_exit_after_releasing_resources_leaves_no_leaked_semaphore() -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import multiprocessing, os\n"
+        "from autoprune._compat import release_process_resources\n"
+        "q = multiprocessing.get_context('spawn').Queue()\n"
+        "release = {release}\n"
+        "if release: release_process_resources()\n"
+        "os._exit(2)\n"
+    )
+    leaked = subprocess.run([sys.executable, "-c", script.format(release=False)], capture_output=True, text=True)
+    clean = subprocess.run([sys.executable, "-c", script.format(release=True)], capture_output=True, text=True)
+    assert "leaked semaphore" in leaked.stderr  # what the line after ours looked like
+    assert clean.returncode == 2 and "leaked semaphore" not in clean.stderr, clean.stderr

@@ -25,7 +25,7 @@ import sqlalchemy
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 
-from autoprune._compat import HeartbeatJournalStorage
+from autoprune._compat import HeartbeatJournalStorage, release_process_resources
 from autoprune.errors import AutoPruneError
 
 DEFAULT_STORAGE = "sqlite:///studies/autoprune.db"  # relative to the current folder
@@ -271,6 +271,7 @@ def exit_if_storage_lost(thread_name: str, e: BaseException | None, prefix: str)
     if cause is not None and _ACTIVE:
         info = _ACTIVE[-1]
         print(f"{prefix}: error: storage {info.safe_url} failed: {_reason(cause, info)}", file=sys.stderr, flush=True)
+        release_process_resources()
         os._exit(2)
 
 
