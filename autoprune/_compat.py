@@ -1,6 +1,6 @@
 """Every use of another library's private internals, in one place.
 
-Optuna and torch offer no public way to do these; each is pinned by a test
+Optuna, torch and multiprocessing offer no public way to do these; each is pinned by a test
 (tests/test_compat.py) that fails loudly when an upgrade moves it, and pyproject.toml bounds
 the versions. Nothing else in autoprune reaches into ``_private`` names of Optuna or torch.
 """
