@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import heapq
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -17,6 +19,7 @@ from autoprune.ops import (
     pack_fixed,
     unpack_fixed,
 )
+from autoprune.ops.huffman import _huffman_lengths
 
 
 @pytest.mark.parametrize("init", ["linear", "density", "forgy"])
@@ -72,6 +75,28 @@ def test_huffman_round_trip(symbols: list[int], alphabet: int) -> None:
     data = code.encode(x)
     assert np.array_equal(code.decode(data, x.size), x)
     assert len(data) == (code.encoded_bits(x) + 7) // 8
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 10_000), min_size=1, max_size=300))
+def test_huffman_lengths_are_a_complete_optimal_code(counts: list[int]) -> None:
+    c = np.asarray(counts, dtype=np.int64)
+    if not c.any():
+        c[0] = 1
+    lengths = _huffman_lengths(c)
+    used = c > 0
+    assert np.all((lengths > 0) == used)
+    if used.sum() > 1:
+        assert np.sum(2.0 ** -lengths[used]) == 1.0  # complete: Kraft's equality
+        # optimal: a Huffman code costs the sum of the weights of its merges
+        heap = [int(x) for x in c[used]]
+        heapq.heapify(heap)
+        optimum = 0
+        while len(heap) > 1:
+            merged = heapq.heappop(heap) + heapq.heappop(heap)
+            optimum += merged
+            heapq.heappush(heap, merged)
+        assert int((c * lengths).sum()) == optimum
 
 
 def test_huffman_is_shorter_than_fixed_width_on_skewed_data() -> None:

@@ -19,6 +19,7 @@ import functools
 import logging
 import struct
 import tempfile
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -39,6 +40,7 @@ from autoprune.ops.sparse import expected_gap_counts
 
 SAMPLE = 20_000  # surviving base weights k-means is run on, per layer, for the value stream's cost
 EXACT = 200  # up to this many surviving weights, k-means runs on the candidate's own
+KEPT_CACHE_BYTES = 256 << 20  # layers' kept weights, gathered once per shape, kept for the next candidate
 _FILE_OVERHEAD = len(MAGIC) + 5 + 4  # magic, version and header length, crc32
 
 
@@ -97,6 +99,12 @@ class SizeModel:
         self._header = self._header_bytes(base, spec, input_shape)
         self._clusters: dict[tuple, tuple[float, int]] = {}  # (layer, bits, init, mode, level) -> value cost
         self._kept_cache: dict[tuple[str, str, int], np.ndarray] = {}  # (module, dim, removed) -> kept indices
+        self._kept_weights_cache: OrderedDict[tuple[str, int, int], _KeptWeights] = OrderedDict()  # LRU order
+        self._kept_bytes = 0
+        self._exact: dict[tuple, tuple[float, int]] = {}  # (layer, kept, nonzero, bits, init) -> value cost
+        self._shuffled: dict[str, np.ndarray] = {}  # layer -> its base weights in one fixed random order
+        self._samples: dict[tuple[str, str, float], np.ndarray] = {}  # (layer, mode, level) -> survivors sampled
+        self._shares: dict[tuple[str, int], float] = {}  # (module, removed from its group) -> outputs kept
 
     def _read_groups(self, model: nn.Module, example: torch.Tensor, cuts: Cuts, *, ignored: list[nn.Module]) -> None:
         """torch-pruning's dependency groups of the network, once: which modules' outputs and
@@ -177,21 +185,21 @@ class SizeModel:
         u, q = config.unstructured, config.quantize
         out = []
         for name, w in self._weights.items():
-            kept = w[self._kept(name, "out", w.shape[0], removed)]
-            kept = kept[:, self._kept(name, "in", w.shape[1], removed)]
-            flat = kept.ravel()
+            kept = self._kept_weights(name, removed)
             value = u.value_for(name)
-            survives = _magnitude_mask(flat, u.mode, value)
-            nonzero = int(np.count_nonzero(survives))
+            nonzero = kept.survivors(u.mode, value)
             pack = config.pack
             index_bits = pack.conv_index_bits if layer_kind(self._layers[name]) == "conv" else pack.fc_index_bits
             bits = 0.0
-            if 0 < nonzero < flat.size:  # a layer with nothing pruned has no position stream
-                bits += _position_bits(_round3(flat.size), _round3(nonzero), index_bits, pack.huffman)
+            if 0 < nonzero < kept.numel:  # a layer with nothing pruned has no position stream
+                bits += _position_bits(_round3(kept.numel), _round3(nonzero), index_bits, pack.huffman)
             if q.enabled and nonzero:
                 b = q.bits_for(name, self._layers[name])
                 if nonzero <= EXACT:  # few values: cluster them as the pipeline will
-                    per_value, shared = _clustered(flat[survives], b, q.init)
+                    key = (name, kept.key, nonzero, b, q.init)
+                    if key not in self._exact:
+                        self._exact[key] = _clustered(kept.largest(nonzero), b, q.init)
+                    per_value, shared = self._exact[key]
                 else:
                     per_value, shared = self._value_cost(name, b, q.init, u.mode, value)
                 value_bits = (per_value if pack.huffman else b) * nonzero
@@ -199,8 +207,26 @@ class SizeModel:
                 bits += value_bits + 32 * shared
             else:
                 bits += 32 * nonzero
-            out.append(LayerSize(name, flat.size, nonzero, w.size, bits / 8))
+            out.append(LayerSize(name, kept.numel, nonzero, w.size, bits / 8))
         return out
+
+    def _kept_weights(self, name: str, removed: dict[int, int]) -> _KeptWeights:
+        """The weights of a layer that structured pruning keeps, gathered once per shape (the
+        cache holds at most :data:`KEPT_CACHE_BYTES`)."""
+        w = self._weights[name]
+        out_idx = self._kept(name, "out", w.shape[0], removed)
+        in_idx = self._kept(name, "in", w.shape[1], removed)
+        key = (name, len(out_idx), len(in_idx))
+        cache = self._kept_weights_cache
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        kept = _KeptWeights.of(w[out_idx][:, in_idx].ravel(), key[1:])
+        cache[key] = kept
+        self._kept_bytes += kept.nbytes
+        while self._kept_bytes > KEPT_CACHE_BYTES and len(cache) > 1:
+            self._kept_bytes -= cache.popitem(last=False)[1].nbytes
+        return kept
 
     def _value_cost(self, name: str, bits: int, init: str, mode: str, value: float) -> tuple[float, int]:
         """Bits per value of the value stream (cluster indices, Huffman-coded when that is
@@ -210,17 +236,28 @@ class SizeModel:
         level = round(value, 1) if mode == "quality" else round(value, 2)
         key = (name, bits, init, mode, level)
         if key not in self._clusters:
-            w = self._weights[name].ravel()
-            if level <= 0:
-                kept = w[w != 0]
-            elif mode == "quality":
-                kept = w[(np.abs(w) >= level * w.std(ddof=1)) & (w != 0)]
-            else:
-                kept = w[np.abs(w) >= np.quantile(np.abs(w), min(level, 0.999))]
-            if kept.size > SAMPLE:
-                kept = kept[np.random.default_rng(0).choice(kept.size, SAMPLE, replace=False)]
+            kept = self._level_sample(name, mode, level)
             self._clusters[key] = _clustered(kept, bits, init) if kept.size else (float(bits), 1 << bits)
         return self._clusters[key]
+
+    def _level_sample(self, name: str, mode: str, level: float) -> np.ndarray:
+        """Up to :data:`SAMPLE` of the base weights a magnitude threshold keeps, drawn at random
+        without replacement (the first survivors of one fixed shuffle of the layer)."""
+        key = (name, mode, level)
+        if key in self._samples:
+            return self._samples[key]
+        if name not in self._shuffled:
+            w = self._weights[name].ravel()
+            self._shuffled[name] = w[np.random.default_rng(0).permutation(w.size)]
+        w = self._shuffled[name]
+        if level <= 0:
+            kept = w != 0
+        elif mode == "quality":
+            kept = (np.abs(w) >= level * w.std(ddof=1)) & (w != 0)
+        else:
+            kept = np.abs(w) >= np.quantile(np.abs(w), min(level, 0.999))
+        self._samples[key] = w[np.flatnonzero(kept)[:SAMPLE]]
+        return self._samples[key]
 
     def estimate(self, config: CompressConfig, *, removed: dict[int, int] | None = None,
                  layers: list[LayerSize] | None = None) -> int:  # fmt: skip
@@ -231,12 +268,21 @@ class SizeModel:
         body = sum(layer.bytes for layer in layers)
         raw = 0
         for module, along_out, size in self._raw:
-            if along_out and (module, "out") in self._dims and self._dims[(module, "out")].group in removed:
-                d = self._dims[(module, "out")]
-                share = 1.0 - np.isin(d.root, self._groups[d.group][2][: removed[d.group]]).sum() / max(len(d.root), 1)
-                size = int(round(size * share))
+            d = self._dims.get((module, "out")) if along_out else None
+            if d is not None and d.group in removed:
+                size = int(round(size * self._kept_share(module, removed[d.group])))
             raw += size
         return int(round(_FILE_OVERHEAD + self._header + body + raw))
+
+    def _kept_share(self, module: str, n: int) -> float:
+        """The share of a module's outputs left when their group loses its ``n`` least
+        important channels."""
+        key = (module, n)
+        if key not in self._shares:
+            d = self._dims[(module, "out")]
+            gone = np.isin(d.root, self._groups[d.group][2][:n]).sum()
+            self._shares[key] = 1.0 - gone / max(len(d.root), 1)
+        return self._shares[key]
 
     def _header_bytes(self, base: nn.Module, spec: ModelSpec, input_shape: tuple[int, ...]) -> int:
         """The compressed JSON header of a real packed file of this network (a third of its
@@ -271,17 +317,46 @@ def _position_bits(numel: int, nonzero: int, index_bits: int, huffman: bool) -> 
     return float(stream_bits(gaps, index_bits, huffman))
 
 
-def _magnitude_mask(flat: np.ndarray, mode: str, value: float) -> np.ndarray:
-    """The weights magnitude pruning keeps, as :func:`~autoprune.compress.unstructured.magnitude_mask`
-    decides on the weights before fine-tuning (zeros stay pruned)."""
-    if value <= 0:
-        return flat != 0
-    if mode == "quality":
-        std = float(flat.std(ddof=1)) if flat.size > 1 else 0.0
-        return (np.abs(flat) >= value * std) & (flat != 0)
-    mask = np.ones(flat.size, dtype=bool)
-    mask[np.argsort(np.abs(flat), kind="stable")[: int(round(value * flat.size))]] = False
-    return mask & (flat != 0)
+@dataclass(frozen=True)
+class _KeptWeights:
+    """A layer's weights after structured pruning, and what magnitude pruning needs of them."""
+
+    key: tuple[int, int]  # kept output and input channels: the same counts keep the same weights
+    values: np.ndarray  # (n,) the kept weights, flattened
+    magnitudes: np.ndarray  # (n,) their absolute values
+    std: np.float32  # of the kept weights (ddof 1), for quality thresholds
+    zeros: int
+
+    @classmethod
+    def of(cls, flat: np.ndarray, key: tuple[int, int]) -> _KeptWeights:
+        std = np.float32(flat.std(ddof=1)) if flat.size > 1 else np.float32(0)
+        return cls(key, flat, np.abs(flat), std, int(flat.size - np.count_nonzero(flat)))
+
+    @property
+    def numel(self) -> int:
+        return self.values.size
+
+    @property
+    def nbytes(self) -> int:
+        return self.values.nbytes + self.magnitudes.nbytes
+
+    def survivors(self, mode: str, value: float) -> int:
+        """How many nonzero weights magnitude pruning keeps, as
+        :func:`~autoprune.compress.unstructured.magnitude_mask` decides on the weights before
+        fine-tuning (zeros stay pruned; by ratio, the smallest go first, zeros among them)."""
+        n = self.numel
+        if value <= 0:
+            return n - self.zeros
+        if mode == "quality":
+            threshold = np.float32(value) * self.std
+            return int(np.count_nonzero(self.magnitudes >= threshold)) if threshold > 0 else n - self.zeros
+        return n - max(int(round(value * n)), self.zeros)
+
+    def largest(self, count: int) -> np.ndarray:
+        """The ``count`` weights of largest magnitude (ties by position, as magnitude pruning
+        breaks them): those that survive."""
+        order = np.argsort(self.magnitudes, kind="stable")
+        return self.values[order[self.numel - count:]]
 
 
 def _clustered(values: np.ndarray, bits: int, init: str) -> tuple[float, int]:

@@ -22,14 +22,23 @@ def _huffman_lengths(counts: np.ndarray) -> np.ndarray:
     if used.size == 1:
         lengths[used] = 1
         return lengths
-    heap = [(int(counts[s]), int(s), [int(s)]) for s in used]
+    # merge the two least frequent (ties: the lowest symbol below), remembering each node's
+    # parent; a symbol's length is its leaf's depth. Nodes: the symbols, then the merges.
+    heap = [(int(counts[s]), int(s), int(s)) for s in used]
     heapq.heapify(heap)
+    parent = [0] * (counts.size + used.size)
+    node = counts.size
     while len(heap) > 1:
-        ca, ta, sa = heapq.heappop(heap)
-        cb, tb, sb = heapq.heappop(heap)
-        lengths[sa] += 1
-        lengths[sb] += 1
-        heapq.heappush(heap, (ca + cb, min(ta, tb), sa + sb))
+        ca, ta, a = heapq.heappop(heap)
+        cb, tb, b = heapq.heappop(heap)
+        parent[a] = parent[b] = node
+        heapq.heappush(heap, (ca + cb, min(ta, tb), node))
+        node += 1
+    depth = [0] * node  # the root, the last node made, has depth 0; a parent is made after its children
+    for n in range(node - 2, counts.size - 1, -1):
+        depth[n] = depth[parent[n]] + 1
+    for s in used.tolist():
+        lengths[s] = depth[parent[s]] + 1
     return lengths
 
 

@@ -1,0 +1,124 @@
+"""The size model (`autoprune/compress/size.py`): its speed on many candidates, and its error
+against real packed files, on every built-in model.
+
+    python bench/size_model.py [--candidates 3000] [--checked 6] [--out bench/results/size_model.json]
+
+Each model is built untrained (seeded), the settings drawn at random as tests/test_size.py
+draws them (per-layer filter ratios 0-0.7, quality thresholds 0-2.5, 4-8 / 2-6 bits, any
+k-means initialisation). Speed: CPU seconds of the process (time.process_time, so another
+process on the machine slows it less than it slows wall time) per 1,000 estimates, the size
+model built beforehand and its caches empty, as for one `surrogate propose`. Error: the
+estimate against the packed file the pipeline writes for the same settings (`--checked` per
+model, other draws than the speed run's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autoprune.compress import (
+    CompressConfig,
+    FilterPruneConfig,
+    MagnitudeConfig,
+    ShareConfig,
+    prune_filters_,
+    prune_magnitude_,
+    save_packed,
+    share_weights_,
+    weight_layers,
+)
+from autoprune.compress.size import SizeModel
+from autoprune.models import ModelSpec, create_model, list_models
+from autoprune.search.space import SpaceLayers
+
+RESULTS = Path(__file__).resolve().parent / "results"
+GREY = {"lenet5", "lenet300"}  # 1 x 28 x 28 inputs; the others take 3 x 32 x 32
+
+
+def random_config(layers: SpaceLayers, rng: np.random.Generator) -> CompressConfig:
+    return CompressConfig(
+        name="random",
+        structured=FilterPruneConfig(layers={l: float(rng.uniform(0, 0.7)) for l in layers.conv}),
+        unstructured=MagnitudeConfig(layers={l: float(rng.uniform(0, 2.5)) for l in layers.weights}),
+        quantize=ShareConfig(conv_bits=int(rng.integers(4, 9)), fc_bits=int(rng.integers(2, 7)),
+                             init=str(rng.choice(["linear", "density", "forgy"]))),  # fmt: skip
+    )
+
+
+def real_size(base: torch.nn.Module, spec: ModelSpec, config: CompressConfig, path: Path) -> int:
+    model = copy.deepcopy(base)
+    prune_filters_(model, config.structured, torch.zeros(1, spec.in_channels, *spec.image_size))
+    prune_magnitude_(model, config.unstructured)
+    share_weights_(model, config.quantize)
+    bits = {n: config.quantize.bits_for(n, m) for n, m in weight_layers(model).items()}
+    layers = weight_layers(base)
+    settings = {f"quality_{n}": 0.987654321 for n in layers} | {f"ratio_{n}": 0.123456789 for n in layers if "conv" in n}
+    meta = {"study": "a-study-name", "trial": 7, "recipe": "TPESampler trial 7", "settings": settings,
+            "dataset": {"name": "digits", "data_dir": None, "val_fraction": 0.3, "seed": 0},
+            "base": {"accuracy": 96.98765, "dense_bytes": 123456, "macs": 654321, "latency_ms": 0.0212345}}  # as a trial's
+    return save_packed(model, spec, path, bits=bits, config=config.pack, meta=meta).packed_bytes
+
+
+def busy_cores() -> tuple[float, float]:
+    """(wall clock, CPU seconds all processes have spent), from /proc/stat."""
+    ticks = [int(v) for v in open("/proc/stat").readline().split()[1:9]]
+    return time.perf_counter(), (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--candidates", type=int, default=3000)
+    ap.add_argument("--checked", type=int, default=6)
+    ap.add_argument("--out", type=Path, default=RESULTS / "size_model.json")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    rows = {}
+    wall0, busy0 = busy_cores()
+    own0 = time.process_time()
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in list_models():
+            c, size = (1, (28, 28)) if name in GREY else (3, (32, 32))
+            spec = ModelSpec(name, 10, c, size)
+            torch.manual_seed(0)
+            base = create_model(spec).eval()
+            layers = SpaceLayers.of(base)
+            sizes = SizeModel(base, spec)
+            rng = np.random.default_rng(0)
+            configs = [random_config(layers, rng) for _ in range(args.candidates)]
+            started = time.process_time()
+            for config in configs:
+                sizes.estimate(config)
+            cpu = time.process_time() - started
+            errors = []
+            for i in range(args.checked):
+                config = random_config(layers, rng)
+                errors.append(sizes.estimate(config) / real_size(base, spec, config, Path(tmp) / f"{i}.apk") - 1)
+            rows[name] = {"cpu_s_per_1000": round(cpu / args.candidates * 1000, 3),
+                          "error_pct": [round(100 * e, 2) for e in errors],
+                          "max_abs_error_pct": round(100 * max(abs(e) for e in errors), 2)}  # fmt: skip
+            print(f"{name}: {rows[name]['cpu_s_per_1000']:.2f} CPU s per 1,000 estimates; "
+                  f"error vs real files max {rows[name]['max_abs_error_pct']:.2f}%", flush=True)  # fmt: skip
+    wall1, busy1 = busy_cores()
+    other = (busy1 - busy0 - (time.process_time() - own0)) / (wall1 - wall0)
+    result = {
+        "command": "python bench/size_model.py " + " ".join(
+            f"--{k} {v}" for k, v in (("candidates", args.candidates), ("checked", args.checked))),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, one torch thread",
+        "other_load": round(max(other, 0.0), 2),  # cores other processes kept busy meanwhile
+        "models": rows,
+    }
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
