@@ -121,6 +121,7 @@ CASES = {
     "surrogate too few trials": (["surrogate", "fit", *ST, "-q"], "trials"),
     "surrogate out is a folder": (["surrogate", "fit", *ST, "--out", "folder"], "is a folder"),
     "surrogate compare sizes": (["surrogate", "compare", *ST, "--at", "x"], "--at"),
+    "surrogate compare threads 0": (["surrogate", "compare", *ST, "--threads", "0"], "--threads"),
     "surrogate budget nan": (["surrogate", "propose", *ST, "--max-acc-drop", "nan"], "--max-acc-drop"),
 }
 

@@ -76,6 +76,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument(
         "--png", type=Path, metavar="FILE", help="where to write the plot (default: STUDY-compare.png)"
     )
+    c.add_argument("--threads", type=positive_int, metavar="N",
+                   help="torch threads for the proposals' trials (default: torch's own setting)")
     c.set_defaults(run=run_compare, format=format_compare)
 
 
@@ -248,6 +250,10 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
     output_path(args.png, "--png")
     view = _view(args)
     png = args.png or output_path(Path(f"{file_stem(view.study.study_name)}-compare.png"), "--png")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     result = compare(view, sizes, k=args.k, seed=args.seed, max_acc_drop=args.max_acc_drop)
     result["png"] = str(compare_png(result, png))
     publish(view.study, result, view.budget)
