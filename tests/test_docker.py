@@ -1,6 +1,7 @@
 """docker/: the files checked statically (every command a valid autoprune command, the linters),
 and docker/e2e.sh run for real where a Docker engine runs or can be started: here, with a wrong
-database password, it must stop at the step that meets it and say so (.ci/run runs it whole)."""
+database password, it must stop at the step that meets it and say so (.ci/run runs it whole
+before the suite, keeping the images this run then reuses; without them it builds them)."""
 
 from __future__ import annotations
 
