@@ -306,6 +306,21 @@ def test_compare_gives_a_table_json_and_a_figure_with_both_series(small_study) -
     assert len(optuna.load_study(study_name=r["side_study"], storage=url).trials) == 2
 
 
+def test_the_compare_figure_says_none_within_budget_for_each_series_apart(tmp_path: Path) -> None:
+    from autoprune.workflow._figures import compare_plotly, compare_png
+
+    none = {"best_ratio": None, "trials": 15}
+    result = {"study": "s", "max_acc_drop": 1.0, "search_full": {"best_ratio": 28.6, "trials": 30},
+              "rows": [{"history": 10, "surrogate": none, "search_same_trials": none},
+                       {"history": 20, "surrogate": {"best_ratio": 12.0}, "search_same_trials": none}]}  # fmt: skip
+    figure = compare_plotly(result)
+    surrogate, search = figure.data
+    assert surrogate.text == ("surrogate: none within budget", "") and search.text == ("search: none within budget",) * 2
+    assert surrogate.y == (1.0, 12.0) and surrogate.marker.symbol == ("circle-open", "circle")
+    assert surrogate.marker.size != search.marker.size  # one inside the other, both seen
+    assert compare_png(result, tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 @pytest.mark.slow
 def test_a_study_with_no_trials_gets_proposals_from_another_studys_history(small_study, tmp_path: Path) -> None:
     url, tmp = small_study

@@ -66,15 +66,17 @@ def compare_series(result: dict[str, Any]) -> list[tuple[str, list[int], list[fl
 
 def compare_plotly(result: dict[str, Any]) -> Any:
     """Both series on integer history sizes; a point with nothing within the budget is an open
-    marker at 1x, labelled so."""
+    marker at 1x, labelled so (the two series' markers and labels apart, should both have none)."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    for (label, n, best), symbol in zip(compare_series(result), ("circle", "square")):
+    for (label, n, best), symbol, size, where in zip(compare_series(result), ("circle", "square"), (14, 8),
+                                                     ("top center", "middle right")):  # fmt: skip
         fig.add_trace(go.Scatter(
             x=n, y=[b if b is not None else NONE_WITHIN for b in best], mode="lines+markers+text", name=label,
-            marker={"symbol": [symbol if b is not None else f"{symbol}-open" for b in best], "size": 10},
-            text=["" if b is not None else "none within budget" for b in best], textposition="top center",
+            marker={"symbol": [symbol if b is not None else f"{symbol}-open" for b in best], "size": size},
+            text=["" if b is not None else f"{label.split(':')[0].split()[0]}: none within budget" for b in best],
+            textposition=where,
         ))  # fmt: skip
     full = result["search_full"]["best_ratio"]
     if full is not None:
@@ -95,14 +97,16 @@ def compare_png(result: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for (label, n, best), marker in zip(compare_series(result), ("o", "s")):
+    for i, ((label, n, best), marker) in enumerate(zip(compare_series(result), ("o", "s"))):
         y = [b if b is not None else NONE_WITHIN for b in best]
-        line = ax.plot(n, y, f"{marker}-", label=label)[0]
+        size = 12 if i == 0 else 7  # one inside the other where both series have none
+        line = ax.plot(n, y, f"{marker}-", label=label, markersize=size)[0]
         for x, b in zip(n, best):
-            if b is None:  # drawn hollow at 1x and said in words
-                ax.plot([x], [NONE_WITHIN], marker, markerfacecolor="white", color=line.get_color(), markersize=9)
-                ax.annotate("none within budget", (x, NONE_WITHIN), textcoords="offset points", xytext=(0, 8),
-                            ha="center", fontsize=7, color=line.get_color())  # fmt: skip
+            if b is None:  # drawn hollow at 1x and said in words, each series on its own line
+                ax.plot([x], [NONE_WITHIN], marker, markerfacecolor="white", color=line.get_color(), markersize=size)
+                ax.annotate(f"{label.split(':')[0].split()[0]}: none within budget", (x, NONE_WITHIN),
+                            textcoords="offset points", xytext=(0, 10 + 11 * i), ha="center", fontsize=7,
+                            color=line.get_color())  # fmt: skip
     full = result["search_full"]
     if full["best_ratio"] is not None:
         ax.axhline(full["best_ratio"], linestyle="--", color="grey", label=f"search, full budget ({full['trials']} trials)")
