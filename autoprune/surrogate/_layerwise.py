@@ -57,7 +57,7 @@ class LayerwiseEnsemble:
     hidden: int = 32
     steps: int = 500
     lr: float = 5e-3
-    weight_decay: float = 1e-3
+    weight_decay: float = 1e-2  # measured on held-out histories: bench/surrogate_cv.py, BENCHMARKS.md
     bootstrap: bool = True
     random_state: int = 0
     mean_: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
