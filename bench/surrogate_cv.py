@@ -6,6 +6,8 @@ ensemble over a trial's raw parameters, kept here as the baseline), on the same 
         --studies samplers-tpe-s0,samplers-random-s0 --at 10,20,30 --out bench/results/surrogate_cv_fashion.json
 
 Also: how far the computed compression ratio (the size model) is from each trial's measured one.
+With --alt-weight-decay W, the shared-layer surrogate with that weight decay too (an A/B of the
+default on the same histories and folds).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from sklearn.preprocessing import StandardScaler
 
 from autoprune.search.storage import parse_storage
 from autoprune.surrogate import Surrogate, history_from_trials
+from autoprune.surrogate._layerwise import LayerwiseEnsemble
+from autoprune.surrogate._model import cross_validate
 from autoprune.workflow import open_view, search_trials
 
 
@@ -72,6 +76,7 @@ def main() -> None:
     ap.add_argument("--studies", required=True, help="comma-separated study names")
     ap.add_argument("--at", default="10,20,30", help="history sizes (first n finished trials)")
     ap.add_argument("--out", type=Path, required=True, help="JSON results")
+    ap.add_argument("--alt-weight-decay", type=float, help="also the shared-layer surrogate with this weight decay")
     args = ap.parse_args()
     info = parse_storage(args.storage)
     sizes = [int(n) for n in args.at.split(",")]
@@ -90,20 +95,28 @@ def main() -> None:
             old_r2, old_mae = old_cv(x, history.drop)
             old_s = time.perf_counter() - started
             err = np.abs(history.data.ratio / history.ratio - 1)
+            alt = {}
+            if args.alt_weight_decay is not None:
+                make = lambda: LayerwiseEnsemble(n_members=5, random_state=0, weight_decay=args.alt_weight_decay)
+                cv = cross_validate(make, history.data, history.drop, seed=0)
+                alt = {"alt_r2": round(cv.r2, 3), "alt_mae": round(cv.mae, 3)}
             rows.append({
                 "study": name, "n": n, "trials_used": len(history),
                 "new_r2": round(new.r2, 3), "new_mae": round(new.mae, 3), "new_s": round(new_s, 1),
                 "old_r2": round(old_r2, 3), "old_mae": round(old_mae, 3), "old_s": round(old_s, 1),
                 "size_error_median": round(float(np.median(err)), 4), "size_error_max": round(float(err.max()), 4),
-            })  # fmt: skip
+            } | alt)  # fmt: skip
             r = rows[-1]
             print(f"{name} n={n}: shared-layer R^2 {r['new_r2']:.2f} MAE {r['new_mae']:.2f} | "
                   f"params MLP R^2 {r['old_r2']:.2f} MAE {r['old_mae']:.2f} | size error median "
-                  f"{100 * r['size_error_median']:.1f}% max {100 * r['size_error_max']:.1f}%", flush=True)  # fmt: skip
+                  f"{100 * r['size_error_median']:.1f}% max {100 * r['size_error_max']:.1f}%"
+                  + (f" | weight decay {args.alt_weight_decay}: R^2 {r['alt_r2']:.2f} MAE {r['alt_mae']:.2f}" if alt else ""),
+                  flush=True)  # fmt: skip
     summary = {}
     for n in sizes:
         at = [r for r in rows if r["n"] == n]
-        summary[n] = {k: round(float(np.median([r[k] for r in at])), 3) for k in ("new_r2", "old_r2", "new_mae", "old_mae")}
+        keys = ("new_r2", "old_r2", "new_mae", "old_mae") + (("alt_r2", "alt_mae") if args.alt_weight_decay is not None else ())
+        summary[n] = {k: round(float(np.median([r[k] for r in at])), 3) for k in keys}
     result = {
         "command": "python bench/surrogate_cv.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.machine()}, torch {torch.__version__}",
@@ -112,7 +125,8 @@ def main() -> None:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     for n, s in summary.items():
         print(f"n={n}: median R^2 shared-layer {s['new_r2']:.2f} vs params MLP {s['old_r2']:.2f}; "
-              f"MAE {s['new_mae']:.2f} vs {s['old_mae']:.2f}")  # fmt: skip
+              f"MAE {s['new_mae']:.2f} vs {s['old_mae']:.2f}"
+              + (f"; weight decay {args.alt_weight_decay}: R^2 {s['alt_r2']:.2f} MAE {s['alt_mae']:.2f}" if "alt_r2" in s else ""))  # fmt: skip
 
 
 if __name__ == "__main__":
