@@ -32,9 +32,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from autoprune.search.storage import parse_storage
-from autoprune.surrogate import Surrogate, history_from_trials
-from autoprune.surrogate._layerwise import LayerwiseEnsemble
-from autoprune.surrogate._model import cross_validate
+from autoprune.surrogate import LayerwiseEnsemble, Surrogate, cross_validate, history_from_trials
 from autoprune.workflow import open_view, search_trials
 
 
