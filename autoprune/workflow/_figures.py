@@ -55,6 +55,11 @@ def compare_note(result: dict[str, Any]) -> str:
 NONE_WITHIN = 1.0  # where a point with no trial within the budget is drawn: no compression
 
 
+def _none_label(label: str) -> str:
+    """What a series says where it has nothing within the budget: its first word."""
+    return f"{label.split(':')[0].split()[0]}: none within budget"
+
+
 def compare_series(result: dict[str, Any]) -> list[tuple[str, list[int], list[float | None]]]:
     """(label, history sizes, best ratio or None) for the surrogate and for the search."""
     n = [r["history"] for r in result["rows"]]
@@ -75,7 +80,7 @@ def compare_plotly(result: dict[str, Any]) -> Any:
         fig.add_trace(go.Scatter(
             x=n, y=[b if b is not None else NONE_WITHIN for b in best], mode="lines+markers+text", name=label,
             marker={"symbol": [symbol if b is not None else f"{symbol}-open" for b in best], "size": size},
-            text=["" if b is not None else f"{label.split(':')[0].split()[0]}: none within budget" for b in best],
+            text=["" if b is not None else _none_label(label) for b in best],
             textposition=where,
         ))  # fmt: skip
     full = result["search_full"]["best_ratio"]
@@ -104,7 +109,7 @@ def compare_png(result: dict[str, Any], path: Path) -> Path:
         for x, b in zip(n, best):
             if b is None:  # drawn hollow at 1x and said in words, each series on its own line
                 ax.plot([x], [NONE_WITHIN], marker, markerfacecolor="white", color=line.get_color(), markersize=size)
-                ax.annotate(f"{label.split(':')[0].split()[0]}: none within budget", (x, NONE_WITHIN),
+                ax.annotate(_none_label(label), (x, NONE_WITHIN),
                             textcoords="offset points", xytext=(0, 10 + 11 * i), ha="center", fontsize=7,
                             color=line.get_color())  # fmt: skip
     full = result["search_full"]
