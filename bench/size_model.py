@@ -15,10 +15,10 @@ model, other draws than the speed run's).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,52 +26,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autoprune.compress import (
-    CompressConfig,
-    FilterPruneConfig,
-    MagnitudeConfig,
-    ShareConfig,
-    prune_filters_,
-    prune_magnitude_,
-    save_packed,
-    share_weights_,
-    weight_layers,
-)
 from autoprune.compress.size import SizeModel
 from autoprune.models import ModelSpec, create_model, list_models
 from autoprune.search.space import SpaceLayers
 
-RESULTS = Path(__file__).resolve().parent / "results"
-GREY = {"lenet5", "lenet300"}  # 1 x 28 x 28 inputs; the others take 3 x 32 x 32
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # the draws and the real files exactly as tests/test_size.py makes them
+from tests.test_size import SHAPES, random_config, real_size
 
-
-def random_config(layers: SpaceLayers, rng: np.random.Generator) -> CompressConfig:
-    return CompressConfig(
-        name="random",
-        structured=FilterPruneConfig(layers={l: float(rng.uniform(0, 0.7)) for l in layers.conv}),
-        unstructured=MagnitudeConfig(layers={l: float(rng.uniform(0, 2.5)) for l in layers.weights}),
-        quantize=ShareConfig(conv_bits=int(rng.integers(4, 9)), fc_bits=int(rng.integers(2, 7)),
-                             init=str(rng.choice(["linear", "density", "forgy"]))),  # fmt: skip
-    )
-
-
-def real_size(base: torch.nn.Module, spec: ModelSpec, config: CompressConfig, path: Path) -> int:
-    model = copy.deepcopy(base)
-    prune_filters_(model, config.structured, torch.zeros(1, spec.in_channels, *spec.image_size))
-    prune_magnitude_(model, config.unstructured)
-    share_weights_(model, config.quantize)
-    bits = {n: config.quantize.bits_for(n, m) for n, m in weight_layers(model).items()}
-    layers = weight_layers(base)
-    settings = {f"quality_{n}": 0.987654321 for n in layers} | {f"ratio_{n}": 0.123456789 for n in layers if "conv" in n}
-    meta = {"study": "a-study-name", "trial": 7, "recipe": "TPESampler trial 7", "settings": settings,
-            "dataset": {"name": "digits", "data_dir": None, "val_fraction": 0.3, "seed": 0},
-            "base": {"accuracy": 96.98765, "dense_bytes": 123456, "macs": 654321, "latency_ms": 0.0212345}}  # as a trial's
-    return save_packed(model, spec, path, bits=bits, config=config.pack, meta=meta).packed_bytes
+RESULTS = REPO / "bench" / "results"
 
 
 def busy_cores() -> tuple[float, float]:
     """(wall clock, CPU seconds all processes have spent), from /proc/stat."""
-    ticks = [int(v) for v in open("/proc/stat").readline().split()[1:9]]
+    with open("/proc/stat") as stat:
+        ticks = [int(v) for v in stat.readline().split()[1:9]]
     return time.perf_counter(), (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
@@ -87,8 +56,8 @@ def main() -> None:
     own0 = time.process_time()
     with tempfile.TemporaryDirectory() as tmp:
         for name in list_models():
-            c, size = (1, (28, 28)) if name in GREY else (3, (32, 32))
-            spec = ModelSpec(name, 10, c, size)
+            c, h, w = SHAPES.get(name, (3, 32, 32))
+            spec = ModelSpec(name, 10, c, (h, w))
             torch.manual_seed(0)
             base = create_model(spec).eval()
             layers = SpaceLayers.of(base)
