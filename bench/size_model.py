@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from autoprune.compress.size import SizeModel
+from autoprune.measure import cpu_sample, other_load
 from autoprune.models import ModelSpec, create_model, list_models
 from autoprune.search.space import SpaceLayers
 
@@ -37,13 +38,6 @@ from tests.test_size import SHAPES, random_config, real_size
 RESULTS = REPO / "bench" / "results"
 
 
-def busy_cores() -> tuple[float, float]:
-    """(wall clock, CPU seconds all processes have spent), from /proc/stat."""
-    with open("/proc/stat") as stat:
-        ticks = [int(v) for v in stat.readline().split()[1:9]]
-    return time.perf_counter(), (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--candidates", type=int, default=3000)
@@ -52,8 +46,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     rows = {}
-    wall0, busy0 = busy_cores()
-    own0 = time.process_time()
+    before = cpu_sample()
     with tempfile.TemporaryDirectory() as tmp:
         for name in list_models():
             c, h, w = SHAPES.get(name, (3, 32, 32))
@@ -77,13 +70,11 @@ def main() -> None:
                           "max_abs_error_pct": round(100 * max(abs(e) for e in errors), 2)}  # fmt: skip
             print(f"{name}: {rows[name]['cpu_s_per_1000']:.2f} CPU s per 1,000 estimates; "
                   f"error vs real files max {rows[name]['max_abs_error_pct']:.2f}%", flush=True)  # fmt: skip
-    wall1, busy1 = busy_cores()
-    other = (busy1 - busy0 - (time.process_time() - own0)) / (wall1 - wall0)
     result = {
         "command": "python bench/size_model.py " + " ".join(
             f"--{k} {v}" for k, v in (("candidates", args.candidates), ("checked", args.checked))),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, one torch thread",
-        "other_load": round(max(other, 0.0), 2),  # cores other processes kept busy meanwhile
+        "other_load": other_load(before, cpu_sample()),  # cores other processes kept busy meanwhile
         "models": rows,
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
