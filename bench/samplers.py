@@ -6,6 +6,9 @@ compression ratio within the accuracy budget (validation) after every trial: mea
 over the seeds, as JSON and a PNG. With --at, it also compares the surrogate sampler with each
 other sampler at those trial counts: a paired Wilcoxon signed-rank test over the seeds.
 
+With --jobs N, N searches run side by side (give each one --threads 1); the base model is
+trained once first. SQLite is for one writer: pass --storage postgresql://... with --jobs.
+
     python bench/samplers.py                      # tpe random nsga2 gp surrogate, seeds 0 1 2
     python bench/samplers.py --samplers tpe,gp --seeds 0
     python bench/samplers.py --spec bench/specs/digits-lenet5-constrained.toml --trials 50 \
@@ -21,6 +24,7 @@ import platform
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +37,12 @@ SPEC = HERE / "specs" / "fashion-lenet5-samplers.toml"
 RESULTS = HERE / "results"
 
 
-def run(sampler: str, seed: int, trials: int, spec: Path, storage: str, threads: int | None) -> float:
+def run(
+    sampler: str, seed: int, trials: int, spec: Path, storage: str, threads: int | None, *extra: str
+) -> float:
     started = time.perf_counter()
     cmd = [sys.executable, "-m", "autoprune", "search", str(spec), "--sampler", sampler, "--seed", str(seed),
-           "--study", f"samplers-{sampler}-s{seed}", "--storage", storage, "--trials", str(trials), "-q"]  # fmt: skip
+           "--study", f"samplers-{sampler}-s{seed}", "--storage", storage, "--trials", str(trials), "-q", *extra]  # fmt: skip
     if threads:
         cmd += ["--threads", str(threads)]
     subprocess.run(cmd, check=True)
@@ -69,17 +75,26 @@ def main() -> None:
     ap.add_argument("--at", default="", help="trial counts for the paired Wilcoxon test, comma-separated")
     ap.add_argument("--threads", type=int, help="torch threads per search (default: torch's own)")
     ap.add_argument("--summary-only", action="store_true", help="summarise the stored studies; run nothing")
+    ap.add_argument("--jobs", type=int, default=1, help="searches run side by side (default: 1)")
+    ap.add_argument("--storage", help="study storage (default: sqlite:///OUT.db)")
     args = ap.parse_args()
     args.out = args.out or RESULTS / f"samplers-{args.spec.stem}"
-    storage = f"sqlite:///{args.out.with_suffix('.db')}"
+    storage = args.storage or f"sqlite:///{args.out.with_suffix('.db')}"
     samplers, seeds = args.samplers.split(","), [int(s) for s in args.seeds.split(",")]
     wall: dict[str, list[float]] = {}
-    for sampler in samplers:
-        for seed in seeds:
-            if args.summary_only:
-                continue
+    if not args.summary_only:
+        if args.jobs > 1:  # the first study's set-up trains the base model, once, before the others need it
+            run(samplers[0], seeds[0], args.trials, args.spec, storage, args.threads, "--setup-only")
+
+        def one(sampler: str, seed: int) -> None:
             print(f"{sampler} seed {seed} ...", flush=True)
-            wall.setdefault(sampler, []).append(run(sampler, seed, args.trials, args.spec, storage, args.threads))
+            wall.setdefault(sampler, []).append(
+                run(sampler, seed, args.trials, args.spec, storage, args.threads)
+            )
+
+        with ThreadPoolExecutor(args.jobs) as pool:
+            for job in [pool.submit(one, sampler, seed) for seed in seeds for sampler in samplers]:
+                job.result()
 
     budgets = [float(b) for b in args.budgets.split(",")]
     result: dict = {
