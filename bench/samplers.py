@@ -81,15 +81,15 @@ def main() -> None:
     args.out = args.out or RESULTS / f"samplers-{args.spec.stem}"
     storage = args.storage or f"sqlite:///{args.out.with_suffix('.db')}"
     samplers, seeds = args.samplers.split(","), [int(s) for s in args.seeds.split(",")]
-    wall: dict[str, list[float]] = {}
+    wall: dict[str, dict[int, float]] = {}  # seconds per sampler and seed (parallel jobs end in any order)
     if not args.summary_only:
         if args.jobs > 1:  # the first study's set-up trains the base model, once, before the others need it
             run(samplers[0], seeds[0], args.trials, args.spec, storage, args.threads, "--setup-only")
 
         def one(sampler: str, seed: int) -> None:
             print(f"{sampler} seed {seed} ...", flush=True)
-            wall.setdefault(sampler, []).append(
-                run(sampler, seed, args.trials, args.spec, storage, args.threads)
+            wall.setdefault(sampler, {})[seed] = run(
+                sampler, seed, args.trials, args.spec, storage, args.threads
             )
 
         with ThreadPoolExecutor(args.jobs) as pool:
@@ -126,7 +126,7 @@ def main() -> None:
         trial_s = [t.user_attrs.get("trial_s", math.nan) for seed in seeds for t in studies[sampler, seed].trials
                    if t.state == TrialState.COMPLETE]  # fmt: skip
         result.setdefault("median_trial_s", {})[sampler] = round(float(np.nanmedian(trial_s)), 2)
-    result["wall_s_this_run"] = {k: [round(w, 1) for w in v] for k, v in wall.items()}
+    result["wall_s_this_run"] = {k: [round(v[seed], 1) for seed in seeds] for k, v in wall.items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, args.out.with_suffix(".png"))
