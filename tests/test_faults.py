@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -175,7 +176,6 @@ class Relay:
     locks of a transaction that nobody will finish (the study's cleanup would wait on them)."""
 
     def __init__(self, host: str, port: int) -> None:
-        import socket
         import threading
 
         self.server = socket.create_server(("127.0.0.1", 0))
@@ -188,8 +188,7 @@ class Relay:
                     b.sendall(data)
             except OSError:
                 pass
-            for s in (a, b):
-                s.close()
+            end(a, b)
 
         def accept() -> None:
             while True:
@@ -206,15 +205,19 @@ class Relay:
         threading.Thread(target=accept, daemon=True).start()
 
     def close(self) -> None:
-        import socket
-
         self.server.close()
-        for s in self.sockets:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
+        end(*self.sockets)
+
+
+def end(*sockets: socket.socket) -> None:
+    """Shut down, then close: a bare close leaves the connection open while another thread still
+    waits in `recv` on it, so PostgreSQL would never hear that its client is gone."""
+    for s in sockets:
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        s.close()
 
 
 @pytest.mark.slow
