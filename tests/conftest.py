@@ -145,9 +145,3 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path):
     for s in optuna.get_all_study_summaries(store, include_best_trial=False):
         if s.study_name not in before:  # leave the shared PostgreSQL database as it was
             optuna.delete_study(study_name=s.study_name, storage=store)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The end-to-end tests first, the README's (the longest, 3-4 minutes) before all: with two
-    tests at a time, the short ones fill the gaps at the end instead of a long one starting last."""
-    items.sort(key=lambda item: (item.path.name != "test_readme.py", item.get_closest_marker("slow") is None))
