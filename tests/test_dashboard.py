@@ -109,7 +109,7 @@ def test_the_report_opens_without_a_network_with_every_figure(tmp_path: Path) ->
     url = f"sqlite:///{tmp_path / 'study.db'}"
     default = REPO / "studies" / "digits-lenet5.toml"  # the default study, with a bounded budget
     assert search(str(default), "--storage", url, "--trials", "6").returncode == 0
-    assert run_cli("sensitivity", "--storage", url, "-q").returncode == 0
+    assert run_cli("sensitivity", "--storage", url, "--png", str(tmp_path / "s.png"), "-q").returncode == 0
     out = run_cli("report", "--storage", url, "--out", str(tmp_path / "r.html"), "--png", str(tmp_path / "png"),
                   "--json")  # fmt: skip
     assert out.returncode == 0, out.stderr
