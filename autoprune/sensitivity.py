@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from autoprune.cache import cache_folder, read_bytes, write_atomic
 from autoprune.compress import FilterPruneConfig, output_layer, prune_filters_, weight_layers
 from autoprune.compress._layers import layer_kind
 from autoprune.compress.unstructured import magnitude_mask
@@ -194,9 +194,7 @@ def cache_key(base: nn.Module, splits: DataSplits) -> str:
 
 
 def cache_path(key: str) -> Path:
-    from autoprune.train import cache_dir
-
-    return cache_dir().parent / "sensitivity" / f"{key}.json"
+    return cache_folder("sensitivity") / f"{key}.json"
 
 
 def sensitivity_for(
@@ -206,16 +204,13 @@ def sensitivity_for(
     the base models); returns it and whether it came from the cache."""
     key = cache_key(base, splits)
     path = cache_path(key)
-    if use_cache and path.is_file():
+    if use_cache and (data := read_bytes(path)) is not None:
         try:
-            return Sensitivity.from_dict(json.loads(path.read_text())), True
+            return Sensitivity.from_dict(json.loads(data)), True
         except (AutoPruneError, json.JSONDecodeError):
             log.warning("the cached sensitivity analysis %s is unreadable: computing it again", path)
     result = analyse(base, splits, progress=progress)
     result = Sensitivity(result.base_accuracy, result.layers, result.ratios, result.qualities, result.seconds, key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(result.to_dict()))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(result.to_dict()).encode())
     return result, False
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from autoprune.cache import CacheError, cache_folder, read_bytes, read_verified, write_atomic
 from autoprune.data import DataSplits
 from autoprune.errors import ConfigError, DivergedError
 from autoprune.measure import Metrics, accuracy, measure_model
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 # Called after every epoch with (epoch starting at 1, validation accuracy in percent). A callback
 # may raise (optuna.TrialPruned, say) to stop training.
 EpochCallback = Callable[[int, float], None]
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: the metadata records the state_dict's hash
 
 
 @dataclass(frozen=True)
@@ -132,8 +133,9 @@ def fit(
 
 
 def cache_dir() -> Path:
-    """Where base models are cached: ``$AUTOPRUNE_CACHE`` or ``~/.cache/autoprune``."""
-    return Path(os.environ.get("AUTOPRUNE_CACHE", Path.home() / ".cache" / "autoprune")) / "base"
+    """Where base models are cached: ``base/`` in the cache (:mod:`autoprune.cache`), created
+    and checked when first used."""
+    return cache_folder("base")
 
 
 @dataclass(frozen=True)
@@ -170,9 +172,11 @@ def train_base(
     seed: int = 0,
     checkpoint: str | Path | None = None,
     use_cache: bool = True,
+    cached_only: bool = False,
     progress: bool = True,
 ) -> BaseModel:
-    """Build ``spec``, optionally start from ``checkpoint``, train it, and cache the result."""
+    """Build ``spec``, optionally start from ``checkpoint``, train it, and cache the result;
+    ``cached_only``: never train (an error when it is not cached)."""
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     torch.manual_seed(seed)  # the same seed gives the same initial weights
     model = create_model(spec)
@@ -181,27 +185,45 @@ def train_base(
     meta_path = path.with_suffix(".json")
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
-    if use_cache and path.is_file() and meta_path.is_file():
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        model.eval()
-        history = json.loads(meta_path.read_text())["val_history"]
+    if use_cache and (cached := _load_cached(model, path, meta_path)) is not None:
         log.info("loaded cached base model %s", path)
-        return BaseModel(model, spec, path, True, tuple(history))
+        return BaseModel(model, spec, path, True, cached)
+    if cached_only:
+        raise ConfigError(
+            f"the base model of {spec.name!r} is not in this machine's cache, and autoprune does not "
+            "train a stored study's base with the study's own settings: run its search or "
+            "`autoprune train` with those settings yourself first"
+        )
 
     history = fit(model, splits, config, seed=seed, progress=progress, desc=f"train {spec.name}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_save(model.state_dict(), path)
-    tmp = meta_path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"spec": spec.to_dict(), "train": {**config.to_dict(), "seed": seed},
-                               "val_history": history}))  # fmt: skip
-    os.replace(tmp, meta_path)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    sha = write_atomic(path, buffer.getvalue())
+    meta = {"spec": spec.to_dict(), "train": {**config.to_dict(), "seed": seed}, "val_history": history, "sha": sha}
+    write_atomic(meta_path, json.dumps(meta).encode())
     return BaseModel(model, spec, path, False, tuple(history))
 
 
-def _atomic_save(state: dict[str, torch.Tensor], path: Path) -> None:
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+def _load_cached(model: nn.Module, path: Path, meta_path: Path) -> tuple[float, ...] | None:
+    """The validation history of the cached base at ``path``, loaded into ``model``; None when
+    it is not cached. A file that is not what was written there is one line naming it."""
+    meta_bytes = read_bytes(meta_path)
+    if meta_bytes is None:
+        return None
+    try:
+        meta = json.loads(meta_bytes)
+        history = tuple(float(v) for v in meta["val_history"])
+    except (ValueError, TypeError, KeyError) as e:
+        raise CacheError(f"the cache entry {meta_path} is unreadable ({e}): delete it and {path.name}") from None
+    data = read_verified(path, meta.get("sha"))
+    if data is None:
+        return None
+    try:
+        model.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
+    except Exception as e:  # noqa: BLE001 - any failure to load a cached file means: delete it
+        raise CacheError(f"the cache entry {path} cannot be loaded ({type(e).__name__}): delete it") from None
+    model.eval()
+    return history
 
 
 def _file_hash(path: Path) -> str:
@@ -218,15 +240,13 @@ def measured_base(base: BaseModel, splits: DataSplits, **settings: Any) -> tuple
     path = base.path.with_suffix(".metrics.json")
     in_cache = cache_dir() in base.path.parents
     stored: dict[str, Any] = {}
-    if in_cache and path.is_file():
+    if in_cache and (data := read_bytes(path)) is not None:
         try:
-            stored = json.loads(path.read_text())
+            stored = json.loads(data)
             return Metrics(**stored[key]), True
         except (KeyError, TypeError, ValueError):
             stored = stored if isinstance(stored, dict) else {}
     metrics = measure_model(base.model, splits, **settings)
     if in_cache:
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({**stored, key: metrics.to_dict()}))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps({**stored, key: metrics.to_dict()}).encode())
     return metrics, False

@@ -6,6 +6,7 @@ import pickle
 import zipfile
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,16 +30,44 @@ def _to_nchw(x: np.ndarray, path: Path) -> np.ndarray:
 
 # ---- CIFAR-10: the standard python-pickle batches directory -------------------------------
 
+# What a real batch (pickled by Python 2's cPickle, or again by NumPy) may name: NumPy's array
+# reconstruction (protocol 5: from a buffer) and the str -> bytes codec. Nothing else is ever looked up, so a crafted batch
+# cannot call anything that runs code.
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Dicts, lists, strings, bytes, numbers and NumPy arrays: the types a CIFAR-10 batch holds."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR-10 batch never does")
+        return super().find_class(module, name)
+
+
+def _unpickle(path: Path) -> Any:
+    with open(path, "rb") as f:
+        return _BatchUnpickler(f, encoding="bytes").load()
+
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise DataError(f"dataset 'cifar10': expected {path.name} in {path.parent}")
     try:
-        with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
+        batch = _unpickle(path)
         data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         labels = np.asarray(batch[b"labels"], dtype=np.int64)
-    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as e:
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
         raise DataError(f"{path} is not a CIFAR-10 python batch: {e}") from None
     return data, labels
 
@@ -50,8 +79,10 @@ def load_cifar10(data_dir: Path | None) -> RawData:
     x_test, y_test = _read_cifar_batch(path / "test_batch")
     classes: tuple[str, ...] = ()
     if (path / "batches.meta").is_file():
-        with open(path / "batches.meta", "rb") as f:
-            classes = tuple(n.decode() for n in pickle.load(f, encoding="bytes")[b"label_names"])
+        try:
+            classes = tuple(n.decode() for n in _unpickle(path / "batches.meta")[b"label_names"])
+        except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError) as e:
+            raise DataError(f"{path / 'batches.meta'} is not a CIFAR-10 batches.meta: {e}") from None
     x_train = np.concatenate([x for x, _ in train]).astype(np.float32) / 255.0
     y_train = np.concatenate([y for _, y in train])
     return RawData(x_train, y_train, x_test.astype(np.float32) / 255.0, y_test, classes)
