@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from autoprune.cache import CacheError, cache_folder, read_bytes, read_verified, write_atomic
 from autoprune.data import DataSplits
 from autoprune.errors import ConfigError, DivergedError
+from autoprune.limits import MAX_BATCH, MAX_EPOCHS
 from autoprune.measure import Metrics, accuracy, measure_model
 from autoprune.models import ModelSpec, create_model, load_checkpoint, model_fingerprint
 
@@ -43,18 +44,18 @@ class TrainConfig:
     max_batches: int | None = None  # cap on batches per epoch, for cheap trials
 
     def __post_init__(self) -> None:
-        if self.epochs < 0:
-            raise ConfigError(f"epochs={self.epochs} should be >= 0")
+        if not 0 <= self.epochs <= MAX_EPOCHS:
+            raise ConfigError(f"epochs={self.epochs} should be in 0..{MAX_EPOCHS}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"lr={self.lr} should be a positive number")
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise ConfigError(f"weight_decay={self.weight_decay} should be a number >= 0")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size={self.batch_size} should be >= 1")
+        if not 1 <= self.batch_size <= MAX_BATCH:
+            raise ConfigError(f"batch_size={self.batch_size} should be in 1..{MAX_BATCH}")
         if self.optimizer not in ("adam", "sgd"):
             raise ConfigError(f"optimizer={self.optimizer!r} should be 'adam' or 'sgd'")
-        if self.max_batches is not None and self.max_batches < 1:
-            raise ConfigError(f"max_batches={self.max_batches} should be >= 1 or None")
+        if self.max_batches is not None and not 1 <= self.max_batches <= 10**7:
+            raise ConfigError(f"max_batches={self.max_batches} should be in 1..10000000 or None")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

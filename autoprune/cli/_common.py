@@ -6,7 +6,7 @@ import argparse
 import math
 import os
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Callable, NoReturn
 
 from autoprune.errors import AutoPruneError
 from autoprune.names import bad_study_name
@@ -29,6 +29,22 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
+
+
+def int_in(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer in ``low..high`` (every count a flag takes is bounded)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer in {low}..{high}, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected an integer in {low}..{high}, got {value}")
+        return value
+
+    parse.__name__ = "integer"  # argparse names the type in its messages
+    return parse
 
 
 def positive_float(text: str) -> float:
@@ -124,7 +140,7 @@ def add_model_data_options(p: argparse.ArgumentParser) -> None:
 
 def add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-    p.add_argument("--threads", type=positive_int, metavar="N",
+    p.add_argument("--threads", type=int_in(1, 1024), metavar="N",
                    help="threads for latency measurement (default: torch's own setting)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 

@@ -13,12 +13,13 @@ from autoprune.cli._common import (
     add_model_data_options,
     add_output_options,
     grid,
+    int_in,
     latency_text,
     output_path,
-    positive_int,
     table,
 )
 from autoprune.cli._train import add_train_options, load_base, load_data
+from autoprune.limits import MAX_BATCH
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -59,7 +60,7 @@ def add_latency_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("latency")
     g.add_argument("--no-latency", action="store_true",
                    help="take no timing (accuracy, size and MACs only): for large networks on a busy machine")  # fmt: skip
-    g.add_argument("--latency-batch", type=positive_int, default=64, metavar="N",
+    g.add_argument("--latency-batch", type=int_in(1, MAX_BATCH), default=64, metavar="N",
                    help="the second timed batch size, beside batch 1 (default: 64)")  # fmt: skip
 
 

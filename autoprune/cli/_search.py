@@ -10,14 +10,15 @@ from typing import Any
 from autoprune.cli._common import (
     fraction,
     grid,
+    int_in,
     non_negative_float,
     output_path,
     port,
-    positive_int,
     study_name,
     table,
     timed_busy,
 )
+from autoprune.limits import MAX_EPOCHS, MAX_TRIALS
 from autoprune.search.storage import DEFAULT_STORAGE
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -34,10 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "finished trials: the same command resumes an interrupted search.",
     )  # fmt: skip
     _spec_options(p, DEFAULT_SPEC)
-    p.add_argument("--trials", type=positive_int, metavar="N", help="run until the study holds N finished trials")
-    p.add_argument("--jobs", type=positive_int, default=1, metavar="N",
+    p.add_argument("--trials", type=int_in(1, MAX_TRIALS), metavar="N", help="run until the study holds N finished trials")
+    p.add_argument("--jobs", type=int_in(1, 1024), default=1, metavar="N",
                    help="worker processes, the cores split between them (PostgreSQL or journal storage)")
-    p.add_argument("--threads", type=positive_int, metavar="N",
+    p.add_argument("--threads", type=int_in(1, 1024), metavar="N",
                    help="torch threads per worker (default: all cores, split between --jobs workers)")
     p.add_argument("--setup-only", action="store_true",
                    help="create the study, train (or load) the base model, queue the baselines, and exit: "
@@ -58,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "same study (source=final, parent=N), each shown beside the trial it refines. Run it again to resume.",
     )  # fmt: skip
     _spec_options(f, DEFAULT_SPEC)
-    f.add_argument("-k", type=positive_int, metavar="K", help="best trials to finalize (default: the spec's final.k)")
+    f.add_argument("-k", type=int_in(1, 100), metavar="K", help="best trials to finalize (default: the spec's final.k)")
     f.add_argument("--max-acc-drop", type=non_negative_float, metavar="D", help="the budget they are chosen within (default: the spec's)")
     f.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     f.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -106,7 +107,7 @@ def _spec_options(p: argparse.ArgumentParser, default_spec: Path) -> None:
     g.add_argument("--data-dir", metavar="PATH",
                    help="where the dataset's files are (fashion-mnist: /usr/share/datasets/fashion-mnist when not given)")
     g.add_argument("--val-fraction", type=fraction, metavar="F", help="share of the training data held out for validation")
-    g.add_argument("--train-epochs", type=positive_int, metavar="N", help="epochs of base-model training")
+    g.add_argument("--train-epochs", type=int_in(1, MAX_EPOCHS), metavar="N", help="epochs of base-model training")
 
 
 def _storage_options(p: argparse.ArgumentParser) -> None:

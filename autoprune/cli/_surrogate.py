@@ -7,7 +7,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from autoprune.cli._common import grid, non_negative_float, output_path, positive_int
+from autoprune.cli._common import grid, int_in, non_negative_float, output_path
 from autoprune.cli._search import _storage_options
 from autoprune.errors import AutoPruneError
 from autoprune.names import file_stem
@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     q.add_argument("--target", choices=("size", "latency"), default="size",
                    help="what to minimise: the packed size, or the predicted batch-1 latency (default: size)")
-    q.add_argument("-k", type=positive_int, default=5, metavar="K", help="how many proposals (default: 5)")
+    q.add_argument("-k", type=int_in(1, 1000), default=5, metavar="K", help="how many proposals (default: 5)")
     q.add_argument("--surrogate", type=Path, metavar="FILE", help="use a surrogate saved by 'fit --out' (not refit)")
     q.add_argument("--enqueue", action="store_true",
                    help="add them to the study (source=surrogate); the next 'autoprune search' runs them")
@@ -69,14 +69,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "note for optuna-dashboard.")  # fmt: skip
     _common(c)
     c.add_argument("--at", default="10,20,30", metavar="N,N,...", help="history sizes (default: %(default)s)")
-    c.add_argument("-k", type=positive_int, default=5, metavar="K", help="proposals per size (default: 5)")
+    c.add_argument("-k", type=int_in(1, 1000), default=5, metavar="K", help="proposals per size (default: 5)")
     c.add_argument(
         "--max-acc-drop", type=non_negative_float, metavar="D", help="budget in points (default: the study spec's)"
     )
     c.add_argument(
         "--png", type=Path, metavar="FILE", help="where to write the plot (default: STUDY-compare.png)"
     )
-    c.add_argument("--threads", type=positive_int, metavar="N",
+    c.add_argument("--threads", type=int_in(1, 1024), metavar="N",
                    help="torch threads for the proposals' trials (default: torch's own setting)")
     c.set_defaults(run=run_compare, format=format_compare)
 

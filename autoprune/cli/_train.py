@@ -10,19 +10,20 @@ from typing import Any
 from autoprune.cli._common import (
     add_model_data_options,
     add_output_options,
+    int_in,
     latency_text,
     output_path,
     positive_float,
-    positive_int,
     table,
 )
+from autoprune.limits import MAX_BATCH, MAX_EPOCHS
 
 
 def add_train_options(p: argparse.ArgumentParser, *, epochs_help: str = "training epochs") -> None:
     t = p.add_argument_group("base training")
-    t.add_argument("--epochs", type=positive_int, default=15, help=f"{epochs_help} (default: %(default)s)")
+    t.add_argument("--epochs", type=int_in(1, MAX_EPOCHS), default=15, help=f"{epochs_help} (default: %(default)s)")
     t.add_argument("--lr", type=positive_float, default=1e-3, help="peak learning rate (default: %(default)s)")
-    t.add_argument("--batch-size", type=positive_int, default=64, help="(default: %(default)s)")
+    t.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=64, help="(default: %(default)s)")
     t.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="(default: %(default)s)")
     t.add_argument("--no-cache", action="store_true", help="train again even when a cached model exists")
 

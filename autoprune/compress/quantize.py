@@ -9,6 +9,7 @@ assignment stays fixed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,6 +18,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from autoprune.compress._layers import RecipeError, check_layer_names, layer_kind, weight_layers
+from autoprune.limits import MAX_EPOCHS
 from autoprune.ops.kmeans import INITS, kmeans_1d
 
 
@@ -32,8 +34,8 @@ class ShareConfig:
     lr: float = 1e-4
 
     def __post_init__(self) -> None:
-        if self.epochs < 0 or not self.lr > 0:
-            raise RecipeError(f"quantize epochs={self.epochs} should be >= 0 and lr={self.lr} > 0")
+        if not 0 <= self.epochs <= MAX_EPOCHS or not (self.lr > 0 and math.isfinite(self.lr)):
+            raise RecipeError(f"quantize epochs={self.epochs} should be in 0..{MAX_EPOCHS} and lr={self.lr} > 0")
         if self.init not in INITS:
             raise RecipeError(f"quantize init={self.init!r} should be one of {', '.join(INITS)}")
         for name, bits in [("conv_bits", self.conv_bits), ("fc_bits", self.fc_bits), *self.layers.items()]:

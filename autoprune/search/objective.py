@@ -3,6 +3,8 @@ recorded under stable names."""
 
 from __future__ import annotations
 
+import logging
+import math
 import tempfile
 import time
 import warnings
@@ -27,6 +29,7 @@ from autoprune.search.space import (
     at_full_budget,
     config_from_params,
     distributions,
+    out_of_space,
     suggest,
     with_cap,
 )
@@ -34,6 +37,7 @@ from autoprune.search.spec import StudySpec
 from autoprune.search.stop import stop_requested
 from autoprune.search.storage import check_artifact_id
 
+log = logging.getLogger(__name__)
 FINAL = "final"  # the source of a trial re-run at the full budget (autoprune finalize)
 RECIPE_ATTR = "autoprune:recipe:"  # + name: a baseline recipe, kept in the study (a trial holds only its name)
 
@@ -114,6 +118,11 @@ class Objective:
             config = config if final else with_cap(config, spec.space)
         else:
             params = suggest(trial, self.dists)
+            problem = out_of_space(params, self.dists)
+            if problem is not None:  # an enqueued or stored trial: it fails, the search goes on
+                trial.set_user_attr("fail_reason", problem)
+                log.warning("trial %d: %s: not run", trial.number, problem)
+                return _failed(len(spec.study.objectives))
             config = config_from_params(params, spec.space, ctx.layers, seed=spec.study.seed + number)
             if final:
                 config = at_full_budget(config, spec.final.epochs, spec.final.quant_epochs)
@@ -153,6 +162,11 @@ class Objective:
             trial.set_constraint("acc_drop", budget.drop(record) - budget.max_drop)
         values = tuple(float(getattr(record, o)) for o in spec.study.objectives)
         return values[0] if single else values
+
+
+def _failed(objectives: int) -> float | tuple[float, ...]:
+    """What makes Optuna fail a trial with one line of its own and go on: NaN values."""
+    return math.nan if objectives == 1 else (math.nan,) * objectives
 
 
 def _stop_callback(epoch: int, val_accuracy: float) -> None:

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import optuna
 import sqlalchemy
 import torch
+from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
@@ -115,9 +116,12 @@ class Inputs:
     baselines: tuple[CompressConfig, ...] = ()
 
 
-def load_inputs(spec: StudySpec, *, progress: bool, spec_dir: Path | None = None) -> Inputs:
-    """Load the data and the base model (trained at most once: cached); with ``spec_dir``, read
-    and check the baseline recipes too."""
+def load_inputs(
+    spec: StudySpec, *, progress: bool, spec_dir: Path | None = None, cached_only: bool = False
+) -> Inputs:
+    """Load the data and the base model (trained at most once: cached; ``cached_only``: never
+    trained here, for a study someone else made); with ``spec_dir``, read and check the baseline
+    recipes too."""
     d = spec.data
     splits = load_dataset(d.name, data_dir=d.data_dir or None, val_fraction=d.val_fraction, seed=d.seed)
     c, h, w = splits.input_shape
@@ -132,19 +136,21 @@ def load_inputs(spec: StudySpec, *, progress: bool, spec_dir: Path | None = None
     if spec.model.checkpoint:
         base = load_checkpoint(model, spec.model.checkpoint).eval()
     else:
-        base = train_base(model_spec, splits, spec.train, seed=d.seed, progress=progress).model
+        base = train_base(model_spec, splits, spec.train, seed=d.seed, progress=progress, cached_only=cached_only).model
     return Inputs(splits, model_spec, base, recipes)
 
 
 def prepare(
     spec: StudySpec, study: optuna.Study, storage: BaseStorage, info: StorageInfo, *, progress: bool,
-    inputs: Inputs | None = None,
+    inputs: Inputs | None = None, read_only: bool = False,
 ) -> SearchContext:  # fmt: skip
     """One worker's context: the inputs (loaded now unless given), the artifact store and the
-    base metrics (measured once per study)."""
-    inputs = inputs or load_inputs(spec, progress=progress)
-    store = artifact_store(artifact_dir(info, spec.study.artifacts))
-    metrics = base_metrics(study, inputs.base, inputs.splits, spec.study.latency_repeats)
+    base metrics (measured once per study). ``read_only``: a study only read (``--from``):
+    nothing is written into it or beside it, and its base is never trained here."""
+    inputs = inputs or load_inputs(spec, progress=progress, cached_only=read_only)
+    folder = artifact_dir(info, spec.study.artifacts)
+    store = FileSystemArtifactStore(str(folder)) if read_only else artifact_store(folder)
+    metrics = base_metrics(study, inputs.base, inputs.splits, spec.study.latency_repeats, store=not read_only)
     ctx = SearchContext(
         spec, inputs.splits, inputs.model_spec, inputs.base, metrics, SpaceLayers.of(inputs.base), store, storage
     )
@@ -153,12 +159,16 @@ def prepare(
     return ctx
 
 
-def base_metrics(study: optuna.Study, base: torch.nn.Module, splits: Any, latency_repeats: int) -> Metrics:
-    """The base model's metrics, measured once per study and shared by every worker."""
+def base_metrics(
+    study: optuna.Study, base: torch.nn.Module, splits: Any, latency_repeats: int, *, store: bool = True
+) -> Metrics:
+    """The base model's metrics, measured once per study and shared by every worker
+    (``store=False``: measured, never stored)."""
     stored = study.user_attrs.get("base")
     if stored is None:
         metrics = measure_model(base, splits, latency_repeats=latency_repeats)
-        study.set_user_attr("base", metrics.to_dict())
+        if store:
+            study.set_user_attr("base", metrics.to_dict())
         return metrics
     return Metrics(**stored)
 

@@ -121,6 +121,30 @@ def suggest(trial: optuna.Trial, dists: dict[str, BaseDistribution]) -> dict[str
     return params
 
 
+def out_of_space(params: dict[str, Any], dists: dict[str, BaseDistribution]) -> str | None:
+    """What is wrong with ``params`` as values of ``dists`` (None: every one lies inside).
+
+    ``suggest`` hands back an enqueued value as given, even outside its range; a search trial
+    runs only what its space allows (a queued ``finetune_epochs = 10**6`` is refused here)."""
+    for name, dist in dists.items():
+        value = params.get(name)
+        if isinstance(dist, CategoricalDistribution):
+            ok = value in dist.choices
+        elif isinstance(dist, IntDistribution):
+            ok = isinstance(value, int) and not isinstance(value, bool) and dist.low <= value <= dist.high
+        else:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and dist.low <= value <= dist.high
+        if not ok:
+            return f"parameter {name}={value!r} lies outside the search space ({_describe(dist)})"
+    return None
+
+
+def _describe(dist: BaseDistribution) -> str:
+    if isinstance(dist, CategoricalDistribution):
+        return "one of " + ", ".join(map(str, dist.choices))
+    return f"{dist.low}..{dist.high}"  # type: ignore[attr-defined]
+
+
 def recipe_params(
     recipe: CompressConfig, dists: dict[str, BaseDistribution], base: nn.Module
 ) -> dict[str, Any]:

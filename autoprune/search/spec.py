@@ -16,6 +16,7 @@ from typing import Any
 
 from autoprune._config import build_config, read_toml
 from autoprune.errors import AutoPruneError
+from autoprune.limits import MAX_EPOCHS, MAX_TRIALS
 from autoprune.models import is_user_model
 from autoprune.names import bad_study_name
 from autoprune.ops.kmeans import INITS
@@ -85,8 +86,8 @@ class SpaceSection:
         _range("space.quant_epochs", self.quant_epochs, 0, 1000)
         if not self.init or any(i not in INITS for i in self.init) or len(set(self.init)) != len(self.init):
             raise SpecError(f"space.init={self.init} should be distinct names among {', '.join(INITS)}")
-        if self.max_batches < 0:
-            raise SpecError(f"space.max_batches={self.max_batches} should be >= 0")
+        if not 0 <= self.max_batches <= 10**7:
+            raise SpecError(f"space.max_batches={self.max_batches} should be in 0..10000000")
 
 
 @dataclass(frozen=True)
@@ -103,8 +104,11 @@ class FinalSection:
     slack: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.k < 1 or self.epochs < 0 or self.quant_epochs < 0:
-            raise SpecError(f"final.k={self.k} should be >= 1, final.epochs and final.quant_epochs >= 0")
+        if not 1 <= self.k <= 100:
+            raise SpecError(f"final.k={self.k} should be in 1..100")
+        for key in ("epochs", "quant_epochs"):
+            if not 0 <= getattr(self, key) <= MAX_EPOCHS:
+                raise SpecError(f"final.{key}={getattr(self, key)} should be in 0..{MAX_EPOCHS}")
         if not (0 <= self.slack <= 100 and math.isfinite(self.slack)):
             raise SpecError(f"final.slack={self.slack} should be a number of points in [0, 100]")
 
@@ -141,16 +145,18 @@ class StudySection:
             raise SpecError(f"study.sampler={self.sampler!r} should be one of {', '.join(list_samplers())}")
         if self.pruner not in PRUNERS:
             raise SpecError(f"study.pruner={self.pruner!r} should be one of {', '.join(PRUNERS)}")
-        if self.trials < 1:
-            raise SpecError(f"study.trials={self.trials} should be >= 1")
-        if not 1 <= self.heartbeat_interval < self.grace_period:
+        if not 1 <= self.trials <= MAX_TRIALS:
+            raise SpecError(f"study.trials={self.trials} should be in 1..{MAX_TRIALS}")
+        if not 1 <= self.heartbeat_interval < self.grace_period <= 86400:
             raise SpecError(
-                f"study.heartbeat_interval={self.heartbeat_interval} should be >= 1 and below study.grace_period"
+                f"study.heartbeat_interval={self.heartbeat_interval} should be >= 1 and below "
+                f"study.grace_period={self.grace_period} (at most 86400)"
             )
         if not 1 <= self.db_timeout <= 3600:
             raise SpecError(f"study.db_timeout={self.db_timeout} should be in 1..3600 seconds")
-        if self.keep_artifacts < 1 or self.latency_repeats < 1:
-            raise SpecError("study.keep_artifacts and study.latency_repeats should be >= 1")
+        for key, high in (("keep_artifacts", 10**6), ("latency_repeats", 10_000)):
+            if not 1 <= getattr(self, key) <= high:
+                raise SpecError(f"study.{key}={getattr(self, key)} should be in 1..{high}")
         if not (self.max_acc_drop >= 0 and math.isfinite(self.max_acc_drop)):
             raise SpecError(f"study.max_acc_drop={self.max_acc_drop} should be a finite number >= 0")
         if self.selection not in ("upper", "point"):

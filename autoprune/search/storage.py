@@ -10,6 +10,7 @@ import json
 import os
 import random
 import re
+import sqlite3
 import sys
 import threading
 import time
@@ -18,7 +19,7 @@ import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import optuna
 import sqlalchemy
@@ -116,21 +117,25 @@ def open_storage(
     info: StorageInfo,
     *,
     create: bool = True,
+    read_only: bool = False,
     heartbeat_interval: int = HEARTBEAT_INTERVAL,
     grace_period: int = GRACE_PERIOD,
     timeout: int = DB_TIMEOUT,
 ) -> BaseStorage:
     """Open the storage (``create``: and create it if needed); heartbeats with retry on RDB
-    storages. A read-only command passes ``create=False``: it never makes a database."""
+    storages. A command that only reads passes ``create=False``: it never makes a database;
+    ``read_only``: the connection cannot write either (a study someone else owns, ``--from``)."""
     path = info.path
     if path is not None:
-        if not create and not path.is_file():
+        if (not create or read_only) and not path.is_file():
             raise StorageError(
                 f"no study database at {path.resolve()} ({info.safe_url}); run 'autoprune search' "
                 "first, or point --storage at the database"
             )
-        if create:
+        if create and not read_only:
             path.parent.mkdir(parents=True, exist_ok=True)
+        if info.kind == "sqlite" and path.is_file():
+            check_sqlite_schema(path)
     if info.kind == "journal":
         try:
             if path.is_file() and not _looks_like_journal(path):
@@ -146,7 +151,15 @@ def open_storage(
             raise StorageError(f"cannot open journal file {path}: {e.strerror}") from None
         except (ValueError, KeyError, TypeError, UnicodeDecodeError):
             raise StorageError(f"{path} is not an Optuna journal file") from None
-    engine_kwargs = {"pool_pre_ping": True, "connect_args": _pg_timeouts(timeout)} if info.kind == "postgresql" else None
+    engine_kwargs: dict[str, Any] | None = None
+    if info.kind == "postgresql":
+        connect_args: dict[str, Any] = _pg_timeouts(timeout)
+        if read_only:
+            connect_args["options"] = "-c default_transaction_read_only=on"
+        engine_kwargs = {"pool_pre_ping": True, "connect_args": connect_args}
+    elif read_only and path is not None:
+        uri = f"{path.resolve().as_uri()}?mode=ro"
+        engine_kwargs = {"creator": lambda: sqlite3.connect(uri, uri=True, check_same_thread=False)}
     for attempt in range(SCHEMA_ATTEMPTS):
         try:
             with warnings.catch_warnings():  # heartbeats and their retry are "experimental" in Optuna 5
@@ -157,7 +170,7 @@ def open_storage(
                     heartbeat_interval=heartbeat_interval,
                     grace_period=grace_period,
                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
-                    skip_table_creation=not create,
+                    skip_table_creation=not create or read_only,
                 )
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as e:
             # Workers started together on an empty database race to create the schema; the
@@ -169,6 +182,22 @@ def open_storage(
             # TypeError: the driver on a database it cannot read (SQL_ASCII text comes back as bytes)
             raise StorageError(f"cannot open storage {info.safe_url}: {_reason(e, info)}") from None
     raise AssertionError("unreachable")
+
+
+def check_sqlite_schema(path: Path) -> None:
+    """Refuse a SQLite file that holds views or triggers: Optuna creates neither, and a crafted
+    one (a recursive view in place of a table) would hang every query that touches it."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+            extra = conn.execute(
+                "SELECT type, name FROM sqlite_master WHERE type IN ('view', 'trigger') LIMIT 1"
+            ).fetchone()
+    except sqlite3.Error as e:
+        raise StorageError(f"{path} is not a readable SQLite study database: {e}") from None
+    if extra is not None:
+        raise StorageError(
+            f"{path} holds a {extra[0]} ({extra[1]!r}) that Optuna never creates: not a study database autoprune reads"
+        )
 
 
 def _pg_timeouts(timeout: int) -> dict[str, int]:

@@ -76,12 +76,15 @@ def open_view(
     checkpoint: str | None = None,
     data_dir: str | None = None,
     artifacts: str | None = None,
+    read_only: bool = False,
 ) -> StudyView:
     """The study ``name`` (None: the only one in the storage) with its data and base model.
 
     The spec stored in the study says which model and data to rebuild, but any code, file or
-    folder it names is used only when the caller names it too (see :func:`trusted_spec`)."""
-    storage = open_storage(info, create=False)
+    folder it names is used only when the caller names it too (see :func:`trusted_spec`).
+    ``read_only``: another's study (``--from``): opened so that nothing can be written into it,
+    its base model taken from the cache only, never trained with its stored settings."""
+    storage = open_storage(info, create=False, read_only=read_only)
     name = resolve_study_name(storage, name, info.where)
     study = optuna.load_study(study_name=name, storage=storage)
     if not isinstance(study.user_attrs.get("spec"), dict):
@@ -90,7 +93,7 @@ def open_view(
         study.user_attrs["spec"], study=name, storage=info.url, model=model, checkpoint=checkpoint,
         data_dir=data_dir, artifacts=artifacts,
     )  # fmt: skip
-    ctx = prepare(spec, study, storage, info, progress=progress)
+    ctx = prepare(spec, study, storage, info, progress=progress, read_only=read_only)
     return StudyView(study, spec, info, ctx, study_budget(study))
 
 
@@ -102,7 +105,7 @@ def open_sources(sources: Sequence[str], default_url: str, *, progress: bool = F
         name, _, url = source.partition("@")
         info = parse_storage(url or default_url)
         with storage_errors(info):
-            views.append(open_view(name or None, info, progress=progress))
+            views.append(open_view(name or None, info, progress=progress, read_only=True))
     return views
 
 
