@@ -12,7 +12,7 @@ import os
 import statistics
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from functools import partial
 from typing import Any, Callable, Iterator
 
@@ -308,6 +308,21 @@ class Metrics:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_stored(cls, stored: object) -> Metrics | None:
+        """Metrics read back from a study or a cache file (data: checked); None when any field
+        is missing or of the wrong type."""
+        if not isinstance(stored, dict) or set(stored) - {f.name for f in fields(cls)}:
+            return None
+        for f in fields(cls):
+            value = stored.get(f.name)
+            if value is None and (f.default is MISSING or f.type == "str"):
+                return None
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if value is not None and not (isinstance(value, str) if f.type == "str" else number):
+                return None
+        return cls(**stored)
 
     def summary(self) -> dict[str, Any]:
         """What a packed file records of the base it was made from: enough for a ratio and a drop."""

@@ -244,9 +244,12 @@ def measured_base(base: BaseModel, splits: DataSplits, **settings: Any) -> tuple
     if in_cache and (data := read_bytes(path)) is not None:
         try:
             stored = json.loads(data)
-            return Metrics(**stored[key]), True
-        except (KeyError, TypeError, ValueError):
-            stored = stored if isinstance(stored, dict) else {}
+            metrics = Metrics.from_stored(stored.get(key))
+            if metrics is not None:
+                return metrics, True
+        except (AttributeError, ValueError):
+            pass
+        stored = stored if isinstance(stored, dict) else {}
     metrics = measure_model(base.model, splits, **settings)
     if in_cache:
         write_atomic(path, json.dumps({**stored, key: metrics.to_dict()}).encode())

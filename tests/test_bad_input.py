@@ -20,7 +20,7 @@ ST = ["--storage", "sqlite:///study.db"]
 CASES = {
     # flags
     "train epochs 0": (["train", "--epochs", "0"], "--epochs"),
-    "train epochs negative": (["train", "--epochs", "-3"], "positive integer"),
+    "train epochs negative": (["train", "--epochs", "-3"], "expected an integer in 1..1000"),
     "train lr nan": (["train", "--lr", "nan"], "--lr"),
     "train lr inf": (["train", "--lr", "inf"], "--lr"),
     "train lr negative": (["train", "--lr", "-1"], "--lr"),

@@ -64,8 +64,8 @@ def test_train_json_is_one_document_on_stdout(tmp_path: Path) -> None:
         (["train", "--model", "alexnet"], "valid models: lenet300, lenet5"),
         (["train", "--dataset", "imagenet"], "valid datasets: cifar10, digits"),
         (["train", "--dataset", "mnist", "--data-dir", "/nonexistent/mnist"], "/nonexistent/mnist does not exist"),
-        (["train", "--epochs", "0"], "--epochs: expected a positive integer, got 0"),
-        (["train", "--epochs", "-3"], "expected a positive integer"),
+        (["train", "--epochs", "0"], "--epochs: expected an integer in 1..1000, got 0"),
+        (["train", "--epochs", "-3"], "expected an integer in 1..1000"),
         (["train", "--no-such-flag"], "unrecognized arguments"),
     ],
 )

@@ -184,10 +184,10 @@ def test_the_database_never_stores_the_password(tmp_path: Path, capsys: pytest.C
 def test_a_dashboard_open_to_the_network_says_so(
     workspace: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import optuna_dashboard
+    import autoprune.workflow
 
     served = []
-    monkeypatch.setattr(optuna_dashboard, "run_server", lambda storage, **kw: served.append(kw))
+    monkeypatch.setattr(autoprune.workflow, "serve_dashboard", lambda storage, **kw: served.append(kw))
     monkeypatch.chdir(workspace)
     code, _, err = call(["dashboard", "--storage", "sqlite:///study.db", "--host", "0.0.0.0"], capsys)
     assert code == 0 and served[0]["host"] == "0.0.0.0"
@@ -228,3 +228,53 @@ def test_checkpoints_load_without_pickle(tmp_path: Path, capsys: pytest.CaptureF
     torch.save({"x": Evil()}, tmp_path / "evil.pt")
     code, _, err = call(["train", "--checkpoint", str(tmp_path / "evil.pt"), "--quiet"], capsys)
     assert code == 2 and not marker.exists()
+
+
+def test_the_dashboard_on_loopback_answers_only_to_its_own_address(workspace: Path) -> None:
+    """DNS rebinding: a page on evil.example whose name resolves to 127.0.0.1 sends its own
+    name as Host; the server refuses it, and serves the browser that names 127.0.0.1."""
+    import socket
+    import threading
+    import urllib.request
+
+    from autoprune.search.storage import open_storage
+    from autoprune.workflow import _dashboard
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    storage = open_storage(parse_storage(f"sqlite:///{workspace / 'study.db'}"), create=False)
+    servers = []
+    real_make_server = _dashboard.make_server
+
+    def keep(*args, **kwargs):  # noqa: ANN002, ANN003
+        servers.append(real_make_server(*args, **kwargs))
+        return servers[-1]
+
+    _dashboard.make_server = keep
+    try:
+        thread = threading.Thread(target=_dashboard.serve_dashboard, args=(storage,),
+                                  kwargs={"host": "127.0.0.1", "port": port}, daemon=True)  # fmt: skip
+        thread.start()
+        for _ in range(100):
+            if servers:
+                break
+            threading.Event().wait(0.05)
+
+        def status(host: str) -> int:
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/api/meta", headers={"Host": host})
+            try:
+                with urllib.request.urlopen(request, timeout=10) as r:
+                    return r.status
+            except urllib.error.HTTPError as e:
+                return e.code
+
+        assert status("evil.example") == 403
+        assert status(f"evil.example:{port}") == 403
+        assert status(f"127.0.0.1:{port}") == 200
+        assert status(f"localhost:{port}") == 200
+    finally:
+        _dashboard.make_server = real_make_server
+        if servers:
+            servers[0].shutdown()
+    assert _dashboard.allowed_hosts("0.0.0.0", 80) == {"0.0.0.0", "0.0.0.0:80"}

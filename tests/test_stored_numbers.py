@@ -136,3 +136,65 @@ def test_a_sqlite_file_with_a_recursive_view_is_refused_at_once(
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert time.perf_counter() - started < 30
     assert snapshot(tmp_path) == before
+
+
+def set_trial_attr(db: Path, number: int, key: str, value: object) -> None:
+    """What a hostile writer of a shared database does: rows edited directly."""
+    import json
+
+    with sqlite3.connect(db) as conn:
+        (trial_id,) = conn.execute("SELECT trial_id FROM trials WHERE number = ?", (number,)).fetchone()
+        conn.execute("DELETE FROM trial_user_attributes WHERE trial_id = ? AND key = ?", (trial_id, key))
+        conn.execute("INSERT INTO trial_user_attributes (trial_id, key, value_json) VALUES (?, ?, ?)",
+                     (trial_id, key, json.dumps(value)))  # fmt: skip
+
+
+def test_malformed_stored_values_are_skipped_or_one_line(
+    workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from autoprune._compat import set_study_system_attr
+    from autoprune.workflow import SENSITIVITY_ATTR
+
+    url = own_copy(workspace, tmp_path)
+    shutil.copytree(workspace / "artifacts", tmp_path / "artifacts")
+    shutil.copy(workspace / "tiny.toml", tmp_path / "tiny.toml")
+    study = optuna.load_study(study_name="tiny", storage=url)
+    db = tmp_path / "study.db"
+    set_trial_attr(db, 1, "compression_ratio", "x")
+    set_trial_attr(db, 1, "source", "final")
+    set_trial_attr(db, 1, "parent", [1])  # unhashable: it once ended finalize in a traceback
+    trials = study.get_trials()
+    study.set_user_attr("base", {"accuracy": "high", "dense_bytes": [1]})
+    layer = {"name": r"$\frac{$", "kind": "conv", "filters": 2, "params": 10, "norms": [1.0, 2.0],
+             "ratio_drop": [0.0] * 8, "quality_drop": [0.0] * 8}  # fmt: skip
+    set_study_system_attr(study, SENSITIVITY_ATTR, {"base_accuracy": 90.0, "layers": [layer]})
+    queued = len(trials)
+    study.enqueue_trial(trials[0].params, user_attrs={"source": "final", "parent": 2**70})
+    monkeypatch.chdir(tmp_path)
+    for args in (["trials", "--json"], ["trials"], ["report", "--png", "figs"],
+                 ["finalize", "tiny.toml", "-k", "1", "--quiet"]):  # fmt: skip
+        code, _, err = call([*args, "--storage", url], capsys)
+        assert "Traceback" not in err and code in (0, 2), (args, err)
+        assert code == 0 or len(err.strip().splitlines()) == 1, (args, err)
+    failed = optuna.load_study(study_name="tiny", storage=url).trials[queued].user_attrs.get("fail_reason", "")
+    assert failed.startswith("names no earlier trial as its parent"), failed
+
+
+def test_stored_text_reaches_the_note_escaped(workspace: Path, tmp_path: Path) -> None:
+    import re
+
+    from autoprune.search.report import study_budget
+    from autoprune.workflow import summary_note
+    from autoprune.workflow._report import markdown_html
+
+    url = own_copy(workspace, tmp_path)
+    study = optuna.load_study(study_name="tiny", storage=url)
+    evil = "<img src=x onerror=alert(1)> **bold** | cell"
+    for t in study.get_trials():
+        if t.user_attrs.get("recipe_name"):
+            set_trial_attr(tmp_path / "study.db", t.number, "recipe_name", evil)
+    study = optuna.load_study(study_name="tiny", storage=url)
+    note = summary_note(study, study_budget(study))
+    assert "img src" in note and not re.search(r"(?<!\\)[<>]", note), note
+    page = markdown_html(note)
+    assert "<img" not in page and "&lt;img src=x onerror=alert(1)&gt; **bold** | cell" in page

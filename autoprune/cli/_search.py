@@ -282,8 +282,6 @@ def format_export(r: dict[str, Any]) -> str:
 
 
 def run_dashboard(args: argparse.Namespace) -> dict[str, Any]:
-    from optuna_dashboard import run_server
-
     from autoprune.search.storage import (
         artifact_dir,
         artifact_store,
@@ -291,6 +289,7 @@ def run_dashboard(args: argparse.Namespace) -> dict[str, Any]:
         parse_storage,
         storage_errors,
     )
+    from autoprune.workflow import serve_dashboard
 
     info = parse_storage(args.storage)
     with storage_errors(info):
@@ -302,5 +301,5 @@ def run_dashboard(args: argparse.Namespace) -> dict[str, Any]:
               "and delete studies (optuna-dashboard has no login); prefer an SSH tunnel to 127.0.0.1",
               file=sys.stderr)  # fmt: skip
     print(f"optuna-dashboard on http://{args.host}:{args.port} for {info.safe_url} (Ctrl-C stops it)", flush=True)
-    run_server(storage, host=args.host, port=args.port, artifact_store=store)
+    serve_dashboard(storage, host=args.host, port=args.port, artifact_store=store)
     return "stopped"  # type: ignore[return-value]

@@ -246,7 +246,9 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
     try:
         sizes = [int(s) for s in args.at.split(",") if s.strip()]
     except ValueError:
-        raise AutoPruneError(f"--at {args.at!r}: expected history sizes such as 10,20,30") from None
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise AutoPruneError(f"--at {args.at!r}: expected history sizes of 1 or more, such as 10,20,30")
     output_path(args.png, "--png")
     view = _view(args)
     png = args.png or output_path(Path(f"{file_stem(view.study.study_name)}-compare.png"), "--png")

@@ -104,7 +104,9 @@ class Objective:
         source = trial.user_attrs.get("source") or self.sampler_name
         final = source == FINAL
         parent = trial.user_attrs.get("parent")
-        number = parent if final and isinstance(parent, int) else trial.number  # a final trial: its parent's seeds
+        if final and not (isinstance(parent, int) and not isinstance(parent, bool) and 0 <= parent < trial.number):
+            return self._refuse(trial, f"names no earlier trial as its parent ({str(parent)[:40]})")
+        number = parent if final else trial.number  # a final trial: its parent's seeds
         baseline = trial_recipe(trial, stored_recipes(trial.study)) if "recipe_name" in trial.user_attrs else None
         if "recipe_name" in trial.user_attrs and baseline is None:
             raise RecipeError(f"baseline {trial.user_attrs['recipe_name']!r} has no readable recipe in the study")
@@ -119,10 +121,8 @@ class Objective:
         else:
             params = suggest(trial, self.dists)
             problem = out_of_space(params, self.dists)
-            if problem is not None:  # an enqueued or stored trial: it fails, the search goes on
-                trial.set_user_attr("fail_reason", problem)
-                log.warning("trial %d: %s: not run", trial.number, problem)
-                return _failed(len(spec.study.objectives))
+            if problem is not None:  # an enqueued or stored trial
+                return self._refuse(trial, problem)
             config = config_from_params(params, spec.space, ctx.layers, seed=spec.study.seed + number)
             if final:
                 config = at_full_budget(config, spec.final.epochs, spec.final.quant_epochs)
@@ -163,10 +163,13 @@ class Objective:
         values = tuple(float(getattr(record, o)) for o in spec.study.objectives)
         return values[0] if single else values
 
-
-def _failed(objectives: int) -> float | tuple[float, ...]:
-    """What makes Optuna fail a trial with one line of its own and go on: NaN values."""
-    return math.nan if objectives == 1 else (math.nan,) * objectives
+    def _refuse(self, trial: optuna.Trial, problem: str) -> float | tuple[float, ...]:
+        """Fail a trial that stored data made impossible, with one line, and let the search go
+        on: Optuna fails a trial whose values are NaN (a ``fail_reason`` is never retried)."""
+        trial.set_user_attr("fail_reason", problem)
+        log.warning("trial %d: %s: not run", trial.number, problem)
+        objectives = len(self.ctx.spec.study.objectives)
+        return math.nan if objectives == 1 else (math.nan,) * objectives
 
 
 def _stop_callback(epoch: int, val_accuracy: float) -> None:

@@ -55,19 +55,40 @@ class TrialRecord:
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Any]) -> TrialRecord | None:
         """The record stored in a trial's user attributes; None when a required metric is missing
-        (a failed, pruned or foreign trial)."""
+        (a failed, pruned or foreign trial) or a value is not of its field's type (stored data:
+        anyone who can write to the database can write a string where a number belongs)."""
         values = {}
         for f in dataclasses.fields(cls):
             value = attrs.get(f.name)
             if value is None and f.default is dataclasses.MISSING:
                 return None
             if value is not None:
+                if not _fits(value, str(f.type)):
+                    return None
                 values[f.name] = value
         return cls(**values)
 
     def to_user_attrs(self) -> dict[str, Any]:
         """As stored: a non-finite number (a diverged latency, say) becomes None (JSON has no NaN)."""
         return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def stored(attrs: Mapping[str, Any], name: str) -> Any:
+    """The record's field ``name`` as stored in a trial's attributes; None when it is missing
+    or not of its field's type."""
+    value = attrs.get(name)
+    return value if value is not None and _fits(value, _TYPES[name]) else None
+
+
+def _fits(value: Any, annotation: str) -> bool:
+    """Whether a stored value is of the annotated type (``float``, ``int | None``, ``str``)."""
+    if isinstance(value, bool):
+        return False
+    if annotation.startswith("str"):
+        return isinstance(value, str)
+    if annotation.startswith("int"):
+        return isinstance(value, int) and abs(value) < 2**63
+    return isinstance(value, (int, float)) and (not isinstance(value, int) or abs(value) < 2**63)
 
 
 def names(*wanted: str) -> tuple[str, ...]:
@@ -124,3 +145,6 @@ def goal(objectives: Sequence[str] | None) -> Callable[[TrialRecord], float]:
 
 
 OBJECTIVES = {f.name: f.metadata["direction"] for f in dataclasses.fields(TrialRecord) if "direction" in f.metadata}
+
+
+_TYPES = {f.name: str(f.type) for f in dataclasses.fields(TrialRecord)}

@@ -8,7 +8,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.ops.pareto import best_within, non_dominated
-from autoprune.search.record import Budget, TrialRecord, goal, names
+from autoprune.search.record import Budget, TrialRecord, goal, names, stored
 from autoprune.search.spec import SpecError, StudySection
 
 
@@ -20,8 +20,8 @@ def trial_row(t: FrozenTrial) -> dict[str, Any]:
     return {
         "trial": t.number,
         "state": t.state.name,
-        "recipe": a.get("recipe_name"),
-        **{name: a.get(name) for name in names()},
+        "recipe": a.get("recipe_name") if isinstance(a.get("recipe_name"), str) else None,
+        **{name: stored(a, name) for name in names()},
         "params": t.params,
     }
 

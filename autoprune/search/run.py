@@ -164,13 +164,13 @@ def base_metrics(
 ) -> Metrics:
     """The base model's metrics, measured once per study and shared by every worker
     (``store=False``: measured, never stored)."""
-    stored = study.user_attrs.get("base")
-    if stored is None:
+    stored = Metrics.from_stored(study.user_attrs.get("base"))
+    if stored is None:  # not measured yet, or what is stored is not a measurement
         metrics = measure_model(base, splits, latency_repeats=latency_repeats)
         if store:
             study.set_user_attr("base", metrics.to_dict())
         return metrics
-    return Metrics(**stored)
+    return stored
 
 
 class StudyLock:

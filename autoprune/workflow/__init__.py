@@ -5,6 +5,7 @@ layer over it."""
 
 import autoprune.surrogate  # noqa: F401  (registers the "surrogate" sampler)
 from autoprune.search.samplers import list_samplers
+from autoprune.workflow._dashboard import allowed_hosts, host_checked, serve_dashboard
 from autoprune.workflow._export import default_export_path, export_trial, find_trial
 from autoprune.workflow._figures import COMPARE_HEADER, compare_png, compare_table, publish
 from autoprune.workflow._final import final_summary, finalize, parents
@@ -33,6 +34,9 @@ from autoprune.workflow._surrogate import (
 )
 
 __all__ = [
+    "allowed_hosts",
+    "host_checked",
+    "serve_dashboard",
     "COMPARE_HEADER",
     "SENSITIVITY_ATTR",
     "DEFAULT_SPEC",

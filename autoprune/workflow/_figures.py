@@ -99,6 +99,7 @@ def compare_png(result: dict[str, Any], path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False  # stored names are text, never mathtext
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4))

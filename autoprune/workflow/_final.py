@@ -61,7 +61,7 @@ def _knee(points: list[tuple[float, float]]) -> int | None:
 
 def enqueue_finals(study: optuna.Study, chosen: list[FrozenTrial]) -> int:
     """Queue a full-budget re-run of each chosen trial that has none yet (done, queued or running)."""
-    refined = {t.user_attrs.get("parent") for t in study.get_trials(deepcopy=False)
+    refined = {_parent(t) for t in study.get_trials(deepcopy=False)
                if t.user_attrs.get("source") == FINAL and t.state != TrialState.FAIL}  # fmt: skip
     added = 0
     for t in chosen:
@@ -71,6 +71,12 @@ def enqueue_finals(study: optuna.Study, chosen: list[FrozenTrial]) -> int:
         study.enqueue_trial(t.params, user_attrs=attrs, skip_if_exists=False)
         added += 1
     return added
+
+
+def _parent(t: FrozenTrial) -> int | None:
+    """The trial a final trial refines, as stored (None when what is stored is not a trial number)."""
+    parent = t.user_attrs.get("parent")
+    return parent if isinstance(parent, int) and not isinstance(parent, bool) else None
 
 
 def finalize(
@@ -105,7 +111,7 @@ def final_summary(study: optuna.Study, budget: Budget) -> dict[str, Any]:
     for t in trials.values():
         if t.user_attrs.get("source") != FINAL or t.state != TrialState.COMPLETE:
             continue
-        parent = trials.get(t.user_attrs.get("parent"))
+        parent = trials.get(_parent(t))
         if parent is None:
             continue
         rows.append({"kind": parent.user_attrs.get("recipe_name") or "search", "parent": trial_row(parent),

@@ -14,6 +14,7 @@ from typing import Any
 import optuna
 import torch
 
+from autoprune.errors import AutoPruneError
 from autoprune.search.record import Budget
 from autoprune.workflow._study_figures import study_figures, summary_note
 
@@ -29,6 +30,11 @@ def write_report(study: optuna.Study, budget: Budget, out: Path, *, base: Any = 
     was written."""
     from plotly.offline import get_plotlyjs
 
+    if png is not None:  # first: a folder that cannot be made leaves nothing written
+        try:
+            png.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise AutoPruneError(f"--png {png}: cannot make the folder ({e.strerror})") from None
     figures = study_figures(study, budget, base=base, artifacts=artifacts)
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
@@ -50,7 +56,8 @@ def write_report(study: optuna.Study, budget: Budget, out: Path, *, base: Any = 
 def machine(study: optuna.Study) -> str:
     """Where the search ran (as its base model's measurement recorded it) and where this
     report was made."""
-    base = study.user_attrs.get("base") or {}
+    base = study.user_attrs.get("base")
+    base = base if isinstance(base, dict) else {}
     ran = f"search: latency timed with {base.get('threads')} threads on {base.get('backend')}" if base else "search: unknown"
     here = (f"report: {platform.platform()}, {platform.machine()}, Python {platform.python_version()}, "
             f"torch {torch.__version__}, optuna {optuna.__version__}")  # fmt: skip
@@ -63,12 +70,14 @@ def markdown_html(text: str) -> str:
 
     def inline(s: str) -> str:
         s = html.escape(s)
-        s = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", s)
-        return re.sub(r"`(.+?)`", r"<code>\1</code>", s)
+        s = re.sub(r"(?<!\\)\*\*(.+?)(?<!\\)\*\*", r"<b>\1</b>", s)
+        s = re.sub(r"(?<!\\)`(.+?)(?<!\\)`", r"<code>\1</code>", s)
+        return re.sub(r"\\(.)", r"\1", s)  # markdown's backslash escapes: the character itself
 
     def flush() -> None:
         if table:
-            head, *rows = [[inline(c.strip()) for c in row.strip("|").split("|")] for row in table if "---" not in row]
+            cells = [re.split(r"(?<!\\)\|", row.strip().removeprefix("|").removesuffix("|")) for row in table if "---" not in row]
+            head, *rows = [[inline(c.strip()) for c in row] for row in cells]
             out.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr>"
                        + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows) + "</table>")  # fmt: skip
             table.clear()
@@ -99,6 +108,7 @@ def figure_png(fig: Any, path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False  # stored names are text, never mathtext
     import matplotlib.pyplot as plt
 
     layout = fig.layout

@@ -116,6 +116,7 @@ def sensitivity_png(s: Sensitivity, path: Path, title: str = "") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False  # stored names are text, never mathtext
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from torch import nn
 
 from autoprune._compat import study_system_attr
 from autoprune.compress import breakdown, read_header
+from autoprune.names import bad_study_name
 from autoprune.ops.pareto import non_dominated
 from autoprune.search.objective import FINAL
 from autoprune.search.record import Budget, TrialRecord
@@ -244,13 +246,14 @@ def progress_figure(study: optuna.Study, budget: Budget, compare: dict[str, Any]
 def summary_note(study: optuna.Study, budget: Budget) -> str:
     """The study in one markdown note: base, baselines, best within the budget (validation and
     test), the front, and the command that exports the best."""
-    base = study.user_attrs.get("base") or {}
+    base = study.user_attrs.get("base")
+    base = base if isinstance(base, dict) else {}
     done = completed(study)
     best = best_trial(study, budget)
-    lines = [f"## autoprune: {study.study_name}", ""]
+    lines = [f"## autoprune: {md_text(study.study_name)}", ""]
     if base:
-        lines += [f"Base: {base.get('accuracy', float('nan')):.2f}% validation, {base.get('test_accuracy', float('nan')):.2f}% "
-                  f"test, {base.get('dense_bytes', 0) / 1024:.1f} KB fp32, {base.get('latency_ms', float('nan')):.3f} ms.", ""]  # fmt: skip
+        lines += [f"Base: {_fmt(base.get('accuracy'), '.2f')}% validation, {_fmt(base.get('test_accuracy'), '.2f')}% "
+                  f"test, {_fmt(base.get('dense_bytes'), '.1f', scale=1 / 1024)} KB fp32, {_fmt(base.get('latency_ms'), '.3f')} ms.", ""]  # fmt: skip
     rule = f" (judged on its {budget.z:.2f}-sigma upper bound)" if budget.z else ""
     lines += [f"Budget: {budget.max_drop} points of validation accuracy{rule}; test is reported, never selected on.", "",
               "| trial | what | ratio | val drop | test drop | speed-up |", "|---|---|---|---|---|---|"]  # fmt: skip
@@ -260,18 +263,35 @@ def summary_note(study: optuna.Study, budget: Budget) -> str:
         shown += [d for d in done if d.trial.number == best.number]
     for d in sorted({d.trial.number: d for d in shown}.values(), key=lambda d: d.trial.number):
         what = ("**best** " if best is not None and d.trial.number == best.number else "") + (
-            d.trial.user_attrs.get("recipe_name") or d.kind)
+            md_text(d.trial.user_attrs.get("recipe_name") or d.kind))
         lines.append(f"| {d.trial.number} | {what} | {d.record.compression_ratio:.1f}x | {d.record.acc_drop:+.2f} | "
                      f"{_num(d.record.test_acc_drop)} | {d.record.speedup:.2f}x |")  # fmt: skip
     lines.append("")
     if best is not None:
-        lines.append(f"Export the best: `autoprune export --study {study.study_name} --trial best`")
+        name = study.study_name if not bad_study_name(study.study_name) else "NAME"
+        lines.append(f"Export the best: `autoprune export --study {name} --trial best`")
     else:
         lines.append(f"No trial is within {budget.max_drop} points yet.")
     compare = study_system_attr(study, COMPARE_ATTR)
-    if isinstance(compare, dict) and isinstance(compare.get("note"), str):
-        lines += ["", compare["note"]]
+    if isinstance(compare, dict) and isinstance(compare.get("note"), str):  # our markdown, but stored: no HTML
+        lines += ["", re.sub(r"([<>&])", r"\\\1", compare["note"][:20_000])]
     return "\n".join(lines)
+
+
+_MARKDOWN = re.compile(r"([\\`*_\[\]()#|!<>&~])")
+
+
+def md_text(value: object, limit: int = 80) -> str:
+    """Stored text shown literally in markdown: one line, at most ``limit`` characters, every
+    character that markdown or HTML would act on escaped (the dashboard renders raw HTML when
+    started with ``--allow-unsafe``)."""
+    return _MARKDOWN.sub(r"\\\1", " ".join(str(value).split())[:limit])
+
+
+def _fmt(value: object, spec: str, scale: float = 1.0) -> str:
+    """A stored number (times ``scale``) as text; '?' when what is stored is not a number."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return format(value * scale, spec) if ok else "?"
 
 
 def _front(done: list[Done], budget: Budget) -> list[Done]:

@@ -186,7 +186,7 @@ def compare(
     after n + k trials and at its full budget."""
     own = search_trials(view.study)
     sizes = sorted(set(sizes))
-    if not sizes or sizes[-1] > len(own):
+    if not sizes or sizes[0] < 1 or sizes[-1] > len(own):
         raise SurrogateError(
             f"--at must be history sizes up to the search's {len(own)} finished trials, got {sizes}"
         )
