@@ -21,6 +21,7 @@ from autoprune.errors import ConfigError, DivergedError
 from autoprune.limits import MAX_BATCH, MAX_EPOCHS
 from autoprune.measure import Metrics, accuracy, measure_model
 from autoprune.models import ModelSpec, create_model, load_checkpoint, model_fingerprint
+from autoprune.stop import stop_requested
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,9 @@ def fit(
             if after_step is not None:
                 after_step()
             bar.update()
+            if stop_requested():  # Ctrl-C: the end of a batch is a safe point
+                bar.close()
+                raise KeyboardInterrupt
             bar.set_postfix(epoch=epoch, loss=f"{value:.3f}", refresh=False)
         val = accuracy(model, splits.val)
         history.append(val)

@@ -31,3 +31,33 @@ def test_kill_usr1_prints_the_stacks_of_the_console_script_and_it_goes_on(tmp_pa
         proc.terminate()
         _, err = proc.communicate(timeout=30)
     assert "thread 0x" in err and "File " in err  # faulthandler's dump of every thread
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signals", [1, 2])
+def test_ctrl_c_during_base_training_stops_at_the_next_batch_with_exit_130(signals: int, tmp_path: Path) -> None:
+    """A base of 1000 epochs (minutes): one Ctrl-C stops it at the end of the running batch;
+    two, 0.3 s apart, as well; either way a clean exit 130, never a death by SIGINT."""
+    spec = tmp_path / "long.toml"
+    spec.write_text("[study]\ntrials = 1\nlatency_repeats = 3\n[train]\nepochs = 1000\n")
+    proc = subprocess.Popen([sys.executable, "-m", "autoprune", "search", str(spec), "--storage",
+                             f"sqlite:///{tmp_path / 's.db'}", "--threads", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        err = b""
+        while b"train lenet5" not in err and proc.poll() is None:  # tqdm's bar: training has begun
+            err += proc.stderr.read1(4096)
+        assert b"train lenet5" in err, err
+        proc.send_signal(signal.SIGINT)
+        if signals == 2:
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        _, tail = proc.communicate(timeout=60)
+        rest = tail.decode(errors="replace")
+        stopped_in = time.monotonic() - started
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, (proc.returncode, rest[-2000:])
+    assert "interrupted" in rest and "Traceback" not in rest
+    assert stopped_in < 15, stopped_in  # not the rest of 1000 epochs

@@ -120,6 +120,22 @@ def _finite(value: Any) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``autoprune`` command: its exit code (0, 2 for an error, 130 when interrupted)."""
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:  # a second Ctrl-C while the first one's clean-up ran
+        return _interrupted("autoprune")
+
+
+def _interrupted(command: str) -> int:
+    """Exit 130, and no later Ctrl-C can turn that exit into a death by the signal (Python
+    re-raises SIGINT when a KeyboardInterrupt escapes, and the shell then sees a kill)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    print(f"{command}: interrupted", file=sys.stderr)
+    return 130
+
+
+def _run(argv: Sequence[str] | None) -> int:
     if hasattr(signal, "SIGUSR1") and sys.__stderr__ is not None:
         # `kill -USR1 PID` prints every thread's stack to the real stderr, whatever started us
         faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
@@ -141,8 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"autoprune {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"autoprune {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return _interrupted(f"autoprune {args.command}")
     held.flush_to_stderr()
     try:
         print(json.dumps(_finite(result), indent=2) if getattr(args, "json", False) else args.format(result), flush=True)

@@ -278,8 +278,13 @@ def watched(info: StorageInfo, *, interval: float, timeout: int) -> Iterator[Non
 
     def watch() -> None:
         while not stop.wait(interval):
-            with engine.connect() as conn:
-                conn.execute(sqlalchemy.text("SELECT 1"))
+            try:
+                with engine.connect() as conn:
+                    conn.execute(sqlalchemy.text("SELECT 1"))
+            except Exception:
+                if stop.is_set():  # the command ended (on its own storage error, say) mid-ping: its line is said
+                    return
+                raise
 
     thread = threading.Thread(target=watch, name="autoprune-heartbeat-watch", daemon=True)
     thread.start()

@@ -49,7 +49,11 @@ def search(
                               setup_only=setup_only, on_trial=publish)  # fmt: skip
             return search_summary(study, spec, info)
     except KeyboardInterrupt:
-        study = optuna.load_study(study_name=spec.study.name, storage=open_storage(info))
+        try:
+            study = optuna.load_study(study_name=spec.study.name, storage=open_storage(info))
+        except KeyError:  # stopped in base training, before the study was made
+            raise Interrupted("interrupted before the first trial (no study stored yet); run the same command "
+                              "again to start") from None  # fmt: skip
         raise Interrupted(
             f"interrupted: {counts(study)[0]} of {spec.study.trials} trials finished and stored; "
             "run the same command again to resume"
