@@ -32,7 +32,7 @@ SOURCES="$(find docker/Dockerfile pyproject.toml README.md autoprune studies -ty
 export AUTOPRUNE_IMAGE="autoprune-e2e/autoprune:$SOURCES"
 COMPOSE=(docker-compose -f docker/compose.yaml)
 STUDY=digits-lenet5
-STORAGE="postgresql://autoprune:${DB_PASSWORD:-autoprune}@postgres/autoprune"
+STORAGE="postgresql://autoprune@postgres/autoprune"  # the password comes from PGPASSWORD (compose.yaml)
 STAND_IN_BASE="autoprune-e2e/python:3.11-bookworm"
 STAND_IN_POSTGRES="autoprune-e2e/postgres:15-bookworm"
 TMP="$(mktemp -d)"
@@ -120,6 +120,11 @@ code="$(docker inspect -f '{{.State.ExitCode}}' "$setup")"
 [ "$code" = 0 ] || fail "setup exited $code: $(docker logs --tail 1 "$setup" 2>&1)"
 workers="$("${COMPOSE[@]}" ps -q worker | wc -l)"
 [ "$workers" = 2 ] || fail "expected 2 worker containers, found $workers"
+for container in $("${COMPOSE[@]}" ps -q); do  # a command line is readable by every local user (ps)
+    if docker inspect -f '{{json .Config.Cmd}}' "$container" | grep -q ":${DB_PASSWORD:-autoprune}@"; then
+        fail "container ${container:0:12} has the database password on its command line"
+    fi
+done
 
 step "kill a worker"
 victim=""
@@ -156,13 +161,16 @@ echo "$studies" | grep -q "\"$STUDY\"" || fail "the dashboard does not list $STU
 if echo "$studies" | grep -q ":${DB_PASSWORD:-autoprune}@"; then fail "the dashboard shows the database password"; fi
 
 step "trials, export and eval"
-chmod 777 "$TMP"
-run=("${COMPOSE[@]}" run --rm --no-deps -v "$TMP:/out" worker)
+# The container (uid 1000) writes only into a folder of its own; the host's files stay in the
+# 0700 folder above it, where no other local user can plant a link.
+mkdir "$TMP/out"
+chown 1000 "$TMP/out" 2>/dev/null || chmod 777 "$TMP/out"  # not root: inside the 0700 folder all the same
+run=("${COMPOSE[@]}" run --rm --no-deps -v "$TMP/out:/out" worker)
 "${run[@]}" trials --storage "$STORAGE" --json >"$TMP/trials.json" 2>/dev/null
 grep -q '"state": "COMPLETE"' "$TMP/trials.json" || fail "trials lists no completed trial"
 "${run[@]}" export --storage "$STORAGE" --trial best --out /out/best.apk >/dev/null 2>&1 || fail "export --trial best failed"
 "${run[@]}" eval /out/best.apk --no-latency --json >"$TMP/eval.json" 2>/dev/null || fail "eval of the exported file failed"
-say "exported the best trial: $(stat -c %s "$TMP/best.apk") bytes, it evaluates"
+say "exported the best trial: $(stat -c %s "$TMP/out/best.apk") bytes, it evaluates"
 
 step "down"
 "${COMPOSE[@]}" down -v >/dev/null 2>&1

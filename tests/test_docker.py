@@ -40,6 +40,10 @@ def test_every_compose_command_is_a_valid_autoprune_command() -> None:
     assert parsed["setup"].spec == parsed["worker"].spec and (REPO / parsed["worker"].spec).is_file()
     assert len({p.storage for p in parsed.values()}) == 1  # one database for all three
     assert parsed["worker"].jobs >= 1 and parsed["dashboard"].host == "0.0.0.0"
+    # the password reaches libpq through the environment, never the command line (ps shows it)
+    assert all(":" not in p.storage.split("//")[1].split("@")[0] for p in parsed.values())
+    assert all(s["environment"]["PGPASSWORD"] == "${DB_PASSWORD:-autoprune}"
+               for name, s in _services().items() if name in commands)  # fmt: skip
 
 
 def test_workers_start_after_setup_and_share_cache_and_artifacts() -> None:

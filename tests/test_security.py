@@ -278,3 +278,29 @@ def test_the_dashboard_on_loopback_answers_only_to_its_own_address(workspace: Pa
         if servers:
             servers[0].shutdown()
     assert _dashboard.allowed_hosts("0.0.0.0", 80) == {"0.0.0.0", "0.0.0.0:80"}
+
+
+@pytest.mark.skipif(not postgres_reachable(), reason=f"no PostgreSQL server reachable at {PG_URL}")
+@pytest.mark.parametrize("how", ["PGPASSWORD", "PGPASSFILE"])
+def test_the_password_can_come_from_libpq_not_the_command_line(
+    how: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A URL without a password: libpq takes it from PGPASSWORD or a passfile (~/.pgpass), so it
+    never shows in ``ps``. The connection autoprune opens carries the password libpq found."""
+    from autoprune.search.storage import open_storage
+
+    secret = "s3cret-" + uuid.uuid4().hex[:8]
+    if how == "PGPASSWORD":
+        monkeypatch.setenv("PGPASSWORD", secret)
+    else:
+        passfile = tmp_path / "pgpass"
+        passfile.write_text(f"127.0.0.1:5432:*:postgres:{secret}\n")
+        passfile.chmod(0o600)
+        monkeypatch.setenv("PGPASSFILE", str(passfile))
+        monkeypatch.delenv("PGPASSWORD", raising=False)
+    info = parse_storage(PG_URL)
+    assert ":" not in PG_URL.split("//")[1].split("@")[0]  # no password in the URL
+    storage = open_storage(info, create=False)
+    with storage.engine.connect() as conn:
+        assert conn.connection.dbapi_connection.info.password == secret
+    assert secret not in info.safe_url + info.public_url
