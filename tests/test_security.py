@@ -304,3 +304,23 @@ def test_the_password_can_come_from_libpq_not_the_command_line(
     with storage.engine.connect() as conn:
         assert conn.connection.dbapi_connection.info.password == secret
     assert secret not in info.safe_url + info.public_url
+
+
+def test_fuzzed_packed_files_load_to_their_shapes_or_are_one_pack_error(workspace: Path, tmp_path: Path) -> None:
+    """A short run of bench/fuzz_packed.py (which runs 100,000 and more): mutants of a real file,
+    most with a valid checksum again, a third with a rewritten header value."""
+    import numpy as np
+
+    from tests.fuzz_packed import check, mutant
+
+    data = (workspace / "m.apk").read_bytes()
+    rng = np.random.default_rng(0)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    seen = {"loaded": 0, "refused": 0}
+    path = tmp_path / "mutant.apk"
+    for _ in range(1500):
+        path.write_bytes(mutant(data, rng))
+        seen[check(path)] += 1
+    assert seen["refused"] > 1000 and seen["loaded"] > 0, seen  # both ways out are exercised
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 300, f"peak memory grew by {grown_mb:.0f} MB"
