@@ -21,34 +21,31 @@ import torch
 from torch import nn
 
 from autoprune.data import DataSplits, Split
+from autoprune.device import current_device, describe, model_device, synchronize
 from autoprune.runtime import checked_session, run_session
 
 log = logging.getLogger(__name__)
 
 
-@torch.inference_mode()
 def accuracy(model: nn.Module, split: Split, *, batch_size: int = 1024) -> float:
     """Top-1 accuracy on ``split`` in percent, with the model in eval mode."""
-    was_training = model.training
-    model.eval()
-    correct = 0
-    for start in range(0, len(split), batch_size):
-        logits = model(split.x[start : start + batch_size])
-        correct += int((logits.argmax(1) == split.y[start : start + batch_size]).sum())
-    model.train(was_training)
-    return 100.0 * correct / max(len(split), 1)
+    return 100.0 * int(correct(model, split, batch_size=batch_size).sum()) / max(len(split), 1)
 
 
 @torch.inference_mode()
 def correct(model: nn.Module, split: Split, *, batch_size: int = 1024) -> np.ndarray:
-    """Per image of ``split``: whether the model's top-1 class is right (eval mode)."""
-    was_training = model.training
-    model.eval()
-    out = [
-        (model(split.x[start : start + batch_size]).argmax(1) == split.y[start : start + batch_size]).numpy()
-        for start in range(0, len(split), batch_size)
-    ]  # fmt: skip
-    model.train(was_training)
+    """Per image of ``split``: whether the model's top-1 class is right (eval mode), computed
+    on the process's device (:func:`autoprune.device.current_device`); the model is left
+    where it was."""
+    was_training, where, device = model.training, model_device(model), current_device()
+    model.eval().to(device)
+    try:
+        out = [
+            (model(split.x[i : i + batch_size].to(device)).argmax(1).cpu() == split.y[i : i + batch_size]).numpy()
+            for i in range(0, len(split), batch_size)
+        ]  # fmt: skip
+    finally:
+        model.train(was_training).to(where)
     return np.concatenate(out) if out else np.zeros(0, dtype=bool)
 
 
@@ -241,6 +238,31 @@ def _latencies(
     return [b for b in best if b is not None]
 
 
+def _device_latencies(model: nn.Module, input_shape: tuple[int, ...], plans: list[_Plan], device: torch.device
+                      ) -> list[Latency]:  # fmt: skip
+    """Latency where the model will run, on a GPU (or MPS): the same adaptive repeats after
+    warm-up, each run timed to the end of the device's work (``synchronize``), eager torch
+    (backend ``torch-cuda``). The model is left where it was."""
+    where, was_training = model_device(model), model.training
+    model.eval().to(device)
+    out = []
+    try:
+        with torch.inference_mode():
+            for p in plans:
+                x = torch.randn(p.batch_size, *input_shape, device=device)
+
+                def forward(x: torch.Tensor = x) -> None:
+                    model(x)
+                    synchronize(device)
+
+                t = _time_runs(forward, p.warmup, p.repeats)
+                out.append(Latency(p.batch_size, statistics.median(t), min(t), len(t), torch.get_num_threads(),
+                                   f"torch-{device.type}", median_interval(t)))  # fmt: skip
+    finally:
+        model.train(was_training).to(where)
+    return out
+
+
 def measure_latency(
     model: nn.Module,
     input_shape: tuple[int, ...],
@@ -305,6 +327,7 @@ class Metrics:
     other_load: float | None = None  # cores other processes kept busy while timing (None: unknown)
     latency_repeats: int | None = None  # batch-1 runs timed on that backend (adaptive)
     latency_interval: float | None = None  # half-width of the batch-1 median's 95% interval, relative
+    device: str = "cpu"  # where accuracy and latency were measured: "cpu", "cuda:0 (NVIDIA H200)", ...
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -317,7 +340,7 @@ class Metrics:
             return None
         for f in fields(cls):
             value = stored.get(f.name)
-            if value is None and (f.default is MISSING or f.type == "str"):
+            if value is None and f.default is MISSING:
                 return None
             number = isinstance(value, (int, float)) and not isinstance(value, bool)
             if value is not None and not (isinstance(value, str) if f.type == "str" else number):
@@ -353,10 +376,15 @@ def measure_model(
     )
     if not latency:
         return Metrics(**counted, latency_ms=math.nan, latency_ms_batch=math.nan,
-                       threads=threads or torch.get_num_threads(), backend="not measured")  # fmt: skip
+                       threads=threads or torch.get_num_threads(), backend="not measured",
+                       device=describe(current_device()))  # fmt: skip
     before = cpu_sample()
     plans = [_Plan(1, 10, latency_repeats), _Plan(latency_batch, 3, max(5, latency_repeats // 5))]
-    single, batch = _latencies(model, shape, plans, threads=threads, backends=BACKENDS)
+    device = current_device()
+    if device.type == "cpu":
+        single, batch = _latencies(model, shape, plans, threads=threads, backends=BACKENDS)
+    else:
+        single, batch = _device_latencies(model, shape, plans, device)
     load = other_load(before, cpu_sample())
     if load is not None and load >= BUSY:
         log.warning("other processes kept %.1f cores busy while timing: latency may read high", load)
@@ -369,4 +397,5 @@ def measure_model(
         other_load=load,
         latency_repeats=single.repeats,
         latency_interval=round((single.interval_ms[1] - single.interval_ms[0]) / 2 / single.median_ms, 4),
+        device=describe(device),
     )

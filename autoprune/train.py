@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from autoprune.cache import CacheError, cache_folder, read_bytes, read_verified, write_atomic
 from autoprune.data import DataSplits
+from autoprune.device import current_device
 from autoprune.errors import ConfigError, DivergedError
 from autoprune.limits import MAX_BATCH, MAX_EPOCHS
 from autoprune.measure import Metrics, accuracy, measure_model
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 # may raise (optuna.TrialPruned, say) to stop training.
 EpochCallback = Callable[[int, float], None]
 CACHE_VERSION = 3  # 3: the metadata records the state_dict's hash
+AMP = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -43,8 +45,11 @@ class TrainConfig:
     optimizer: str = "adam"  # "adam" or "sgd" (momentum 0.9)
     weight_decay: float = 0.0
     max_batches: int | None = None  # cap on batches per epoch, for cheap trials
+    amp: str = "off"  # mixed precision for the forward pass: "off", "bf16" or "fp16" (with loss scaling)
 
     def __post_init__(self) -> None:
+        if self.amp not in AMP:
+            raise ConfigError(f"amp={self.amp!r} should be one of {', '.join(AMP)}")
         if not 0 <= self.epochs <= MAX_EPOCHS:
             raise ConfigError(f"epochs={self.epochs} should be in 0..{MAX_EPOCHS}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -75,9 +80,32 @@ def fit(
 ) -> list[float]:
     """Train ``model`` in place on the training split; returns validation accuracy per epoch.
 
-    ``after_step`` runs after every optimiser step (fine-tuning uses it to keep pruned weights
-    at zero). A non-finite or exploding loss raises :class:`DivergedError`.
+    It trains on the process's device (:func:`autoprune.device.current_device`), each batch
+    moved there, and leaves the model on the CPU. ``after_step`` runs after every optimiser
+    step (fine-tuning uses it to keep pruned weights at zero). A non-finite or exploding loss
+    raises :class:`DivergedError`; a Ctrl-C (:mod:`autoprune.stop`) stops at the end of a batch.
     """
+    device = current_device()
+    model.to(device)
+    try:
+        return _fit(model, splits, config, device, seed=seed, callbacks=callbacks, after_step=after_step,
+                    progress=progress, desc=desc)  # fmt: skip
+    finally:
+        model.to("cpu")
+
+
+def _fit(
+    model: nn.Module,
+    splits: DataSplits,
+    config: TrainConfig,
+    device: torch.device,
+    *,
+    seed: int,
+    callbacks: Sequence[EpochCallback],
+    after_step: Callable[[], None] | None,
+    progress: bool,
+    desc: str,
+) -> list[float]:
     x, y = splits.train.x, splits.train.y
     batches = math.ceil(len(y) / config.batch_size)
     if config.max_batches is not None:
@@ -94,6 +122,8 @@ def fit(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, config.epochs * batches))
     generator = torch.Generator().manual_seed(seed)
     loss_fn = nn.CrossEntropyLoss()
+    dtype = AMP[config.amp]
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
     first_loss: float | None = None
     history: list[float] = []
 
@@ -103,8 +133,10 @@ def fit(
         order = torch.randperm(len(y), generator=generator)
         for b in range(batches):
             idx = order[b * config.batch_size : (b + 1) * config.batch_size]
-            loss = loss_fn(model(x[idx]), y[idx])
-            value = loss.detach().item()
+            xb, yb = x[idx].to(device, non_blocking=True), y[idx].to(device, non_blocking=True)  # (B, C, H, W), (B,)
+            with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                loss = loss_fn(model(xb), yb)
+            value = loss.detach().float().item()
             if first_loss is None:
                 first_loss = value
             if not math.isfinite(value) or value > max(100.0, 50.0 * first_loss):
@@ -114,8 +146,9 @@ def fit(
                     f"lower the learning rate (lr={config.lr:g})"
                 )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             if after_step is not None:
                 after_step()
@@ -202,7 +235,7 @@ def train_base(
 
     history = fit(model, splits, config, seed=seed, progress=progress, desc=f"train {spec.name}")
     buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buffer)  # a base from a GPU loads anywhere
     sha = write_atomic(path, buffer.getvalue())
     meta = {"spec": spec.to_dict(), "train": {**config.to_dict(), "seed": seed}, "val_history": history, "sha": sha}
     write_atomic(meta_path, json.dumps(meta).encode())

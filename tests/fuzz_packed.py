@@ -9,6 +9,7 @@ or be refused with a :class:`PackError`; any other exception is a bug.
 
 from __future__ import annotations
 
+import copy
 import json
 import struct
 import zlib
@@ -56,7 +57,7 @@ def _header_mutant(data: bytes, rng: np.random.Generator) -> bytes:
         parent = header
         for key in path[:-1]:
             parent = parent[key]
-        key, value = path[-1], ODD_VALUES[int(rng.integers(len(ODD_VALUES)))]
+        key, value = path[-1], copy.deepcopy(ODD_VALUES[int(rng.integers(len(ODD_VALUES)))])
         if isinstance(parent, dict) and rng.random() < 0.2:
             parent.pop(key, None)  # a missing key
         elif isinstance(parent[key], int) and not isinstance(parent[key], bool) and rng.random() < 0.5:

@@ -6,6 +6,7 @@ anything else that escapes is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import faulthandler
 import json
@@ -147,7 +148,7 @@ def _run(argv: Sequence[str] | None) -> int:
     held = _HeldWarnings()
     _COMMAND[0] = args.command
     try:
-        with _routed_logs(held, verbose=args.verbose):
+        with _routed_logs(held, verbose=args.verbose), _on_device(args):
             result = args.run(args)
     except AutoPruneError as e:
         print(f"autoprune {args.command}: error: {_one_line(e)}", file=sys.stderr)
@@ -164,6 +165,15 @@ def _run(argv: Sequence[str] | None) -> int:
     except BrokenPipeError:  # `autoprune trials | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
     return 0
+
+
+def _on_device(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """The command's work on the device it was given (``--device``; checked when parsed)."""
+    if getattr(args, "device", None) is None:
+        return contextlib.nullcontext()
+    from autoprune.device import resolve_device, use_device
+
+    return use_device(resolve_device(args.device))
 
 
 def _one_line(e: Exception) -> str:

@@ -138,7 +138,26 @@ def add_model_data_options(p: argparse.ArgumentParser) -> None:
                    help="a trained state_dict (loaded with weights_only=True)")
 
 
+def device_name(text: str) -> str:
+    """An argparse type: a device this machine has (checked now, before any work)."""
+    from autoprune.device import DeviceError, resolve_device
+
+    try:
+        resolve_device(text)
+    except DeviceError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text.strip().lower()
+
+
+def add_device_option(p: argparse.ArgumentParser, default: str | None = "auto") -> None:
+    shown = "the spec's study.device, else auto" if default is None else default
+    p.add_argument("--device", type=device_name, default=default, metavar="D",
+                   help=f"where to train, evaluate and time: auto (CUDA when available), cpu, cuda, cuda:N, "
+                   f"mps (default: {shown})")  # fmt: skip
+
+
 def add_output_options(p: argparse.ArgumentParser) -> None:
+    add_device_option(p)
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.add_argument("--threads", type=int_in(1, 1024), metavar="N",
                    help="threads for latency measurement (default: torch's own setting)")

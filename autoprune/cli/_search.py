@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from autoprune.cli._common import (
+    add_device_option,
     fraction,
     grid,
     int_in,
@@ -40,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="worker processes, the cores split between them (PostgreSQL or journal storage)")
     p.add_argument("--threads", type=int_in(1, 1024), metavar="N",
                    help="torch threads per worker (default: all cores, split between --jobs workers)")
+    p.add_argument("--devices", type=gpu_list, metavar="0,1,...",
+                   help="GPUs for the --jobs workers, one each in turn (default: the spec's study.devices, "
+                   "else every GPU when the search runs on CUDA)")  # fmt: skip
     p.add_argument("--setup-only", action="store_true",
                    help="create the study, train (or load) the base model, queue the baselines, and exit: "
                    "run once before starting workers on several machines or containers")  # fmt: skip
@@ -108,11 +112,22 @@ def _spec_options(p: argparse.ArgumentParser, default_spec: Path) -> None:
                    help="where the dataset's files are (fashion-mnist: /usr/share/datasets/fashion-mnist when not given)")
     g.add_argument("--val-fraction", type=fraction, metavar="F", help="share of the training data held out for validation")
     g.add_argument("--train-epochs", type=int_in(1, MAX_EPOCHS), metavar="N", help="epochs of base-model training")
+    add_device_option(g, default=None)
 
 
 def _storage_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", default=DEFAULT_STORAGE, metavar="URL", help="(default: %(default)s)")
     p.add_argument("--study", type=study_name, metavar="NAME", help="study name (default: the only study in the storage)")
+
+
+def gpu_list(text: str) -> list[int]:
+    try:
+        gpus = [int(g) for g in text.split(",") if g.strip()]
+    except ValueError:
+        gpus = []
+    if not gpus or any(not 0 <= g < 1024 for g in gpus):
+        raise argparse.ArgumentTypeError(f"expected GPU indices such as 0,1, got {text!r}")
+    return gpus
 
 
 def trial_choice(text: str) -> str | int:
@@ -150,7 +165,7 @@ def _spec_values(spec: Any, args: argparse.Namespace) -> Any:
         spec = dataclasses.replace(spec, data=dataclasses.replace(spec.data, **data))
     if args.train_epochs is not None:
         spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, epochs=args.train_epochs))
-    return spec
+    return spec.with_study(device=args.device, devices=getattr(args, "devices", None))
 
 
 def _drops(r: dict[str, Any]) -> list[str]:
@@ -244,6 +259,12 @@ def run_trials(args: argparse.Namespace) -> dict[str, Any]:
             "trials": [trial_row(t) for t in study.get_trials(deepcopy=False)]}  # fmt: skip
 
 
+def _on(t: dict[str, Any]) -> str:
+    """Where a latency was timed, when not on the CPU: ' (cuda:0)'."""
+    device = t.get("device") or "cpu"
+    return "" if device == "cpu" else f" ({device.split()[0]})"
+
+
 def format_trials(r: dict[str, Any]) -> str:
     def f(v: Any, fmt: str) -> str:
         return "" if v is None else format(v, fmt)
@@ -252,7 +273,7 @@ def format_trials(r: dict[str, Any]) -> str:
 
     rows = [[t["trial"], t["state"].lower(), f(t["accuracy"], ".2f"), *_drops(t),
              f(t["packed_bytes"] and t["packed_bytes"] / 1024, ".1f"), f(t["compression_ratio"], ".1f"),
-             f(t["latency_ms"], ".3f") + ("*" if timed_busy(t) else ""), t["recipe"] or t["source"] or ""]
+             f(t["latency_ms"], ".3f") + ("*" if timed_busy(t) else "") + _on(t), t["recipe"] or t["source"] or ""]
             for t in r["trials"]]  # fmt: skip
     header = ["trial", "state", "accuracy", "val drop", "test drop", "packed KB", "ratio", "latency ms", "source"]
     text = f"study {r['study']} in {r['storage']}\n\n" + grid(header, rows)

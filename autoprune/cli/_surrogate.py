@@ -7,7 +7,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from autoprune.cli._common import grid, int_in, non_negative_float, output_path
+from autoprune.cli._common import add_device_option, grid, int_in, non_negative_float, output_path
 from autoprune.cli._search import _storage_options
 from autoprune.errors import AutoPruneError
 from autoprune.names import file_stem
@@ -100,6 +100,7 @@ def _common(p: argparse.ArgumentParser, *, seed: bool = True) -> None:
     g.add_argument("--artifacts", metavar="DIR", help="where proposals' packed files go (default: beside the database)")
     if seed:
         p.add_argument("--seed", type=int, default=0, help="seed of the ensemble and the candidates (default: 0)")
+    add_device_option(p)
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from autoprune.compress._layers import RecipeError, layer_kind, weight_layers
-from autoprune.errors import AutoPruneError, ModelError
+from autoprune.errors import AutoPruneError, ModelError, UnknownNameError
 from autoprune.models import ModelSpec, canonical_name, create_model, factory_source_hash, is_user_model
 from autoprune.ops.huffman import HuffmanCode, pack_fixed, unpack_fixed
 from autoprune.ops.sparse import decode_relative, encode_relative
@@ -269,7 +269,10 @@ def decode_packed(
 ) -> nn.Module:
     """The network of a header and payload :func:`read_header` returned (eval mode)."""
     spec = packed_model_spec(header, path, model=model)
-    skeleton = _skeleton(spec)
+    try:
+        skeleton = _skeleton(spec)
+    except UnknownNameError as e:
+        raise PackError(f"{path} names a model autoprune does not have ({_one_line(e)[:200]})") from None
     dense = sum(t.numel() * t.element_size() for t in skeleton.state_dict().values())
     size = Path(path).stat().st_size
     if dense > MAX_RATIO * size + (64 << 20):
@@ -287,9 +290,13 @@ def decode_packed(
                 setattr(module, attr, value)
         net.load_state_dict(state)
     except (KeyError, IndexError, ValueError, TypeError, AttributeError, RuntimeError) as e:
-        raise PackError(f"{path} does not decode to its model ({type(e).__name__}: {e})") from None
+        raise PackError(f"{path} does not decode to its model ({type(e).__name__}: {_one_line(e)[:300]})") from None
     net.eval()
     return net
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
 
 
 def packed_model_spec(header: dict[str, Any], path: str | Path, *, model: str | None = None) -> ModelSpec:

@@ -88,7 +88,9 @@ def mask_holder(model: nn.Module, masks: Masks):
 
     @torch.no_grad()
     def hold() -> None:
-        for weight, mask in pairs:
+        for i, (weight, mask) in enumerate(pairs):
+            if mask.device != weight.device:  # the model was moved to the training device
+                pairs[i] = (weight, mask := mask.to(weight.device))
             weight.mul_(mask)
 
     return hold

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import tempfile
 import time
 import warnings
@@ -127,6 +128,8 @@ class Objective:
             if final:
                 config = at_full_budget(config, spec.final.epochs, spec.final.quant_epochs)
         trial.set_user_attr("source", source)
+        if (visible := os.environ.get("CUDA_VISIBLE_DEVICES")) is not None:  # the GPU(s) its worker sees
+            trial.set_user_attr("cuda_visible_devices", visible)
         if final:  # what "full budget" meant for this trial
             trial.set_user_attr("budget", {"epochs": config.finetune.epochs, "max_batches": config.finetune.max_batches,
                                            "quant_epochs": config.quantize.epochs})  # fmt: skip

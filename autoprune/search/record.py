@@ -45,6 +45,7 @@ class TrialRecord:
     backend: str | None = None  # where latency_ms was measured (onnxruntime, torch-onednn, ...)
     threads: int | None = None
     other_load: float | None = None  # cores other processes kept busy while timing
+    device: str | None = None  # where it was fine-tuned, evaluated and timed ("cpu", "cuda:0 (NVIDIA H200)")
 
     @classmethod
     def from_metrics(cls, metrics: Mapping[str, Any], **extra: Any) -> TrialRecord:

@@ -3,6 +3,7 @@ holds N finished trials, and summarise the Pareto front."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import logging
@@ -15,7 +16,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import optuna
 import sqlalchemy
@@ -34,6 +35,7 @@ from autoprune._compat import heartbeat_age, heartbeat_backend, rdb_backend, tri
 from autoprune.compress import CompressConfig, load_recipe
 from autoprune.compress.recipe import check_layers
 from autoprune.data import load_dataset
+from autoprune.device import current_device, resolve_device, set_device, use_device
 from autoprune.errors import AutoPruneError
 from autoprune.measure import Metrics, measure_model
 from autoprune.models import ModelSpec, create_model, load_checkpoint
@@ -374,6 +376,7 @@ class WorkerArgs:
     # Pickled by reference: unpickling it in the worker imports the module that registered the
     # sampler (autoprune.surrogate, say) before the spec is read.
     sampler: SamplerFactory
+    gpu: str | None = None  # the one GPU this worker sees (its CUDA_VISIBLE_DEVICES), if any
 
 
 def _worker_main(args: WorkerArgs) -> None:
@@ -388,6 +391,8 @@ def _worker_main(args: WorkerArgs) -> None:
     spec = spec_from_dict(args.spec)
     info = parse_storage(args.storage_url)
     try:
+        device = resolve_device(spec.study.device)
+        set_device("cuda:0" if args.gpu is not None and device.type == "cuda" else device)  # its one GPU
         with storage_errors(info):
             storage = open_storage(info, heartbeat_interval=spec.study.heartbeat_interval,
                                    grace_period=spec.study.grace_period, timeout=spec.study.db_timeout)  # fmt: skip
@@ -424,6 +429,30 @@ class _Relay(logging.Handler):
         logging.getLogger().handle(record)
 
 
+def worker_gpus(spec: StudySpec, jobs: int) -> list[str | None]:
+    """The GPU each of ``jobs`` workers sees: the spec's ``devices`` in turn, else, when the
+    search runs on CUDA, every GPU of the machine in turn; None: the worker's environment as is."""
+    gpus = list(spec.study.devices)
+    if not gpus and current_device().type == "cuda":
+        gpus = list(range(torch.cuda.device_count()))
+    return [str(gpus[i % len(gpus)]) if gpus else None for i in range(jobs)]
+
+
+@contextlib.contextmanager
+def _visible_gpu(gpu: str | None) -> Iterator[None]:
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    try:
+        yield
+    finally:
+        if gpu is not None:
+            if before is None:
+                os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+            else:
+                os.environ["CUDA_VISIBLE_DEVICES"] = before
+
+
 def _worker_thread_hook(args: threading.ExceptHookArgs) -> None:
     exit_if_storage_lost(args.thread.name if args.thread else "", args.exc_value, f"autoprune search: worker {os.getpid()}")
     threading.__excepthook__(args)
@@ -443,8 +472,20 @@ def run_search(
     """Run (or resume) the study until it holds ``spec.study.trials`` finished trials; with
     ``setup_only``, stop once the study, the cached base model and the baselines are in place.
 
-    Everything that can refuse the search (workers on SQLite, the data, the model, the
-    baseline recipes) is checked before the storage is opened: a refused search leaves none."""
+    Everything that can refuse the search (workers on SQLite, a device that is not there, the
+    data, the model, the baseline recipes) is checked before the storage is opened: a refused
+    search leaves none. Trials run on ``spec.study.device``; ``--jobs`` workers on CUDA take
+    one GPU each (``spec.study.devices``, else every GPU in turn)."""
+    device = resolve_device(spec.study.device)
+    with use_device(device):
+        return _run_search(spec, info, jobs=jobs, threads=threads, progress=progress, spec_dir=spec_dir,
+                           setup_only=setup_only, on_trial=on_trial)  # fmt: skip
+
+
+def _run_search(
+    spec: StudySpec, info: StorageInfo, *, jobs: int, threads: int | None, progress: bool, spec_dir: Path,
+    setup_only: bool, on_trial: Hook | None,
+) -> optuna.Study:  # fmt: skip
     if jobs > 1 and not info.parallel_ok:
         raise StorageError(
             f"--jobs {jobs} cannot share SQLite ({info.safe_url}): parallel workers lock it; "
@@ -488,15 +529,17 @@ def _run_workers(
     sampler = sampler_factory(spec.study.sampler)
     context = multiprocessing.get_context("spawn")
     logs = context.Queue()
+    gpus = worker_gpus(spec, jobs)
     workers = [
         context.Process(target=_worker_main,
-                        args=(WorkerArgs(spec.to_dict(), info.url, target, threads, logs, sampler),))
-        for _ in range(jobs)
+                        args=(WorkerArgs(spec.to_dict(), info.url, target, threads, logs, sampler, gpu),))
+        for gpu in gpus
     ]  # fmt: skip
     relay = logging.handlers.QueueListener(logs, _Relay())
     relay.start()
-    for w in workers:
-        w.start()
+    for w, gpu in zip(workers, gpus):
+        with _visible_gpu(gpu):  # in the worker's environment before CUDA starts there
+            w.start()
     try:
         while any(w.is_alive() for w in workers):
             done = counts(study)[0]

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from autoprune._config import build_config, read_toml
+from autoprune.device import DEVICES
 from autoprune.errors import AutoPruneError
 from autoprune.limits import MAX_EPOCHS, MAX_TRIALS
 from autoprune.models import is_user_model
@@ -132,8 +134,14 @@ class StudySection:
     heartbeat_interval: int = HEARTBEAT_INTERVAL  # seconds between a running trial's heartbeats (RDB storage)
     grace_period: int = GRACE_PERIOD  # a trial silent this long was lost with its worker: failed and retried
     db_timeout: int = DB_TIMEOUT  # seconds before an unreachable or silent PostgreSQL server is an error
+    device: str = "auto"  # where trials train, evaluate and time: auto (CUDA if any), cpu, cuda, cuda:N, mps
+    devices: list[int] = field(default_factory=list)  # GPUs for --jobs workers, one each in turn (empty: all)
 
     def __post_init__(self) -> None:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d{1,3})?", self.device):
+            raise SpecError(f"study.device={self.device!r} should be one of {', '.join(DEVICES)}")
+        if len(self.devices) > 1024 or any(not 0 <= d < 1024 for d in self.devices):
+            raise SpecError(f"study.devices={self.devices} should be GPU indices (0, 1, ...)")
         if self.name and bad_study_name(self.name):
             raise SpecError(f"{bad_study_name(self.name)} (it names files); pick one with --study or study.name")
         for o in self.objectives:

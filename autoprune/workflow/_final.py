@@ -12,6 +12,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from autoprune.device import resolve_device, use_device
 from autoprune.errors import AutoPruneError
 from autoprune.ops.pareto import non_dominated
 from autoprune.search.objective import FINAL, Objective
@@ -82,9 +83,9 @@ def _parent(t: FrozenTrial) -> int | None:
 def finalize(
     spec: StudySpec, info: StorageInfo, *, k: int | None = None, progress: bool = True
 ) -> dict[str, Any]:
-    """Run the final stage on the study ``spec`` names (which must exist) and compare each
-    finalized trial with the trial it refines."""
-    with storage_errors(info):
+    """Run the final stage on the study ``spec`` names (which must exist), on the spec's
+    device, and compare each finalized trial with the trial it refines."""
+    with use_device(resolve_device(spec.study.device)), storage_errors(info):
         storage = open_storage(info, create=False, heartbeat_interval=spec.study.heartbeat_interval,
                                grace_period=spec.study.grace_period, timeout=spec.study.db_timeout)  # fmt: skip
         name = resolve_study_name(storage, spec.study.name, info.where)
