@@ -40,10 +40,7 @@ def correct(model: nn.Module, split: Split, *, batch_size: int = 1024) -> np.nda
     was_training, where, device = model.training, model_device(model), current_device()
     model.eval().to(device)
     try:
-        out = [
-            (model(split.x[i : i + batch_size].to(device)).argmax(1).cpu() == split.y[i : i + batch_size]).numpy()
-            for i in range(0, len(split), batch_size)
-        ]  # fmt: skip
+        out = [(model(x.to(device)).argmax(1).cpu() == y).numpy() for x, y in split.batches(batch_size)]
     finally:
         model.train(was_training).to(where)
     return np.concatenate(out) if out else np.zeros(0, dtype=bool)

@@ -37,7 +37,7 @@ from autoprune.compress import (
     share_weights_,
     weight_layers,
 )
-from autoprune.data import DataSplits, load_dataset
+from autoprune.data import DataOptions, DataSplits, load_dataset
 from autoprune.errors import AutoPruneError, DataError
 from autoprune.measure import Metrics, correct, measure_model
 from autoprune.models import ModelSpec
@@ -209,7 +209,9 @@ def evaluate_packed(
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not isinstance(seed, int):
         raise AutoPruneError(f"{path} records a split it cannot describe; pass --val-fraction and --seed")
     try:
-        splits = load_dataset(name, data_dir=data_dir, val_fraction=val_fraction, seed=seed)
+        # an image folder is read at the network's own input size
+        options = DataOptions(image_size=tuple(spec.image_size)) if len(spec.image_size) == 2 else None
+        splits = load_dataset(name, data_dir=data_dir, val_fraction=val_fraction, seed=seed, options=options)
     except DataError as e:
         recorded = stored.get("data_dir") if same else None
         if data_dir is None and isinstance(recorded, str) and recorded:

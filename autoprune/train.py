@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from autoprune.cache import CacheError, cache_folder, read_bytes, read_verified, write_atomic
-from autoprune.data import DataSplits
+from autoprune.data import DataSplits, augment_batch
 from autoprune.device import current_device
 from autoprune.errors import ConfigError, DivergedError
 from autoprune.limits import MAX_BATCH, MAX_EPOCHS
@@ -106,8 +106,8 @@ def _fit(
     progress: bool,
     desc: str,
 ) -> list[float]:
-    x, y = splits.train.x, splits.train.y
-    batches = math.ceil(len(y) / config.batch_size)
+    train = splits.train
+    batches = math.ceil(len(train) / config.batch_size)
     if config.max_batches is not None:
         batches = min(batches, config.max_batches)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -121,6 +121,7 @@ def _fit(
         )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, config.epochs * batches))
     generator = torch.Generator().manual_seed(seed)
+    augment = torch.Generator().manual_seed(seed + 1)  # its own draws: the order is the same with or without
     loss_fn = nn.CrossEntropyLoss()
     dtype = AMP[config.amp]
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
@@ -130,10 +131,10 @@ def _fit(
     bar = tqdm(total=config.epochs * batches, desc=desc, unit="batch", disable=not progress, leave=False)
     for epoch in range(1, config.epochs + 1):
         model.train()
-        order = torch.randperm(len(y), generator=generator)
-        for b in range(batches):
-            idx = order[b * config.batch_size : (b + 1) * config.batch_size]
-            xb, yb = x[idx].to(device, non_blocking=True), y[idx].to(device, non_blocking=True)  # (B, C, H, W), (B,)
+        order = torch.randperm(len(train), generator=generator)[: batches * config.batch_size]
+        for b, (xb, yb) in enumerate(train.batches(config.batch_size, order)):
+            xb = augment_batch(xb, splits.augment, augment)
+            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)  # (B, C, H, W), (B,)
             with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
                 loss = loss_fn(model(xb), yb)
             value = loss.detach().float().item()

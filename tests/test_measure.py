@@ -97,7 +97,8 @@ def test_measure_model_reports_every_field() -> None:
     d = m.to_dict()
     assert set(d) == {"accuracy", "test_accuracy", "params", "nonzero_params", "macs", "dense_bytes",
                       "latency_ms", "latency_ms_batch", "threads", "backend", "other_load", "latency_repeats",
-                      "latency_interval"}  # fmt: skip
+                      "latency_interval", "device"}  # fmt: skip
+    assert d["device"] == "cpu"
     assert m.params == 131_080 and m.latency_ms > 0 and m.latency_ms_batch > 0
     assert 1 <= m.latency_repeats <= 5 and m.latency_interval >= 0  # the choices are recorded
 

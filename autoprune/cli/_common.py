@@ -106,7 +106,8 @@ def fraction(text: str) -> float:
     return value
 
 
-def add_data_options(p: argparse.ArgumentParser, *, default: str | None = "digits") -> argparse._ArgumentGroup:
+def add_data_options(p: argparse.ArgumentParser, *, default: str | None = "digits", reading: bool = True
+                     ) -> argparse._ArgumentGroup:  # fmt: skip
     from autoprune.data import list_datasets
 
     g = p.add_argument_group("model and data")
@@ -122,7 +123,37 @@ def add_data_options(p: argparse.ArgumentParser, *, default: str | None = "digit
     g.add_argument("--val-fraction", type=fraction, default=0.1, metavar="F",
                    help="share of the training data held out for validation (default: %(default)s)")
     g.add_argument("--seed", type=int, default=0, help="seed for the split, initial weights and shuffling")
+    if not reading:  # eval: a packed file's network says the input size
+        return g
+    g.add_argument("--image-size", type=image_size, metavar="HxW",
+                   help="an image folder's input size: short side resized, centre crop (default: its most common size)")
+    g.add_argument("--in-memory", choices=("auto", "yes", "no"), default="auto",
+                   help="hold the decoded images in memory, or stream them from the files per batch "
+                   "(default: auto, in memory under 1 GB)")  # fmt: skip
+    g.add_argument("--augment", choices=("none", "crop-flip"), default="none",
+                   help="training-time augmentation: crop-flip is a random crop (padding 4) and a horizontal flip "
+                   "(default: %(default)s)")  # fmt: skip
     return g
+
+
+def image_size(text: str) -> tuple[int, int]:
+    """An argparse type: HxW (or one number for a square)."""
+    try:
+        parts = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or not all(1 <= v <= 4096 for v in parts):
+        raise argparse.ArgumentTypeError(f"expected HxW such as 224x224 (each in 1..4096), got {text!r}")
+    return parts[0], parts[1]
+
+
+def data_options(args: argparse.Namespace) -> Any:
+    """The DataOptions of the data flags."""
+    from autoprune.data import DataOptions
+
+    return DataOptions(args.image_size, args.in_memory, args.augment)
 
 
 def add_model_data_options(p: argparse.ArgumentParser) -> None:

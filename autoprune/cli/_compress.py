@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "unless --dataset is given), and print the per-layer size breakdown.",
     )  # fmt: skip
     e.add_argument("file", type=Path, metavar="FILE", help="a packed file written by compress or export")
-    g = add_data_options(e, default=None)
+    g = add_data_options(e, default=None, reading=False)
     g.add_argument("--model", metavar="M",
                    help="the model factory a file made from your own network needs (file.py:factory); "
                    "a packed file never makes autoprune import code by itself")  # fmt: skip

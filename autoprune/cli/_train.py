@@ -10,6 +10,7 @@ from typing import Any
 from autoprune.cli._common import (
     add_model_data_options,
     add_output_options,
+    data_options,
     int_in,
     latency_text,
     output_path,
@@ -46,7 +47,8 @@ def load_data(args: argparse.Namespace) -> tuple[Any, Any]:
     from autoprune.data import load_dataset
     from autoprune.models import ModelSpec
 
-    splits = load_dataset(args.dataset, data_dir=args.data_dir, val_fraction=args.val_fraction, seed=args.seed)
+    splits = load_dataset(args.dataset, data_dir=args.data_dir, val_fraction=args.val_fraction, seed=args.seed,
+                          options=data_options(args))  # fmt: skip
     c, h, w = splits.input_shape
     return splits, ModelSpec(args.model, splits.num_classes, c, (h, w))
 

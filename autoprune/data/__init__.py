@@ -2,7 +2,9 @@
 
 from autoprune.data import _digits, _files, _idx  # noqa: F401  (register the loaders)
 from autoprune.data._base import (
+    DataOptions,
     DataSplits,
+    ImageFiles,
     RawData,
     Split,
     list_datasets,
@@ -10,9 +12,15 @@ from autoprune.data._base import (
     make_splits,
     register_dataset,
 )
+from autoprune.data._stream import AUGMENTS, StreamSplit, augment_batch
 
 __all__ = [
+    "AUGMENTS",
+    "DataOptions",
     "DataSplits",
+    "ImageFiles",
+    "StreamSplit",
+    "augment_batch",
     "RawData",
     "Split",
     "list_datasets",

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from autoprune.data._base import RawData, carve_test, register_dataset, require_dir
+from autoprune.data._base import ImageFiles, RawData, carve_test, register_dataset, require_dir
 from autoprune.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -155,46 +155,42 @@ def _read_class_folders(root: Path, classes: list[str] | None = None) -> tuple[l
     return files, labels, classes
 
 
-def _read_images(files: list[Path], size: tuple[int, int], mode: str) -> np.ndarray:
+PROBE = 500  # images whose headers decide an image folder's native size and colour mode
+
+
+def _probe(files: list[Path]) -> tuple[tuple[int, int], str]:
+    """The most common size (H, W) and the colour mode of a spread of ``files`` (headers only)."""
     from PIL import Image, UnidentifiedImageError
 
-    images = []
-    for f in files:
+    step = max(1, len(files) // PROBE)
+    sizes, modes = Counter(), set()
+    for f in files[::step]:
         try:
             with Image.open(f) as img:
-                img = img.convert(mode)
-                if img.size != size:
-                    img = img.resize(size, Image.BILINEAR)
-                images.append(np.asarray(img, dtype=np.uint8))
+                sizes[(img.height, img.width)] += 1
+                modes.add(img.mode)
         except (OSError, UnidentifiedImageError) as e:
             raise DataError(f"cannot read image {f}: {e}") from None
-    x = np.stack(images)
-    return _to_nchw(x if x.ndim == 4 else x[:, :, :, None], files[0].parent)
+    return sizes.most_common(1)[0][0], "L" if modes <= {"L", "1", "I", "I;16", "F"} else "RGB"
 
 
 @register_dataset("imagefolder")
-def load_imagefolder(data_dir: Path | None) -> RawData:
+def load_imagefolder(data_dir: Path | None) -> ImageFiles:
     """Class subfolders of images, in ``train/`` and ``test/`` or directly (then 20% is test).
 
-    Every image is resized to the most common size; grayscale unless some image has colour.
+    Nothing is decoded here: the files are read at the size the options give (else the most
+    common one), streamed or held in memory (:func:`autoprune.data._base.file_splits`);
+    grayscale unless some image has colour.
     """
-    from PIL import Image
-
     root = require_dir(data_dir, "imagefolder", " (one subfolder of images per class)")
     has_splits = (root / "train").is_dir() and (root / "test").is_dir()
     files, labels, classes = _read_class_folders(root / "train" if has_splits else root)
+    y = np.asarray(labels, dtype=np.int64)
+    size, mode = _probe(files)
     if has_splits:
         test_files, test_labels, _ = _read_class_folders(root / "test", classes)
-    sizes, modes = Counter(), set()
-    for f in files:
-        with Image.open(f) as img:
-            sizes[img.size] += 1
-            modes.add(img.mode)
-    size = sizes.most_common(1)[0][0]
-    mode = "L" if modes <= {"L", "1", "I", "I;16", "F"} else "RGB"
-    x, y = _read_images(files, size, mode), np.asarray(labels, dtype=np.int64)
-    if has_splits:
-        x_test, y_test = _read_images(test_files, size, mode), np.asarray(test_labels, dtype=np.int64)
-        return RawData(x, y, x_test, y_test, tuple(classes))
-    x_train, x_test, y_train, y_test = carve_test(x, y)
-    return RawData(x_train, y_train, x_test, y_test, tuple(classes))
+        return ImageFiles(tuple(files), y, tuple(test_files), np.asarray(test_labels, dtype=np.int64),
+                          tuple(classes), mode, size)  # fmt: skip
+    train_idx, test_idx, y_train, y_test = carve_test(np.arange(len(files)), y)
+    return ImageFiles(tuple(files[i] for i in train_idx), y_train, tuple(files[i] for i in test_idx), y_test,
+                      tuple(classes), mode, size)  # fmt: skip

@@ -125,7 +125,8 @@ def load_inputs(
     trained here, for a study someone else made); with ``spec_dir``, read and check the baseline
     recipes too."""
     d = spec.data
-    splits = load_dataset(d.name, data_dir=d.data_dir or None, val_fraction=d.val_fraction, seed=d.seed)
+    splits = load_dataset(d.name, data_dir=d.data_dir or None, val_fraction=d.val_fraction, seed=d.seed,
+                          options=d.options)  # fmt: skip
     c, h, w = splits.input_shape
     model_spec = ModelSpec(spec.model.name, splits.num_classes, c, (h, w))
     model = create_model(model_spec)  # a bad factory fails here, before any training

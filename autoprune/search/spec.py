@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from autoprune._config import build_config, read_toml
+from autoprune.data import DataOptions
 from autoprune.device import DEVICES
-from autoprune.errors import AutoPruneError
+from autoprune.errors import AutoPruneError, DataError
 from autoprune.limits import MAX_EPOCHS, MAX_TRIALS
 from autoprune.models import is_user_model
 from autoprune.names import bad_study_name
@@ -52,10 +53,25 @@ class DataSection:
     data_dir: str = ""
     val_fraction: float = 0.1
     seed: int = 0
+    image_size: list[int] = field(default_factory=list)  # [H, W] of an image folder (empty: its most common size)
+    in_memory: str = "auto"  # "auto" (decoded under 1 GB), "yes", or "no": streamed from the files per batch
+    augment: str = "none"  # training batches: "none" or "crop-flip" (random crop, padding 4, horizontal flip)
+    workers: int = 2  # decoding processes when streamed
 
     def __post_init__(self) -> None:
         if not 0 < self.val_fraction < 1:
             raise SpecError(f"data.val_fraction={self.val_fraction} should be in (0, 1)")
+        try:
+            self.options
+        except DataError as e:
+            raise SpecError(f"data.{e}") from None
+
+    @property
+    def options(self) -> DataOptions:
+        size = tuple(self.image_size) if self.image_size else None
+        if size is not None and len(size) != 2:
+            raise DataError(f"image_size={self.image_size} should be [height, width]")
+        return DataOptions(size, self.in_memory, self.augment, self.workers)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
