@@ -46,6 +46,16 @@ def test_every_compose_command_is_a_valid_autoprune_command() -> None:
                for name, s in _services().items() if name in commands)  # fmt: skip
 
 
+def test_the_gpu_variant_runs_workers_on_cuda_with_a_device_reservation() -> None:
+    """--device cuda would refuse to parse here (no GPU): the words are checked, not parsed."""
+    gpu = yaml.safe_load((REPO / "docker" / "compose.gpu.yaml").read_text())["services"]
+    words = [_with_defaults(w) for w in gpu["worker"]["command"]]
+    assert words[words.index("--device") + 1] == "cuda" and "--jobs" in words
+    assert words[:2] == [_with_defaults(w) for w in _services()["worker"]["command"][:2]]  # the same spec
+    reservation = gpu["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert reservation["driver"] == "nvidia" and reservation["capabilities"] == ["gpu"]
+
+
 def test_workers_start_after_setup_and_share_cache_and_artifacts() -> None:
     services = _services()
     assert services["worker"]["depends_on"]["setup"]["condition"] == "service_completed_successfully"
@@ -70,7 +80,9 @@ def test_dockerfile_installs_cpu_torch_before_the_project_and_defaults_to_the_pu
 
 
 @pytest.mark.parametrize("tool, args", [("hadolint", [str(DOCKERFILE)]),
-                                        ("docker-compose", ["-f", str(COMPOSE), "config", "-q"])])  # fmt: skip
+                                        ("docker-compose", ["-f", str(COMPOSE), "config", "-q"]),
+                                        ("docker-compose", ["-f", str(COMPOSE), "-f", str(COMPOSE.with_name("compose.gpu.yaml")),
+                                                            "config", "-q"])])  # fmt: skip
 def test_docker_files_pass_their_linters(tool: str, args: list[str]) -> None:
     beside = Path(sys.executable).with_name(tool)  # hadolint comes with the dev extras, in the venv
     found = str(beside) if beside.is_file() else shutil.which(tool)
