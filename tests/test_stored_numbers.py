@@ -198,3 +198,21 @@ def test_stored_text_reaches_the_note_escaped(workspace: Path, tmp_path: Path) -
     assert "img src" in note and not re.search(r"(?<!\\)[<>]", note), note
     page = markdown_html(note)
     assert "<img" not in page and "&lt;img src=x onerror=alert(1)&gt; **bold** | cell" in page
+
+
+@pytest.mark.parametrize("args", [
+    ["surrogate", "compare", "--at", "0"], ["surrogate", "compare", "--at", "-5"], ["surrogate", "compare", "--at", "2,x"],
+    ["report", "--png", "/proc/nope/figs", "--out", "r.html"],
+])  # fmt: skip
+def test_a_refusal_leaves_storage_and_outputs_as_they_were(
+    args: list[str], workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = own_copy(workspace, tmp_path)
+    shutil.copytree(workspace / "artifacts", tmp_path / "artifacts")
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path)
+    code, _, err = call([*args, "--storage", url, "-q"] if args[0] == "surrogate" else [*args, "--storage", url], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert snapshot(tmp_path) == before
+    assert optuna.get_all_study_summaries(url, include_best_trial=False)[0].study_name == "tiny"
+    assert len(optuna.get_all_study_summaries(url, include_best_trial=False)) == 1  # no side study
