@@ -273,6 +273,8 @@ def decode_packed(
         skeleton = _skeleton(spec)
     except UnknownNameError as e:
         raise PackError(f"{path} names a model autoprune does not have ({_one_line(e)[:200]})") from None
+    except ModelError as e:  # the shapes it records cannot build the network it names
+        raise PackError(f"{path} records a network that cannot be built ({_one_line(e)[:300]})") from None
     dense = sum(t.numel() * t.element_size() for t in skeleton.state_dict().values())
     size = Path(path).stat().st_size
     if dense > MAX_RATIO * size + (64 << 20):
