@@ -34,5 +34,9 @@ class ConfigError(AutoPruneError, ValueError):
     """A config value out of range (a ValueError too, as a dataclass's checks raise)."""
 
 
+class TaskError(AutoPruneError):
+    """Your own task (``--task``) cannot be loaded, lacks what autoprune asks of it, or failed."""
+
+
 class DivergedError(AutoPruneError):
     """Training produced a non-finite or exploding loss."""

@@ -20,16 +20,34 @@ import numpy as np
 import torch
 from torch import nn
 
-from autoprune.data import DataSplits, Split
+from autoprune.data import DataSplits, Split, TaskSplit
 from autoprune.device import current_device, describe, model_device, synchronize
+from autoprune.errors import AutoPruneError, TaskError
 from autoprune.runtime import checked_session, run_session
 
 log = logging.getLogger(__name__)
 
 
-def accuracy(model: nn.Module, split: Split, *, batch_size: int = 1024) -> float:
-    """Top-1 accuracy on ``split`` in percent, with the model in eval mode."""
+def accuracy(model: nn.Module, split: Split | TaskSplit, *, batch_size: int = 1024) -> float:
+    """Top-1 accuracy on ``split`` in percent, with the model in eval mode; on a task's split,
+    the task's own metric (its ``evaluate``), on the process's device."""
+    if isinstance(split, TaskSplit):
+        return _task_score(model, split)
     return 100.0 * int(correct(model, split, batch_size=batch_size).sum()) / max(len(split), 1)
+
+
+def _task_score(model: nn.Module, split: TaskSplit) -> float:
+    was_training, where = model.training, model_device(model)
+    model.eval().to(current_device())
+    try:
+        with torch.inference_mode():
+            return split.score(model)
+    except AutoPruneError:
+        raise
+    except Exception as e:  # the user's evaluate: one line says how it failed
+        raise TaskError(f"the task's evaluate({split.part!r}) raised {type(e).__name__}: {e}") from None
+    finally:
+        model.train(was_training).to(where)
 
 
 @torch.inference_mode()

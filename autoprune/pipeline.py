@@ -150,7 +150,9 @@ def compress(
         **measured.to_dict(),
         "acc_drop": base_metrics.accuracy - measured.accuracy,
         "test_acc_drop": base_metrics.test_accuracy - measured.test_accuracy,
-        "acc_drop_se": paired_drop(correct(base, splits.val), correct(decoded, splits.val)).se,
+        # paired on the validation images; a task's metric has no per-image parts to pair
+        "acc_drop_se": None if splits.task is not None else paired_drop(correct(base, splits.val),
+                                                                        correct(decoded, splits.val)).se,
         "base_accuracy": base_metrics.accuracy,
         "base_dense_bytes": base_metrics.dense_bytes,
         "packed_bytes": report.packed_bytes,

@@ -13,12 +13,13 @@ from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from tqdm.auto import tqdm
 
 from autoprune.cache import CacheError, cache_folder, read_bytes, read_verified, write_atomic
-from autoprune.data import DataSplits, augment_batch
+from autoprune.data import DataSplits, FinetuneBudget, augment_batch
 from autoprune.device import current_device
-from autoprune.errors import ConfigError, DivergedError
+from autoprune.errors import ConfigError, DivergedError, TaskError
 from autoprune.limits import MAX_BATCH, MAX_EPOCHS
 from autoprune.measure import Metrics, accuracy, measure_model
 from autoprune.models import ModelSpec, create_model, load_checkpoint, model_fingerprint
@@ -88,10 +89,63 @@ def fit(
     device = current_device()
     model.to(device)
     try:
+        if splits.task is not None:
+            return _fit_task(model, splits, config, seed=seed, callbacks=callbacks, after_step=after_step, desc=desc)
         return _fit(model, splits, config, device, seed=seed, callbacks=callbacks, after_step=after_step,
                     progress=progress, desc=desc)  # fmt: skip
     finally:
         model.to("cpu")
+
+
+def _fit_task(
+    model: nn.Module,
+    splits: DataSplits,
+    config: TrainConfig,
+    *,
+    seed: int,
+    callbacks: Sequence[EpochCallback],
+    after_step: Callable[[], None] | None,
+    desc: str,
+) -> list[float]:
+    """Your own training loop (``splits.task``) for the budget of ``config``: pruned weights are
+    put back to zero after each of its optimiser's steps (a global ``torch.optim`` hook while it
+    runs), and what it reports per epoch goes to the callbacks (Optuna's pruner), as ours does."""
+    history: list[float] = []
+    ours: list[BaseException] = []  # a callback's exception passes through the task's loop as is
+
+    def report(epoch: int, value: float) -> None:
+        value = float(value)
+        if not math.isfinite(value):
+            raise DivergedError(f"{desc} diverged at epoch {epoch} (the task reported {value})")
+        history.append(value)
+        try:
+            for callback in callbacks:
+                callback(epoch, value)
+        except BaseException as e:
+            ours.append(e)
+            raise
+        if stop_requested():  # Ctrl-C: the end of an epoch is a safe point
+            ours.append(KeyboardInterrupt())
+            raise ours[-1]
+
+    hook = None
+    if after_step is not None:
+        hook = register_optimizer_step_post_hook(lambda *args: after_step())
+    budget = FinetuneBudget(config.epochs, config.max_batches, config.lr, config.batch_size, seed)
+    try:
+        model.train()
+        splits.task.finetune(model, budget, report)
+    except (DivergedError, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        if ours and e is ours[-1]:
+            raise
+        raise TaskError(f"{desc}: the task's finetune raised {type(e).__name__}: {e}") from None
+    finally:
+        if hook is not None:
+            hook.remove()
+        model.eval()
+    return history
 
 
 def _fit(

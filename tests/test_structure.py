@@ -17,7 +17,7 @@ LAYERS = [
     {"__init__", "errors", "_config", "_compat", "names", "ops", "cache", "limits", "stop"},
     {"models", "data"},
     {"runtime", "measure"},
-    {"train"},
+    {"train", "task"},
     {"compress"},  # the transforms: a config in, a model changed
     {"pipeline", "sensitivity"},  # the compression use case over them, and the layers' sensitivity
     {"search"},

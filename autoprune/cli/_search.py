@@ -113,6 +113,9 @@ def _spec_options(p: argparse.ArgumentParser, default_spec: Path) -> None:
     g.add_argument("--val-fraction", type=fraction, metavar="F", help="share of the training data held out for validation")
     g.add_argument("--train-epochs", type=int_in(1, MAX_EPOCHS), metavar="N", help="epochs of base-model training")
     add_device_option(g, default=None)
+    g.add_argument("--task", metavar="FILE.py:FACTORY",
+                   help="your own training loop and metric in place of the spec's data (see autoprune.data._task; "
+                   "examples/own_loop.py)")  # fmt: skip
 
 
 def _storage_options(p: argparse.ArgumentParser) -> None:
@@ -153,7 +156,7 @@ def run_search(args: argparse.Namespace) -> dict[str, Any]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     stop_on_signals()
     return search(spec, parse_storage(spec.study.storage), spec_dir=spec_dir, jobs=args.jobs, threads=args.threads,
-                  progress=not args.quiet, setup_only=args.setup_only)  # fmt: skip
+                  progress=not args.quiet, setup_only=args.setup_only, task=args.task)  # fmt: skip
 
 
 def _spec_values(spec: Any, args: argparse.Namespace) -> Any:
@@ -185,7 +188,7 @@ def run_finalize(args: argparse.Namespace) -> dict[str, Any]:
     spec = _spec_values(spec, args)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     stop_on_signals()
-    return finalize(spec, parse_storage(spec.study.storage), k=args.k, progress=not args.quiet)
+    return finalize(spec, parse_storage(spec.study.storage), k=args.k, progress=not args.quiet, task=args.task)
 
 
 def format_finalize(r: dict[str, Any]) -> str:
@@ -196,12 +199,13 @@ def format_finalize(r: dict[str, Any]) -> str:
              "yes" if x["within"] else "NO"] for x in r["rows"]]  # fmt: skip
     header = ["trial", "what", "val drop", "test drop", "ratio", "final", "val drop", "test drop", "ratio", "within"]
     return (f"final stage of {r['study']}: each trial (searched under the capped budget) beside its re-run at the "
-            f"full budget; within {r['max_acc_drop']} points as the study judges\n\n" + grid(header, rows))
+            f"full budget; within {r['max_acc_drop']} points of {r.get('metric', 'accuracy')} as the study judges\n\n"
+            + grid(header, rows))
 
 
-def _pareto_table(rows: list[dict[str, Any]]) -> str:
+def _pareto_table(rows: list[dict[str, Any]], metric: str = "accuracy") -> str:
     return grid(
-        ["trial", "accuracy", "val drop", "test drop", "packed KB", "ratio", "latency ms", "source"],
+        ["trial", metric, "val drop", "test drop", "packed KB", "ratio", "latency ms", "source"],
         [[r["trial"], f"{r['accuracy']:.2f}", *_drops(r), f"{r['packed_bytes'] / 1024:.1f}",
           f"{r['compression_ratio']:.1f}x", f"{r['latency_ms']:.3f}", r["recipe"] or r["source"]] for r in rows],
     )  # fmt: skip
@@ -216,20 +220,23 @@ def best_line(r: dict[str, Any]) -> str:
     gain = f"{b['compression_ratio']:.1f}x"
     if "latency_ms" in r.get("objectives", ()) and b.get("speedup") is not None:  # best is the fastest
         gain = f"{b['speedup']:.2f}x faster ({gain} smaller)"
-    return (f"best within {r['max_acc_drop']} points{rule}: trial {b['trial']}, {gain}, "
+    points = "points" if r.get("metric", "accuracy") == "accuracy" else f"points of {r['metric']}"
+    return (f"best within {r['max_acc_drop']} {points}{rule}: trial {b['trial']}, {gain}, "
             f"drop {b['acc_drop']:.2f} val{test} (export: autoprune export --study {r['study']} --trial {b['trial']})")  # fmt: skip
 
 
 def format_search(r: dict[str, Any]) -> str:
+    metric = r.get("metric", "accuracy")
+    unit = "%" if metric == "accuracy" else ""
     states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(r["states"].items()))
     lines = [table([
         ("study", f"{r['study']} in {r['storage']}"),
         ("trials", states),
-        ("objectives", ", ".join(r["objectives"])),
-        ("base", f"{r['base']['accuracy']:.2f}% val accuracy, {r['base']['dense_bytes'] / 1024:.1f} KB, "
+        ("objectives", ", ".join(metric if o == "accuracy" else o for o in r["objectives"])),
+        ("base", f"{r['base']['accuracy']:.2f}{unit} val {metric}, {r['base']['dense_bytes'] / 1024:.1f} KB, "
                  f"{r['base']['latency_ms']:.3f} ms"),
-    ]), "", "Pareto front:" if len(r["objectives"]) > 1 else "Feasible front (accuracy, size):",
-        _pareto_table(r["pareto"])]  # fmt: skip
+    ]), "", "Pareto front:" if len(r["objectives"]) > 1 else f"Feasible front ({metric}, size):",
+        _pareto_table(r["pareto"], metric)]  # fmt: skip
     if r["best"]:
         lines += ["", best_line(r)]
     else:
@@ -252,11 +259,11 @@ def _open(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 
 
 def run_trials(args: argparse.Namespace) -> dict[str, Any]:
-    from autoprune.search.report import state_counts, trial_row
+    from autoprune.search.report import state_counts, study_metric, trial_row
 
     study, info, _ = _open(args)
     return {"study": study.study_name, "storage": info.safe_url, "states": state_counts(study),
-            "trials": [trial_row(t) for t in study.get_trials(deepcopy=False)]}  # fmt: skip
+            "metric": study_metric(study), "trials": [trial_row(t) for t in study.get_trials(deepcopy=False)]}  # fmt: skip
 
 
 def _on(t: dict[str, Any]) -> str:
@@ -275,7 +282,7 @@ def format_trials(r: dict[str, Any]) -> str:
              f(t["packed_bytes"] and t["packed_bytes"] / 1024, ".1f"), f(t["compression_ratio"], ".1f"),
              f(t["latency_ms"], ".3f") + ("*" if timed_busy(t) else "") + _on(t), t["recipe"] or t["source"] or ""]
             for t in r["trials"]]  # fmt: skip
-    header = ["trial", "state", "accuracy", "val drop", "test drop", "packed KB", "ratio", "latency ms", "source"]
+    header = ["trial", "state", r.get("metric", "accuracy"), "val drop", "test drop", "packed KB", "ratio", "latency ms", "source"]
     text = f"study {r['study']} in {r['storage']}\n\n" + grid(header, rows)
     if any(timed_busy(t) for t in r["trials"]):
         text += f"\n\n* timed while other processes kept {BUSY}+ cores busy: the latency may read high"
@@ -283,7 +290,7 @@ def format_trials(r: dict[str, Any]) -> str:
 
 
 def run_export(args: argparse.Namespace) -> dict[str, Any]:
-    from autoprune.search import trial_row
+    from autoprune.search import study_metric, trial_row
     from autoprune.workflow import default_export_path, export_trial, find_trial
 
     output_path(args.out, "--out")
@@ -293,12 +300,13 @@ def run_export(args: argparse.Namespace) -> dict[str, Any]:
     export_trial(study, trial, out, info, artifacts=args.artifacts)
     row = trial_row(trial)
     return {"study": study.study_name, "trial": trial.number, "out": str(out), "packed_bytes": out.stat().st_size,
+            "metric": study_metric(study),
             **{k: row[k] for k in ("acc_drop", "acc_drop_se", "test_acc_drop", "compression_ratio")}}  # fmt: skip
 
 
 def format_export(r: dict[str, Any]) -> str:
     val, test = _drops(r)
-    drops = f", drop {val} val / {test or '?'} test" if val else ""
+    drops = f", {r.get('metric', 'accuracy')} drop {val} val / {test or '?'} test" if val else ""
     return f"wrote {r['out']} (trial {r['trial']}, {r['packed_bytes']:,} bytes{drops})"
 
 

@@ -97,6 +97,7 @@ def _common(p: argparse.ArgumentParser, *, seed: bool = True) -> None:
     g.add_argument("--model", metavar="M", help="the study's own model factory, as given to search (file.py:factory)")
     g.add_argument("--checkpoint", metavar="PATH", help="the study's base checkpoint, if it was made from one")
     g.add_argument("--data-dir", metavar="PATH", help="the study's data folder or file, if its dataset needs one")
+    g.add_argument("--task", metavar="FILE.py:FACTORY", help="the study's own task (training loop and metric), as given to search")
     g.add_argument("--artifacts", metavar="DIR", help="where proposals' packed files go (default: beside the database)")
     if seed:
         p.add_argument("--seed", type=int, default=0, help="seed of the ensemble and the candidates (default: 0)")
@@ -116,7 +117,7 @@ def _view(args: argparse.Namespace) -> Any:
     with storage_errors(info):
         return open_view(
             args.study, info, progress=not args.quiet, model=args.model, checkpoint=args.checkpoint,
-            data_dir=args.data_dir, artifacts=args.artifacts,
+            data_dir=args.data_dir, artifacts=args.artifacts, task=args.task,
         )  # fmt: skip
 
 

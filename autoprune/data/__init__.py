@@ -13,11 +13,14 @@ from autoprune.data._base import (
     register_dataset,
 )
 from autoprune.data._stream import AUGMENTS, StreamSplit, augment_batch
+from autoprune.data._task import FinetuneBudget, TaskSplit
 
 __all__ = [
     "AUGMENTS",
     "DataOptions",
     "DataSplits",
+    "FinetuneBudget",
+    "TaskSplit",
     "ImageFiles",
     "StreamSplit",
     "augment_batch",

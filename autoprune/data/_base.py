@@ -14,6 +14,7 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from autoprune.data._stream import AUGMENTS, ImageReader, StreamSplit, decoded_bytes, image_stats
+from autoprune.data._task import TaskSplit
 from autoprune.errors import DataError, UnknownNameError
 
 # A loader reads its files and returns raw arrays; splitting and normalising happen here.
@@ -102,14 +103,17 @@ class DataSplits:
     """Train / validation / test splits of one dataset, normalised with train statistics."""
 
     name: str
-    train: Split | StreamSplit
-    val: Split | StreamSplit
-    test: Split | StreamSplit
+    train: Split | StreamSplit | TaskSplit
+    val: Split | StreamSplit | TaskSplit
+    test: Split | StreamSplit | TaskSplit
     num_classes: int
     mean: tuple[float, ...]  # per channel, of the training split before normalising
     std: tuple[float, ...]
     classes: tuple[str, ...] = ()
     augment: str = "none"  # applied to training batches (see DataOptions)
+    task: Any = None  # your own training loop and metric (autoprune.data._task), in place of the data
+    metric: str = "accuracy"  # what evaluating a network measures: top-1 accuracy, or the task's metric
+    source: str = ""  # a task's own identity for caches: its name and the hash of its source
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -121,6 +125,7 @@ class DataSplits:
         """A hash of the data's content (of a streamed split: its files' names, sizes and
         dates), and of the augmentation, so caches notice when either changes."""
         digest = hashlib.blake2b(digest_size=16)
+        digest.update(self.source.encode())
         for split in (self.train, self.val, self.test):
             split.fingerprint(digest)
         if self.augment != "none":

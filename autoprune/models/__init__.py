@@ -11,6 +11,7 @@ from autoprune.models._registry import (
     list_models,
     model_fingerprint,
     register_model,
+    resolve_factory,
 )
 
 __all__ = [
@@ -23,4 +24,5 @@ __all__ = [
     "list_models",
     "load_checkpoint",
     "register_model",
+    "resolve_factory",
 ]

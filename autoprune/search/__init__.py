@@ -4,7 +4,14 @@ network. ``spec`` (what to search), ``space`` (the only module that calls ``tria
 ``storage``, ``report``."""
 
 from autoprune.search.record import OBJECTIVES, Budget, TrialRecord
-from autoprune.search.report import best_trial, pareto_front, state_counts, study_budget, trial_row
+from autoprune.search.report import (
+    best_trial,
+    pareto_front,
+    state_counts,
+    study_budget,
+    study_metric,
+    trial_row,
+)
 from autoprune.search.run import run_search
 from autoprune.search.samplers import list_samplers, make_sampler, register_sampler
 from autoprune.search.spec import SpecError, StudySpec, load_spec, spec_from_dict
@@ -45,5 +52,6 @@ __all__ = [
     "stop_on_signals",
     "storage_errors",
     "study_budget",
+    "study_metric",
     "trial_row",
 ]

@@ -145,7 +145,8 @@ class Objective:
                     base_metrics=ctx.base_metrics, callbacks=callbacks, seed=spec.study.seed + number,
                     progress=False, latency_repeats=spec.study.latency_repeats,
                     meta={"study": trial.study.study_name, "trial": trial.number,
-                          "dataset": dataset_meta(d.name, d.data_dir, d.val_fraction, d.seed),
+                          "dataset": dataset_meta(d.name, d.data_dir, d.val_fraction, d.seed) if ctx.splits.task is None
+                          else {"task": ctx.splits.name},  # your own data: eval asks for it
                           "recipe": trial.user_attrs.get("recipe_name") or f"{source} trial {trial.number}",
                           "settings": trial.params, "base": ctx.base_metrics.summary()},
                 )  # fmt: skip

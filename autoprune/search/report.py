@@ -62,6 +62,15 @@ def study_goal(study: optuna.Study) -> Callable[[TrialRecord], float]:
     return goal([o for o in stored if isinstance(o, str)] if isinstance(stored, list) else None)
 
 
+def study_metric(study: optuna.Study) -> str:
+    """What the study's "accuracy" measures: top-1 accuracy, or its task's metric (stored:
+    checked, one short line of plain text)."""
+    metric = study.user_attrs.get("metric")
+    if not isinstance(metric, str) or not metric.strip():
+        return "accuracy"
+    return " ".join(metric.split())[:40]
+
+
 def study_budget(study: optuna.Study) -> Budget:
     """The accuracy budget and selection rule of the spec stored in the study, checked (stored
     data). A study made before the selection rule existed is judged on the point estimate."""

@@ -62,6 +62,7 @@ from autoprune.search.storage import (
     storage_errors,
     watched,
 )
+from autoprune.task import load_task
 from autoprune.train import train_base
 
 log = logging.getLogger(__name__)
@@ -78,9 +79,11 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
 
 
-def open_study(spec: StudySpec, storage: BaseStorage) -> optuna.Study:
+def open_study(spec: StudySpec, storage: BaseStorage, *, task: str | None = None, metric: str = "accuracy") -> optuna.Study:
     """Create the study, or load it to resume; its objectives must match the spec's. The
-    sampler draws trial N from (``study.seed``, N), whichever worker runs it."""
+    sampler draws trial N from (``study.seed``, N), whichever worker runs it. A study searched
+    with your own ``task`` records its name (a note: it is never imported from there) and its
+    ``metric``, shown wherever accuracy would be."""
     names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     exists = spec.study.name in names
     study = optuna.create_study(
@@ -101,9 +104,13 @@ def open_study(spec: StudySpec, storage: BaseStorage) -> optuna.Study:
         study.set_user_attr("model", spec.model.name)
         study.set_user_attr("dataset", spec.data.name)
         study.set_user_attr("spec", record(spec))  # never the password
+        study.set_user_attr("metric", metric)
+        if task is not None:
+            study.set_user_attr("task", task)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(spec.study.objectives)  # the names optuna-dashboard shows
+            # the names optuna-dashboard shows
+            study.set_metric_names([metric if o == "accuracy" else o for o in spec.study.objectives])
     return study
 
 
@@ -119,14 +126,18 @@ class Inputs:
 
 
 def load_inputs(
-    spec: StudySpec, *, progress: bool, spec_dir: Path | None = None, cached_only: bool = False
+    spec: StudySpec, *, progress: bool, spec_dir: Path | None = None, cached_only: bool = False,
+    task: str | None = None,
 ) -> Inputs:
     """Load the data and the base model (trained at most once: cached; ``cached_only``: never
     trained here, for a study someone else made); with ``spec_dir``, read and check the baseline
     recipes too."""
     d = spec.data
-    splits = load_dataset(d.name, data_dir=d.data_dir or None, val_fraction=d.val_fraction, seed=d.seed,
-                          options=d.options)  # fmt: skip
+    if task is not None:  # your own loop and metric in place of the spec's data
+        splits = load_task(task)
+    else:
+        splits = load_dataset(d.name, data_dir=d.data_dir or None, val_fraction=d.val_fraction, seed=d.seed,
+                              options=d.options)  # fmt: skip
     c, h, w = splits.input_shape
     model_spec = ModelSpec(spec.model.name, splits.num_classes, c, (h, w))
     model = create_model(model_spec)  # a bad factory fails here, before any training
@@ -378,6 +389,7 @@ class WorkerArgs:
     # sampler (autoprune.surrogate, say) before the spec is read.
     sampler: SamplerFactory
     gpu: str | None = None  # the one GPU this worker sees (its CUDA_VISIBLE_DEVICES), if any
+    task: str | None = None  # your own task, as named on the command line
 
 
 def _worker_main(args: WorkerArgs) -> None:
@@ -398,7 +410,8 @@ def _worker_main(args: WorkerArgs) -> None:
             storage = open_storage(info, heartbeat_interval=spec.study.heartbeat_interval,
                                    grace_period=spec.study.grace_period, timeout=spec.study.db_timeout)  # fmt: skip
             study = open_study(spec, storage)
-            ctx = prepare(spec, study, storage, info, progress=False)
+            ctx = prepare(spec, study, storage, info, progress=False, inputs=load_inputs(spec, progress=False,
+                                                                                        task=args.task))  # fmt: skip
             with watched(info, interval=spec.study.heartbeat_interval, timeout=spec.study.db_timeout):
                 work(study, Objective(ctx, sampler_name=study.sampler.name), args.target)
     except KeyboardInterrupt:
@@ -469,6 +482,7 @@ def run_search(
     spec_dir: Path = Path("."),
     setup_only: bool = False,
     on_trial: Hook | None = None,
+    task: str | None = None,
 ) -> optuna.Study:
     """Run (or resume) the study until it holds ``spec.study.trials`` finished trials; with
     ``setup_only``, stop once the study, the cached base model and the baselines are in place.
@@ -476,26 +490,27 @@ def run_search(
     Everything that can refuse the search (workers on SQLite, a device that is not there, the
     data, the model, the baseline recipes) is checked before the storage is opened: a refused
     search leaves none. Trials run on ``spec.study.device``; ``--jobs`` workers on CUDA take
-    one GPU each (``spec.study.devices``, else every GPU in turn)."""
+    one GPU each (``spec.study.devices``, else every GPU in turn). ``task``: your own training
+    loop and metric (``file.py:factory``) in place of the spec's data."""
     device = resolve_device(spec.study.device)
     with use_device(device):
         return _run_search(spec, info, jobs=jobs, threads=threads, progress=progress, spec_dir=spec_dir,
-                           setup_only=setup_only, on_trial=on_trial)  # fmt: skip
+                           setup_only=setup_only, on_trial=on_trial, task=task)  # fmt: skip
 
 
 def _run_search(
     spec: StudySpec, info: StorageInfo, *, jobs: int, threads: int | None, progress: bool, spec_dir: Path,
-    setup_only: bool, on_trial: Hook | None,
+    setup_only: bool, on_trial: Hook | None, task: str | None,
 ) -> optuna.Study:  # fmt: skip
     if jobs > 1 and not info.parallel_ok:
         raise StorageError(
             f"--jobs {jobs} cannot share SQLite ({info.safe_url}): parallel workers lock it; "
             "use --storage postgresql://USER@HOST/DB or --storage journal:PATH"
         )
-    inputs = load_inputs(spec, progress=progress, spec_dir=spec_dir)
+    inputs = load_inputs(spec, progress=progress, spec_dir=spec_dir, task=task)
     storage = open_storage(info, heartbeat_interval=spec.study.heartbeat_interval,
                            grace_period=spec.study.grace_period, timeout=spec.study.db_timeout)  # fmt: skip
-    study = open_study(spec, storage)
+    study = open_study(spec, storage, task=task, metric=inputs.splits.metric)
     ctx = prepare(spec, study, storage, info, progress=progress, inputs=inputs)
     remove_orphans(storage, artifact_dir(info, spec.study.artifacts), older_than=2 * spec.study.grace_period)
     with StudyLock(storage, spec.study.name):
@@ -513,7 +528,7 @@ def _run_search(
             with watched(info, interval=spec.study.heartbeat_interval, timeout=spec.study.db_timeout):
                 work(study, Objective(ctx, sampler_name=study.sampler.name), target, bar=bar, on_trial=on_trial)
         else:  # each worker watches the storage; this process only waits for them
-            _run_workers(spec, info, jobs, target, bar, study, threads, on_trial and (lambda s: on_trial(s, ctx)))
+            _run_workers(spec, info, jobs, target, bar, study, threads, on_trial and (lambda s: on_trial(s, ctx)), task)
     finally:
         torch.set_num_threads(before)
         bar.close()
@@ -524,7 +539,7 @@ def _run_search(
 
 def _run_workers(
     spec: StudySpec, info: StorageInfo, jobs: int, target: int, bar: tqdm, study: optuna.Study, threads: int | None,
-    on_trial: Callable[[optuna.Study], None] | None = None,
+    on_trial: Callable[[optuna.Study], None] | None = None, task: str | None = None,
 ) -> None:  # fmt: skip
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     sampler = sampler_factory(spec.study.sampler)
@@ -533,7 +548,7 @@ def _run_workers(
     gpus = worker_gpus(spec, jobs)
     workers = [
         context.Process(target=_worker_main,
-                        args=(WorkerArgs(spec.to_dict(), info.url, target, threads, logs, sampler, gpu),))
+                        args=(WorkerArgs(spec.to_dict(), info.url, target, threads, logs, sampler, gpu, task),))
         for gpu in gpus
     ]  # fmt: skip
     relay = logging.handlers.QueueListener(logs, _Relay())

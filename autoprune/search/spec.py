@@ -268,6 +268,19 @@ def trusted_spec(
     )
 
 
+def check_task(study: Any, task: str | None) -> None:
+    """A study searched with your own task is read back only with a task named by you (its
+    stored name is a note, never imported); a study without one takes none."""
+    stored = study.user_attrs.get("task")
+    if stored is not None and task is None:
+        raise SpecError(
+            f"study {study.study_name!r} was searched with your own task {str(stored)[:200]!r}; autoprune imports "
+            f"code named by a stored study only when you name it too: pass --task {str(stored)[:200]}"
+        )
+    if stored is None and task is not None:
+        raise SpecError(f"study {study.study_name!r} was searched on its spec's data, not with a task: drop --task")
+
+
 def load_spec(path: str | Path) -> StudySpec:
     path = Path(path)
     data = read_toml(path, "study spec", SpecError)

@@ -17,9 +17,9 @@ from autoprune.errors import AutoPruneError
 from autoprune.ops.pareto import non_dominated
 from autoprune.search.objective import FINAL, Objective
 from autoprune.search.record import Budget, TrialRecord
-from autoprune.search.report import study_goal, trial_row
+from autoprune.search.report import study_goal, study_metric, trial_row
 from autoprune.search.run import load_inputs, prepare
-from autoprune.search.spec import StudySpec
+from autoprune.search.spec import StudySpec, check_task
 from autoprune.search.stop import stop_requested
 from autoprune.search.storage import StorageInfo, open_storage, resolve_study_name, storage_errors
 
@@ -81,7 +81,7 @@ def _parent(t: FrozenTrial) -> int | None:
 
 
 def finalize(
-    spec: StudySpec, info: StorageInfo, *, k: int | None = None, progress: bool = True
+    spec: StudySpec, info: StorageInfo, *, k: int | None = None, progress: bool = True, task: str | None = None
 ) -> dict[str, Any]:
     """Run the final stage on the study ``spec`` names (which must exist), on the spec's
     device, and compare each finalized trial with the trial it refines."""
@@ -94,7 +94,8 @@ def finalize(
         chosen = parents(study, dataclasses.replace(budget, max_drop=budget.max_drop + spec.final.slack), k or spec.final.k)
         if not chosen:
             raise AutoPruneError(f"study {name!r} has no completed trial to finalize; run 'autoprune search' first")
-        inputs = load_inputs(spec, progress=progress)
+        check_task(study, task)
+        inputs = load_inputs(spec, progress=progress, task=task)
         ctx = prepare(spec, study, storage, info, progress=progress, inputs=inputs)
         enqueue_finals(study, chosen)
         objective = Objective(ctx, sampler_name=FINAL)
@@ -117,5 +118,5 @@ def final_summary(study: optuna.Study, budget: Budget) -> dict[str, Any]:
             continue
         rows.append({"kind": parent.user_attrs.get("recipe_name") or "search", "parent": trial_row(parent),
                      "final": trial_row(t), "within": budget.judged(t.user_attrs) <= budget.max_drop})  # fmt: skip
-    return {"study": study.study_name, "max_acc_drop": budget.max_drop, "z": budget.z,
+    return {"study": study.study_name, "metric": study_metric(study), "max_acc_drop": budget.max_drop, "z": budget.z,
             "rows": sorted(rows, key=lambda r: r["parent"]["trial"])}  # fmt: skip

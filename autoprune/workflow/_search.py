@@ -9,7 +9,7 @@ from typing import Any
 import optuna
 
 from autoprune.errors import AutoPruneError
-from autoprune.search.report import best_trial, pareto_front, state_counts, trial_row
+from autoprune.search.report import best_trial, pareto_front, state_counts, study_metric, trial_row
 from autoprune.search.run import counts
 from autoprune.search.run import run_search as run_study
 from autoprune.search.spec import StudySpec, load_spec
@@ -38,7 +38,7 @@ def search_spec(path: Path | None = None, **overrides: Any) -> tuple[StudySpec, 
 
 def search(
     spec: StudySpec, info: StorageInfo, *, spec_dir: Path, jobs: int = 1, threads: int | None = None,
-    progress: bool = True, setup_only: bool = False,
+    progress: bool = True, setup_only: bool = False, task: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Run (or resume) the search and summarise it; an interruption leaves every finished
     trial stored and says how many."""
@@ -46,7 +46,7 @@ def search(
         with storage_errors(info):
             publish = Publisher(spec.study.budget, artifacts=artifact_dir(info, spec.study.artifacts))
             study = run_study(spec, info, jobs=jobs, threads=threads, progress=progress, spec_dir=spec_dir,
-                              setup_only=setup_only, on_trial=publish)  # fmt: skip
+                              setup_only=setup_only, on_trial=publish, task=task)  # fmt: skip
             return search_summary(study, spec, info)
     except KeyboardInterrupt:
         try:
@@ -67,6 +67,7 @@ def search_summary(study: optuna.Study, spec: StudySpec, info: StorageInfo) -> d
         "study": study.study_name,
         "storage": info.safe_url,
         "objectives": spec.study.objectives,
+        "metric": study_metric(study),
         "target_trials": spec.study.trials,
         "states": state_counts(study),
         "base": study.user_attrs.get("base"),

@@ -27,7 +27,7 @@ from autoprune.names import bad_study_name
 from autoprune.ops.pareto import non_dominated
 from autoprune.search.objective import FINAL
 from autoprune.search.record import Budget, TrialRecord
-from autoprune.search.report import best_trial, study_goal
+from autoprune.search.report import best_trial, study_goal, study_metric
 from autoprune.search.storage import check_artifact_id
 from autoprune.sensitivity import row_norms
 from autoprune.workflow._sensitivity import norms_plotly, sensitivity_plotly, stored_sensitivity
@@ -111,9 +111,10 @@ def tradeoff_figure(study: optuna.Study, budget: Budget, *, latency: bool = Fals
         fig.add_annotation(text=f"{above} trials lie above {top:g} points (zoom out to see them)", xref="paper",
                            yref="paper", x=1, y=1, showarrow=False, xanchor="right")  # fmt: skip
     what = "measured speed-up at batch 1" if latency else "compression ratio (base fp32 bytes / packed bytes)"
-    fig.update_layout(title=("Speed-up" if latency else "Compression") + " against accuracy drop, every trial",
+    metric = study_metric(study)
+    fig.update_layout(title=("Speed-up" if latency else "Compression") + f" against {metric} drop, every trial",
                       xaxis={"type": "log", "title": what + ", log scale"},
-                      yaxis={"title": f"accuracy drop, points (validation as judged{rule}; test open)"})  # fmt: skip
+                      yaxis={"title": f"{metric} drop, points (validation as judged{rule}; test open)"})  # fmt: skip
     return fig
 
 
@@ -251,11 +252,12 @@ def summary_note(study: optuna.Study, budget: Budget) -> str:
     done = completed(study)
     best = best_trial(study, budget)
     lines = [f"## autoprune: {md_text(study.study_name)}", ""]
+    metric = md_text(study_metric(study))
     if base:
-        lines += [f"Base: {_fmt(base.get('accuracy'), '.2f')}% validation, {_fmt(base.get('test_accuracy'), '.2f')}% "
+        lines += [f"Base: {_fmt(base.get('accuracy'), '.2f')} validation {metric}, {_fmt(base.get('test_accuracy'), '.2f')} "
                   f"test, {_fmt(base.get('dense_bytes'), '.1f', scale=1 / 1024)} KB fp32, {_fmt(base.get('latency_ms'), '.3f')} ms.", ""]  # fmt: skip
     rule = f" (judged on its {budget.z:.2f}-sigma upper bound)" if budget.z else ""
-    lines += [f"Budget: {budget.max_drop} points of validation accuracy{rule}; test is reported, never selected on.", "",
+    lines += [f"Budget: {budget.max_drop} points of validation {metric}{rule}; test is reported, never selected on.", "",
               "| trial | what | ratio | val drop | test drop | speed-up |", "|---|---|---|---|---|---|"]  # fmt: skip
     front = _front(done, budget)
     shown = [d for d in done if d.kind in (BASELINE, FINAL)] + front[:8]

@@ -17,8 +17,8 @@ from autoprune.ops.pareto import best_within, hypervolume
 from autoprune.search.objective import Objective, SearchContext, stored_recipes
 from autoprune.search.record import Budget, TrialRecord
 from autoprune.search.report import study_budget
-from autoprune.search.run import open_study, prepare, work
-from autoprune.search.spec import StudySpec, trusted_spec
+from autoprune.search.run import load_inputs, open_study, prepare, work
+from autoprune.search.spec import StudySpec, check_task, trusted_spec
 from autoprune.search.storage import (
     StorageInfo,
     open_storage,
@@ -77,6 +77,7 @@ def open_view(
     data_dir: str | None = None,
     artifacts: str | None = None,
     read_only: bool = False,
+    task: str | None = None,
 ) -> StudyView:
     """The study ``name`` (None: the only one in the storage) with its data and base model.
 
@@ -93,7 +94,9 @@ def open_view(
         study.user_attrs["spec"], study=name, storage=info.url, model=model, checkpoint=checkpoint,
         data_dir=data_dir, artifacts=artifacts,
     )  # fmt: skip
-    ctx = prepare(spec, study, storage, info, progress=progress, read_only=read_only)
+    check_task(study, task)
+    inputs = load_inputs(spec, progress=progress, cached_only=read_only, task=task)
+    ctx = prepare(spec, study, storage, info, progress=progress, read_only=read_only, inputs=inputs)
     return StudyView(study, spec, info, ctx, study_budget(study))
 
 
