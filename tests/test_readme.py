@@ -141,6 +141,7 @@ def stand_in_fashion(folder: Path) -> Path:
 def test_every_readme_command_and_snippet_runs(tmp_path: Path) -> None:
     work = tmp_path / "reader"
     shutil.copytree(REPO / "studies", work / "studies", ignore=shutil.ignore_patterns("*.db", "artifacts"))
+    shutil.copytree(REPO / "examples", work / "examples", ignore=shutil.ignore_patterns("__pycache__"))
     data = stand_in_fashion(tmp_path / "fashion")
     ran, skipped, fashion = [], [], []
     for line in commands():
