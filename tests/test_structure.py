@@ -14,7 +14,7 @@ from tests.conftest import REPO
 PACKAGE = REPO / "autoprune"
 # Lowest first; a module may import its own layer and the ones below it.
 LAYERS = [
-    {"__init__", "errors", "_config", "_compat", "names", "ops", "cache", "limits", "stop"},
+    {"__init__", "errors", "_config", "_compat", "names", "ops", "cache", "limits", "stop", "device"},
     {"models", "data"},
     {"runtime", "measure"},
     {"train", "task"},
