@@ -26,6 +26,7 @@ from autoprune.errors import AutoPruneError, TaskError
 from autoprune.runtime import checked_session, run_session
 
 log = logging.getLogger(__name__)
+EVAL_BYTES = 64 << 20  # input bytes of one evaluation batch, at most
 
 
 def accuracy(model: nn.Module, split: Split | TaskSplit, *, batch_size: int = 1024) -> float:
@@ -56,6 +57,9 @@ def correct(model: nn.Module, split: Split, *, batch_size: int = 1024) -> np.nda
     on the process's device (:func:`autoprune.device.current_device`); the model is left
     where it was."""
     was_training, where, device = model.training, model_device(model), current_device()
+    # at most EVAL_BYTES of input per batch: 1,024 images of 224x224 RGB would be 600 MB each,
+    # and a streamed split keeps a few batches in flight
+    batch_size = max(1, min(batch_size, EVAL_BYTES // (4 * math.prod(split.sample_shape))))
     model.eval().to(device)
     try:
         out = [(model(x.to(device)).argmax(1).cpu() == y).numpy() for x, y in split.batches(batch_size)]

@@ -4,8 +4,9 @@ Writes an image folder of JPEGs (class-coloured shapes with noise) whose decoded
 tensors at the chosen size would need --gib GiB or more, then runs `autoprune search` on it
 for a few trials (base training and fine-tuning capped at a few batches: the point is memory,
 not accuracy) while sampling the resident memory of the search process and every process under
-it (its DataLoader workers) from /proc every 0.2 s. Reports the peak of the whole tree (a sum:
-shared pages are counted once per process, so it reads high) and of the largest process.
+it (its DataLoader workers) from /proc every 0.2 s. Reports the peak of the whole tree as
+PSS (shared pages split between the processes sharing them: the tree's real footprint) and
+as a sum of RSS (shared pages counted once per process: reads high), and the largest process.
 
     python bench/stream_memory.py --gib 8 --out bench/results/stream_memory.json
 """
@@ -78,8 +79,11 @@ def write_folder(root: Path, count: int, size: int, classes: int = 10) -> None:
         Image.fromarray(image).save(path, quality=85)
 
 
-def tree_rss(pid: int) -> tuple[int, int]:
-    """(sum, max) of the resident memory in bytes of ``pid`` and every process under it."""
+def tree_rss(pid: int) -> tuple[int, int, int]:
+    """(sum of RSS, sum of PSS, largest RSS) in bytes of ``pid`` and every process under it.
+    PSS counts a page shared by k processes as 1/k in each: the tree's real footprint; the RSS
+    sum counts shared pages (torch's libraries, the parent's pages its forked workers share)
+    once per process."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -89,18 +93,19 @@ def tree_rss(pid: int) -> tuple[int, int]:
                 children.setdefault(ppid, []).append(int(entry))
             except (OSError, ValueError, IndexError):
                 pass
-    total = largest = 0
+    total = proportional = largest = 0
     todo = [pid]
     while todo:
         p = todo.pop()
         todo += children.get(p, [])
         try:
-            with open(f"/proc/{p}/status") as f:
-                rss = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
-        except (OSError, StopIteration):
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f if line.split()[-1] == "kB"}
+        except (OSError, ValueError, IndexError):
             continue
-        total, largest = total + rss, max(largest, rss)
-    return total, largest
+        total, largest = total + fields.get("Rss", 0), max(largest, fields.get("Rss", 0))
+        proportional += fields.get("Pss", 0)
+    return total, proportional, largest
 
 
 def main() -> None:
@@ -126,15 +131,15 @@ def main() -> None:
     env = {**os.environ, "AUTOPRUNE_CACHE": str(args.folder / "cache")}
     command = [sys.executable, "-m", "autoprune", "search", str(spec), "--storage", storage, "--device", "cpu",
                "--threads", "2", "--quiet", "--json"]  # fmt: skip
-    peak = {"sum": 0, "max": 0}
+    peak = {"sum": 0, "pss": 0, "max": 0}
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
     def sample() -> None:
         while proc.poll() is None:
-            total, largest = tree_rss(proc.pid)
-            peak["sum"], peak["max"] = max(peak["sum"], total), max(peak["max"], largest)
+            for key, value in zip(("sum", "pss", "max"), tree_rss(proc.pid)):
+                peak[key] = max(peak[key], value)
             time.sleep(0.2)
 
     watcher = threading.Thread(target=sample, daemon=True)
@@ -152,6 +157,7 @@ def main() -> None:
         "decoded_float32_gib": round(count * 3 * args.size * args.size * 4 / 2**30, 2),
         "jpeg_on_disk_gib": round(on_disk / 2**30, 2),
         "trials": summary["states"],
+        "peak_pss_tree_gib": round(peak["pss"] / 2**30, 3),
         "peak_rss_tree_gib": round(peak["sum"] / 2**30, 3),
         "peak_rss_largest_process_gib": round(peak["max"] / 2**30, 3),
         "search_s": round(search_s, 1),
