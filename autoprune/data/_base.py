@@ -200,15 +200,15 @@ def file_splits(name: str, raw: ImageFiles, *, val_fraction: float, seed: int, o
     reader = dataclasses.replace(plain, mean=mean, std=std)
     total = decoded_bytes(len(raw.train) + len(raw.test), tuple(size), raw.mode)
     in_memory = options.in_memory == "yes" or (options.in_memory == "auto" and total < IN_MEMORY_LIMIT)
+    shape = (1 if raw.mode == "L" else 3, *size)  # (C, H, W)
 
     def split(files: Sequence[Path], y: np.ndarray) -> Split | StreamSplit:
         labels = torch.from_numpy(np.asarray(y, dtype=np.int64))
         if in_memory:
-            x = torch.stack([reader(f) for f in files]) if files else torch.zeros(0, *plain_shape)
+            x = torch.stack([reader(f) for f in files]) if files else torch.zeros(0, *shape)
             return Split(x=x, y=labels)
         return StreamSplit(tuple(files), labels, reader, options.workers)
 
-    plain_shape = (1 if raw.mode == "L" else 3, *size)
     return DataSplits(
         name=name,
         train=split([raw.train[i] for i in train_idx], raw.y_train[train_idx]),

@@ -49,7 +49,7 @@ from autoprune.search.objective import (
 )
 from autoprune.search.samplers import SamplerFactory, make_sampler, sampler_factory
 from autoprune.search.space import SpaceLayers, distributions, recipe_params
-from autoprune.search.spec import StudySpec, record, spec_from_dict
+from autoprune.search.spec import StudySpec, check_task, record, spec_from_dict
 from autoprune.search.stop import stop_on_signals, stop_requested
 from autoprune.search.storage import (
     StorageError,
@@ -95,6 +95,8 @@ def open_study(spec: StudySpec, storage: BaseStorage, *, task: str | None = None
         load_if_exists=True,
     )
     stored = study.user_attrs.get("objectives")
+    if exists and stored is not None:
+        check_task(study, task)  # a study resumed with the task (or the data) it was searched with
     if exists and stored is not None and stored != spec.study.objectives:
         raise AutoPruneError(
             f"study {spec.study.name!r} optimises {stored}, not {spec.study.objectives}; pick another --study"
@@ -409,7 +411,7 @@ def _worker_main(args: WorkerArgs) -> None:
         with storage_errors(info):
             storage = open_storage(info, heartbeat_interval=spec.study.heartbeat_interval,
                                    grace_period=spec.study.grace_period, timeout=spec.study.db_timeout)  # fmt: skip
-            study = open_study(spec, storage)
+            study = open_study(spec, storage, task=args.task)
             ctx = prepare(spec, study, storage, info, progress=False, inputs=load_inputs(spec, progress=False,
                                                                                         task=args.task))  # fmt: skip
             with watched(info, interval=spec.study.heartbeat_interval, timeout=spec.study.db_timeout):

@@ -284,7 +284,8 @@ def _side_spec(view: StudyView) -> StudySpec:
 
 def _side_study(view: StudyView) -> optuna.Study:
     spec = _side_spec(view)
-    side = open_study(spec, view.ctx.storage)
+    task = view.study.user_attrs.get("task") if view.ctx.splits.task is not None else None  # checked by open_view
+    side = open_study(spec, view.ctx.storage, task=task, metric=view.ctx.splits.metric)
     if "base" not in side.user_attrs:
         side.set_user_attr("base", view.ctx.base_metrics.to_dict())
     side.set_user_attr("compares", view.study.study_name)
