@@ -20,7 +20,7 @@ from autoprune.compress import PackError, load_packed
 from autoprune.search.spec import SpecError, spec_from_dict
 from autoprune.search.storage import mask_url, parse_storage
 from tests.conftest import PG_URL, postgres_reachable
-from tests.workspace import call, rewrite_header, snapshot
+from tests.workspace import call, copy_study, rewrite_header, snapshot
 
 EVIL = """
 from pathlib import Path
@@ -83,12 +83,6 @@ def test_an_oversize_header_is_refused_without_allocating(workspace: Path) -> No
             load_packed(workspace / name)
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert grown_mb < 200, f"peak memory grew by {grown_mb:.0f} MB"
-
-
-def copy_study(workspace: Path, tmp_path: Path) -> str:
-    shutil.copy(workspace / "study.db", tmp_path / "study.db")
-    shutil.copytree(workspace / "artifacts", tmp_path / "artifacts")
-    return f"sqlite:///{tmp_path / 'study.db'}"
 
 
 def test_a_stored_spec_never_runs_the_code_it_names(

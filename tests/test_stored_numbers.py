@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 from autoprune.compress import CompressConfig, RecipeError
 from autoprune.search.spec import SpecError, spec_from_dict, trusted_spec
 from autoprune.train import TrainConfig
-from tests.workspace import call, snapshot
+from tests.workspace import call, copy_study, snapshot
 
 
 @pytest.mark.parametrize("table, key, value", [
@@ -62,17 +62,10 @@ def test_a_huge_number_on_the_command_line_is_one_line(
     assert snapshot(workspace) == before
 
 
-def own_copy(workspace: Path, folder: Path) -> str:
-    folder.mkdir(exist_ok=True)
-    shutil.copy(workspace / "study.db", folder / "study.db")
-    return f"sqlite:///{folder / 'study.db'}"
-
-
 def test_an_enqueued_trial_outside_the_space_fails_alone(
     workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    url = own_copy(workspace, tmp_path)
-    shutil.copytree(workspace / "artifacts", tmp_path / "artifacts")
+    url = copy_study(workspace, tmp_path)
     study = optuna.load_study(study_name="tiny", storage=url)
     done = len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)))
     study.enqueue_trial({"ratio_conv1": 5.0}, user_attrs={"source": "tpe"})  # a range of [0, 0.7]
@@ -92,7 +85,7 @@ def test_from_reads_a_foreign_study_without_writing_or_training(
     workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     source = tmp_path / "source"
-    src_url = own_copy(workspace, source)
+    src_url = copy_study(workspace, source, artifacts=False)
     with sqlite3.connect(source / "study.db") as conn:  # as if its base had never been measured
         conn.execute("DELETE FROM study_user_attributes WHERE key = 'base'")
     shutil.copy(workspace / "tiny.toml", tmp_path / "tiny.toml")
@@ -155,8 +148,7 @@ def test_malformed_stored_values_are_skipped_or_one_line(
     from autoprune._compat import set_study_system_attr
     from autoprune.workflow import SENSITIVITY_ATTR
 
-    url = own_copy(workspace, tmp_path)
-    shutil.copytree(workspace / "artifacts", tmp_path / "artifacts")
+    url = copy_study(workspace, tmp_path)
     shutil.copy(workspace / "tiny.toml", tmp_path / "tiny.toml")
     study = optuna.load_study(study_name="tiny", storage=url)
     db = tmp_path / "study.db"
@@ -187,7 +179,7 @@ def test_stored_text_reaches_the_note_escaped(workspace: Path, tmp_path: Path) -
     from autoprune.workflow import summary_note
     from autoprune.workflow._report import markdown_html
 
-    url = own_copy(workspace, tmp_path)
+    url = copy_study(workspace, tmp_path, artifacts=False)
     study = optuna.load_study(study_name="tiny", storage=url)
     evil = "<img src=x onerror=alert(1)> **bold** | cell"
     for t in study.get_trials():
@@ -207,8 +199,7 @@ def test_stored_text_reaches_the_note_escaped(workspace: Path, tmp_path: Path) -
 def test_a_refusal_leaves_storage_and_outputs_as_they_were(
     args: list[str], workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    url = own_copy(workspace, tmp_path)
-    shutil.copytree(workspace / "artifacts", tmp_path / "artifacts")
+    url = copy_study(workspace, tmp_path)
     monkeypatch.chdir(tmp_path)
     before = snapshot(tmp_path)
     code, _, err = call([*args, "--storage", url, "-q"] if args[0] == "surrogate" else [*args, "--storage", url], capsys)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sqlite3
 import struct
 import zlib
@@ -60,6 +61,15 @@ def call(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
         code = e.code
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def copy_study(workspace: Path, folder: Path, *, artifacts: bool = True) -> str:
+    """The workspace's study (and its packed files) copied into ``folder``: its storage URL."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(workspace / "study.db", folder / "study.db")
+    if artifacts:
+        shutil.copytree(workspace / "artifacts", folder / "artifacts")
+    return f"sqlite:///{folder / 'study.db'}"
 
 
 def snapshot(root: Path) -> dict[str, str]:
