@@ -4,8 +4,12 @@ network loses when one layer alone is pruned, with no fine-tuning.
 For every conv layer whose filters can be removed, the network is pruned at ratios 0.1 .. 0.9
 of that layer's filters (lowest L1 norm first, physically removed); for every weight layer, its
 single weights are pruned at magnitude qualities 0.25 .. 3 (threshold = quality x std). Each
-point is one evaluation of the validation split: cheap next to a search trial. Alongside, each
-layer's sorted filter (or neuron) L1 norms, the seed paper's Figure 1.
+point is one evaluation of the validation split: cheap next to a search trial. For every weight
+layer too, its weights shared by k-means at 2 .. 8 bits (no trained quantization). Alongside,
+each layer's sorted filter (or neuron) L1 norms, the seed paper's Figure 1.
+
+These probes are the additive prior of :mod:`autoprune.search.propose` (the proposals made
+before any trial) and of the surrogate, which learns only what they miss.
 
 The result is cached per base model and data (like the base itself), stored in the study, and
 read by the surrogate as its view of each layer.
@@ -14,6 +18,7 @@ read by the surrogate as its view of each layer.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -35,12 +40,15 @@ from autoprune.compress.unstructured import magnitude_mask
 from autoprune.data import DataSplits
 from autoprune.errors import AutoPruneError
 from autoprune.measure import accuracy
+from autoprune.ops.kmeans import kmeans_1d
 
 log = logging.getLogger(__name__)
 
 RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # shares of a layer's filters removed
 QUALITIES = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0)  # magnitude thresholds, in the layer's stds
-VERSION = 1  # of the analysis and its record: a new one invalidates the cache
+BITS = (2, 3, 4, 5, 6, 8)  # weight sharing: 2**bits k-means centroids per layer
+VERSION = 2  # of the analysis and its record: a new one invalidates the cache (2: bits probes)
+READS = (1, 2)  # versions from_dict reads (a version-1 record has no bits probes: they count as no damage)
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,7 @@ class LayerSensitivity:
     ratio_acc: tuple[float, ...]  # validation accuracy with only this layer's filters pruned at RATIOS
     quality_acc: tuple[float, ...]  # ... with only its single weights pruned at QUALITIES
     quality_sparsity: tuple[float, ...]  # share of its weights each quality zeroes
+    bits_acc: tuple[float, ...] = ()  # ... with only its weights shared at BITS (k-means, linear init)
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,7 @@ class Sensitivity:
     layers: tuple[LayerSensitivity, ...]
     ratios: tuple[float, ...] = RATIOS
     qualities: tuple[float, ...] = QUALITIES
+    bits: tuple[float, ...] = BITS
     seconds: float = 0.0  # what the analysis cost when it was computed
     key: str = ""  # the cache key: base weights, data and version
 
@@ -88,12 +98,46 @@ class Sensitivity:
         acc = np.interp(quality, (0.0, *self.qualities), (self.base_accuracy, *s.quality_acc))
         return float(self.base_accuracy - acc)
 
+    def drop_at_bits(self, name: str, bits: float) -> float:
+        """Points lost with the layer's weights shared at ``bits`` (interpolated between the
+        probed bits; none at or above the most probed, none for a record without probes)."""
+        s = self.layer(name)
+        if not s.bits_acc or bits >= self.bits[-1]:
+            return 0.0
+        acc = np.interp(bits, self.bits, s.bits_acc)
+        return float(self.base_accuracy - acc)
+
+    # The additive prior's damage (autoprune.search.propose, the surrogate's prior): the probed
+    # drops clipped at zero and made non-decreasing along growing pruning (a probe's noise is
+    # not a gain to spend elsewhere), interpolated between the probes.
+
+    def damage_at_ratio(self, name: str, ratio: float) -> float:
+        s = self.layer(name)
+        if not s.filters or ratio <= 0:
+            return 0.0
+        return float(np.interp(ratio, (0.0, *self.ratios), _envelope((0.0, *(self.base_accuracy - a for a in s.ratio_acc)))))
+
+    def damage_at_quality(self, name: str, quality: float) -> float:
+        if quality <= 0:
+            return 0.0
+        s = self.layer(name)
+        return float(np.interp(quality, (0.0, *self.qualities),
+                               _envelope((0.0, *(self.base_accuracy - a for a in s.quality_acc)))))  # fmt: skip
+
+    def damage_at_bits(self, name: str, bits: float) -> float:
+        s = self.layer(name)
+        if not s.bits_acc or bits >= self.bits[-1]:
+            return 0.0
+        fewer = _envelope([self.base_accuracy - a for a in reversed(s.bits_acc)])[::-1]  # grows as bits fall
+        return float(np.interp(bits, self.bits, fewer))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": VERSION, "key": self.key, "base_accuracy": self.base_accuracy, "seconds": round(self.seconds, 2),
-            "ratios": list(self.ratios), "qualities": list(self.qualities),
+            "ratios": list(self.ratios), "qualities": list(self.qualities), "bits": list(self.bits),
             "layers": [{**s.__dict__, "norms": [round(v, 4) for v in s.norms], "ratio_acc": list(s.ratio_acc),
-                        "quality_acc": list(s.quality_acc), "quality_sparsity": [round(v, 4) for v in s.quality_sparsity]}
+                        "quality_acc": list(s.quality_acc), "quality_sparsity": [round(v, 4) for v in s.quality_sparsity],
+                        "bits_acc": list(s.bits_acc)}
                        for s in self.layers],
         }  # fmt: skip
 
@@ -101,24 +145,30 @@ class Sensitivity:
     def from_dict(cls, d: Any) -> Sensitivity:
         """A stored analysis (a study's or the cache's: data, checked field by field)."""
         try:
-            if d["version"] != VERSION:
-                raise ValueError(f"version {d['version']}, this autoprune writes {VERSION}")
+            if d["version"] not in READS:
+                raise ValueError(f"version {d['version']}, this autoprune reads {', '.join(map(str, READS))}")
             layers = tuple(
                 LayerSensitivity(
                     layer=str(s["layer"]), kind=str(s["kind"]), params=int(s["params"]), depth=float(s["depth"]),
                     norms=_floats(s["norms"]), filters=bool(s["filters"]), ratio_acc=_floats(s["ratio_acc"]),
                     quality_acc=_floats(s["quality_acc"]), quality_sparsity=_floats(s["quality_sparsity"]),
+                    bits_acc=_floats(s.get("bits_acc", ())),
                 )
                 for s in d["layers"]
             )  # fmt: skip
             out = cls(_floats([d["base_accuracy"]])[0], layers, _floats(d["ratios"]), _floats(d["qualities"]),
-                      float(d.get("seconds", 0.0)), str(d.get("key", "")))  # fmt: skip
+                      _floats(d.get("bits", BITS)), float(d.get("seconds", 0.0)), str(d.get("key", "")))  # fmt: skip
         except (KeyError, TypeError, ValueError) as e:
             raise AutoPruneError(f"a stored sensitivity analysis is unreadable ({e}); run autoprune sensitivity again") from None
         for s in out.layers:
-            if len(s.quality_acc) != len(out.qualities) or (s.filters and len(s.ratio_acc) != len(out.ratios)):
+            if (len(s.quality_acc) != len(out.qualities) or (s.filters and len(s.ratio_acc) != len(out.ratios))
+                    or len(s.bits_acc) not in (0, len(out.bits))):  # fmt: skip
                 raise AutoPruneError(f"a stored sensitivity analysis has curves of the wrong length ({s.layer})")
         return out
+
+
+def _envelope(drops: Any) -> np.ndarray:
+    return np.maximum.accumulate(np.maximum(np.asarray(drops, dtype=float), 0.0))
 
 
 def _floats(values: Any) -> tuple[float, ...]:
@@ -150,7 +200,7 @@ def analyse(base: nn.Module, splits: DataSplits, *, progress: bool = True) -> Se
     removable = filters_removable(base)
     example = torch.zeros(1, *splits.input_shape)
     base_acc = accuracy(base, splits.val)
-    total = len(removable) * len(RATIOS) + len(layers) * len(QUALITIES)
+    total = len(removable) * len(RATIOS) + len(layers) * (len(QUALITIES) + len(BITS))
     bar = tqdm(total=total, desc="sensitivity", unit="eval", disable=not progress, leave=False)
     out = []
     for i, (name, module) in enumerate(layers.items()):
@@ -171,21 +221,40 @@ def analyse(base: nn.Module, splits: DataSplits, *, progress: bool = True) -> Se
             quality_acc.append(accuracy(base, splits.val))
             sparsity.append(1.0 - float(mask.float().mean()))
             bar.update()
+        bits_acc = []
+        for bits in BITS:
+            with torch.no_grad():
+                weight.copy_(shared(kept, bits))
+            bits_acc.append(accuracy(base, splits.val))
+            bar.update()
         with torch.no_grad():
             weight.copy_(kept)
         out.append(LayerSensitivity(
             layer=name, kind=layer_kind(module), params=weight.numel(), depth=i / max(len(layers) - 1, 1),
             norms=tuple(float(v) for v in row_norms(weight)), filters=name in removable,
             ratio_acc=tuple(ratio_acc), quality_acc=tuple(quality_acc), quality_sparsity=tuple(sparsity),
+            bits_acc=tuple(bits_acc),
         ))  # fmt: skip
     bar.close()
     return Sensitivity(base_acc, tuple(out), seconds=time.perf_counter() - started)
 
 
+def shared(weight: torch.Tensor, bits: int) -> torch.Tensor:
+    """``weight`` with its non-zero values replaced by their k-means centroid (2**bits of them,
+    linear init: the pipeline's weight sharing before trained quantization)."""
+    out = weight.clone()
+    nonzero = weight != 0
+    values = weight[nonzero].double().numpy()
+    if values.size:
+        result = kmeans_1d(values, 1 << bits, init="linear")
+        out[nonzero] = torch.from_numpy(result.centroids[result.labels]).to(weight.dtype)
+    return out
+
+
 def cache_key(base: nn.Module, splits: DataSplits) -> str:
     """What the analysis depends on: the base's weights, the data and this code's version."""
     digest = hashlib.blake2b(digest_size=12)
-    digest.update(json.dumps({"version": VERSION, "ratios": RATIOS, "qualities": QUALITIES,
+    digest.update(json.dumps({"version": VERSION, "ratios": RATIOS, "qualities": QUALITIES, "bits": BITS,
                               "data": splits.fingerprint}).encode())  # fmt: skip
     for name, tensor in base.state_dict().items():
         digest.update(name.encode())
@@ -210,7 +279,7 @@ def sensitivity_for(
         except (AutoPruneError, json.JSONDecodeError):
             log.warning("the cached sensitivity analysis %s is unreadable: computing it again", path)
     result = analyse(base, splits, progress=progress)
-    result = Sensitivity(result.base_accuracy, result.layers, result.ratios, result.qualities, result.seconds, key)
+    result = dataclasses.replace(result, key=key)
     write_atomic(path, json.dumps(result.to_dict()).encode())
     return result, False
 

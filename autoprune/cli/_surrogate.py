@@ -48,7 +48,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = commands.add_parser("propose", help="propose settings promised within the accuracy budget",
                             description="Draw many candidate settings in the study's space, compute each one's "
                             "size, predict its drop, and return the K best promised within the budget. A study "
-                            "with no trials yet gets proposals from other studies' trials (--from).")  # fmt: skip
+                            "with no trials yet gets proposals from other studies' trials (--from), or with "
+                            "--zero-shot from its layers' sensitivity alone: every layer's setting chosen by an "
+                            "integer program to make the network smallest with the summed probed drop within "
+                            "each of several budgets.")  # fmt: skip
     _common(q)
     _sources(q)
     q.add_argument(
@@ -59,7 +62,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("-k", type=int_in(1, 1000), default=5, metavar="K", help="how many proposals (default: 5)")
     q.add_argument("--surrogate", type=Path, metavar="FILE", help="use a surrogate saved by 'fit --out' (not refit)")
     q.add_argument("--enqueue", action="store_true",
-                   help="add them to the study (source=surrogate); the next 'autoprune search' runs them")
+                   help="add them to the study (source=surrogate, or sensitivity with --zero-shot); the next "
+                   "'autoprune search' runs them")  # fmt: skip
+    q.add_argument("--zero-shot", action="store_true",
+                   help="no trials, no surrogate: allocate from the sensitivity probes (cached per base model)")
+    q.add_argument("--scales", default="1,2,4,8,16", metavar="S,S,...",
+                   help="with --zero-shot: the budgets, as multiples of the accuracy budget (default: %(default)s)")
     q.set_defaults(run=run_propose, format=format_propose)
 
     c = commands.add_parser("compare", help="fit on the first n trials, run K proposals, set them beside the search",
@@ -182,12 +190,15 @@ def run_fit(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def format_fit(r: dict[str, Any]) -> str:
-    rows = [[t, f"{v['r2']:.3f}", f"{v['mae']:.4g}"] for t, v in r["cv"].items()]
+    rows = [[t, f"{v['r2']:.3f}", f"{v['mae']:.4g}", f"{v['kendall_tau']:.3f}", f"{v['top5_hit']:.0%}"]
+            for t, v in r["cv"].items()]
     left = ", ".join(f"{n} {why}" for why, n in r["left_out"].items()) or "none"
     lines = [
         f"surrogate on {', '.join(r['studies'])}: {r['trials_used']} trials, {r['members']} networks per target, "
         f"fitted in {r['fit_s']} s (left out: {left})", "",
-        grid(["target", "CV R^2", "CV MAE"], rows), "",
+        grid(["target", "CV R^2", "CV MAE", "Kendall tau", "top-5 hit"], rows), "",
+        "held out by 5-fold cross-validation; Kendall tau: how well it ranks trials; top-5 hit: share of the 5 "
+        "it predicts to lose least that truly do", "",
         f"sizes are computed, not learnt: median error {100 * r['size_error']:.1f}% against the trials' packed files",
     ]  # fmt: skip
     if r["saved"]:
@@ -195,10 +206,60 @@ def format_fit(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _scales(text: str) -> list[float]:
+    try:
+        scales = [float(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        scales = []
+    if not scales or len(scales) > 64 or not all(0 < s <= 1000 for s in scales):
+        raise AutoPruneError(f"--scales {text!r}: expected up to 64 multiples in (0, 1000], such as 1,2,4,8,16")
+    return scales
+
+
+def run_zero_shot(args: argparse.Namespace) -> dict[str, Any]:
+    from autoprune.search.propose import enqueue_proposals
+    from autoprune.workflow import zero_shot
+
+    scales = _scales(args.scales)
+    view = _view(args)
+    minimise = "macs" if args.target == "latency" else "packed_bytes"
+    proposals, budgets = zero_shot(view, scales, max_acc_drop=args.max_acc_drop, minimise=minimise,
+                                   progress=not args.quiet)  # fmt: skip
+    if args.enqueue:
+        enqueue_proposals(view.study, proposals)
+    return {
+        "study": view.study.study_name, "zero_shot": True, "minimise": minimise, "budgets": budgets,
+        "proposals": [p.to_dict() for p in proposals], "enqueued": len(proposals) if args.enqueue else 0,
+    }  # fmt: skip
+
+
+def format_zero_shot(r: dict[str, Any]) -> str:
+    rows = [[i, f"{p['budget']:g}", f"{p['predicted_acc_drop']:.2f}", f"{p['compression_ratio']:.1f}x",
+             f"{p['packed_bytes']:,}", f"{p['macs']:,}"] for i, p in enumerate(r["proposals"])]  # fmt: skip
+    lines = [
+        f"{len(r['proposals'])} zero-shot proposals for {r['study']} from its layer sensitivity (no trial run), "
+        f"minimising {r['minimise']}", "",
+        grid(["#", "budget", "prior drop", "ratio", "packed bytes", "MACs"], rows), "",
+        *textwrap.wrap(
+            "budget: the summed drop each was allocated under (points); prior drop: the drop the probes add up to, "
+            "each layer pruned alone and never fine-tuned, so a real trial, fine-tuned, usually loses much less: "
+            "run them (--enqueue, then autoprune search) and judge them on the measured drop. ratio, bytes and "
+            "MACs are computed from the settings, not measured. The settings themselves: --json.", width=100),
+    ]  # fmt: skip
+    if len(r["proposals"]) < len(r["budgets"]):
+        lines += ["", f"{len(r['budgets']) - len(r['proposals'])} budget(s) gave no new allocation (none fits, or "
+                      "the same as a smaller one)"]  # fmt: skip
+    if r["enqueued"]:
+        lines += ["", f"enqueued {r['enqueued']} (source=sensitivity): the next 'autoprune search' on this study runs them"]
+    return "\n".join(lines)
+
+
 def run_propose(args: argparse.Namespace) -> dict[str, Any]:
     from autoprune.surrogate import ProposeConfig, Surrogate
     from autoprune.workflow import enqueue, fit, history, propose_for
 
+    if args.zero_shot:
+        return run_zero_shot(args)
     view = _view(args)
     sources = _sources_of(args)
     budget = args.max_acc_drop if args.max_acc_drop is not None else view.budget.max_drop
@@ -217,6 +278,8 @@ def run_propose(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def format_propose(r: dict[str, Any]) -> str:
+    if r.get("zero_shot"):
+        return format_zero_shot(r)
     latency = any(p["predicted_latency_ms"] is not None for p in r["proposals"])
     header = ["#", "within", "drop", "spread", "margin", "upper", "ratio", *(["ms"] if latency else []), "proposer"]
     rows = [[i, "yes" if p["feasible"] else "no", f"{p['predicted_acc_drop']:+.2f}", f"{p['spread']:.2f}",

@@ -22,7 +22,7 @@ import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -175,6 +175,19 @@ class SizeModel:
 
     def module(self, name: str) -> nn.Module:
         return self._layers[name]
+
+    def coupled(self, names: Sequence[str]) -> list[list[str]]:
+        """``names`` (convs a space sets filter ratios for) in parts that move together: the
+        convs whose outputs one dependency group prunes (a residual stage's convs, say), in
+        dependency order; torch-pruning takes a group's ratio from its first module that has
+        one. A name no group prunes (the output layer, a conv left whole) is in no part."""
+        wanted, seen, parts = set(names), set(), []
+        for outs, _, _ in self._groups:
+            part = [n for n in dict.fromkeys(outs) if n in wanted and n in self._prunable and n not in seen]
+            seen.update(part)
+            if part:
+                parts.append(part)
+        return parts
 
     # ------------------------------------------------------------------ size
 

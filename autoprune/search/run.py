@@ -47,6 +47,7 @@ from autoprune.search.objective import (
     remove_orphans,
     store_recipe,
 )
+from autoprune.search.propose import SOURCE, Allocator, enqueue_proposals, proposal_budgets
 from autoprune.search.samplers import SamplerFactory, make_sampler, sampler_factory
 from autoprune.search.space import SpaceLayers, distributions, recipe_params
 from autoprune.search.spec import StudySpec, check_task, record, spec_from_dict
@@ -62,6 +63,7 @@ from autoprune.search.storage import (
     storage_errors,
     watched,
 )
+from autoprune.sensitivity import sensitivity_for
 from autoprune.task import load_task
 from autoprune.train import train_base
 
@@ -265,6 +267,25 @@ def enqueue_baselines(study: optuna.Study, ctx: SearchContext, recipes: tuple[Co
             study.enqueue_trial(params, user_attrs={"source": "baseline", "recipe_name": recipe.name}, skip_if_exists=False)
             added += 1
     return added
+
+
+def enqueue_warm_start(study: optuna.Study, ctx: SearchContext, *, progress: bool = False) -> int:
+    """The sensitivity allocator's proposals as the study's first search trials, once per study
+    (``source=sensitivity``, with the budget each was allocated under and its predicted drop).
+    The analysis is computed at most once per base model (cached). Returns how many were queued."""
+    s = ctx.spec.study
+    if not s.warm_start:
+        return 0
+    with StudyLock(ctx.storage, s.name):
+        if any(t.user_attrs.get("source") == SOURCE for t in study.get_trials(deepcopy=False)):
+            return 0  # queued once: a resumed study does not queue them again
+        sensitivity, _ = sensitivity_for(ctx.base, ctx.splits, progress=progress)
+        allocator = Allocator(ctx.base, ctx.model_spec, ctx.spec.space, sensitivity)
+        proposals = allocator.propose(proposal_budgets(s.max_acc_drop, s.warm_start), minimise=s.allocation_cost)
+        enqueue_proposals(study, proposals)
+    if not proposals:
+        log.warning("warm start: no allocation fits any budget (the bits' own damage exceeds them)")
+    return len(proposals)
 
 
 def fail_orphaned_trials(study: optuna.Study) -> int:
@@ -518,6 +539,7 @@ def _run_search(
     with StudyLock(storage, spec.study.name):
         retry_lost_trials(study)
     enqueue_baselines(study, ctx, inputs.baselines)
+    enqueue_warm_start(study, ctx, progress=progress)
     if setup_only:
         return study
     target = spec.study.trials

@@ -146,6 +146,11 @@ class StudySection:
     selection: str = "upper"  # "upper": judge the drop's upper confidence bound; "point": the drop itself
     confidence: float = 0.9  # of the one-sided upper bound
     baselines: list[str] = field(default_factory=list)  # recipe files (relative to the spec) run first
+    # The sensitivity allocator's proposals (autoprune.search.propose) as the first trials, one
+    # per budget: these multiples of max_acc_drop of summed predicted drop (probed without
+    # fine-tuning, so larger multiples are the ones fine-tuning brings within). Empty: none.
+    warm_start: list[float] = field(default_factory=list)
+    warm_start_cost: str = "auto"  # what they minimise: "packed_bytes", "macs", or "auto" (from the objectives)
     latency_repeats: int = 30
     heartbeat_interval: int = HEARTBEAT_INTERVAL  # seconds between a running trial's heartbeats (RDB storage)
     grace_period: int = GRACE_PERIOD  # a trial silent this long was lost with its worker: failed and retried
@@ -183,6 +188,10 @@ class StudySection:
                 raise SpecError(f"study.{key}={getattr(self, key)} should be in 1..{high}")
         if not (self.max_acc_drop >= 0 and math.isfinite(self.max_acc_drop)):
             raise SpecError(f"study.max_acc_drop={self.max_acc_drop} should be a finite number >= 0")
+        if len(self.warm_start) > 64 or not all(0 < m <= 1000 and math.isfinite(m) for m in self.warm_start):
+            raise SpecError(f"study.warm_start={self.warm_start} should be at most 64 multiples in (0, 1000]")
+        if self.warm_start_cost not in ("auto", "packed_bytes", "macs"):
+            raise SpecError(f"study.warm_start_cost={self.warm_start_cost!r} should be 'auto', 'packed_bytes' or 'macs'")
         if self.selection not in ("upper", "point"):
             raise SpecError(f"study.selection={self.selection!r} should be 'upper' or 'point'")
         if not 0.5 <= self.confidence < 1:
@@ -191,6 +200,15 @@ class StudySection:
     @property
     def budget(self) -> Budget:
         return Budget.of(self.max_acc_drop, self.selection, self.confidence)
+
+    @property
+    def allocation_cost(self) -> str:
+        """What the warm start's proposals minimise: MACs when the study searches on MACs or
+        latency (MACs are the allocator's proxy for latency) and not on size, else the packed size."""
+        if self.warm_start_cost != "auto":
+            return self.warm_start_cost
+        speed = {"macs", "latency_ms"} & set(self.objectives)
+        return "macs" if speed and "packed_bytes" not in self.objectives else "packed_bytes"
 
 
 @dataclass(frozen=True)

@@ -31,11 +31,19 @@ LAYER_FEATURES = (
     "log10_params", "depth", "is_conv", "filters_removable", "norm_mean", "norm_std", "norm_low_share",
     "drop_f30", "drop_f50", "drop_f70", "drop_q1", "drop_q15", "drop_q2",
 )  # fmt: skip
-SETTING_FEATURES = ("filters_removed", "inputs_removed", "sparsity", "magnitude_share", "bits",
-                    "drop_at_ratio", "drop_at_magnitude")  # fmt: skip
+PRIOR_FEATURES = ("damage_at_ratio", "damage_at_magnitude", "damage_at_bits")  # the additive prior's terms
+SETTING_FEATURES = ("filters_removed", "inputs_removed", "sparsity", "magnitude_share", "bits", *PRIOR_FEATURES)
 GLOBAL_FEATURES = ("log10_batches", "log10_lr", "log10_quant_batches", *(f"init_{i}" for i in INITS))
 FEATURES = LAYER_FEATURES + SETTING_FEATURES + GLOBAL_FEATURES
-_DROP_SCALE = 10.0  # sensitivity drops enter in tens of points
+DROP_SCALE = 10.0  # sensitivity drops enter in tens of points
+PRIOR_COLUMNS = [FEATURES.index(f) for f in PRIOR_FEATURES]
+
+
+def prior_drop(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The additive sensitivity prior of encoded trials (n, layers, features): the summed
+    damage of every layer's settings, in points, as the allocator predicts it
+    (:mod:`autoprune.search.propose`)."""
+    return (x[..., PRIOR_COLUMNS].sum(-1) * mask).sum(-1) * DROP_SCALE
 
 
 @dataclass
@@ -79,6 +87,8 @@ class LayerView:
         self._out = {n: m.weight.shape[0] for n, m in layers.items()}
         self._in = {n: m.weight.shape[1] for n, m in layers.items()}
         self._fixed = np.array([self._layer_row(n) for n in self.layers], dtype=np.float32)
+        # a coupled part's convs are pruned together: its damage is counted once, on its first
+        self._followers = {n for part in self.sizes.coupled(self.layers) for n in part[1:]}
 
     def _layer_row(self, name: str) -> list[float]:
         s = self.sensitivity
@@ -87,8 +97,8 @@ class LayerView:
         return [
             math.log10(max(layer.params, 1)) / 6, layer.depth, float(layer.kind == "conv"), float(layer.filters),
             float(norms.mean()), float(norms.std()), float((norms < 0.5).mean()),
-            *(s.drop_at_ratio(name, r) / _DROP_SCALE for r in (0.3, 0.5, 0.7)),
-            *(s.drop_at_quality(name, q) / _DROP_SCALE for q in (1.0, 1.5, 2.0)),
+            *(s.drop_at_ratio(name, r) / DROP_SCALE for r in (0.3, 0.5, 0.7)),
+            *(s.drop_at_quality(name, q) / DROP_SCALE for q in (1.0, 1.5, 2.0)),
         ]  # fmt: skip
 
     def encode(self, configs: list[CompressConfig]) -> Encoded:
@@ -118,19 +128,26 @@ class LayerView:
             inputs_removed = 1.0 - in_kept / self._in[name]
             magnitude = 1.0 - size.nonzero / max(size.weights, 1)  # of the weights structured pruning kept
             bits = min(q.bits_for(name, self.sizes.module(name)), 16) if q.enabled else 16
+            s = self.sensitivity
+            # the ratio asked (the share removed only for a norm threshold): as the allocator counts it
+            asked = config.structured.value_for(name) if config.structured.mode == "ratio" else filters_removed
+            ratio = 0.0 if name in self._followers else asked
             rows.append([
                 filters_removed, inputs_removed, size.sparsity, magnitude, bits / 8,
-                self.sensitivity.drop_at_ratio(name, filters_removed) / _DROP_SCALE,
-                self._magnitude_drop(name, magnitude) / _DROP_SCALE,
+                s.damage_at_ratio(name, ratio) / DROP_SCALE,
+                s.damage_at_quality(name, self._quality(config, name, magnitude)) / DROP_SCALE,
+                s.damage_at_bits(name, bits) / DROP_SCALE,
                 *globals_,
             ])  # fmt: skip
         return np.asarray(rows, dtype=np.float32)
 
-    def _magnitude_drop(self, name: str, share: float) -> float:
-        """The sensitivity analysis' drop at the magnitude threshold that zeroes ``share`` of
-        the layer (its quality found on the layer's own sparsity curve)."""
+    def _quality(self, config: CompressConfig, name: str, share: float) -> float:
+        """The magnitude quality (threshold / std) of the layer: the config's own, or for a
+        sparsity target the quality that zeroes ``share`` on the layer's sparsity curve."""
+        u = config.unstructured
+        if u.mode == "quality":
+            return u.value_for(name)
         layer = self.sensitivity.layer(name)
         sparsity = np.maximum.accumulate(np.asarray((0.0, *layer.quality_sparsity)))
-        quality = float(np.interp(share, sparsity, (0.0, *self.sensitivity.qualities)))
-        return self.sensitivity.drop_at_quality(name, quality)
+        return float(np.interp(share, sparsity, (0.0, *self.sensitivity.qualities)))
 

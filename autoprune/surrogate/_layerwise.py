@@ -6,6 +6,12 @@ drop; the shares of a trial's layers are summed, with one bias for the whole net
 every layer of every network is described the same way, the same weights apply to a layer it
 has seen in another study (transfer). An ensemble of such networks, each fitted on a
 bootstrap sample of the trials, gives every prediction a spread.
+
+With ``residual`` (the default) the networks learn only what the additive sensitivity prior
+misses: the prediction is ``alpha * prior + network``, ``alpha`` fitted by least squares shrunk
+toward 1 (two pseudo-trials' weight), so that with no trial at all the prediction is the prior
+the allocator used, and each trial teaches the correction where layers interact and where
+fine-tuning recovers what the probes lost.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from autoprune.surrogate._layers import FEATURES, Encoded
+from autoprune.surrogate._layers import DROP_SCALE, FEATURES, PRIOR_COLUMNS, Encoded, prior_drop
 
 
 class SharedLayerNet(nn.Module):
@@ -60,12 +66,26 @@ class LayerwiseEnsemble:
     weight_decay: float = 1e-2  # measured on held-out histories: bench/surrogate_cv.py, BENCHMARKS.md
     bootstrap: bool = True
     random_state: int = 0
+    residual: bool = True  # learn the correction to the additive sensitivity prior, not the drop itself
+    alpha_: float = 1.0  # the prior's fitted weight
     mean_: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
     scale_: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
     y_scale_: float = 1.0
     net_: SharedLayerNet | None = field(default=None, repr=False)
 
+    def _prior(self, data: Encoded) -> np.ndarray:
+        return self.alpha_ * prior_drop(data.x, data.mask) if self.residual else np.zeros(len(data))
+
     def fit(self, data: Encoded, y: np.ndarray) -> LayerwiseEnsemble:
+        y = np.asarray(y, dtype=float)
+        if self.residual:
+            p = prior_drop(data.x, data.mask)
+            shrink = 2 * float(np.mean(p**2)) if len(p) else 0.0
+            self.alpha_ = float((p @ y + shrink) / (p @ p + shrink)) if p @ p + shrink > 0 else 1.0
+            y = y - self.alpha_ * p
+        if len(y) == 0:  # no trial: the prior alone
+            self.net_ = None
+            return self
         rows = data.x[data.mask]
         self.mean_ = rows.mean(axis=0)
         self.scale_ = np.where(rows.std(axis=0) > 1e-6, rows.std(axis=0), 1.0)
@@ -101,26 +121,33 @@ class LayerwiseEnsemble:
     @torch.no_grad()
     def predict_dist(self, data: Encoded) -> tuple[np.ndarray, np.ndarray]:
         """Mean and spread (standard deviation over the members) for every row."""
+        prior = self._prior(data)
+        if self.net_ is None:
+            return prior, np.zeros(len(data))
         p = self.net_(*self._all(data)).numpy() * self.y_scale_
-        return p.mean(axis=0), p.std(axis=0)
+        return prior + p.mean(axis=0), p.std(axis=0)
 
     def predict(self, data: Encoded) -> np.ndarray:
         return self.predict_dist(data)[0]
 
     @torch.no_grad()
     def contributions(self, data: Encoded) -> np.ndarray:
-        """(n, layers): each layer's share of the prediction, averaged over the members."""
-        return self.net_.contributions(*self._all(data)).mean(0).numpy() * self.y_scale_
+        """(n, layers): each layer's share of the prediction (its prior damage and the network's
+        correction), averaged over the members."""
+        from_prior = self.alpha_ * data.x[..., PRIOR_COLUMNS].sum(-1) * data.mask * DROP_SCALE if self.residual else 0.0
+        if self.net_ is None:
+            return np.asarray(from_prior) * np.ones(data.mask.shape)
+        return from_prior + self.net_.contributions(*self._all(data)).mean(0).numpy() * self.y_scale_
 
     def state(self) -> dict[str, Any]:
         """Everything it is, as tensors and numbers (saved with torch.save, loaded with
         weights_only=True: never a pickle of code)."""
         return {
             "config": {k: getattr(self, k) for k in ("n_members", "hidden", "steps", "lr", "weight_decay", "bootstrap",
-                                                     "random_state")},  # fmt: skip
+                                                     "random_state", "residual", "alpha_")},  # fmt: skip
             "features": list(FEATURES),
             "mean": torch.as_tensor(self.mean_), "scale": torch.as_tensor(self.scale_), "y_scale": self.y_scale_,
-            "net": self.net_.state_dict(),
+            "net": self.net_.state_dict() if self.net_ is not None else {},
         }  # fmt: skip
 
     @classmethod
@@ -130,9 +157,10 @@ class LayerwiseEnsemble:
         model = cls(**state["config"])
         model.mean_, model.scale_ = state["mean"].numpy(), state["scale"].numpy()
         model.y_scale_ = float(state["y_scale"])
-        model.net_ = SharedLayerNet(model.n_members, len(FEATURES), model.hidden)
-        model.net_.load_state_dict(state["net"])
-        model.net_.eval()
+        if state["net"]:
+            model.net_ = SharedLayerNet(model.n_members, len(FEATURES), model.hidden)
+            model.net_.load_state_dict(state["net"])
+            model.net_.eval()
         return model
 
 

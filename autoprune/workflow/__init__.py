@@ -18,6 +18,7 @@ from autoprune.workflow._sensitivity import (
     sensitivity_rows,
     stored_sensitivity,
     study_sensitivity,
+    zero_shot,
 )
 from autoprune.workflow._study_figures import Publisher, publish_study, study_figures, summary_note
 from autoprune.workflow._surrogate import (
@@ -75,4 +76,5 @@ __all__ = [
     "sensitivity_rows",
     "stored_sensitivity",
     "study_sensitivity",
+    "zero_shot",
 ]

@@ -22,17 +22,18 @@ def compare_table(result: dict[str, Any]) -> list[list[Any]]:
     for r in result["rows"]:
         s, b = r["surrogate"], r["search_same_trials"]
         rows.append([
-            r["history"], f"{r['cv_r2_acc_drop']:.2f}", f"{100 * r['size_error']:.1f}%",
+            r["history"], f"{r['cv_r2_acc_drop']:.2f}", f"{r.get('cv_kendall_tau_acc_drop', float('nan')):.2f}",
+            f"{100 * r['size_error']:.1f}%",
             _ratio(s["best_ratio"]), f"{s['hypervolume']:.3f}", s["trials"], f"{s['wall_s']:.0f}",
             _ratio(b["best_ratio"]), f"{b['hypervolume']:.3f}", b["trials"], f"{b['wall_s']:.0f}",
         ])  # fmt: skip
     full = result["search_full"]
-    rows.append(["search, full budget", "", "", "", "", "", "", _ratio(full["best_ratio"]), f"{full['hypervolume']:.3f}",
+    rows.append(["search, full budget", "", "", "", "", "", "", "", _ratio(full["best_ratio"]), f"{full['hypervolume']:.3f}",
                  full["trials"], f"{full['wall_s']:.0f}"])  # fmt: skip
     return rows
 
 
-COMPARE_HEADER = ["history n", "CV R2 drop", "size err", "surrogate best", "HV", "trials", "wall s",
+COMPARE_HEADER = ["history n", "CV R2 drop", "CV tau", "size err", "surrogate best", "HV", "trials", "wall s",
                   "search best (n+k)", "HV", "trials", "wall s"]  # fmt: skip
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import optuna
 
 from autoprune._compat import set_study_system_attr, study_system_attr
+from autoprune.search.propose import Allocator, SensitivityProposal, proposal_budgets
 from autoprune.sensitivity import Sensitivity, sensitivity_for
 
 SENSITIVITY_ATTR = "autoprune:sensitivity"  # a study system attribute: out of the dashboard's attribute table
@@ -31,6 +32,17 @@ def study_sensitivity(view: Any, *, progress: bool = False) -> tuple[Sensitivity
         set_study_system_attr(view.study, SENSITIVITY_ATTR, result.to_dict())
         publish_sensitivity(view.study, result)
     return result, cached
+
+
+def zero_shot(view: Any, scales: list[float], *, max_acc_drop: float | None = None, minimise: str | None = None,
+              progress: bool = False) -> tuple[list[SensitivityProposal], list[float]]:  # fmt: skip
+    """Proposals before any trial (:mod:`autoprune.search.propose`) for the study's base and
+    space, one per budget: ``scales`` x the budget (the study's unless ``max_acc_drop``);
+    returns them and the budgets."""
+    sensitivity, _ = study_sensitivity(view, progress=progress)
+    budgets = proposal_budgets(view.budget.max_drop if max_acc_drop is None else max_acc_drop, scales)
+    allocator = Allocator(view.ctx.base, view.ctx.model_spec, view.spec.space, sensitivity)
+    return allocator.propose(budgets, minimise=minimise or view.spec.study.allocation_cost), budgets
 
 
 def sensitivity_rows(s: Sensitivity, ratios: tuple[float, ...] = (0.3, 0.5, 0.7, 0.9),

@@ -255,6 +255,8 @@ def _compare_row(
         "k": k,
         "cv_r2_acc_drop": surrogate.cv_["acc_drop"].r2,
         "cv_mae_acc_drop": surrogate.cv_["acc_drop"].mae,
+        "cv_kendall_tau_acc_drop": surrogate.cv_["acc_drop"].kendall_tau,
+        "cv_top5_hit_acc_drop": surrogate.cv_["acc_drop"].top_hit(5),
         "size_error": size_error(history),
         "surrogate": {
             **mine,  # best ratio among the proposals, run for real

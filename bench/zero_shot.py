@@ -1,0 +1,140 @@
+"""Proposals before the first trial against the search, on LeNet-5 / Fashion-MNIST (issue 25).
+
+Per seed, two studies from the shipped spec (``studies/fashion-lenet5.toml``, its baselines
+left out: only search trials count), at the spec's capped fine-tuning budget:
+
+- ``zero-shot``: the sensitivity allocator's proposals alone (``study.warm_start``, one per
+  budget multiple), no sampled trial; with ``--warm-trials`` the same study continues with the
+  spec's sampler ("warm+search@N": the warm start's trials included in N);
+- ``search@N``: the spec's sampler alone, its first N trials.
+
+Every method picks on validation only (the highest compression ratio whose validation drop,
+judged by the spec's rule, is within the budget); the pick's test drop is reported beside.
+``wall_s`` sums the trials' own times (and the sensitivity analysis for the warm start).
+
+    python bench/zero_shot.py --seeds 0 1 2 --at 10 30 --warm-trials 30
+
+Raw rows go to ``bench/results/zero_shot.json`` as each seed finishes; the studies stay in
+``--db``, so a stopped run resumes where it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import optuna
+import torch
+
+from autoprune.measure import cpu_sample, other_load
+from autoprune.search import Budget, TrialRecord, parse_storage
+from autoprune.search.propose import SOURCE
+from autoprune.search.run import load_inputs
+from autoprune.search.spec import load_spec
+from autoprune.sensitivity import sensitivity_for
+from autoprune.workflow import search, search_spec
+
+SPEC = Path("studies/fashion-lenet5.toml")
+SCALES = [1.0, 2.0, 4.0, 8.0, 16.0]  # the warm start's budgets: multiples of the study's 1 point
+
+
+def records(study: optuna.Study) -> list[tuple[int, str, TrialRecord]]:
+    """(number, source, record) of every completed trial, in order."""
+    out = []
+    for t in sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)), key=lambda t: t.number):
+        if (r := TrialRecord.from_attrs(t.user_attrs)) is not None:
+            out.append((t.number, str(t.user_attrs.get("source")), r))
+    return out
+
+
+def pick(rows: list[TrialRecord], budget: Budget) -> TrialRecord | None:
+    within = [r for r in rows if budget.drop(r) <= budget.max_drop]
+    return max(within, key=lambda r: r.compression_ratio, default=None)
+
+
+def row(seed: int, method: str, budget: Budget, chosen: TrialRecord | None, trials: list[TrialRecord], extra_s: float = 0.0) -> dict:
+    return {
+        "model": "lenet5", "dataset": "fashion-mnist", "seed": seed, "method": method, "budget": budget.max_drop,
+        "trials": len(trials), "val_drop": chosen and round(chosen.acc_drop, 3),
+        "val_drop_judged": chosen and round(budget.drop(chosen), 3), "test_drop": chosen and chosen.test_acc_drop,
+        "compression_ratio": chosen and round(chosen.compression_ratio, 2),
+        "wall_s": round(extra_s + sum(r.trial_s or 0.0 for r in trials), 1),
+        "best_val_drop_tried": round(min(budget.drop(r) for r in trials), 3) if trials else None,
+    }  # fmt: skip
+
+
+def run(seed: int, tag: str, db: Path, trials: int, **overrides) -> tuple[optuna.Study, Budget]:
+    spec, spec_dir = search_spec(SPEC, storage=f"sqlite:///{db}", trials=trials, seed=seed,
+                                 name=f"zero-shot-{tag}-s{seed}", baselines=[], **overrides)  # fmt: skip
+    info = parse_storage(spec.study.storage)
+    search(spec, info, spec_dir=spec_dir, progress=False)
+    return optuna.load_study(study_name=spec.study.name, storage=spec.study.storage), spec.study.budget
+
+
+def seed_rows(seed: int, db: Path, at: list[int], warm_trials: int) -> list[dict]:
+    inputs = load_inputs(load_spec(SPEC), progress=False)
+    analysis, _ = sensitivity_for(inputs.base, inputs.splits, progress=False)
+    out = []
+    warm, budget = run(seed, "warm", db, len(SCALES), warm_start=SCALES)
+    done = records(warm)
+    proposals = [r for _, source, r in done if source == SOURCE]
+    out.append(row(seed, "zero-shot", budget, pick(proposals, budget), proposals, analysis.seconds))
+    for n in sorted(at):
+        study, budget = run(seed, "search", db, n)
+        first = [r for _, _, r in records(study)][:n]
+        out.append(row(seed, f"search@{n}", budget, pick(first, budget), first))
+    if warm_trials > len(SCALES):
+        warm, budget = run(seed, "warm", db, warm_trials, warm_start=SCALES)
+        first = [r for _, _, r in records(warm)][:warm_trials]
+        out.append(row(seed, f"warm+search@{warm_trials}", budget, pick(first, budget), first, analysis.seconds))
+    return out
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    out = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        rs = [r for r in rows if r["method"] == method]
+
+        def med(key: str, rs: list[dict] = rs) -> float | None:
+            values = [r[key] if r[key] is not None else (1.0 if key == "compression_ratio" else None) for r in rs]
+            values = [v for v in values if v is not None]
+            return round(statistics.median(values), 3) if values else None
+
+        out.append({"method": method, "seeds": len(rs), "found": sum(r["compression_ratio"] is not None for r in rs),
+                    **{k: med(k) for k in ("compression_ratio", "val_drop", "test_drop", "wall_s")}})  # fmt: skip
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--at", type=int, nargs="+", default=[10, 30], help="search trial counts to compare at")
+    parser.add_argument("--warm-trials", type=int, default=30, help="continue the warm start to N trials (0: not)")
+    parser.add_argument("--db", type=Path, default=Path(tempfile.gettempdir()) / "zero_shot.db")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/zero_shot.json"))
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+               "threads": torch.get_num_threads()}  # fmt: skip
+    rows: list[dict] = []
+    started, sample = time.perf_counter(), cpu_sample()
+    for seed in args.seeds:
+        rows += seed_rows(seed, args.db, args.at, args.warm_trials)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({
+            "machine": machine, "args": {k: str(v) for k, v in vars(args).items()}, "other_load": other_load(sample, cpu_sample()),
+            "elapsed_s": round(time.perf_counter() - started, 1), "rows": rows, "median": summarise(rows),
+        }, indent=2))  # fmt: skip
+        print(json.dumps(summarise(rows), indent=1), flush=True)
+
+
+if __name__ == "__main__":
+    main()
