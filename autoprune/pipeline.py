@@ -42,7 +42,38 @@ from autoprune.errors import AutoPruneError, DataError
 from autoprune.measure import Metrics, correct, measure_model
 from autoprune.models import ModelSpec
 from autoprune.ops.paired import paired_drop
-from autoprune.train import EpochCallback, TrainConfig, fit
+from autoprune.train import EpochCallback, TrainConfig, TrainState, fit, fit_resumable
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """A run's fine-tuning where it stopped, to continue it (a capped search trial promoted to
+    the full budget): the fine-tuned network's weights (its architecture is its base pruned by
+    the same config again), the training state, and the batches it had."""
+
+    weights: dict[str, torch.Tensor]
+    state: TrainState
+    batches: int
+
+    def save(self, path: str | Path) -> None:
+        torch.save({"format": CONTINUATION_FORMAT, "weights": self.weights, "state": self.state.to_dict(),
+                    "batches": self.batches}, path)  # fmt: skip
+
+    @staticmethod
+    def load(path: str | Path) -> Continuation:
+        """A saved continuation (data: read with ``weights_only=True`` and checked)."""
+        try:
+            d = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises many kinds on a file that is not one of ours
+            raise AutoPruneError(f"{path} is not a saved fine-tuning state ({type(e).__name__})") from None
+        if not isinstance(d, dict) or d.get("format") != CONTINUATION_FORMAT or not isinstance(d.get("weights"), dict):
+            raise AutoPruneError(f"{path} is not a saved fine-tuning state (expected {CONTINUATION_FORMAT})")
+        if not all(isinstance(t, torch.Tensor) for t in d["weights"].values()):
+            raise AutoPruneError(f"{path} is not a saved fine-tuning state (a weight is not a tensor)")
+        return Continuation(d["weights"], TrainState.from_dict(d["state"]), int(d["batches"]))
+
+
+CONTINUATION_FORMAT = "autoprune-finetune-state/1"
 
 
 @dataclass(frozen=True)
@@ -69,11 +100,16 @@ def compress(
     latency: bool = True,
     latency_batch: int = 64,
     meta: dict[str, Any] | None = None,
+    resume: Continuation | None = None,
+    keep: Path | None = None,
 ) -> CompressResult:
     """Compress a copy of ``base`` with ``config``, write the packed file to ``out``, measure.
 
     ``callbacks`` see the validation accuracy after every fine-tuning epoch (trained
-    quantization epochs continue the count), so a search can report and prune.
+    quantization epochs continue the count), so a search can report and prune. ``keep``: save
+    the fine-tuning's end state there (a :class:`Continuation`); ``resume``: start from such a
+    state instead of pruning and fine-tuning afresh: the same filters removed, its weights and
+    masks, its optimiser and random streams, and ``config.finetune`` as the rest of the budget.
     """
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -93,16 +129,29 @@ def compress(
     stages.set_postfix_str("fine-tuning")
 
     train_time = time.perf_counter()
-    offset = 0
-    for step, epochs in enumerate(_split(ft.epochs, steps), start=1):
+    offset, state, had = 0, None, resume.batches if resume is not None else 0
+    if resume is not None:  # a promotion: the trial's own network, its fine-tuning continued
+        try:
+            model.load_state_dict(resume.weights)
+        except RuntimeError:
+            raise AutoPruneError("the saved fine-tuning state does not fit this network as pruned") from None
+        masks = {name: layer.weight != 0 for name, layer in weight_layers(model).items()}
+        _, state = fit_resumable(
+            model, splits, ft, seed=seed, callbacks=callbacks, after_step=mask_holder(model, masks),
+            progress=progress, desc="fine-tune (continued)", resume=resume.state, new_schedule=True,
+        )  # fmt: skip
+        offset, had = ft.epochs, had + (state.steps if state else 0)
+    for step, epochs in enumerate(_split(ft.epochs, steps) if resume is None else [], start=1):
         if step > 1:  # gradual pruning: the next step on the fine-tuned weights
             masks = prune_magnitude_(model, u.at_step(step, steps))
         shifted = [lambda e, acc, cb=cb, o=offset: cb(o + e, acc) for cb in callbacks]
-        fit(
+        _, state = fit_resumable(
             model, splits, dataclasses.replace(ft, epochs=epochs), seed=seed + step - 1,
             callbacks=shifted, after_step=mask_holder(model, masks), progress=progress, desc="fine-tune",
         )  # fmt: skip
-        offset += epochs
+        offset, had = offset + epochs, had + (state.steps if state else 0)
+    if keep is not None and state is not None:
+        Continuation({k: v.detach().clone() for k, v in model.state_dict().items()}, state, had).save(keep)
     timings["finetune_s"] = time.perf_counter() - train_time
     stages.update()
     stages.set_postfix_str("weight sharing (k-means, trained quantization)")

@@ -68,6 +68,37 @@ class TrainConfig:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class TrainState:
+    """Where a run of :func:`fit` stopped, at an epoch's end: with the model's weights, enough
+    to continue it exactly (the optimiser's moments, the schedule, the data order's and the
+    augmentation's random streams). Tensors and numbers only: saved with ``torch.save`` and read
+    back with ``weights_only=True``."""
+
+    epoch: int  # epochs done
+    steps: int  # optimiser steps taken
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    order: torch.Tensor  # the data-order generator's state
+    augment: torch.Tensor  # the augmentation generator's state
+    first_loss: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> TrainState:
+        """A stored state (data: checked for its fields and their types)."""
+        try:
+            out = cls(int(d["epoch"]), int(d["steps"]), dict(d["optimizer"]), dict(d["scheduler"]), d["order"],
+                      d["augment"], float(d["first_loss"]))  # fmt: skip
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"a stored fine-tuning state is unreadable ({e})") from None
+        if not (isinstance(out.order, torch.Tensor) and isinstance(out.augment, torch.Tensor)) or out.epoch < 0:
+            raise ConfigError("a stored fine-tuning state is unreadable (its random states are not tensors)")
+        return out
+
+
 def fit(
     model: nn.Module,
     splits: DataSplits,
@@ -86,13 +117,41 @@ def fit(
     step (fine-tuning uses it to keep pruned weights at zero). A non-finite or exploding loss
     raises :class:`DivergedError`; a Ctrl-C (:mod:`autoprune.stop`) stops at the end of a batch.
     """
+    return fit_resumable(model, splits, config, seed=seed, callbacks=callbacks, after_step=after_step,
+                         progress=progress, desc=desc)[0]  # fmt: skip
+
+
+def fit_resumable(
+    model: nn.Module,
+    splits: DataSplits,
+    config: TrainConfig,
+    *,
+    seed: int = 0,
+    callbacks: Sequence[EpochCallback] = (),
+    after_step: Callable[[], None] | None = None,
+    progress: bool = True,
+    desc: str = "train",
+    resume: TrainState | None = None,
+    until: int | None = None,
+    new_schedule: bool = False,
+) -> tuple[list[float], TrainState | None]:
+    """:func:`fit`, stoppable and resumable at an epoch's end: runs the epochs after
+    ``resume.epoch`` up to ``until`` (default: all of ``config.epochs``) and returns the
+    validation history and the state to continue from. Stopped at epoch k and resumed, a run
+    gives the same weights as one that never stopped (same seed, same device).
+
+    ``new_schedule``: ``resume`` comes from another run (a capped search trial promoted to the
+    full budget): its optimiser moments and random streams carry over, and ``config`` starts
+    its own epochs and learning-rate schedule. Your own training loop (a task) is neither
+    stopped nor resumed: its state is None."""
     device = current_device()
     model.to(device)
     try:
         if splits.task is not None:
-            return _fit_task(model, splits, config, seed=seed, callbacks=callbacks, after_step=after_step, desc=desc)
+            history = _fit_task(model, splits, config, seed=seed, callbacks=callbacks, after_step=after_step, desc=desc)
+            return history, None
         return _fit(model, splits, config, device, seed=seed, callbacks=callbacks, after_step=after_step,
-                    progress=progress, desc=desc)  # fmt: skip
+                    progress=progress, desc=desc, resume=resume, until=until, new_schedule=new_schedule)  # fmt: skip
     finally:
         model.to("cpu")
 
@@ -159,7 +218,10 @@ def _fit(
     after_step: Callable[[], None] | None,
     progress: bool,
     desc: str,
-) -> list[float]:
+    resume: TrainState | None = None,
+    until: int | None = None,
+    new_schedule: bool = False,
+) -> tuple[list[float], TrainState]:
     train = splits.train
     batches = math.ceil(len(train) / config.batch_size)
     if config.max_batches is not None:
@@ -181,9 +243,19 @@ def _fit(
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
     first_loss: float | None = None
     history: list[float] = []
+    start, steps = 0, 0
+    if resume is not None:
+        optimizer.load_state_dict(resume.optimizer)
+        generator.set_state(resume.order)
+        augment.set_state(resume.augment)
+        first_loss = resume.first_loss if math.isfinite(resume.first_loss) else None
+        if not new_schedule:
+            scheduler.load_state_dict(resume.scheduler)
+            start, steps = resume.epoch, resume.steps
+    last = config.epochs if until is None else min(until, config.epochs)
 
-    bar = tqdm(total=config.epochs * batches, desc=desc, unit="batch", disable=not progress, leave=False)
-    for epoch in range(1, config.epochs + 1):
+    bar = tqdm(total=(last - start) * batches, desc=desc, unit="batch", disable=not progress, leave=False)
+    for epoch in range(start + 1, last + 1):
         model.train()
         order = torch.randperm(len(train), generator=generator)[: batches * config.batch_size]
         for b, (xb, yb) in enumerate(train.batches(config.batch_size, order)):
@@ -205,6 +277,7 @@ def _fit(
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
+            steps += 1
             if after_step is not None:
                 after_step()
             bar.update()
@@ -219,7 +292,9 @@ def _fit(
             callback(epoch, val)
     bar.close()
     model.eval()
-    return history
+    state = TrainState(last, steps, optimizer.state_dict(), scheduler.state_dict(), generator.get_state(),
+                       augment.get_state(), first_loss if first_loss is not None else math.nan)  # fmt: skip
+    return history, state
 
 
 # ---- base models, trained at most once per (model, data, settings) -------------------------

@@ -3,6 +3,7 @@ recorded under stable names."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
@@ -23,7 +24,7 @@ from autoprune.data import DataSplits
 from autoprune.errors import DivergedError
 from autoprune.measure import Metrics
 from autoprune.models import ModelSpec
-from autoprune.pipeline import compress, dataset_meta
+from autoprune.pipeline import Continuation, compress, dataset_meta
 from autoprune.search.record import TrialRecord
 from autoprune.search.space import (
     SpaceLayers,
@@ -40,6 +41,7 @@ from autoprune.search.storage import check_artifact_id
 
 log = logging.getLogger(__name__)
 FINAL = "final"  # the source of a trial re-run at the full budget (autoprune finalize)
+STATE_ATTR = "finetune_state_id"  # a search trial's saved fine-tuning state (an artifact), for its promotion
 RECIPE_ATTR = "autoprune:recipe:"  # + name: a baseline recipe, kept in the study (a trial holds only its name)
 
 
@@ -137,8 +139,15 @@ class Objective:
         single = len(spec.study.objectives) == 1
         # a final trial runs another budget than the search's: its epochs are not comparable
         callbacks = [_stop_callback, _pruning_callback(trial)] if single and not final else [_stop_callback]
+        # a search trial keeps its fine-tuning's end, so that finalize continues it (a promotion)
+        promote = spec.final.promote and ctx.splits.task is None and baseline is None
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / f"trial-{trial.number}.apk"
+            keep = Path(tmp) / "finetune-state.pt" if promote and not final else None
+            resume = self._continuation(trial, parent, Path(tmp)) if promote and final else None
+            if resume is not None:
+                config, budget = _continued(config, resume, len(ctx.splits.train))
+                trial.set_user_attr("budget", budget)
             try:
                 result = compress(
                     ctx.base, ctx.model_spec, ctx.splits, config, out,
@@ -149,6 +158,7 @@ class Objective:
                           else {"task": ctx.splits.name},  # your own data: eval asks for it
                           "recipe": trial.user_attrs.get("recipe_name") or f"{source} trial {trial.number}",
                           "settings": trial.params, "base": ctx.base_metrics.summary()},
+                    resume=resume, keep=keep,
                 )  # fmt: skip
             except DivergedError as e:
                 trial.set_user_attr("fail_reason", str(e))
@@ -161,11 +171,29 @@ class Objective:
                 mimetype="application/octet-stream",
             )  # fmt: skip
             trial.set_user_attr("artifact_id", artifact_id)
+            if keep is not None and keep.is_file():
+                state_id = upload_artifact(artifact_store=ctx.artifacts, file_path=str(keep), study_or_trial=trial,
+                                           mimetype="application/octet-stream")  # fmt: skip
+                trial.set_user_attr(STATE_ATTR, state_id)
         if single:
             budget = spec.study.budget
             trial.set_constraint("acc_drop", budget.drop(record) - budget.max_drop)
         values = tuple(float(getattr(record, o)) for o in spec.study.objectives)
         return values[0] if single else values
+
+    def _continuation(self, trial: optuna.Trial, parent: int, folder: Path) -> Continuation | None:
+        """The parent search trial's saved fine-tuning state, or None (a baseline, a study made
+        before trials kept it, a file retention removed: the final trial starts over)."""
+        before = next((t for t in trial.study.get_trials(deepcopy=False) if t.number == parent), None)
+        state_id = check_artifact_id(before.user_attrs.get(STATE_ATTR)) if before is not None else None
+        if not state_id:
+            return None
+        path = folder / "parent-state.pt"
+        try:
+            download_artifact(artifact_store=self.ctx.artifacts, artifact_id=state_id, file_path=str(path))
+        except (FileNotFoundError, optuna.artifacts.exceptions.ArtifactNotFound):
+            return None
+        return Continuation.load(path)
 
     def _refuse(self, trial: optuna.Trial, problem: str) -> float | tuple[float, ...]:
         """Fail a trial that stored data made impossible, with one line, and let the search go
@@ -174,6 +202,19 @@ class Objective:
         log.warning("trial %d: %s: not run", trial.number, problem)
         objectives = len(self.ctx.spec.study.objectives)
         return math.nan if objectives == 1 else (math.nan,) * objectives
+
+
+def _continued(config: CompressConfig, resume: Continuation, train_size: int) -> tuple[CompressConfig, dict]:
+    """``config`` at the full budget, less the batches its trial already had: the same epochs,
+    each shortened so that the batches add up to the full budget's once."""
+    ft = config.finetune
+    total = ft.epochs * math.ceil(train_size / ft.batch_size)
+    left = max(0, total - resume.batches)
+    per_epoch = math.ceil(left / ft.epochs) if ft.epochs and left else None
+    finetune = dataclasses.replace(ft, epochs=ft.epochs if per_epoch else 0, max_batches=per_epoch)
+    budget = {"epochs": ft.epochs, "max_batches": None, "quant_epochs": config.quantize.epochs,
+              "promoted": True, "batches_before": resume.batches, "batches_continued": (per_epoch or 0) * finetune.epochs}  # fmt: skip
+    return dataclasses.replace(config, finetune=finetune), budget
 
 
 def _stop_callback(epoch: int, val_accuracy: float) -> None:
@@ -202,8 +243,8 @@ def remove_orphans(storage: optuna.storages.BaseStorage, folder: Path, *, older_
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         for t in study.get_trials(deepcopy=False):
-            if t.state == TrialState.COMPLETE:  # its own file: a retry inherits its parent's upload record
-                owned.add(str(t.user_attrs.get("artifact_id")))
+            if t.state == TrialState.COMPLETE:  # its own files: a retry inherits its parent's upload record
+                owned.update(str(t.user_attrs.get(key)) for key in ("artifact_id", STATE_ATTR))
             elif t.state in (TrialState.RUNNING, TrialState.WAITING):  # may be between upload and completion
                 owned.update(m.artifact_id for m in optuna.artifacts.get_all_artifact_meta(t, storage=storage))
     removed = 0
@@ -230,11 +271,15 @@ def enforce_retention(study: optuna.Study, store: FileSystemArtifactStore, keep:
     protected |= {t.number for t in sorted(with_files, key=lambda t: t.number)[-keep:]}
     removed = 0
     for t in with_files:
-        artifact_id = check_artifact_id(t.user_attrs["artifact_id"])  # a path written into a study is skipped
-        if t.number not in protected and artifact_id:
+        if t.number in protected:
+            continue
+        for key in ("artifact_id", STATE_ATTR):
+            artifact_id = check_artifact_id(t.user_attrs.get(key))  # a path written into a study is skipped
+            if not artifact_id:
+                continue
             try:
                 store.remove(artifact_id)
-                removed += 1
+                removed += key == "artifact_id"
             except (FileNotFoundError, optuna.artifacts.exceptions.ArtifactNotFound):
                 pass
     return removed

@@ -120,6 +120,9 @@ class FinalSection:
     # overstates the drop that the full budget reaches. The finalized trials are judged on the
     # budget itself.
     slack: float = 0.0
+    # A finalized search trial continues its own fine-tuning (saved at the end of the capped
+    # trial) up to the full budget, the batches it had counted once, instead of starting over.
+    promote: bool = True
 
     def __post_init__(self) -> None:
         if not 1 <= self.k <= 100:
