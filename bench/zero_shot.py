@@ -87,7 +87,7 @@ def seed_rows(seed: int, db: Path, at: list[int], warm_trials: int) -> list[dict
     proposals = [r for _, source, r in done if source == SOURCE]
     out.append(row(seed, "zero-shot", budget, pick(proposals, budget), proposals, analysis.seconds))
     for n in sorted(at):
-        study, budget = run(seed, "search", db, n)
+        study, budget = run(seed, "search", db, n, warm_start=[])
         first = [r for _, _, r in records(study)][:n]
         out.append(row(seed, f"search@{n}", budget, pick(first, budget), first))
     if warm_trials > len(SCALES):

@@ -292,8 +292,9 @@ def test_gradual_pruning_ramps_to_exactly_the_final_sparsity(
     import autoprune.pipeline as pipeline
 
     model_ref = []  # the model being fine-tuned, seen by the callback
-    real_fit = pipeline.fit
-    monkeypatch.setattr(pipeline, "fit", lambda model, *a, **kw: model_ref.append(model) or real_fit(model, *a, **kw))
+    real_fit = pipeline.fit_resumable
+    monkeypatch.setattr(pipeline, "fit_resumable",
+                        lambda model, *a, **kw: model_ref.append(model) or real_fit(model, *a, **kw))  # fmt: skip
     result = compress(base, spec, splits, config, tmp_path / "g.apk", base_metrics=base_metrics,
                       callbacks=[watch], progress=False, latency_repeats=3)  # fmt: skip
     assert len(sparsity) == 3 and sparsity[0] < sparsity[1] < sparsity[2]  # one step per epoch, ramping up

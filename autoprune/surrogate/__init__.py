@@ -9,7 +9,7 @@ from autoprune.surrogate._history import (
     SurrogateError,
     history_from_trials,
 )
-from autoprune.surrogate._layers import FEATURES, Encoded, LayerView
+from autoprune.surrogate._layers import FEATURES, Encoded, LayerView, prior_drop
 from autoprune.surrogate._layerwise import LayerwiseEnsemble, SharedLayerNet
 from autoprune.surrogate._model import MIN_TRIALS, CVScore, Surrogate, cross_validate
 from autoprune.surrogate._propose import Proposal, ProposeConfig, anchors, cv_margin, propose
@@ -37,5 +37,6 @@ __all__ = [
     "cv_margin",
     "history_from_trials",
     "model_space",
+    "prior_drop",
     "propose",
 ]
