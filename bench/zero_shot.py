@@ -14,6 +14,10 @@ judged by the spec's rule, is within the budget); the pick's test drop is report
 
     python bench/zero_shot.py --seeds 0 1 2 --at 10 30 --warm-trials 30
 
+With ``--transfer-k K``, per seed also LeNet-300-100 (a network the LeNet-5 studies never saw):
+its own zero-shot proposals, and K proposals of the residual surrogate fitted on this
+benchmark's LeNet-5 studies alone, each run for real.
+
 Raw rows go to ``bench/results/zero_shot.json`` as each seed finishes; the studies stay in
 ``--db``, so a stopped run resumes where it was.
 """
@@ -39,16 +43,19 @@ from autoprune.search.propose import SOURCE
 from autoprune.search.run import load_inputs
 from autoprune.search.spec import load_spec
 from autoprune.sensitivity import sensitivity_for
-from autoprune.workflow import search, search_spec
+from autoprune.surrogate import ProposeConfig
+from autoprune.workflow import enqueue, fit, open_sources, open_view, propose_for, search, search_spec
 
 SPEC = Path("studies/fashion-lenet5.toml")
+UNSEEN = Path("studies/fashion-lenet300.toml")  # the transfer target: a network the LeNet-5 studies never saw
 SCALES = [1.0, 2.0, 4.0, 8.0, 16.0]  # the warm start's budgets: multiples of the study's 1 point
 
 
 def records(study: optuna.Study) -> list[tuple[int, str, TrialRecord]]:
     """(number, source, record) of every completed trial, in order."""
     out = []
-    for t in sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)), key=lambda t: t.number):
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    for t in sorted(complete, key=lambda t: t.number):
         if (r := TrialRecord.from_attrs(t.user_attrs)) is not None:
             out.append((t.number, str(t.user_attrs.get("source")), r))
     return out
@@ -59,7 +66,8 @@ def pick(rows: list[TrialRecord], budget: Budget) -> TrialRecord | None:
     return max(within, key=lambda r: r.compression_ratio, default=None)
 
 
-def row(seed: int, method: str, budget: Budget, chosen: TrialRecord | None, trials: list[TrialRecord], extra_s: float = 0.0) -> dict:
+def row(seed: int, method: str, budget: Budget, chosen: TrialRecord | None, trials: list[TrialRecord],
+        extra_s: float = 0.0) -> dict:  # fmt: skip
     return {
         "model": "lenet5", "dataset": "fashion-mnist", "seed": seed, "method": method, "budget": budget.max_drop,
         "trials": len(trials), "val_drop": chosen and round(chosen.acc_drop, 3),
@@ -70,8 +78,8 @@ def row(seed: int, method: str, budget: Budget, chosen: TrialRecord | None, tria
     }  # fmt: skip
 
 
-def run(seed: int, tag: str, db: Path, trials: int, **overrides) -> tuple[optuna.Study, Budget]:
-    spec, spec_dir = search_spec(SPEC, storage=f"sqlite:///{db}", trials=trials, seed=seed,
+def run(seed: int, tag: str, db: Path, trials: int, spec: Path = SPEC, **overrides) -> tuple[optuna.Study, Budget]:
+    spec, spec_dir = search_spec(spec, storage=f"sqlite:///{db}", trials=trials, seed=seed,
                                  name=f"zero-shot-{tag}-s{seed}", baselines=[], **overrides)  # fmt: skip
     info = parse_storage(spec.study.storage)
     search(spec, info, spec_dir=spec_dir, progress=False)
@@ -97,17 +105,49 @@ def seed_rows(seed: int, db: Path, at: list[int], warm_trials: int) -> list[dict
     return out
 
 
+def transfer_rows(seed: int, db: Path, k: int) -> list[dict]:
+    """LeNet-300-100, unseen: (a) the allocator's proposals from its own probes; (b) the residual
+    surrogate fitted on the LeNet-5 studies of this benchmark (none of its own trials), reading
+    LeNet-300-100 through its own probes, proposing ``k``; each run for real, picked on validation."""
+    url = f"sqlite:///{db}"
+    inputs = load_inputs(load_spec(UNSEEN), progress=False)
+    analysis, _ = sensitivity_for(inputs.base, inputs.splits, progress=False)
+    study, budget = run(seed, "lenet300-warm", db, len(SCALES), spec=UNSEEN, warm_start=SCALES)
+    own = [r for _, source, r in records(study) if source == SOURCE]
+    out = [row(seed, "zero-shot", budget, pick(own, budget), own, analysis.seconds) | {"model": "lenet300"}]
+    name = f"zero-shot-lenet300-transfer-s{seed}"
+    spec, spec_dir = search_spec(UNSEEN, storage=url, trials=k, seed=seed, name=name, baselines=[], warm_start=[])
+    info = parse_storage(url)
+    search(spec, info, spec_dir=spec_dir, progress=False, setup_only=True)
+    view = open_view(name, info)
+    if not view.study.get_trials(deepcopy=False):
+        sources = open_sources([f"zero-shot-{kind}-s{s}" for kind in ("search", "warm") for s in (0, 1, 2)], url)
+        started = time.perf_counter()
+        surrogate, joined = fit(view, [], seed=seed, sources=sources)
+        config = ProposeConfig(max_acc_drop=budget.max_drop, k=k, seed=seed)
+        enqueue(view.study, propose_for(view, surrogate, joined, config))
+        view.study.set_user_attr("bench_model_s", time.perf_counter() - started)
+    search(spec, info, spec_dir=spec_dir, progress=False)
+    study = optuna.load_study(study_name=name, storage=url)
+    done = [r for _, _, r in records(study)]
+    model_s = float(study.user_attrs.get("bench_model_s", 0.0))
+    method = "transfer (residual surrogate from LeNet-5)"
+    out.append(row(seed, method, budget, pick(done, budget), done, model_s + analysis.seconds) | {"model": "lenet300"})
+    return out
+
+
 def summarise(rows: list[dict]) -> list[dict]:
     out = []
-    for method in dict.fromkeys(r["method"] for r in rows):
-        rs = [r for r in rows if r["method"] == method]
+    for model, method in dict.fromkeys((r["model"], r["method"]) for r in rows):
+        rs = [r for r in rows if r["method"] == method and r["model"] == model]
 
         def med(key: str, rs: list[dict] = rs) -> float | None:
             values = [r[key] if r[key] is not None else (1.0 if key == "compression_ratio" else None) for r in rs]
             values = [v for v in values if v is not None]
             return round(statistics.median(values), 3) if values else None
 
-        out.append({"method": method, "seeds": len(rs), "found": sum(r["compression_ratio"] is not None for r in rs),
+        found = sum(r["compression_ratio"] is not None for r in rs)
+        out.append({"model": model, "method": method, "seeds": len(rs), "found": found,
                     **{k: med(k) for k in ("compression_ratio", "val_drop", "test_drop", "wall_s")}})  # fmt: skip
     return out
 
@@ -117,6 +157,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--at", type=int, nargs="+", default=[10, 30], help="search trial counts to compare at")
     parser.add_argument("--warm-trials", type=int, default=30, help="continue the warm start to N trials (0: not)")
+    parser.add_argument("--transfer-k", type=int, default=0,
+                        help="also the transfer to LeNet-300-100 with K proposals (0: not)")
     parser.add_argument("--db", type=Path, default=Path(tempfile.gettempdir()) / "zero_shot.db")
     parser.add_argument("--out", type=Path, default=Path("bench/results/zero_shot.json"))
     args = parser.parse_args()
@@ -128,9 +170,12 @@ def main() -> None:
     started, sample = time.perf_counter(), cpu_sample()
     for seed in args.seeds:
         rows += seed_rows(seed, args.db, args.at, args.warm_trials)
+        if args.transfer_k:
+            rows += transfer_rows(seed, args.db, args.transfer_k)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({
-            "machine": machine, "args": {k: str(v) for k, v in vars(args).items()}, "other_load": other_load(sample, cpu_sample()),
+            "machine": machine, "args": {k: str(v) for k, v in vars(args).items()},
+            "other_load": other_load(sample, cpu_sample()),
             "elapsed_s": round(time.perf_counter() - started, 1), "rows": rows, "median": summarise(rows),
         }, indent=2))  # fmt: skip
         print(json.dumps(summarise(rows), indent=1), flush=True)
