@@ -14,7 +14,7 @@ from optuna.trial import TrialState, create_trial
 
 from autoprune.errors import AutoPruneError
 from autoprune.search import best_trial, pareto_front, resolve_study_name, study_budget, trial_row
-from autoprune.search.objective import enforce_retention
+from autoprune.search.objective import STATE_ATTR, enforce_retention
 from autoprune.search.record import Budget, TrialRecord, names
 from autoprune.search.run import open_study
 from autoprune.search.spec import StudySpec, record
@@ -87,6 +87,21 @@ def test_retention_never_removes_a_path_named_by_a_study(study: optuna.Study, tm
     assert enforce_retention(study, store, keep=1) == 1
     assert victim.read_text() == "keep me"
     assert not (tmp_path / "artifacts" / dropped).exists() and (tmp_path / "artifacts" / kept).exists()
+
+
+def test_retention_keeps_fine_tuning_states_of_the_front_and_the_most_recent_only(study: optuna.Study, tmp_path) -> None:
+    (tmp_path / "artifacts").mkdir()
+    store = optuna.artifacts.FileSystemArtifactStore(str(tmp_path / "artifacts"))
+    states = []
+    for i, (acc, ratio) in enumerate([(96.0, 30.0), (89.0, 9.0), (88.0, 8.0), (87.0, 7.0)]):  # 0: the front
+        packed, state = str(uuid.uuid4()), str(uuid.uuid4())
+        for artifact_id in (packed, state):
+            (tmp_path / "artifacts" / artifact_id).write_bytes(b"x")
+        add(study, acc, 0.5, ratio, artifact_id=packed, **{STATE_ATTR: state})
+        states.append(state)
+    assert enforce_retention(study, store, keep=10, keep_states=1) == 0  # every packed file kept
+    kept = [(tmp_path / "artifacts" / s).exists() for s in states]
+    assert kept == [True, False, False, True]  # the front's and the most recent trial's states
 
 
 def test_study_lookup(storage) -> None:

@@ -42,6 +42,7 @@ from autoprune.search.storage import check_artifact_id
 log = logging.getLogger(__name__)
 FINAL = "final"  # the source of a trial re-run at the full budget (autoprune finalize)
 STATE_ATTR = "finetune_state_id"  # a search trial's saved fine-tuning state (an artifact), for its promotion
+STATE_KEEP = 20  # fine-tuning states kept beside the Pareto front's: the most recent trials' (enforce_retention)
 RECIPE_ATTR = "autoprune:recipe:"  # + name: a baseline recipe, kept in the study (a trial holds only its name)
 
 
@@ -256,26 +257,25 @@ def remove_orphans(storage: optuna.storages.BaseStorage, folder: Path, *, older_
     return removed
 
 
-def enforce_retention(study: optuna.Study, store: FileSystemArtifactStore, keep: int) -> int:
+def enforce_retention(study: optuna.Study, store: FileSystemArtifactStore, keep: int, *,
+                      keep_states: int = STATE_KEEP) -> int:  # fmt: skip
     """Keep the packed files of the Pareto front, the baselines and the ``keep`` most recent
-    trials; remove the others. Returns how many were removed."""
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    with_files = [t for t in complete if "artifact_id" in t.user_attrs]
-    if len(with_files) <= keep:
-        return 0
+    trials, and the fine-tuning states (about three times the network's size each, kept for a
+    promotion) of the front and the ``keep_states`` most recent; remove the others. Returns how
+    many packed files were removed."""
+    complete = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number)
     try:
-        protected = {t.number for t in study.best_trials}
+        front = {t.number for t in study.best_trials}
     except RuntimeError:  # constrained single objective with no feasible trial
-        protected = set()
-    protected |= {t.number for t in with_files if t.user_attrs.get("source") == "baseline"}
-    protected |= {t.number for t in sorted(with_files, key=lambda t: t.number)[-keep:]}
+        front = set()
+    baselines = {t.number for t in complete if t.user_attrs.get("source") == "baseline"}
+    recent = [t.number for t in complete]
     removed = 0
-    for t in with_files:
-        if t.number in protected:
-            continue
-        for key in ("artifact_id", STATE_ATTR):
+    for key, kept in (("artifact_id", front | baselines | set(recent[-keep:])),
+                      (STATE_ATTR, front | set(recent[-keep_states:]))):  # fmt: skip
+        for t in complete:
             artifact_id = check_artifact_id(t.user_attrs.get(key))  # a path written into a study is skipped
-            if not artifact_id:
+            if t.number in kept or not artifact_id:
                 continue
             try:
                 store.remove(artifact_id)
