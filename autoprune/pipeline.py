@@ -59,6 +59,14 @@ class Continuation:
         torch.save({"format": CONTINUATION_FORMAT, "weights": self.weights, "state": self.state.to_dict(),
                     "batches": self.batches}, path)  # fmt: skip
 
+    def mismatch(self, shapes: dict[str, tuple[int, ...]]) -> str:
+        """What keeps these weights from the network whose tensors have ``shapes`` ("" if nothing)."""
+        mine = {k: tuple(v.shape) for k, v in self.weights.items()}
+        if mine.keys() != shapes.keys():
+            return f"its tensors are not the network's ({len(mine)} against {len(shapes)})"
+        wrong = next((k for k in shapes if mine[k] != shapes[k]), None)
+        return f"{wrong} is {mine[wrong]}, the network's {shapes[wrong]}" if wrong else ""
+
     @staticmethod
     def load(path: str | Path) -> Continuation:
         """A saved continuation (data: read with ``weights_only=True`` and checked)."""
@@ -74,6 +82,14 @@ class Continuation:
 
 
 CONTINUATION_FORMAT = "autoprune-finetune-state/1"
+
+
+def pruned_shapes(base: nn.Module, config: CompressConfig, input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """The tensors' shapes of ``base`` after ``config``'s filter pruning (what a continuation
+    of a trial with ``config`` must hold)."""
+    model = copy.deepcopy(base).eval()
+    prune_filters_(model, config.structured, torch.zeros(1, *input_shape))
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 @dataclass(frozen=True)

@@ -109,3 +109,26 @@ def test_a_finalized_trial_continues_its_own_fine_tuning(final_epochs: int, tmp_
     if final_epochs == 1:  # the parent had 8 batches of the epoch: it went on for the rest
         assert budget["batches_continued"] == full - 8
     assert final.state == optuna.trial.TrialState.COMPLETE and final.user_attrs["accuracy"] > 0
+
+
+def test_a_state_that_is_not_the_trials_starts_the_final_trial_over(tmp_path: Path, caplog) -> None:
+    spec_path = tmp_path / "promote.toml"
+    spec_path.write_text(SPEC.format(final_epochs=1))
+    url = f"sqlite:///{tmp_path / 'promote.db'}"
+    spec, spec_dir = search_spec(spec_path, storage=url, name="promote")
+    search(spec, parse_storage(url), spec_dir=spec_dir, progress=False)
+    study = optuna.load_study(study_name="promote", storage=url)
+    other = {**create_model(ModelSpec("lenet5", 10, 1, (8, 8))).state_dict(), "extra": torch.zeros(1)}  # not the trial's
+    for i, t in enumerate(study.get_trials()):
+        path = tmp_path / "artifacts" / t.user_attrs[STATE_ATTR]
+        if i == 0:
+            path.write_bytes(b"not a state")
+        else:
+            state = Continuation.load(path).state
+            Continuation(other, state, 8).save(path)
+    finalize(spec, parse_storage(url), progress=False)
+    final = next(t for t in optuna.load_study(study_name="promote", storage=url).get_trials()
+                 if t.user_attrs.get("source") == FINAL)  # fmt: skip
+    assert final.state == optuna.trial.TrialState.COMPLETE
+    assert "promoted" not in final.user_attrs["budget"]  # started over, at the full budget
+    assert "fine-tuning state is not usable" in caplog.text

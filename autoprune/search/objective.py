@@ -21,10 +21,10 @@ from torch import nn
 from autoprune._compat import set_study_system_attr, study_system_attrs
 from autoprune.compress import CompressConfig, RecipeError
 from autoprune.data import DataSplits
-from autoprune.errors import DivergedError
+from autoprune.errors import AutoPruneError, DivergedError
 from autoprune.measure import Metrics
 from autoprune.models import ModelSpec
-from autoprune.pipeline import Continuation, compress, dataset_meta
+from autoprune.pipeline import Continuation, compress, dataset_meta, pruned_shapes
 from autoprune.search.record import TrialRecord
 from autoprune.search.space import (
     SpaceLayers,
@@ -145,7 +145,7 @@ class Objective:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / f"trial-{trial.number}.apk"
             keep = Path(tmp) / "finetune-state.pt" if promote and not final else None
-            resume = self._continuation(trial, parent, Path(tmp)) if promote and final else None
+            resume = self._continuation(trial, parent, config, Path(tmp)) if promote and final else None
             if resume is not None:
                 config, budget = _continued(config, resume, len(ctx.splits.train))
                 trial.set_user_attr("budget", budget)
@@ -182,9 +182,11 @@ class Objective:
         values = tuple(float(getattr(record, o)) for o in spec.study.objectives)
         return values[0] if single else values
 
-    def _continuation(self, trial: optuna.Trial, parent: int, folder: Path) -> Continuation | None:
-        """The parent search trial's saved fine-tuning state, or None (a baseline, a study made
-        before trials kept it, a file retention removed: the final trial starts over)."""
+    def _continuation(self, trial: optuna.Trial, parent: int, config: CompressConfig, folder: Path
+                      ) -> Continuation | None:  # fmt: skip
+        """The parent search trial's saved fine-tuning state, or None: the final trial starts
+        over (a study made before trials kept it, a state retention removed, or one that is not
+        a state of this trial's network: stored data, checked before it is used)."""
         before = next((t for t in trial.study.get_trials(deepcopy=False) if t.number == parent), None)
         state_id = check_artifact_id(before.user_attrs.get(STATE_ATTR)) if before is not None else None
         if not state_id:
@@ -192,9 +194,17 @@ class Objective:
         path = folder / "parent-state.pt"
         try:
             download_artifact(artifact_store=self.ctx.artifacts, artifact_id=state_id, file_path=str(path))
+            resume = Continuation.load(path)
+            problem = resume.mismatch(pruned_shapes(self.ctx.base, config, self.ctx.splits.input_shape))
         except (FileNotFoundError, optuna.artifacts.exceptions.ArtifactNotFound):
             return None
-        return Continuation.load(path)
+        except AutoPruneError as e:
+            problem = str(e)
+        if problem:
+            log.warning("trial %d: trial %d's fine-tuning state is not usable (%s): starting over", trial.number,
+                        parent, problem)  # fmt: skip
+            return None
+        return resume
 
     def _refuse(self, trial: optuna.Trial, problem: str) -> float | tuple[float, ...]:
         """Fail a trial that stored data made impossible, with one line, and let the search go
