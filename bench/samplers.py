@@ -4,7 +4,9 @@ Runs `autoprune search` once per (sampler, seed) on one spec, each in its own st
 SQLite file (re-running resumes: finished studies are not repeated), then summarises the best
 compression ratio within the accuracy budget (validation) after every trial: mean and spread
 over the seeds, as JSON and a PNG. With --at, it also compares the surrogate sampler with each
-other sampler at those trial counts: a paired Wilcoxon signed-rank test over the seeds.
+other sampler at those trial counts (--against NAME: that one instead): a paired Wilcoxon
+signed-rank test over the seeds. A sampler named NAME-warm is NAME after the sensitivity
+allocator's proposals (``autoprune search --warm-start``, issue 25).
 
 With --jobs N, N searches run side by side (give each one --threads 1); the base model is
 trained once first. SQLite is for one writer: pass --storage postgresql://... with --jobs.
@@ -37,11 +39,17 @@ SPEC = HERE / "specs" / "fashion-lenet5-samplers.toml"
 RESULTS = HERE / "results"
 
 
+WARM = "1,2,3,4,6,8,12,16"  # a NAME-warm sampler: NAME after the sensitivity allocator's proposals at these multiples
+
+
 def run(
     sampler: str, seed: int, trials: int, spec: Path, storage: str, threads: int | None, *extra: str
 ) -> float:
     started = time.perf_counter()
-    cmd = [sys.executable, "-m", "autoprune", "search", str(spec), "--sampler", sampler, "--seed", str(seed),
+    if sampler.endswith("-warm"):
+        extra = ("--warm-start", WARM, *extra)
+    cmd = [sys.executable, "-m", "autoprune", "search", str(spec), "--sampler", sampler.removesuffix("-warm"),
+           "--seed", str(seed),
            "--study", f"samplers-{sampler}-s{seed}", "--storage", storage, "--trials", str(trials), "-q", *extra]  # fmt: skip
     if threads:
         cmd += ["--threads", str(threads)]
@@ -73,6 +81,7 @@ def main() -> None:
     ap.add_argument("--spec", type=Path, default=SPEC)
     ap.add_argument("--out", type=Path, help="results path without suffix (default: results/samplers-SPEC)")
     ap.add_argument("--at", default="", help="trial counts for the paired Wilcoxon test, comma-separated")
+    ap.add_argument("--against", default="surrogate", help="the sampler the Wilcoxon test sets against each other one")
     ap.add_argument("--threads", type=int, help="torch threads per search (default: torch's own)")
     ap.add_argument("--summary-only", action="store_true", help="summarise the stored studies; run nothing")
     ap.add_argument("--jobs", type=int, default=1, help="searches run side by side (default: 1)")
@@ -120,8 +129,8 @@ def main() -> None:
                 "std": c.std(axis=0).round(2).tolist(),
                 "final_per_seed": c[:, -1].round(2).tolist(),
             }
-    if args.at and "surrogate" in samplers:
-        result["wilcoxon"] = paired_tests(curves, budgets, samplers, [int(n) for n in args.at.split(",")])
+    if args.at and args.against in samplers:
+        result["wilcoxon"] = paired_tests(curves, budgets, samplers, [int(n) for n in args.at.split(",")], args.against)
     for sampler in samplers:
         trial_s = [t.user_attrs.get("trial_s", math.nan) for seed in seeds for t in studies[sampler, seed].trials
                    if t.state == TrialState.COMPLETE]  # fmt: skip
@@ -135,13 +144,13 @@ def main() -> None:
             print(f"budget {budget}: {name:10s} best ratio after {args.trials} trials "
                   f"{r['mean'][-1]:6.2f} +- {r['std'][-1]:5.2f}  per seed {r['final_per_seed']}")  # fmt: skip
     for r in result.get("wilcoxon", []):
-        print(f"budget {r['budget']} after {r['trials']}: surrogate {r['surrogate_median']:.1f}x vs {r['other']} "
+        print(f"budget {r['budget']} after {r['trials']}: {r['sampler']} {r['sampler_median']:.1f}x vs {r['other']} "
               f"{r['other_median']:.1f}x (median), {r['wins']}/{r['ties']}/{r['losses']} w/t/l, p = {r['p']}: "
               f"{r['verdict']}")  # fmt: skip
 
 
-def paired_tests(curves: dict, budgets: list[float], samplers: list[str], at: list[int]) -> list[dict]:
-    """The surrogate sampler against each other one, per budget and trial count: the best ratio
+def paired_tests(curves: dict, budgets: list[float], samplers: list[str], at: list[int], against: str) -> list[dict]:
+    """The sampler ``against`` names against each other one, per budget and trial count: the best ratio
     per seed side by side, wins/ties/losses and a two-sided paired Wilcoxon signed-rank test
     (zero differences split between the ranks; every pair tied: p = 1)."""
     from scipy.stats import wilcoxon
@@ -149,17 +158,17 @@ def paired_tests(curves: dict, budgets: list[float], samplers: list[str], at: li
     rows = []
     for budget in budgets:
         for n in at:
-            mine = curves[budget, "surrogate"][:, n - 1]
+            mine = curves[budget, against][:, n - 1]
             for other in samplers:
-                if other == "surrogate":
+                if other == against:
                     continue
                 theirs = curves[budget, other][:, n - 1]
                 diff = mine - theirs
                 p = 1.0 if not np.any(diff) else float(wilcoxon(mine, theirs, zero_method="zsplit").pvalue)
                 rows.append({
-                    "budget": budget, "trials": n, "other": other,
-                    "surrogate_median": float(np.median(mine)), "other_median": float(np.median(theirs)),
-                    "surrogate_mean": float(mine.mean()), "other_mean": float(theirs.mean()),
+                    "budget": budget, "trials": n, "sampler": against, "other": other,
+                    "sampler_median": float(np.median(mine)), "other_median": float(np.median(theirs)),
+                    "sampler_mean": float(mine.mean()), "other_mean": float(theirs.mean()),
                     "wins": int((diff > 0).sum()), "ties": int((diff == 0).sum()), "losses": int((diff < 0).sum()),
                     "p": round(p, 4),
                     "verdict": "equal" if p >= 0.05 else "better" if np.median(diff) > 0 or diff.mean() > 0 else "worse",

@@ -67,6 +67,17 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def multiples(text: str) -> list[float]:
+    """Budget multiples, such as 1,2,4,8,16: up to 64 numbers in (0, 1000]."""
+    try:
+        values = [float(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        values = []
+    if not values or len(values) > 64 or not all(0 < v <= 1000 for v in values):
+        raise argparse.ArgumentTypeError(f"expected up to 64 multiples in (0, 1000], such as 1,2,4,8,16, got {text!r}")
+    return values
+
+
 def port(text: str) -> int:
     value = positive_int(text)
     if value > 65535:

@@ -12,6 +12,7 @@ from autoprune.cli._common import (
     fraction,
     grid,
     int_in,
+    multiples,
     non_negative_float,
     output_path,
     port,
@@ -52,6 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--objectives", metavar="A,B", help=f"override the spec's objectives ({', '.join(OBJECTIVES)})")
     p.add_argument("--max-acc-drop", type=non_negative_float, metavar="D", help="accuracy budget in points (single objective)")
     p.add_argument("--seed", type=int, help="sampler seed")
+    p.add_argument("--warm-start", type=multiples, metavar="S,S,...",
+                   help="first run the sensitivity allocator's proposals at these multiples of the accuracy budget "
+                   "(the spec's study.warm_start; once per study)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run_search, format=format_search)
@@ -151,6 +155,7 @@ def run_search(args: argparse.Namespace) -> dict[str, Any]:
     spec, spec_dir = search_spec(
         args.spec, name=args.study, storage=args.storage, trials=args.trials, sampler=args.sampler,
         pruner=args.pruner, objectives=objectives, max_acc_drop=args.max_acc_drop, seed=args.seed,
+        warm_start=args.warm_start,
     )  # fmt: skip
     spec = _spec_values(spec, args)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -7,7 +7,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from autoprune.cli._common import add_device_option, grid, int_in, non_negative_float, output_path
+from autoprune.cli._common import add_device_option, grid, int_in, multiples, non_negative_float, output_path
 from autoprune.cli._search import _storage_options
 from autoprune.errors import AutoPruneError
 from autoprune.names import file_stem
@@ -66,8 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "'autoprune search' runs them")  # fmt: skip
     q.add_argument("--zero-shot", action="store_true",
                    help="no trials, no surrogate: allocate from the sensitivity probes (cached per base model)")
-    q.add_argument("--scales", default="1,2,4,8,16", metavar="S,S,...",
-                   help="with --zero-shot: the budgets, as multiples of the accuracy budget (default: %(default)s)")
+    q.add_argument("--scales", type=multiples, default=[1.0, 2.0, 4.0, 8.0, 16.0], metavar="S,S,...",
+                   help="with --zero-shot: the budgets, as multiples of the accuracy budget (default: 1,2,4,8,16)")
     q.set_defaults(run=run_propose, format=format_propose)
 
     c = commands.add_parser("compare", help="fit on the first n trials, run K proposals, set them beside the search",
@@ -206,21 +206,11 @@ def format_fit(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _scales(text: str) -> list[float]:
-    try:
-        scales = [float(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        scales = []
-    if not scales or len(scales) > 64 or not all(0 < s <= 1000 for s in scales):
-        raise AutoPruneError(f"--scales {text!r}: expected up to 64 multiples in (0, 1000], such as 1,2,4,8,16")
-    return scales
-
-
 def run_zero_shot(args: argparse.Namespace) -> dict[str, Any]:
     from autoprune.search.propose import enqueue_proposals
     from autoprune.workflow import zero_shot
 
-    scales = _scales(args.scales)
+    scales = args.scales
     view = _view(args)
     minimise = "macs" if args.target == "latency" else "packed_bytes"
     proposals, budgets = zero_shot(view, scales, max_acc_drop=args.max_acc_drop, minimise=minimise,
