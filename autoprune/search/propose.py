@@ -124,10 +124,11 @@ class Allocator:
         if minimise not in COSTS:
             raise ValueError(f"minimise={minimise!r} should be one of {', '.join(COSTS)}")
         out: list[SensitivityProposal] = []
+        costs = {bits: self._costs(*bits, minimise) for bits in self._bits()}  # the same for every budget
         for budget in budgets:
             best: SensitivityProposal | None = None
-            for conv_bits, fc_bits in self._bits():
-                proposal = self._allocate(budget, conv_bits, fc_bits, minimise)
+            for (conv_bits, fc_bits), cost in costs.items():
+                proposal = self._allocate(budget, conv_bits, fc_bits, cost)
                 if proposal is not None and (best is None or _cost(proposal, minimise) < _cost(best, minimise)):
                     best = proposal
             if best is not None and all(best.params != p.params for p in out):
@@ -139,16 +140,19 @@ class Allocator:
                   for f, v in (("conv_bits", self.space.conv_bits), ("fc_bits", self.space.fc_bits))]  # fmt: skip
         return list(itertools.product(*ranges))
 
-    def _allocate(self, budget: float, conv_bits: int, fc_bits: int, minimise: str) -> SensitivityProposal | None:
+    def _costs(self, conv_bits: int, fc_bits: int, minimise: str) -> list[np.ndarray]:
+        """Each knob's cost at each of its values, the others untouched: the additive model."""
+        fixed = self._fixed(conv_bits, fc_bits)
+        start = self.cost(self.config(fixed), minimise)
+        return [np.array([self.cost(self.config({**fixed, **dict.fromkeys(knob.params, v)}), minimise) - start
+                          for v in knob.values], dtype=float) for knob in self.knobs]  # fmt: skip
+
+    def _allocate(self, budget: float, conv_bits: int, fc_bits: int, costs: list[np.ndarray]
+                  ) -> SensitivityProposal | None:  # fmt: skip
         fixed = self._fixed(conv_bits, fc_bits)
         left = budget - self.bits_damage(conv_bits, fc_bits)
         if left < 0:
             return None
-        start = self.cost(self.config(fixed), minimise)
-        costs = []
-        for knob in self.knobs:  # each knob's cost alone, the others untouched: the additive model
-            costs.append(np.array([self.cost(self.config({**fixed, **dict.fromkeys(knob.params, v)}), minimise) - start
-                                   for v in knob.values], dtype=float))  # fmt: skip
         chosen = allocate(costs, [k.damage for k in self.knobs], left)
         if chosen is None:
             return None
@@ -177,8 +181,9 @@ def _cost(p: SensitivityProposal, what: str) -> int:
 
 
 def _grid(bounds: list[float], step: float) -> tuple[float, ...]:
+    """A range's values in ``step``s from its low end, its high end included."""
     low, high = bounds[0], bounds[-1]
-    n = max(1, int(math.floor((high - low) / step + 1e-9)))
+    n = int(math.floor((high - low) / step + 1e-9))
     return tuple(sorted({round(low + i * step, 6) for i in range(n + 1)} | {high}))
 
 
