@@ -199,3 +199,16 @@ def test_zero_shot_proposals_from_the_command_line(tmp_path: Path) -> None:
     assert text.returncode == 0 and "prior drop" in text.stdout, text.stderr
     bad = run_cli("surrogate", "propose", "--zero-shot", "--scales", "0,x", "--storage", url, "--study", "zs")
     assert bad.returncode != 0 and "--scales" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_kendall_tau_and_top_five_hit_read_the_ranking() -> None:
+    from autoprune.surrogate import CVScore
+
+    truth = np.arange(10.0)
+    same = CVScore(1.0, 0.0, 5, truth, truth * 3)  # any increasing map ranks alike
+    assert same.kendall_tau == pytest.approx(1.0) and same.top_hit(5) == 1.0
+    reversed_ = CVScore(0.0, 1.0, 5, truth, -truth)
+    assert reversed_.kendall_tau == pytest.approx(-1.0) and reversed_.top_hit(5) == 0.0
+    swapped = truth.copy()
+    swapped[[4, 5]] = swapped[[5, 4]]  # the 5th and 6th best swapped: one of the five missed
+    assert CVScore(0.9, 0.1, 5, truth, swapped).top_hit(5) == 0.8

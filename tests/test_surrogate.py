@@ -227,10 +227,11 @@ def test_fit_reports_cross_validated_error_and_the_size_error(small_study) -> No
     r = json.loads(out.stdout)
     assert set(r["cv"]) == {"acc_drop"} and r["trials_used"] == 12 and r["left_out"] == {}  # baselines too
     assert math.isfinite(r["cv"]["acc_drop"]["r2"]) and r["cv"]["acc_drop"]["mae"] >= 0
+    assert -1 <= r["cv"]["acc_drop"]["kendall_tau"] <= 1 and 0 <= r["cv"]["acc_drop"]["top5_hit"] <= 1
     assert 0 <= r["size_error"] < 0.05  # computed sizes against the trials' own packed files
     assert Surrogate.load(tmp / "m.pt").rows_ == 12
     text = run_cli("surrogate", "fit", "--storage", url, "--study", "s", "-q")
-    assert "CV R^2" in text.stdout and "acc_drop" in text.stdout and "computed, not learnt" in text.stdout
+    assert "CV R^2" in text.stdout and "Kendall tau" in text.stdout and "computed, not learnt" in text.stdout
 
 
 @pytest.mark.slow
