@@ -245,11 +245,15 @@ def _fit(
     history: list[float] = []
     start, steps = 0, 0
     if resume is not None:
-        optimizer.load_state_dict(resume.optimizer)
+        optimizer.load_state_dict(resume.optimizer)  # its moments, and its learning rate where it stopped
         generator.set_state(resume.order)
         augment.set_state(resume.augment)
         first_loss = resume.first_loss if math.isfinite(resume.first_loss) else None
-        if not new_schedule:
+        if new_schedule:  # this run's own schedule, from its own learning rate
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"] = config.lr
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, config.epochs * batches))
+        else:
             scheduler.load_state_dict(resume.scheduler)
             start, steps = resume.epoch, resume.steps
     last = config.epochs if until is None else min(until, config.epochs)

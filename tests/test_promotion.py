@@ -132,3 +132,26 @@ def test_a_state_that_is_not_the_trials_starts_the_final_trial_over(tmp_path: Pa
     assert final.state == optuna.trial.TrialState.COMPLETE
     assert "promoted" not in final.user_attrs["budget"]  # started over, at the full budget
     assert "fine-tuning state is not usable" in caplog.text
+
+
+def test_a_new_schedule_starts_from_its_own_learning_rate() -> None:
+    """A promotion continues from a run whose schedule ended at a learning rate of about zero:
+    its own schedule starts again from its own rate, so the weights move as much as in a fresh
+    run's first batches (with the old rate they would not move at all)."""
+    splits = load_dataset("digits", val_fraction=0.3, seed=0)
+    spec = ModelSpec("lenet5", splits.num_classes, 1, (8, 8))
+    torch.manual_seed(0)
+    model = create_model(spec)
+    _, state = fit_resumable(model, splits, TrainConfig(epochs=1, lr=2e-3, max_batches=5), progress=False)
+    assert state.optimizer["param_groups"][0]["lr"] < 1e-6  # the cosine ran to its end
+    before = [p.detach().clone() for p in model.parameters()]
+    fresh = create_model(spec)
+    fresh.load_state_dict(model.state_dict())
+    fit(fresh, splits, TrainConfig(epochs=1, lr=2e-3, max_batches=3), progress=False)
+    fit_resumable(model, splits, TrainConfig(epochs=1, lr=2e-3, max_batches=3), progress=False, resume=state,
+                  new_schedule=True)  # fmt: skip
+
+    def moved(m: torch.nn.Module) -> float:
+        return float(sum((p.detach() - b).abs().sum() for p, b in zip(m.parameters(), before)))
+
+    assert moved(model) > 0.3 * moved(fresh) > 0
