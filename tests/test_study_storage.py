@@ -188,6 +188,17 @@ def test_orphaned_packed_files_are_removed_and_nothing_else(study: optuna.Study,
     assert sorted(p.name for p in store_dir.iterdir()) == sorted([kept, fresh, "notes.txt"])
 
 
+def test_the_final_stage_picks_on_a_ladder_of_budgets(study: optuna.Study) -> None:
+    from autoprune.workflow._final import parents
+
+    for drop, ratio in [(0.4, 20.0), (0.9, 30.0), (1.8, 50.0), (2.2, 70.0), (2.5, 75.0), (2.9, 80.0), (6.0, 99.0)]:
+        add(study, 98.0 - drop, drop, ratio)  # trials 0..6
+    point = Budget(1.0)  # judged on the drop itself
+    # the best within 1, 2 and 3 points (1, 2, 5), not the three highest ratios within 3 (3, 4, 5); 3: the knee
+    assert [t.number for t in parents(study, point, k=3, slack=2.0)] == [1, 2, 3, 5]
+    assert [t.number for t in parents(study, point, k=3)] == [0, 1, 3]  # no slack: the best within 1 point
+
+
 def test_best_on_a_latency_study_is_the_fastest_within_the_budget(storage) -> None:
     from autoprune.workflow._final import parents
 

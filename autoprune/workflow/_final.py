@@ -5,7 +5,6 @@ refines, so the search and the hand-tuned recipes are compared at the same budge
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
@@ -26,16 +25,23 @@ from autoprune.search.storage import StorageInfo, open_storage, resolve_study_na
 RECIPE_ATTRS = ("recipe_name", "recipe", "recipe_params")  # what a baseline's re-run needs (the last two: older studies)
 
 
-def parents(study: optuna.Study, budget: Budget, k: int) -> list[FrozenTrial]:
-    """The trials the final stage refines: the ``k`` best within the budget (highest ratios,
-    or speed-ups for a study on latency), the knee of the (judged drop, log ratio) front, and
-    every baseline; in trial order."""
+def parents(study: optuna.Study, budget: Budget, k: int, slack: float = 0.0) -> list[FrozenTrial]:
+    """The trials the final stage refines: ``k`` best (highest ratios, or speed-ups for a study
+    on latency) on a ladder of budgets from the budget to the budget + ``slack`` (k = 3, slack
+    2: the best within 1, 2 and 3 points), so that the picks spread over the capped drops the
+    full budget may bring back within, not all at the loosest; the knee of the (judged drop, log
+    ratio) front; and every baseline; in trial order."""
     done = [(t, r) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if t.user_attrs.get("source") != FINAL and (r := TrialRecord.from_attrs(t.user_attrs))]  # fmt: skip
     searched = [(t, r) for t, r in done if r.source != "baseline"]
     value = study_goal(study)
-    within = sorted((p for p in searched if budget.drop(p[1]) <= budget.max_drop), key=lambda p: -value(p[1]))
-    chosen = {t.number: t for t, _ in within[:k]}
+    ranked = sorted(searched, key=lambda p: -value(p[1]))
+    steps = [slack * i / (k - 1) for i in range(k)] if k > 1 else [slack]
+    chosen: dict[int, FrozenTrial] = {}
+    for step in steps:
+        pick = next((t for t, r in ranked if t.number not in chosen and budget.drop(r) <= budget.max_drop + step), None)
+        if pick is not None:
+            chosen[pick.number] = pick
     knee = _knee([(budget.drop(r), math.log(r.compression_ratio)) for _, r in searched])
     if knee is not None:
         chosen.setdefault(searched[knee][0].number, searched[knee][0])
@@ -91,7 +97,7 @@ def finalize(
         name = resolve_study_name(storage, spec.study.name, info.where)
         study = optuna.load_study(study_name=name, storage=storage)
         budget = spec.study.budget
-        chosen = parents(study, dataclasses.replace(budget, max_drop=budget.max_drop + spec.final.slack), k or spec.final.k)
+        chosen = parents(study, budget, k or spec.final.k, spec.final.slack)
         if not chosen:
             raise AutoPruneError(f"study {name!r} has no completed trial to finalize; run 'autoprune search' first")
         check_task(study, task)
