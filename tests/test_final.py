@@ -35,7 +35,10 @@ def test_finalize_refines_the_best_trials_and_the_baselines(
         assert t.state == optuna.trial.TrialState.COMPLETE and t.params == parent.params
         assert "artifact_id" in t.user_attrs and "test_acc_drop" in t.user_attrs
         if parent.user_attrs.get("source") != "baseline":  # the spec's [final] budget, no batch cap
-            assert t.user_attrs["budget"] == {"epochs": 4, "max_batches": None, "quant_epochs": 1}
+            budget = t.user_attrs["budget"]  # promoted: its capped fine-tuning continued, counted once
+            assert {k: budget[k] for k in ("epochs", "max_batches", "quant_epochs")} == {
+                "epochs": 4, "max_batches": None, "quant_epochs": 1}
+            assert budget["promoted"] and budget["batches_before"] > 0 and budget["batches_continued"] > 0
         else:  # the recipe's own budget, no cap
             assert t.user_attrs["budget"]["max_batches"] is None and t.user_attrs["recipe_name"] == parent.user_attrs["recipe_name"]
     assert {r["parent"]["trial"] for r in doc["rows"]} == {t.user_attrs["parent"] for t in finals}
