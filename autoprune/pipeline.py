@@ -78,7 +78,10 @@ class Continuation:
             raise AutoPruneError(f"{path} is not a saved fine-tuning state (expected {CONTINUATION_FORMAT})")
         if not all(isinstance(t, torch.Tensor) for t in d["weights"].values()):
             raise AutoPruneError(f"{path} is not a saved fine-tuning state (a weight is not a tensor)")
-        return Continuation(d["weights"], TrainState.from_dict(d["state"]), int(d["batches"]))
+        try:
+            return Continuation(d["weights"], TrainState.from_dict(d["state"]), int(d["batches"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise AutoPruneError(f"{path} is not a saved fine-tuning state ({e})") from None
 
 
 CONTINUATION_FORMAT = "autoprune-finetune-state/1"

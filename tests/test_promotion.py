@@ -155,3 +155,12 @@ def test_a_new_schedule_starts_from_its_own_learning_rate() -> None:
         return float(sum((p.detach() - b).abs().sum() for p, b in zip(m.parameters(), before)))
 
     assert moved(model) > 0.3 * moved(fresh) > 0
+
+
+@pytest.mark.parametrize("stored", [{"format": "autoprune-finetune-state/1", "weights": {}, "state": [], "batches": 1},
+                                    {"format": "autoprune-finetune-state/1", "weights": {}, "batches": "x"}])
+def test_a_malformed_state_is_one_error(stored: dict, tmp_path: Path) -> None:
+    path = tmp_path / "s.pt"
+    torch.save(stored, path)
+    with pytest.raises(AutoPruneError):
+        Continuation.load(path)
