@@ -210,16 +210,14 @@ def run_zero_shot(args: argparse.Namespace) -> dict[str, Any]:
     from autoprune.search.propose import enqueue_proposals
     from autoprune.workflow import zero_shot
 
-    scales = args.scales
     view = _view(args)
     minimise = "macs" if args.target == "latency" else "packed_bytes"
-    proposals, budgets = zero_shot(view, scales, max_acc_drop=args.max_acc_drop, minimise=minimise,
+    proposals, budgets = zero_shot(view, args.scales, max_acc_drop=args.max_acc_drop, minimise=minimise,
                                    progress=not args.quiet)  # fmt: skip
-    if args.enqueue:
-        enqueue_proposals(view.study, proposals)
+    added = enqueue_proposals(view.study, proposals) if args.enqueue else 0
     return {
         "study": view.study.study_name, "zero_shot": True, "minimise": minimise, "budgets": budgets,
-        "proposals": [p.to_dict() for p in proposals], "enqueued": len(proposals) if args.enqueue else 0,
+        "proposals": [p.to_dict() for p in proposals], "enqueued": added,
     }  # fmt: skip
 
 
@@ -232,7 +230,7 @@ def format_zero_shot(r: dict[str, Any]) -> str:
         grid(["#", "budget", "prior drop", "ratio", "packed bytes", "MACs"], rows), "",
         *textwrap.wrap(
             "budget: the summed drop each was allocated under (points); prior drop: the drop the probes add up to, "
-            "each layer pruned alone and never fine-tuned, so a real trial, fine-tuned, usually loses much less: "
+            "each layer pruned alone and never fine-tuned, so a real trial, fine-tuned, usually loses less: "
             "run them (--enqueue, then autoprune search) and judge them on the measured drop. ratio, bytes and "
             "MACs are computed from the settings, not measured. The settings themselves: --json.", width=100),
     ]  # fmt: skip

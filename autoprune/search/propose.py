@@ -220,12 +220,18 @@ def _positions(base: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
     return {n: out.get(n, 0) for n in layers}
 
 
-def enqueue_proposals(study: optuna.Study, proposals: list[SensitivityProposal]) -> None:
+def enqueue_proposals(study: optuna.Study, proposals: list[SensitivityProposal]) -> int:
     """The proposals as waiting trials (``source=sensitivity``, with the budget each was
-    allocated under and its predicted drop); a search runs them before sampling."""
+    allocated under and its predicted drop); a search runs them before sampling. One already
+    waiting is skipped; returns how many were added."""
+    def waiting() -> int:
+        return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+
+    before = waiting()
     for p in proposals:
         study.enqueue_trial(p.params, user_attrs={"source": SOURCE, "proposal_budget": p.budget,
                                                   "predicted_acc_drop": p.predicted_drop}, skip_if_exists=True)  # fmt: skip
+    return waiting() - before
 
 
 def proposal_budgets(max_acc_drop: float, scales: list[float]) -> list[float]:

@@ -282,10 +282,10 @@ def enqueue_warm_start(study: optuna.Study, ctx: SearchContext, *, progress: boo
         sensitivity, _ = sensitivity_for(ctx.base, ctx.splits, progress=progress)
         allocator = Allocator(ctx.base, ctx.model_spec, ctx.spec.space, sensitivity)
         proposals = allocator.propose(proposal_budgets(s.max_acc_drop, s.warm_start), minimise=s.allocation_cost)
-        enqueue_proposals(study, proposals)
+        added = enqueue_proposals(study, proposals)
     if not proposals:
         log.warning("warm start: no allocation fits any budget (the bits' own damage exceeds them)")
-    return len(proposals)
+    return added
 
 
 def fail_orphaned_trials(study: optuna.Study) -> int:
