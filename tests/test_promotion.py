@@ -88,6 +88,7 @@ quant_epochs = 1
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("final_epochs", [1, 3])
 def test_a_finalized_trial_continues_its_own_fine_tuning(final_epochs: int, tmp_path: Path) -> None:
     spec_path = tmp_path / "promote.toml"
@@ -111,6 +112,7 @@ def test_a_finalized_trial_continues_its_own_fine_tuning(final_epochs: int, tmp_
     assert final.state == optuna.trial.TrialState.COMPLETE and final.user_attrs["accuracy"] > 0
 
 
+@pytest.mark.slow
 def test_a_state_that_is_not_the_trials_starts_the_final_trial_over(tmp_path: Path, caplog) -> None:
     spec_path = tmp_path / "promote.toml"
     spec_path.write_text(SPEC.format(final_epochs=1))
