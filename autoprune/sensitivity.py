@@ -98,15 +98,6 @@ class Sensitivity:
         acc = np.interp(quality, (0.0, *self.qualities), (self.base_accuracy, *s.quality_acc))
         return float(self.base_accuracy - acc)
 
-    def drop_at_bits(self, name: str, bits: float) -> float:
-        """Points lost with the layer's weights shared at ``bits`` (interpolated between the
-        probed bits; none at or above the most probed, none for a record without probes)."""
-        s = self.layer(name)
-        if not s.bits_acc or bits >= self.bits[-1]:
-            return 0.0
-        acc = np.interp(bits, self.bits, s.bits_acc)
-        return float(self.base_accuracy - acc)
-
     # The additive prior's damage (autoprune.search.propose, the surrogate's prior): the probed
     # drops clipped at zero and made non-decreasing along growing pruning (a probe's noise is
     # not a gain to spend elsewhere), interpolated between the probes.
