@@ -127,11 +127,15 @@ for container in $("${COMPOSE[@]}" ps -q); do  # a command line is readable by e
 done
 
 step "kill a worker"
+# Each trial records the worker that runs it (hostname:pid; a container's hostname is the
+# start of its id): kill the container that runs a trial, not just any worker.
 victim=""
-for _ in $(seq 600); do  # the first running trial: kill a worker container that is running one
-    if [ "$(sql "SELECT count(*) FROM trials WHERE state = 'RUNNING'")" -ge 1 ] 2>/dev/null; then
+for _ in $(seq 600); do
+    host="$(sql "SELECT a.value_json FROM trial_user_attributes a JOIN trials t ON t.trial_id = a.trial_id
+                 WHERE t.state = 'RUNNING' AND a.key = 'worker' LIMIT 1" | tr -d '"' | cut -d: -f1)"
+    if [ -n "$host" ]; then
         for container in $("${COMPOSE[@]}" ps -q worker); do
-            docker kill "$container" >/dev/null 2>&1 && { victim="$container"; break; }
+            [[ "$container" == "$host"* ]] && docker kill "$container" >/dev/null 2>&1 && { victim="$container"; break; }
         done
         [ -n "$victim" ] && break
     fi

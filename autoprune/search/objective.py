@@ -7,9 +7,11 @@ import dataclasses
 import logging
 import math
 import os
+import socket
 import tempfile
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,14 +44,20 @@ from autoprune.search.storage import check_artifact_id
 log = logging.getLogger(__name__)
 FINAL = "final"  # the source of a trial re-run at the full budget (autoprune finalize)
 STATE_ATTR = "finetune_state_id"  # a search trial's saved fine-tuning state (an artifact), for its promotion
-STATE_KEEP = 20  # fine-tuning states kept beside the Pareto front's: the most recent trials' (enforce_retention)
-RECIPE_ATTR = "autoprune:recipe:"  # + name: a baseline recipe, kept in the study (a trial holds only its name)
+STATE_KEEP = (
+    20  # fine-tuning states kept beside the Pareto front's: the most recent trials' (enforce_retention)
+)
+RECIPE_ATTR = (
+    "autoprune:recipe:"  # + name: a baseline recipe, kept in the study (a trial holds only its name)
+)
 
 
 def store_recipe(study: optuna.Study, recipe: CompressConfig, params: list[str]) -> None:
     """Keep a baseline recipe in the study, with the space's parameters it sets: its trials
     carry only its name, so that a trial's page stays one line an attribute."""
-    set_study_system_attr(study, RECIPE_ATTR + recipe.name, {"recipe": recipe.to_dict(), "params": sorted(params)})
+    set_study_system_attr(
+        study, RECIPE_ATTR + recipe.name, {"recipe": recipe.to_dict(), "params": sorted(params)}
+    )
 
 
 def stored_recipes(study: optuna.Study) -> dict[str, tuple[CompressConfig, set[str]]]:
@@ -59,14 +67,17 @@ def stored_recipes(study: optuna.Study) -> dict[str, tuple[CompressConfig, set[s
     for key, value in study_system_attrs(study).items():
         if key.startswith(RECIPE_ATTR) and isinstance(value, dict):
             try:
-                out[key.removeprefix(RECIPE_ATTR)] = (CompressConfig.from_dict(value["recipe"]), set(value["params"]))
+                out[key.removeprefix(RECIPE_ATTR)] = (
+                    CompressConfig.from_dict(value["recipe"]),
+                    set(value["params"]),
+                )
             except (RecipeError, KeyError, TypeError, ValueError):
                 continue
     return out
 
 
 def trial_recipe(
-    trial: FrozenTrial | optuna.Trial, recipes: dict[str, tuple[CompressConfig, set[str]]]
+    trial: FrozenTrial | optuna.Trial, recipes: Mapping[str, tuple[CompressConfig, set[str]]]
 ) -> tuple[CompressConfig, set[str]] | None:
     """The recipe a baseline trial (or its final re-run) runs, and the space's parameters it
     sets; None for a search trial. A study made before recipes moved out of the trials keeps
@@ -107,13 +118,18 @@ class Objective:
         d = spec.data
         source = trial.user_attrs.get("source") or self.sampler_name
         final = source == FINAL
-        parent = trial.user_attrs.get("parent")
-        if final and not (isinstance(parent, int) and not isinstance(parent, bool) and 0 <= parent < trial.number):
-            return self._refuse(trial, f"names no earlier trial as its parent ({str(parent)[:40]})")
+        stored = trial.user_attrs.get("parent")
+        parent = stored if isinstance(stored, int) and not isinstance(stored, bool) else -1
+        if final and not 0 <= parent < trial.number:
+            return self._refuse(trial, f"names no earlier trial as its parent ({str(stored)[:40]})")
         number = parent if final else trial.number  # a final trial: its parent's seeds
-        baseline = trial_recipe(trial, stored_recipes(trial.study)) if "recipe_name" in trial.user_attrs else None
+        baseline = (
+            trial_recipe(trial, stored_recipes(trial.study)) if "recipe_name" in trial.user_attrs else None
+        )
         if "recipe_name" in trial.user_attrs and baseline is None:
-            raise RecipeError(f"baseline {trial.user_attrs['recipe_name']!r} has no readable recipe in the study")
+            raise RecipeError(
+                f"baseline {trial.user_attrs['recipe_name']!r} has no readable recipe in the study"
+            )
         if baseline is not None:
             # A baseline runs its own recipe exactly, under the same fine-tuning budget; its
             # parameters are the recipe's values where the space can express them.
@@ -131,11 +147,20 @@ class Objective:
             if final:
                 config = at_full_budget(config, spec.final.epochs, spec.final.quant_epochs)
         trial.set_user_attr("source", source)
+        trial.set_user_attr(
+            "worker", f"{socket.gethostname()}:{os.getpid()}"
+        )  # which machine and process ran it
         if (visible := os.environ.get("CUDA_VISIBLE_DEVICES")) is not None:  # the GPU(s) its worker sees
             trial.set_user_attr("cuda_visible_devices", visible)
         if final:  # what "full budget" meant for this trial
-            trial.set_user_attr("budget", {"epochs": config.finetune.epochs, "max_batches": config.finetune.max_batches,
-                                           "quant_epochs": config.quantize.epochs})  # fmt: skip
+            trial.set_user_attr(
+                "budget",
+                {
+                    "epochs": config.finetune.epochs,
+                    "max_batches": config.finetune.max_batches,
+                    "quant_epochs": config.quantize.epochs,
+                },
+            )
 
         single = len(spec.study.objectives) == 1
         # a final trial runs another budget than the search's: its epochs are not comparable
@@ -151,39 +176,61 @@ class Objective:
                 trial.set_user_attr("budget", budget)
             try:
                 result = compress(
-                    ctx.base, ctx.model_spec, ctx.splits, config, out,
-                    base_metrics=ctx.base_metrics, callbacks=callbacks, seed=spec.study.seed + number,
-                    progress=False, latency_repeats=spec.study.latency_repeats,
-                    meta={"study": trial.study.study_name, "trial": trial.number,
-                          "dataset": dataset_meta(d.name, d.data_dir, d.val_fraction, d.seed) if ctx.splits.task is None
-                          else {"task": ctx.splits.name},  # your own data: eval asks for it
-                          "recipe": trial.user_attrs.get("recipe_name") or f"{source} trial {trial.number}",
-                          "settings": trial.params, "base": ctx.base_metrics.summary()},
-                    resume=resume, keep=keep,
-                )  # fmt: skip
+                    ctx.base,
+                    ctx.model_spec,
+                    ctx.splits,
+                    config,
+                    out,
+                    base_metrics=ctx.base_metrics,
+                    callbacks=callbacks,
+                    seed=spec.study.seed + number,
+                    progress=False,
+                    latency_repeats=spec.study.latency_repeats,
+                    meta={
+                        "study": trial.study.study_name,
+                        "trial": trial.number,
+                        "dataset": dataset_meta(d.name, d.data_dir, d.val_fraction, d.seed)
+                        if ctx.splits.task is None
+                        else {"task": ctx.splits.name},  # your own data: eval asks for it
+                        "recipe": trial.user_attrs.get("recipe_name") or f"{source} trial {trial.number}",
+                        "settings": trial.params,
+                        "base": ctx.base_metrics.summary(),
+                    },
+                    resume=resume,
+                    keep=keep,
+                )
             except DivergedError as e:
                 trial.set_user_attr("fail_reason", str(e))
                 raise optuna.TrialPruned(str(e)) from None
-            record = TrialRecord.from_metrics(result.metrics, source=source, trial_s=time.perf_counter() - started)
+            record = TrialRecord.from_metrics(
+                result.metrics, source=source, trial_s=time.perf_counter() - started
+            )
             for key, value in record.to_user_attrs().items():
                 trial.set_user_attr(key, value)
             artifact_id = upload_artifact(
-                artifact_store=ctx.artifacts, file_path=str(out), study_or_trial=trial,
+                artifact_store=ctx.artifacts,
+                file_path=str(out),
+                study_or_trial=trial,
                 mimetype="application/octet-stream",
-            )  # fmt: skip
+            )
             trial.set_user_attr("artifact_id", artifact_id)
             if keep is not None and keep.is_file():
-                state_id = upload_artifact(artifact_store=ctx.artifacts, file_path=str(keep), study_or_trial=trial,
-                                           mimetype="application/octet-stream")  # fmt: skip
+                state_id = upload_artifact(
+                    artifact_store=ctx.artifacts,
+                    file_path=str(keep),
+                    study_or_trial=trial,
+                    mimetype="application/octet-stream",
+                )
                 trial.set_user_attr(STATE_ATTR, state_id)
         if single:
-            budget = spec.study.budget
-            trial.set_constraint("acc_drop", budget.drop(record) - budget.max_drop)
+            judge = spec.study.budget
+            trial.set_constraint("acc_drop", judge.drop(record) - judge.max_drop)
         values = tuple(float(getattr(record, o)) for o in spec.study.objectives)
         return values[0] if single else values
 
-    def _continuation(self, trial: optuna.Trial, parent: int, config: CompressConfig, folder: Path
-                      ) -> Continuation | None:  # fmt: skip
+    def _continuation(
+        self, trial: optuna.Trial, parent: int, config: CompressConfig, folder: Path
+    ) -> Continuation | None:
         """The parent search trial's saved fine-tuning state, or None: the final trial starts
         over (a study made before trials kept it, a state retention removed, or one that is not
         a state of this trial's network: stored data, checked before it is used)."""
@@ -201,8 +248,12 @@ class Objective:
         except AutoPruneError as e:
             problem = str(e)
         if problem:
-            log.warning("trial %d: trial %d's fine-tuning state is not usable (%s): starting over", trial.number,
-                        parent, problem)  # fmt: skip
+            log.warning(
+                "trial %d: trial %d's fine-tuning state is not usable (%s): starting over",
+                trial.number,
+                parent,
+                problem,
+            )
             return None
         return resume
 
@@ -223,8 +274,14 @@ def _continued(config: CompressConfig, resume: Continuation, train_size: int) ->
     left = max(0, total - resume.batches)
     per_epoch = math.ceil(left / ft.epochs) if ft.epochs and left else None
     finetune = dataclasses.replace(ft, epochs=ft.epochs if per_epoch else 0, max_batches=per_epoch)
-    budget = {"epochs": ft.epochs, "max_batches": None, "quant_epochs": config.quantize.epochs,
-              "promoted": True, "batches_before": resume.batches, "batches_continued": (per_epoch or 0) * finetune.epochs}  # fmt: skip
+    budget = {
+        "epochs": ft.epochs,
+        "max_batches": None,
+        "quant_epochs": config.quantize.epochs,
+        "promoted": True,
+        "batches_before": resume.batches,
+        "batches_continued": (per_epoch or 0) * finetune.epochs,
+    }
     return dataclasses.replace(config, finetune=finetune), budget
 
 
@@ -250,25 +307,32 @@ def remove_orphans(storage: optuna.storages.BaseStorage, folder: Path, *, older_
     live worker may be between the two steps). Returns how many were removed."""
     if not folder.is_dir():
         return 0
-    owned = set()
+    owned: set[str] = set()
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         for t in study.get_trials(deepcopy=False):
             if t.state == TrialState.COMPLETE:  # its own files: a retry inherits its parent's upload record
                 owned.update(str(t.user_attrs.get(key)) for key in ("artifact_id", STATE_ATTR))
             elif t.state in (TrialState.RUNNING, TrialState.WAITING):  # may be between upload and completion
-                owned.update(m.artifact_id for m in optuna.artifacts.get_all_artifact_meta(t, storage=storage))
+                owned.update(
+                    m.artifact_id for m in optuna.artifacts.get_all_artifact_meta(t, storage=storage)
+                )
     removed = 0
     now = time.time()
     for path in folder.iterdir():
-        if check_artifact_id(path.name) == path.name and path.name not in owned and now - path.stat().st_mtime > older_than:
+        if (
+            check_artifact_id(path.name) == path.name
+            and path.name not in owned
+            and now - path.stat().st_mtime > older_than
+        ):
             path.unlink(missing_ok=True)
             removed += 1
     return removed
 
 
-def enforce_retention(study: optuna.Study, store: FileSystemArtifactStore, keep: int, *,
-                      keep_states: int = STATE_KEEP) -> int:  # fmt: skip
+def enforce_retention(
+    study: optuna.Study, store: FileSystemArtifactStore, keep: int, *, keep_states: int = STATE_KEEP
+) -> int:
     """Keep the packed files of the Pareto front, the baselines and the ``keep`` most recent
     trials, and the fine-tuning states (about three times the network's size each, kept for a
     promotion) of the front and the ``keep_states`` most recent; remove the others. Returns how
@@ -281,8 +345,10 @@ def enforce_retention(study: optuna.Study, store: FileSystemArtifactStore, keep:
     baselines = {t.number for t in complete if t.user_attrs.get("source") == "baseline"}
     recent = [t.number for t in complete]
     removed = 0
-    for key, kept in (("artifact_id", front | baselines | set(recent[-keep:])),
-                      (STATE_ATTR, front | set(recent[-keep_states:]))):  # fmt: skip
+    for key, kept in (
+        ("artifact_id", front | baselines | set(recent[-keep:])),
+        (STATE_ATTR, front | set(recent[-keep_states:])),
+    ):
         for t in complete:
             artifact_id = check_artifact_id(t.user_attrs.get(key))  # a path written into a study is skipped
             if t.number in kept or not artifact_id:
