@@ -7,9 +7,11 @@ the versions. Nothing else in autoprune reaches into ``_private`` names of Optun
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import time
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 import optuna
 import sqlalchemy
@@ -46,7 +48,7 @@ def study_system_attr(study: optuna.Study, key: str) -> object:
     return study_system_attrs(study).get(key)
 
 
-def set_study_system_attr(study: optuna.Study, key: str, value: object) -> None:
+def set_study_system_attr(study: optuna.Study, key: str, value: Any) -> None:
     study._storage.set_study_system_attr(study._study_id, key, value)
 
 
@@ -59,6 +61,11 @@ def heartbeat_backend(study: optuna.Study) -> BaseStorage | None:
     """The study's storage when it records heartbeats (RDB, or our journal), else None."""
     storage = study._storage
     return storage if is_heartbeat_enabled(storage) else None
+
+
+def heartbeat_interval(storage: BaseStorage) -> int | None:
+    """Seconds between a running trial's heartbeats; None when the storage records none."""
+    return storage.get_heartbeat_interval() if isinstance(storage, BaseHeartbeat) else None
 
 
 def heartbeat_age(storage: BaseStorage, trial: FrozenTrial) -> float | None:
@@ -74,7 +81,8 @@ def heartbeat_age(storage: BaseStorage, trial: FrozenTrial) -> float | None:
     with rdb.engine.connect() as conn:
         now = conn.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar()
         beat = conn.execute(
-            sqlalchemy.text("SELECT heartbeat FROM trial_heartbeats WHERE trial_id = :id"), {"id": trial_id(trial)}
+            sqlalchemy.text("SELECT heartbeat FROM trial_heartbeats WHERE trial_id = :id"),
+            {"id": trial_id(trial)},
         ).scalar()
     if beat is None or now is None:
         return None
@@ -104,10 +112,9 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         self._stale_trial_callback = stale_trial_callback
 
     def record_heartbeat(self, trial_id: int) -> None:
-        try:
+        # finished (or failed as stale by another worker) while beating
+        with contextlib.suppress(UpdateFinishedTrialError):
             self.set_trial_system_attr(trial_id, BEAT_ATTR, time.time())
-        except UpdateFinishedTrialError:
-            pass  # finished (or failed as stale by another worker) while beating
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         stale = []
@@ -138,4 +145,4 @@ def release_process_resources() -> None:
     never wait (a queue's feeder-thread join has -5)."""
     import multiprocessing.util
 
-    multiprocessing.util._run_finalizers(0)
+    multiprocessing.util._run_finalizers(0)  # type: ignore[attr-defined]  # private, no stub

@@ -12,7 +12,7 @@ import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from autoprune.errors import AutoPruneError
 
@@ -48,7 +48,9 @@ def build_config(
     for name, value in data.items():
         hint, key = hints[name], prefix + name
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = build_config(hint, value, error=error, prefix=key + ".", base=_default(cls, name))
+            kwargs[name] = build_config(
+                cast(type, hint), value, error=error, prefix=key + ".", base=_default(cls, name)
+            )
         else:
             kwargs[name] = _check(value, hint, key, error)
     try:

@@ -40,7 +40,9 @@ def cache_folder(name: str) -> Path:
         try:
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as e:
-            raise CacheError(f"cannot create the cache folder {path}: {e.strerror}; set AUTOPRUNE_CACHE") from None
+            raise CacheError(
+                f"cannot create the cache folder {path}: {e.strerror}; set AUTOPRUNE_CACHE"
+            ) from None
         check_folder(path)
     return folder
 
@@ -106,5 +108,7 @@ def read_verified(path: Path, expected: object) -> bytes | None:
     if data is None:
         return None
     if not isinstance(expected, str) or digest(data) != expected:
-        raise CacheError(f"the cache entry {path} does not match the hash recorded when it was written: delete it")
+        raise CacheError(
+            f"the cache entry {path} does not match the hash recorded when it was written: delete it"
+        )
     return data

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -54,8 +54,11 @@ def _available() -> str:
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     gpus = f"{count} CUDA device(s) (cuda:0..cuda:{count - 1})" if count else "no CUDA device"
-    return f"this machine has {gpus}" + (f" with CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else "") + (
-        "; use --device cpu" if not count else "")
+    return (
+        f"this machine has {gpus}"
+        + (f" with CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else "")
+        + ("; use --device cpu" if not count else "")
+    )
 
 
 def current_device() -> torch.device:
@@ -81,10 +84,10 @@ def use_device(device: torch.device | str) -> Iterator[torch.device]:
 
 def model_device(model: nn.Module) -> torch.device:
     """Where the model's weights are (the CPU for a model without any)."""
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
+    for parameter in model.parameters():
+        return parameter.device
+    for buffer in model.buffers():
+        return buffer.device
     return torch.device("cpu")
 
 

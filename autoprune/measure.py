@@ -11,16 +11,17 @@ import math
 import os
 import statistics
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import MISSING, asdict, dataclass, fields
 from functools import partial
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from autoprune.data import DataSplits, Split, TaskSplit
+from autoprune.data import AnySplit, DataSplits, ImageSplit, TaskSplit
 from autoprune.device import current_device, describe, model_device, synchronize
 from autoprune.errors import AutoPruneError, TaskError
 from autoprune.runtime import checked_session, run_session
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 EVAL_BYTES = 64 << 20  # input bytes of one evaluation batch, at most
 
 
-def accuracy(model: nn.Module, split: Split | TaskSplit, *, batch_size: int = 1024) -> float:
+def accuracy(model: nn.Module, split: AnySplit, *, batch_size: int = 1024) -> float:
     """Top-1 accuracy on ``split`` in percent, with the model in eval mode; on a task's split,
     the task's own metric (its ``evaluate``), on the process's device."""
     if isinstance(split, TaskSplit):
@@ -52,7 +53,7 @@ def _task_score(model: nn.Module, split: TaskSplit) -> float:
 
 
 @torch.inference_mode()
-def correct(model: nn.Module, split: Split, *, batch_size: int = 1024) -> np.ndarray:
+def correct(model: nn.Module, split: ImageSplit, *, batch_size: int = 1024) -> np.ndarray:
     """Per image of ``split``: whether the model's top-1 class is right (eval mode), computed
     on the process's device (:func:`autoprune.device.current_device`); the model is left
     where it was."""
@@ -197,7 +198,7 @@ def _time_runs(forward: Callable[[], Any], warmup: int, repeats: int) -> list[fl
 def conv_backend(backend: str) -> Iterator[None]:
     """Run convolutions on oneDNN or on torch's native path for a block."""
     before = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = backend == "onednn"
+    torch.backends.mkldnn.enabled = backend == "onednn"  # type: ignore[assignment]  # a settable flag
     try:
         yield
     finally:
@@ -246,9 +247,11 @@ def _latencies(
                     times = [_time_runs(f, p.warmup, p.repeats) for f, p in zip(forwards, plans)]
                 del forwards
                 for i, (p, t) in enumerate(zip(plans, times)):
-                    result = Latency(p.batch_size, statistics.median(t), min(t), len(t), used, backend,
-                                     median_interval(t))  # fmt: skip
-                    if best[i] is None or result.median_ms < best[i].median_ms:
+                    result = Latency(
+                        p.batch_size, statistics.median(t), min(t), len(t), used, backend, median_interval(t)
+                    )
+                    current = best[i]
+                    if current is None or result.median_ms < current.median_ms:
                         best[i] = result
     finally:
         model.train(was_training)
@@ -257,8 +260,9 @@ def _latencies(
     return [b for b in best if b is not None]
 
 
-def _device_latencies(model: nn.Module, input_shape: tuple[int, ...], plans: list[_Plan], device: torch.device
-                      ) -> list[Latency]:  # fmt: skip
+def _device_latencies(
+    model: nn.Module, input_shape: tuple[int, ...], plans: list[_Plan], device: torch.device
+) -> list[Latency]:
     """Latency where the model will run, on a GPU (or MPS): the same adaptive repeats after
     warm-up, each run timed to the end of the device's work (``synchronize``), eager torch
     (backend ``torch-cuda``). The model is left where it was."""
@@ -275,8 +279,17 @@ def _device_latencies(model: nn.Module, input_shape: tuple[int, ...], plans: lis
                     synchronize(device)
 
                 t = _time_runs(forward, p.warmup, p.repeats)
-                out.append(Latency(p.batch_size, statistics.median(t), min(t), len(t), torch.get_num_threads(),
-                                   f"torch-{device.type}", median_interval(t)))  # fmt: skip
+                out.append(
+                    Latency(
+                        p.batch_size,
+                        statistics.median(t),
+                        min(t),
+                        len(t),
+                        torch.get_num_threads(),
+                        f"torch-{device.type}",
+                        median_interval(t),
+                    )
+                )
     finally:
         model.train(was_training).to(where)
     return out
@@ -294,8 +307,9 @@ def measure_latency(
 ) -> Latency:
     """CPU latency of one forward pass on ``threads`` threads (default: torch's count): the
     median of ``repeats`` timed runs after warm-up, on whichever of ``backends`` is fastest."""
-    (latency,) = _latencies(model, input_shape, [_Plan(batch_size, warmup, repeats)], threads=threads,
-                            backends=backends)  # fmt: skip
+    (latency,) = _latencies(
+        model, input_shape, [_Plan(batch_size, warmup, repeats)], threads=threads, backends=backends
+    )
     return latency
 
 
@@ -369,8 +383,12 @@ class Metrics:
     def summary(self) -> dict[str, Any]:
         """What a packed file records of the base it was made from: enough for a ratio and a drop."""
         timed = self.backend != "not measured"
-        return {"accuracy": self.accuracy, "dense_bytes": self.dense_bytes, "macs": self.macs,
-                "latency_ms": self.latency_ms if timed else None}  # fmt: skip
+        return {
+            "accuracy": self.accuracy,
+            "dense_bytes": self.dense_bytes,
+            "macs": self.macs,
+            "latency_ms": self.latency_ms if timed else None,
+        }
 
 
 def measure_model(
@@ -385,7 +403,7 @@ def measure_model(
     """Measure everything about ``model`` that does not depend on how it is stored; with
     ``latency=False`` no timing is taken (the latencies are NaN: not measured)."""
     shape = splits.input_shape
-    counted = dict(
+    counted: dict[str, Any] = dict(
         accuracy=accuracy(model, splits.val),
         test_accuracy=accuracy(model, splits.test),
         params=count_params(model),
@@ -394,9 +412,14 @@ def measure_model(
         dense_bytes=dense_bytes(model),
     )
     if not latency:
-        return Metrics(**counted, latency_ms=math.nan, latency_ms_batch=math.nan,
-                       threads=threads or torch.get_num_threads(), backend="not measured",
-                       device=describe(current_device()))  # fmt: skip
+        return Metrics(
+            **counted,
+            latency_ms=math.nan,
+            latency_ms_batch=math.nan,
+            threads=threads or torch.get_num_threads(),
+            backend="not measured",
+            device=describe(current_device()),
+        )
     before = cpu_sample()
     plans = [_Plan(1, 10, latency_repeats), _Plan(latency_batch, 3, max(5, latency_repeats // 5))]
     device = current_device()

@@ -12,9 +12,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,7 +38,7 @@ from autoprune.compress import (
     share_weights_,
     weight_layers,
 )
-from autoprune.data import DataOptions, DataSplits, load_dataset
+from autoprune.data import DataOptions, DataSplits, TaskSplit, load_dataset
 from autoprune.errors import AutoPruneError, DataError
 from autoprune.measure import Metrics, correct, measure_model
 from autoprune.models import ModelSpec
@@ -56,8 +57,15 @@ class Continuation:
     batches: int
 
     def save(self, path: str | Path) -> None:
-        torch.save({"format": CONTINUATION_FORMAT, "weights": self.weights, "state": self.state.to_dict(),
-                    "batches": self.batches}, path)  # fmt: skip
+        torch.save(
+            {
+                "format": CONTINUATION_FORMAT,
+                "weights": self.weights,
+                "state": self.state.to_dict(),
+                "batches": self.batches,
+            },
+            path,
+        )
 
     def mismatch(self, shapes: dict[str, tuple[int, ...]]) -> str:
         """What keeps these weights from the network whose tensors have ``shapes`` ("" if nothing)."""
@@ -74,7 +82,11 @@ class Continuation:
             d = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # torch raises many kinds on a file that is not one of ours
             raise AutoPruneError(f"{path} is not a saved fine-tuning state ({type(e).__name__})") from None
-        if not isinstance(d, dict) or d.get("format") != CONTINUATION_FORMAT or not isinstance(d.get("weights"), dict):
+        if (
+            not isinstance(d, dict)
+            or d.get("format") != CONTINUATION_FORMAT
+            or not isinstance(d.get("weights"), dict)
+        ):
             raise AutoPruneError(f"{path} is not a saved fine-tuning state (expected {CONTINUATION_FORMAT})")
         if not all(isinstance(t, torch.Tensor) for t in d["weights"].values()):
             raise AutoPruneError(f"{path} is not a saved fine-tuning state (a weight is not a tensor)")
@@ -87,7 +99,9 @@ class Continuation:
 CONTINUATION_FORMAT = "autoprune-finetune-state/1"
 
 
-def pruned_shapes(base: nn.Module, config: CompressConfig, input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+def pruned_shapes(
+    base: nn.Module, config: CompressConfig, input_shape: tuple[int, ...]
+) -> dict[str, tuple[int, ...]]:
     """The tensors' shapes of ``base`` after ``config``'s filter pruning (what a continuation
     of a trial with ``config`` must hold)."""
     model = copy.deepcopy(base).eval()
@@ -135,8 +149,14 @@ def compress(
     model = copy.deepcopy(base).eval()
     torch.manual_seed(seed)
     # a line per stage, so that a slow one is seen for what it is
-    stages = tqdm(total=5, desc="compress", unit="stage", disable=not progress, leave=False,
-                  bar_format="{desc}: {n}/{total} stages, now {postfix} [{elapsed}]")  # fmt: skip
+    stages = tqdm(
+        total=5,
+        desc="compress",
+        unit="stage",
+        disable=not progress,
+        leave=False,
+        bar_format="{desc}: {n}/{total} stages, now {postfix} [{elapsed}]",
+    )
     stages.set_postfix_str("pruning (dependency graph, filters, weights)")
 
     ft, u = config.finetune, config.unstructured
@@ -156,18 +176,32 @@ def compress(
             raise AutoPruneError("the saved fine-tuning state does not fit this network as pruned") from None
         masks = {name: layer.weight != 0 for name, layer in weight_layers(model).items()}
         _, state = fit_resumable(
-            model, splits, ft, seed=seed, callbacks=callbacks, after_step=mask_holder(model, masks),
-            progress=progress, desc="fine-tune (continued)", resume=resume.state, new_schedule=True,
-        )  # fmt: skip
+            model,
+            splits,
+            ft,
+            seed=seed,
+            callbacks=callbacks,
+            after_step=mask_holder(model, masks),
+            progress=progress,
+            desc="fine-tune (continued)",
+            resume=resume.state,
+            new_schedule=True,
+        )
         offset, had = ft.epochs, had + (state.steps if state else 0)
     for step, epochs in enumerate(_split(ft.epochs, steps) if resume is None else [], start=1):
         if step > 1:  # gradual pruning: the next step on the fine-tuned weights
             masks = prune_magnitude_(model, u.at_step(step, steps))
-        shifted = [lambda e, acc, cb=cb, o=offset: cb(o + e, acc) for cb in callbacks]
+        shifted = _counted_from(offset, callbacks)
         _, state = fit_resumable(
-            model, splits, dataclasses.replace(ft, epochs=epochs), seed=seed + step - 1,
-            callbacks=shifted, after_step=mask_holder(model, masks), progress=progress, desc="fine-tune",
-        )  # fmt: skip
+            model,
+            splits,
+            dataclasses.replace(ft, epochs=epochs),
+            seed=seed + step - 1,
+            callbacks=shifted,
+            after_step=mask_holder(model, masks),
+            progress=progress,
+            desc="fine-tune",
+        )
         offset, had = offset + epochs, had + (state.steps if state else 0)
     if keep is not None and state is not None:
         Continuation({k: v.detach().clone() for k, v in model.state_dict().items()}, state, had).save(keep)
@@ -183,15 +217,20 @@ def compress(
         bits = {name: q.bits_for(name, layer) for name, layer in weight_layers(model).items()}
         if q.epochs > 0:
             attach_codebooks_(model)
-            shifted = [lambda e, acc, cb=cb: cb(offset + e, acc) for cb in callbacks]
+            shifted = _counted_from(offset, callbacks)
             t = time.perf_counter()
             try:
                 fit(
-                    model, splits,
-                    TrainConfig(epochs=q.epochs, lr=q.lr, batch_size=ft.batch_size, max_batches=ft.max_batches),
+                    model,
+                    splits,
+                    TrainConfig(
+                        epochs=q.epochs, lr=q.lr, batch_size=ft.batch_size, max_batches=ft.max_batches
+                    ),
                     seed=seed,
-                    callbacks=shifted, progress=progress, desc="trained quantization",
-                )  # fmt: skip
+                    callbacks=shifted,
+                    progress=progress,
+                    desc="trained quantization",
+                )
             finally:
                 detach_codebooks_(model)
             timings["finetune_s"] += time.perf_counter() - t
@@ -208,8 +247,14 @@ def compress(
     stages.set_postfix_str("measuring (accuracy, MACs, latency)")
 
     eval_time = time.perf_counter()
-    measured = measure_model(decoded, splits, latency_repeats=latency_repeats, threads=threads, latency=latency,
-                             latency_batch=latency_batch)  # fmt: skip
+    measured = measure_model(
+        decoded,
+        splits,
+        latency_repeats=latency_repeats,
+        threads=threads,
+        latency=latency,
+        latency_batch=latency_batch,
+    )
     timings["eval_s"] = time.perf_counter() - eval_time
     stages.update()
     stages.close()
@@ -219,8 +264,9 @@ def compress(
         "acc_drop": base_metrics.accuracy - measured.accuracy,
         "test_acc_drop": base_metrics.test_accuracy - measured.test_accuracy,
         # paired on the validation images; a task's metric has no per-image parts to pair
-        "acc_drop_se": None if splits.task is not None else paired_drop(correct(base, splits.val),
-                                                                        correct(decoded, splits.val)).se,
+        "acc_drop_se": None
+        if isinstance(val := splits.val, TaskSplit)
+        else paired_drop(correct(base, val), correct(decoded, val)).se,
         "base_accuracy": base_metrics.accuracy,
         "base_dense_bytes": base_metrics.dense_bytes,
         "packed_bytes": report.packed_bytes,
@@ -230,6 +276,15 @@ def compress(
         **{k: round(v, 4) for k, v in timings.items()},
     }
     return CompressResult(decoded, metrics, report, norms)
+
+
+def _counted_from(offset: int, callbacks: Sequence[EpochCallback]) -> list[EpochCallback]:
+    """The callbacks, told epoch ``offset + e`` for a later stage's epoch ``e``."""
+
+    def shifted(callback: EpochCallback) -> EpochCallback:
+        return lambda epoch, acc: callback(offset + epoch, acc)
+
+    return [shifted(cb) for cb in callbacks]
 
 
 def _split(epochs: int, steps: int) -> list[int]:
@@ -274,13 +329,20 @@ def evaluate_packed(
     if not isinstance(name, str):
         raise AutoPruneError(f"{path} records no dataset; pass --dataset")
     same = name == stored.get("name")
-    val_fraction = val_fraction if val_fraction is not None else stored.get("val_fraction", 0.1) if same else 0.1
+    val_fraction = (
+        val_fraction if val_fraction is not None else stored.get("val_fraction", 0.1) if same else 0.1
+    )
     seed = seed if seed is not None else stored.get("seed", 0) if same else 0
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not isinstance(seed, int):
+    if (
+        isinstance(val_fraction, bool)
+        or not isinstance(val_fraction, (int, float))
+        or not isinstance(seed, int)
+    ):
         raise AutoPruneError(f"{path} records a split it cannot describe; pass --val-fraction and --seed")
     try:
         # an image folder is read at the network's own input size
-        options = DataOptions(image_size=tuple(spec.image_size)) if len(spec.image_size) == 2 else None
+        size = spec.image_size
+        options = DataOptions(image_size=(size[0], size[1])) if len(size) == 2 else None
         splits = load_dataset(name, data_dir=data_dir, val_fraction=val_fraction, seed=seed, options=options)
     except DataError as e:
         recorded = stored.get("data_dir") if same else None
@@ -294,7 +356,8 @@ def evaluate_packed(
     if wanted != splits.input_shape or spec.num_classes != splits.num_classes:
         raise AutoPruneError(
             f"{path} holds a network for {'x'.join(map(str, wanted))} images and {spec.num_classes} classes; "
-            f"dataset {name!r} has {'x'.join(map(str, splits.input_shape))} images and {splits.num_classes} classes"
+            f"dataset {name!r} has {'x'.join(map(str, splits.input_shape))} images and "
+            f"{splits.num_classes} classes"
         )
     net = decode_packed(header, payload, path, model=model)
     measured = measure_model(net, splits, threads=threads, latency=latency, latency_batch=latency_batch)
@@ -303,4 +366,9 @@ def evaluate_packed(
 
 def dataset_meta(name: str, data_dir: str | Path | None, val_fraction: float, seed: int) -> dict[str, Any]:
     """The dataset a packed file records (its folder only as a note: it is never read back)."""
-    return {"name": name, "data_dir": str(data_dir) if data_dir else None, "val_fraction": val_fraction, "seed": seed}
+    return {
+        "name": name,
+        "data_dir": str(data_dir) if data_dir else None,
+        "val_fraction": val_fraction,
+        "seed": seed,
+    }

@@ -15,9 +15,10 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,10 +50,15 @@ def onnx_bytes(model: nn.Module, input_shape: tuple[int, ...]) -> bytes:
         with warnings.catch_warnings(), torch.no_grad(), _quiet_exporter():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                model, (torch.zeros(1, *input_shape),), buffer, dynamo=False, opset_version=17,
-                input_names=[INPUT], output_names=[OUTPUT],
+                model,
+                (torch.zeros(1, *input_shape),),
+                buffer,  # type: ignore[arg-type]  # a file object works; the stub says a path
+                dynamo=False,
+                opset_version=17,
+                input_names=[INPUT],
+                output_names=[OUTPUT],
                 dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
-            )  # fmt: skip
+            )
     except Exception as e:  # the exporter raises many types for an unsupported operator
         raise ExportError(f"cannot export {type(model).__name__} to ONNX: {str(e).splitlines()[0]}") from e
     finally:
@@ -115,14 +121,19 @@ def checked_session(model: nn.Module, input_shape: tuple[int, ...], *, threads: 
         log.warning("%s; timing eager PyTorch only", e)
         return None
     except Exception as e:  # onnxruntime raises its own types for a graph it cannot load or run
-        log.warning("ONNX Runtime cannot run %s (%s); timing eager PyTorch only",
-                    type(model).__name__, str(e).splitlines()[0] if str(e) else type(e).__name__)  # fmt: skip
+        log.warning(
+            "ONNX Runtime cannot run %s (%s); timing eager PyTorch only",
+            type(model).__name__,
+            str(e).splitlines()[0] if str(e) else type(e).__name__,
+        )
         return None
     with torch.no_grad():
         expected = model(x).numpy()
     scale = float(np.abs(expected).max()) + 1.0
     if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-3, atol=1e-4 * scale):
-        log.warning("ONNX Runtime's outputs differ from PyTorch's for %s; timing eager PyTorch only",
-                    type(model).__name__)  # fmt: skip
+        log.warning(
+            "ONNX Runtime's outputs differ from PyTorch's for %s; timing eager PyTorch only",
+            type(model).__name__,
+        )
         return None
     return session

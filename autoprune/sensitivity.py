@@ -106,14 +106,23 @@ class Sensitivity:
         s = self.layer(name)
         if not s.filters or ratio <= 0:
             return 0.0
-        return float(np.interp(ratio, (0.0, *self.ratios), _envelope((0.0, *(self.base_accuracy - a for a in s.ratio_acc)))))
+        return float(
+            np.interp(
+                ratio, (0.0, *self.ratios), _envelope((0.0, *(self.base_accuracy - a for a in s.ratio_acc)))
+            )
+        )
 
     def damage_at_quality(self, name: str, quality: float) -> float:
         if quality <= 0:
             return 0.0
         s = self.layer(name)
-        return float(np.interp(quality, (0.0, *self.qualities),
-                               _envelope((0.0, *(self.base_accuracy - a for a in s.quality_acc)))))  # fmt: skip
+        return float(
+            np.interp(
+                quality,
+                (0.0, *self.qualities),
+                _envelope((0.0, *(self.base_accuracy - a for a in s.quality_acc))),
+            )
+        )
 
     def damage_at_bits(self, name: str, bits: float) -> float:
         s = self.layer(name)
@@ -124,13 +133,25 @@ class Sensitivity:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "version": VERSION, "key": self.key, "base_accuracy": self.base_accuracy, "seconds": round(self.seconds, 2),
-            "ratios": list(self.ratios), "qualities": list(self.qualities), "bits": list(self.bits),
-            "layers": [{**s.__dict__, "norms": [round(v, 4) for v in s.norms], "ratio_acc": list(s.ratio_acc),
-                        "quality_acc": list(s.quality_acc), "quality_sparsity": [round(v, 4) for v in s.quality_sparsity],
-                        "bits_acc": list(s.bits_acc)}
-                       for s in self.layers],
-        }  # fmt: skip
+            "version": VERSION,
+            "key": self.key,
+            "base_accuracy": self.base_accuracy,
+            "seconds": round(self.seconds, 2),
+            "ratios": list(self.ratios),
+            "qualities": list(self.qualities),
+            "bits": list(self.bits),
+            "layers": [
+                {
+                    **s.__dict__,
+                    "norms": [round(v, 4) for v in s.norms],
+                    "ratio_acc": list(s.ratio_acc),
+                    "quality_acc": list(s.quality_acc),
+                    "quality_sparsity": [round(v, 4) for v in s.quality_sparsity],
+                    "bits_acc": list(s.bits_acc),
+                }
+                for s in self.layers
+            ],
+        }
 
     @classmethod
     def from_dict(cls, d: Any) -> Sensitivity:
@@ -140,21 +161,41 @@ class Sensitivity:
                 raise ValueError(f"version {d['version']}, this autoprune reads {', '.join(map(str, READS))}")
             layers = tuple(
                 LayerSensitivity(
-                    layer=str(s["layer"]), kind=str(s["kind"]), params=int(s["params"]), depth=float(s["depth"]),
-                    norms=_floats(s["norms"]), filters=bool(s["filters"]), ratio_acc=_floats(s["ratio_acc"]),
-                    quality_acc=_floats(s["quality_acc"]), quality_sparsity=_floats(s["quality_sparsity"]),
+                    layer=str(s["layer"]),
+                    kind=str(s["kind"]),
+                    params=int(s["params"]),
+                    depth=float(s["depth"]),
+                    norms=_floats(s["norms"]),
+                    filters=bool(s["filters"]),
+                    ratio_acc=_floats(s["ratio_acc"]),
+                    quality_acc=_floats(s["quality_acc"]),
+                    quality_sparsity=_floats(s["quality_sparsity"]),
                     bits_acc=_floats(s.get("bits_acc", ())),
                 )
                 for s in d["layers"]
-            )  # fmt: skip
-            out = cls(_floats([d["base_accuracy"]])[0], layers, _floats(d["ratios"]), _floats(d["qualities"]),
-                      _floats(d.get("bits", BITS)), float(d.get("seconds", 0.0)), str(d.get("key", "")))  # fmt: skip
+            )
+            out = cls(
+                _floats([d["base_accuracy"]])[0],
+                layers,
+                _floats(d["ratios"]),
+                _floats(d["qualities"]),
+                _floats(d.get("bits", BITS)),
+                float(d.get("seconds", 0.0)),
+                str(d.get("key", "")),
+            )
         except (KeyError, TypeError, ValueError) as e:
-            raise AutoPruneError(f"a stored sensitivity analysis is unreadable ({e}); run autoprune sensitivity again") from None
+            raise AutoPruneError(
+                f"a stored sensitivity analysis is unreadable ({e}); run autoprune sensitivity again"
+            ) from None
         for s in out.layers:
-            if (len(s.quality_acc) != len(out.qualities) or (s.filters and len(s.ratio_acc) != len(out.ratios))
-                    or len(s.bits_acc) not in (0, len(out.bits))):  # fmt: skip
-                raise AutoPruneError(f"a stored sensitivity analysis has curves of the wrong length ({s.layer})")
+            if (
+                len(s.quality_acc) != len(out.qualities)
+                or (s.filters and len(s.ratio_acc) != len(out.ratios))
+                or len(s.bits_acc) not in (0, len(out.bits))
+            ):
+                raise AutoPruneError(
+                    f"a stored sensitivity analysis has curves of the wrong length ({s.layer})"
+                )
         return out
 
 
@@ -173,7 +214,9 @@ def filters_removable(model: nn.Module) -> set[str]:
     """Conv layers whose filters structured pruning may remove: not the output layer and not a
     grouped (depthwise) conv, which follows the layer that feeds it."""
     out = output_layer(model)
-    return {n for n, m in weight_layers(model).items() if isinstance(m, nn.Conv2d) and n != out and m.groups == 1}
+    return {
+        n for n, m in weight_layers(model).items() if isinstance(m, nn.Conv2d) and n != out and m.groups == 1
+    }
 
 
 def row_norms(weight: torch.Tensor) -> np.ndarray:
@@ -220,12 +263,20 @@ def analyse(base: nn.Module, splits: DataSplits, *, progress: bool = True) -> Se
             bar.update()
         with torch.no_grad():
             weight.copy_(kept)
-        out.append(LayerSensitivity(
-            layer=name, kind=layer_kind(module), params=weight.numel(), depth=i / max(len(layers) - 1, 1),
-            norms=tuple(float(v) for v in row_norms(weight)), filters=name in removable,
-            ratio_acc=tuple(ratio_acc), quality_acc=tuple(quality_acc), quality_sparsity=tuple(sparsity),
-            bits_acc=tuple(bits_acc),
-        ))  # fmt: skip
+        out.append(
+            LayerSensitivity(
+                layer=name,
+                kind=layer_kind(module),
+                params=weight.numel(),
+                depth=i / max(len(layers) - 1, 1),
+                norms=tuple(float(v) for v in row_norms(weight)),
+                filters=name in removable,
+                ratio_acc=tuple(ratio_acc),
+                quality_acc=tuple(quality_acc),
+                quality_sparsity=tuple(sparsity),
+                bits_acc=tuple(bits_acc),
+            )
+        )
     bar.close()
     return Sensitivity(base_acc, tuple(out), seconds=time.perf_counter() - started)
 
@@ -245,8 +296,17 @@ def shared(weight: torch.Tensor, bits: int) -> torch.Tensor:
 def cache_key(base: nn.Module, splits: DataSplits) -> str:
     """What the analysis depends on: the base's weights, the data and this code's version."""
     digest = hashlib.blake2b(digest_size=12)
-    digest.update(json.dumps({"version": VERSION, "ratios": RATIOS, "qualities": QUALITIES, "bits": BITS,
-                              "data": splits.fingerprint}).encode())  # fmt: skip
+    digest.update(
+        json.dumps(
+            {
+                "version": VERSION,
+                "ratios": RATIOS,
+                "qualities": QUALITIES,
+                "bits": BITS,
+                "data": splits.fingerprint,
+            }
+        ).encode()
+    )
     for name, tensor in base.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
@@ -273,4 +333,3 @@ def sensitivity_for(
     result = dataclasses.replace(result, key=key)
     write_atomic(path, json.dumps(result.to_dict()).encode())
     return result, False
-

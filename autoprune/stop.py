@@ -22,8 +22,11 @@ def _request_stop(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
     _stop.set()
     if multiprocessing.parent_process() is None:  # workers get the signal too: say it once
-        print("stopping at the next safe point (end of a training batch or trial); Ctrl-C again to stop now",
-              file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            "stopping at the next safe point (end of a training batch or trial); Ctrl-C again to stop now",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def stop_requested() -> bool:

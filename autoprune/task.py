@@ -17,7 +17,9 @@ def load_task(ref: str) -> DataSplits:
     """The task ``package.module:factory`` or ``path/to/file.py:factory`` names (the factory is
     called with no arguments), as the splits autoprune trains and evaluates through."""
     if not is_user_model(ref):
-        raise TaskError(f"--task {ref!r} should name a factory: path/to/file.py:factory or package.module:factory")
+        raise TaskError(
+            f"--task {ref!r} should name a factory: path/to/file.py:factory or package.module:factory"
+        )
     try:
         task = resolve_factory(ref)()
     except AutoPruneError as e:
@@ -35,8 +37,18 @@ def load_task(ref: str) -> DataSplits:
     shape = tuple(int(v) for v in example.shape[1:])
     sizes: Any = getattr(task, "sizes", {}) or {}
     parts = {part: TaskSplit(task, part, shape, int(sizes.get(part, 1))) for part in ("train", "val", "test")}
-    return DataSplits(f"task {ref}", parts["train"], parts["val"], parts["test"], classes, (), (), task=task,
-                      metric=metric, source=f"{ref}:{factory_source_hash(ref)}")  # fmt: skip
+    return DataSplits(
+        f"task {ref}",
+        parts["train"],
+        parts["val"],
+        parts["test"],
+        classes,
+        (),
+        (),
+        task=task,
+        metric=metric,
+        source=f"{ref}:{factory_source_hash(ref)}",
+    )
 
 
 def _example(task: Any, ref: str) -> Any:

@@ -7,9 +7,10 @@ import io
 import json
 import logging
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -90,11 +91,21 @@ class TrainState:
     def from_dict(cls, d: Any) -> TrainState:
         """A stored state (data: checked for its fields and their types)."""
         try:
-            out = cls(int(d["epoch"]), int(d["steps"]), dict(d["optimizer"]), dict(d["scheduler"]), d["order"],
-                      d["augment"], float(d["first_loss"]))  # fmt: skip
+            out = cls(
+                int(d["epoch"]),
+                int(d["steps"]),
+                dict(d["optimizer"]),
+                dict(d["scheduler"]),
+                d["order"],
+                d["augment"],
+                float(d["first_loss"]),
+            )
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"a stored fine-tuning state is unreadable ({e})") from None
-        if not (isinstance(out.order, torch.Tensor) and isinstance(out.augment, torch.Tensor)) or out.epoch < 0:
+        if (
+            not (isinstance(out.order, torch.Tensor) and isinstance(out.augment, torch.Tensor))
+            or out.epoch < 0
+        ):
             raise ConfigError("a stored fine-tuning state is unreadable (its random states are not tensors)")
         return out
 
@@ -117,8 +128,16 @@ def fit(
     step (fine-tuning uses it to keep pruned weights at zero). A non-finite or exploding loss
     raises :class:`DivergedError`; a Ctrl-C (:mod:`autoprune.stop`) stops at the end of a batch.
     """
-    return fit_resumable(model, splits, config, seed=seed, callbacks=callbacks, after_step=after_step,
-                         progress=progress, desc=desc)[0]  # fmt: skip
+    return fit_resumable(
+        model,
+        splits,
+        config,
+        seed=seed,
+        callbacks=callbacks,
+        after_step=after_step,
+        progress=progress,
+        desc=desc,
+    )[0]
 
 
 def fit_resumable(
@@ -148,10 +167,24 @@ def fit_resumable(
     model.to(device)
     try:
         if splits.task is not None:
-            history = _fit_task(model, splits, config, seed=seed, callbacks=callbacks, after_step=after_step, desc=desc)
+            history = _fit_task(
+                model, splits, config, seed=seed, callbacks=callbacks, after_step=after_step, desc=desc
+            )
             return history, None
-        return _fit(model, splits, config, device, seed=seed, callbacks=callbacks, after_step=after_step,
-                    progress=progress, desc=desc, resume=resume, until=until, new_schedule=new_schedule)  # fmt: skip
+        return _fit(
+            model,
+            splits,
+            config,
+            device,
+            seed=seed,
+            callbacks=callbacks,
+            after_step=after_step,
+            progress=progress,
+            desc=desc,
+            resume=resume,
+            until=until,
+            new_schedule=new_schedule,
+        )
     finally:
         model.to("cpu")
 
@@ -232,9 +265,7 @@ def _fit(
             params, lr=config.lr, weight_decay=config.weight_decay
         )
     else:
-        optimizer = torch.optim.SGD(
-            params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay
-        )
+        optimizer = torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, config.epochs * batches))
     generator = torch.Generator().manual_seed(seed)
     augment = torch.Generator().manual_seed(seed + 1)  # its own draws: the order is the same with or without
@@ -296,8 +327,15 @@ def _fit(
             callback(epoch, val)
     bar.close()
     model.eval()
-    state = TrainState(last, steps, optimizer.state_dict(), scheduler.state_dict(), generator.get_state(),
-                       augment.get_state(), first_loss if first_loss is not None else math.nan)  # fmt: skip
+    state = TrainState(
+        last,
+        steps,
+        optimizer.state_dict(),
+        scheduler.state_dict(),
+        generator.get_state(),
+        augment.get_state(),
+        first_loss if first_loss is not None else math.nan,
+    )
     return history, state
 
 
@@ -320,7 +358,12 @@ class BaseModel:
 
 
 def base_key(
-    spec: ModelSpec, model: nn.Module, splits: DataSplits, config: TrainConfig, checkpoint: Path | None, seed: int = 0
+    spec: ModelSpec,
+    model: nn.Module,
+    splits: DataSplits,
+    config: TrainConfig,
+    checkpoint: Path | None,
+    seed: int = 0,
 ) -> str:
     """The cache key: what the freshly built ``model`` is (:func:`model_fingerprint`), the
     data's content, the settings and the start point."""
@@ -369,9 +412,16 @@ def train_base(
 
     history = fit(model, splits, config, seed=seed, progress=progress, desc=f"train {spec.name}")
     buffer = io.BytesIO()
-    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buffer)  # a base from a GPU loads anywhere
+    torch.save(
+        {k: v.cpu() for k, v in model.state_dict().items()}, buffer
+    )  # a base from a GPU loads anywhere
     sha = write_atomic(path, buffer.getvalue())
-    meta = {"spec": spec.to_dict(), "train": {**config.to_dict(), "seed": seed}, "val_history": history, "sha": sha}
+    meta = {
+        "spec": spec.to_dict(),
+        "train": {**config.to_dict(), "seed": seed},
+        "val_history": history,
+        "sha": sha,
+    }
     write_atomic(meta_path, json.dumps(meta).encode())
     return BaseModel(model, spec, path, False, tuple(history))
 
@@ -386,7 +436,9 @@ def _load_cached(model: nn.Module, path: Path, meta_path: Path) -> tuple[float, 
         meta = json.loads(meta_bytes)
         history = tuple(float(v) for v in meta["val_history"])
     except (ValueError, TypeError, KeyError) as e:
-        raise CacheError(f"the cache entry {meta_path} is unreadable ({e}): delete it and {path.name}") from None
+        raise CacheError(
+            f"the cache entry {meta_path} is unreadable ({e}): delete it and {path.name}"
+        ) from None
     data = read_verified(path, meta.get("sha"))
     if data is None:
         return None
@@ -408,7 +460,9 @@ def measured_base(base: BaseModel, splits: DataSplits, **settings: Any) -> tuple
     and this torch; returns it and whether it came from the cache. A base that is not in the
     cache (a checkpoint used as is) is measured every time."""
     threads = settings.get("threads") or torch.get_num_threads()
-    key = json.dumps({**settings, "threads": threads, "torch": torch.__version__}, sort_keys=True, default=str)
+    key = json.dumps(
+        {**settings, "threads": threads, "torch": torch.__version__}, sort_keys=True, default=str
+    )
     path = base.path.with_suffix(".metrics.json")
     in_cache = cache_dir() in base.path.parents
     stored: dict[str, Any] = {}

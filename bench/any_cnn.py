@@ -25,7 +25,13 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-NETS = ["vgg", "resnet20", "mobilenetv2", f"{HERE / 'cifar_nets.py'}:shufflenet_g2", f"{HERE / 'cifar_nets.py'}:shufflenetv2"]
+NETS = [
+    "vgg",
+    "resnet20",
+    "mobilenetv2",
+    f"{HERE / 'cifar_nets.py'}:shufflenet_g2",
+    f"{HERE / 'cifar_nets.py'}:shufflenetv2",
+]
 RECIPE = """name = "any-cnn-report"
 [structured]
 default = 0.3
@@ -43,7 +49,9 @@ epochs = 1
 
 def autoprune(*args: str, timeout: float = 900) -> tuple[dict, float]:
     started = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "autoprune", *args], capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(
+        [sys.executable, "-m", "autoprune", *args], capture_output=True, text=True, timeout=timeout
+    )
     wall = time.perf_counter() - started
     if r.returncode != 0:
         raise SystemExit(f"autoprune {' '.join(args)} failed: {r.stderr.strip()}")
@@ -70,23 +78,52 @@ def main() -> None:
     tmp = inputs()
     rows = []
     for net in args.nets.split(","):
-        data = ["--model", net, "--dataset", "npz", "--data-dir", str(tmp / "rgb32.npz"), "--threads", str(args.threads)]
+        data = [
+            "--model",
+            net,
+            "--dataset",
+            "npz",
+            "--data-dir",
+            str(tmp / "rgb32.npz"),
+            "--threads",
+            str(args.threads),
+        ]
         autoprune("train", *data, "--epochs", "1", "--json", "-q")  # the base, cached outside the timing
         out = tmp / "m.apk"
-        doc, wall = autoprune("compress", *data, "--epochs", "1", "--recipe", str(tmp / "recipe.toml"),
-                              "--out", str(out), "--json", "-q")  # fmt: skip
+        doc, wall = autoprune(
+            "compress",
+            *data,
+            "--epochs",
+            "1",
+            "--recipe",
+            str(tmp / "recipe.toml"),
+            "--out",
+            str(out),
+            "--json",
+            "-q",
+        )
         again, _ = autoprune("eval", str(out), *data[:6], "--no-latency", "--json")
         whole = Counter(n["why"].split(":")[0] for n in doc["norms"] if n["why"])
-        rows.append({
-            "model": Path(net.split(":")[-1]).name, "params_before": doc["base"]["params"], "params_after": doc["params"],
-            "compression_ratio": round(doc["compression_ratio"], 2), "compress_wall_s": round(wall, 1),
-            "stages_s": {k: doc[k] for k in ("prune_s", "finetune_s", "quantize_s", "pack_s", "eval_s")},
-            "accuracy": doc["accuracy"], "reloaded_accuracy": again["accuracy"],
-            "convs": len(doc["norms"]), "left_whole_or_short": dict(whole),
-        })  # fmt: skip
+        rows.append(
+            {
+                "model": Path(net.split(":")[-1]).name,
+                "params_before": doc["base"]["params"],
+                "params_after": doc["params"],
+                "compression_ratio": round(doc["compression_ratio"], 2),
+                "compress_wall_s": round(wall, 1),
+                "stages_s": {k: doc[k] for k in ("prune_s", "finetune_s", "quantize_s", "pack_s", "eval_s")},
+                "accuracy": doc["accuracy"],
+                "reloaded_accuracy": again["accuracy"],
+                "convs": len(doc["norms"]),
+                "left_whole_or_short": dict(whole),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
-    result = {"command": "python bench/any_cnn.py " + " ".join(sys.argv[1:]),
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores, {args.threads} threads", "rows": rows}  # fmt: skip
+    result = {
+        "command": "python bench/any_cnn.py " + " ".join(sys.argv[1:]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {args.threads} threads",
+        "rows": rows,
+    }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 
 

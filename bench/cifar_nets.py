@@ -51,7 +51,9 @@ class ShuffleBottleneck(nn.Module):
 
 
 class ShuffleNet(nn.Module):
-    def __init__(self, out_planes: tuple[int, ...], blocks: tuple[int, ...], groups: int, num_classes: int = 10) -> None:
+    def __init__(
+        self, out_planes: tuple[int, ...], blocks: tuple[int, ...], groups: int, num_classes: int = 10
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 24, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(24)
@@ -69,7 +71,9 @@ class ShuffleNet(nn.Module):
         return self.linear(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
 
 
-def shufflenet_g2(num_classes: int = 10, in_channels: int = 3, image_size: tuple[int, int] = (32, 32)) -> nn.Module:
+def shufflenet_g2(
+    num_classes: int = 10, in_channels: int = 3, image_size: tuple[int, int] = (32, 32)
+) -> nn.Module:
     return ShuffleNet((200, 400, 800), (4, 8, 4), groups=2, num_classes=num_classes)
 
 
@@ -103,7 +107,9 @@ class DownUnit(nn.Module):
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         mid = out_channels // 2
-        self.conv1 = nn.Conv2d(in_channels, in_channels, 3, stride=2, padding=1, groups=in_channels, bias=False)
+        self.conv1 = nn.Conv2d(
+            in_channels, in_channels, 3, stride=2, padding=1, groups=in_channels, bias=False
+        )
         self.bn1 = nn.BatchNorm2d(in_channels)
         self.conv2 = nn.Conv2d(in_channels, mid, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(mid)
@@ -143,7 +149,9 @@ class ShuffleNetV2(nn.Module):
         return self.linear(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
 
 
-def shufflenetv2(num_classes: int = 10, in_channels: int = 3, image_size: tuple[int, int] = (32, 32)) -> nn.Module:
+def shufflenetv2(
+    num_classes: int = 10, in_channels: int = 3, image_size: tuple[int, int] = (32, 32)
+) -> nn.Module:
     """Width 0.5 (48, 96, 192 channels, 1024 before the classifier), 3/7/3 units."""
     return ShuffleNetV2((48, 96, 192, 1024), (3, 7, 3), num_classes=num_classes)
 
@@ -178,8 +186,15 @@ def mobilenetv2(
     num_classes: int = 10, in_channels: int = 3, image_size: tuple[int, int] = (32, 32)
 ) -> nn.Module:
     """MobileNetV2 for 32x32 input (stride 1 where ImageNet's has 2 in the stem and stage 2)."""
-    cfg = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2),
-           (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]  # (expansion, out_planes, blocks, stride)
+    cfg = [
+        (1, 16, 1, 1),
+        (6, 24, 2, 1),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    ]  # (expansion, out_planes, blocks, stride)
     stem = nn.Conv2d(in_channels, 32, 3, padding=1, bias=False)
     layers: list[nn.Module] = [stem, nn.BatchNorm2d(32), nn.ReLU()]
     in_planes = 32
@@ -187,6 +202,12 @@ def mobilenetv2(
         for i in range(blocks):
             layers.append(InvertedResidual(in_planes, out_planes, expansion, stride if i == 0 else 1))
             in_planes = out_planes
-    layers += [nn.Conv2d(320, 1280, 1, bias=False), nn.BatchNorm2d(1280), nn.ReLU(),
-               nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1280, num_classes)]  # fmt: skip
+    layers += [
+        nn.Conv2d(320, 1280, 1, bias=False),
+        nn.BatchNorm2d(1280),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(1280, num_classes),
+    ]
     return nn.Sequential(*layers)

@@ -25,8 +25,10 @@ from any_cnn import autoprune, inputs  # the same recipe, data and way to run th
 
 def other_load(seconds: float = 2.0) -> float:
     """Cores other processes keep busy now (from /proc/stat), noted beside every timing."""
+
     def sample() -> tuple[float, float]:
-        ticks = [int(v) for v in open("/proc/stat").readline().split()[1:9]]
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:9]]
         return time.perf_counter(), (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
     (t0, b0), _ = sample(), time.sleep(seconds)
@@ -42,25 +44,47 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench/results/compress_time.json"))
     args = ap.parse_args()
     tmp = inputs()
-    data = ["--model", args.model, "--dataset", "npz", "--data-dir", str(tmp / "rgb32.npz"), "--epochs", "1",
-            "--threads", str(args.threads)]  # fmt: skip
+    data = [
+        "--model",
+        args.model,
+        "--dataset",
+        "npz",
+        "--data-dir",
+        str(tmp / "rgb32.npz"),
+        "--epochs",
+        "1",
+        "--threads",
+        str(args.threads),
+    ]
     autoprune("train", *data, "--json", "-q")  # the base, trained and cached outside the timing
     load = other_load()
-    doc, wall = autoprune("compress", *data, "--recipe", str(tmp / "recipe.toml"), "--out", str(tmp / "m.apk"),
-                          "--json", "-q")  # fmt: skip
+    doc, wall = autoprune(
+        "compress", *data, "--recipe", str(tmp / "recipe.toml"), "--out", str(tmp / "m.apk"), "--json", "-q"
+    )
     stages = {k: doc[k] for k in ("prune_s", "finetune_s", "quantize_s", "pack_s", "eval_s")}
     row = {
-        "label": args.label, "model": args.model, "wall_s": round(wall, 1), "stages_s": stages,
-        "base_measure_s": round(doc.get("base_measure_s", float("nan")), 2) if "base_measure_s" in doc else None,
-        "latency_repeats": doc.get("latency_repeats"), "latency_interval": doc.get("latency_interval"),
-        "latency_ms": doc["latency_ms"], "latency_ms_batch": doc["latency_ms_batch"], "backend": doc["backend"],
-        "compression_ratio": round(doc["compression_ratio"], 2), "other_load_before": load,
+        "label": args.label,
+        "model": args.model,
+        "wall_s": round(wall, 1),
+        "stages_s": stages,
+        "base_measure_s": round(doc.get("base_measure_s", float("nan")), 2)
+        if "base_measure_s" in doc
+        else None,
+        "latency_repeats": doc.get("latency_repeats"),
+        "latency_interval": doc.get("latency_interval"),
+        "latency_ms": doc["latency_ms"],
+        "latency_ms_batch": doc["latency_ms_batch"],
+        "backend": doc["backend"],
+        "compression_ratio": round(doc["compression_ratio"], 2),
+        "other_load_before": load,
         "other_load_timing": doc.get("other_load"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {args.threads} threads",
-    }  # fmt: skip
+    }
     rows = json.loads(args.out.read_text())["rows"] if args.out.is_file() else []
     rows = [r for r in rows if r["label"] != args.label] + [row]
-    args.out.write_text(json.dumps({"command": "python bench/compress_time.py", "rows": rows}, indent=2) + "\n")
+    args.out.write_text(
+        json.dumps({"command": "python bench/compress_time.py", "rows": rows}, indent=2) + "\n"
+    )
     print(json.dumps(row, indent=2))
 
 

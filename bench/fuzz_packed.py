@@ -37,15 +37,37 @@ def seeds(folder: Path) -> dict[str, bytes]:
     out = {}
     for model in MODELS:
         path = folder / f"{model}.apk"
-        subprocess.run([sys.executable, "-m", "autoprune", "compress", "--recipe", str(REPO / "studies/recipes/uniform-l1.toml"),
-                        "--model", model, "--epochs", "2", "--out", str(path), "--no-latency", "--quiet", "--json",
-                        "--threads", "1"], check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "autoprune",
+                "compress",
+                "--recipe",
+                str(REPO / "studies/recipes/uniform-l1.toml"),
+                "--model",
+                model,
+                "--epochs",
+                "2",
+                "--out",
+                str(path),
+                "--no-latency",
+                "--quiet",
+                "--json",
+                "--threads",
+                "1",
+            ],
+            check=True,
+            capture_output=True,
+        )
         out[model] = path.read_bytes()
     return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--count", type=int, default=100_000, help="mutants in all (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/fuzz_packed.json")
@@ -70,8 +92,14 @@ def main() -> None:
             except Exception as e:  # noqa: BLE001 - what the fuzz is for: count it, keep the file's story
                 outcomes[f"{model}:failed"] += 1
                 if len(failures) < 20:
-                    failures.append({"model": model, "i": str(i), "error": f"{type(e).__name__}: {e}"[:300],
-                                     "where": traceback.format_exc().splitlines()[-3][:200]})  # fmt: skip
+                    failures.append(
+                        {
+                            "model": model,
+                            "i": str(i),
+                            "error": f"{type(e).__name__}: {e}"[:300],
+                            "where": traceback.format_exc().splitlines()[-3][:200],
+                        }
+                    )
             if (i + 1) % 10_000 == 0 or i + 1 == args.count:
                 result = {
                     "command": " ".join(sys.argv),
@@ -86,8 +114,11 @@ def main() -> None:
                 }
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 args.out.write_text(json.dumps(result, indent=2) + "\n")
-                print(f"{i + 1} mutants, {result['failed']} failed, peak RSS {result['peak_rss_mb']:.0f} MB, "
-                      f"{result['seconds']:.0f} s", flush=True)  # fmt: skip
+                print(
+                    f"{i + 1} mutants, {result['failed']} failed, peak RSS {result['peak_rss_mb']:.0f} MB, "
+                    f"{result['seconds']:.0f} s",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -44,7 +44,9 @@ def timed(fn, repeats: int) -> tuple[float, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--weights", type=int, default=400_000)
     parser.add_argument("--bits", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
@@ -55,7 +57,12 @@ def main() -> None:
     source = "LeNet-5 fc1 trained on Fashion-MNIST"
     if w is None or w.size != args.weights:
         rng = np.random.default_rng(0)
-        w = np.concatenate([rng.normal(-0.03, 0.02, args.weights // 2), rng.normal(0.03, 0.02, args.weights - args.weights // 2)])
+        w = np.concatenate(
+            [
+                rng.normal(-0.03, 0.02, args.weights // 2),
+                rng.normal(0.03, 0.02, args.weights - args.weights // 2),
+            ]
+        )
         source = "bimodal normal sample"
     k = 1 << args.bits
     rows = []
@@ -64,18 +71,34 @@ def main() -> None:
         ours_s, ours = timed(lambda: kmeans_1d(w, k, init=start), args.repeats)
         sk = KMeans(k, init=start.reshape(-1, 1), n_init=1, tol=0.0, max_iter=100_000, algorithm="lloyd")
         theirs_s, theirs = timed(lambda: sk.fit(w.reshape(-1, 1)), max(1, args.repeats - 2))
-        rows.append({
-            "init": init, "ours_s": ours_s, "sklearn_s": theirs_s, "speedup": theirs_s / ours_s,
-            "ours_inertia": ours.inertia, "sklearn_inertia": float(theirs.inertia_),
-            "ours_iterations": ours.iterations, "sklearn_iterations": int(theirs.n_iter_),
-        })  # fmt: skip
+        rows.append(
+            {
+                "init": init,
+                "ours_s": ours_s,
+                "sklearn_s": theirs_s,
+                "speedup": theirs_s / ours_s,
+                "ours_inertia": ours.inertia,
+                "sklearn_inertia": float(theirs.inertia_),
+                "ours_iterations": ours.iterations,
+                "sklearn_iterations": int(theirs.n_iter_),
+            }
+        )
         r = rows[-1]
-        print(f"{init:8} ours {ours_s * 1000:8.1f} ms ({r['ours_iterations']} it, inertia {r['ours_inertia']:.6g})  "
-              f"sklearn {theirs_s * 1000:9.1f} ms ({r['sklearn_iterations']} it, inertia {r['sklearn_inertia']:.6g})  "
-              f"{r['speedup']:.0f}x faster", flush=True)  # fmt: skip
+        print(
+            f"{init:8} ours {ours_s * 1000:8.1f} ms ({r['ours_iterations']} it, inertia "
+            f"{r['ours_inertia']:.6g})  "
+            f"sklearn {theirs_s * 1000:9.1f} ms ({r['sklearn_iterations']} it, inertia "
+            f"{r['sklearn_inertia']:.6g})  "
+            f"{r['speedup']:.0f}x faster",
+            flush=True,
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"weights": int(w.size), "k": k, "source": source,
-                                    "machine": platform.platform(), "rows": rows}, indent=2))  # fmt: skip
+    args.out.write_text(
+        json.dumps(
+            {"weights": int(w.size), "k": k, "source": source, "machine": platform.platform(), "rows": rows},
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -26,8 +26,15 @@ from autoprune.measure import BACKENDS, count_macs, measure_latency
 from autoprune.models import ModelSpec, create_model
 
 
-def measure_pair(full: nn.Module, pruned: nn.Module, mac_ratio: float, threads: int, batch: int, backend: str,
-                 args: argparse.Namespace) -> dict[str, Any]:  # fmt: skip
+def measure_pair(
+    full: nn.Module,
+    pruned: nn.Module,
+    mac_ratio: float,
+    threads: int,
+    batch: int,
+    backend: str,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
     repeats = args.repeats if batch == 1 else max(20, args.repeats // 20)
     options: dict[str, Any] = dict(batch_size=batch, warmup=50, repeats=repeats, threads=threads)
     if backend != "fastest":
@@ -41,13 +48,22 @@ def measure_pair(full: nn.Module, pruned: nn.Module, mac_ratio: float, threads: 
         used |= {a.backend, b.backend}
     speedup = statistics.median(full_ms) / statistics.median(pruned_ms)
     row = {
-        "threads": threads, "batch": batch, "backend": backend, "used": sorted(used),
-        "full_ms": statistics.median(full_ms), "pruned_ms": statistics.median(pruned_ms),
-        "speedup": speedup, "mac_ratio": mac_ratio, "speedup_over_mac_ratio": speedup / mac_ratio,
-    }  # fmt: skip
-    print(f"threads {threads} batch {batch:3} {backend:11}: full {row['full_ms']:.3f} ms, pruned "
-          f"{row['pruned_ms']:.3f} ms, speed-up {speedup:.2f}x vs {mac_ratio:.2f}x fewer MACs = "
-          f"{row['speedup_over_mac_ratio']:.2f} ({', '.join(row['used'])})", flush=True)  # fmt: skip
+        "threads": threads,
+        "batch": batch,
+        "backend": backend,
+        "used": sorted(used),
+        "full_ms": statistics.median(full_ms),
+        "pruned_ms": statistics.median(pruned_ms),
+        "speedup": speedup,
+        "mac_ratio": mac_ratio,
+        "speedup_over_mac_ratio": speedup / mac_ratio,
+    }
+    print(
+        f"threads {threads} batch {batch:3} {backend:11}: full {row['full_ms']:.3f} ms, pruned "
+        f"{row['pruned_ms']:.3f} ms, speed-up {speedup:.2f}x vs {mac_ratio:.2f}x fewer MACs = "
+        f"{row['speedup_over_mac_ratio']:.2f} ({', '.join(row['used'])})",
+        flush=True,
+    )
     return row
 
 

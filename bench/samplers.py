@@ -39,7 +39,8 @@ SPEC = HERE / "specs" / "fashion-lenet5-samplers.toml"
 RESULTS = HERE / "results"
 
 
-WARM = "1,2,3,4,6,8,12,16"  # a NAME-warm sampler: NAME after the sensitivity allocator's proposals at these multiples
+# a NAME-warm sampler: NAME after the sensitivity allocator's proposals at these multiples
+WARM = "1,2,3,4,6,8,12,16"
 
 
 def run(
@@ -48,9 +49,25 @@ def run(
     started = time.perf_counter()
     if sampler.endswith("-warm"):
         extra = ("--warm-start", WARM, *extra)
-    cmd = [sys.executable, "-m", "autoprune", "search", str(spec), "--sampler", sampler.removesuffix("-warm"),
-           "--seed", str(seed),
-           "--study", f"samplers-{sampler}-s{seed}", "--storage", storage, "--trials", str(trials), "-q", *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "autoprune",
+        "search",
+        str(spec),
+        "--sampler",
+        sampler.removesuffix("-warm"),
+        "--seed",
+        str(seed),
+        "--study",
+        f"samplers-{sampler}-s{seed}",
+        "--storage",
+        storage,
+        "--trials",
+        str(trials),
+        "-q",
+        *extra,
+    ]
     if threads:
         cmd += ["--threads", str(threads)]
     subprocess.run(cmd, check=True)
@@ -81,7 +98,9 @@ def main() -> None:
     ap.add_argument("--spec", type=Path, default=SPEC)
     ap.add_argument("--out", type=Path, help="results path without suffix (default: results/samplers-SPEC)")
     ap.add_argument("--at", default="", help="trial counts for the paired Wilcoxon test, comma-separated")
-    ap.add_argument("--against", default="surrogate", help="the sampler the Wilcoxon test sets against each other one")
+    ap.add_argument(
+        "--against", default="surrogate", help="the sampler the Wilcoxon test sets against each other one"
+    )
     ap.add_argument("--threads", type=int, help="torch threads per search (default: torch's own)")
     ap.add_argument("--summary-only", action="store_true", help="summarise the stored studies; run nothing")
     ap.add_argument("--jobs", type=int, default=1, help="searches run side by side (default: 1)")
@@ -111,29 +130,38 @@ def main() -> None:
         "spec": str(args.spec.resolve().relative_to(HERE.parent)),
         "trials": args.trials,
         "seeds": seeds,
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch "
+        "{torch.__version__}",
         "budgets": {},
     }
     studies = {
         (sampler, seed): optuna.load_study(study_name=f"samplers-{sampler}-s{seed}", storage=storage)
-        for sampler in samplers for seed in seeds
-    }  # fmt: skip
+        for sampler in samplers
+        for seed in seeds
+    }
     curves = {}
     for budget in budgets:
         rows = result["budgets"][str(budget)] = {}
         for sampler in samplers:
-            c = curves[budget, sampler] = np.array([best_curve(studies[sampler, seed], budget, args.trials)
-                                                    for seed in seeds])  # fmt: skip
+            c = curves[budget, sampler] = np.array(
+                [best_curve(studies[sampler, seed], budget, args.trials) for seed in seeds]
+            )
             rows[sampler] = {
                 "mean": c.mean(axis=0).round(2).tolist(),
                 "std": c.std(axis=0).round(2).tolist(),
                 "final_per_seed": c[:, -1].round(2).tolist(),
             }
     if args.at and args.against in samplers:
-        result["wilcoxon"] = paired_tests(curves, budgets, samplers, [int(n) for n in args.at.split(",")], args.against)
+        result["wilcoxon"] = paired_tests(
+            curves, budgets, samplers, [int(n) for n in args.at.split(",")], args.against
+        )
     for sampler in samplers:
-        trial_s = [t.user_attrs.get("trial_s", math.nan) for seed in seeds for t in studies[sampler, seed].trials
-                   if t.state == TrialState.COMPLETE]  # fmt: skip
+        trial_s = [
+            t.user_attrs.get("trial_s", math.nan)
+            for seed in seeds
+            for t in studies[sampler, seed].trials
+            if t.state == TrialState.COMPLETE
+        ]
         result.setdefault("median_trial_s", {})[sampler] = round(float(np.nanmedian(trial_s)), 2)
     result["wall_s_this_run"] = {k: [round(v[seed], 1) for seed in seeds] for k, v in wall.items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -141,15 +169,22 @@ def main() -> None:
     plot(result, args.out.with_suffix(".png"))
     for budget, rows in result["budgets"].items():
         for name, r in rows.items():
-            print(f"budget {budget}: {name:10s} best ratio after {args.trials} trials "
-                  f"{r['mean'][-1]:6.2f} +- {r['std'][-1]:5.2f}  per seed {r['final_per_seed']}")  # fmt: skip
+            print(
+                f"budget {budget}: {name:10s} best ratio after {args.trials} trials "
+                f"{r['mean'][-1]:6.2f} +- {r['std'][-1]:5.2f}  per seed {r['final_per_seed']}"
+            )
     for r in result.get("wilcoxon", []):
-        print(f"budget {r['budget']} after {r['trials']}: {r['sampler']} {r['sampler_median']:.1f}x vs {r['other']} "
-              f"{r['other_median']:.1f}x (median), {r['wins']}/{r['ties']}/{r['losses']} w/t/l, p = {r['p']}: "
-              f"{r['verdict']}")  # fmt: skip
+        print(
+            f"budget {r['budget']} after {r['trials']}: {r['sampler']} {r['sampler_median']:.1f}x vs "
+            f"{r['other']} "
+            f"{r['other_median']:.1f}x (median), {r['wins']}/{r['ties']}/{r['losses']} w/t/l, p = {r['p']}: "
+            f"{r['verdict']}"
+        )
 
 
-def paired_tests(curves: dict, budgets: list[float], samplers: list[str], at: list[int], against: str) -> list[dict]:
+def paired_tests(
+    curves: dict, budgets: list[float], samplers: list[str], at: list[int], against: str
+) -> list[dict]:
     """The sampler ``against`` names against each other one, per budget and trial count: the best ratio
     per seed side by side, wins/ties/losses and a two-sided paired Wilcoxon signed-rank test
     (zero differences split between the ranks; every pair tied: p = 1)."""
@@ -165,14 +200,27 @@ def paired_tests(curves: dict, budgets: list[float], samplers: list[str], at: li
                 theirs = curves[budget, other][:, n - 1]
                 diff = mine - theirs
                 p = 1.0 if not np.any(diff) else float(wilcoxon(mine, theirs, zero_method="zsplit").pvalue)
-                rows.append({
-                    "budget": budget, "trials": n, "sampler": against, "other": other,
-                    "sampler_median": float(np.median(mine)), "other_median": float(np.median(theirs)),
-                    "sampler_mean": float(mine.mean()), "other_mean": float(theirs.mean()),
-                    "wins": int((diff > 0).sum()), "ties": int((diff == 0).sum()), "losses": int((diff < 0).sum()),
-                    "p": round(p, 4),
-                    "verdict": "equal" if p >= 0.05 else "better" if np.median(diff) > 0 or diff.mean() > 0 else "worse",
-                })  # fmt: skip
+                rows.append(
+                    {
+                        "budget": budget,
+                        "trials": n,
+                        "sampler": against,
+                        "other": other,
+                        "sampler_median": float(np.median(mine)),
+                        "other_median": float(np.median(theirs)),
+                        "sampler_mean": float(mine.mean()),
+                        "other_mean": float(theirs.mean()),
+                        "wins": int((diff > 0).sum()),
+                        "ties": int((diff == 0).sum()),
+                        "losses": int((diff < 0).sum()),
+                        "p": round(p, 4),
+                        "verdict": "equal"
+                        if p >= 0.05
+                        else "better"
+                        if np.median(diff) > 0 or diff.mean() > 0
+                        else "worse",
+                    }
+                )
     return rows
 
 

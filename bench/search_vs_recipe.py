@@ -55,19 +55,41 @@ def pick(records: list[TrialRecord], budget: Budget, value: str) -> TrialRecord 
 
 
 def row(model: str, method: str, seed: int, budget: float | None, r: TrialRecord | None, **extra) -> dict:
-    fields = {"val_drop": None, "val_drop_se": None, "test_drop": None, "compression_ratio": None, "speedup": None}
+    fields = {
+        "val_drop": None,
+        "val_drop_se": None,
+        "test_drop": None,
+        "compression_ratio": None,
+        "speedup": None,
+    }
     if r is not None:
-        fields = {"val_drop": r.acc_drop, "val_drop_se": r.acc_drop_se, "test_drop": r.test_acc_drop,
-                  "compression_ratio": r.compression_ratio, "speedup": r.speedup, "latency_ms": r.latency_ms,
-                  "other_load": r.other_load}  # fmt: skip
+        fields = {
+            "val_drop": r.acc_drop,
+            "val_drop_se": r.acc_drop_se,
+            "test_drop": r.test_acc_drop,
+            "compression_ratio": r.compression_ratio,
+            "speedup": r.speedup,
+            "latency_ms": r.latency_ms,
+            "other_load": r.other_load,
+        }
     return {"model": model, "method": method, "seed": seed, "budget": budget, **fields, **extra}
 
 
-def run_one(spec_path: Path, db: Path, *, seed: int, trials: int, k: int, objectives: list[str] | None = None,
-            tag: str = "") -> tuple[optuna.Study, Budget, dict]:  # fmt: skip
+def run_one(
+    spec_path: Path,
+    db: Path,
+    *,
+    seed: int,
+    trials: int,
+    k: int,
+    objectives: list[str] | None = None,
+    tag: str = "",
+) -> tuple[optuna.Study, Budget, dict]:
     name = f"{spec_path.stem}{tag}-s{seed}"
     overrides = {"objectives": objectives} if objectives else {}
-    spec, spec_dir = search_spec(spec_path, storage=f"sqlite:///{db}", trials=trials, seed=seed, name=name, **overrides)
+    spec, spec_dir = search_spec(
+        spec_path, storage=f"sqlite:///{db}", trials=trials, seed=seed, name=name, **overrides
+    )
     info = parse_storage(spec.study.storage)
     started = time.perf_counter()
     search(spec, info, spec_dir=spec_dir, progress=False)
@@ -75,8 +97,12 @@ def run_one(spec_path: Path, db: Path, *, seed: int, trials: int, k: int, object
     finalize(spec, info, k=k, progress=False)
     done = time.perf_counter()
     study = optuna.load_study(study_name=name, storage=spec.study.storage)
-    timing = {"trials": trials, "search_s": round(searched - started, 1), "final_s": round(done - searched, 1),
-              "wall_s": round(done - started, 1)}  # fmt: skip
+    timing = {
+        "trials": trials,
+        "search_s": round(searched - started, 1),
+        "final_s": round(done - searched, 1),
+        "wall_s": round(done - started, 1),
+    }
     return study, spec.study.budget, timing
 
 
@@ -95,8 +121,9 @@ def compression_rows(model: str, spec_path: Path, db: Path, seed: int, trials: i
     return rows
 
 
-def at_recipe_accuracy(model: str, seed: int, done: list, budget: Budget, value: str, timing: dict,
-                       suffix: str = "") -> list[dict]:  # fmt: skip
+def at_recipe_accuracy(
+    model: str, seed: int, done: list, budget: Budget, value: str, timing: dict, suffix: str = ""
+) -> list[dict]:
     """The search's pick at each recipe's own accuracy: the best finalized search trial whose
     validation drop, judged by the study's rule, is no larger than the recipe's (selection on
     validation only; the test drops of both are then compared)."""
@@ -106,15 +133,22 @@ def at_recipe_accuracy(model: str, seed: int, done: list, budget: Budget, value:
             continue
         level = budget.drop(recipe)
         chosen = pick([r for m, r in done if m == "search"], Budget(level, budget.z), value)
-        rows.append(row(model, f"search at {method}'s accuracy{suffix}", seed, round(level, 3), chosen, **timing))
+        rows.append(
+            row(model, f"search at {method}'s accuracy{suffix}", seed, round(level, 3), chosen, **timing)
+        )
     return rows
 
 
 def latency_rows(spec_path: Path, db: Path, seed: int, trials: int, k: int) -> list[dict]:
-    study, budget, timing = run_one(spec_path, db, seed=seed, trials=trials, k=k,
-                                    objectives=["accuracy", "latency_ms"], tag="-latency")  # fmt: skip
+    study, budget, timing = run_one(
+        spec_path, db, seed=seed, trials=trials, k=k, objectives=["accuracy", "latency_ms"], tag="-latency"
+    )
     done = finals(study)
-    rows = [row("lenet5", f"{m} (latency)", seed, None, r, trials=0, wall_s=r.trial_s) for m, r in done if m != "search"]
+    rows = [
+        row("lenet5", f"{m} (latency)", seed, None, r, trials=0, wall_s=r.trial_s)
+        for m, r in done
+        if m != "search"
+    ]
     chosen = pick([r for m, r in done if m == "search"], Budget(1.0, budget.z), "speedup")
     rows.append(row("lenet5", "search (latency)", seed, 1.0, chosen, **timing))
     rows += at_recipe_accuracy("lenet5", seed, done, budget, "speedup", timing, suffix=" (latency)")
@@ -129,13 +163,25 @@ def summarise(rows: list[dict]) -> list[dict]:
         groups.setdefault((r["model"], r["method"], level), []).append(r)
     out = []
     for (model, method, budget), rs in groups.items():
+
         def med(key: str) -> float | None:
             values = [r[key] for r in rs if r[key] is not None]
             return round(statistics.median(values), 3) if values else None
 
         found = sum(r["compression_ratio"] is not None for r in rs)  # seeds whose search found a trial within
-        out.append({"model": model, "method": method, "budget": budget, "seeds": len(rs), "found": found,
-                    **{key: med(key) for key in ("val_drop", "test_drop", "compression_ratio", "speedup", "wall_s")}})  # fmt: skip
+        out.append(
+            {
+                "model": model,
+                "method": method,
+                "budget": budget,
+                "seeds": len(rs),
+                "found": found,
+                **{
+                    key: med(key)
+                    for key in ("val_drop", "test_drop", "compression_ratio", "speedup", "wall_s")
+                },
+            }
+        )
     return out
 
 
@@ -150,15 +196,24 @@ def figure(db: Path, path: Path) -> None:
     names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     models = [m for m in ("lenet5", "lenet300") if any(n.startswith(f"fashion-{m}-s") for n in names)]
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
-    style = {"search": ("o", "tab:blue"), "deep-compression": ("s", "tab:red"), "uniform-l1": ("^", "tab:green")}
+    style = {
+        "search": ("o", "tab:blue"),
+        "deep-compression": ("s", "tab:red"),
+        "uniform-l1": ("^", "tab:green"),
+    }
     for ax, model in zip(axes[0], models):
         seen = set()
         for name in (n for n in names if n.startswith(f"fashion-{model}-s")):
             for method, r in finals(optuna.load_study(study_name=name, storage=storage)):
                 key = next(k for k in style if method.startswith(k))
                 marker, color = style[key]
-                ax.scatter(r.compression_ratio, r.test_acc_drop, marker=marker, color=color,
-                           label=None if key in seen else ("search, finalized" if key == "search" else key))  # fmt: skip
+                ax.scatter(
+                    r.compression_ratio,
+                    r.test_acc_drop,
+                    marker=marker,
+                    color=color,
+                    label=None if key in seen else ("search, finalized" if key == "search" else key),
+                )
                 seen.add(key)
         for level in BUDGETS:
             ax.axhline(level, color="grey", lw=0.8, ls="--")
@@ -173,12 +228,16 @@ def figure(db: Path, path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", nargs="+", default=["lenet5", "lenet300"], choices=["lenet5", "lenet300"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--trials", type=int, default=20, help="search trials per seed")
     parser.add_argument("--k", type=int, help="best trials to finalize (default: the spec's final.k)")
-    parser.add_argument("--latency-trials", type=int, default=20, help="LeNet-5 latency search, first seed only (0: skip)")
+    parser.add_argument(
+        "--latency-trials", type=int, default=20, help="LeNet-5 latency search, first seed only (0: skip)"
+    )
     parser.add_argument("--db", type=Path, default=Path(tempfile.gettempdir()) / "search_vs_recipe.db")
     parser.add_argument("--out", type=Path, default=Path("bench/results/search_vs_recipe.json"))
     parser.add_argument("--figure", type=Path, help="only draw the finalized trials in --db to this PNG")
@@ -188,18 +247,33 @@ def main() -> None:
         return
     warnings.filterwarnings("ignore")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-               "threads": torch.get_num_threads()}  # fmt: skip
+    machine = {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
     rows: list[dict] = []
 
     def save() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"machine": machine, "args": {k: str(v) for k, v in vars(args).items()},
-                                        "rows": rows, "median": summarise(rows)}, indent=2))  # fmt: skip
+        args.out.write_text(
+            json.dumps(
+                {
+                    "machine": machine,
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "rows": rows,
+                    "median": summarise(rows),
+                },
+                indent=2,
+            )
+        )
 
     for model in args.models:
         spec_path = Path(f"studies/fashion-{model}.toml")
-        load_inputs(search_spec(spec_path)[0], progress=False)  # the base, trained once (cached) and not timed
+        load_inputs(
+            search_spec(spec_path)[0], progress=False
+        )  # the base, trained once (cached) and not timed
         for seed in args.seeds:
             rows += compression_rows(model, spec_path, args.db, seed, args.trials, args.k)
             print(json.dumps(rows[-1]), flush=True)

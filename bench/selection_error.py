@@ -57,8 +57,11 @@ def judge_stored(db: Path, budgets: list[float], out: Path) -> None:
         if "-latency" in summary.study_name:
             continue
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
-        records = [r for t in study.get_trials(deepcopy=False)
-                   if t.user_attrs.get("source") != "final" and (r := TrialRecord.from_attrs(t.user_attrs))]  # fmt: skip
+        records = [
+            r
+            for t in study.get_trials(deepcopy=False)
+            if t.user_attrs.get("source") != "final" and (r := TrialRecord.from_attrs(t.user_attrs))
+        ]
         groups.setdefault(summary.study_name.rsplit("-s", 1)[0], []).extend(records)
     rows = []
     for (name, records), max_drop, (rule, (selection, confidence)) in itertools.product(
@@ -66,26 +69,41 @@ def judge_stored(db: Path, budgets: list[float], out: Path) -> None:
     ):
         budget = Budget.of(max_drop, selection, confidence)
         called = [r for r in records if budget.drop(r) <= max_drop]
-        row = {"studies": name, "budget": max_drop, "rule": rule, "trials": len(records), "called_within": len(called),
-               "over_budget_on_test": sum(r.test_acc_drop > max_drop for r in called),
-               "exceed_on_test_by_1": sum(r.test_acc_drop > max_drop + 1 for r in called),
-               "worst_test_drop": max((r.test_acc_drop for r in called), default=None)}  # fmt: skip
+        row = {
+            "studies": name,
+            "budget": max_drop,
+            "rule": rule,
+            "trials": len(records),
+            "called_within": len(called),
+            "over_budget_on_test": sum(r.test_acc_drop > max_drop for r in called),
+            "exceed_on_test_by_1": sum(r.test_acc_drop > max_drop + 1 for r in called),
+            "worst_test_drop": max((r.test_acc_drop for r in called), default=None),
+        }
         rows.append(row)
         print(json.dumps(row), flush=True)
     out.write_text(json.dumps({"db": str(db), "rows": rows}, indent=2))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--spec", type=Path, default=Path("studies/digits-lenet5.toml"))
     parser.add_argument("--val-fraction", type=float, nargs="+", default=[0.1])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--trials", type=int)
-    parser.add_argument("--budgets", type=float, nargs="+", help="judge at these budgets (default: the spec's)")
-    parser.add_argument("--keep", type=Path, help="keep the studies in this SQLite file (default: a temporary one)")
+    parser.add_argument(
+        "--budgets", type=float, nargs="+", help="judge at these budgets (default: the spec's)"
+    )
+    parser.add_argument(
+        "--keep", type=Path, help="keep the studies in this SQLite file (default: a temporary one)"
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/selection_error.json"))
-    parser.add_argument("--judge-db", type=Path,
-                        help="run nothing: judge the search trials of every study in this SQLite file")  # fmt: skip
+    parser.add_argument(
+        "--judge-db",
+        type=Path,
+        help="run nothing: judge the search trials of every study in this SQLite file",
+    )
     args = parser.parse_args()
     if args.judge_db:
         judge_stored(args.judge_db, args.budgets or [1.0], args.out)
@@ -97,8 +115,13 @@ def main() -> None:
         for fraction in args.val_fraction:
             for seed in args.seeds:
                 db = args.keep or Path(tmp) / "s.db"
-                spec, spec_dir = search_spec(args.spec, storage=f"sqlite:///{db}", trials=args.trials, seed=seed,
-                                             name=f"{args.spec.stem}-v{fraction}-s{seed}")  # fmt: skip
+                spec, spec_dir = search_spec(
+                    args.spec,
+                    storage=f"sqlite:///{db}",
+                    trials=args.trials,
+                    seed=seed,
+                    name=f"{args.spec.stem}-v{fraction}-s{seed}",
+                )
                 spec = dataclasses.replace(spec, data=dataclasses.replace(spec.data, val_fraction=fraction))
                 started = time.perf_counter()
                 summary = search(spec, parse_storage(spec.study.storage), spec_dir=spec_dir, progress=False)
@@ -107,12 +130,24 @@ def main() -> None:
                     args.budgets or [spec.study.max_acc_drop], RULES.items()
                 ):
                     budget = Budget.of(max_drop, selection, confidence)
-                    row = {"spec": args.spec.stem, "val_fraction": fraction, "seed": seed, "budget": max_drop, "rule": rule,
-                           "trials": len(study.trials), "wall_s": round(time.perf_counter() - started, 1),
-                           "base_val_accuracy": summary["base"]["accuracy"], **judge(study, budget)}  # fmt: skip
+                    row = {
+                        "spec": args.spec.stem,
+                        "val_fraction": fraction,
+                        "seed": seed,
+                        "budget": max_drop,
+                        "rule": rule,
+                        "trials": len(study.trials),
+                        "wall_s": round(time.perf_counter() - started, 1),
+                        "base_val_accuracy": summary["base"]["accuracy"],
+                        **judge(study, budget),
+                    }
                     rows.append(row)
                     print(json.dumps(row), flush=True)
-    machine = {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    machine = {
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
 

@@ -64,16 +64,24 @@ def main() -> None:
             errors = []
             for i in range(args.checked):
                 config = random_config(layers, rng)
-                errors.append(sizes.estimate(config) / real_size(base, spec, config, Path(tmp) / f"{i}.apk") - 1)
-            rows[name] = {"cpu_s_per_1000": round(cpu / args.candidates * 1000, 3),
-                          "error_pct": [round(100 * e, 2) for e in errors],
-                          "max_abs_error_pct": round(100 * max(abs(e) for e in errors), 2)}  # fmt: skip
-            print(f"{name}: {rows[name]['cpu_s_per_1000']:.2f} CPU s per 1,000 estimates; "
-                  f"error vs real files max {rows[name]['max_abs_error_pct']:.2f}%", flush=True)  # fmt: skip
+                errors.append(
+                    sizes.estimate(config) / real_size(base, spec, config, Path(tmp) / f"{i}.apk") - 1
+                )
+            rows[name] = {
+                "cpu_s_per_1000": round(cpu / args.candidates * 1000, 3),
+                "error_pct": [round(100 * e, 2) for e in errors],
+                "max_abs_error_pct": round(100 * max(abs(e) for e in errors), 2),
+            }
+            print(
+                f"{name}: {rows[name]['cpu_s_per_1000']:.2f} CPU s per 1,000 estimates; "
+                f"error vs real files max {rows[name]['max_abs_error_pct']:.2f}%",
+                flush=True,
+            )
     result = {
-        "command": "python bench/size_model.py " + " ".join(
-            f"--{k} {v}" for k, v in (("candidates", args.candidates), ("checked", args.checked))),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, one torch thread",
+        "command": "python bench/size_model.py "
+        + " ".join(f"--{k} {v}" for k, v in (("candidates", args.candidates), ("checked", args.checked))),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, one torch "
+        "thread",
         "other_load": other_load(before, cpu_sample()),  # cores other processes kept busy meanwhile
         "models": rows,
     }

@@ -100,7 +100,9 @@ def tree_rss(pid: int) -> tuple[int, int, int]:
         todo += children.get(p, [])
         try:
             with open(f"/proc/{p}/smaps_rollup") as f:
-                fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f if line.split()[-1] == "kB"}
+                fields = {
+                    line.split(":")[0]: int(line.split()[1]) * 1024 for line in f if line.split()[-1] == "kB"
+                }
         except (OSError, ValueError, IndexError):
             continue
         total, largest = total + fields.get("Rss", 0), max(largest, fields.get("Rss", 0))
@@ -109,7 +111,9 @@ def tree_rss(pid: int) -> tuple[int, int, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--gib", type=float, default=8.0, help="decoded float32 size the folder must reach")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--trials", type=int, default=3)
@@ -124,13 +128,29 @@ def main() -> None:
     on_disk = sum(f.stat().st_size for f in (args.folder / "images").rglob("*.jpg"))
     (args.folder / "nets.py").write_text(FACTORY)
     spec = args.folder / "stream.toml"
-    spec.write_text(SPEC.format(trials=args.trials, factory=args.folder / "nets.py", folder=args.folder / "images",
-                                size=args.size))  # fmt: skip
+    spec.write_text(
+        SPEC.format(
+            trials=args.trials, factory=args.folder / "nets.py", folder=args.folder / "images", size=args.size
+        )
+    )
     storage = f"sqlite:///{args.folder / 'stream.db'}"
     (args.folder / "stream.db").unlink(missing_ok=True)
     env = {**os.environ, "AUTOPRUNE_CACHE": str(args.folder / "cache")}
-    command = [sys.executable, "-m", "autoprune", "search", str(spec), "--storage", storage, "--device", "cpu",
-               "--threads", "2", "--quiet", "--json"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "autoprune",
+        "search",
+        str(spec),
+        "--storage",
+        storage,
+        "--device",
+        "cpu",
+        "--threads",
+        "2",
+        "--quiet",
+        "--json",
+    ]
     peak = {"sum": 0, "pss": 0, "max": 0}
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()

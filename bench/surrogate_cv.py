@@ -11,7 +11,8 @@
 - ``prior alone``: the additive prior itself, no trial learnt from.
 
     python bench/surrogate_cv.py --storage sqlite:////tmp/zero_shot.db \\
-        --studies zero-shot-search-s0,zero-shot-search-s1 --at 10,20,30 --out bench/results/surrogate_cv_residual.json
+        --studies zero-shot-search-s0,zero-shot-search-s1 --at 10,20,30 \\
+        --out bench/results/surrogate_cv_residual.json
 """
 
 from __future__ import annotations
@@ -56,9 +57,15 @@ class ParamsEnsemble(RegressorMixin, BaseEstimator):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             for i in range(self.n_members):
-                mlp = MLPRegressor(hidden_layer_sizes=(64,), alpha=0.1, max_iter=200,
-                                   random_state=self.random_state * 1000 + i)  # fmt: skip
-                member = TransformedTargetRegressor(make_pipeline(StandardScaler(), mlp), transformer=StandardScaler())
+                mlp = MLPRegressor(
+                    hidden_layer_sizes=(64,),
+                    alpha=0.1,
+                    max_iter=200,
+                    random_state=self.random_state * 1000 + i,
+                )
+                member = TransformedTargetRegressor(
+                    make_pipeline(StandardScaler(), mlp), transformer=StandardScaler()
+                )
                 rows = rng.integers(len(x), size=len(x))
                 self.members_.append(member.fit(x[rows], y[rows]))
         return self
@@ -74,7 +81,9 @@ def kfold_cv(make, x: np.ndarray, y: np.ndarray, offset: np.ndarray | None = Non
     predicted = np.zeros_like(y)
     for train, test in KFold(min(5, len(y)), shuffle=True, random_state=0).split(x):
         predicted[test] = make().fit(x[train], y[train] - offset[train]).predict(x[test]) + offset[test]
-    return CVScore(float(r2_score(y, predicted)), float(mean_absolute_error(y, predicted)), min(5, len(y)), y, predicted)
+    return CVScore(
+        float(r2_score(y, predicted)), float(mean_absolute_error(y, predicted)), min(5, len(y)), y, predicted
+    )
 
 
 class ScaledGP(RegressorMixin, BaseEstimator):
@@ -84,7 +93,9 @@ class ScaledGP(RegressorMixin, BaseEstimator):
         kernel = ConstantKernel(1.0) * Matern(length_scale=np.ones(x.shape[1]), nu=2.5) + WhiteKernel(0.1)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            self.gp_ = GaussianProcessRegressor(kernel, normalize_y=True, n_restarts_optimizer=2, random_state=0).fit(x, y)
+            self.gp_ = GaussianProcessRegressor(
+                kernel, normalize_y=True, n_restarts_optimizer=2, random_state=0
+            ).fit(x, y)
         return self
 
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -92,8 +103,16 @@ class ScaledGP(RegressorMixin, BaseEstimator):
 
 
 def row(surrogate: str, study: str, n: int, cv: CVScore, seconds: float) -> dict:
-    return {"surrogate": surrogate, "study": study, "n": n, "r2": round(cv.r2, 3), "mae": round(cv.mae, 3),
-            "kendall_tau": round(cv.kendall_tau, 3), "top5_hit": round(cv.top_hit(5), 3), "fit_s": round(seconds, 1)}  # fmt: skip
+    return {
+        "surrogate": surrogate,
+        "study": study,
+        "n": n,
+        "r2": round(cv.r2, 3),
+        "mae": round(cv.mae, 3),
+        "kendall_tau": round(cv.kendall_tau, 3),
+        "top5_hit": round(cv.top_hit(5), 3),
+        "fit_s": round(seconds, 1),
+    }
 
 
 def main() -> None:
@@ -130,25 +149,36 @@ def main() -> None:
             prior_only = CVScore(float(r2_score(y, prior)), float(mean_absolute_error(y, prior)), 0, y, prior)
             rows.append(row("prior alone", name, n, prior_only, 0.0))
             err = np.abs(history.data.ratio / history.ratio - 1)
-            print(f"{name} n={n} (size error median {100 * np.median(err):.1f}%): " + "; ".join(
-                f"{r['surrogate']} R^2 {r['r2']:.2f} tau {r['kendall_tau']:.2f} top5 {r['top5_hit']:.0%}"
-                for r in rows if r["study"] == name and r["n"] == n), flush=True)  # fmt: skip
+            print(
+                f"{name} n={n} (size error median {100 * np.median(err):.1f}%): "
+                + "; ".join(
+                    f"{r['surrogate']} R^2 {r['r2']:.2f} tau {r['kendall_tau']:.2f} top5 {r['top5_hit']:.0%}"
+                    for r in rows
+                    if r["study"] == name and r["n"] == n
+                ),
+                flush=True,
+            )
     summary = {}
     for n in sizes:
         for label in dict.fromkeys(r["surrogate"] for r in rows):
             at = [r for r in rows if r["n"] == n and r["surrogate"] == label]
             if at:
-                summary[f"{label} @ {n}"] = {k: round(float(np.median([r[k] for r in at])), 3)
-                                             for k in ("r2", "mae", "kendall_tau", "top5_hit")} | {"studies": len(at)}  # fmt: skip
+                summary[f"{label} @ {n}"] = {
+                    k: round(float(np.median([r[k] for r in at])), 3)
+                    for k in ("r2", "mae", "kendall_tau", "top5_hit")
+                } | {"studies": len(at)}
     result = {
         "command": "python bench/surrogate_cv.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.machine()}, torch {torch.__version__}",
-        "rows": rows, "median_over_studies": summary,
-    }  # fmt: skip
+        "rows": rows,
+        "median_over_studies": summary,
+    }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     for key, s in summary.items():
-        print(f"{key}: median R^2 {s['r2']:.2f}, MAE {s['mae']:.2f}, Kendall tau {s['kendall_tau']:.2f}, "
-              f"top-5 hit {s['top5_hit']:.0%} over {s['studies']} studies")
+        print(
+            f"{key}: median R^2 {s['r2']:.2f}, MAE {s['mae']:.2f}, Kendall tau {s['kendall_tau']:.2f}, "
+            f"top-5 hit {s['top5_hit']:.0%} over {s['studies']} studies"
+        )
 
 
 if __name__ == "__main__":

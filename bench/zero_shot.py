@@ -66,21 +66,42 @@ def pick(rows: list[TrialRecord], budget: Budget) -> TrialRecord | None:
     return max(within, key=lambda r: r.compression_ratio, default=None)
 
 
-def row(seed: int, method: str, budget: Budget, chosen: TrialRecord | None, trials: list[TrialRecord],
-        extra_s: float = 0.0) -> dict:  # fmt: skip
+def row(
+    seed: int,
+    method: str,
+    budget: Budget,
+    chosen: TrialRecord | None,
+    trials: list[TrialRecord],
+    extra_s: float = 0.0,
+) -> dict:
     return {
-        "model": "lenet5", "dataset": "fashion-mnist", "seed": seed, "method": method, "budget": budget.max_drop,
-        "trials": len(trials), "val_drop": chosen and round(chosen.acc_drop, 3),
-        "val_drop_judged": chosen and round(budget.drop(chosen), 3), "test_drop": chosen and chosen.test_acc_drop,
+        "model": "lenet5",
+        "dataset": "fashion-mnist",
+        "seed": seed,
+        "method": method,
+        "budget": budget.max_drop,
+        "trials": len(trials),
+        "val_drop": chosen and round(chosen.acc_drop, 3),
+        "val_drop_judged": chosen and round(budget.drop(chosen), 3),
+        "test_drop": chosen and chosen.test_acc_drop,
         "compression_ratio": chosen and round(chosen.compression_ratio, 2),
         "wall_s": round(extra_s + sum(r.trial_s or 0.0 for r in trials), 1),
         "best_val_drop_tried": round(min(budget.drop(r) for r in trials), 3) if trials else None,
-    }  # fmt: skip
+    }
 
 
-def run(seed: int, tag: str, db: Path, trials: int, spec: Path = SPEC, **overrides) -> tuple[optuna.Study, Budget]:
-    spec, spec_dir = search_spec(spec, storage=f"sqlite:///{db}", trials=trials, seed=seed,
-                                 name=f"zero-shot-{tag}-s{seed}", baselines=[], **overrides)  # fmt: skip
+def run(
+    seed: int, tag: str, db: Path, trials: int, spec: Path = SPEC, **overrides
+) -> tuple[optuna.Study, Budget]:
+    spec, spec_dir = search_spec(
+        spec,
+        storage=f"sqlite:///{db}",
+        trials=trials,
+        seed=seed,
+        name=f"zero-shot-{tag}-s{seed}",
+        baselines=[],
+        **overrides,
+    )
     info = parse_storage(spec.study.storage)
     search(spec, info, spec_dir=spec_dir, progress=False)
     return optuna.load_study(study_name=spec.study.name, storage=spec.study.storage), spec.study.budget
@@ -101,7 +122,9 @@ def seed_rows(seed: int, db: Path, at: list[int], warm_trials: int) -> list[dict
     if warm_trials > len(SCALES):
         warm, budget = run(seed, "warm", db, warm_trials, warm_start=SCALES)
         first = [r for _, _, r in records(warm)][:warm_trials]
-        out.append(row(seed, f"warm+search@{warm_trials}", budget, pick(first, budget), first, analysis.seconds))
+        out.append(
+            row(seed, f"warm+search@{warm_trials}", budget, pick(first, budget), first, analysis.seconds)
+        )
     return out
 
 
@@ -116,12 +139,16 @@ def transfer_rows(seed: int, db: Path, k: int) -> list[dict]:
     own = [r for _, source, r in records(study) if source == SOURCE]
     out = [row(seed, "zero-shot", budget, pick(own, budget), own, analysis.seconds) | {"model": "lenet300"}]
     name = f"zero-shot-lenet300-transfer-s{seed}"
-    spec, spec_dir = search_spec(UNSEEN, storage=url, trials=k, seed=seed, name=name, baselines=[], warm_start=[])
+    spec, spec_dir = search_spec(
+        UNSEEN, storage=url, trials=k, seed=seed, name=name, baselines=[], warm_start=[]
+    )
     info = parse_storage(url)
     search(spec, info, spec_dir=spec_dir, progress=False, setup_only=True)
     view = open_view(name, info)
     if not view.study.get_trials(deepcopy=False):
-        sources = open_sources([f"zero-shot-{kind}-s{s}" for kind in ("search", "warm") for s in (0, 1, 2)], url)
+        sources = open_sources(
+            [f"zero-shot-{kind}-s{s}" for kind in ("search", "warm") for s in (0, 1, 2)], url
+        )
         started = time.perf_counter()
         surrogate, joined = fit(view, [], seed=seed, sources=sources)
         config = ProposeConfig(max_acc_drop=budget.max_drop, k=k, seed=seed)
@@ -132,7 +159,10 @@ def transfer_rows(seed: int, db: Path, k: int) -> list[dict]:
     done = [r for _, _, r in records(study)]
     model_s = float(study.user_attrs.get("bench_model_s", 0.0))
     method = "transfer (residual surrogate from LeNet-5)"
-    out.append(row(seed, method, budget, pick(done, budget), done, model_s + analysis.seconds) | {"model": "lenet300"})
+    out.append(
+        row(seed, method, budget, pick(done, budget), done, model_s + analysis.seconds)
+        | {"model": "lenet300"}
+    )
     return out
 
 
@@ -142,30 +172,53 @@ def summarise(rows: list[dict]) -> list[dict]:
         rs = [r for r in rows if r["method"] == method and r["model"] == model]
 
         def med(key: str, rs: list[dict] = rs) -> float | None:
-            values = [r[key] if r[key] is not None else (1.0 if key == "compression_ratio" else None) for r in rs]
+            values = [
+                r[key] if r[key] is not None else (1.0 if key == "compression_ratio" else None) for r in rs
+            ]
             values = [v for v in values if v is not None]
             return round(statistics.median(values), 3) if values else None
 
         found = sum(r["compression_ratio"] is not None for r in rs)
-        out.append({"model": model, "method": method, "seeds": len(rs), "found": found,
-                    **{k: med(k) for k in ("compression_ratio", "val_drop", "test_drop", "wall_s")}})  # fmt: skip
+        out.append(
+            {
+                "model": model,
+                "method": method,
+                "seeds": len(rs),
+                "found": found,
+                **{k: med(k) for k in ("compression_ratio", "val_drop", "test_drop", "wall_s")},
+            }
+        )
     return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--at", type=int, nargs="+", default=[10, 30], help="search trial counts to compare at")
-    parser.add_argument("--warm-trials", type=int, default=30, help="continue the warm start to N trials (0: not)")
-    parser.add_argument("--transfer-k", type=int, default=0,
-                        help="also the transfer to LeNet-300-100 with K proposals (0: not)")
+    parser.add_argument(
+        "--at", type=int, nargs="+", default=[10, 30], help="search trial counts to compare at"
+    )
+    parser.add_argument(
+        "--warm-trials", type=int, default=30, help="continue the warm start to N trials (0: not)"
+    )
+    parser.add_argument(
+        "--transfer-k",
+        type=int,
+        default=0,
+        help="also the transfer to LeNet-300-100 with K proposals (0: not)",
+    )
     parser.add_argument("--db", type=Path, default=Path(tempfile.gettempdir()) / "zero_shot.db")
     parser.add_argument("--out", type=Path, default=Path("bench/results/zero_shot.json"))
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-               "threads": torch.get_num_threads()}  # fmt: skip
+    machine = {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
     rows: list[dict] = []
     started, sample = time.perf_counter(), cpu_sample()
     for seed in args.seeds:
@@ -173,11 +226,19 @@ def main() -> None:
         if args.transfer_k:
             rows += transfer_rows(seed, args.db, args.transfer_k)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({
-            "machine": machine, "args": {k: str(v) for k, v in vars(args).items()},
-            "other_load": other_load(sample, cpu_sample()),
-            "elapsed_s": round(time.perf_counter() - started, 1), "rows": rows, "median": summarise(rows),
-        }, indent=2))  # fmt: skip
+        args.out.write_text(
+            json.dumps(
+                {
+                    "machine": machine,
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "other_load": other_load(sample, cpu_sample()),
+                    "elapsed_s": round(time.perf_counter() - started, 1),
+                    "rows": rows,
+                    "median": summarise(rows),
+                },
+                indent=2,
+            )
+        )
         print(json.dumps(summarise(rows), indent=1), flush=True)
 
 

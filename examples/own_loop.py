@@ -25,9 +25,13 @@ class DigitsF1:
         x, y = load_digits(return_X_y=True)
         x = (x / 16.0 - 0.5).astype(np.float32).reshape(-1, 1, 8, 8)
         x_rest, x_test, y_rest, y_test = train_test_split(x, y, test_size=0.2, random_state=0, stratify=y)
-        x_train, x_val, y_train, y_val = train_test_split(x_rest, y_rest, test_size=0.15, random_state=0, stratify=y_rest)
-        self.data = {name: (torch.from_numpy(a), torch.from_numpy(b).long())
-                     for name, a, b in (("train", x_train, y_train), ("val", x_val, y_val), ("test", x_test, y_test))}
+        x_train, x_val, y_train, y_val = train_test_split(
+            x_rest, y_rest, test_size=0.15, random_state=0, stratify=y_rest
+        )
+        self.data = {
+            name: (torch.from_numpy(a), torch.from_numpy(b).long())
+            for name, a, b in (("train", x_train, y_train), ("val", x_val, y_val), ("test", x_test, y_test))
+        }
         self.sizes = {name: len(b) for name, (_, b) in self.data.items()}
 
     def example_input(self) -> torch.Tensor:
@@ -41,8 +45,9 @@ class DigitsF1:
         if budget.max_batches is not None:
             per_epoch = min(per_epoch, budget.max_batches)
         optimizer = torch.optim.SGD(model.parameters(), lr=budget.lr * 50, momentum=0.9, weight_decay=5e-4)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=budget.lr * 50,
-                                                       total_steps=max(1, budget.epochs * per_epoch))
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=budget.lr * 50, total_steps=max(1, budget.epochs * per_epoch)
+        )
         loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
         for epoch in range(1, budget.epochs + 1):
             model.train()

@@ -20,8 +20,11 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subpro
     """Run ``python -m autoprune ARGS`` as a user would, capturing both streams."""
     return subprocess.run(
         [sys.executable, "-m", "autoprune", *args],
-        capture_output=True, text=True, cwd=cwd or REPO, timeout=timeout,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=cwd or REPO,
+        timeout=timeout,
+    )
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
@@ -121,8 +124,17 @@ def postgres_reachable() -> bool:
         return False
 
 
-STORAGE_KINDS = ["inmemory", "sqlite", "journal", pytest.param("postgresql", marks=pytest.mark.skipif(
-    not postgres_reachable(), reason=f"no PostgreSQL server reachable at {PG_URL}"))]  # fmt: skip
+STORAGE_KINDS = [
+    "inmemory",
+    "sqlite",
+    "journal",
+    pytest.param(
+        "postgresql",
+        marks=pytest.mark.skipif(
+            not postgres_reachable(), reason=f"no PostgreSQL server reachable at {PG_URL}"
+        ),
+    ),
+]
 
 
 @pytest.fixture(params=STORAGE_KINDS)
@@ -136,8 +148,11 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path):
     if request.param == "inmemory":
         yield optuna.storages.InMemoryStorage(), None
         return
-    url = {"sqlite": f"sqlite:///{tmp_path / 'study.db'}", "journal": f"journal:{tmp_path / 'study.log'}",
-           "postgresql": PG_URL}[request.param]  # fmt: skip
+    url = {
+        "sqlite": f"sqlite:///{tmp_path / 'study.db'}",
+        "journal": f"journal:{tmp_path / 'study.log'}",
+        "postgresql": PG_URL,
+    }[request.param]
     info = parse_storage(url)
     store = open_storage(info)
     before = {s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)}

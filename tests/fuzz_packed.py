@@ -23,9 +23,30 @@ from autoprune.compress import PackError, load_packed
 MAGIC_LEN = 6  # b"APRUNE", then a version byte and the header length
 
 ODD_VALUES: list[Any] = [
-    None, True, -1, 0, 1, 2**31, 2**63, -(2**63), 10**30, 1e308, -1e-308, float("nan"), "", "x" * 1000,
-    "lenet5", "sys:exit", "../../etc/passwd", [], [0], [10**9, 10**9], {}, {"a": 1}, [[[[[]]]]],
-]  # fmt: skip
+    None,
+    True,
+    -1,
+    0,
+    1,
+    2**31,
+    2**63,
+    -(2**63),
+    10**30,
+    1e308,
+    -1e-308,
+    float("nan"),
+    "",
+    "x" * 1000,
+    "lenet5",
+    "sys:exit",
+    "../../etc/passwd",
+    [],
+    [0],
+    [10**9, 10**9],
+    {},
+    {"a": 1},
+    [[[[[]]]]],
+]
 
 
 def with_crc(body: bytes) -> bytes:
@@ -36,7 +57,11 @@ def split(data: bytes) -> tuple[dict[str, Any], bytes, bytes]:
     """(header, the bytes before the header, the payload) of a well-formed packed file."""
     (length,) = struct.unpack_from("<I", data, MAGIC_LEN + 1)
     start = MAGIC_LEN + 5
-    return json.loads(zlib.decompress(data[start : start + length])), data[:MAGIC_LEN + 1], data[start + length : -4]
+    return (
+        json.loads(zlib.decompress(data[start : start + length])),
+        data[: MAGIC_LEN + 1],
+        data[start + length : -4],
+    )
 
 
 def _leaves(node: Any, path: tuple = ()) -> list[tuple]:

@@ -31,7 +31,10 @@ CASES = {
     "unknown flag": (["train", "--no-such-flag"], "unrecognized arguments"),
     "unknown model": (["train", "--model", "alexnet"], "valid models"),
     "unknown dataset": (["train", "--dataset", "imagenet"], "valid datasets"),
-    "missing data dir": (["train", "--dataset", "mnist", "--data-dir", "/nonexistent/mnist"], "does not exist"),
+    "missing data dir": (
+        ["train", "--dataset", "mnist", "--data-dir", "/nonexistent/mnist"],
+        "does not exist",
+    ),
     "search budget nan": (["search", "tiny.toml", *ST, "--max-acc-drop", "nan"], "--max-acc-drop"),
     "search budget inf": (["search", "tiny.toml", *ST, "--max-acc-drop", "inf"], "--max-acc-drop"),
     "search budget negative": (["search", "tiny.toml", *ST, "--max-acc-drop", "-1"], "--max-acc-drop"),
@@ -52,25 +55,54 @@ CASES = {
     "spec missing": (["search", "nope.toml", *ST], "does not exist"),
     "spec not toml": (["search", "not-toml.toml", *ST], "is not valid TOML"),
     "spec jobs on sqlite": (["search", "tiny.toml", *ST, "--jobs", "2"], "cannot share SQLite"),
-    "spec data missing, no db made": (["search", "spec-no-data.toml", "--storage", "sqlite:///new.db"], "needs --data-dir"),
-    "spec factory raises, no db made": (["search", "spec-boom.toml", "--storage", "sqlite:///new.db"], "raised ValueError"),
-    "spec bad baseline, no db made": (["search", "spec-bad-baseline.toml", "--storage", "sqlite:///new.db"], "finite"),
-    "search other objectives": (["search", "tiny.toml", *ST, "--objectives", "compression_ratio"], "optimises"),
+    "spec data missing, no db made": (
+        ["search", "spec-no-data.toml", "--storage", "sqlite:///new.db"],
+        "needs --data-dir",
+    ),
+    "spec factory raises, no db made": (
+        ["search", "spec-boom.toml", "--storage", "sqlite:///new.db"],
+        "raised ValueError",
+    ),
+    "spec bad baseline, no db made": (
+        ["search", "spec-bad-baseline.toml", "--storage", "sqlite:///new.db"],
+        "finite",
+    ),
+    "search other objectives": (
+        ["search", "tiny.toml", *ST, "--objectives", "compression_ratio"],
+        "optimises",
+    ),
     "search read-only sqlite": (
-        ["search", "tiny.toml", "--storage", "sqlite:///file:study.db?mode=ro&uri=true", "--trials", "9"], "readonly"),
+        ["search", "tiny.toml", "--storage", "sqlite:///file:study.db?mode=ro&uri=true", "--trials", "9"],
+        "readonly",
+    ),
     # recipes
-    "recipe lr inf": (["compress", "--recipe", "lr-inf.toml", "--out", "x.apk"], "lr=inf should be a finite number"),
+    "recipe lr inf": (
+        ["compress", "--recipe", "lr-inf.toml", "--out", "x.apk"],
+        "lr=inf should be a finite number",
+    ),
     "recipe ratio nan": (["compress", "--recipe", "nan-ratio.toml", "--out", "x.apk"], "finite"),
     "recipe index bits 0": (["compress", "--recipe", "index-0.toml", "--out", "x.apk"], "conv_index_bits=0"),
-    "recipe index bits 40": (["compress", "--recipe", "index-40.toml", "--out", "x.apk"], "conv_index_bits=40"),
+    "recipe index bits 40": (
+        ["compress", "--recipe", "index-40.toml", "--out", "x.apk"],
+        "conv_index_bits=40",
+    ),
     "recipe ratio 1.2": (["compress", "--recipe", "ratio-1.2.toml", "--out", "x.apk"], "default=1.2"),
     "recipe bits 20": (["compress", "--recipe", "bits-20.toml", "--out", "x.apk"], "conv_bits=20"),
-    "recipe unknown key": (["compress", "--recipe", "unknown-key.toml", "--out", "x.apk"], "unknown key structured.ratio"),
-    "recipe unknown layer": (["compress", "--recipe", "unknown-layer.toml", "--out", "x.apk"], "unknown layer 'conv7'"),
+    "recipe unknown key": (
+        ["compress", "--recipe", "unknown-key.toml", "--out", "x.apk"],
+        "unknown key structured.ratio",
+    ),
+    "recipe unknown layer": (
+        ["compress", "--recipe", "unknown-layer.toml", "--out", "x.apk"],
+        "unknown layer 'conv7'",
+    ),
     "recipe not toml": (["compress", "--recipe", "not-toml.toml", "--out", "x.apk"], "is not valid TOML"),
     "recipe missing": (["compress", "--recipe", "nope.toml", "--out", "x.apk"], "does not exist"),
     "compress out is a folder": (["compress", "--recipe", "ok.toml", "--out", "folder"], "is a folder"),
-    "compress out in a missing folder": (["compress", "--recipe", "ok.toml", "--out", "/missing/x.apk"], "does not exist"),
+    "compress out in a missing folder": (
+        ["compress", "--recipe", "ok.toml", "--out", "/missing/x.apk"],
+        "does not exist",
+    ),
     # models, data and checkpoints
     "factory without parameters": (["train", "--model", "nets.py:noparams"], "no parameters"),
     "factory raises": (["train", "--model", "nets.py:boom"], "raised ValueError: nope"),
@@ -80,7 +112,10 @@ CASES = {
     "npz of strings": (["train", "--dataset", "npz", "--data-dir", "strings.npz"], "images must be numbers"),
     "npz float labels": (["train", "--dataset", "npz", "--data-dir", "floatlabels.npz"], "whole numbers"),
     "npz one class": (["train", "--dataset", "npz", "--data-dir", "oneclass.npz"], "only one class"),
-    "imagefolder one class": (["train", "--dataset", "imagefolder", "--data-dir", "oneclass"], "only one class"),
+    "imagefolder one class": (
+        ["train", "--dataset", "imagefolder", "--data-dir", "oneclass"],
+        "only one class",
+    ),
     "train out is a folder": (["train", "--out", "folder"], "is a folder"),
     "train out under a file": (["train", "--out", "afile/base.pt"], "does not exist"),
     "corrupt checkpoint": (["train", "--checkpoint", "corrupt.pt"], "corrupt"),
@@ -88,10 +123,19 @@ CASES = {
     # packed files
     "eval missing file": (["eval", "nope.apk"], "does not exist"),
     "eval garbage": (["eval", "garbage.apk"], "truncated"),
-    "eval image size differs": (["eval", "m.apk", "--dataset", "npz", "--data-dir", "rgb32.npz"], "1x8x8 images"),
-    "eval classes differ": (["eval", "m.apk", "--dataset", "npz", "--data-dir", "gray8-3classes.npz"], "3 classes"),
+    "eval image size differs": (
+        ["eval", "m.apk", "--dataset", "npz", "--data-dir", "rgb32.npz"],
+        "1x8x8 images",
+    ),
+    "eval classes differ": (
+        ["eval", "m.apk", "--dataset", "npz", "--data-dir", "gray8-3classes.npz"],
+        "3 classes",
+    ),
     "eval onnx into a folder": (["eval", "m.apk", "--onnx", "folder"], "is a folder"),
-    "eval torchscript in a missing folder": (["eval", "m.apk", "--torchscript", "/missing/x.pt"], "does not exist"),
+    "eval torchscript in a missing folder": (
+        ["eval", "m.apk", "--torchscript", "/missing/x.pt"],
+        "does not exist",
+    ),
     "eval val fraction 0": (["eval", "m.apk", "--val-fraction", "0"], "--val-fraction"),
     "eval user factory not named": (["eval", "users.apk"], "--model nets.py:boom"),
     "eval oversize header": (["eval", "bomb.apk"], "corrupt"),
@@ -106,16 +150,27 @@ CASES = {
     "trials not a journal": (["trials", "--storage", "journal:notjournal.log"], "not an Optuna journal"),
     "trials missing journal": (["trials", "--storage", "journal:nope.log"], "no study database"),
     "trials no such study": (["trials", *ST, "--study", "nosuch"], "no study 'nosuch'"),
-    "trials says the file it read": (["trials", "--storage", "sqlite:///study.db", "--study", "nosuch"], "/study.db)"),
+    "trials says the file it read": (
+        ["trials", "--storage", "sqlite:///study.db", "--study", "nosuch"],
+        "/study.db)",
+    ),
     "trials unsupported storage": (["trials", "--storage", "mysql://u@h/db"], "unsupported storage"),
     "trials unreachable postgres": (
-        ["trials", "--storage", "postgresql://u:hunt@er2pw@127.0.0.1:1/db"], "postgresql://u:***@127.0.0.1:1/db"),
+        ["trials", "--storage", "postgresql://u:hunt@er2pw@127.0.0.1:1/db"],
+        "postgresql://u:***@127.0.0.1:1/db",
+    ),
     "export trial -1": (["export", *ST, "--trial", "-1"], "--trial"),
     "export trial abc": (["export", *ST, "--trial", "abc"], "--trial"),
     "export trial 99": (["export", *ST, "--trial", "99"], "below 3"),
     "export out is a folder": (["export", *ST, "--trial", "0", "--out", "folder"], "is a folder"),
-    "export out in a missing folder": (["export", *ST, "--trial", "0", "--out", "/missing/x.apk"], "does not exist"),
-    "export missing artifacts": (["export", *ST, "--trial", "0", "--artifacts", "/nonexistent"], "does not exist"),
+    "export out in a missing folder": (
+        ["export", *ST, "--trial", "0", "--out", "/missing/x.apk"],
+        "does not exist",
+    ),
+    "export missing artifacts": (
+        ["export", *ST, "--trial", "0", "--artifacts", "/nonexistent"],
+        "does not exist",
+    ),
     "dashboard port 70000": (["dashboard", *ST, "--port", "70000"], "--port"),
     "dashboard port 0": (["dashboard", *ST, "--port", "0"], "--port"),
     "surrogate too few trials": (["surrogate", "fit", *ST, "-q"], "trials"),
@@ -128,7 +183,11 @@ CASES = {
 
 @pytest.mark.parametrize("args, needle", CASES.values(), ids=list(CASES))
 def test_bad_input_is_one_line_exit_2_and_changes_nothing(
-    args: list[str], needle: str, workspace: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    args: list[str],
+    needle: str,
+    workspace: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.chdir(workspace)
     torch.set_num_threads(1)

@@ -54,7 +54,9 @@ def test_train_json_is_one_document_on_stdout(tmp_path: Path) -> None:
     assert doc["model"] == "lenet5" and doc["dataset"] == "digits"
     assert 0 <= doc["test_accuracy"] <= 100 and doc["params"] == 131_080
     assert doc["latency_ms"] > 0 and doc["threads"] >= 1
-    assert set(torch.load(out, weights_only=True)) == set(create_model(ModelSpec("lenet5", 10, 1, (8, 8))).state_dict())
+    assert set(torch.load(out, weights_only=True)) == set(
+        create_model(ModelSpec("lenet5", 10, 1, (8, 8))).state_dict()
+    )
 
 
 @pytest.mark.slow
@@ -63,7 +65,10 @@ def test_train_json_is_one_document_on_stdout(tmp_path: Path) -> None:
     [
         (["train", "--model", "alexnet"], "valid models: lenet300, lenet5"),
         (["train", "--dataset", "imagenet"], "valid datasets: cifar10, digits"),
-        (["train", "--dataset", "mnist", "--data-dir", "/nonexistent/mnist"], "/nonexistent/mnist does not exist"),
+        (
+            ["train", "--dataset", "mnist", "--data-dir", "/nonexistent/mnist"],
+            "/nonexistent/mnist does not exist",
+        ),
         (["train", "--epochs", "0"], "--epochs: expected an integer in 1..1000, got 0"),
         (["train", "--epochs", "-3"], "expected an integer in 1..1000"),
         (["train", "--no-such-flag"], "unrecognized arguments"),
@@ -85,7 +90,9 @@ def test_checkpoint_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_bad_factories_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "net.py").write_text("def boom():\n    raise ValueError('nope')\n\ndef five():\n    return 5\n")
+    (tmp_path / "net.py").write_text(
+        "def boom():\n    raise ValueError('nope')\n\ndef five():\n    return 5\n"
+    )
     for factory, needle in [("boom", "raised ValueError: nope"), ("five", "not a torch.nn.Module")]:
         code = main(["train", "--quiet", "--model", f"{tmp_path / 'net.py'}:{factory}"])
         err = capsys.readouterr().err.strip().splitlines()
@@ -119,17 +126,38 @@ epochs = 1
 def test_compress_then_eval_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "r.toml").write_text(RECIPE)
     out = tmp_path / "m.apk"
-    code = main(["compress", "--recipe", str(tmp_path / "r.toml"), "--out", str(out), "--epochs", "2",
-                 "--quiet", "--json"])  # fmt: skip
+    code = main(
+        [
+            "compress",
+            "--recipe",
+            str(tmp_path / "r.toml"),
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--quiet",
+            "--json",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     doc = json.loads(captured.out)
     assert doc["packed_bytes"] == out.stat().st_size
     assert doc["compression_ratio"] == pytest.approx(doc["base"]["dense_bytes"] / doc["packed_bytes"])
-    assert {l["layer"] for l in doc["layers"]} == {"conv1", "conv2", "fc1", "fc2"}
+    assert {layer["layer"] for layer in doc["layers"]} == {"conv1", "conv2", "fc1", "fc2"}
     assert doc["norms"][0]["layer"] == "conv1" and doc["norms"][0]["removed"] == 5
 
-    code = main(["eval", str(out), "--json", "--torchscript", str(tmp_path / "m.ts"), "--onnx", str(tmp_path / "m.onnx")])
+    code = main(
+        [
+            "eval",
+            str(out),
+            "--json",
+            "--torchscript",
+            str(tmp_path / "m.ts"),
+            "--onnx",
+            str(tmp_path / "m.onnx"),
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     ev = json.loads(captured.out)
@@ -154,9 +182,13 @@ def test_compress_then_eval_json(tmp_path: Path, capsys: pytest.CaptureFixture[s
         ("this is not toml", "is not valid TOML"),
     ],
 )
-def test_bad_recipes_are_one_line(body: str, needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_recipes_are_one_line(
+    body: str, needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "bad.toml").write_text(body)
-    code = main(["compress", "--recipe", str(tmp_path / "bad.toml"), "--out", str(tmp_path / "x.apk"), "--quiet"])
+    code = main(
+        ["compress", "--recipe", str(tmp_path / "bad.toml"), "--out", str(tmp_path / "x.apk"), "--quiet"]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and needle in err[0], err
     assert not (tmp_path / "x.apk").exists()
@@ -171,18 +203,37 @@ def test_eval_of_a_corrupt_file_is_one_line(tmp_path: Path) -> None:
 def test_a_latency_timed_on_a_busy_machine_is_flagged() -> None:
     r = {"latency_ms": 0.0412, "latency_ms_batch": 1.3, "threads": 2, "backend": "onnxruntime"}
     quiet = "0.041 ms at batch 1, 1.300 ms at batch 64 (2 threads, onnxruntime)"
-    assert latency_text(r) == latency_text({**r, "other_load": 0.1}) == latency_text({**r, "other_load": None}) == quiet
-    assert latency_text({**r, "other_load": 1.2}) == quiet[:-1] + "; other processes kept 1.2 cores busy: may read high)"
+    assert (
+        latency_text(r)
+        == latency_text({**r, "other_load": 0.1})
+        == latency_text({**r, "other_load": None})
+        == quiet
+    )
+    assert (
+        latency_text({**r, "other_load": 1.2})
+        == quiet[:-1] + "; other processes kept 1.2 cores busy: may read high)"
+    )
 
 
 def test_the_trials_table_marks_latencies_timed_on_a_busy_machine() -> None:
     from autoprune.cli._search import format_trials
 
-    row = {"trial": 0, "state": "COMPLETE", "accuracy": 95.0, "acc_drop": 0.5, "packed_bytes": 2048,
-           "compression_ratio": 30.0, "latency_ms": 0.031, "recipe": None, "source": "TPESampler"}  # fmt: skip
+    row = {
+        "trial": 0,
+        "state": "COMPLETE",
+        "accuracy": 95.0,
+        "acc_drop": 0.5,
+        "packed_bytes": 2048,
+        "compression_ratio": 30.0,
+        "latency_ms": 0.031,
+        "recipe": None,
+        "source": "TPESampler",
+    }
     quiet = format_trials({"study": "s", "storage": "sqlite://", "trials": [{**row, "other_load": 0.1}]})
     assert "0.031 " in quiet and "*" not in quiet
-    busy = format_trials({"study": "s", "storage": "sqlite://", "trials": [row, {**row, "trial": 1, "other_load": 1.4}]})
+    busy = format_trials(
+        {"study": "s", "storage": "sqlite://", "trials": [row, {**row, "trial": 1, "other_load": 1.4}]}
+    )
     assert "0.031*" in busy and busy.count("0.031*") == 1 and "may read high" in busy
 
 
@@ -259,14 +310,20 @@ def test_a_dying_background_thread_never_adds_a_traceback(
 
 
 @pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
-def test_openmp_threads_wait_passively_unless_the_user_says_otherwise(given: str | None, expected: str) -> None:
+def test_openmp_threads_wait_passively_unless_the_user_says_otherwise(
+    given: str | None, expected: str
+) -> None:
     import os
     import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | ({"OMP_WAIT_POLICY": given} if given else {})
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | (
+        {"OMP_WAIT_POLICY": given} if given else {}
+    )
     code = "import os, autoprune.cli, torch; print(os.environ['OMP_WAIT_POLICY'])"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    ).stdout
     assert out.strip() == expected
 
 
@@ -284,7 +341,16 @@ def test_compress_no_latency_takes_no_timing_and_says_so(
 
     monkeypatch.setattr(measure, "_latencies", spy)
     (tmp_path / "r.toml").write_text(RECIPE)
-    args = ["compress", "--recipe", str(tmp_path / "r.toml"), "--out", str(tmp_path / "m.apk"), "--epochs", "2", "--quiet"]
+    args = [
+        "compress",
+        "--recipe",
+        str(tmp_path / "r.toml"),
+        "--out",
+        str(tmp_path / "m.apk"),
+        "--epochs",
+        "2",
+        "--quiet",
+    ]
     assert main([*args, "--no-latency", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert timed == []  # neither the base nor the result was timed
@@ -308,13 +374,28 @@ def test_the_base_is_measured_once_per_setting_and_kept_with_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "r.toml").write_text(RECIPE)
-    args = ["compress", "--recipe", str(tmp_path / "r.toml"), "--out", str(tmp_path / "m.apk"), "--epochs", "3",
-            "--quiet", "--json", "--latency-batch", "8", "--seed", "11"]  # a base of its own  # fmt: skip
+    args = [
+        "compress",
+        "--recipe",
+        str(tmp_path / "r.toml"),
+        "--out",
+        str(tmp_path / "m.apk"),
+        "--epochs",
+        "3",
+        "--quiet",
+        "--json",
+        "--latency-batch",
+        "8",
+        "--seed",
+        "11",
+    ]  # a base of its own
     assert main(args) == 0
     first = json.loads(capsys.readouterr().out)["base"]
     assert main(args) == 0
     second = json.loads(capsys.readouterr().out)["base"]
     assert not first["from_cache"] and second["from_cache"]
-    assert {k: v for k, v in first.items() if k != "from_cache"} == {k: v for k, v in second.items() if k != "from_cache"}
+    assert {k: v for k, v in first.items() if k != "from_cache"} == {
+        k: v for k, v in second.items() if k != "from_cache"
+    }
     assert main([*args, "--latency-batch", "4"]) == 0  # another setting: measured again
     assert not json.loads(capsys.readouterr().out)["base"]["from_cache"]

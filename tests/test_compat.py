@@ -27,7 +27,9 @@ from autoprune.search.storage import open_storage, parse_storage
 
 
 def test_optuna_internals_still_where_autoprune_reaches(tmp_path: Path) -> None:
-    storage = open_storage(parse_storage(f"sqlite:///{tmp_path / 's.db'}"), heartbeat_interval=1, grace_period=2)
+    storage = open_storage(
+        parse_storage(f"sqlite:///{tmp_path / 's.db'}"), heartbeat_interval=1, grace_period=2
+    )
     study = optuna.create_study(storage=storage)
     trial = study.ask()
     frozen = study.get_trials(deepcopy=False)[0]
@@ -47,7 +49,9 @@ def test_optuna_internals_still_where_autoprune_reaches(tmp_path: Path) -> None:
 
 
 def test_a_journal_storage_has_heartbeats_and_fails_a_silent_trial_as_stale(tmp_path: Path) -> None:
-    storage = open_storage(parse_storage(f"journal:{tmp_path / 'j.log'}"), heartbeat_interval=1, grace_period=2)
+    storage = open_storage(
+        parse_storage(f"journal:{tmp_path / 'j.log'}"), heartbeat_interval=1, grace_period=2
+    )
     assert isinstance(storage, HeartbeatJournalStorage)
     study = optuna.create_study(storage=storage)
     assert heartbeat_backend(study) is storage
@@ -58,7 +62,11 @@ def test_a_journal_storage_has_heartbeats_and_fails_a_silent_trial_as_stale(tmp_
     storage.record_heartbeat(beating._trial_id)  # still alive
     optuna.storages.fail_stale_trials(study)  # Optuna's own check, as on an RDB storage
     states = [t.state for t in study.trials]
-    assert states == [TrialState.RUNNING, TrialState.FAIL, TrialState.WAITING]  # the silent one failed and retried
+    assert states == [
+        TrialState.RUNNING,
+        TrialState.FAIL,
+        TrialState.WAITING,
+    ]  # the silent one failed and retried
     assert study.trials[2].system_attrs["failed_trial"] == silent.number
     study.tell(beating, 1.0)
     storage.record_heartbeat(beating._trial_id)  # a beat racing the end is harmless
@@ -98,7 +106,11 @@ def test_an_os_exit_after_releasing_resources_leaves_no_leaked_semaphore() -> No
         "if release: release_process_resources()\n"
         "os._exit(2)\n"
     )
-    leaked = subprocess.run([sys.executable, "-c", script.format(release=False)], capture_output=True, text=True)
-    clean = subprocess.run([sys.executable, "-c", script.format(release=True)], capture_output=True, text=True)
+    leaked = subprocess.run(
+        [sys.executable, "-c", script.format(release=False)], capture_output=True, text=True
+    )
+    clean = subprocess.run(
+        [sys.executable, "-c", script.format(release=True)], capture_output=True, text=True
+    )
     assert "leaked semaphore" in leaked.stderr  # what the line after ours looked like
     assert clean.returncode == 2 and "leaked semaphore" not in clean.stderr, clean.stderr

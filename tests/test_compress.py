@@ -54,7 +54,9 @@ def expected_params(model: nn.Module) -> int:
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             kh, kw = m.kernel_size
-            total += m.out_channels * (m.in_channels // m.groups) * kh * kw + (m.out_channels if m.bias is not None else 0)
+            total += m.out_channels * (m.in_channels // m.groups) * kh * kw + (
+                m.out_channels if m.bias is not None else 0
+            )
         elif isinstance(m, nn.Linear):
             total += m.out_features * m.in_features + (m.out_features if m.bias is not None else 0)
         elif isinstance(m, nn.BatchNorm2d):
@@ -95,7 +97,9 @@ def test_threshold_mode_and_round_to() -> None:
     model = create_model(ModelSpec("vgg", 10, 3, (16, 16)))
     norms = filter_norms(model.features[0].weight)
     expected = int((norms / norms.max() < 0.9).sum())
-    records = prune_filters_(model, FilterPruneConfig(mode="threshold", default=0.9), torch.zeros(1, 3, 16, 16))
+    records = prune_filters_(
+        model, FilterPruneConfig(mode="threshold", default=0.9), torch.zeros(1, 3, 16, 16)
+    )
     assert records[0].removed == expected
     model = create_model(ModelSpec("vgg", 10, 3, (16, 16)))
     prune_filters_(model, FilterPruneConfig(default=0.3, round_to=8), torch.zeros(1, 3, 16, 16))
@@ -123,7 +127,13 @@ def test_masks_hold_through_fine_tuning() -> None:
     splits = load_dataset("digits")
     model = create_model(ModelSpec("lenet5", 10, 1, (8, 8)))
     masks = prune_magnitude_(model, MagnitudeConfig(mode="sparsity", default=0.8))
-    fit(model, splits, TrainConfig(epochs=1, max_batches=10, lr=1e-2), after_step=mask_holder(model, masks), progress=False)
+    fit(
+        model,
+        splits,
+        TrainConfig(epochs=1, max_batches=10, lr=1e-2),
+        after_step=mask_holder(model, masks),
+        progress=False,
+    )
     for name, layer in weight_layers(model).items():
         assert torch.equal(layer.weight != 0, masks[name])  # pruned exactly zero, kept ones moved off zero
 
@@ -132,11 +142,11 @@ def test_trained_quantization_keeps_at_most_2_to_the_bits_values() -> None:
     splits = load_dataset("digits")
     model = create_model(ModelSpec("lenet5", 10, 1, (8, 8)))
     prune_magnitude_(model, MagnitudeConfig(mode="sparsity", default=0.5))
-    zeros = {n: (l.weight == 0).clone() for n, l in weight_layers(model).items()}
+    zeros = {n: (layer.weight == 0).clone() for n, layer in weight_layers(model).items()}
     config = ShareConfig(conv_bits=3, fc_bits=2, layers={"fc2": 4})
     share_weights_(model, config)
     attach_codebooks_(model)
-    before = {n: l.weight.detach().clone() for n, l in weight_layers(model).items()}
+    before = {n: layer.weight.detach().clone() for n, layer in weight_layers(model).items()}
     fit(model, splits, TrainConfig(epochs=1, max_batches=10, lr=1e-3), progress=False)
     detach_codebooks_(model)
     for name, layer in weight_layers(model).items():
@@ -147,10 +157,12 @@ def test_trained_quantization_keeps_at_most_2_to_the_bits_values() -> None:
         w0, w1 = before[name][~zeros[name]], layer.weight[~zeros[name]]
         for v in torch.unique(w0):
             assert len(torch.unique(w1[w0 == v])) == 1
-    assert any(not torch.equal(before[n], l.weight) for n, l in weight_layers(model).items())
+    assert any(not torch.equal(before[n], layer.weight) for n, layer in weight_layers(model).items())
 
 
-def compressed(name: str, shape: tuple[int, int, int] = (3, 16, 16)) -> tuple[nn.Module, ModelSpec, dict[str, int]]:
+def compressed(
+    name: str, shape: tuple[int, int, int] = (3, 16, 16)
+) -> tuple[nn.Module, ModelSpec, dict[str, int]]:
     spec = ModelSpec(name, 10, shape[0], shape[1:])
     model = create_model(spec).eval()
     prune_filters_(model, FilterPruneConfig(default=0.3), torch.zeros(1, *shape))
@@ -161,7 +173,7 @@ def compressed(name: str, shape: tuple[int, int, int] = (3, 16, 16)) -> tuple[nn
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.uniform_(-1, 1)
             m.running_var.uniform_(0.5, 2)
-    return model, spec, {n: config.bits_for(n, l) for n, l in weight_layers(model).items()}
+    return model, spec, {n: config.bits_for(n, layer) for n, layer in weight_layers(model).items()}
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)
@@ -199,9 +211,13 @@ def test_bad_packed_files_are_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "flipped.apk").write_bytes(bytes(flipped))
     (tmp_path / "v9.apk").write_bytes(data[:6] + bytes([9]) + data[7:])
     (tmp_path / "other.apk").write_bytes(b"PK\x03\x04" + data[4:])
-    cases = {"truncated.apk": "truncated or corrupt", "flipped.apk": "truncated or corrupt",
-             "v9.apk": "format version 9", "other.apk": "not an autoprune packed file",
-             "missing.apk": "does not exist"}  # fmt: skip
+    cases = {
+        "truncated.apk": "truncated or corrupt",
+        "flipped.apk": "truncated or corrupt",
+        "v9.apk": "format version 9",
+        "other.apk": "not an autoprune packed file",
+        "missing.apk": "does not exist",
+    }
     for name, message in cases.items():
         with pytest.raises(PackError, match=message):
             load_packed(tmp_path / name)
@@ -251,20 +267,46 @@ def digits_base():
 
 def test_pipeline_records_every_metric_and_reports_each_epoch(digits_base, tmp_path: Path) -> None:
     splits, spec, base, base_metrics = digits_base
-    config = CompressConfig.from_dict({
-        "structured": {"default": 0.25},
-        "unstructured": {"mode": "sparsity", "default": 0.6},
-        "finetune": {"epochs": 2, "max_batches": 5},
-        "quantize": {"conv_bits": 6, "fc_bits": 4, "epochs": 1},
-    })  # fmt: skip
+    config = CompressConfig.from_dict(
+        {
+            "structured": {"default": 0.25},
+            "unstructured": {"mode": "sparsity", "default": 0.6},
+            "finetune": {"epochs": 2, "max_batches": 5},
+            "quantize": {"conv_bits": 6, "fc_bits": 4, "epochs": 1},
+        }
+    )
     seen = []
-    result = compress(base, spec, splits, config, tmp_path / "c.apk", base_metrics=base_metrics,
-                      callbacks=[lambda e, acc: seen.append(e)], progress=False, latency_repeats=5)  # fmt: skip
+    result = compress(
+        base,
+        spec,
+        splits,
+        config,
+        tmp_path / "c.apk",
+        base_metrics=base_metrics,
+        callbacks=[lambda e, acc: seen.append(e)],
+        progress=False,
+        latency_repeats=5,
+    )
     assert seen == [1, 2, 3]
     m = result.metrics
-    for key in ["accuracy", "test_accuracy", "acc_drop", "params", "nonzero_params", "macs", "dense_bytes",
-                "packed_bytes", "compression_ratio", "latency_ms", "latency_ms_batch", "speedup",
-                "prune_s", "finetune_s", "quantize_s", "eval_s"]:  # fmt: skip
+    for key in [
+        "accuracy",
+        "test_accuracy",
+        "acc_drop",
+        "params",
+        "nonzero_params",
+        "macs",
+        "dense_bytes",
+        "packed_bytes",
+        "compression_ratio",
+        "latency_ms",
+        "latency_ms_batch",
+        "speedup",
+        "prune_s",
+        "finetune_s",
+        "quantize_s",
+        "eval_s",
+    ]:
         assert key in m, key
     assert m["packed_bytes"] == (tmp_path / "c.apk").stat().st_size
     assert m["compression_ratio"] == pytest.approx(base_metrics.dense_bytes / m["packed_bytes"])
@@ -278,25 +320,39 @@ def test_gradual_pruning_ramps_to_exactly_the_final_sparsity(
     digits_base, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     splits, spec, base, base_metrics = digits_base
-    config = CompressConfig.from_dict({
-        "unstructured": {"mode": "sparsity", "default": 0.8, "steps": 3},
-        "finetune": {"epochs": 3, "max_batches": 4},
-        "quantize": {"enabled": False},
-    })  # fmt: skip
+    config = CompressConfig.from_dict(
+        {
+            "unstructured": {"mode": "sparsity", "default": 0.8, "steps": 3},
+            "finetune": {"epochs": 3, "max_batches": 4},
+            "quantize": {"enabled": False},
+        }
+    )
     sparsity = []
 
     def watch(epoch: int, acc: float) -> None:
-        w = torch.cat([l.weight.detach().flatten() for l in weight_layers(model_ref[0]).values()])
+        w = torch.cat([layer.weight.detach().flatten() for layer in weight_layers(model_ref[0]).values()])
         sparsity.append(float((w == 0).float().mean()))
 
     import autoprune.pipeline as pipeline
 
     model_ref = []  # the model being fine-tuned, seen by the callback
     real_fit = pipeline.fit_resumable
-    monkeypatch.setattr(pipeline, "fit_resumable",
-                        lambda model, *a, **kw: model_ref.append(model) or real_fit(model, *a, **kw))  # fmt: skip
-    result = compress(base, spec, splits, config, tmp_path / "g.apk", base_metrics=base_metrics,
-                      callbacks=[watch], progress=False, latency_repeats=3)  # fmt: skip
+    monkeypatch.setattr(
+        pipeline,
+        "fit_resumable",
+        lambda model, *a, **kw: model_ref.append(model) or real_fit(model, *a, **kw),
+    )
+    result = compress(
+        base,
+        spec,
+        splits,
+        config,
+        tmp_path / "g.apk",
+        base_metrics=base_metrics,
+        callbacks=[watch],
+        progress=False,
+        latency_repeats=3,
+    )
     assert len(sparsity) == 3 and sparsity[0] < sparsity[1] < sparsity[2]  # one step per epoch, ramping up
     for name, layer in weight_layers(result.model).items():  # the recipe's sparsity, exactly, at the end
         assert int((layer.weight == 0).sum()) == round(0.8 * layer.weight.numel()), name
@@ -361,7 +417,9 @@ def test_a_layer_pruned_other_than_asked_is_named_with_why(caplog: pytest.LogCap
     model = Multiplier2()
     x = torch.randn(2, 1, 8, 8)
     with caplog.at_level("WARNING", logger="autoprune.compress.structured"):
-        records = {r.layer: r for r in prune_filters_(model, FilterPruneConfig(default=0.5), torch.zeros(1, 1, 8, 8))}
+        records = {
+            r.layer: r for r in prune_filters_(model, FilterPruneConfig(default=0.5), torch.zeros(1, 1, 8, 8))
+        }
     assert model(x).shape == (2, 10) and count_params(model) == expected_params(model)
     assert {n: r.asked for n, r in records.items()} == {"conv1": 0.5, "conv2": 0.5, "conv3": 0.5}
     assert records["conv3"].removed == 8 and records["conv3"].why == ""  # as asked: nothing to say
@@ -371,9 +429,16 @@ def test_a_layer_pruned_other_than_asked_is_named_with_why(caplog: pytest.LogCap
     warned = [r.getMessage() for r in caplog.records]
     assert len(warned) == 2
     for layer in ("conv1", "conv2"):
-        assert any(m.startswith(f"structured pruning of {layer} removed 0% of its filters, 50% asked: ") for m in warned)
+        assert any(
+            m.startswith(f"structured pruning of {layer} removed 0% of its filters, 50% asked: ")
+            for m in warned
+        )
     row = records["conv1"].to_dict()
-    assert (row["asked"], row["removed_share"], row["why"]) == (0.5, 0.0, records["conv1"].why)  # what --json carries
+    assert (row["asked"], row["removed_share"], row["why"]) == (
+        0.5,
+        0.0,
+        records["conv1"].why,
+    )  # what --json carries
 
 
 class ChannelShuffle(nn.Module):
@@ -434,8 +499,14 @@ def _split_shuffle() -> nn.Module:
     return split_shuffle(10, 3)
 
 
-@pytest.mark.parametrize("net, whole", [(ChannelShuffle, {"gconv1", "dw", "gconv2"}), (ChannelFlip, {"conv2"}),
-                                        (_split_shuffle, {"stem", "conv2"})])  # fmt: skip
+@pytest.mark.parametrize(
+    "net, whole",
+    [
+        (ChannelShuffle, {"gconv1", "dw", "gconv2"}),
+        (ChannelFlip, {"conv2"}),
+        (_split_shuffle, {"stem", "conv2"}),
+    ],
+)
 def test_couplings_the_graph_cannot_follow_are_left_whole_and_the_rest_is_pruned_correctly(
     net: type, whole: set, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -449,7 +520,9 @@ def test_couplings_the_graph_cannot_follow_are_left_whole_and_the_rest_is_pruned
     warned = " ".join(r.getMessage() for r in caplog.records)
     assert all(f"structured pruning of {layer} removed 0%" in warned for layer in whole)
     x = torch.randn(4, 3, 16, 16)
-    assert torch.allclose(model(x), zeroed_twin(original, model)(x), atol=1e-6)  # the same network, minus filters
+    assert torch.allclose(
+        model(x), zeroed_twin(original, model)(x), atol=1e-6
+    )  # the same network, minus filters
 
 
 def test_the_flip_would_be_corrupted_without_the_check(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -479,7 +552,9 @@ def test_a_surgery_that_fails_leaves_the_network_whole_with_one_line(
         records = prune_filters_(model, FilterPruneConfig(default=0.5), torch.zeros(1, 1, 28, 28))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(r.removed == 0 for r in records)
-    assert any("left every conv whole (RuntimeError: INDICES element" in r.getMessage() for r in caplog.records)
+    assert any(
+        "left every conv whole (RuntimeError: INDICES element" in r.getMessage() for r in caplog.records
+    )
     assert all(r.why == "torch-pruning's surgery failed on this network: left whole" for r in records)
 
 
@@ -495,18 +570,33 @@ def test_the_zoo_compresses_reloads_to_identical_outputs_and_exports(name: str, 
     spec = ModelSpec(f"{Path(__file__).with_name('zoo.py')}:{name}", 10, 1, (8, 8))
     torch.manual_seed(0)
     base = create_model(spec).eval()
-    config = CompressConfig.from_dict({
-        "name": "zoo", "structured": {"default": 0.3}, "unstructured": {"mode": "quality", "default": 0.5},
-        "finetune": {"epochs": 1, "max_batches": 2}, "quantize": {"conv_bits": 6, "fc_bits": 4, "epochs": 1},
-    })  # fmt: skip
+    config = CompressConfig.from_dict(
+        {
+            "name": "zoo",
+            "structured": {"default": 0.3},
+            "unstructured": {"mode": "quality", "default": 0.5},
+            "finetune": {"epochs": 1, "max_batches": 2},
+            "quantize": {"conv_bits": 6, "fc_bits": 4, "epochs": 1},
+        }
+    )
     out = tmp_path / f"{name}.apk"
-    result = compress(base, spec, splits, config, out, base_metrics=measure_model(base, splits, latency=False),
-                      progress=False, latency=False)  # fmt: skip
+    result = compress(
+        base,
+        spec,
+        splits,
+        config,
+        out,
+        base_metrics=measure_model(base, splits, latency=False),
+        progress=False,
+        latency=False,
+    )
     assert count_params(result.model) < count_params(base)  # filters removed somewhere in every family
     removed = {n.layer: n.removed for n in result.norms}
     if name == "shuffle":  # the shuffle-coupled convs stay whole, the stem before them does not
         assert removed["stem"] > 0 and removed["gconv1"] == removed["dw"] == removed["gconv2"] == 0
-    if name == "split_shuffle":  # what feeds the shuffle stays whole; the branch's first conv and what follows do not
+    if (
+        name == "split_shuffle"
+    ):  # what feeds the shuffle stays whole; the branch's first conv and what follows do not
         assert removed["stem"] == removed["conv2"] == 0 and removed["conv1"] > 0 and removed["conv3"] > 0
     x = torch.randn(4, 1, 8, 8)
     again, _ = load_packed(out, model=spec.name)
@@ -519,7 +609,9 @@ def test_the_zoo_compresses_reloads_to_identical_outputs_and_exports(name: str, 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("factory", ["shufflenet_g2", "shufflenetv2"])
-def test_the_real_shufflenets_compress_with_their_shuffles_left_whole_and_reload(factory: str, tmp_path: Path) -> None:
+def test_the_real_shufflenets_compress_with_their_shuffles_left_whole_and_reload(
+    factory: str, tmp_path: Path
+) -> None:
     """ShuffleNet (two groups) and ShuffleNetV2 as users bring them (bench/cifar_nets.py, after
     kuangliu/pytorch-cifar): the first crashed torch-pruning's surgery, the second hung it for
     over ten minutes. Both compress, the convs feeding a channel shuffle keep every filter, the
@@ -530,16 +622,31 @@ def test_the_real_shufflenets_compress_with_their_shuffles_left_whole_and_reload
     from autoprune.pipeline import compress
     from tests.conftest import write_npz
 
-    splits = load_dataset("npz", data_dir=write_npz(tmp_path / "rgb16.npz", (16, 16, 3), n=160), val_fraction=0.25)
+    splits = load_dataset(
+        "npz", data_dir=write_npz(tmp_path / "rgb16.npz", (16, 16, 3), n=160), val_fraction=0.25
+    )
     spec = ModelSpec(f"{REPO / 'bench' / 'cifar_nets.py'}:{factory}", 10, 3, (16, 16))
     torch.manual_seed(0)
     base = create_model(spec).eval()
-    config = CompressConfig.from_dict({
-        "name": "any-cnn", "structured": {"default": 0.3}, "unstructured": {"default": 0.5},
-        "finetune": {"epochs": 1, "max_batches": 1}, "quantize": {"conv_bits": 6, "fc_bits": 4, "epochs": 0},
-    })  # fmt: skip
-    result = compress(base, spec, splits, config, tmp_path / "m.apk", progress=False, latency=False,
-                      base_metrics=measure_model(base, splits, latency=False))  # fmt: skip
+    config = CompressConfig.from_dict(
+        {
+            "name": "any-cnn",
+            "structured": {"default": 0.3},
+            "unstructured": {"default": 0.5},
+            "finetune": {"epochs": 1, "max_batches": 1},
+            "quantize": {"conv_bits": 6, "fc_bits": 4, "epochs": 0},
+        }
+    )
+    result = compress(
+        base,
+        spec,
+        splits,
+        config,
+        tmp_path / "m.apk",
+        progress=False,
+        latency=False,
+        base_metrics=measure_model(base, splits, latency=False),
+    )
     shuffled = {n.layer for n in result.norms if "reshape or transpose" in n.why}
     assert shuffled and all(n.removed == 0 for n in result.norms if n.layer in shuffled)
     assert sum(n.removed for n in result.norms) > 0 and count_params(result.model) < count_params(base)

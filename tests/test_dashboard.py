@@ -20,7 +20,9 @@ CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason=f"no Chromium at {CHROMIUM} (Debian's chromium package)"),
+    pytest.mark.skipif(
+        not Path(CHROMIUM).is_file(), reason=f"no Chromium at {CHROMIUM} (Debian's chromium package)"
+    ),
 ]
 
 # Every plotly graph on the page: its title, the points in its data, its x axis' type, and how
@@ -63,13 +65,23 @@ def test_the_dashboard_shows_autoprunes_figures_live(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'study.db'}"
     spec = str(write_spec(tmp_path, trials=4))
     assert search(spec, "--storage", url, "--study", "live").returncode == 0
-    assert run_cli("sensitivity", "--storage", url, "--study", "live", "--png", str(tmp_path / "s.png"), "-q").returncode == 0
+    assert (
+        run_cli(
+            "sensitivity", "--storage", url, "--study", "live", "--png", str(tmp_path / "s.png"), "-q"
+        ).returncode
+        == 0
+    )
     final = run_cli("finalize", spec, "--storage", url, "--study", "live", "-k", "1", "-q")
     assert final.returncode == 0, final.stderr
     shots = tmp_path / "screenshots"
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "autoprune", "dashboard", "--storage", url, "--port", str(port)],
-                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    server = subprocess.Popen(
+        [sys.executable, "-m", "autoprune", "dashboard", "--storage", url, "--port", str(port)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         with sync_api.sync_playwright() as p:
             page = browser(p).new_page(viewport={"width": 1280, "height": 900})
@@ -86,7 +98,9 @@ def test_the_dashboard_shows_autoprunes_figures_live(tmp_path: Path) -> None:
             not_blank(shots / "study.png")
             # every trial's page fits the window: no attribute runs past a line
             page.goto(page.url.rstrip("/") + "/trials")
-            trials = len(optuna.load_study(study_name="live", storage=url).trials)  # 4 and their final re-runs
+            trials = len(
+                optuna.load_study(study_name="live", storage=url).trials
+            )  # 4 and their final re-runs
             assert trials > 4
             expect(page.get_by_text(f"{trials} Trials")).to_be_visible(timeout=30_000)
             for n in range(trials):
@@ -110,8 +124,16 @@ def test_the_report_opens_without_a_network_with_every_figure(tmp_path: Path) ->
     default = REPO / "studies" / "digits-lenet5.toml"  # the default study, with a bounded budget
     assert search(str(default), "--storage", url, "--trials", "6").returncode == 0
     assert run_cli("sensitivity", "--storage", url, "--png", str(tmp_path / "s.png"), "-q").returncode == 0
-    out = run_cli("report", "--storage", url, "--out", str(tmp_path / "r.html"), "--png", str(tmp_path / "png"),
-                  "--json")  # fmt: skip
+    out = run_cli(
+        "report",
+        "--storage",
+        url,
+        "--out",
+        str(tmp_path / "r.html"),
+        "--png",
+        str(tmp_path / "png"),
+        "--json",
+    )
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout)
     assert set(TITLES) <= set(r["figures"]) and len(r["png"]) == len(r["figures"])

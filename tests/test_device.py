@@ -36,7 +36,9 @@ max_batches = 3
 k = 1
 epochs = 1
 """
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine (CI has none)")
+CUDA = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device on this machine (CI has none)"
+)
 
 
 def test_devices_resolve_or_say_what_is_there() -> None:
@@ -54,12 +56,18 @@ def test_an_explicit_cpu_runs_search_finalize_and_export(
     monkeypatch.chdir(tmp_path)
     (tmp_path / "s.toml").write_text(SPEC.format(extra=""))
     url = f"sqlite:///{tmp_path / 's.db'}"
-    for args in (["search", "s.toml", "--device", "cpu"], ["finalize", "s.toml", "--device", "cpu"],
-                 ["export", "--trial", "0", "--out", "t0.apk"]):  # fmt: skip
-        code, _, err = call([*args, "--storage", url, "--quiet"] if args[0] != "export" else [*args, "--storage", url],
-                            capsys)  # fmt: skip
+    for args in (
+        ["search", "s.toml", "--device", "cpu"],
+        ["finalize", "s.toml", "--device", "cpu"],
+        ["export", "--trial", "0", "--out", "t0.apk"],
+    ):
+        code, _, err = call(
+            [*args, "--storage", url, "--quiet"] if args[0] != "export" else [*args, "--storage", url], capsys
+        )
         assert code == 0, (args, err)
-    trials = optuna.load_study(study_name="s", storage=url).get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    trials = optuna.load_study(study_name="s", storage=url).get_trials(
+        states=(optuna.trial.TrialState.COMPLETE,)
+    )
     assert trials and {t.user_attrs["device"] for t in trials} == {"cpu"}
     assert any(t.user_attrs.get("source") == "final" for t in trials)
     assert (tmp_path / "t0.apk").stat().st_size > 0
@@ -67,11 +75,17 @@ def test_an_explicit_cpu_runs_search_finalize_and_export(
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: the refusal needs one without")
-@pytest.mark.parametrize("args", [
-    ["search", "--device", "cuda"], ["search", "s.toml"], ["finalize", "s.toml"],
-    ["train", "--device", "cuda:0"], ["compress", "--recipe", "r.toml", "--out", "x.apk", "--device", "cuda"],
-    ["surrogate", "fit", "--device", "cuda"],
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["search", "--device", "cuda"],
+        ["search", "s.toml"],
+        ["finalize", "s.toml"],
+        ["train", "--device", "cuda:0"],
+        ["compress", "--recipe", "r.toml", "--out", "x.apk", "--device", "cuda"],
+        ["surrogate", "fit", "--device", "cuda"],
+    ],
+)
 def test_a_device_that_is_not_there_is_one_line_and_nothing_is_made(
     args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -79,8 +93,12 @@ def test_a_device_that_is_not_there_is_one_line_and_nothing_is_made(
     (tmp_path / "s.toml").write_text(SPEC.format(extra='device = "cuda"'))
     (tmp_path / "r.toml").write_text("[structured]\ndefault = 0.25\n")
     before = snapshot(tmp_path)
-    code, _, err = call([*args, "--storage", f"sqlite:///{tmp_path / 'new.db'}"] if args[0] != "train"
-                        and args[0] != "compress" else args, capsys)  # fmt: skip
+    code, _, err = call(
+        [*args, "--storage", f"sqlite:///{tmp_path / 'new.db'}"]
+        if args[0] != "train" and args[0] != "compress"
+        else args,
+        capsys,
+    )
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "is not available here" in err and "no CUDA device" in err
     assert snapshot(tmp_path) == before
@@ -95,20 +113,40 @@ def test_each_worker_sees_only_its_own_gpu(tmp_path: Path, capsys: pytest.Captur
     (tmp_path / "s.toml").write_text(SPEC.format(extra="trials = 4").replace("trials = 3\n", ""))
     url = f"journal:{tmp_path / 's.log'}"
     before = os.environ.get("CUDA_VISIBLE_DEVICES")
-    code, _, err = call(["search", str(tmp_path / "s.toml"), "--storage", url, "--jobs", "2", "--devices", "3,5",
-                         "--device", "cpu", "--threads", "1", "--quiet"], capsys)  # fmt: skip
+    code, _, err = call(
+        [
+            "search",
+            str(tmp_path / "s.toml"),
+            "--storage",
+            url,
+            "--jobs",
+            "2",
+            "--devices",
+            "3,5",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--quiet",
+        ],
+        capsys,
+    )
     assert code == 0, err
     from autoprune.search.storage import open_storage, parse_storage
 
     study = optuna.load_study(study_name="s", storage=open_storage(parse_storage(url), create=False))
-    seen = [t.user_attrs.get("cuda_visible_devices") for t in study.get_trials() if t.user_attrs.get("source")]
+    seen = [
+        t.user_attrs.get("cuda_visible_devices") for t in study.get_trials() if t.user_attrs.get("source")
+    ]
     assert seen and set(seen) <= {"3", "5"}, seen
     assert os.environ.get("CUDA_VISIBLE_DEVICES") == before  # the parent's own environment is untouched
 
 
 def test_fit_leaves_the_model_on_the_cpu_and_mixed_precision_trains() -> None:
     splits = load_dataset("digits")
-    base = train_base(ModelSpec("lenet5", 10, 1, (8, 8)), splits, TrainConfig(epochs=1, max_batches=2), progress=False)
+    base = train_base(
+        ModelSpec("lenet5", 10, 1, (8, 8)), splits, TrainConfig(epochs=1, max_batches=2), progress=False
+    )
     history = fit(base.model, splits, TrainConfig(epochs=2, max_batches=5, amp="bf16"), progress=False)
     assert len(history) == 2 and all(0 <= h <= 100 for h in history)
     assert {p.device.type for p in base.model.parameters()} == {"cpu"}
@@ -121,7 +159,9 @@ def test_training_evaluation_and_latency_run_on_cuda_and_the_base_loads_on_the_c
     splits = load_dataset("digits")
     spec = ModelSpec("lenet5", 10, 1, (8, 8))
     with use_device("cuda"):
-        base = train_base(spec, splits, TrainConfig(epochs=2, amp="bf16"), seed=11, use_cache=False, progress=False)
+        base = train_base(
+            spec, splits, TrainConfig(epochs=2, amp="bf16"), seed=11, use_cache=False, progress=False
+        )
         metrics = measure_model(base.model, splits, latency_repeats=10)
     assert metrics.device.startswith("cuda:0") and metrics.backend == "torch-cuda" and metrics.latency_ms > 0
     assert metrics.accuracy > 50
@@ -136,8 +176,12 @@ def test_training_evaluation_and_latency_run_on_cuda_and_the_base_loads_on_the_c
 def test_a_search_on_cuda_records_its_gpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "s.toml").write_text(SPEC.format(extra=""))
     url = f"sqlite:///{tmp_path / 's.db'}"
-    code, _, err = call(["search", str(tmp_path / "s.toml"), "--storage", url, "--device", "cuda", "--quiet"], capsys)
+    code, _, err = call(
+        ["search", str(tmp_path / "s.toml"), "--storage", url, "--device", "cuda", "--quiet"], capsys
+    )
     assert code == 0, err
-    trials = optuna.load_study(study_name="s", storage=url).get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    trials = optuna.load_study(study_name="s", storage=url).get_trials(
+        states=(optuna.trial.TrialState.COMPLETE,)
+    )
     assert trials and all(t.user_attrs["device"].startswith("cuda:") for t in trials)
     assert all(t.user_attrs["backend"] == "torch-cuda" for t in trials)

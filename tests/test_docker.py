@@ -32,8 +32,11 @@ def _services() -> dict[str, dict]:
 
 def test_every_compose_command_is_a_valid_autoprune_command() -> None:
     parser = build_parser()
-    commands = {name: [_with_defaults(w) for w in s["command"]]
-                for name, s in _services().items() if _with_defaults(s.get("image", "")).startswith("autoprune")}  # fmt: skip
+    commands = {
+        name: [_with_defaults(w) for w in s["command"]]
+        for name, s in _services().items()
+        if _with_defaults(s.get("image", "")).startswith("autoprune")
+    }
     assert set(commands) == {"setup", "worker", "dashboard"}
     parsed = {name: parser.parse_args(words) for name, words in commands.items()}
     assert parsed["setup"].setup_only and not parsed["worker"].setup_only
@@ -42,8 +45,11 @@ def test_every_compose_command_is_a_valid_autoprune_command() -> None:
     assert parsed["worker"].jobs >= 1 and parsed["dashboard"].host == "0.0.0.0"
     # the password reaches libpq through the environment, never the command line (ps shows it)
     assert all(":" not in p.storage.split("//")[1].split("@")[0] for p in parsed.values())
-    assert all(s["environment"]["PGPASSWORD"] == "${DB_PASSWORD:-autoprune}"
-               for name, s in _services().items() if name in commands)  # fmt: skip
+    assert all(
+        s["environment"]["PGPASSWORD"] == "${DB_PASSWORD:-autoprune}"
+        for name, s in _services().items()
+        if name in commands
+    )
 
 
 def test_the_gpu_variant_runs_workers_on_cuda_with_a_device_reservation() -> None:
@@ -60,7 +66,10 @@ def test_workers_start_after_setup_and_share_cache_and_artifacts() -> None:
     services = _services()
     assert services["worker"]["depends_on"]["setup"]["condition"] == "service_completed_successfully"
     assert services["setup"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    mounts = {name: {v.split(":")[1] for v in services[name]["volumes"]} for name in ("setup", "worker", "dashboard")}
+    mounts = {
+        name: {v.split(":")[1] for v in services[name]["volumes"]}
+        for name in ("setup", "worker", "dashboard")
+    }
     assert all({"/cache", "/app/studies/artifacts"} <= m for m in mounts.values())
 
 
@@ -71,7 +80,10 @@ def test_dockerfile_installs_cpu_torch_before_the_project_and_defaults_to_the_pu
     project_at = next(i for i, r in enumerate(runs) if re.search(r"pip install .*\.$", r))
     assert torch_at < project_at and '--index-url "$TORCH_INDEX"' in runs[torch_at]
     # a user with Docker Hub and PyTorch's index gets what they always got
-    assert "ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu" in text and "ARG BASE=python:3.11-slim-bookworm" in text
+    assert (
+        "ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu" in text
+        and "ARG BASE=python:3.11-slim-bookworm" in text
+    )
     build = yaml.safe_load(COMPOSE.read_text())["x-autoprune"]["build"]["args"]
     assert _with_defaults(build["BASE"]) == "python:3.11-slim-bookworm"
     assert _with_defaults(build["TORCH_INDEX"]) == "https://download.pytorch.org/whl/cpu"
@@ -79,10 +91,17 @@ def test_dockerfile_installs_cpu_torch_before_the_project_and_defaults_to_the_pu
     assert "USER 1000" in text and "PASSWORD" not in text
 
 
-@pytest.mark.parametrize("tool, args", [("hadolint", [str(DOCKERFILE)]),
-                                        ("docker-compose", ["-f", str(COMPOSE), "config", "-q"]),
-                                        ("docker-compose", ["-f", str(COMPOSE), "-f", str(COMPOSE.with_name("compose.gpu.yaml")),
-                                                            "config", "-q"])])  # fmt: skip
+@pytest.mark.parametrize(
+    "tool, args",
+    [
+        ("hadolint", [str(DOCKERFILE)]),
+        ("docker-compose", ["-f", str(COMPOSE), "config", "-q"]),
+        (
+            "docker-compose",
+            ["-f", str(COMPOSE), "-f", str(COMPOSE.with_name("compose.gpu.yaml")), "config", "-q"],
+        ),
+    ],
+)
 def test_docker_files_pass_their_linters(tool: str, args: list[str]) -> None:
     beside = Path(sys.executable).with_name(tool)  # hadolint comes with the dev extras, in the venv
     found = str(beside) if beside.is_file() else shutil.which(tool)
@@ -104,7 +123,9 @@ def docker_engine() -> str | None:
 
     if os.geteuid() != 0 or shutil.which("dockerd") is None:
         return "no Docker engine answers and none can be started (dockerd needs root)"
-    subprocess.Popen(["dockerd"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    subprocess.Popen(
+        ["dockerd"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     import time
 
     for _ in range(60):
@@ -119,15 +140,29 @@ def test_e2e_names_the_step_that_fails_and_cleans_up() -> None:
     why = docker_engine()
     if why:
         pytest.skip(why)
-    env = {**__import__("os").environ, "DB_PASSWORD": "not-the-password", "E2E_PROJECT": "autoprune-e2e-fail",
-           "E2E_KEEP_IMAGES": "1", "E2E_PORT": "18081"}  # the full run (.ci/run) reuses the images  # fmt: skip
-    r = subprocess.run(["bash", str(REPO / "docker" / "e2e.sh")], cwd=REPO, env=env, capture_output=True, text=True,
-                       timeout=1200)  # fmt: skip
+    env = {
+        **__import__("os").environ,
+        "DB_PASSWORD": "not-the-password",
+        "E2E_PROJECT": "autoprune-e2e-fail",
+        "E2E_KEEP_IMAGES": "1",
+        "E2E_PORT": "18081",
+    }  # the full run (.ci/run) reuses the images
+    r = subprocess.run(
+        ["bash", str(REPO / "docker" / "e2e.sh")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert r.returncode != 0, r.stdout
     assert "e2e: FAILED at step: up" in r.stderr, r.stdout + r.stderr
     assert "password authentication failed" in r.stderr, r.stderr  # setup's one line, the database's words
     assert "e2e: ok: build" in r.stdout and "e2e: ok: images" in r.stdout  # a line per step before it, timed
-    left = subprocess.run(["docker", "ps", "-aq", "--filter", "label=com.docker.compose.project=autoprune-e2e-fail"],
-                          capture_output=True, text=True).stdout.split()  # fmt: skip
+    left = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", "label=com.docker.compose.project=autoprune-e2e-fail"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     assert not left  # cleaned up, also on failure
     assert not list((REPO / "docker" / "wheels").glob("*.whl"))

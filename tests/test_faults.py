@@ -6,6 +6,7 @@ running or queued, every trial's packed file loadable and no file without its tr
 
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
 import socket
@@ -52,8 +53,13 @@ max_batches = 3
 
 
 def start(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "autoprune", "search", "--quiet", "--threads", "1", *args],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "autoprune", "search", "--quiet", "--threads", "1", *args],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def completed(storage: optuna.storages.BaseStorage, name: str) -> int:
@@ -70,8 +76,17 @@ def kill(proc: subprocess.Popen) -> None:
     proc.communicate()
 
 
-@pytest.fixture(params=["journal", pytest.param("postgresql", marks=pytest.mark.skipif(
-    not postgres_reachable(), reason=f"no PostgreSQL server reachable at {PG_URL}"))])  # fmt: skip
+@pytest.fixture(
+    params=[
+        "journal",
+        pytest.param(
+            "postgresql",
+            marks=pytest.mark.skipif(
+                not postgres_reachable(), reason=f"no PostgreSQL server reachable at {PG_URL}"
+            ),
+        ),
+    ]
+)
 def fresh_url(request: pytest.FixtureRequest, tmp_path: Path):
     if request.param == "journal":
         yield f"journal:{tmp_path / 'study.log'}"
@@ -119,7 +134,9 @@ def test_workers_killed_at_random_leave_every_trial_run_once(fresh_url: str, tmp
             if kills % 4 == 3:  # the moment a packed file lands: before its trial completes
                 seen = set(artifacts.iterdir()) if artifacts.is_dir() else set()
                 until = time.monotonic() + 30
-                while time.monotonic() < until and not (artifacts.is_dir() and set(artifacts.iterdir()) - seen):
+                while time.monotonic() < until and not (
+                    artifacts.is_dir() and set(artifacts.iterdir()) - seen
+                ):
                     time.sleep(0.002)
                 for w in workers:
                     kill(w)
@@ -150,7 +167,9 @@ def test_workers_killed_at_random_leave_every_trial_run_once(fresh_url: str, tmp
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) == N, [(t.number, t.state.name) for t in trials]
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-    baselines = sorted(t.user_attrs["recipe_name"] for t in complete if t.user_attrs.get("source") == "baseline")
+    baselines = sorted(
+        t.user_attrs["recipe_name"] for t in complete if t.user_attrs.get("source") == "baseline"
+    )
     assert baselines == ["deep-compression-lenet5", "uniform-l1"]
     sampled = [tuple(sorted(t.params.items())) for t in complete if t.user_attrs.get("source") != "baseline"]
     assert len(set(sampled)) == len(sampled) == N - 2
@@ -163,7 +182,9 @@ def test_workers_killed_at_random_leave_every_trial_run_once(fresh_url: str, tmp
 
 def _iptables_usable() -> bool:
     try:
-        return subprocess.run(["iptables", "-L", "INPUT", "-n"], capture_output=True, timeout=10).returncode == 0
+        return (
+            subprocess.run(["iptables", "-L", "INPUT", "-n"], capture_output=True, timeout=10).returncode == 0
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -213,10 +234,8 @@ def end(*sockets: socket.socket) -> None:
     """Shut down, then close: a bare close leaves the connection open while another thread still
     waits in `recv` on it, so PostgreSQL would never hear that its client is gone."""
     for s in sockets:
-        try:
+        with contextlib.suppress(OSError):
             s.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         s.close()
 
 
@@ -238,8 +257,10 @@ def test_a_silently_dead_connection_is_one_line_within_the_timeout(interrupt: bo
     no_hang = {"connect_args": {"options": "-c lock_timeout=30000"}}
     storage = optuna.storages.RDBStorage(PG_URL, engine_kwargs=no_hang)
     proc = start([str(spec), "--storage", url, "--study", name])
-    rules = [["INPUT", "-p", "tcp", "--dport", str(relay.port), "-j", "DROP"],
-             ["INPUT", "-p", "tcp", "--sport", str(relay.port), "-j", "DROP"]]  # fmt: skip
+    rules = [
+        ["INPUT", "-p", "tcp", "--dport", str(relay.port), "-j", "DROP"],
+        ["INPUT", "-p", "tcp", "--sport", str(relay.port), "-j", "DROP"],
+    ]
     try:
         deadline = time.monotonic() + 180
         while completed(storage, name) < 3 and time.monotonic() < deadline:
@@ -258,9 +279,14 @@ def test_a_silently_dead_connection_is_one_line_within_the_timeout(interrupt: bo
             subprocess.run(["iptables", "-D", *rule], capture_output=True)
         kill(proc)
         relay.close()
-    lines = [line for line in err.strip().splitlines() if not line.startswith("stopping at the next safe point")]
+    lines = [
+        line for line in err.strip().splitlines() if not line.startswith("stopping at the next safe point")
+    ]
     assert len(lines) == 1 and "Traceback" not in err, err  # Ctrl-C's own notice, then one line
-    assert took < 5 + 2, (took, err)  # db_timeout (5 s: ping and reconnect, 2 s each) and the next heartbeat (1 s)
+    assert took < 5 + 2, (
+        took,
+        err,
+    )  # db_timeout (5 s: ping and reconnect, 2 s each) and the next heartbeat (1 s)
     if interrupt:
         assert proc.returncode in (2, 130), err
     else:

@@ -22,7 +22,17 @@ def test_finalize_refines_the_best_trials_and_the_baselines(
     shutil.copytree(workspace / "artifacts", tmp_path / "artifacts")
     shutil.copy(workspace / "tiny.toml", tmp_path / "tiny.toml")
     monkeypatch.chdir(tmp_path)
-    args = ["finalize", "tiny.toml", "--storage", "sqlite:///study.db", "-k", "1", "--max-acc-drop", "90", "-q"]
+    args = [
+        "finalize",
+        "tiny.toml",
+        "--storage",
+        "sqlite:///study.db",
+        "-k",
+        "1",
+        "--max-acc-drop",
+        "90",
+        "-q",
+    ]
     code, out, err = call([*args, "--json"], capsys)
     assert code == 0, err
     doc = json.loads(out)
@@ -37,16 +47,27 @@ def test_finalize_refines_the_best_trials_and_the_baselines(
         if parent.user_attrs.get("source") != "baseline":  # the spec's [final] budget, no batch cap
             budget = t.user_attrs["budget"]  # promoted: its capped fine-tuning continued, counted once
             assert {k: budget[k] for k in ("epochs", "max_batches", "quant_epochs")} == {
-                "epochs": 4, "max_batches": None, "quant_epochs": 1}
+                "epochs": 4,
+                "max_batches": None,
+                "quant_epochs": 1,
+            }
             assert budget["promoted"] and budget["batches_before"] > 0 and budget["batches_continued"] > 0
         else:  # the recipe's own budget, no cap
-            assert t.user_attrs["budget"]["max_batches"] is None and t.user_attrs["recipe_name"] == parent.user_attrs["recipe_name"]
+            assert (
+                t.user_attrs["budget"]["max_batches"] is None
+                and t.user_attrs["recipe_name"] == parent.user_attrs["recipe_name"]
+            )
     assert {r["parent"]["trial"] for r in doc["rows"]} == {t.user_attrs["parent"] for t in finals}
     assert counts(study)[0] == 3  # the search's own count is untouched
     code, out, _ = call(args, capsys)  # again: nothing left to run, the same table
     assert code == 0 and "val drop" in out and "final" in out
-    assert len([t for t in optuna.load_study(study_name="tiny", storage="sqlite:///study.db").trials
-                if t.user_attrs.get("source") == "final"]) == len(finals)  # fmt: skip
+    assert len(
+        [
+            t
+            for t in optuna.load_study(study_name="tiny", storage="sqlite:///study.db").trials
+            if t.user_attrs.get("source") == "final"
+        ]
+    ) == len(finals)
 
 
 @pytest.mark.slow

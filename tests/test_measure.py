@@ -95,15 +95,30 @@ def test_measure_model_reports_every_field() -> None:
     s = load_dataset("digits")
     m = measure_model(create_model(ModelSpec("lenet5", 10, 1, (8, 8))), s, latency_repeats=5)
     d = m.to_dict()
-    assert set(d) == {"accuracy", "test_accuracy", "params", "nonzero_params", "macs", "dense_bytes",
-                      "latency_ms", "latency_ms_batch", "threads", "backend", "other_load", "latency_repeats",
-                      "latency_interval", "device"}  # fmt: skip
+    assert set(d) == {
+        "accuracy",
+        "test_accuracy",
+        "params",
+        "nonzero_params",
+        "macs",
+        "dense_bytes",
+        "latency_ms",
+        "latency_ms_batch",
+        "threads",
+        "backend",
+        "other_load",
+        "latency_repeats",
+        "latency_interval",
+        "device",
+    }
     assert d["device"] == "cpu"
     assert m.params == 131_080 and m.latency_ms > 0 and m.latency_ms_batch > 0
     assert 1 <= m.latency_repeats <= 5 and m.latency_interval >= 0  # the choices are recorded
 
 
-def test_timing_stops_once_the_median_is_pinned_and_runs_on_when_it_is_not(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_timing_stops_once_the_median_is_pinned_and_runs_on_when_it_is_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import autoprune.measure as measure
 
     clock = {"t": 0.0}
@@ -175,8 +190,9 @@ class _CallCounter(nn.Module):
         return x.flatten(1) * self.calls
 
 
-@pytest.mark.parametrize("model, message", [(_Eigen(), "cannot export _Eigen"),
-                                            (_CallCounter(), "outputs differ")])  # fmt: skip
+@pytest.mark.parametrize(
+    "model, message", [(_Eigen(), "cannot export _Eigen"), (_CallCounter(), "outputs differ")]
+)
 def test_a_model_onnxruntime_cannot_run_faithfully_is_timed_in_torch(model, message, caplog, capfd) -> None:
     with caplog.at_level(logging.WARNING, logger="autoprune.runtime"):
         lat = measure_latency(model, (1, 4, 4), repeats=3, threads=1)
@@ -212,6 +228,8 @@ def test_a_graph_onnxruntime_cannot_load_is_timed_in_torch(monkeypatch, caplog) 
 
     monkeypatch.setattr(runtime, "ort_session", no_kernel)
     with caplog.at_level(logging.WARNING, logger="autoprune.runtime"):
-        lat = measure_latency(create_model(ModelSpec("lenet5", 10, 1, (8, 8))), (1, 8, 8), repeats=3, threads=1)
+        lat = measure_latency(
+            create_model(ModelSpec("lenet5", 10, 1, (8, 8))), (1, 8, 8), repeats=3, threads=1
+        )
     assert lat.backend in ("onednn", "native")
     assert "ONNX Runtime cannot run LeNet5 ([ONNXRuntimeError] : 9 : NOT_IMPLEMENTED" in caplog.text

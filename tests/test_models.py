@@ -14,7 +14,7 @@ from autoprune.train import TrainConfig, fit
 
 BUILTIN = ["lenet300", "lenet5", "vgg", "resnet20", "mobilenetv2"]
 
-USER_MODEL = '''
+USER_MODEL = """
 from torch import nn
 
 def tiny(num_classes, in_channels):
@@ -28,7 +28,7 @@ def broken(num_classes):
 
 def not_a_module():
     return 42
-'''
+"""
 
 
 def test_registry_lists_the_builtins() -> None:
@@ -46,7 +46,9 @@ def test_every_builtin_trains_one_epoch(name: str, data: str, request: pytest.Fi
     if data == "digits":
         splits = load_dataset("digits")
     else:
-        splits = load_dataset("npz", data_dir=request.getfixturevalue({"gray28": "npz28", "rgb32": "npz32rgb"}[data]))
+        splits = load_dataset(
+            "npz", data_dir=request.getfixturevalue({"gray28": "npz28", "rgb32": "npz32rgb"}[data])
+        )
     c, h, w = splits.input_shape
     model = create_model(ModelSpec(name, splits.num_classes, c, (h, w)))
     before = [p.detach().clone() for p in model.parameters()]
@@ -128,8 +130,10 @@ def test_a_file_packed_with_a_relative_factory_path_loads_from_another_folder(
     made.mkdir()
     elsewhere.mkdir()
     wrapper = made / "wrap.py"
-    wrapper.write_text("from autoprune.models._builtin import lenet5\n\n\ndef build(num_classes, in_channels, image_size):\n"
-                       "    return lenet5(num_classes=num_classes, in_channels=in_channels, image_size=image_size)\n")  # fmt: skip
+    wrapper.write_text(
+        "from autoprune.models._builtin import lenet5\n\n\ndef build(num_classes, in_channels, image_size):\n"
+        "    return lenet5(num_classes=num_classes, in_channels=in_channels, image_size=image_size)\n"
+    )
     monkeypatch.chdir(made)
     spec = ModelSpec("wrap.py:build", 10, 1, (8, 8))  # relative, as typed in that folder
     save_packed(create_model(spec), spec, made / "m.apk")

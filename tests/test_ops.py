@@ -28,7 +28,9 @@ def test_kmeans_matches_or_beats_sklearn_from_the_same_init(init: str) -> None:
     w = np.concatenate([rng.normal(-0.05, 0.02, 3000), rng.normal(0.05, 0.02, 3000)])
     start = init_centroids(w, 16, init, seed=3)
     ours = kmeans_1d(w, 16, init=start)
-    theirs = KMeans(len(start), init=start.reshape(-1, 1), n_init=1, tol=0, max_iter=100_000).fit(w.reshape(-1, 1))
+    theirs = KMeans(len(start), init=start.reshape(-1, 1), n_init=1, tol=0, max_iter=100_000).fit(
+        w.reshape(-1, 1)
+    )
     assert ours.inertia <= theirs.inertia_ * (1 + 1e-9)
 
 

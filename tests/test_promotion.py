@@ -51,7 +51,10 @@ def test_a_run_stopped_and_resumed_equals_one_that_never_stopped(augment: str, t
 
 def test_a_stored_state_that_is_not_one_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "bad.pt"
-    torch.save({"format": "autoprune-finetune-state/1", "weights": {"w": torch.zeros(1)}, "state": {"epoch": 1}}, path)
+    torch.save(
+        {"format": "autoprune-finetune-state/1", "weights": {"w": torch.zeros(1)}, "state": {"epoch": 1}},
+        path,
+    )
     with pytest.raises(AutoPruneError, match="unreadable"):
         Continuation.load(path)
     path.write_bytes(b"not a torch file")
@@ -103,7 +106,9 @@ def test_a_finalized_trial_continues_its_own_fine_tuning(final_epochs: int, tmp_
     assert parent.user_attrs.get(STATE_ATTR), "the search trial kept its fine-tuning state"
     budget = final.user_attrs["budget"]
     assert budget["promoted"] and budget["batches_before"] == 2 * 4  # two capped epochs of 4 batches
-    per_epoch = math.ceil(len(load_dataset("digits", val_fraction=0.1, seed=0).train) / 64)  # batches of 64, no cap
+    per_epoch = math.ceil(
+        len(load_dataset("digits", val_fraction=0.1, seed=0).train) / 64
+    )  # batches of 64, no cap
     full = final_epochs * per_epoch
     # counted once: what it had and what it continued add up to the full budget (rounded up per epoch)
     assert full <= budget["batches_before"] + budget["batches_continued"] < full + final_epochs
@@ -120,7 +125,10 @@ def test_a_state_that_is_not_the_trials_starts_the_final_trial_over(tmp_path: Pa
     spec, spec_dir = search_spec(spec_path, storage=url, name="promote")
     search(spec, parse_storage(url), spec_dir=spec_dir, progress=False)
     study = optuna.load_study(study_name="promote", storage=url)
-    other = {**create_model(ModelSpec("lenet5", 10, 1, (8, 8))).state_dict(), "extra": torch.zeros(1)}  # not the trial's
+    other = {
+        **create_model(ModelSpec("lenet5", 10, 1, (8, 8))).state_dict(),
+        "extra": torch.zeros(1),
+    }  # not the trial's
     for i, t in enumerate(study.get_trials()):
         path = tmp_path / "artifacts" / t.user_attrs[STATE_ATTR]
         if i == 0:
@@ -129,8 +137,11 @@ def test_a_state_that_is_not_the_trials_starts_the_final_trial_over(tmp_path: Pa
             state = Continuation.load(path).state
             Continuation(other, state, 8).save(path)
     finalize(spec, parse_storage(url), progress=False)
-    final = next(t for t in optuna.load_study(study_name="promote", storage=url).get_trials()
-                 if t.user_attrs.get("source") == FINAL)  # fmt: skip
+    final = next(
+        t
+        for t in optuna.load_study(study_name="promote", storage=url).get_trials()
+        if t.user_attrs.get("source") == FINAL
+    )
     assert final.state == optuna.trial.TrialState.COMPLETE
     assert "promoted" not in final.user_attrs["budget"]  # started over, at the full budget
     assert "fine-tuning state is not usable" in caplog.text
@@ -150,8 +161,14 @@ def test_a_new_schedule_starts_from_its_own_learning_rate() -> None:
     fresh = create_model(spec)
     fresh.load_state_dict(model.state_dict())
     fit(fresh, splits, TrainConfig(epochs=1, lr=2e-3, max_batches=3), progress=False)
-    fit_resumable(model, splits, TrainConfig(epochs=1, lr=2e-3, max_batches=3), progress=False, resume=state,
-                  new_schedule=True)  # fmt: skip
+    fit_resumable(
+        model,
+        splits,
+        TrainConfig(epochs=1, lr=2e-3, max_batches=3),
+        progress=False,
+        resume=state,
+        new_schedule=True,
+    )
 
     def moved(m: torch.nn.Module) -> float:
         return float(sum((p.detach() - b).abs().sum() for p, b in zip(m.parameters(), before)))
@@ -159,8 +176,13 @@ def test_a_new_schedule_starts_from_its_own_learning_rate() -> None:
     assert moved(model) > 0.3 * moved(fresh) > 0
 
 
-@pytest.mark.parametrize("stored", [{"format": "autoprune-finetune-state/1", "weights": {}, "state": [], "batches": 1},
-                                    {"format": "autoprune-finetune-state/1", "weights": {}, "batches": "x"}])
+@pytest.mark.parametrize(
+    "stored",
+    [
+        {"format": "autoprune-finetune-state/1", "weights": {}, "state": [], "batches": 1},
+        {"format": "autoprune-finetune-state/1", "weights": {}, "batches": "x"},
+    ],
+)
 def test_a_malformed_state_is_one_error(stored: dict, tmp_path: Path) -> None:
     path = tmp_path / "s.pt"
     torch.save(stored, path)

@@ -83,14 +83,20 @@ def made_up_sensitivity(base: torch.nn.Module, sizes: SizeModel) -> Sensitivity:
     out = []
     for i, (name, module) in enumerate(layers.items()):
         rate = 1.0 + (i % 4)
-        out.append(LayerSensitivity(
-            layer=name, kind="conv" if module.weight.dim() == 4 else "fc", params=module.weight.numel(),
-            depth=i / (len(layers) - 1), norms=(1.0, 0.5), filters=name in removable,
-            ratio_acc=tuple(90 - rate * 4 * r**2 for r in RATIOS) if name in removable else (),
-            quality_acc=tuple(90 - rate * 0.3 * q**2 for q in QUALITIES),
-            quality_sparsity=tuple(min(0.99, q / 3) for q in QUALITIES),
-            bits_acc=tuple(90 - rate * 0.5 / b for b in BITS),
-        ))  # fmt: skip
+        out.append(
+            LayerSensitivity(
+                layer=name,
+                kind="conv" if module.weight.dim() == 4 else "fc",
+                params=module.weight.numel(),
+                depth=i / (len(layers) - 1),
+                norms=(1.0, 0.5),
+                filters=name in removable,
+                ratio_acc=tuple(90 - rate * 4 * r**2 for r in RATIOS) if name in removable else (),
+                quality_acc=tuple(90 - rate * 0.3 * q**2 for q in QUALITIES),
+                quality_sparsity=tuple(min(0.99, q / 3) for q in QUALITIES),
+                bits_acc=tuple(90 - rate * 0.5 / b for b in BITS),
+            )
+        )
     return Sensitivity(90.0, tuple(out))
 
 
@@ -124,7 +130,9 @@ def test_the_residual_surrogate_with_no_trial_is_the_allocators_prior(residual_n
     space = SpaceSection(ratio=[0.0, 0.5], quality=[0.0, 2.0], conv_bits=[4, 6], fc_bits=[3, 5])
     allocator = Allocator(base, SPEC, space, sensitivity, sizes=sizes)
     proposals = allocator.propose([1.0, 4.0, 16.0])
-    view = LayerView(base, SPEC, sensitivity, train_batches=10, dense_bytes=allocator.dense_bytes, sizes=sizes)
+    view = LayerView(
+        base, SPEC, sensitivity, train_batches=10, dense_bytes=allocator.dense_bytes, sizes=sizes
+    )
     data = view.encode([allocator.config(p.params) for p in proposals])
     predicted = [p.predicted_drop for p in proposals]
     assert prior_drop(data.x, data.mask) == pytest.approx(predicted, abs=1e-3)
@@ -188,12 +196,26 @@ def test_zero_shot_proposals_from_the_command_line(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'zs.db'}"
     setup = run_cli("search", "--quiet", str(spec), "--storage", url, "--study", "zs", "--setup-only")
     assert setup.returncode == 0, setup.stderr
-    out = run_cli("surrogate", "propose", "--zero-shot", "--scales", "1,4", "--storage", url, "--study", "zs",
-                  "--quiet", "--json", "--enqueue")  # fmt: skip
+    out = run_cli(
+        "surrogate",
+        "propose",
+        "--zero-shot",
+        "--scales",
+        "1,4",
+        "--storage",
+        url,
+        "--study",
+        "zs",
+        "--quiet",
+        "--json",
+        "--enqueue",
+    )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["budgets"] == [1.0, 4.0] and 1 <= len(result["proposals"]) <= 2 and result["enqueued"]
-    waiting = optuna.load_study(study_name="zs", storage=url).get_trials(states=(optuna.trial.TrialState.WAITING,))
+    waiting = optuna.load_study(study_name="zs", storage=url).get_trials(
+        states=(optuna.trial.TrialState.WAITING,)
+    )
     assert {t.user_attrs["source"] for t in waiting if "proposal_budget" in t.user_attrs} == {SOURCE}
     text = run_cli("surrogate", "propose", "--zero-shot", "--storage", url, "--study", "zs", "--quiet")
     assert text.returncode == 0 and "prior drop" in text.stdout, text.stderr

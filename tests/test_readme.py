@@ -4,7 +4,8 @@ folder holding the repository's studies, and exits 0.
 Budgets are bounded so that the whole README runs in a few minutes: Fashion-MNIST is a small
 stand-in of the same format and shapes (``--data-dir``), its base model trains one epoch and its
 searches run one trial, each in a study of its own (the README lists them as alternatives); the
-default search runs 12 trials (a resumed one 14) and `compare` runs 2 proposals. A few lines cannot run anywhere but on the reader's machine (a
+default search runs 12 trials (a resumed one 14) and `compare` runs 2 proposals. A few lines
+cannot run anywhere but on the reader's machine (a
 placeholder database, dataset folder or factory, Docker, the set-up itself) and are listed
 with why. A line the test does not know is run as written."""
 
@@ -86,9 +87,7 @@ def bounded(line: str, fashion: list[str], data: Path) -> list[str]:
             if command == "search":
                 fashion.append(f"fashion-{len(fashion)}")
             args += ["--study", fashion[-1] if command == "search" else fashion[0]]
-    elif command == "search" and "--study" not in args:
-        setting("--trials", "12")
-    elif command == "search" and "--sampler" in args:
+    elif command == "search" and "--study" not in args or command == "search" and "--sampler" in args:
         setting("--trials", "12")
     elif command == "search" and "--trials" in args:  # a study resumed: two more trials
         setting("--trials", "14")
@@ -99,7 +98,11 @@ def bounded(line: str, fashion: list[str], data: Path) -> list[str]:
     if "compare" in args:
         setting("--at", "10")
         setting("-k", "2")
-    quiet = ["-q"] if command in ("search", "finalize", "train", "compress", "surrogate", "sensitivity", "report") else []
+    quiet = (
+        ["-q"]
+        if command in ("search", "finalize", "train", "compress", "surrogate", "sensitivity", "report")
+        else []
+    )
     return [sys.executable, "-m", "autoprune", *args[1:], *quiet]
 
 
@@ -108,8 +111,9 @@ def dashboard(argv: list[str], cwd: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([*argv, "--port", str(port)], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)  # fmt: skip
+    server = subprocess.Popen(
+        [*argv, "--port", str(port)], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         for _ in range(120):
             try:
@@ -131,8 +135,12 @@ def stand_in_fashion(folder: Path) -> Path:
     folder.mkdir(parents=True)
     x, y = images(1200, (28, 28), 10)
     xt, yt = images(300, (28, 28), 10, seed=1)
-    for name, array in (("train-images-idx3-ubyte", x), ("train-labels-idx1-ubyte", y),
-                        ("t10k-images-idx3-ubyte", xt), ("t10k-labels-idx1-ubyte", yt)):  # fmt: skip
+    for name, array in (
+        ("train-images-idx3-ubyte", x),
+        ("train-labels-idx1-ubyte", y),
+        ("t10k-images-idx3-ubyte", xt),
+        ("t10k-labels-idx1-ubyte", yt),
+    ):
         write_idx(folder / name, array, gz=True)
     return folder
 
@@ -159,7 +167,9 @@ def test_every_readme_command_and_snippet_runs(tmp_path: Path) -> None:
             print(f"{time.perf_counter() - started:6.1f} s  {' '.join(argv[3:])}")
         ran.append(line)
     for snippet in blocks("python"):
-        r = subprocess.run([sys.executable, "-c", snippet], cwd=work, capture_output=True, text=True, timeout=600)
+        r = subprocess.run(
+            [sys.executable, "-c", snippet], cwd=work, capture_output=True, text=True, timeout=600
+        )
         assert r.returncode == 0, f"README snippet failed:\n{snippet}\n{r.stderr}"
     for block in blocks("toml"):  # a spec's tables, or the recipe reference
         table = tomllib.loads(block)
@@ -167,5 +177,8 @@ def test_every_readme_command_and_snippet_runs(tmp_path: Path) -> None:
             spec_from_dict(table)
         else:
             CompressConfig.from_dict(table)
-    assert len(ran) >= 15 and len(skipped) <= 11, (ran, skipped)  # a new placeholder line is a choice, seen here
+    assert len(ran) >= 15 and len(skipped) <= 11, (
+        ran,
+        skipped,
+    )  # a new placeholder line is a choice, seen here
     assert not list(REPO.glob("*.apk")), "a README command wrote into the repository"

@@ -3,6 +3,7 @@ and a journal file. Every test runs the command as a user would, in a subprocess
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -52,16 +53,32 @@ max_batches = {max_batches}
 """
 
 
-STORAGES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.skipif(
-    not postgres_reachable(), reason=f"no PostgreSQL server reachable at {PG_URL}"))]  # fmt: skip
+STORAGES = [
+    "sqlite",
+    pytest.param(
+        "postgresql",
+        marks=pytest.mark.skipif(
+            not postgres_reachable(), reason=f"no PostgreSQL server reachable at {PG_URL}"
+        ),
+    ),
+]
 
 
-def write_spec(tmp_path: Path, *, trials: int = 4, objectives: str = '["accuracy", "packed_bytes"]',
-               epochs: int = 1, max_batches: int = 3) -> Path:  # fmt: skip
+def write_spec(
+    tmp_path: Path,
+    *,
+    trials: int = 4,
+    objectives: str = '["accuracy", "packed_bytes"]',
+    epochs: int = 1,
+    max_batches: int = 3,
+) -> Path:
     path = tmp_path / "tiny.toml"
     recipes = REPO / "studies" / "recipes"
-    path.write_text(TINY_SPEC.format(trials=trials, objectives=objectives, recipes=recipes, epochs=epochs,
-                                     max_batches=max_batches))  # fmt: skip
+    path.write_text(
+        TINY_SPEC.format(
+            trials=trials, objectives=objectives, recipes=recipes, epochs=epochs, max_batches=max_batches
+        )
+    )
     return path
 
 
@@ -69,7 +86,7 @@ def storage_url(kind: str, tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'study.db'}" if kind == "sqlite" else PG_URL
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def storage_for(url: str) -> optuna.storages.BaseStorage:
     """One storage (one connection pool) per URL: polling must not exhaust the server."""
     from autoprune.search.storage import open_storage, parse_storage
@@ -86,8 +103,13 @@ def search(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 def popen_search(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "autoprune", "search", "--quiet", *args], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "autoprune", "search", "--quiet", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(predicate, timeout: float = 120) -> None:
@@ -108,10 +130,8 @@ def study_name(request: pytest.FixtureRequest):
     name = f"test-{uuid.uuid4().hex[:8]}"
     yield name
     if postgres_reachable():  # leave the shared test database as it was
-        try:
+        with contextlib.suppress(KeyError):
             optuna.delete_study(study_name=name, storage=PG_URL)
-        except KeyError:
-            pass
 
 
 def test_shipped_specs_load() -> None:
@@ -149,7 +169,9 @@ def test_bad_spec_is_one_line_and_exit_2(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", STORAGES)
-def test_search_records_everything_and_resumes_to_exactly_n(kind: str, tmp_path: Path, study_name: str) -> None:
+def test_search_records_everything_and_resumes_to_exactly_n(
+    kind: str, tmp_path: Path, study_name: str
+) -> None:
     url = storage_url(kind, tmp_path)
     spec = write_spec(tmp_path, trials=3)
     first = search(str(spec), "--storage", url, "--study", study_name)
@@ -177,15 +199,22 @@ def test_search_records_everything_and_resumes_to_exactly_n(kind: str, tmp_path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", STORAGES)
-def test_ctrl_c_leaves_nothing_running_and_the_same_command_resumes(kind: str, tmp_path: Path, study_name: str) -> None:
+def test_ctrl_c_leaves_nothing_running_and_the_same_command_resumes(
+    kind: str, tmp_path: Path, study_name: str
+) -> None:
     url = storage_url(kind, tmp_path)
     spec = write_spec(tmp_path, trials=6, epochs=3, max_batches=10)
     args = (str(spec), "--storage", url, "--study", study_name)
     proc = popen_search(*args)
     # interrupt mid-plan: a trial runs and at least two more are still to come, so a slow
     # poll cannot let the search finish before the signal lands
-    wait_for(lambda: _study_has(url, study_name, lambda s: 1 <= count(s, TrialState.COMPLETE) <= 3
-                                and count(s, TrialState.RUNNING) == 1))  # fmt: skip
+    wait_for(
+        lambda: _study_has(
+            url,
+            study_name,
+            lambda s: 1 <= count(s, TrialState.COMPLETE) <= 3 and count(s, TrialState.RUNNING) == 1,
+        )
+    )
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -200,10 +229,21 @@ def test_ctrl_c_leaves_nothing_running_and_the_same_command_resumes(kind: str, t
 @pytest.mark.slow
 def test_ctrl_c_during_a_baseline_then_rerun_runs_each_baseline_once(tmp_path: Path, study_name: str) -> None:
     url = storage_url("sqlite", tmp_path)
-    args = (str(write_spec(tmp_path, trials=4, epochs=3, max_batches=10)), "--storage", url, "--study", study_name)
+    args = (
+        str(write_spec(tmp_path, trials=4, epochs=3, max_batches=10)),
+        "--storage",
+        url,
+        "--study",
+        study_name,
+    )
     proc = popen_search(*args)
-    wait_for(lambda: _study_has(url, study_name, lambda s: count(s, TrialState.COMPLETE) == 0
-                                and count(s, TrialState.RUNNING) == 1))  # fmt: skip
+    wait_for(
+        lambda: _study_has(
+            url,
+            study_name,
+            lambda s: count(s, TrialState.COMPLETE) == 0 and count(s, TrialState.RUNNING) == 1,
+        )
+    )
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -212,7 +252,9 @@ def test_ctrl_c_during_a_baseline_then_rerun_runs_each_baseline_once(tmp_path: P
     again = search(*args)
     assert again.returncode == 0, again.stderr
     study = load(url, study_name)
-    done = [t for t in study.trials if t.state == TrialState.COMPLETE and t.user_attrs.get("source") == "baseline"]
+    done = [
+        t for t in study.trials if t.state == TrialState.COMPLETE and t.user_attrs.get("source") == "baseline"
+    ]
     assert sorted(t.user_attrs["recipe_name"] for t in done) == ["deep-compression-lenet5", "uniform-l1"]
     assert count(study, TrialState.COMPLETE) == 4 and not count(study, TrialState.RUNNING, TrialState.WAITING)
 
@@ -226,8 +268,9 @@ def test_a_killed_worker_trial_is_retried(kind: str, tmp_path: Path, study_name:
     victim = popen_search(*args)
     # kill it mid-plan, in a trial whose heartbeat is recorded (the case before the first beat:
     # the test below); a fixed sleep let the short trials finish first once
-    wait_for(lambda: _study_has(url, study_name, lambda s: count(s, TrialState.COMPLETE) <= 2
-                                and _beating(url, s)))  # fmt: skip
+    wait_for(
+        lambda: _study_has(url, study_name, lambda s: count(s, TrialState.COMPLETE) <= 2 and _beating(url, s))
+    )
     victim.send_signal(signal.SIGKILL)
     victim.communicate()
     killed = [t for t in load(url, study_name).trials if t.state == TrialState.RUNNING]
@@ -248,7 +291,9 @@ def test_a_trial_orphaned_before_its_first_heartbeat_is_failed_and_retried(tmp_p
     from autoprune.search.run import fail_orphaned_trials
     from autoprune.search.storage import open_storage, parse_storage
 
-    storage = open_storage(parse_storage(f"sqlite:///{tmp_path / 'o.db'}"), heartbeat_interval=1, grace_period=4)
+    storage = open_storage(
+        parse_storage(f"sqlite:///{tmp_path / 'o.db'}"), heartbeat_interval=1, grace_period=4
+    )
     study = optuna.create_study(study_name="orphans", storage=storage)
     trial = study.ask()  # RUNNING, and no heartbeat ever recorded (its worker "died" at once)
     trial.suggest_float("x", 0, 1)
@@ -280,7 +325,9 @@ def test_two_workers_on_postgresql(tmp_path: Path, study_name: str) -> None:
     study = load(PG_URL, study_name)
     finished = count(study, TrialState.COMPLETE)
     assert finished == 6  # the check that a trial is needed and its creation share one lock
-    names = [t.user_attrs.get("recipe_name") for t in study.trials if t.user_attrs.get("source") == "baseline"]
+    names = [
+        t.user_attrs.get("recipe_name") for t in study.trials if t.user_attrs.get("source") == "baseline"
+    ]
     assert sorted(names) == ["deep-compression-lenet5", "uniform-l1"]  # no duplicated baseline
 
 
@@ -292,7 +339,7 @@ def _warn_from_a_worker(queue: object) -> None:
     optuna.logging.get_logger("optuna").info("Trial 3 finished")  # below the bar: not relayed
     import warnings
 
-    warnings.warn("a Python warning in a worker")
+    warnings.warn("a Python warning in a worker", stacklevel=1)
 
 
 def test_a_workers_warnings_reach_the_parents_logging_not_its_stderr(capfd: pytest.CaptureFixture) -> None:
@@ -347,17 +394,25 @@ def test_unreachable_database_hides_the_password(tmp_path: Path) -> None:
     r = search(str(write_spec(tmp_path)), "--storage", "postgresql://alice:s3cret@127.0.0.1:1/nowhere")
     assert_one_line_error(r, "cannot open storage", "postgresql://alice:***@127.0.0.1:1/nowhere")
     assert "s3cret" not in r.stderr
-    assert_one_line_error(search(str(write_spec(tmp_path)), "--storage", "mongodb://x"), "unsupported storage")
+    assert_one_line_error(
+        search(str(write_spec(tmp_path)), "--storage", "mongodb://x"), "unsupported storage"
+    )
 
 
 @pytest.mark.slow
 def test_optuna_cli_export_trials_and_eval(tmp_path: Path, study_name: str) -> None:
     url = storage_url("sqlite", tmp_path)
-    assert search(str(write_spec(tmp_path, trials=3)), "--storage", url, "--study", study_name).returncode == 0
+    assert (
+        search(str(write_spec(tmp_path, trials=3)), "--storage", url, "--study", study_name).returncode == 0
+    )
     optuna_cli = Path(sys.executable).with_name("optuna")
     for command in ("trials", "best-trials"):
-        r = subprocess.run([str(optuna_cli), command, "--storage", url, "--study-name", study_name, "-f", "json"],
-                           capture_output=True, text=True, timeout=120)  # fmt: skip
+        r = subprocess.run(
+            [str(optuna_cli), command, "--storage", url, "--study-name", study_name, "-f", "json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 0, r.stderr
         rows = json.loads(r.stdout)
         assert rows and all("user_attrs" in row or "number" in row for row in rows)
@@ -365,25 +420,47 @@ def test_optuna_cli_export_trials_and_eval(tmp_path: Path, study_name: str) -> N
     assert listed.returncode == 0, listed.stderr
     assert [t["trial"] for t in json.loads(listed.stdout)["trials"]] == [0, 1, 2]
     out = tmp_path / "best.apk"
-    exported = run_cli("export", "--storage", url, "--study", study_name, "--trial", "best", "--max-acc-drop", "100",
-                       "--out", str(out), "--json")  # fmt: skip
+    exported = run_cli(
+        "export",
+        "--storage",
+        url,
+        "--study",
+        study_name,
+        "--trial",
+        "best",
+        "--max-acc-drop",
+        "100",
+        "--out",
+        str(out),
+        "--json",
+    )
     assert exported.returncode == 0, exported.stderr
     model, header = load_packed(out)
     assert header["model"]["name"] == "lenet5"
     assert run_cli("eval", str(out), "--json").returncode == 0
-    assert_one_line_error(run_cli("export", "--storage", url, "--trial", "99"), "expected a trial number below 3")
+    assert_one_line_error(
+        run_cli("export", "--storage", url, "--trial", "99"), "expected a trial number below 3"
+    )
 
 
 @pytest.mark.slow
 def test_dashboard_serves_the_study(tmp_path: Path, study_name: str) -> None:
     url = storage_url("sqlite", tmp_path)
-    assert search(str(write_spec(tmp_path, trials=2)), "--storage", url, "--study", study_name).returncode == 0
+    assert (
+        search(str(write_spec(tmp_path, trials=2)), "--storage", url, "--study", study_name).returncode == 0
+    )
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "autoprune", "dashboard", "--storage", url, "--port", str(port)],
-                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    server = subprocess.Popen(
+        [sys.executable, "-m", "autoprune", "dashboard", "--storage", url, "--port", str(port)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
+
         def studies() -> list:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as r:
@@ -423,8 +500,10 @@ def _beating(url: str, study: optuna.Study) -> bool:
         return False
     engine = getattr(storage_for(url), "_backend", storage_for(url)).engine
     with engine.connect() as conn:
-        beat = conn.execute(sqlalchemy.text("SELECT 1 FROM trial_heartbeats WHERE trial_id = :id"),
-                            {"id": running[0]._trial_id}).first()  # fmt: skip
+        beat = conn.execute(
+            sqlalchemy.text("SELECT 1 FROM trial_heartbeats WHERE trial_id = :id"),
+            {"id": running[0]._trial_id},
+        ).first()
     return beat is not None
 
 
@@ -438,9 +517,11 @@ def _study_has(url: str, name: str, predicate) -> bool:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "objectives, extra",
-    [('["compression_ratio"]', ("--pruner", "median", "--max-acc-drop", "2.0")),
-     ('["accuracy", "latency_ms"]', ())],
-)  # fmt: skip
+    [
+        ('["compression_ratio"]', ("--pruner", "median", "--max-acc-drop", "2.0")),
+        ('["accuracy", "latency_ms"]', ()),
+    ],
+)
 def test_other_objectives(objectives: str, extra: tuple, tmp_path: Path, study_name: str) -> None:
     url = storage_url("sqlite", tmp_path)
     spec = write_spec(tmp_path, trials=3, objectives=objectives, epochs=2)
@@ -453,8 +534,13 @@ def test_other_objectives(objectives: str, extra: tuple, tmp_path: Path, study_n
         assert t.values == [t.user_attrs[n] for n in names]
         if len(names) == 1:
             # the accuracy budget is an Optuna constraint; the pruner saw every epoch's accuracy
-            judged = Budget.of(2.0, "upper", 0.9).drop(TrialRecord.from_attrs(t.user_attrs))  # the spec's default rule
-            assert t.constraints == {"acc_drop": pytest.approx(judged - 2.0)} and judged > t.user_attrs["acc_drop"]
+            judged = Budget.of(2.0, "upper", 0.9).drop(
+                TrialRecord.from_attrs(t.user_attrs)
+            )  # the spec's default rule
+            assert (
+                t.constraints == {"acc_drop": pytest.approx(judged - 2.0)}
+                and judged > t.user_attrs["acc_drop"]
+            )
             baseline = trial_recipe(t, stored_recipes(study))  # a baseline reports its own recipe's epochs
             recipe = baseline[0] if baseline else None
             quant = (recipe.quantize.epochs if recipe.quantize.enabled else 0) if recipe else 1
@@ -476,14 +562,23 @@ def test_a_database_dropped_mid_run_is_one_line_and_exit_2(jobs: int, tmp_path: 
         conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
     url = PG_URL.rsplit("/", 1)[0] + f"/{name}"
     try:
-        proc = popen_search(str(write_spec(tmp_path, trials=20, epochs=3, max_batches=10)), "--storage", url,
-                            "--jobs", str(jobs))  # fmt: skip
+        proc = popen_search(
+            str(write_spec(tmp_path, trials=20, epochs=3, max_batches=10)),
+            "--storage",
+            url,
+            "--jobs",
+            str(jobs),
+        )
         probe = sqlalchemy.create_engine(url)
 
         def running() -> bool:
             try:
                 with probe.connect() as conn:
-                    return bool(conn.execute(sqlalchemy.text("SELECT count(*) FROM trials WHERE state = 'RUNNING'")).scalar())
+                    return bool(
+                        conn.execute(
+                            sqlalchemy.text("SELECT count(*) FROM trials WHERE state = 'RUNNING'")
+                        ).scalar()
+                    )
             except sqlalchemy.exc.SQLAlchemyError:
                 return False
 
@@ -529,8 +624,10 @@ def test_workers_started_together_on_an_empty_database_all_start() -> None:
         try:
             start = str(time.time() + 4.0)  # every process imports first, then they go together
             url = PG_URL.rsplit("/", 1)[0] + f"/{name}"
-            procs = [subprocess.Popen([sys.executable, "-c", RACE, url, start], stderr=subprocess.PIPE, text=True)
-                     for _ in range(4)]  # fmt: skip
+            procs = [
+                subprocess.Popen([sys.executable, "-c", RACE, url, start], stderr=subprocess.PIPE, text=True)
+                for _ in range(4)
+            ]
             for p in procs:
                 _, err = p.communicate(timeout=120)
                 assert p.returncode == 0, err

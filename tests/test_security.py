@@ -40,11 +40,17 @@ def evil_module(folder: Path, name: str = "evil.py") -> tuple[Path, Path]:
 
 @pytest.mark.parametrize("relative", [False, True])
 def test_a_packed_file_never_imports_the_code_it_names(
-    relative: bool, workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    relative: bool,
+    workspace: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     evil, marker = evil_module(tmp_path)
     factory = f"{evil.name if relative else evil}:build"
-    crafted = rewrite_header(workspace / "m.apk", tmp_path / "crafted.apk", lambda h: h["model"].update(name=factory))
+    crafted = rewrite_header(
+        workspace / "m.apk", tmp_path / "crafted.apk", lambda h: h["model"].update(name=factory)
+    )
     monkeypatch.chdir(tmp_path)  # the relative .py shipped next to the file
     code, _, err = call(["eval", str(crafted)], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
@@ -62,7 +68,9 @@ def test_a_packed_file_never_imports_the_code_it_names(
 def test_a_module_factory_in_a_packed_file_cannot_end_the_process(
     workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    crafted = rewrite_header(workspace / "m.apk", tmp_path / "exit.apk", lambda h: h["model"].update(name="sys:exit"))
+    crafted = rewrite_header(
+        workspace / "m.apk", tmp_path / "exit.apk", lambda h: h["model"].update(name="sys:exit")
+    )
     code, _, err = call(["eval", str(crafted)], capsys)
     assert code == 2 and "--model sys:exit" in err
 
@@ -71,7 +79,9 @@ def test_a_packed_file_never_names_the_folder_to_read(
     workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     recorded = {"name": "cifar10", "data_dir": str(tmp_path / "batches"), "val_fraction": 0.1, "seed": 0}
-    crafted = rewrite_header(workspace / "m.apk", tmp_path / "c.apk", lambda h: h["meta"].update(dataset=recorded))
+    crafted = rewrite_header(
+        workspace / "m.apk", tmp_path / "c.apk", lambda h: h["meta"].update(dataset=recorded)
+    )
     code, _, err = call(["eval", str(crafted)], capsys)
     assert code == 2 and "needs --data-dir" in err and "pass --data-dir yourself" in err
 
@@ -132,8 +142,10 @@ def test_a_stored_study_name_writes_only_into_the_current_folder(
     work = tmp_path / "a" / "b"
     work.mkdir(parents=True)
     monkeypatch.chdir(work)
-    code, out, err = call(["export", "--storage", url, "--trial", "0", "--artifacts", str(tmp_path / "artifacts"),
-                           "--json"], capsys)  # fmt: skip
+    code, out, err = call(
+        ["export", "--storage", url, "--trial", "0", "--artifacts", str(tmp_path / "artifacts"), "--json"],
+        capsys,
+    )
     assert code == 0, err
     assert sorted(p.name for p in work.iterdir()) == ["_.._x-trial-0.apk"]
     assert not (tmp_path / "x-trial-0.apk").exists()
@@ -161,15 +173,31 @@ def test_the_database_never_stores_the_password(tmp_path: Path, capsys: pytest.C
     url = PG_URL.replace("postgres@", f"postgres:{secret}@")  # trust auth accepts any password
     (tmp_path / "s.toml").write_text("[study]\nlatency_repeats = 3\n[train]\nepochs = 1\n")
     try:
-        code, out, err = call(["search", str(tmp_path / "s.toml"), "--storage", url, "--study", name,
-                               "--setup-only", "--quiet", "--json"], capsys)  # fmt: skip
+        code, out, err = call(
+            [
+                "search",
+                str(tmp_path / "s.toml"),
+                "--storage",
+                url,
+                "--study",
+                name,
+                "--setup-only",
+                "--quiet",
+                "--json",
+            ],
+            capsys,
+        )
         assert code == 0, err
         assert secret not in out + err
         study = optuna.load_study(study_name=name, storage=PG_URL)
         assert study.user_attrs["spec"]["study"]["storage"] == PG_URL  # the URL as given, less the password
         if shutil.which("pg_dump"):
-            dump = subprocess.run(["pg_dump", "-h", "127.0.0.1", "-U", "postgres", "test"], capture_output=True,
-                                  text=True, check=True).stdout  # fmt: skip
+            dump = subprocess.run(
+                ["pg_dump", "-h", "127.0.0.1", "-U", "postgres", "test"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
             assert name in dump and secret not in dump
     finally:
         optuna.delete_study(study_name=name, storage=PG_URL)
@@ -200,8 +228,18 @@ def test_a_surrogate_file_never_runs_code(tmp_path: Path, capsys: pytest.Capture
     import torch
 
     torch.save({"format": "autoprune-surrogate/2", "models": Evil()}, tmp_path / "evil.pt")
-    code, _, err = call(["surrogate", "propose", "--storage", f"sqlite:///{tmp_path / 'none.db'}",
-                         "--surrogate", str(tmp_path / "evil.pt"), "-q"], capsys)  # fmt: skip
+    code, _, err = call(
+        [
+            "surrogate",
+            "propose",
+            "--storage",
+            f"sqlite:///{tmp_path / 'none.db'}",
+            "--surrogate",
+            str(tmp_path / "evil.pt"),
+            "-q",
+        ],
+        capsys,
+    )
     assert code == 2 and len(err.strip().splitlines()) == 1 and not marker.exists()
     from autoprune.surrogate import Surrogate, SurrogateError
 
@@ -247,8 +285,12 @@ def test_the_dashboard_on_loopback_answers_only_to_its_own_address(workspace: Pa
 
     _dashboard.make_server = keep
     try:
-        thread = threading.Thread(target=_dashboard.serve_dashboard, args=(storage,),
-                                  kwargs={"host": "127.0.0.1", "port": port}, daemon=True)  # fmt: skip
+        thread = threading.Thread(
+            target=_dashboard.serve_dashboard,
+            args=(storage,),
+            kwargs={"host": "127.0.0.1", "port": port},
+            daemon=True,
+        )
         thread.start()
         for _ in range(100):
             if servers:
@@ -300,7 +342,9 @@ def test_the_password_can_come_from_libpq_not_the_command_line(
     assert secret not in info.safe_url + info.public_url
 
 
-def test_fuzzed_packed_files_load_to_their_shapes_or_are_one_pack_error(workspace: Path, tmp_path: Path) -> None:
+def test_fuzzed_packed_files_load_to_their_shapes_or_are_one_pack_error(
+    workspace: Path, tmp_path: Path
+) -> None:
     """A short run of bench/fuzz_packed.py (which runs 100,000 and more): mutants of a real file,
     most with a valid checksum again, a third with a rewritten header value."""
     import numpy as np

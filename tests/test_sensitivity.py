@@ -84,10 +84,16 @@ def test_the_analysis_is_cached_per_base_model_and_round_trips(trained: tuple) -
     assert cache_key(other, splits) != cache_key(model, splits) == first.key
 
 
-@pytest.mark.parametrize("broken", [
-    {"version": 99}, {"layers": [{"layer": "x"}]}, {"base_accuracy": "nan"}, {"layers": "x"},
-    {"qualities": [1.0]},
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {"version": 99},
+        {"layers": [{"layer": "x"}]},
+        {"base_accuracy": "nan"},
+        {"layers": "x"},
+        {"qualities": [1.0]},
+    ],
+)
 def test_a_stored_analysis_is_checked_as_data(trained: tuple, broken: dict) -> None:
     model, splits = trained
     good = sensitivity_for(model, splits, progress=False)[0].to_dict()

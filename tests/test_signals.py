@@ -18,10 +18,16 @@ SCRIPT = Path(sys.executable).parent / "autoprune"
 def test_kill_usr1_prints_the_stacks_of_the_console_script_and_it_goes_on(tmp_path: Path) -> None:
     import optuna
 
-    optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}")  # the dashboard shows a database, never makes one
+    optuna.create_study(
+        storage=f"sqlite:///{tmp_path / 's.db'}"
+    )  # the dashboard shows a database, never makes one
     port = 18000 + (int(time.time()) % 1000)
-    proc = subprocess.Popen([str(SCRIPT), "dashboard", "--storage", f"sqlite:///{tmp_path / 's.db'}",
-                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [str(SCRIPT), "dashboard", "--storage", f"sqlite:///{tmp_path / 's.db'}", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert "optuna-dashboard on" in proc.stdout.readline()  # main() is running: the handler is in place
         proc.send_signal(signal.SIGUSR1)
@@ -35,14 +41,28 @@ def test_kill_usr1_prints_the_stacks_of_the_console_script_and_it_goes_on(tmp_pa
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signals", [1, 2])
-def test_ctrl_c_during_base_training_stops_at_the_next_batch_with_exit_130(signals: int, tmp_path: Path) -> None:
+def test_ctrl_c_during_base_training_stops_at_the_next_batch_with_exit_130(
+    signals: int, tmp_path: Path
+) -> None:
     """A base of 1000 epochs (minutes): one Ctrl-C stops it at the end of the running batch;
     two, 0.3 s apart, as well; either way a clean exit 130, never a death by SIGINT."""
     spec = tmp_path / "long.toml"
     spec.write_text("[study]\ntrials = 1\nlatency_repeats = 3\n[train]\nepochs = 1000\n")
-    proc = subprocess.Popen([sys.executable, "-m", "autoprune", "search", str(spec), "--storage",
-                             f"sqlite:///{tmp_path / 's.db'}", "--threads", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "autoprune",
+            "search",
+            str(spec),
+            "--storage",
+            f"sqlite:///{tmp_path / 's.db'}",
+            "--threads",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         err = b""
         while b"train lenet5" not in err and proc.poll() is None:  # tqdm's bar: training has begun

@@ -35,10 +35,17 @@ SHAPES = {"lenet5": (1, 28, 28), "lenet300": (1, 28, 28)}
 def trial_meta(model: torch.nn.Module) -> dict:
     """What a search trial's file records besides the network: study, dataset, base, settings."""
     layers = weight_layers(model)
-    settings = {f"quality_{n}": 0.987654321 for n in layers} | {f"ratio_{n}": 0.123456789 for n in layers if "conv" in n}
-    return {"study": "a-study-name", "trial": 7, "recipe": "TPESampler trial 7", "settings": settings,
-            "dataset": {"name": "digits", "data_dir": None, "val_fraction": 0.3, "seed": 0},
-            "base": {"accuracy": 96.98765, "dense_bytes": 123456, "macs": 654321, "latency_ms": 0.0212345}}
+    settings = {f"quality_{n}": 0.987654321 for n in layers} | {
+        f"ratio_{n}": 0.123456789 for n in layers if "conv" in n
+    }
+    return {
+        "study": "a-study-name",
+        "trial": 7,
+        "recipe": "TPESampler trial 7",
+        "settings": settings,
+        "dataset": {"name": "digits", "data_dir": None, "val_fraction": 0.3, "seed": 0},
+        "base": {"accuracy": 96.98765, "dense_bytes": 123456, "macs": 654321, "latency_ms": 0.0212345},
+    }
 
 
 def real_size(base: torch.nn.Module, spec: ModelSpec, config: CompressConfig, path: Path) -> int:
@@ -57,15 +64,20 @@ def real_size(base: torch.nn.Module, spec: ModelSpec, config: CompressConfig, pa
 def random_config(layers: SpaceLayers, rng: np.random.Generator) -> CompressConfig:
     return CompressConfig(
         name="random",
-        structured=FilterPruneConfig(layers={l: float(rng.uniform(0, 0.7)) for l in layers.conv}),
-        unstructured=MagnitudeConfig(layers={l: float(rng.uniform(0, 2.5)) for l in layers.weights}),
-        quantize=ShareConfig(conv_bits=int(rng.integers(4, 9)), fc_bits=int(rng.integers(2, 7)),
-                             init=str(rng.choice(["linear", "density", "forgy"]))),  # fmt: skip
+        structured=FilterPruneConfig(layers={layer: float(rng.uniform(0, 0.7)) for layer in layers.conv}),
+        unstructured=MagnitudeConfig(layers={layer: float(rng.uniform(0, 2.5)) for layer in layers.weights}),
+        quantize=ShareConfig(
+            conv_bits=int(rng.integers(4, 9)),
+            fc_bits=int(rng.integers(2, 7)),
+            init=str(rng.choice(["linear", "density", "forgy"])),
+        ),
     )
 
 
 @pytest.mark.parametrize("name", list_models())
-def test_the_estimate_is_within_tolerance_of_real_files_on_every_built_in_model(name: str, tmp_path: Path) -> None:
+def test_the_estimate_is_within_tolerance_of_real_files_on_every_built_in_model(
+    name: str, tmp_path: Path
+) -> None:
     c, h, w = SHAPES.get(name, (3, 32, 32))
     spec = ModelSpec(name, 10, c, (h, w))
     torch.manual_seed(0)
@@ -82,19 +94,39 @@ def test_the_estimate_is_within_tolerance_of_real_files_on_every_built_in_model(
     model = copy.deepcopy(base)
     prune_filters_(model, config.structured, torch.zeros(1, c, h, w))
     prune_magnitude_(model, config.unstructured)
-    real_layers = {n: (m.weight.numel(), int(torch.count_nonzero(m.weight))) for n, m in weight_layers(model).items()}
+    real_layers = {
+        n: (m.weight.numel(), int(torch.count_nonzero(m.weight))) for n, m in weight_layers(model).items()
+    }
     assert {x.layer: (x.weights, x.nonzero) for x in sizes.layers(config)} == real_layers
 
 
-@pytest.mark.parametrize("config", [
-    CompressConfig(name="sparsity", unstructured=MagnitudeConfig(mode="sparsity", layers={"conv1": 0.34, "conv2": 0.88,
-                   "fc1": 0.92, "fc2": 0.81}), quantize=ShareConfig(conv_bits=8, fc_bits=5)),
-    CompressConfig(name="uniform-l1", structured=FilterPruneConfig(default=0.5), quantize=ShareConfig(enabled=False)),
-    CompressConfig(name="no-huffman", structured=FilterPruneConfig(default=0.3), unstructured=MagnitudeConfig(default=1.0),
-                   pack=PackConfig(conv_index_bits=4, fc_index_bits=3, huffman=False)),
-    CompressConfig(name="threshold", structured=FilterPruneConfig(mode="threshold", default=0.9),
-                   unstructured=MagnitudeConfig(default=0.5)),
-], ids=lambda c: c.name)  # fmt: skip
+@pytest.mark.parametrize(
+    "config",
+    [
+        CompressConfig(
+            name="sparsity",
+            unstructured=MagnitudeConfig(
+                mode="sparsity", layers={"conv1": 0.34, "conv2": 0.88, "fc1": 0.92, "fc2": 0.81}
+            ),
+            quantize=ShareConfig(conv_bits=8, fc_bits=5),
+        ),
+        CompressConfig(
+            name="uniform-l1", structured=FilterPruneConfig(default=0.5), quantize=ShareConfig(enabled=False)
+        ),
+        CompressConfig(
+            name="no-huffman",
+            structured=FilterPruneConfig(default=0.3),
+            unstructured=MagnitudeConfig(default=1.0),
+            pack=PackConfig(conv_index_bits=4, fc_index_bits=3, huffman=False),
+        ),
+        CompressConfig(
+            name="threshold",
+            structured=FilterPruneConfig(mode="threshold", default=0.9),
+            unstructured=MagnitudeConfig(default=0.5),
+        ),
+    ],
+    ids=lambda c: c.name,
+)
 def test_the_recipes_modes_are_estimated_too(config: CompressConfig, tmp_path: Path) -> None:
     spec = ModelSpec("lenet5", 10, 1, (28, 28))
     torch.manual_seed(1)
@@ -115,7 +147,10 @@ def test_expected_gap_symbols_match_random_positions() -> None:
         code = HuffmanCode.fit(symbols, 1 << bits)
         huffman = min(code.encoded_bits(symbols) + 8 * (symbols.max() + 1), bits * symbols.size)
         expected[expected < 0.5] = 0
-        assert stream_bits(expected, bits) == pytest.approx(huffman, rel=0.05), (density, bits)  # 3.4% at 0.002
+        assert stream_bits(expected, bits) == pytest.approx(huffman, rel=0.05), (
+            density,
+            bits,
+        )  # 3.4% at 0.002
         assert stream_bits(real, bits) == pytest.approx(huffman, rel=0.001)
 
 

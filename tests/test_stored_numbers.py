@@ -19,11 +19,19 @@ from autoprune.train import TrainConfig
 from tests.workspace import call, copy_study, snapshot
 
 
-@pytest.mark.parametrize("table, key, value", [
-    ("final", "epochs", 10**12), ("final", "k", 2**63 - 1), ("final", "quant_epochs", 10**6),
-    ("train", "epochs", 10**9), ("train", "batch_size", 10**9), ("study", "trials", 10**9),
-    ("study", "latency_repeats", 10**9), ("space", "max_batches", 10**12),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "table, key, value",
+    [
+        ("final", "epochs", 10**12),
+        ("final", "k", 2**63 - 1),
+        ("final", "quant_epochs", 10**6),
+        ("train", "epochs", 10**9),
+        ("train", "batch_size", 10**9),
+        ("study", "trials", 10**9),
+        ("study", "latency_repeats", 10**9),
+        ("space", "max_batches", 10**12),
+    ],
+)
 def test_a_huge_number_in_a_spec_is_refused(table: str, key: str, value: int) -> None:
     with pytest.raises(SpecError, match=f"{key}={value} should be"):
         spec_from_dict({table: {key: value}})
@@ -45,13 +53,16 @@ def test_recipe_epochs_are_capped() -> None:
         TrainConfig(epochs=1001)
 
 
-@pytest.mark.parametrize("args", [
-    ["eval", "m.apk", "--latency-batch", "100000000"],
-    ["compress", "--recipe", "ok.toml", "--latency-batch", "100000000"],
-    ["train", "--epochs", "1000000000"],
-    ["search", "tiny.toml", "--trials", "1000000000"],
-    ["finalize", "-k", "1000000"],
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["eval", "m.apk", "--latency-batch", "100000000"],
+        ["compress", "--recipe", "ok.toml", "--latency-batch", "100000000"],
+        ["train", "--epochs", "1000000000"],
+        ["search", "tiny.toml", "--trials", "1000000000"],
+        ["finalize", "-k", "1000000"],
+    ],
+)
 def test_a_huge_number_on_the_command_line_is_one_line(
     args: list[str], workspace: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -72,11 +83,16 @@ def test_an_enqueued_trial_outside_the_space_fails_alone(
     shutil.copy(workspace / "tiny.toml", tmp_path / "tiny.toml")
     monkeypatch.chdir(tmp_path)
     started = time.perf_counter()
-    code, _, err = call(["search", "tiny.toml", "--storage", url, "--trials", str(done + 1), "--quiet"], capsys)
+    code, _, err = call(
+        ["search", "tiny.toml", "--storage", url, "--trials", str(done + 1), "--quiet"], capsys
+    )
     assert code == 0, err
     trials = optuna.load_study(study_name="tiny", storage=url).get_trials()
     failed = [t for t in trials if t.state == TrialState.FAIL]
-    assert len(failed) == 1 and "ratio_conv1=5.0 lies outside the search space (0.0..0.7)" in failed[0].user_attrs["fail_reason"]
+    assert (
+        len(failed) == 1
+        and "ratio_conv1=5.0 lies outside the search space (0.0..0.7)" in failed[0].user_attrs["fail_reason"]
+    )
     assert len([t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) == done + 1
     assert time.perf_counter() - started < 300
 
@@ -91,11 +107,15 @@ def test_from_reads_a_foreign_study_without_writing_or_training(
     shutil.copy(workspace / "tiny.toml", tmp_path / "tiny.toml")
     monkeypatch.chdir(tmp_path)
     own = f"sqlite:///{tmp_path / 'own.db'}"
-    code, _, err = call(["search", "tiny.toml", "--storage", own, "--study", "fresh", "--setup-only", "--quiet"], capsys)
+    code, _, err = call(
+        ["search", "tiny.toml", "--storage", own, "--study", "fresh", "--setup-only", "--quiet"], capsys
+    )
     assert code == 0, err
     before = snapshot(source)
-    code, _, err = call(["surrogate", "propose", "--storage", own, "--study", "fresh", "--from", f"tiny@{src_url}",
-                         "-q"], capsys)  # fmt: skip
+    code, _, err = call(
+        ["surrogate", "propose", "--storage", own, "--study", "fresh", "--from", f"tiny@{src_url}", "-q"],
+        capsys,
+    )
     assert len(err.strip().splitlines()) <= 1, err  # a refusal (too few trials) is fine; a write is not
     assert snapshot(source) == before and not (source / "artifacts").exists()
 
@@ -106,8 +126,10 @@ def test_from_reads_a_foreign_study_without_writing_or_training(
     study.set_user_attr("spec", spec)
     before = snapshot(source)
     started = time.perf_counter()
-    code, _, err = call(["surrogate", "propose", "--storage", own, "--study", "fresh", "--from", f"tiny@{src_url}",
-                         "-q"], capsys)  # fmt: skip
+    code, _, err = call(
+        ["surrogate", "propose", "--storage", own, "--study", "fresh", "--from", f"tiny@{src_url}", "-q"],
+        capsys,
+    )
     assert code == 2 and len(err.strip().splitlines()) == 1 and "not in this machine's cache" in err, err
     assert time.perf_counter() - started < 60 and snapshot(source) == before
 
@@ -117,15 +139,26 @@ def test_a_sqlite_file_with_a_recursive_view_is_refused_at_once(
 ) -> None:
     path = tmp_path / "evil.db"
     with sqlite3.connect(path) as conn:
-        conn.execute("CREATE VIEW studies AS WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) "
-                     "SELECT x AS study_id, 'x' AS study_name FROM r")  # fmt: skip
+        conn.execute(
+            "CREATE VIEW studies AS WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) "
+            "SELECT x AS study_id, 'x' AS study_name FROM r"
+        )
     before = snapshot(tmp_path)
     started = time.perf_counter()
     for args in (["trials"], ["report"], ["surrogate", "fit"]):
         code, _, err = call([*args, "--storage", f"sqlite:///{path}"], capsys)
         assert code == 2 and "holds a view ('studies') that Optuna never creates" in err, err
-    code, _, err = call(["surrogate", "propose", "--storage", f"sqlite:///{tmp_path / 'own.db'}",
-                         "--from", f"x@sqlite:///{path}"], capsys)  # fmt: skip
+    code, _, err = call(
+        [
+            "surrogate",
+            "propose",
+            "--storage",
+            f"sqlite:///{tmp_path / 'own.db'}",
+            "--from",
+            f"x@sqlite:///{path}",
+        ],
+        capsys,
+    )
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert time.perf_counter() - started < 30
     assert snapshot(tmp_path) == before
@@ -138,8 +171,10 @@ def set_trial_attr(db: Path, number: int, key: str, value: object) -> None:
     with sqlite3.connect(db) as conn:
         (trial_id,) = conn.execute("SELECT trial_id FROM trials WHERE number = ?", (number,)).fetchone()
         conn.execute("DELETE FROM trial_user_attributes WHERE trial_id = ? AND key = ?", (trial_id, key))
-        conn.execute("INSERT INTO trial_user_attributes (trial_id, key, value_json) VALUES (?, ?, ?)",
-                     (trial_id, key, json.dumps(value)))  # fmt: skip
+        conn.execute(
+            "INSERT INTO trial_user_attributes (trial_id, key, value_json) VALUES (?, ?, ?)",
+            (trial_id, key, json.dumps(value)),
+        )
 
 
 def test_malformed_stored_values_are_skipped_or_one_line(
@@ -157,18 +192,31 @@ def test_malformed_stored_values_are_skipped_or_one_line(
     set_trial_attr(db, 1, "parent", [1])  # unhashable: it once ended finalize in a traceback
     trials = study.get_trials()
     study.set_user_attr("base", {"accuracy": "high", "dense_bytes": [1]})
-    layer = {"name": r"$\frac{$", "kind": "conv", "filters": 2, "params": 10, "norms": [1.0, 2.0],
-             "ratio_drop": [0.0] * 8, "quality_drop": [0.0] * 8}  # fmt: skip
+    layer = {
+        "name": r"$\frac{$",
+        "kind": "conv",
+        "filters": 2,
+        "params": 10,
+        "norms": [1.0, 2.0],
+        "ratio_drop": [0.0] * 8,
+        "quality_drop": [0.0] * 8,
+    }
     set_study_system_attr(study, SENSITIVITY_ATTR, {"base_accuracy": 90.0, "layers": [layer]})
     queued = len(trials)
     study.enqueue_trial(trials[0].params, user_attrs={"source": "final", "parent": 2**70})
     monkeypatch.chdir(tmp_path)
-    for args in (["trials", "--json"], ["trials"], ["report", "--png", "figs"],
-                 ["finalize", "tiny.toml", "-k", "1", "--quiet"]):  # fmt: skip
+    for args in (
+        ["trials", "--json"],
+        ["trials"],
+        ["report", "--png", "figs"],
+        ["finalize", "tiny.toml", "-k", "1", "--quiet"],
+    ):
         code, _, err = call([*args, "--storage", url], capsys)
         assert "Traceback" not in err and code in (0, 2), (args, err)
         assert code == 0 or len(err.strip().splitlines()) == 1, (args, err)
-    failed = optuna.load_study(study_name="tiny", storage=url).trials[queued].user_attrs.get("fail_reason", "")
+    failed = (
+        optuna.load_study(study_name="tiny", storage=url).trials[queued].user_attrs.get("fail_reason", "")
+    )
     assert failed.startswith("names no earlier trial as its parent"), failed
 
 
@@ -192,17 +240,28 @@ def test_stored_text_reaches_the_note_escaped(workspace: Path, tmp_path: Path) -
     assert "<img" not in page and "&lt;img src=x onerror=alert(1)&gt; **bold** | cell" in page
 
 
-@pytest.mark.parametrize("args", [
-    ["surrogate", "compare", "--at", "0"], ["surrogate", "compare", "--at", "-5"], ["surrogate", "compare", "--at", "2,x"],
-    ["report", "--png", "/proc/nope/figs", "--out", "r.html"],
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["surrogate", "compare", "--at", "0"],
+        ["surrogate", "compare", "--at", "-5"],
+        ["surrogate", "compare", "--at", "2,x"],
+        ["report", "--png", "/proc/nope/figs", "--out", "r.html"],
+    ],
+)
 def test_a_refusal_leaves_storage_and_outputs_as_they_were(
-    args: list[str], workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    args: list[str],
+    workspace: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     url = copy_study(workspace, tmp_path)
     monkeypatch.chdir(tmp_path)
     before = snapshot(tmp_path)
-    code, _, err = call([*args, "--storage", url, "-q"] if args[0] == "surrogate" else [*args, "--storage", url], capsys)
+    code, _, err = call(
+        [*args, "--storage", url, "-q"] if args[0] == "surrogate" else [*args, "--storage", url], capsys
+    )
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert snapshot(tmp_path) == before
     assert optuna.get_all_study_summaries(url, include_best_trial=False)[0].study_name == "tiny"

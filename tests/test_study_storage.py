@@ -21,18 +21,35 @@ from autoprune.search.spec import StudySpec, record
 
 
 def metrics(acc: float, drop: float, ratio: float) -> dict:
-    return {"accuracy": acc, "test_accuracy": acc - 0.5, "acc_drop": drop, "test_acc_drop": drop + 0.5,
-            "params": 100, "nonzero_params": 50, "macs": 1000, "dense_bytes": 4000,
-            "packed_bytes": int(40_000 / ratio), "compression_ratio": ratio, "latency_ms": 0.1,
-            "latency_ms_batch": 1.0, "speedup": 1.5, "source": "test", "trial_s": float("nan")}  # fmt: skip
+    return {
+        "accuracy": acc,
+        "test_accuracy": acc - 0.5,
+        "acc_drop": drop,
+        "test_acc_drop": drop + 0.5,
+        "params": 100,
+        "nonzero_params": 50,
+        "macs": 1000,
+        "dense_bytes": 4000,
+        "packed_bytes": int(40_000 / ratio),
+        "compression_ratio": ratio,
+        "latency_ms": 0.1,
+        "latency_ms_batch": 1.0,
+        "speedup": 1.5,
+        "source": "test",
+        "trial_s": float("nan"),
+    }
 
 
 def add(study: optuna.Study, acc: float, drop: float, ratio: float, **attrs) -> None:
     rec = TrialRecord.from_metrics(metrics(acc, drop, ratio))
-    study.add_trial(create_trial(
-        params={"x": ratio / 100}, distributions={"x": FloatDistribution(0, 1)},
-        values=[rec.accuracy, rec.packed_bytes], user_attrs={**rec.to_user_attrs(), **attrs},
-    ))  # fmt: skip
+    study.add_trial(
+        create_trial(
+            params={"x": ratio / 100},
+            distributions={"x": FloatDistribution(0, 1)},
+            values=[rec.accuracy, rec.packed_bytes],
+            user_attrs={**rec.to_user_attrs(), **attrs},
+        )
+    )
 
 
 @pytest.fixture
@@ -89,11 +106,13 @@ def test_retention_never_removes_a_path_named_by_a_study(study: optuna.Study, tm
     assert not (tmp_path / "artifacts" / dropped).exists() and (tmp_path / "artifacts" / kept).exists()
 
 
-def test_retention_keeps_fine_tuning_states_of_the_front_and_the_most_recent_only(study: optuna.Study, tmp_path) -> None:
+def test_retention_keeps_fine_tuning_states_of_the_front_and_the_most_recent_only(
+    study: optuna.Study, tmp_path
+) -> None:
     (tmp_path / "artifacts").mkdir()
     store = optuna.artifacts.FileSystemArtifactStore(str(tmp_path / "artifacts"))
     states = []
-    for i, (acc, ratio) in enumerate([(96.0, 30.0), (89.0, 9.0), (88.0, 8.0), (87.0, 7.0)]):  # 0: the front
+    for acc, ratio in [(96.0, 30.0), (89.0, 9.0), (88.0, 8.0), (87.0, 7.0)]:  # 0: the front
         packed, state = str(uuid.uuid4()), str(uuid.uuid4())
         for artifact_id in (packed, state):
             (tmp_path / "artifacts" / artifact_id).write_bytes(b"x")
@@ -146,7 +165,9 @@ def test_best_the_constraint_and_the_surrogate_judge_drops_by_one_rule(
         class view:  # noqa: N801
             @staticmethod
             def encode(configs: list) -> Encoded:
-                return Encoded(np.zeros((len(configs), 1, 1)), np.ones((len(configs), 1), bool), np.ones(len(configs)))
+                return Encoded(
+                    np.zeros((len(configs), 1, 1)), np.ones((len(configs), 1), bool), np.ones(len(configs))
+                )
 
         @staticmethod
         def trial_config(trial: object, recipes: object) -> CompressConfig:
@@ -164,7 +185,9 @@ def test_best_the_constraint_and_the_surrogate_judge_drops_by_one_rule(
     monkeypatch.setattr(record_module, "judged_drop", lambda drop, se, z: 0.0)
     assert best_trial(study, upper).number == 0
     assert list(history_from_trials(study.trials, AnySpace, upper).drop) == [0, 0]
-    assert upper.drop(TrialRecord.from_attrs(study.trials[0].user_attrs)) == 0.0  # what the objective's constraint uses
+    assert (
+        upper.drop(TrialRecord.from_attrs(study.trials[0].user_attrs)) == 0.0
+    )  # what the objective's constraint uses
 
 
 def test_orphaned_packed_files_are_removed_and_nothing_else(study: optuna.Study, storage, tmp_path) -> None:
@@ -191,10 +214,19 @@ def test_orphaned_packed_files_are_removed_and_nothing_else(study: optuna.Study,
 def test_the_final_stage_picks_on_a_ladder_of_budgets(study: optuna.Study) -> None:
     from autoprune.workflow._final import parents
 
-    for drop, ratio in [(0.4, 20.0), (0.9, 30.0), (1.8, 50.0), (2.2, 70.0), (2.5, 75.0), (2.9, 80.0), (6.0, 99.0)]:
+    for drop, ratio in [
+        (0.4, 20.0),
+        (0.9, 30.0),
+        (1.8, 50.0),
+        (2.2, 70.0),
+        (2.5, 75.0),
+        (2.9, 80.0),
+        (6.0, 99.0),
+    ]:
         add(study, 98.0 - drop, drop, ratio)  # trials 0..6
     point = Budget(1.0)  # judged on the drop itself
-    # the best within 1, 2 and 3 points (1, 2, 5), not the three highest ratios within 3 (3, 4, 5); 3: the knee
+    # the best within 1, 2 and 3 points (1, 2, 5), not the three highest ratios within 3 (3, 4, 5);
+    # 3: the knee
     assert [t.number for t in parents(study, point, k=3, slack=2.0)] == [1, 2, 3, 5]
     assert [t.number for t in parents(study, point, k=3)] == [0, 1, 3]  # no slack: the best within 1 point
 
@@ -210,7 +242,9 @@ def test_best_on_a_latency_study_is_the_fastest_within_the_budget(storage) -> No
     add(study, 90.0, 5.0, 5.0, speedup=4.0)  # faster still, far outside it
     assert best_trial(study, Budget(1.0)).number == 1
     assert [t.number for t in parents(study, Budget(1.0), k=1)] == [1]
-    size = open_study(spec.with_study(name=f"size-{uuid.uuid4().hex[:8]}", objectives=["accuracy", "packed_bytes"]), store)
+    size = open_study(
+        spec.with_study(name=f"size-{uuid.uuid4().hex[:8]}", objectives=["accuracy", "packed_bytes"]), store
+    )
     add(size, 95.0, 0.5, 40.0, speedup=1.2)
     add(size, 95.0, 0.6, 10.0, speedup=2.5)
     assert best_trial(size, Budget(1.0)).number == 0

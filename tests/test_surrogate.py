@@ -45,9 +45,11 @@ F = {name: i for i, name in enumerate(FEATURES)}
 def layer_cost(x: np.ndarray) -> np.ndarray:
     """A known cost per layer row: filters removed hurt in proportion to the layer's
     sensitivity, zeroed weights hurt past a knee, fine-tuning pays some of it back."""
-    return (8.0 * x[..., F["filters_removed"]] ** 2 * (0.5 + x[..., F["drop_f50"]])
-            + 6.0 * np.maximum(x[..., F["sparsity"]] - 0.6, 0.0) ** 2 * (1 + x[..., F["drop_q15"]])
-            - 0.3 * x[..., F["log10_batches"]])  # fmt: skip
+    return (
+        8.0 * x[..., F["filters_removed"]] ** 2 * (0.5 + x[..., F["drop_f50"]])
+        + 6.0 * np.maximum(x[..., F["sparsity"]] - 0.6, 0.0) ** 2 * (1 + x[..., F["drop_q15"]])
+        - 0.3 * x[..., F["log10_batches"]]
+    )
 
 
 def synthetic(n: int, layers: int, seed: int) -> tuple[Encoded, np.ndarray]:
@@ -92,7 +94,9 @@ def toy() -> ModelSpace:
     spec = ModelSpec("lenet5", 10, 1, (8, 8))
     torch.manual_seed(0)
     base = create_model(spec).eval()
-    view = LayerView(base, spec, analyse(base, splits, progress=False), train_batches=20, dense_bytes=dense_bytes(base))
+    view = LayerView(
+        base, spec, analyse(base, splits, progress=False), train_batches=20, dense_bytes=dense_bytes(base)
+    )
     return ModelSpace("toy", view, SpaceSection(), SpaceLayers.of(base))
 
 
@@ -123,11 +127,15 @@ def test_the_surrogate_learns_the_drop_and_reports_its_error(fitted) -> None:
 
 
 @pytest.mark.parametrize("budget", [1.0, 2.0])
-def test_proposals_respect_the_budget_under_the_known_function(toy: ModelSpace, fitted, budget: float) -> None:
+def test_proposals_respect_the_budget_under_the_known_function(
+    toy: ModelSpace, fitted, budget: float
+) -> None:
     surrogate, history = fitted
     proposals = propose(surrogate, toy, ProposeConfig(max_acc_drop=budget, k=4, candidates=600, seed=3))
     assert len(proposals) == 4 and all(p.feasible for p in proposals)
-    assert all(truth(toy, p.params) <= budget + 0.2 for p in proposals), [truth(toy, p.params) for p in proposals]
+    assert all(truth(toy, p.params) <= budget + 0.2 for p in proposals), [
+        truth(toy, p.params) for p in proposals
+    ]
     # they compress: beyond the median trial of the history within the same budget
     ok = history.drop <= budget
     assert min(p.ratio for p in proposals) > np.median(history.ratio[ok])
@@ -142,7 +150,9 @@ def test_a_saved_surrogate_loads_back_without_pickles(fitted, toy: ModelSpace, t
     path = tmp_path / "s.pt"
     surrogate.save(path)
     back = Surrogate.load(path)
-    np.testing.assert_allclose(back.predict(history.data)["acc_drop"][0], surrogate.predict(history.data)["acc_drop"][0])
+    np.testing.assert_allclose(
+        back.predict(history.data)["acc_drop"][0], surrogate.predict(history.data)["acc_drop"][0]
+    )
     assert back.cv_["acc_drop"].r2 == surrogate.cv_["acc_drop"].r2
     (tmp_path / "junk").write_bytes(b"not a surrogate")
     with pytest.raises(SurrogateError, match="not a saved surrogate"):
@@ -180,7 +190,9 @@ def sampled_study(toy: ModelSpace, sampler: SurrogateSampler, n: int) -> optuna.
 
 
 def test_the_sampler_proposes_once_it_has_enough_trials_and_says_what_it_expects(toy: ModelSpace) -> None:
-    sampler = SurrogateSampler(max_acc_drop=2.0, n_startup_trials=8, candidates=200, n_members=3, seed=0, model=toy)
+    sampler = SurrogateSampler(
+        max_acc_drop=2.0, n_startup_trials=8, candidates=200, n_members=3, seed=0, model=toy
+    )
     study = sampled_study(toy, sampler, 11)
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
     proposed = [t for t in study.trials if t.user_attrs.get("proposer") == "surrogate"]
@@ -188,14 +200,19 @@ def test_the_sampler_proposes_once_it_has_enough_trials_and_says_what_it_expects
     for t in proposed:
         expected = t.user_attrs["predicted_compression_ratio"]
         assert expected == pytest.approx(t.user_attrs["compression_ratio"])  # computed, so exact
-        assert math.isfinite(t.user_attrs["predicted_acc_drop"]) and t.user_attrs["predicted_acc_drop_spread"] >= 0
+        assert (
+            math.isfinite(t.user_attrs["predicted_acc_drop"])
+            and t.user_attrs["predicted_acc_drop_spread"] >= 0
+        )
 
 
 def test_the_sampler_steers_away_from_a_point_another_worker_is_running(toy: ModelSpace) -> None:
     history = toy_history(toy, 12, seed=3)
 
     def proposal(running: list[dict]) -> dict:
-        sampler = SurrogateSampler(max_acc_drop=2.0, n_startup_trials=8, candidates=200, n_members=3, seed=0, model=toy)
+        sampler = SurrogateSampler(
+            max_acc_drop=2.0, n_startup_trials=8, candidates=200, n_members=3, seed=0, model=toy
+        )
         return sampler._propose(history, running)[0]
 
     alone = proposal([])
@@ -222,7 +239,9 @@ def small_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
 @pytest.mark.slow
 def test_fit_reports_cross_validated_error_and_the_size_error(small_study) -> None:
     url, tmp = small_study
-    out = run_cli("surrogate", "fit", "--storage", url, "--study", "s", "--out", str(tmp / "m.pt"), "--json", "-q")
+    out = run_cli(
+        "surrogate", "fit", "--storage", url, "--study", "s", "--out", str(tmp / "m.pt"), "--json", "-q"
+    )
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout)
     assert set(r["cv"]) == {"acc_drop"} and r["trials_used"] == 12 and r["left_out"] == {}  # baselines too
@@ -248,7 +267,9 @@ def test_too_few_trials_through_the_cli_is_one_line(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_enqueued_proposals_are_evaluated_once_and_tagged(small_study) -> None:
     url, tmp = small_study
-    out = run_cli("surrogate", "propose", "--storage", url, "--study", "s", "-k", "2", "--enqueue", "--json", "-q")
+    out = run_cli(
+        "surrogate", "propose", "--storage", url, "--study", "s", "-k", "2", "--enqueue", "--json", "-q"
+    )
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout)
     assert r["enqueued"] == 2 and len(r["proposals"]) == 2
@@ -262,8 +283,20 @@ def test_enqueued_proposals_are_evaluated_once_and_tagged(small_study) -> None:
     from autoprune.surrogate import Proposal
     from autoprune.workflow import enqueue
 
-    again = [Proposal(params=p["params"], drop=0.0, spread=0.0, margin=0.0, kappa=1.0, ratio=1.0, latency_ms=None,
-                      budget=1.0, proposer="random") for p in r["proposals"]]  # fmt: skip
+    again = [
+        Proposal(
+            params=p["params"],
+            drop=0.0,
+            spread=0.0,
+            margin=0.0,
+            kappa=1.0,
+            ratio=1.0,
+            latency_ms=None,
+            budget=1.0,
+            proposer="random",
+        )
+        for p in r["proposals"]
+    ]
     assert enqueue(study, again) == 0  # already waiting: skipped
     spec = tmp / "tiny.toml"
     assert search(str(spec), "--storage", url, "--study", "s", "--trials", "14").returncode == 0
@@ -281,8 +314,22 @@ def test_enqueued_proposals_are_evaluated_once_and_tagged(small_study) -> None:
 def test_compare_gives_a_table_json_and_a_figure_with_both_series(small_study) -> None:
     url, tmp = small_study
     png = tmp / "cmp.png"
-    out = run_cli("surrogate", "compare", "--storage", url, "--study", "s", "--at", "12", "-k", "2",
-                  "--png", str(png), "--json", "-q")  # fmt: skip
+    out = run_cli(
+        "surrogate",
+        "compare",
+        "--storage",
+        url,
+        "--study",
+        "s",
+        "--at",
+        "12",
+        "-k",
+        "2",
+        "--png",
+        str(png),
+        "--json",
+        "-q",
+    )
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout)
     (row,) = r["rows"]
@@ -294,14 +341,29 @@ def test_compare_gives_a_table_json_and_a_figure_with_both_series(small_study) -
     assert len(side.get_trials(states=(TrialState.COMPLETE,))) == 2
     study = optuna.load_study(study_name="s", storage=url)
     attrs = study._storage.get_study_system_attrs(study._study_id)
-    figure = json.loads("".join(v for k, v in sorted(attrs.items()) if "surrogate-compare" in k and isinstance(v, str)))
+    figure = json.loads(
+        "".join(v for k, v in sorted(attrs.items()) if "surrogate-compare" in k and isinstance(v, str))
+    )
     names = [trace["name"] for trace in figure["data"]]
     assert names == ["surrogate: n history + k proposals", "search after n + k trials"]  # both series
     assert figure["layout"]["xaxis"]["tickvals"] == [12]  # integer history sizes
     assert any(k.startswith("dashboard:note") or "note" in k for k in attrs)
     # the same command again reuses the evaluated proposals
-    table = run_cli("surrogate", "compare", "--storage", url, "--study", "s", "--at", "12", "-k", "2",
-                    "--png", str(png), "-q")  # fmt: skip
+    table = run_cli(
+        "surrogate",
+        "compare",
+        "--storage",
+        url,
+        "--study",
+        "s",
+        "--at",
+        "12",
+        "-k",
+        "2",
+        "--png",
+        str(png),
+        "-q",
+    )
     assert table.returncode == 0, table.stderr
     assert "search, full budget" in table.stdout and "history n" in table.stdout
     assert len(optuna.load_study(study_name=r["side_study"], storage=url).trials) == 2
@@ -311,28 +373,45 @@ def test_the_compare_figure_says_none_within_budget_for_each_series_apart(tmp_pa
     from autoprune.workflow._figures import compare_plotly, compare_png
 
     none = {"best_ratio": None, "trials": 15}
-    result = {"study": "s", "max_acc_drop": 1.0, "search_full": {"best_ratio": 28.6, "trials": 30},
-              "rows": [{"history": 10, "surrogate": none, "search_same_trials": none},
-                       {"history": 20, "surrogate": {"best_ratio": 12.0}, "search_same_trials": none}]}  # fmt: skip
+    result = {
+        "study": "s",
+        "max_acc_drop": 1.0,
+        "search_full": {"best_ratio": 28.6, "trials": 30},
+        "rows": [
+            {"history": 10, "surrogate": none, "search_same_trials": none},
+            {"history": 20, "surrogate": {"best_ratio": 12.0}, "search_same_trials": none},
+        ],
+    }
     figure = compare_plotly(result)
     surrogate, search = figure.data
-    assert surrogate.text == ("surrogate: none within budget", "") and search.text == ("search: none within budget",) * 2
+    assert (
+        surrogate.text == ("surrogate: none within budget", "")
+        and search.text == ("search: none within budget",) * 2
+    )
     assert surrogate.y == (1.0, 12.0) and surrogate.marker.symbol == ("circle-open", "circle")
     assert surrogate.marker.size != search.marker.size  # one inside the other, both seen
     assert compare_png(result, tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.slow
-def test_a_study_with_no_trials_gets_proposals_from_another_studys_history(small_study, tmp_path: Path) -> None:
+def test_a_study_with_no_trials_gets_proposals_from_another_studys_history(
+    small_study, tmp_path: Path
+) -> None:
     url, tmp = small_study
     other = tmp_path / "lenet300.toml"
-    other.write_text((tmp / "tiny.toml").read_text().replace('name = "lenet5"', 'name = "lenet300"')
-                     .replace('baselines = [', 'baselines = [] # ['))  # fmt: skip
+    other.write_text(
+        (tmp / "tiny.toml")
+        .read_text()
+        .replace('name = "lenet5"', 'name = "lenet300"')
+        .replace("baselines = [", "baselines = [] # [")
+    )
     setup = search(str(other), "--storage", url, "--study", "fresh", "--setup-only")
     assert setup.returncode == 0, setup.stderr
     alone = run_cli("surrogate", "propose", "--storage", url, "--study", "fresh", "-q")
     assert_one_line_error(alone, "it has 0", "--from")
-    out = run_cli("surrogate", "propose", "--storage", url, "--study", "fresh", "--from", "s", "-k", "3", "--json", "-q")
+    out = run_cli(
+        "surrogate", "propose", "--storage", url, "--study", "fresh", "--from", "s", "-k", "3", "--json", "-q"
+    )
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout)
     assert len(r["proposals"]) == 3 and r["surrogate"]["studies"] == ["s"]

@@ -45,11 +45,14 @@ def test_the_example_task_loads_with_its_metric() -> None:
     assert len(splits.train) > 1000 and splits.fingerprint == load_task(f"{EXAMPLE}:task").fingerprint
 
 
-@pytest.mark.parametrize("body, needle", [
-    ("def task():\n    return object()\n", "without finetune, evaluate, example_input"),
-    ("def task():\n    raise RuntimeError('no data')\n", "raised RuntimeError: no data"),
-    ("task = 3\n", "has no callable 'task'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "body, needle",
+    [
+        ("def task():\n    return object()\n", "without finetune, evaluate, example_input"),
+        ("def task():\n    raise RuntimeError('no data')\n", "raised RuntimeError: no data"),
+        ("task = 3\n", "has no callable 'task'"),
+    ],
+)
 def test_a_task_that_cannot_serve_is_one_line(body: str, needle: str, tmp_path: Path) -> None:
     (tmp_path / "t.py").write_text(body)
     with pytest.raises(TaskError, match=needle):
@@ -64,10 +67,19 @@ def test_pruned_weights_stay_zero_through_the_tasks_own_optimiser() -> None:
         model.conv1.weight[::2] = 0
     masks = {"conv1": model.conv1.weight != 0}
     seen = []
-    history = fit(model, splits, TrainConfig(epochs=2, max_batches=3, lr=1e-3),
-                  after_step=mask_holder(model, masks), callbacks=[lambda e, v: seen.append(e)], progress=False)  # fmt: skip
+    history = fit(
+        model,
+        splits,
+        TrainConfig(epochs=2, max_batches=3, lr=1e-3),
+        after_step=mask_holder(model, masks),
+        callbacks=[lambda e, v: seen.append(e)],
+        progress=False,
+    )
     assert len(history) == 2 and seen == [1, 2]  # what the loop reported reached the callbacks
-    assert torch.count_nonzero(model.conv1.weight[::2]) == 0 and torch.count_nonzero(model.conv1.weight[1::2]) > 0
+    assert (
+        torch.count_nonzero(model.conv1.weight[::2]) == 0
+        and torch.count_nonzero(model.conv1.weight[1::2]) > 0
+    )
 
 
 @pytest.mark.slow
@@ -99,8 +111,10 @@ def test_a_task_named_by_a_stored_study_is_never_imported(
 
     marker = tmp_path / "imported"
     evil = tmp_path / "evil.py"
-    evil.write_text(f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
-                    f"exec(open({str(EXAMPLE)!r}).read())\n")  # fmt: skip
+    evil.write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
+        f"exec(open({str(EXAMPLE)!r}).read())\n"
+    )
     url = f"sqlite:///{tmp_path / 's.db'}"
     study = optuna.create_study(study_name="s", storage=url)
     study.set_user_attr("spec", {})

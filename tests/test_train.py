@@ -20,7 +20,9 @@ def test_same_seed_same_model_and_cache_hit() -> None:
         assert ka == kb and torch.equal(va, vb)
     c = train_base(SPEC, s, config, seed=3, progress=False)
     assert c.cached and c.path == a.path
-    assert all(torch.equal(va, vc) for va, vc in zip(a.model.state_dict().values(), c.model.state_dict().values()))
+    assert all(
+        torch.equal(va, vc) for va, vc in zip(a.model.state_dict().values(), c.model.state_dict().values())
+    )
     d = train_base(SPEC, s, TrainConfig(epochs=1, max_batches=5), seed=4, progress=False)
     assert not d.cached and d.path != a.path
 
@@ -58,7 +60,9 @@ def test_diverging_run_raises() -> None:
         fit(model, s, TrainConfig(epochs=3, lr=1e6, optimizer="sgd"), progress=False)
 
 
-@pytest.mark.parametrize("bad", [dict(epochs=-1), dict(lr=0.0), dict(batch_size=0), dict(optimizer="rmsprop")])
+@pytest.mark.parametrize(
+    "bad", [dict(epochs=-1), dict(lr=0.0), dict(batch_size=0), dict(optimizer="rmsprop")]
+)
 def test_bad_config_is_refused(bad: dict) -> None:
     with pytest.raises(ValueError):
         TrainConfig(**bad)
@@ -88,7 +92,9 @@ def build(num_classes, in_channels):
 """
 
 
-def test_a_changed_module_the_factory_imports_gives_a_new_base(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_changed_module_the_factory_imports_gives_a_new_base(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import sys
 
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -120,7 +120,9 @@ def test_a_planted_pickle_in_the_cache_is_one_line_naming_the_entry(
     base.path.write_bytes(planted)
     meta_path = base.path.with_suffix(".json")
     meta = json.loads(meta_path.read_text())
-    meta["sha"] = __import__("autoprune.cache", fromlist=["digest"]).digest(planted)  # the writer fixed the hash too
+    meta["sha"] = __import__("autoprune.cache", fromlist=["digest"]).digest(
+        planted
+    )  # the writer fixed the hash too
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(CacheError, match=f"{base.path.name} cannot be loaded.*delete it"):
         train_base(SPEC, digits, CONFIG, progress=False)

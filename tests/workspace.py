@@ -106,7 +106,10 @@ def build_workspace(root: Path) -> Path:
     try:
         (root / "tiny.toml").write_text(SPEC)
         assert main(["search", "tiny.toml", "--storage", "sqlite:///study.db", "--quiet", "--json"]) == 0
-        assert main(["export", "--storage", "sqlite:///study.db", "--trial", "0", "--out", "m.apk", "--json"]) == 0
+        assert (
+            main(["export", "--storage", "sqlite:///study.db", "--trial", "0", "--out", "m.apk", "--json"])
+            == 0
+        )
     finally:
         os.chdir(cwd)
     (root / "ok.toml").write_text(RECIPE)
@@ -119,9 +122,23 @@ def build_workspace(root: Path) -> Path:
     write_npz(root / "rgb32.npz", (32, 32, 3))
     write_npz(root / "gray8-3classes.npz", (8, 8), classes=3)
     x = np.zeros((20, 8, 8), np.uint8)
-    np.savez(root / "strings.npz", x_train=np.array(["a"] * 20), y_train=np.arange(20) % 2, x_test=x, y_test=np.arange(20) % 2)
-    np.savez(root / "floatlabels.npz", x_train=x, y_train=np.linspace(0, 1.5, 20), x_test=x, y_test=np.zeros(20))
-    np.savez(root / "oneclass.npz", x_train=x, y_train=np.zeros(20, np.int64), x_test=x, y_test=np.zeros(20, np.int64))
+    np.savez(
+        root / "strings.npz",
+        x_train=np.array(["a"] * 20),
+        y_train=np.arange(20) % 2,
+        x_test=x,
+        y_test=np.arange(20) % 2,
+    )
+    np.savez(
+        root / "floatlabels.npz", x_train=x, y_train=np.linspace(0, 1.5, 20), x_test=x, y_test=np.zeros(20)
+    )
+    np.savez(
+        root / "oneclass.npz",
+        x_train=x,
+        y_train=np.zeros(20, np.int64),
+        x_test=x,
+        y_test=np.zeros(20, np.int64),
+    )
     for i in range(4):
         (root / "oneclass" / "cat").mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(root / "oneclass" / "cat" / f"{i}.png")
@@ -145,7 +162,9 @@ def build_workspace(root: Path) -> Path:
     }.items():
         (root / name).write_text(body)
     # a header that declares a 10^11-element tensor (373 GiB) in a file of a few KB
-    rewrite_header(root / "m.apk", root / "bomb.apk", lambda h: h["tensors"][0].update(shape=[100_000, 1_000_000]))
+    rewrite_header(
+        root / "m.apk", root / "bomb.apk", lambda h: h["tensors"][0].update(shape=[100_000, 1_000_000])
+    )
     rewrite_header(root / "m.apk", root / "classes.apk", lambda h: h["model"].update(num_classes=10**9))
     rewrite_header(root / "m.apk", root / "dtype.apk", lambda h: h["tensors"][0].update(dtype="object"))
     rewrite_header(root / "m.apk", root / "users.apk", lambda h: h["model"].update(name="nets.py:boom"))

@@ -18,7 +18,8 @@ import signal
 import sys
 import threading
 import warnings
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 # OpenMP threads that spin while they wait steal the CPU from other processes and from each
 # other: beside two CPU-bound processes on 2 cores a search trial ran 5.2x slower with the
@@ -161,7 +162,10 @@ def _run(argv: Sequence[str] | None) -> int:
         return _interrupted(f"autoprune {args.command}")
     held.flush_to_stderr()
     try:
-        print(json.dumps(_finite(result), indent=2) if getattr(args, "json", False) else args.format(result), flush=True)
+        print(
+            json.dumps(_finite(result), indent=2) if getattr(args, "json", False) else args.format(result),
+            flush=True,
+        )
     except BrokenPipeError:  # `autoprune trials | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
     return 0

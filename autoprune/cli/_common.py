@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import Any, NoReturn, overload
 
 from autoprune.errors import AutoPruneError
 from autoprune.names import bad_study_name
@@ -74,7 +75,9 @@ def multiples(text: str) -> list[float]:
     except ValueError:
         values = []
     if not values or len(values) > 64 or not all(0 < v <= 1000 for v in values):
-        raise argparse.ArgumentTypeError(f"expected up to 64 multiples in (0, 1000], such as 1,2,4,8,16, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected up to 64 multiples in (0, 1000], such as 1,2,4,8,16, got {text!r}"
+        )
     return values
 
 
@@ -92,6 +95,10 @@ def study_name(text: str) -> str:
     return text
 
 
+@overload
+def output_path(path: Path, flag: str) -> Path: ...
+@overload
+def output_path(path: None, flag: str) -> None: ...
 def output_path(path: Path | None, flag: str) -> Path | None:
     """Check, before any work, that a file can be written at ``path`` (its folder exists and is
     writable, and it is not itself a folder). No folder is created for it."""
@@ -117,33 +124,55 @@ def fraction(text: str) -> float:
     return value
 
 
-def add_data_options(p: argparse.ArgumentParser, *, default: str | None = "digits", reading: bool = True
-                     ) -> argparse._ArgumentGroup:  # fmt: skip
+def add_data_options(
+    p: argparse.ArgumentParser, *, default: str | None = "digits", reading: bool = True
+) -> argparse._ArgumentGroup:
     from autoprune.data import list_datasets
 
     g = p.add_argument_group("model and data")
     g.add_argument(
-        "--dataset", default=default, metavar="D",
+        "--dataset",
+        default=default,
+        metavar="D",
         help=f"one of {', '.join(list_datasets())} (default: {default or 'the one stored in the file'})",
-    )  # fmt: skip
+    )
     g.add_argument(
-        "--data-dir", type=Path, metavar="PATH",
+        "--data-dir",
+        type=Path,
+        metavar="PATH",
         help="where the dataset's files are (fashion-mnist defaults to /usr/share/datasets/fashion-mnist; "
         "for npz, the .npz file)",
-    )  # fmt: skip
-    g.add_argument("--val-fraction", type=fraction, default=0.1, metavar="F",
-                   help="share of the training data held out for validation (default: %(default)s)")
+    )
+    g.add_argument(
+        "--val-fraction",
+        type=fraction,
+        default=0.1,
+        metavar="F",
+        help="share of the training data held out for validation (default: %(default)s)",
+    )
     g.add_argument("--seed", type=int, default=0, help="seed for the split, initial weights and shuffling")
     if not reading:  # eval: a packed file's network says the input size
         return g
-    g.add_argument("--image-size", type=image_size, metavar="HxW",
-                   help="an image folder's input size: short side resized, centre crop (default: its most common size)")
-    g.add_argument("--in-memory", choices=("auto", "yes", "no"), default="auto",
-                   help="hold the decoded images in memory, or stream them from the files per batch "
-                   "(default: auto, in memory under 1 GB)")  # fmt: skip
-    g.add_argument("--augment", choices=("none", "crop-flip"), default="none",
-                   help="training-time augmentation: crop-flip is a random crop (padding 4) and a horizontal flip "
-                   "(default: %(default)s)")  # fmt: skip
+    g.add_argument(
+        "--image-size",
+        type=image_size,
+        metavar="HxW",
+        help="an image folder's input size: short side resized, centre crop (default: its most common size)",
+    )
+    g.add_argument(
+        "--in-memory",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="hold the decoded images in memory, or stream them from the files per batch "
+        "(default: auto, in memory under 1 GB)",
+    )
+    g.add_argument(
+        "--augment",
+        choices=("none", "crop-flip"),
+        default="none",
+        help="training-time augmentation: crop-flip is a random crop (padding 4) and a horizontal flip "
+        "(default: %(default)s)",
+    )
     return g
 
 
@@ -172,12 +201,15 @@ def add_model_data_options(p: argparse.ArgumentParser) -> None:
 
     g = add_data_options(p)
     g.add_argument(
-        "--model", default="lenet5", metavar="M",
+        "--model",
+        default="lenet5",
+        metavar="M",
         help=f"built-in model ({', '.join(list_models())}) or your own as "
         "package.module:factory or path/to/file.py:factory (default: %(default)s)",
-    )  # fmt: skip
-    g.add_argument("--checkpoint", type=Path, metavar="PATH",
-                   help="a trained state_dict (loaded with weights_only=True)")
+    )
+    g.add_argument(
+        "--checkpoint", type=Path, metavar="PATH", help="a trained state_dict (loaded with weights_only=True)"
+    )
 
 
 def device_name(text: str) -> str:
@@ -191,18 +223,29 @@ def device_name(text: str) -> str:
     return text.strip().lower()
 
 
-def add_device_option(p: argparse.ArgumentParser, default: str | None = "auto") -> None:
+def add_device_option(
+    p: argparse.ArgumentParser | argparse._ArgumentGroup, default: str | None = "auto"
+) -> None:
     shown = "the spec's study.device, else auto" if default is None else default
-    p.add_argument("--device", type=device_name, default=default, metavar="D",
-                   help=f"where to train, evaluate and time: auto (CUDA when available), cpu, cuda, cuda:N, "
-                   f"mps (default: {shown})")  # fmt: skip
+    p.add_argument(
+        "--device",
+        type=device_name,
+        default=default,
+        metavar="D",
+        help=f"where to train, evaluate and time: auto (CUDA when available), cpu, cuda, cuda:N, "
+        f"mps (default: {shown})",
+    )
 
 
 def add_output_options(p: argparse.ArgumentParser) -> None:
     add_device_option(p)
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-    p.add_argument("--threads", type=int_in(1, 1024), metavar="N",
-                   help="threads for latency measurement (default: torch's own setting)")
+    p.add_argument(
+        "--threads",
+        type=int_in(1, 1024),
+        metavar="N",
+        help="threads for latency measurement (default: torch's own setting)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
@@ -218,7 +261,9 @@ def grid(header: list[str], rows: list[list[Any]]) -> str:
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     lines = []
     for j, r in enumerate(cells):
-        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        lines.append(
+            "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        )
         if j == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
@@ -236,6 +281,13 @@ def latency_text(r: dict[str, Any]) -> str:
     if r.get("backend") == "not measured":
         return "not measured (--no-latency)"
     busy = f"; other processes kept {r['other_load']:.1f} cores busy: may read high" if timed_busy(r) else ""
-    runs = f", median of {r['latency_repeats']} runs +- {100 * r['latency_interval']:.0f}%" if r.get("latency_repeats") else ""
-    return (f"{r['latency_ms']:.3f} ms at batch 1, {r['latency_ms_batch']:.3f} ms at batch {r.get('latency_batch', 64)} "
-            f"({r['threads']} threads, {r['backend']}{runs}{busy})")  # fmt: skip
+    runs = (
+        f", median of {r['latency_repeats']} runs +- {100 * r['latency_interval']:.0f}%"
+        if r.get("latency_repeats")
+        else ""
+    )
+    return (
+        f"{r['latency_ms']:.3f} ms at batch 1, {r['latency_ms_batch']:.3f} ms at batch "
+        f"{r.get('latency_batch', 64)} "
+        f"({r['threads']} threads, {r['backend']}{runs}{busy})"
+    )

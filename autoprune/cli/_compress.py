@@ -24,11 +24,12 @@ from autoprune.limits import MAX_BATCH
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "compress", help="run one fixed compression recipe and write the packed file",
+        "compress",
+        help="run one fixed compression recipe and write the packed file",
         description="Apply one recipe (structured ratios, magnitude thresholds, bits, init, fine-tuning) "
         "to the base model, write the packed file, and report accuracy, size, MACs and latency. "
         "Shipped recipes: studies/recipes/*.toml.",
-    )  # fmt: skip
+    )
     p.add_argument("--recipe", type=Path, required=True, metavar="FILE.toml", help="the recipe to apply")
     p.add_argument("--out", type=Path, required=True, metavar="OUT", help="where to write the packed file")
     add_model_data_options(p)
@@ -38,19 +39,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_compress, format=format_compress)
 
     e = sub.add_parser(
-        "eval", help="load a packed file and report its accuracy and size breakdown",
+        "eval",
+        help="load a packed file and report its accuracy and size breakdown",
         description="Decode a packed file, measure it on its dataset (the one recorded in the file "
         "unless --dataset is given), and print the per-layer size breakdown.",
-    )  # fmt: skip
+    )
     e.add_argument("file", type=Path, metavar="FILE", help="a packed file written by compress or export")
     g = add_data_options(e, default=None, reading=False)
-    g.add_argument("--model", metavar="M",
-                   help="the model factory a file made from your own network needs (file.py:factory); "
-                   "a packed file never makes autoprune import code by itself")  # fmt: skip
+    g.add_argument(
+        "--model",
+        metavar="M",
+        help="the model factory a file made from your own network needs (file.py:factory); "
+        "a packed file never makes autoprune import code by itself",
+    )
     e.set_defaults(seed=None, val_fraction=None)
-    e.add_argument("--torchscript", type=Path, metavar="PATH", help="also write the decoded network as TorchScript")
-    e.add_argument("--onnx", type=Path, metavar="PATH",
-                   help="also write the decoded network as ONNX (for ONNX Runtime; batch size free)")  # fmt: skip
+    e.add_argument(
+        "--torchscript", type=Path, metavar="PATH", help="also write the decoded network as TorchScript"
+    )
+    e.add_argument(
+        "--onnx",
+        type=Path,
+        metavar="PATH",
+        help="also write the decoded network as ONNX (for ONNX Runtime; batch size free)",
+    )
     add_latency_options(e)
     add_output_options(e)
     e.set_defaults(run=run_eval, format=format_eval)
@@ -58,10 +69,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def add_latency_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("latency")
-    g.add_argument("--no-latency", action="store_true",
-                   help="take no timing (accuracy, size and MACs only): for large networks on a busy machine")  # fmt: skip
-    g.add_argument("--latency-batch", type=int_in(1, MAX_BATCH), default=64, metavar="N",
-                   help="the second timed batch size, beside batch 1 (default: 64)")  # fmt: skip
+    g.add_argument(
+        "--no-latency",
+        action="store_true",
+        help="take no timing (accuracy, size and MACs only): for large networks on a busy machine",
+    )
+    g.add_argument(
+        "--latency-batch",
+        type=int_in(1, MAX_BATCH),
+        default=64,
+        metavar="N",
+        help="the second timed batch size, beside batch 1 (default: 64)",
+    )
 
 
 def run_compress(args: argparse.Namespace) -> dict[str, Any]:
@@ -87,9 +106,18 @@ def run_compress(args: argparse.Namespace) -> dict[str, Any]:
         "base": base_metrics.summary(),
     }
     result = compress(
-        base.model, spec, splits, config, args.out,
-        base_metrics=base_metrics, seed=args.seed, progress=not args.quiet, threads=args.threads, meta=meta, **timing,
-    )  # fmt: skip
+        base.model,
+        spec,
+        splits,
+        config,
+        args.out,
+        base_metrics=base_metrics,
+        seed=args.seed,
+        progress=not args.quiet,
+        threads=args.threads,
+        meta=meta,
+        **timing,
+    )
     return {
         "latency_batch": args.latency_batch,
         "recipe": config.name,
@@ -113,10 +141,16 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     output_path(args.torchscript, "--torchscript")
     output_path(args.onnx, "--onnx")
     ev = evaluate_packed(
-        args.file, model=args.model, dataset=args.dataset, data_dir=args.data_dir,
-        val_fraction=args.val_fraction, seed=args.seed, threads=args.threads, latency=not args.no_latency,
+        args.file,
+        model=args.model,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        threads=args.threads,
+        latency=not args.no_latency,
         latency_batch=args.latency_batch,
-    )  # fmt: skip
+    )
     metrics, meta = ev.metrics.to_dict(), ev.header.get("meta", {})
     packed = args.file.stat().st_size
     base = meta.get("base") if isinstance(meta.get("base"), dict) else {}
@@ -129,7 +163,8 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
         "recipe": meta.get("recipe") if isinstance(meta.get("recipe"), str) else None,
         "study": meta.get("study") if isinstance(meta.get("study"), str) else None,
         "settings": {k: v for k, v in meta["settings"].items() if isinstance(v, (int, float, str))}
-        if isinstance(meta.get("settings"), dict) else {},
+        if isinstance(meta.get("settings"), dict)
+        else {},
         **metrics,
         "packed_bytes": packed,
         "compression_ratio": dense / packed if isinstance(dense, (int, float)) and dense > 0 else None,
@@ -145,12 +180,30 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
 
 def _layer_table(layers: list[dict[str, Any]]) -> str:
     rows = [
-        [l["layer"], f"{l['weights']:,}", f"{100 * l['density']:.1f}%", l["shared_values"] or "fp32",
-         f"{l['bits_per_index']:.2f}", f"{l['bits_per_position']:.2f}", l["codebook_bytes"],
-         f"{100 * l['huffman_saving']:.1f}%", f"{l['bytes']:,}"]
-        for l in layers
-    ]  # fmt: skip
-    header = ["layer", "weights", "kept", "shared", "bits/index", "bits/position", "codebook B", "huffman saves", "bytes"]
+        [
+            layer["layer"],
+            f"{layer['weights']:,}",
+            f"{100 * layer['density']:.1f}%",
+            layer["shared_values"] or "fp32",
+            f"{layer['bits_per_index']:.2f}",
+            f"{layer['bits_per_position']:.2f}",
+            layer["codebook_bytes"],
+            f"{100 * layer['huffman_saving']:.1f}%",
+            f"{layer['bytes']:,}",
+        ]
+        for layer in layers
+    ]
+    header = [
+        "layer",
+        "weights",
+        "kept",
+        "shared",
+        "bits/index",
+        "bits/position",
+        "codebook B",
+        "huffman saves",
+        "bytes",
+    ]
     return grid(header, rows)
 
 
@@ -167,7 +220,7 @@ def _summary(r: dict[str, Any], base_acc: float | None, base_bytes: int | None) 
         ("MACs", f"{r['macs']:,}"),
         ("size", size),
         ("latency", latency_text(r)),
-    ]  # fmt: skip
+    ]
 
 
 def _timed(value: Any) -> bool:
@@ -182,23 +235,42 @@ def format_compress(r: dict[str, Any]) -> str:
     rows = [("recipe", f"{r['recipe']}: {r['model']} on {r['dataset']}")]
     rows += _summary(r, r["base"]["accuracy"], r["base"]["dense_bytes"])
     rows += [
-        ("base", f"{r['base']['params']:,} params, {r['base']['macs']:,} MACs" + _ms(r["base"]["latency_ms"])),
-        ("speed-up", (f"{r['speedup']:.2f}x measured at batch 1, " if _timed(r["speedup"]) else "not measured, ")
-                     + f"{r['mac_ratio']:.2f}x fewer MACs"),
-        ("time", f"prune {r['prune_s']:.1f} s, fine-tune {r['finetune_s']:.1f} s, quantize {r['quantize_s']:.1f} s, "
-                 f"pack {r['pack_s']:.2f} s, eval {r['eval_s']:.1f} s"),
+        (
+            "base",
+            f"{r['base']['params']:,} params, {r['base']['macs']:,} MACs" + _ms(r["base"]["latency_ms"]),
+        ),
+        (
+            "speed-up",
+            (f"{r['speedup']:.2f}x measured at batch 1, " if _timed(r["speedup"]) else "not measured, ")
+            + f"{r['mac_ratio']:.2f}x fewer MACs",
+        ),
+        (
+            "time",
+            f"prune {r['prune_s']:.1f} s, fine-tune {r['finetune_s']:.1f} s, quantize "
+            f"{r['quantize_s']:.1f} s, "
+            f"pack {r['pack_s']:.2f} s, eval {r['eval_s']:.1f} s",
+        ),
         ("written", r["out"]),
-    ]  # fmt: skip
+    ]
     return table(rows) + "\n\n" + _layer_table(r["layers"])
 
 
 def format_eval(r: dict[str, Any]) -> str:
-    made = f"{r['recipe']} of {r['study']}" if r.get("study") else f"recipe {r['recipe']}" if r["recipe"] else "unrecorded"
+    made = (
+        f"{r['recipe']} of {r['study']}"
+        if r.get("study")
+        else f"recipe {r['recipe']}"
+        if r["recipe"]
+        else "unrecorded"
+    )
     rows = [("file", f"{r['file']}: {r['model']} on {r['dataset']} ({made})")]
     if r.get("settings"):
         items = [f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["settings"].items()]
         rows += [("settings" if i == 0 else "", ", ".join(items[i : i + 4])) for i in range(0, len(items), 4)]
-    rows += _summary(r, None if r["acc_drop"] is None else r["accuracy"] + r["acc_drop"],
-                     None if r["compression_ratio"] is None else round(r["compression_ratio"] * r["packed_bytes"]))  # fmt: skip
+    rows += _summary(
+        r,
+        None if r["acc_drop"] is None else r["accuracy"] + r["acc_drop"],
+        None if r["compression_ratio"] is None else round(r["compression_ratio"] * r["packed_bytes"]),
+    )
     rows += [(kind, r[kind]) for kind in ("torchscript", "onnx") if r.get(kind)]
     return table(rows) + "\n\n" + _layer_table(r["layers"])

@@ -12,11 +12,12 @@ from autoprune.cli._surrogate import _common, _view
 
 def register(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser(
-        "report", help="a study as one self-contained HTML file (figures, tables, spec, machine)",
+        "report",
+        help="a study as one self-contained HTML file (figures, tables, spec, machine)",
         description="Write the study's figures (trade-off, where the bytes went, filter norms, sensitivity, "
         "progress), its summary table, its spec and the machine into one HTML file that opens without a "
         "server or a network; --png writes the same figures as PNG files.",
-    )  # fmt: skip
+    )
     _common(r, seed=False)
     r.add_argument("--out", type=Path, metavar="FILE", help="the HTML file (default: STUDY-report.html)")
     r.add_argument("--png", type=Path, metavar="DIR", help="also write every figure as DIR/NAME.png")

@@ -31,73 +31,143 @@ def register(sub: argparse._SubParsersAction) -> None:
     from autoprune.workflow import DEFAULT_SPEC, list_samplers
 
     p = sub.add_parser(
-        "search", help="run (or resume) a compression search: an Optuna study",
+        "search",
+        help="run (or resume) a compression search: an Optuna study",
         description="Every trial compresses a copy of the base model with the trial's settings and "
         "records accuracy, size, MACs and latency in the study. Runs until the study holds --trials "
         "finished trials: the same command resumes an interrupted search.",
-    )  # fmt: skip
+    )
     _spec_options(p, DEFAULT_SPEC)
-    p.add_argument("--trials", type=int_in(1, MAX_TRIALS), metavar="N", help="run until the study holds N finished trials")
-    p.add_argument("--jobs", type=int_in(1, 1024), default=1, metavar="N",
-                   help="worker processes, the cores split between them (PostgreSQL or journal storage)")
-    p.add_argument("--threads", type=int_in(1, 1024), metavar="N",
-                   help="torch threads per worker (default: all cores, split between --jobs workers)")
-    p.add_argument("--devices", type=gpu_list, metavar="0,1,...",
-                   help="GPUs for the --jobs workers, one each in turn (default: the spec's study.devices, "
-                   "else every GPU when the search runs on CUDA)")  # fmt: skip
-    p.add_argument("--setup-only", action="store_true",
-                   help="create the study, train (or load) the base model, queue the baselines, and exit: "
-                   "run once before starting workers on several machines or containers")  # fmt: skip
+    p.add_argument(
+        "--trials",
+        type=int_in(1, MAX_TRIALS),
+        metavar="N",
+        help="run until the study holds N finished trials",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int_in(1, 1024),
+        default=1,
+        metavar="N",
+        help="worker processes, the cores split between them (PostgreSQL or journal storage)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int_in(1, 1024),
+        metavar="N",
+        help="torch threads per worker (default: all cores, split between --jobs workers)",
+    )
+    p.add_argument(
+        "--devices",
+        type=gpu_list,
+        metavar="0,1,...",
+        help="GPUs for the --jobs workers, one each in turn (default: the spec's study.devices, "
+        "else every GPU when the search runs on CUDA)",
+    )
+    p.add_argument(
+        "--setup-only",
+        action="store_true",
+        help="create the study, train (or load) the base model, queue the baselines, and exit: "
+        "run once before starting workers on several machines or containers",
+    )
     p.add_argument("--sampler", choices=list_samplers(), help="override the spec's sampler")
     p.add_argument("--pruner", choices=PRUNERS, help="override the spec's pruner (single objective only)")
-    p.add_argument("--objectives", metavar="A,B", help=f"override the spec's objectives ({', '.join(OBJECTIVES)})")
-    p.add_argument("--max-acc-drop", type=non_negative_float, metavar="D", help="accuracy budget in points (single objective)")
+    p.add_argument(
+        "--objectives", metavar="A,B", help=f"override the spec's objectives ({', '.join(OBJECTIVES)})"
+    )
+    p.add_argument(
+        "--max-acc-drop",
+        type=non_negative_float,
+        metavar="D",
+        help="accuracy budget in points (single objective)",
+    )
     p.add_argument("--seed", type=int, help="sampler seed")
-    p.add_argument("--warm-start", type=multiples, metavar="S,S,...",
-                   help="first run the sensitivity allocator's proposals at these multiples of the accuracy budget "
-                   "(the spec's study.warm_start; once per study)")  # fmt: skip
+    p.add_argument(
+        "--warm-start",
+        type=multiples,
+        metavar="S,S,...",
+        help="first run the sensitivity allocator's proposals at these multiples of the accuracy budget "
+        "(the spec's study.warm_start; once per study)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run_search, format=format_search)
 
     f = sub.add_parser(
-        "finalize", help="re-run the best trials and the baselines at the full fine-tuning budget",
+        "finalize",
+        help="re-run the best trials and the baselines at the full fine-tuning budget",
         description="The step after a search: the K best trials within the budget, the Pareto front's knee "
         "and every baseline recipe run again with the spec's [final] budget (no batch cap), recorded in the "
-        "same study (source=final, parent=N), each shown beside the trial it refines. Run it again to resume.",
-    )  # fmt: skip
+        "same study (source=final, parent=N), each shown beside the trial it refines. Run it again to "
+        "resume.",
+    )
     _spec_options(f, DEFAULT_SPEC)
-    f.add_argument("-k", type=int_in(1, 100), metavar="K", help="best trials to finalize (default: the spec's final.k)")
-    f.add_argument("--max-acc-drop", type=non_negative_float, metavar="D", help="the budget they are chosen within (default: the spec's)")
+    f.add_argument(
+        "-k", type=int_in(1, 100), metavar="K", help="best trials to finalize (default: the spec's final.k)"
+    )
+    f.add_argument(
+        "--max-acc-drop",
+        type=non_negative_float,
+        metavar="D",
+        help="the budget they are chosen within (default: the spec's)",
+    )
     f.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     f.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     f.set_defaults(run=run_finalize, format=format_finalize)
 
-    t = sub.add_parser("trials", help="list a study's trials", description="List every trial of a study with its metrics.")
+    t = sub.add_parser(
+        "trials", help="list a study's trials", description="List every trial of a study with its metrics."
+    )
     _storage_options(t)
     t.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     t.set_defaults(run=run_trials, format=format_trials)
 
-    e = sub.add_parser("export", help="write a trial's packed file",
-                       description="Write the packed model of one trial (or the best within the accuracy budget).")  # fmt: skip
+    e = sub.add_parser(
+        "export",
+        help="write a trial's packed file",
+        description="Write the packed model of one trial (or the best within the accuracy budget).",
+    )
     _storage_options(e)
-    e.add_argument("--trial", required=True, type=trial_choice, metavar="N|best", help="trial number, or 'best'")
-    e.add_argument("--max-acc-drop", type=non_negative_float, metavar="D",
-                   help="accuracy budget for 'best' (default: the study spec's)")
-    e.add_argument("--out", type=Path, metavar="FILE",
-                   help="where to write it (default: STUDY-trial-N.apk in the current folder)")
-    e.add_argument("--artifacts", type=Path, metavar="DIR",
-                   help="the search's artifact folder (default: beside the database; a study never chooses it)")
+    e.add_argument(
+        "--trial", required=True, type=trial_choice, metavar="N|best", help="trial number, or 'best'"
+    )
+    e.add_argument(
+        "--max-acc-drop",
+        type=non_negative_float,
+        metavar="D",
+        help="accuracy budget for 'best' (default: the study spec's)",
+    )
+    e.add_argument(
+        "--out",
+        type=Path,
+        metavar="FILE",
+        help="where to write it (default: STUDY-trial-N.apk in the current folder)",
+    )
+    e.add_argument(
+        "--artifacts",
+        type=Path,
+        metavar="DIR",
+        help="the search's artifact folder (default: beside the database; a study never chooses it)",
+    )
     e.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     e.set_defaults(run=run_export, format=format_export)
 
-    d = sub.add_parser("dashboard", help="serve optuna-dashboard on the study storage",
-                       description="Serve optuna-dashboard over the storage and the artifact store, bound to loopback by default.")  # fmt: skip
+    d = sub.add_parser(
+        "dashboard",
+        help="serve optuna-dashboard on the study storage",
+        description="Serve optuna-dashboard over the storage and the artifact store, bound to loopback "
+        "by default.",
+    )
     d.add_argument("--storage", default=DEFAULT_STORAGE, metavar="URL", help="(default: %(default)s)")
-    d.add_argument("--artifacts", type=Path, metavar="DIR", help="artifact folder (default: beside the database)")
-    d.add_argument("--host", default="127.0.0.1",
-                   help="(default: %(default)s; optuna-dashboard has no login and can delete studies: "
-                   "reach it from another machine through an SSH tunnel rather than 0.0.0.0)")
+    d.add_argument(
+        "--artifacts", type=Path, metavar="DIR", help="artifact folder (default: beside the database)"
+    )
+    d.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="(default: %(default)s; optuna-dashboard has no login and can delete studies: "
+        "reach it from another machine through an SSH tunnel rather than 0.0.0.0)",
+    )
     d.add_argument("--port", type=port, default=8080, help="(default: %(default)s)")
     d.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     d.set_defaults(run=run_dashboard, format=str)
@@ -106,25 +176,55 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _spec_options(p: argparse.ArgumentParser, default_spec: Path) -> None:
     """A spec and the study and storage it names, as search and finalize take them, and the
     spec values a user most often changes without copying the spec."""
-    p.add_argument("spec", nargs="?", type=Path, metavar="SPEC.toml",
-                   help=f"study spec (default: {default_spec}, the embedded digits default)")
-    p.add_argument("--study", type=study_name, metavar="NAME", help="study name (default: the spec's, else its file name)")
-    p.add_argument("--storage", metavar="URL",
-                   help=f"sqlite:///PATH.db, postgresql://USER@HOST/DB or journal:PATH (default: the spec's, {DEFAULT_STORAGE})")
+    p.add_argument(
+        "spec",
+        nargs="?",
+        type=Path,
+        metavar="SPEC.toml",
+        help=f"study spec (default: {default_spec}, the embedded digits default)",
+    )
+    p.add_argument(
+        "--study",
+        type=study_name,
+        metavar="NAME",
+        help="study name (default: the spec's, else its file name)",
+    )
+    p.add_argument(
+        "--storage",
+        metavar="URL",
+        help="sqlite:///PATH.db, postgresql://USER@HOST/DB or journal:PATH "
+        f"(default: the spec's, {DEFAULT_STORAGE})",
+    )
     g = p.add_argument_group("spec values (each overrides the spec's)")
-    g.add_argument("--data-dir", metavar="PATH",
-                   help="where the dataset's files are (fashion-mnist: /usr/share/datasets/fashion-mnist when not given)")
-    g.add_argument("--val-fraction", type=fraction, metavar="F", help="share of the training data held out for validation")
-    g.add_argument("--train-epochs", type=int_in(1, MAX_EPOCHS), metavar="N", help="epochs of base-model training")
+    g.add_argument(
+        "--data-dir",
+        metavar="PATH",
+        help="where the dataset's files are "
+        "(fashion-mnist: /usr/share/datasets/fashion-mnist when not given)",
+    )
+    g.add_argument(
+        "--val-fraction",
+        type=fraction,
+        metavar="F",
+        help="share of the training data held out for validation",
+    )
+    g.add_argument(
+        "--train-epochs", type=int_in(1, MAX_EPOCHS), metavar="N", help="epochs of base-model training"
+    )
     add_device_option(g, default=None)
-    g.add_argument("--task", metavar="FILE.py:FACTORY",
-                   help="your own training loop and metric in place of the spec's data (see autoprune.data._task; "
-                   "examples/own_loop.py)")  # fmt: skip
+    g.add_argument(
+        "--task",
+        metavar="FILE.py:FACTORY",
+        help="your own training loop and metric in place of the spec's data (see autoprune.data._task; "
+        "examples/own_loop.py)",
+    )
 
 
 def _storage_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", default=DEFAULT_STORAGE, metavar="URL", help="(default: %(default)s)")
-    p.add_argument("--study", type=study_name, metavar="NAME", help="study name (default: the only study in the storage)")
+    p.add_argument(
+        "--study", type=study_name, metavar="NAME", help="study name (default: the only study in the storage)"
+    )
 
 
 def gpu_list(text: str) -> list[int]:
@@ -153,22 +253,39 @@ def run_search(args: argparse.Namespace) -> dict[str, Any]:
 
     objectives = [o.strip() for o in args.objectives.split(",")] if args.objectives else None
     spec, spec_dir = search_spec(
-        args.spec, name=args.study, storage=args.storage, trials=args.trials, sampler=args.sampler,
-        pruner=args.pruner, objectives=objectives, max_acc_drop=args.max_acc_drop, seed=args.seed,
+        args.spec,
+        name=args.study,
+        storage=args.storage,
+        trials=args.trials,
+        sampler=args.sampler,
+        pruner=args.pruner,
+        objectives=objectives,
+        max_acc_drop=args.max_acc_drop,
+        seed=args.seed,
         warm_start=args.warm_start,
-    )  # fmt: skip
+    )
     spec = _spec_values(spec, args)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     stop_on_signals()
-    return search(spec, parse_storage(spec.study.storage), spec_dir=spec_dir, jobs=args.jobs, threads=args.threads,
-                  progress=not args.quiet, setup_only=args.setup_only, task=args.task)  # fmt: skip
+    return search(
+        spec,
+        parse_storage(spec.study.storage),
+        spec_dir=spec_dir,
+        jobs=args.jobs,
+        threads=args.threads,
+        progress=not args.quiet,
+        setup_only=args.setup_only,
+        task=args.task,
+    )
 
 
 def _spec_values(spec: Any, args: argparse.Namespace) -> Any:
     """The spec with the data and training values given as flags."""
     import dataclasses
 
-    data = {k: v for k, v in (("data_dir", args.data_dir), ("val_fraction", args.val_fraction)) if v is not None}
+    data = {
+        k: v for k, v in (("data_dir", args.data_dir), ("val_fraction", args.val_fraction)) if v is not None
+    }
     if data:
         spec = dataclasses.replace(spec, data=dataclasses.replace(spec.data, **data))
     if args.train_epochs is not None:
@@ -193,27 +310,62 @@ def run_finalize(args: argparse.Namespace) -> dict[str, Any]:
     spec = _spec_values(spec, args)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     stop_on_signals()
-    return finalize(spec, parse_storage(spec.study.storage), k=args.k, progress=not args.quiet, task=args.task)
+    return finalize(
+        spec, parse_storage(spec.study.storage), k=args.k, progress=not args.quiet, task=args.task
+    )
 
 
 def format_finalize(r: dict[str, Any]) -> str:
     def cells(t: dict[str, Any]) -> list[str]:
         return [*_drops(t), f"{t['compression_ratio']:.1f}x"]
 
-    rows = [[x["parent"]["trial"], x["kind"], *cells(x["parent"]), x["final"]["trial"], *cells(x["final"]),
-             "yes" if x["within"] else "NO"] for x in r["rows"]]  # fmt: skip
-    header = ["trial", "what", "val drop", "test drop", "ratio", "final", "val drop", "test drop", "ratio", "within"]
-    return (f"final stage of {r['study']}: each trial (searched under the capped budget) beside its re-run at the "
-            f"full budget; within {r['max_acc_drop']} points of {r.get('metric', 'accuracy')} as the study judges\n\n"
-            + grid(header, rows))
+    rows = [
+        [
+            x["parent"]["trial"],
+            x["kind"],
+            *cells(x["parent"]),
+            x["final"]["trial"],
+            *cells(x["final"]),
+            "yes" if x["within"] else "NO",
+        ]
+        for x in r["rows"]
+    ]
+    header = [
+        "trial",
+        "what",
+        "val drop",
+        "test drop",
+        "ratio",
+        "final",
+        "val drop",
+        "test drop",
+        "ratio",
+        "within",
+    ]
+    return (
+        f"final stage of {r['study']}: each trial (searched under the capped budget) beside its re-run at "
+        "the "
+        f"full budget; within {r['max_acc_drop']} points of {r.get('metric', 'accuracy')} as the study "
+        "judges\n\n" + grid(header, rows)
+    )
 
 
 def _pareto_table(rows: list[dict[str, Any]], metric: str = "accuracy") -> str:
     return grid(
         ["trial", metric, "val drop", "test drop", "packed KB", "ratio", "latency ms", "source"],
-        [[r["trial"], f"{r['accuracy']:.2f}", *_drops(r), f"{r['packed_bytes'] / 1024:.1f}",
-          f"{r['compression_ratio']:.1f}x", f"{r['latency_ms']:.3f}", r["recipe"] or r["source"]] for r in rows],
-    )  # fmt: skip
+        [
+            [
+                r["trial"],
+                f"{r['accuracy']:.2f}",
+                *_drops(r),
+                f"{r['packed_bytes'] / 1024:.1f}",
+                f"{r['compression_ratio']:.1f}x",
+                f"{r['latency_ms']:.3f}",
+                r["recipe"] or r["source"],
+            ]
+            for r in rows
+        ],
+    )
 
 
 def best_line(r: dict[str, Any]) -> str:
@@ -226,22 +378,35 @@ def best_line(r: dict[str, Any]) -> str:
     if "latency_ms" in r.get("objectives", ()) and b.get("speedup") is not None:  # best is the fastest
         gain = f"{b['speedup']:.2f}x faster ({gain} smaller)"
     points = "points" if r.get("metric", "accuracy") == "accuracy" else f"points of {r['metric']}"
-    return (f"best within {r['max_acc_drop']} {points}{rule}: trial {b['trial']}, {gain}, "
-            f"drop {b['acc_drop']:.2f} val{test} (export: autoprune export --study {r['study']} --trial {b['trial']})")  # fmt: skip
+    return (
+        f"best within {r['max_acc_drop']} {points}{rule}: trial {b['trial']}, {gain}, "
+        f"drop {b['acc_drop']:.2f} val{test} (export: autoprune export --study {r['study']} --trial "
+        f"{b['trial']})"
+    )
 
 
 def format_search(r: dict[str, Any]) -> str:
     metric = r.get("metric", "accuracy")
     unit = "%" if metric == "accuracy" else ""
     states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(r["states"].items()))
-    lines = [table([
-        ("study", f"{r['study']} in {r['storage']}"),
-        ("trials", states),
-        ("objectives", ", ".join(metric if o == "accuracy" else o for o in r["objectives"])),
-        ("base", f"{r['base']['accuracy']:.2f}{unit} val {metric}, {r['base']['dense_bytes'] / 1024:.1f} KB, "
-                 f"{r['base']['latency_ms']:.3f} ms"),
-    ]), "", "Pareto front:" if len(r["objectives"]) > 1 else f"Feasible front ({metric}, size):",
-        _pareto_table(r["pareto"], metric)]  # fmt: skip
+    lines = [
+        table(
+            [
+                ("study", f"{r['study']} in {r['storage']}"),
+                ("trials", states),
+                ("objectives", ", ".join(metric if o == "accuracy" else o for o in r["objectives"])),
+                (
+                    "base",
+                    f"{r['base']['accuracy']:.2f}{unit} val {metric}, "
+                    f"{r['base']['dense_bytes'] / 1024:.1f} KB, "
+                    f"{r['base']['latency_ms']:.3f} ms",
+                ),
+            ]
+        ),
+        "",
+        "Pareto front:" if len(r["objectives"]) > 1 else f"Feasible front ({metric}, size):",
+        _pareto_table(r["pareto"], metric),
+    ]
     if r["best"]:
         lines += ["", best_line(r)]
     else:
@@ -267,8 +432,13 @@ def run_trials(args: argparse.Namespace) -> dict[str, Any]:
     from autoprune.search.report import state_counts, study_metric, trial_row
 
     study, info, _ = _open(args)
-    return {"study": study.study_name, "storage": info.safe_url, "states": state_counts(study),
-            "metric": study_metric(study), "trials": [trial_row(t) for t in study.get_trials(deepcopy=False)]}  # fmt: skip
+    return {
+        "study": study.study_name,
+        "storage": info.safe_url,
+        "states": state_counts(study),
+        "metric": study_metric(study),
+        "trials": [trial_row(t) for t in study.get_trials(deepcopy=False)],
+    }
 
 
 def _on(t: dict[str, Any]) -> str:
@@ -283,11 +453,30 @@ def format_trials(r: dict[str, Any]) -> str:
 
     from autoprune.measure import BUSY
 
-    rows = [[t["trial"], t["state"].lower(), f(t["accuracy"], ".2f"), *_drops(t),
-             f(t["packed_bytes"] and t["packed_bytes"] / 1024, ".1f"), f(t["compression_ratio"], ".1f"),
-             f(t["latency_ms"], ".3f") + ("*" if timed_busy(t) else "") + _on(t), t["recipe"] or t["source"] or ""]
-            for t in r["trials"]]  # fmt: skip
-    header = ["trial", "state", r.get("metric", "accuracy"), "val drop", "test drop", "packed KB", "ratio", "latency ms", "source"]
+    rows = [
+        [
+            t["trial"],
+            t["state"].lower(),
+            f(t["accuracy"], ".2f"),
+            *_drops(t),
+            f(t["packed_bytes"] and t["packed_bytes"] / 1024, ".1f"),
+            f(t["compression_ratio"], ".1f"),
+            f(t["latency_ms"], ".3f") + ("*" if timed_busy(t) else "") + _on(t),
+            t["recipe"] or t["source"] or "",
+        ]
+        for t in r["trials"]
+    ]
+    header = [
+        "trial",
+        "state",
+        r.get("metric", "accuracy"),
+        "val drop",
+        "test drop",
+        "packed KB",
+        "ratio",
+        "latency ms",
+        "source",
+    ]
     text = f"study {r['study']} in {r['storage']}\n\n" + grid(header, rows)
     if any(timed_busy(t) for t in r["trials"]):
         text += f"\n\n* timed while other processes kept {BUSY}+ cores busy: the latency may read high"
@@ -304,9 +493,14 @@ def run_export(args: argparse.Namespace) -> dict[str, Any]:
     out = args.out or output_path(default_export_path(study, trial), "--out")
     export_trial(study, trial, out, info, artifacts=args.artifacts)
     row = trial_row(trial)
-    return {"study": study.study_name, "trial": trial.number, "out": str(out), "packed_bytes": out.stat().st_size,
-            "metric": study_metric(study),
-            **{k: row[k] for k in ("acc_drop", "acc_drop_se", "test_acc_drop", "compression_ratio")}}  # fmt: skip
+    return {
+        "study": study.study_name,
+        "trial": trial.number,
+        "out": str(out),
+        "packed_bytes": out.stat().st_size,
+        "metric": study_metric(study),
+        **{k: row[k] for k in ("acc_drop", "acc_drop_se", "test_acc_drop", "compression_ratio")},
+    }
 
 
 def format_export(r: dict[str, Any]) -> str:
@@ -331,9 +525,15 @@ def run_dashboard(args: argparse.Namespace) -> dict[str, Any]:
     folder = args.artifacts or artifact_dir(info)
     store = artifact_store(folder, create=False) if folder.is_dir() or args.artifacts else None
     if args.host not in LOOPBACK:
-        print(f"autoprune dashboard: warning: --host {args.host} lets anyone who reaches this machine read, change "
-              "and delete studies (optuna-dashboard has no login); prefer an SSH tunnel to 127.0.0.1",
-              file=sys.stderr)  # fmt: skip
-    print(f"optuna-dashboard on http://{args.host}:{args.port} for {info.safe_url} (Ctrl-C stops it)", flush=True)
+        print(
+            f"autoprune dashboard: warning: --host {args.host} lets anyone who reaches this machine read, "
+            "change "
+            "and delete studies (optuna-dashboard has no login); prefer an SSH tunnel to 127.0.0.1",
+            file=sys.stderr,
+        )
+    print(
+        f"optuna-dashboard on http://{args.host}:{args.port} for {info.safe_url} (Ctrl-C stops it)",
+        flush=True,
+    )
     serve_dashboard(storage, host=args.host, port=args.port, artifact_store=store)
     return "stopped"  # type: ignore[return-value]

@@ -22,8 +22,12 @@ from autoprune.limits import MAX_BATCH, MAX_EPOCHS
 
 def add_train_options(p: argparse.ArgumentParser, *, epochs_help: str = "training epochs") -> None:
     t = p.add_argument_group("base training")
-    t.add_argument("--epochs", type=int_in(1, MAX_EPOCHS), default=15, help=f"{epochs_help} (default: %(default)s)")
-    t.add_argument("--lr", type=positive_float, default=1e-3, help="peak learning rate (default: %(default)s)")
+    t.add_argument(
+        "--epochs", type=int_in(1, MAX_EPOCHS), default=15, help=f"{epochs_help} (default: %(default)s)"
+    )
+    t.add_argument(
+        "--lr", type=positive_float, default=1e-3, help="peak learning rate (default: %(default)s)"
+    )
     t.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=64, help="(default: %(default)s)")
     t.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="(default: %(default)s)")
     t.add_argument("--no-cache", action="store_true", help="train again even when a cached model exists")
@@ -31,10 +35,11 @@ def add_train_options(p: argparse.ArgumentParser, *, epochs_help: str = "trainin
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train", help="train (or load from the cache) a base model and measure it",
+        "train",
+        help="train (or load from the cache) a base model and measure it",
         description="Train a base model, measure it (accuracy, params, MACs, bytes, latency), and "
         "cache it so later commands train it at most once. With --checkpoint, training starts from it.",
-    )  # fmt: skip
+    )
     add_model_data_options(p)
     add_train_options(p)
     p.add_argument("--out", type=Path, metavar="PATH", help="also write the trained state_dict here")
@@ -47,8 +52,13 @@ def load_data(args: argparse.Namespace) -> tuple[Any, Any]:
     from autoprune.data import load_dataset
     from autoprune.models import ModelSpec
 
-    splits = load_dataset(args.dataset, data_dir=args.data_dir, val_fraction=args.val_fraction, seed=args.seed,
-                          options=data_options(args))  # fmt: skip
+    splits = load_dataset(
+        args.dataset,
+        data_dir=args.data_dir,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        options=data_options(args),
+    )
     c, h, w = splits.input_shape
     return splits, ModelSpec(args.model, splits.num_classes, c, (h, w))
 
@@ -67,7 +77,12 @@ def load_base(args: argparse.Namespace, splits: Any, spec: Any, *, train_from_ch
         return BaseModel(model, spec, args.checkpoint, True, ())
     config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer)
     return train_base(
-        spec, splits, config, seed=args.seed, checkpoint=args.checkpoint, use_cache=not args.no_cache,
+        spec,
+        splits,
+        config,
+        seed=args.seed,
+        checkpoint=args.checkpoint,
+        use_cache=not args.no_cache,
         progress=not args.quiet,
     )
 
@@ -110,7 +125,7 @@ def format_result(r: dict[str, Any]) -> str:
         ("dense size", f"{r['dense_bytes'] / 1024:.1f} KB"),
         ("latency", latency_text(r)),
         ("time", f"{r['seconds']:.1f} s"),
-    ]  # fmt: skip
+    ]
     if r["out"]:
         rows.append(("written", r["out"]))
     return table(rows)

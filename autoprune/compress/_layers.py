@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+
 from torch import nn
 
 from autoprune.errors import AutoPruneError
@@ -11,7 +13,10 @@ class RecipeError(AutoPruneError):
     """A compression recipe or config with a value out of range or an unknown layer."""
 
 
-def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
+WeightLayer = nn.Conv2d | nn.Linear  # the layers that hold prunable weights
+
+
+def weight_layers(model: nn.Module) -> dict[str, WeightLayer]:
     """Conv and linear layers in definition order: the layers that hold prunable weights."""
     return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
 
@@ -32,9 +37,7 @@ def output_layer(model: nn.Module) -> str:
     return list(layers)[-1]
 
 
-def check_layer_names(names: object, valid: dict[str, nn.Module], what: str) -> None:
-    unknown = sorted(set(names) - set(valid))  # type: ignore[arg-type]
+def check_layer_names(names: Iterable[str], valid: Mapping[str, nn.Module], what: str) -> None:
+    unknown = sorted(set(names) - set(valid))
     if unknown:
-        raise RecipeError(
-            f"unknown layer {unknown[0]!r} in {what}; layers: {', '.join(valid) or '(none)'}"
-        )
+        raise RecipeError(f"unknown layer {unknown[0]!r} in {what}; layers: {', '.join(valid) or '(none)'}")

@@ -38,7 +38,9 @@ from autoprune.ops.sparse import decode_relative, encode_relative
 MAGIC = b"APRUNE"
 VERSION = 1
 SHAPE_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features")
-_DTYPES = {name: np.dtype(name) for name in ("float32", "float64", "float16", "int64", "int32", "uint8", "bool")}
+_DTYPES = {
+    name: np.dtype(name) for name in ("float32", "float64", "float16", "int64", "int32", "uint8", "bool")
+}
 MAX_HEADER = 64 << 20  # bytes a header may inflate to
 MAX_RATIO = 4096  # the dense network may be at most this many times the file (plus 64 MiB)
 
@@ -196,11 +198,15 @@ def save_packed(
         index_bits = config.conv_index_bits if layer_kind(layers[layer]) == "conv" else config.fc_index_bits
         entry.update(encoding="sparse", index_bits=index_bits)
         if positions.size < flat.size:  # a layer with nothing pruned needs no positions
-            entry["positions"] = _write_stream(w, encode_relative(positions, index_bits), index_bits, config.huffman)
+            entry["positions"] = _write_stream(
+                w, encode_relative(positions, index_bits), index_bits, config.huffman
+            )
         if layer in bits:
             codebook, labels = np.unique(values, return_inverse=True)
             if codebook.size > 1 << bits[layer]:
-                raise PackError(f"layer {layer} has {codebook.size} distinct values, more than 2**{bits[layer]}")
+                raise PackError(
+                    f"layer {layer} has {codebook.size} distinct values, more than 2**{bits[layer]}"
+                )
             entry["codebook"] = w.add(codebook.astype(np.float32).tobytes())
             entry["values"] = _write_stream(w, labels, bits[layer], config.huffman)
         else:
@@ -292,7 +298,9 @@ def decode_packed(
                 setattr(module, attr, value)
         net.load_state_dict(state)
     except (KeyError, IndexError, ValueError, TypeError, AttributeError, RuntimeError) as e:
-        raise PackError(f"{path} does not decode to its model ({type(e).__name__}: {_one_line(e)[:300]})") from None
+        raise PackError(
+            f"{path} does not decode to its model ({type(e).__name__}: {_one_line(e)[:300]})"
+        ) from None
     net.eval()
     return net
 
@@ -313,9 +321,15 @@ def packed_model_spec(header: dict[str, Any], path: str | Path, *, model: str | 
     if model is not None and is_user_model(model):
         recorded_source, found = header.get("meta", {}).get("model_source"), factory_source_hash(model)
         if recorded_source is not None and recorded_source != found:
-            log.warning("%s was made by %s (source %s); the factory given, %s, has other source (%s): "
-                        "its weights load where the shapes match, but check it is the same network",
-                        path, recorded, recorded_source, canonical_name(model), found)  # fmt: skip
+            log.warning(
+                "%s was made by %s (source %s); the factory given, %s, has other source (%s): "
+                "its weights load where the shapes match, but check it is the same network",
+                path,
+                recorded,
+                recorded_source,
+                canonical_name(model),
+                found,
+            )
     return dataclasses.replace(ModelSpec.from_dict(header["model"]), name=model or recorded)
 
 
@@ -362,7 +376,9 @@ def _check_header(header: Any, payload_len: int) -> None:
 
     for entry in header["tensors"]:
         shape = entry["shape"]
-        if not isinstance(entry["name"], str) or not (isinstance(shape, list) and all(_is_count(d) for d in shape)):
+        if not isinstance(entry["name"], str) or not (
+            isinstance(shape, list) and all(_is_count(d) for d in shape)
+        ):
             raise ValueError("a tensor entry without a name or shape")
         numel = math.prod(shape)
         if entry["encoding"] == "raw":
@@ -390,7 +406,9 @@ def _check_tensors(header: dict[str, Any], skeleton: nn.Module) -> None:
         if have is None:
             raise KeyError(f"the model has no tensor {entry['name']!r}")
         if len(entry["shape"]) != have.dim() or any(d > h for d, h in zip(entry["shape"], have.shape)):
-            raise ValueError(f"{entry['name']} is declared {entry['shape']}, larger than the model's {list(have.shape)}")
+            raise ValueError(
+                f"{entry['name']} is declared {entry['shape']}, larger than the model's {list(have.shape)}"
+            )
     for name, attrs in header["shapes"].items():
         module = skeleton.get_submodule(name)
         for attr, value in attrs.items():

@@ -35,7 +35,9 @@ class ShareConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.epochs <= MAX_EPOCHS or not (self.lr > 0 and math.isfinite(self.lr)):
-            raise RecipeError(f"quantize epochs={self.epochs} should be in 0..{MAX_EPOCHS} and lr={self.lr} > 0")
+            raise RecipeError(
+                f"quantize epochs={self.epochs} should be in 0..{MAX_EPOCHS} and lr={self.lr} > 0"
+            )
         if self.init not in INITS:
             raise RecipeError(f"quantize init={self.init!r} should be one of {', '.join(INITS)}")
         for name, bits in [("conv_bits", self.conv_bits), ("fc_bits", self.fc_bits), *self.layers.items()]:
@@ -50,6 +52,9 @@ class ShareConfig:
 
 class SharedWeight(nn.Module):
     """Parametrization: the weight is ``codebook[index]`` where ``mask`` is set, else zero."""
+
+    index: torch.Tensor  # buffers
+    mask: torch.Tensor
 
     def __init__(self, index: torch.Tensor, mask: torch.Tensor):
         super().__init__()

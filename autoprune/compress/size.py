@@ -20,9 +20,9 @@ import logging
 import struct
 import tempfile
 from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -82,31 +82,43 @@ class SizeModel:
         cuts = channel_cuts(model, example)
         # the convs whose ratio structured pruning passes on: as prune_filters_ decides
         self._prunable = {
-            n for n, m in self._layers.items()
+            n
+            for n, m in self._layers.items()
             if isinstance(m, nn.Conv2d) and n != out and m.groups == 1 and n not in cuts.whole
-        }  # fmt: skip
-        self._groups: list[tuple[list[str], int, np.ndarray]] = []  # (modules it prunes the outputs of, channels,
+        }
+        self._groups: list[
+            tuple[list[str], int, np.ndarray]
+        ] = []  # (modules it prunes the outputs of, channels,
         #                                                              channels least important first)
         self._dims: dict[tuple[str, str], _Dim] = {}  # (module, "out" | "in") -> how a group shrinks it
-        self._read_groups(model, example, cuts, ignored=[self._layers[out], *(self._layers[n] for n in cuts.whole)])
+        self._read_groups(
+            model, example, cuts, ignored=[self._layers[out], *(self._layers[n] for n in cuts.whole)]
+        )
         self._weights = {n: m.weight.detach().float().numpy() for n, m in self._layers.items()}
         state = model.state_dict()
         weight_keys = {f"{n}.weight" for n in self._layers}
         self._raw = [  # (module, 1-D along its out channels, bytes) of every tensor stored raw
             (key.rsplit(".", 1)[0], t.dim() == 1, t.numel() * t.element_size())
-            for key, t in state.items() if key not in weight_keys or t.dtype != torch.float32
-        ]  # fmt: skip
+            for key, t in state.items()
+            if key not in weight_keys or t.dtype != torch.float32
+        ]
         self._header = self._header_bytes(base, spec, input_shape)
         self._clusters: dict[tuple, tuple[float, int]] = {}  # (layer, bits, init, mode, level) -> value cost
-        self._kept_cache: dict[tuple[str, str, int], np.ndarray] = {}  # (module, dim, removed) -> kept indices
+        self._kept_cache: dict[
+            tuple[str, str, int], np.ndarray
+        ] = {}  # (module, dim, removed) -> kept indices
         self._kept_weights_cache: OrderedDict[tuple[str, int, int], _KeptWeights] = OrderedDict()  # LRU order
         self._kept_bytes = 0
         self._exact: dict[tuple, tuple[float, int]] = {}  # (layer, kept, nonzero, bits, init) -> value cost
         self._shuffled: dict[str, np.ndarray] = {}  # layer -> its base weights in one fixed random order
-        self._samples: dict[tuple[str, str, float], np.ndarray] = {}  # (layer, mode, level) -> survivors sampled
+        self._samples: dict[
+            tuple[str, str, float], np.ndarray
+        ] = {}  # (layer, mode, level) -> survivors sampled
         self._shares: dict[tuple[str, int], float] = {}  # (module, removed from its group) -> outputs kept
 
-    def _read_groups(self, model: nn.Module, example: torch.Tensor, cuts: Cuts, *, ignored: list[nn.Module]) -> None:
+    def _read_groups(
+        self, model: nn.Module, example: torch.Tensor, cuts: Cuts, *, ignored: list[nn.Module]
+    ) -> None:
         """torch-pruning's dependency groups of the network, once: which modules' outputs and
         inputs each group shrinks, and its channels in the order they would be removed."""
         names = {m: n for n, m in model.named_modules()}
@@ -118,9 +130,15 @@ class SizeModel:
                 continue
             # torch-pruning takes a group's ratio from the first module in it, in dependency
             # order, that was handed one and whose outputs the group prunes
-            outs = [names[module] for item in group
-                    for module, fn in ((item.dep.source.module, item.dep.trigger), (item.dep.target.module, item.dep.handler))
-                    if module in names and graph.is_out_channel_pruning_fn(fn)]  # fmt: skip
+            outs = [
+                names[module]
+                for item in group
+                for module, fn in (
+                    (item.dep.source.module, item.dep.trigger),
+                    (item.dep.target.module, item.dep.handler),
+                )
+                if module in names and graph.is_out_channel_pruning_fn(fn)
+            ]
             g = len(self._groups)
             self._groups.append((outs, len(imp), np.argsort(imp.numpy(), kind="stable")))
             for item in group:
@@ -128,7 +146,9 @@ class SizeModel:
                 if module is None or item.root_idxs is None or any(r is None for r in item.root_idxs):
                     continue
                 dim = "out" if graph.is_out_channel_pruning_fn(item.dep.handler) else "in"
-                self._dims.setdefault((module, dim), _Dim(g, np.asarray(item.idxs), np.asarray(item.root_idxs)))
+                self._dims.setdefault(
+                    (module, dim), _Dim(g, np.asarray(item.idxs), np.asarray(item.root_idxs))
+                )
 
     # ------------------------------------------------------------------ structure
 
@@ -159,8 +179,7 @@ class SizeModel:
     def _kept(self, module: str, dim: str, size: int, removed: dict[int, int]) -> np.ndarray:
         """Indices of a dimension that survive."""
         d = self._dims.get((module, dim))
-        n = removed.get(d.group, 0) if d is not None else 0
-        if n == 0:
+        if d is None or (n := removed.get(d.group, 0)) == 0:
             return np.arange(size)
         key = (module, dim, n)
         if key not in self._kept_cache:
@@ -202,7 +221,9 @@ class SizeModel:
             value = u.value_for(name)
             nonzero = kept.survivors(u.mode, value)
             pack = config.pack
-            index_bits = pack.conv_index_bits if layer_kind(self._layers[name]) == "conv" else pack.fc_index_bits
+            index_bits = (
+                pack.conv_index_bits if layer_kind(self._layers[name]) == "conv" else pack.fc_index_bits
+            )
             bits = 0.0
             if 0 < nonzero < kept.numel:  # a layer with nothing pruned has no position stream
                 bits += _position_bits(_round3(kept.numel), _round3(nonzero), index_bits, pack.huffman)
@@ -272,8 +293,13 @@ class SizeModel:
         self._samples[key] = w[np.flatnonzero(kept)[:SAMPLE]]
         return self._samples[key]
 
-    def estimate(self, config: CompressConfig, *, removed: dict[int, int] | None = None,
-                 layers: list[LayerSize] | None = None) -> int:  # fmt: skip
+    def estimate(
+        self,
+        config: CompressConfig,
+        *,
+        removed: dict[int, int] | None = None,
+        layers: list[LayerSize] | None = None,
+    ) -> int:
         """Bytes of the packed file ``config`` would make of the base network (``removed`` and
         ``layers``: :meth:`removed`'s and :meth:`layers`' answers, when the caller has them)."""
         removed = self.removed(config) if removed is None else removed
@@ -369,7 +395,7 @@ class _KeptWeights:
         """The ``count`` weights of largest magnitude (ties by position, as magnitude pruning
         breaks them): those that survive."""
         order = np.argsort(self.magnitudes, kind="stable")
-        return self.values[order[self.numel - count:]]
+        return self.values[order[self.numel - count :]]
 
 
 def _clustered(values: np.ndarray, bits: int, init: str) -> tuple[float, int]:
@@ -386,11 +412,29 @@ def _probe_meta(model: nn.Module) -> dict:
     """Meta like a search trial's (its study, dataset, base and settings: a float per layer
     and stage), so that the probe's header weighs what a trial's does."""
     settings: dict[str, object] = {f"quality_{n}": 1.2345678901234567 for n in weight_layers(model)}
-    settings |= {f"ratio_{n}": 0.12345678901234567 for n, m in weight_layers(model).items() if isinstance(m, nn.Conv2d)}
-    settings |= {"conv_bits": 6, "fc_bits": 4, "init": "density", "finetune_epochs": 2, "lr": 0.0012345678901234567}
-    return {"study": "x" * 16, "trial": 12, "recipe": "TPESampler trial 12", "settings": settings,
-            "dataset": {"name": "fashion-mnist", "data_dir": None, "val_fraction": 0.1, "seed": 0},
-            "base": {"accuracy": 91.23456789012345, "dense_bytes": 123456, "macs": 1234567, "latency_ms": 0.0123456789}}
+    settings |= {
+        f"ratio_{n}": 0.12345678901234567 for n, m in weight_layers(model).items() if isinstance(m, nn.Conv2d)
+    }
+    settings |= {
+        "conv_bits": 6,
+        "fc_bits": 4,
+        "init": "density",
+        "finetune_epochs": 2,
+        "lr": 0.0012345678901234567,
+    }
+    return {
+        "study": "x" * 16,
+        "trial": 12,
+        "recipe": "TPESampler trial 12",
+        "settings": settings,
+        "dataset": {"name": "fashion-mnist", "data_dir": None, "val_fraction": 0.1, "seed": 0},
+        "base": {
+            "accuracy": 91.23456789012345,
+            "dense_bytes": 123456,
+            "macs": 1234567,
+            "latency_ms": 0.0123456789,
+        },
+    }
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,27 +118,45 @@ def prune_filters_(
         elif conv.groups > 1:
             # depthwise (groups = inputs = outputs) or grouped (each group's outputs tied to its
             # inputs, a channel multiplier included): the layer that feeds it decides
-            kind = "depthwise" if conv.groups == conv.in_channels == conv.out_channels else f"grouped (groups={conv.groups})"
+            kind = (
+                "depthwise"
+                if conv.groups == conv.in_channels == conv.out_channels
+                else f"grouped (groups={conv.groups})"
+            )
             ratio, why[name] = 0.0, f"{kind} conv: it follows the layer that feeds it"
         removed = _removed_count(conv.out_channels, ratio, config.round_to)
         if removed:
             ratios[conv] = removed / conv.out_channels
-        records.append(LayerNorms(name, ordered.tolist(), normalised.tolist(), conv.out_channels - removed, removed))
+        records.append(
+            LayerNorms(name, ordered.tolist(), normalised.tolist(), conv.out_channels - removed, removed)
+        )
     cuts = channel_cuts(model, example_input) if ratios else Cuts(None, frozenset())
     for name in cuts.whole:
         ratios.pop(convs[name], None)
-        why[name] = ("its channels pass through a reshape or transpose over the channel axis (a channel "
-                     "shuffle, say) that the dependency graph cannot follow: left whole")  # fmt: skip
-    if ratios and not _prune_verified(model, example_input, ratios, config, cuts.forward,
-                                      ignored=[m for n, m in model.named_modules() if n == keep_whole or n in cuts.whole]):  # fmt: skip
+        why[name] = (
+            "its channels pass through a reshape or transpose over the channel axis (a channel "
+            "shuffle, say) that the dependency graph cannot follow: left whole"
+        )
+    if ratios and not _prune_verified(
+        model,
+        example_input,
+        ratios,
+        config,
+        cuts.forward,
+        ignored=[m for n, m in model.named_modules() if n == keep_whole or n in cuts.whole],
+    ):
         names = {m: n for n, m in convs.items()}
         why.update({names[m]: "torch-pruning's surgery failed on this network: left whole" for m in ratios})
     return _as_removed(records, conv_layers(model), asked, why, config.round_to)
 
 
 def _as_removed(
-    records: list[LayerNorms], after: dict[str, nn.Conv2d], asked: dict[str, float], why: dict[str, str], round_to: int
-) -> list[LayerNorms]:  # fmt: skip
+    records: list[LayerNorms],
+    after: dict[str, nn.Conv2d],
+    asked: dict[str, float],
+    why: dict[str, str],
+    round_to: int,
+) -> list[LayerNorms]:
     """The records with what the graph really removed (coupled layers lose filters through their
     partners, or keep them); a layer off its ask by more than the rounding is said, with why."""
     out = []
@@ -146,18 +165,33 @@ def _as_removed(
         removed = total - after[r.layer].out_channels
         reason = ""
         if abs(removed - _removed_count(total, asked[r.layer], round_to)) > max(1, round_to):
-            reason = why.get(r.layer, "coupled through the graph (a residual addition, a concatenation or a "
-                                      "grouped conv it feeds) with layers asked for another share")  # fmt: skip
-            log.warning("structured pruning of %s removed %.0f%% of its filters, %.0f%% asked: %s",
-                        r.layer, 100 * removed / total, 100 * asked[r.layer], reason)  # fmt: skip
-        out.append(LayerNorms(r.layer, r.norms, r.normalised, total - removed, removed, asked[r.layer], reason))
+            reason = why.get(
+                r.layer,
+                "coupled through the graph (a residual addition, a concatenation or a "
+                "grouped conv it feeds) with layers asked for another share",
+            )
+            log.warning(
+                "structured pruning of %s removed %.0f%% of its filters, %.0f%% asked: %s",
+                r.layer,
+                100 * removed / total,
+                100 * asked[r.layer],
+                reason,
+            )
+        out.append(
+            LayerNorms(r.layer, r.norms, r.normalised, total - removed, removed, asked[r.layer], reason)
+        )
     return out
 
 
 def _prune_verified(
-    model: nn.Module, example_input: torch.Tensor, ratios: dict[nn.Module, float], config: FilterPruneConfig,
-    forward: Any, *, ignored: list[nn.Module],
-) -> bool:  # fmt: skip
+    model: nn.Module,
+    example_input: torch.Tensor,
+    ratios: Mapping[nn.Conv2d, float],
+    config: FilterPruneConfig,
+    forward: Any,
+    *,
+    ignored: list[nn.Module],
+) -> bool:
     """Remove the filters on a copy, check that the copy still runs and gives outputs of the
     same shape, and only then make ``model`` that copy (True); otherwise leave it whole, with a
     line (False)."""
@@ -185,8 +219,12 @@ def _prune_verified(
             raise RuntimeError(f"the output shape became {tuple(got)}, not {tuple(expected)}")
     except Exception as e:  # torch-pruning's surgery on a graph it misread: keep the network intact
         names = ", ".join(by_name[id(m)] for m in ratios)
-        log.warning("structured pruning left every conv whole (%s: %s); asked for %s",
-                    type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "", names)  # fmt: skip
+        log.warning(
+            "structured pruning left every conv whole (%s: %s); asked for %s",
+            type(e).__name__,
+            str(e).splitlines()[0][:200] if str(e) else "",
+            names,
+        )
         return False
     model.__dict__.update(trial.__dict__)  # the pruned copy's modules, parameters and buffers
     return True
@@ -221,7 +259,11 @@ def channel_cuts(model: nn.Module, example_input: torch.Tensor) -> Cuts:
             def __torch_function__(self, func, types, args=(), kwargs=None):
                 out = func(*args, **(kwargs or {}))
                 x = args[0] if args else None
-                if isinstance(x, torch.Tensor) and isinstance(out, torch.Tensor) and _mixes_channels(func, x, out, args):
+                if (
+                    isinstance(x, torch.Tensor)
+                    and isinstance(out, torch.Tensor)
+                    and _mixes_channels(func, x, out, args)
+                ):
                     seen.append(x)
                     return out.detach()
                 return out
@@ -236,7 +278,12 @@ def channel_cuts(model: nn.Module, example_input: torch.Tensor) -> Cuts:
         forward(model, example_input, inputs)
     finally:
         model.train(was_training)
-    owner = {id(p): n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) for p in m.parameters(recurse=False)}
+    owner = {
+        id(p): n
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Conv2d)
+        for p in m.parameters(recurse=False)
+    }
     whole: set[str] = set()
     for x in inputs:  # walk back from each cut to the convs that produced its channels
         stack, seen = [x.grad_fn], set()
@@ -245,8 +292,13 @@ def channel_cuts(model: nn.Module, example_input: torch.Tensor) -> Cuts:
             if node is None or id(node) in seen:
                 continue
             seen.add(id(node))
-            convs = [owner[id(v)] for fn, _ in node.next_functions if fn is not None
-                     for v in [getattr(fn, "variable", None)] if v is not None and id(v) in owner]  # fmt: skip
+            convs = [
+                owner[id(v)]
+                for fn, _ in node.next_functions
+                if fn is not None
+                for v in [getattr(fn, "variable", None)]
+                if v is not None and id(v) in owner
+            ]
             if convs:
                 whole.update(convs)  # a conv's own output: what lies before it is not coupled to the cut
                 continue

@@ -2,9 +2,11 @@
 
 from autoprune.data import _digits, _files, _idx  # noqa: F401  (register the loaders)
 from autoprune.data._base import (
+    AnySplit,
     DataOptions,
     DataSplits,
     ImageFiles,
+    ImageSplit,
     RawData,
     Split,
     list_datasets,
@@ -16,6 +18,8 @@ from autoprune.data._stream import AUGMENTS, StreamSplit, augment_batch
 from autoprune.data._task import FinetuneBudget, TaskSplit
 
 __all__ = [
+    "AnySplit",
+    "ImageSplit",
     "AUGMENTS",
     "DataOptions",
     "DataSplits",

@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,7 +52,9 @@ class DataOptions:
     """How a dataset is read: the input size of an image folder, whether it is held in memory,
     and the training-time augmentation (none by default: the built-in 8x8 digits gain nothing)."""
 
-    image_size: tuple[int, int] | None = None  # (H, W): short side resized, centre crop; None: the most common size
+    image_size: tuple[int, int] | None = (
+        None  # (H, W): short side resized, centre crop; None: the most common size
+    )
     in_memory: str = "auto"  # "auto" (when the decoded tensors take under 1 GB), "yes" or "no"
     augment: str = "none"  # "none" or "crop-flip" (random crop with 4 pixels of padding, horizontal flip)
     workers: int = 2  # decoding processes of a streamed split
@@ -61,7 +64,9 @@ class DataOptions:
             raise DataError(f"in_memory={self.in_memory!r} should be 'auto', 'yes' or 'no'")
         if self.augment not in AUGMENTS:
             raise DataError(f"augment={self.augment!r} should be one of {', '.join(AUGMENTS)}")
-        if self.image_size is not None and not (len(self.image_size) == 2 and all(1 <= v <= 4096 for v in self.image_size)):
+        if self.image_size is not None and not (
+            len(self.image_size) == 2 and all(1 <= v <= 4096 for v in self.image_size)
+        ):
             raise DataError(f"image_size={self.image_size} should be [height, width] in 1..4096")
         if not 0 <= self.workers <= 64:
             raise DataError(f"workers={self.workers} should be in 0..64")
@@ -84,7 +89,9 @@ class Split:
     def sample_shape(self) -> tuple[int, ...]:
         return tuple(int(v) for v in self.x.shape[1:])
 
-    def batches(self, batch_size: int, order: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(
+        self, batch_size: int, order: torch.Tensor | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(x, y) batches of the images in ``order`` (default: as stored)."""
         for start in range(0, len(self) if order is None else len(order), batch_size):
             if order is None:
@@ -98,14 +105,18 @@ class Split:
         digest.update(self.y.numpy().tobytes())
 
 
+ImageSplit = Split | StreamSplit  # images and labels, in memory or streamed from files
+AnySplit = Split | StreamSplit | TaskSplit  # or a user's task, scored by its own evaluate
+
+
 @dataclass(frozen=True, eq=False)
 class DataSplits:
     """Train / validation / test splits of one dataset, normalised with train statistics."""
 
     name: str
-    train: Split | StreamSplit | TaskSplit
-    val: Split | StreamSplit | TaskSplit
-    test: Split | StreamSplit | TaskSplit
+    train: AnySplit
+    val: AnySplit
+    test: AnySplit
     num_classes: int
     mean: tuple[float, ...]  # per channel, of the training split before normalising
     std: tuple[float, ...]
@@ -148,9 +159,13 @@ def list_datasets() -> list[str]:
 
 
 def load_dataset(
-    name: str, *, data_dir: str | Path | None = None, val_fraction: float = 0.1, seed: int = 0,
+    name: str,
+    *,
+    data_dir: str | Path | None = None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
     options: DataOptions | None = None,
-) -> DataSplits:  # fmt: skip
+) -> DataSplits:
     """Load a registered dataset (once per process) and split it: into tensors, or, for an
     image folder too large for memory, into splits streamed from its files (``options``).
 
@@ -159,46 +174,56 @@ def load_dataset(
     """
     options = options or DataOptions()
     if name not in _REGISTRY:
-        raise UnknownNameError(
-            f"unknown dataset {name!r}; valid datasets: {', '.join(list_datasets())}"
-        )
+        raise UnknownNameError(f"unknown dataset {name!r}; valid datasets: {', '.join(list_datasets())}")
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val_fraction={val_fraction} should be in (0, 1)")
     path = Path(data_dir).expanduser().resolve() if data_dir is not None else None
-    splits = _load_cached(name, path, float(val_fraction), int(seed), dataclasses.replace(options, augment="none"))
+    splits = _load_cached(
+        name, path, float(val_fraction), int(seed), dataclasses.replace(options, augment="none")
+    )
     return dataclasses.replace(splits, augment=options.augment) if options.augment != "none" else splits
 
 
 @functools.lru_cache(maxsize=8)
-def _load_cached(name: str, data_dir: Path | None, val_fraction: float, seed: int, options: DataOptions) -> DataSplits:
+def _load_cached(
+    name: str, data_dir: Path | None, val_fraction: float, seed: int, options: DataOptions
+) -> DataSplits:
     raw = _REGISTRY[name](data_dir)
     if isinstance(raw, ImageFiles):
         return file_splits(name, raw, val_fraction=val_fraction, seed=seed, options=options)
     return make_splits(name, raw, val_fraction=val_fraction, seed=seed)
 
 
-def _carve_val(y: np.ndarray, num_classes: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _carve_val(
+    y: np.ndarray, num_classes: int, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the training and validation parts, stratified by class where it can be."""
     indices = np.arange(len(y))
     counts = np.bincount(y, minlength=num_classes)
     stratify = y if counts[counts > 0].min() >= 2 else None
-    train_idx, val_idx = train_test_split(indices, test_size=val_fraction, random_state=seed, stratify=stratify)
+    train_idx, val_idx = train_test_split(
+        indices, test_size=val_fraction, random_state=seed, stratify=stratify
+    )
     return np.sort(train_idx), np.sort(val_idx)
 
 
-def file_splits(name: str, raw: ImageFiles, *, val_fraction: float, seed: int, options: DataOptions) -> DataSplits:
+def file_splits(
+    name: str, raw: ImageFiles, *, val_fraction: float, seed: int, options: DataOptions
+) -> DataSplits:
     """Image files split by index; each split streamed, or decoded into memory when small
     (``options.in_memory``). Both read every image with the same reader and statistics."""
     y_all = np.concatenate([raw.y_train, raw.y_test])
     num_classes = int(y_all.max()) + 1
     if len(np.unique(raw.y_train)) < 2:
-        raise DataError(f"dataset {name!r}: the training data has only one class; a classifier needs at least two")
+        raise DataError(
+            f"dataset {name!r}: the training data has only one class; a classifier needs at least two"
+        )
     train_idx, val_idx = _carve_val(raw.y_train, num_classes, val_fraction, seed)
     size = options.image_size or raw.native_size
-    plain = ImageReader(tuple(size), raw.mode)
+    plain = ImageReader(size, raw.mode)
     mean, std = image_stats([raw.train[i] for i in train_idx], plain, seed=seed)
     reader = dataclasses.replace(plain, mean=mean, std=std)
-    total = decoded_bytes(len(raw.train) + len(raw.test), tuple(size), raw.mode)
+    total = decoded_bytes(len(raw.train) + len(raw.test), size, raw.mode)
     in_memory = options.in_memory == "yes" or (options.in_memory == "auto" and total < IN_MEMORY_LIMIT)
     shape = (1 if raw.mode == "L" else 3, *size)  # (C, H, W)
 
@@ -214,8 +239,11 @@ def file_splits(name: str, raw: ImageFiles, *, val_fraction: float, seed: int, o
         train=split([raw.train[i] for i in train_idx], raw.y_train[train_idx]),
         val=split([raw.train[i] for i in val_idx], raw.y_train[val_idx]),
         test=split(raw.test, raw.y_test),
-        num_classes=num_classes, mean=mean, std=std, classes=raw.classes,
-    )  # fmt: skip
+        num_classes=num_classes,
+        mean=mean,
+        std=std,
+        classes=raw.classes,
+    )
 
 
 def make_splits(name: str, raw: RawData, *, val_fraction: float, seed: int) -> DataSplits:
@@ -229,7 +257,9 @@ def make_splits(name: str, raw: RawData, *, val_fraction: float, seed: int) -> D
         raise DataError(f"dataset {name!r}: labels must be non-negative integers")
     num_classes = int(y_all.max()) + 1
     if len(np.unique(raw.y_train)) < 2:
-        raise DataError(f"dataset {name!r}: the training data has only one class; a classifier needs at least two")
+        raise DataError(
+            f"dataset {name!r}: the training data has only one class; a classifier needs at least two"
+        )
     if not np.isfinite(raw.x_train).all() or not np.isfinite(raw.x_test).all():
         raise DataError(f"dataset {name!r}: images hold NaN or infinite values")
 

@@ -31,8 +31,8 @@ def _to_nchw(x: np.ndarray, path: Path) -> np.ndarray:
 # ---- CIFAR-10: the standard python-pickle batches directory -------------------------------
 
 # What a real batch (pickled by Python 2's cPickle, or again by NumPy) may name: NumPy's array
-# reconstruction (protocol 5: from a buffer) and the str -> bytes codec. Nothing else is ever looked up, so a crafted batch
-# cannot call anything that runs code.
+# reconstruction (protocol 5: from a buffer) and the str -> bytes codec. Nothing else is ever
+# looked up, so a crafted batch cannot call anything that runs code.
 _CIFAR_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
@@ -67,7 +67,15 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         batch = _unpickle(path)
         data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         labels = np.asarray(batch[b"labels"], dtype=np.int64)
-    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        KeyError,
+        TypeError,
+        ValueError,
+        AttributeError,
+        IndexError,
+    ) as e:
         raise DataError(f"{path} is not a CIFAR-10 python batch: {e}") from None
     return data, labels
 
@@ -136,7 +144,9 @@ def _labels(y: np.ndarray, path: Path, key: str) -> np.ndarray:
 # ---- image folder: one subfolder per class ------------------------------------------------
 
 
-def _read_class_folders(root: Path, classes: list[str] | None = None) -> tuple[list[Path], list[int], list[str]]:
+def _read_class_folders(
+    root: Path, classes: list[str] | None = None
+) -> tuple[list[Path], list[int], list[str]]:
     if classes is None:
         classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
@@ -163,7 +173,8 @@ def _probe(files: list[Path]) -> tuple[tuple[int, int], str]:
     from PIL import Image, UnidentifiedImageError
 
     step = max(1, len(files) // PROBE)
-    sizes, modes = Counter(), set()
+    sizes: Counter[tuple[int, int]] = Counter()
+    modes: set[str] = set()
     for f in files[::step]:
         try:
             with Image.open(f) as img:
@@ -189,8 +200,22 @@ def load_imagefolder(data_dir: Path | None) -> ImageFiles:
     size, mode = _probe(files)
     if has_splits:
         test_files, test_labels, _ = _read_class_folders(root / "test", classes)
-        return ImageFiles(tuple(files), y, tuple(test_files), np.asarray(test_labels, dtype=np.int64),
-                          tuple(classes), mode, size)  # fmt: skip
+        return ImageFiles(
+            tuple(files),
+            y,
+            tuple(test_files),
+            np.asarray(test_labels, dtype=np.int64),
+            tuple(classes),
+            mode,
+            size,
+        )
     train_idx, test_idx, y_train, y_test = carve_test(np.arange(len(files)), y)
-    return ImageFiles(tuple(files[i] for i in train_idx), y_train, tuple(files[i] for i in test_idx), y_test,
-                      tuple(classes), mode, size)  # fmt: skip
+    return ImageFiles(
+        tuple(files[i] for i in train_idx),
+        y_train,
+        tuple(files[i] for i in test_idx),
+        y_test,
+        tuple(classes),
+        mode,
+        size,
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -15,16 +16,24 @@ FASHION_MNIST_HINT = (
     " (on Debian: `apt-get install dataset-fashion-mnist` puts it in /usr/share/datasets/fashion-mnist)"
 )
 FASHION_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 _FILES = {
     "x_train": "train-images-idx3-ubyte",
     "y_train": "train-labels-idx1-ubyte",
     "x_test": "t10k-images-idx3-ubyte",
     "y_test": "t10k-labels-idx1-ubyte",
 }
-_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_DTYPES: dict[int, Any] = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -57,9 +66,7 @@ def _find(data_dir: Path, stem: str, dataset: str, hint: str) -> Path:
 def load_idx_dir(data_dir: Path, dataset: str, hint: str = "") -> RawData:
     arrays = {key: read_idx(_find(data_dir, stem, dataset, hint)) for key, stem in _FILES.items()}
     x_train, x_test = (arrays[k].astype(np.float32)[:, None] / 255.0 for k in ("x_train", "x_test"))
-    return RawData(
-        x_train, arrays["y_train"].astype(np.int64), x_test, arrays["y_test"].astype(np.int64)
-    )
+    return RawData(x_train, arrays["y_train"].astype(np.int64), x_test, arrays["y_test"].astype(np.int64))
 
 
 @register_dataset("mnist")

@@ -9,11 +9,11 @@ the same batches for the same seed.
 
 from __future__ import annotations
 
-import hashlib
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,13 +38,15 @@ class ImageReader:
         from PIL import Image, UnidentifiedImageError
 
         try:
-            with Image.open(path) as img:
-                img = img.convert(self.mode)
+            with Image.open(path) as opened:
+                img = opened.convert(self.mode)
                 h, w = self.size
                 scale = max(h / img.height, w / img.width)  # the short side (relative to the target) fits
                 if (img.height, img.width) != (h, w):
-                    img = img.resize((max(w, round(img.width * scale)), max(h, round(img.height * scale))),
-                                     Image.BILINEAR)  # fmt: skip
+                    img = img.resize(
+                        (max(w, round(img.width * scale)), max(h, round(img.height * scale))),
+                        Image.Resampling.BILINEAR,
+                    )
                     left, top = (img.width - w) // 2, (img.height - h) // 2
                     img = img.crop((left, top, left + w, top + h))
                 array = np.asarray(img, dtype=np.uint8)
@@ -85,16 +87,21 @@ class StreamSplit:
     def sample_shape(self) -> tuple[int, ...]:
         return (1 if self.reader.mode == "L" else 3, *self.reader.size)
 
-    def batches(self, batch_size: int, order: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(
+        self, batch_size: int, order: torch.Tensor | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(x, y) batches of the images in ``order`` (default: as stored), decoded now."""
         indices = order.tolist() if order is not None else range(len(self))
         loader = torch.utils.data.DataLoader(
-            _Files(self.files, self.y, self.reader), batch_size=batch_size, sampler=list(indices),
-            num_workers=self.workers, pin_memory=torch.cuda.is_available(),
-        )  # fmt: skip
+            _Files(self.files, self.y, self.reader),
+            batch_size=batch_size,
+            sampler=list(indices),
+            num_workers=self.workers,
+            pin_memory=torch.cuda.is_available(),
+        )
         yield from loader
 
-    def fingerprint(self, digest: hashlib._Hash) -> None:
+    def fingerprint(self, digest: Any) -> None:
         """The files as listed, sized and dated (never every pixel), and how they are read."""
         digest.update(repr((self.reader.size, self.reader.mode)).encode())
         for path, label in zip(self.files, self.y.tolist()):
@@ -102,18 +109,20 @@ class StreamSplit:
             digest.update(f"{path}\0{info.st_size}\0{info.st_mtime_ns}\0{label}\n".encode())
 
 
-def image_stats(files: Sequence[Path], reader: ImageReader, seed: int = 0) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def image_stats(
+    files: Sequence[Path], reader: ImageReader, seed: int = 0
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of a fixed sample of ``files`` (all of them when few)."""
     chosen = files
     if len(files) > STATS_SAMPLE:
         picks = np.random.default_rng(seed).choice(len(files), STATS_SAMPLE, replace=False)
         chosen = [files[i] for i in sorted(picks)]
-    total = total_sq = None
+    total = total_sq = torch.zeros(0, dtype=torch.float64)
     count = 0
     for path in chosen:
         x = reader(path).double()  # (C, H, W) in [0, 1]: the reader has no statistics yet
         s, sq = x.sum(dim=(1, 2)), (x * x).sum(dim=(1, 2))
-        total, total_sq = (s, sq) if total is None else (total + s, total_sq + sq)
+        total, total_sq = (s, sq) if count == 0 else (total + s, total_sq + sq)
         count += x.shape[1] * x.shape[2]
     mean = total / count
     std = (total_sq / count - mean * mean).clamp_min(0).sqrt()

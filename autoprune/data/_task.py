@@ -18,8 +18,9 @@ A task is any object with (``examples/own_loop.py`` is one):
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -53,7 +54,9 @@ class TaskSplit:
     def sample_shape(self) -> tuple[int, ...]:
         return self.shape
 
-    def batches(self, batch_size: int, order: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(
+        self, batch_size: int, order: torch.Tensor | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         raise DataError("a task's data is its own: autoprune asks the task to train and evaluate")
 
     def fingerprint(self, digest: Any) -> None:

@@ -33,7 +33,9 @@ class LeNet300(nn.Module):
 
 
 @register_model
-def lenet300(num_classes: int = 10, in_channels: int = 1, image_size: tuple[int, int] = (28, 28)) -> nn.Module:
+def lenet300(
+    num_classes: int = 10, in_channels: int = 1, image_size: tuple[int, int] = (28, 28)
+) -> nn.Module:
     """LeNet-300-100, fully connected."""
     return LeNet300(num_classes, in_channels, image_size)
 
@@ -50,7 +52,9 @@ class LeNet5(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, 20, 5, padding=pad)
         self.conv2 = nn.Conv2d(20, 50, 5, padding=pad)
         self.pool = nn.MaxPool2d(2)
-        flat = _flat_features(nn.Sequential(self.conv1, self.pool, self.conv2, self.pool), in_channels, image_size)
+        flat = _flat_features(
+            nn.Sequential(self.conv1, self.pool, self.conv2, self.pool), in_channels, image_size
+        )
         self.fc1 = nn.Linear(flat, 500)
         self.fc2 = nn.Linear(500, num_classes)
 
@@ -75,7 +79,7 @@ class VGG(nn.Module):
         layers: list[nn.Module] = []
         channels, size = in_channels, min(image_size)
         for item in self.CONFIG:
-            if item == "M":
+            if not isinstance(item, int):  # "M": a max-pool
                 if size >= 2:
                     layers.append(nn.MaxPool2d(2))
                     size //= 2
@@ -144,7 +148,9 @@ class ResNet20(nn.Module):
 
 
 @register_model
-def resnet20(num_classes: int = 10, in_channels: int = 3, image_size: tuple[int, int] = (32, 32)) -> nn.Module:
+def resnet20(
+    num_classes: int = 10, in_channels: int = 3, image_size: tuple[int, int] = (32, 32)
+) -> nn.Module:
     """CIFAR-style ResNet-20 with residual additions."""
     return ResNet20(num_classes, in_channels, image_size)
 
@@ -160,9 +166,11 @@ class InvertedResidual(nn.Module):
             layers += [nn.Conv2d(inp, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6()]
         layers += [
             nn.Conv2d(hidden, hidden, 3, stride=stride, padding=1, groups=hidden, bias=False),
-            nn.BatchNorm2d(hidden), nn.ReLU6(),
-            nn.Conv2d(hidden, out, 1, bias=False), nn.BatchNorm2d(out),
-        ]  # fmt: skip
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(),
+            nn.Conv2d(hidden, out, 1, bias=False),
+            nn.BatchNorm2d(out),
+        ]
         self.conv = nn.Sequential(*layers)
         self.use_residual = stride == 1 and inp == out
 
@@ -178,8 +186,10 @@ class MobileNetV2(nn.Module):
     def __init__(self, num_classes: int = 10, in_channels: int = 3, image_size: tuple[int, int] = (32, 32)):
         super().__init__()
         layers: list[nn.Module] = [
-            nn.Conv2d(in_channels, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU6()
-        ]  # fmt: skip
+            nn.Conv2d(in_channels, 16, 3, padding=1, bias=False),
+            nn.BatchNorm2d(16),
+            nn.ReLU6(),
+        ]
         channels, size = 16, min(image_size)
         for expand, out, repeats, stride in self.CONFIG:
             for i in range(repeats):
@@ -197,6 +207,8 @@ class MobileNetV2(nn.Module):
 
 
 @register_model
-def mobilenetv2(num_classes: int = 10, in_channels: int = 3, image_size: tuple[int, int] = (32, 32)) -> nn.Module:
+def mobilenetv2(
+    num_classes: int = 10, in_channels: int = 3, image_size: tuple[int, int] = (32, 32)
+) -> nn.Module:
     """Small MobileNetV2 with depthwise-separable inverted residuals."""
     return MobileNetV2(num_classes, in_channels, image_size)

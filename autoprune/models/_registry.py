@@ -9,9 +9,10 @@ import inspect
 import sys
 import sysconfig
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.fx
@@ -41,8 +42,12 @@ class ModelSpec:
         name, classes, channels, size = d["name"], d["num_classes"], d["in_channels"], d["image_size"]
         if not isinstance(name, str) or not (isinstance(size, (list, tuple)) and len(size) == 2):
             raise ValueError(f"a model spec needs a name and an image size (H, W), got {d!r}")
-        for what, value, high in [("num_classes", classes, 1 << 20), ("in_channels", channels, 4096),
-                                  ("image height", size[0], 1 << 14), ("image width", size[1], 1 << 14)]:  # fmt: skip
+        for what, value, high in [
+            ("num_classes", classes, 1 << 20),
+            ("in_channels", channels, 4096),
+            ("image height", size[0], 1 << 14),
+            ("image width", size[1], 1 << 14),
+        ]:
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= high:
                 raise ValueError(f"model spec {what}={value!r} should be an integer in 1..{high}")
         return cls(name, classes, channels, (size[0], size[1]))
@@ -81,7 +86,9 @@ def create_model(spec: ModelSpec) -> nn.Module:
             f"model factory {spec.name!r} returned {type(model).__name__}, not a torch.nn.Module"
         )
     if not any(True for _ in model.parameters()):
-        raise ModelError(f"model factory {spec.name!r} returned a network with no parameters: nothing to compress")
+        raise ModelError(
+            f"model factory {spec.name!r} returned a network with no parameters: nothing to compress"
+        )
     return model
 
 
@@ -147,14 +154,17 @@ def factory_source_hash(name: str) -> str | None:
 def _user_sources(objects: list[Any]) -> list[Path]:
     """The source files, outside the standard library and installed packages, that define
     ``objects`` or anything their modules import by name (one level deep)."""
-    installed = {Path(p).resolve() for key in ("stdlib", "platstdlib", "purelib", "platlib")
-                 if (p := sysconfig.get_paths().get(key))}  # fmt: skip
+    installed = {
+        Path(p).resolve()
+        for key in ("stdlib", "platstdlib", "purelib", "platlib")
+        if (p := sysconfig.get_paths().get(key))
+    }
     modules = {m for o in objects if (m := inspect.getmodule(o)) is not None}
     for module in list(modules):
         for value in vars(module).values():
-            if inspect.ismodule(value) or inspect.isfunction(value) or inspect.isclass(value):
-                if (m := inspect.getmodule(value)) is not None:
-                    modules.add(m)
+            kind = inspect.ismodule(value) or inspect.isfunction(value) or inspect.isclass(value)
+            if kind and (m := inspect.getmodule(value)) is not None:
+                modules.add(m)
     files = set()
     for module in modules:
         source = getattr(module, "__file__", None)

@@ -11,7 +11,7 @@ second.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
@@ -39,7 +39,10 @@ def allocate(costs: Sequence[np.ndarray], damages: Sequence[np.ndarray], budget:
     scale = max(float(np.abs(cost).max()), 1e-12)
     result = milp(
         c=cost / scale + 1e-9 * damage,
-        constraints=[LinearConstraint(one_each, 1, 1), LinearConstraint(damage[None, :], -np.inf, budget + 1e-9)],
+        constraints=[
+            LinearConstraint(one_each, 1, 1),
+            LinearConstraint(damage[None, :], -np.inf, budget + 1e-9),
+        ],
         integrality=np.ones(len(cost)),
         bounds=Bounds(0, 1),
     )

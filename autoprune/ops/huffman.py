@@ -164,5 +164,5 @@ def stream_bits(counts: np.ndarray, width: int, huffman: bool = True) -> int:
     if not used.size or not huffman:
         return int(round(fixed))
     lengths = _limited_lengths(np.ceil(counts).astype(np.int64), MAX_CODE_LENGTH)
-    huffman = float((counts * lengths).sum()) + 8 * (int(used[-1]) + 1)
-    return int(round(min(fixed, huffman)))
+    coded = float((counts * lengths).sum()) + 8 * (int(used[-1]) + 1)
+    return int(round(min(fixed, coded)))

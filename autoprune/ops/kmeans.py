@@ -64,10 +64,14 @@ def kmeans_1d(
     xs = x[order]
     s1 = np.concatenate(([0.0], np.cumsum(xs)))
     s2 = np.concatenate(([0.0], np.cumsum(xs * xs)))
-    c = np.sort(np.asarray(init if isinstance(init, np.ndarray) else init_centroids(xs, k, init, seed=seed), dtype=np.float64))
+    c = np.sort(
+        np.asarray(
+            init if isinstance(init, np.ndarray) else init_centroids(xs, k, init, seed=seed), dtype=np.float64
+        )
+    )
 
     bounds = np.empty(0, dtype=np.int64)
-    for iteration in range(1, max_iter + 1):
+    for iteration in range(1, max_iter + 1):  # noqa: B007 (the count is returned)
         # cut the sorted values at the midpoints; values on a midpoint go to the lower centroid
         cuts = np.searchsorted(xs, (c[:-1] + c[1:]) / 2.0, side="right")
         new_bounds = np.concatenate(([0], cuts, [xs.size]))

@@ -5,7 +5,7 @@ the search's tables, ``export --trial best``, the surrogate and its sampler all 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -16,7 +16,9 @@ def feasible(drops: Sequence[float] | np.ndarray, budget: float) -> np.ndarray:
     return np.isfinite(d) & (d <= budget)
 
 
-def best_within(ratios: Sequence[float] | np.ndarray, drops: Sequence[float] | np.ndarray, budget: float) -> int | None:
+def best_within(
+    ratios: Sequence[float] | np.ndarray, drops: Sequence[float] | np.ndarray, budget: float
+) -> int | None:
     """Index of the highest compression ratio among those within the budget (the first such,
     on a tie), or None when none is."""
     ok = feasible(drops, budget)
@@ -36,7 +38,9 @@ def non_dominated(points: Sequence[Sequence[float]] | np.ndarray, maximize: Sequ
     return ~(better_eq & ~equal).any(axis=1)
 
 
-def fronts(points: Sequence[Sequence[float]] | np.ndarray, maximize: Sequence[bool], count: int) -> np.ndarray:
+def fronts(
+    points: Sequence[Sequence[float]] | np.ndarray, maximize: Sequence[bool], count: int
+) -> np.ndarray:
     """Mask of the points on the first ``count`` non-dominated fronts."""
     p = np.asarray(points, dtype=np.float64).reshape(len(points), len(maximize))
     remaining = np.ones(len(p), dtype=bool)

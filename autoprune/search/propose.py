@@ -56,16 +56,28 @@ class SensitivityProposal:
     compression_ratio: float  # dense fp32 bytes / packed_bytes
 
     def to_dict(self) -> dict[str, Any]:
-        return {"budget": round(self.budget, 4), "predicted_acc_drop": round(self.predicted_drop, 4),
-                "packed_bytes": self.packed_bytes, "macs": self.macs,
-                "compression_ratio": round(self.compression_ratio, 3), "params": self.params}  # fmt: skip
+        return {
+            "budget": round(self.budget, 4),
+            "predicted_acc_drop": round(self.predicted_drop, 4),
+            "packed_bytes": self.packed_bytes,
+            "macs": self.macs,
+            "compression_ratio": round(self.compression_ratio, 3),
+            "params": self.params,
+        }
 
 
 class Allocator:
     """The proposals for one base network and search space from its sensitivity analysis."""
 
-    def __init__(self, base: nn.Module, spec: ModelSpec, space: SpaceSection, sensitivity: Sensitivity,
-                 *, sizes: SizeModel | None = None):  # fmt: skip
+    def __init__(
+        self,
+        base: nn.Module,
+        spec: ModelSpec,
+        space: SpaceSection,
+        sensitivity: Sensitivity,
+        *,
+        sizes: SizeModel | None = None,
+    ):
         self.space = space
         self.sensitivity = sensitivity
         self.layers = SpaceLayers.of(base)
@@ -129,26 +141,39 @@ class Allocator:
             best: SensitivityProposal | None = None
             for (conv_bits, fc_bits), cost in costs.items():
                 proposal = self._allocate(budget, conv_bits, fc_bits, cost)
-                if proposal is not None and (best is None or _cost(proposal, minimise) < _cost(best, minimise)):
+                if proposal is not None and (
+                    best is None or _cost(proposal, minimise) < _cost(best, minimise)
+                ):
                     best = proposal
             if best is not None and all(best.params != p.params for p in out):
                 out.append(best)
         return out
 
     def _bits(self) -> list[tuple[int, int]]:
-        ranges = [range(v[0], v[-1] + 1) if f in self.dists else [v[0]]
-                  for f, v in (("conv_bits", self.space.conv_bits), ("fc_bits", self.space.fc_bits))]  # fmt: skip
-        return list(itertools.product(*ranges))
+        ranges = [
+            range(v[0], v[-1] + 1) if f in self.dists else [v[0]]
+            for f, v in (("conv_bits", self.space.conv_bits), ("fc_bits", self.space.fc_bits))
+        ]
+        return [(conv, fc) for conv, fc in itertools.product(*ranges)]
 
     def _costs(self, conv_bits: int, fc_bits: int, minimise: str) -> list[np.ndarray]:
         """Each knob's cost at each of its values, the others untouched: the additive model."""
         fixed = self._fixed(conv_bits, fc_bits)
         start = self.cost(self.config(fixed), minimise)
-        return [np.array([self.cost(self.config({**fixed, **dict.fromkeys(knob.params, v)}), minimise) - start
-                          for v in knob.values], dtype=float) for knob in self.knobs]  # fmt: skip
+        return [
+            np.array(
+                [
+                    self.cost(self.config({**fixed, **dict.fromkeys(knob.params, v)}), minimise) - start
+                    for v in knob.values
+                ],
+                dtype=float,
+            )
+            for knob in self.knobs
+        ]
 
-    def _allocate(self, budget: float, conv_bits: int, fc_bits: int, costs: list[np.ndarray]
-                  ) -> SensitivityProposal | None:  # fmt: skip
+    def _allocate(
+        self, budget: float, conv_bits: int, fc_bits: int, costs: list[np.ndarray]
+    ) -> SensitivityProposal | None:
         fixed = self._fixed(conv_bits, fc_bits)
         left = budget - self.bits_damage(conv_bits, fc_bits)
         if left < 0:
@@ -162,15 +187,21 @@ class Allocator:
         params = {k: v for k, v in params.items() if k in self.dists and holds(self.dists[k], v)}
         config = self.config(params)
         size = self.cost(config, "packed_bytes")
-        drop = self.bits_damage(conv_bits, fc_bits) + sum(float(k.damage[i]) for k, i in zip(self.knobs, chosen))
-        return SensitivityProposal(params, budget, drop, size, self.cost(config, "macs"), self.dense_bytes / max(size, 1))
+        drop = self.bits_damage(conv_bits, fc_bits) + sum(
+            float(k.damage[i]) for k, i in zip(self.knobs, chosen)
+        )
+        return SensitivityProposal(
+            params, budget, drop, size, self.cost(config, "macs"), self.dense_bytes / max(size, 1)
+        )
 
     def _fixed(self, conv_bits: int, fc_bits: int) -> dict[str, Any]:
         """The parameters the allocator does not choose: the bits given, and the fine-tuning at
         its most generous (every epoch of its range, the middle learning rate, linear init)."""
         d = self.dists
         params: dict[str, Any] = {"conv_bits": conv_bits, "fc_bits": fc_bits}
-        params.update({k: _middle(d[k], k) for k in ("finetune_epochs", "lr", "quant_epochs", "init") if k in d})
+        params.update(
+            {k: _middle(d[k], k) for k in ("finetune_epochs", "lr", "quant_epochs", "init") if k in d}
+        )
         params.update({k: 0.0 for k in d if k.startswith(("ratio", "quality")) and holds(d[k], 0.0)})
         params.update({k: _low(d[k]) for k in d if k.startswith(("ratio", "quality")) and k not in params})
         return params
@@ -207,6 +238,7 @@ def _positions(base: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
     out: dict[str, int] = {}
 
     def hook(m: nn.Module, _inp: Any, y: torch.Tensor) -> None:
+        assert isinstance(m, (nn.Conv2d, nn.Linear))
         channels = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
         out[names[m]] = y.numel() // channels
 
@@ -224,13 +256,21 @@ def enqueue_proposals(study: optuna.Study, proposals: list[SensitivityProposal])
     """The proposals as waiting trials (``source=sensitivity``, with the budget each was
     allocated under and its predicted drop); a search runs them before sampling. One already
     waiting is skipped; returns how many were added."""
+
     def waiting() -> int:
         return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
 
     before = waiting()
     for p in proposals:
-        study.enqueue_trial(p.params, user_attrs={"source": SOURCE, "proposal_budget": p.budget,
-                                                  "predicted_acc_drop": p.predicted_drop}, skip_if_exists=True)  # fmt: skip
+        study.enqueue_trial(
+            p.params,
+            user_attrs={
+                "source": SOURCE,
+                "proposal_budget": p.budget,
+                "predicted_acc_drop": p.predicted_drop,
+            },
+            skip_if_exists=True,
+        )
     return waiting() - before
 
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
+
+from optuna.study import StudyDirection
 
 
 def _objective(direction: str) -> dict[str, str]:
@@ -71,7 +74,10 @@ class TrialRecord:
 
     def to_user_attrs(self) -> dict[str, Any]:
         """As stored: a non-finite number (a diverged latency, say) becomes None (JSON has no NaN)."""
-        return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in dataclasses.asdict(self).items()}
+        return {
+            k: None if isinstance(v, float) and not math.isfinite(v) else v
+            for k, v in dataclasses.asdict(self).items()
+        }
 
 
 def stored(attrs: Mapping[str, Any], name: str) -> Any:
@@ -128,6 +134,11 @@ class Budget:
         drop = attrs.get("acc_drop")
         return None if drop is None else judged_drop(drop, attrs.get("acc_drop_se"), self.z)
 
+    def within(self, attrs: Mapping[str, Any]) -> bool:
+        """Whether a trial's user attributes are within the budget, as it judges them."""
+        judged = self.judged(attrs)
+        return judged is not None and judged <= self.max_drop
+
 
 def judged_drop(drop: float, se: float | None, z: float) -> float:
     """The one rule: a drop plus z standard errors (none recorded: the point estimate)."""
@@ -145,7 +156,11 @@ def goal(objectives: Sequence[str] | None) -> Callable[[TrialRecord], float]:
     return lambda r: r.compression_ratio
 
 
-OBJECTIVES = {f.name: f.metadata["direction"] for f in dataclasses.fields(TrialRecord) if "direction" in f.metadata}
+OBJECTIVES: dict[str, StudyDirection] = {
+    f.name: StudyDirection[f.metadata["direction"].upper()]
+    for f in dataclasses.fields(TrialRecord)
+    if "direction" in f.metadata
+}
 
 
 _TYPES = {f.name: str(f.type) for f in dataclasses.fields(TrialRecord)}

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -31,9 +32,10 @@ def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
     if len(study.directions) > 1:
         return sorted(study.best_trials, key=lambda t: -t.user_attrs.get("accuracy", 0))
     ok = [
-        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if all(c <= 0 for c in t.constraints.values()) and "accuracy" in t.user_attrs
-    ]  # fmt: skip
+    ]
     points = [(t.user_attrs["accuracy"], t.user_attrs["packed_bytes"]) for t in ok]
     front = [t for t, keep in zip(ok, non_dominated(points, (True, False))) if keep] if ok else []
     return sorted(front, key=lambda t: -t.user_attrs["accuracy"])
@@ -42,8 +44,11 @@ def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
 def best_trial(study: optuna.Study, budget: Budget) -> FrozenTrial | None:
     """The best trial within the accuracy budget, drops judged by its rule: the highest
     compression ratio, or speed-up for a study searching on latency (:func:`goal`)."""
-    done = [(t, r) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if (r := TrialRecord.from_attrs(t.user_attrs)) is not None]  # fmt: skip
+    done = [
+        (t, r)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if (r := TrialRecord.from_attrs(t.user_attrs)) is not None
+    ]
     value = study_goal(study)
     i = best_within([value(r) for _, r in done], [budget.drop(r) for _, r in done], budget.max_drop)
     return None if i is None else done[i][0]
@@ -77,10 +82,16 @@ def study_budget(study: optuna.Study) -> Budget:
     stored = study.user_attrs.get("spec")
     section = stored.get("study") if isinstance(stored, dict) else None
     section = section if isinstance(section, dict) else {}
-    keys = {"max_acc_drop": StudySection.max_acc_drop, "selection": "point", "confidence": StudySection.confidence}
+    keys = {
+        "max_acc_drop": StudySection.max_acc_drop,
+        "selection": "point",
+        "confidence": StudySection.confidence,
+    }
     values = {k: section.get(k, default) for k, default in keys.items()}
     try:
         checked = StudySection(**values)  # the section's own checks
     except (SpecError, TypeError):
-        raise SpecError(f"study {study.study_name!r} stores a budget it cannot state ({values}); pass --max-acc-drop") from None
+        raise SpecError(
+            f"study {study.study_name!r} stores a budget it cannot state ({values}); pass --max-acc-drop"
+        ) from None
     return checked.budget

@@ -14,9 +14,10 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import optuna
 import sqlalchemy
@@ -31,7 +32,7 @@ try:
 except ImportError:  # Windows: no lock file, one worker per SQLite or journal file
     fcntl = None  # type: ignore[assignment]
 
-from autoprune._compat import heartbeat_age, heartbeat_backend, rdb_backend, trial_id
+from autoprune._compat import heartbeat_age, heartbeat_backend, heartbeat_interval, rdb_backend, trial_id
 from autoprune.compress import CompressConfig, load_recipe
 from autoprune.compress.recipe import check_layers
 from autoprune.data import load_dataset
@@ -48,7 +49,7 @@ from autoprune.search.objective import (
     store_recipe,
 )
 from autoprune.search.propose import SOURCE, Allocator, enqueue_proposals, proposal_budgets
-from autoprune.search.samplers import SamplerFactory, make_sampler, sampler_factory
+from autoprune.search.samplers import SamplerFactory, make_sampler, sampler_factory, sampler_name
 from autoprune.search.space import SpaceLayers, distributions, recipe_params
 from autoprune.search.spec import StudySpec, check_task, record, spec_from_dict
 from autoprune.search.stop import stop_on_signals, stop_requested
@@ -81,7 +82,9 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
 
 
-def open_study(spec: StudySpec, storage: BaseStorage, *, task: str | None = None, metric: str = "accuracy") -> optuna.Study:
+def open_study(
+    spec: StudySpec, storage: BaseStorage, *, task: str | None = None, metric: str = "accuracy"
+) -> optuna.Study:
     """Create the study, or load it to resume; its objectives must match the spec's. The
     sampler draws trial N from (``study.seed``, N), whichever worker runs it. A study searched
     with your own ``task`` records its name (a note: it is never imported from there) and its
@@ -130,7 +133,11 @@ class Inputs:
 
 
 def load_inputs(
-    spec: StudySpec, *, progress: bool, spec_dir: Path | None = None, cached_only: bool = False,
+    spec: StudySpec,
+    *,
+    progress: bool,
+    spec_dir: Path | None = None,
+    cached_only: bool = False,
     task: str | None = None,
 ) -> Inputs:
     """Load the data and the base model (trained at most once: cached; ``cached_only``: never
@@ -140,13 +147,15 @@ def load_inputs(
     if task is not None:  # your own loop and metric in place of the spec's data
         splits = load_task(task)
     else:
-        splits = load_dataset(d.name, data_dir=d.data_dir or None, val_fraction=d.val_fraction, seed=d.seed,
-                              options=d.options)  # fmt: skip
+        splits = load_dataset(
+            d.name, data_dir=d.data_dir or None, val_fraction=d.val_fraction, seed=d.seed, options=d.options
+        )
     c, h, w = splits.input_shape
     model_spec = ModelSpec(spec.model.name, splits.num_classes, c, (h, w))
     model = create_model(model_spec)  # a bad factory fails here, before any training
+    folder = spec_dir if spec_dir is not None else Path()
     recipes = tuple(
-        load_recipe(spec_dir / path if not Path(path).is_absolute() else path)
+        load_recipe(folder / path if not Path(path).is_absolute() else path)
         for path in (spec.study.baselines if spec_dir is not None else ())
     )
     for recipe in recipes:
@@ -154,14 +163,22 @@ def load_inputs(
     if spec.model.checkpoint:
         base = load_checkpoint(model, spec.model.checkpoint).eval()
     else:
-        base = train_base(model_spec, splits, spec.train, seed=d.seed, progress=progress, cached_only=cached_only).model
+        base = train_base(
+            model_spec, splits, spec.train, seed=d.seed, progress=progress, cached_only=cached_only
+        ).model
     return Inputs(splits, model_spec, base, recipes)
 
 
 def prepare(
-    spec: StudySpec, study: optuna.Study, storage: BaseStorage, info: StorageInfo, *, progress: bool,
-    inputs: Inputs | None = None, read_only: bool = False,
-) -> SearchContext:  # fmt: skip
+    spec: StudySpec,
+    study: optuna.Study,
+    storage: BaseStorage,
+    info: StorageInfo,
+    *,
+    progress: bool,
+    inputs: Inputs | None = None,
+    read_only: bool = False,
+) -> SearchContext:
     """One worker's context: the inputs (loaded now unless given), the artifact store and the
     base metrics (measured once per study). ``read_only``: a study only read (``--from``):
     nothing is written into it or beside it, and its base is never trained here."""
@@ -170,7 +187,14 @@ def prepare(
     store = FileSystemArtifactStore(str(folder)) if read_only else artifact_store(folder)
     metrics = base_metrics(study, inputs.base, inputs.splits, spec.study.latency_repeats, store=not read_only)
     ctx = SearchContext(
-        spec, inputs.splits, inputs.model_spec, inputs.base, metrics, SpaceLayers.of(inputs.base), store, storage
+        spec,
+        inputs.splits,
+        inputs.model_spec,
+        inputs.base,
+        metrics,
+        SpaceLayers.of(inputs.base),
+        store,
+        storage,
     )
     if hasattr(study.sampler, "attach"):  # a sampler that models the network (the surrogate's)
         study.sampler.attach(ctx)
@@ -200,10 +224,16 @@ class StudyLock:
     memory."""
 
     def __init__(self, storage: BaseStorage, name: str) -> None:
-        self.key = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big") & 0x7FFFFFFFFFFFFFFF
+        self.key = (
+            int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big") & 0x7FFFFFFFFFFFFFFF
+        )
         self.engine = getattr(storage, "engine", None) if isinstance(storage, RDBStorage) else None
-        path = getattr(storage, "path", None) or (self.engine.url.database if self.engine is not None else None)
-        self.path = f"{path}.autoprune-lock" if path and path != ":memory:" and fcntl else None  # not ".lock": the journal's
+        path = getattr(storage, "path", None) or (
+            self.engine.url.database if self.engine is not None else None
+        )
+        self.path = (
+            f"{path}.autoprune-lock" if path and path != ":memory:" and fcntl else None
+        )  # not ".lock": the journal's
         if self.engine is not None and self.engine.dialect.name != "postgresql":
             self.engine = None
         self._held: Any = None
@@ -216,7 +246,7 @@ class StudyLock:
             conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
             self._held = conn
         elif self.path is not None:
-            f = open(self.path, "a")
+            f = open(self.path, "a")  # noqa: SIM115 (held open: the lock lives as long as the file)
             fcntl.flock(f, fcntl.LOCK_EX)
             self._held = f
         else:
@@ -260,11 +290,15 @@ def enqueue_baselines(study: optuna.Study, ctx: SearchContext, recipes: tuple[Co
                 continue  # done, running or queued
             if len(mine) >= 2:
                 reason = mine[-1].user_attrs.get("fail_reason", "no reason recorded")
-                log.warning("baseline %s failed %d times (%s); not queued again", recipe.name, len(mine), reason)
+                log.warning(
+                    "baseline %s failed %d times (%s); not queued again", recipe.name, len(mine), reason
+                )
                 continue
             params = recipe_params(recipe, dists, ctx.base)
             store_recipe(study, recipe, list(params))
-            study.enqueue_trial(params, user_attrs={"source": "baseline", "recipe_name": recipe.name}, skip_if_exists=False)
+            study.enqueue_trial(
+                params, user_attrs={"source": "baseline", "recipe_name": recipe.name}, skip_if_exists=False
+            )
             added += 1
     return added
 
@@ -281,7 +315,9 @@ def enqueue_warm_start(study: optuna.Study, ctx: SearchContext, *, progress: boo
             return 0  # queued once: a resumed study does not queue them again
         sensitivity, _ = sensitivity_for(ctx.base, ctx.splits, progress=progress)
         allocator = Allocator(ctx.base, ctx.model_spec, ctx.spec.space, sensitivity)
-        proposals = allocator.propose(proposal_budgets(s.max_acc_drop, s.warm_start), minimise=s.allocation_cost)
+        proposals = allocator.propose(
+            proposal_budgets(s.max_acc_drop, s.warm_start), minimise=s.allocation_cost
+        )
         added = enqueue_proposals(study, proposals)
     if not proposals:
         log.warning("warm start: no allocation fits any budget (the bits' own damage exceeds them)")
@@ -329,7 +365,11 @@ def retry_lost_trials(study: optuna.Study) -> int:
         return 0
     trials = study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}  # every retry's ancestors
-    lost = [t for t in trials if t.state == TrialState.FAIL and t.number not in retried and "fail_reason" not in t.user_attrs]
+    lost = [
+        t
+        for t in trials
+        if t.state == TrialState.FAIL and t.number not in retried and "fail_reason" not in t.user_attrs
+    ]
     for t in lost:
         retry(study, t)  # Optuna's retry callback: a copy, WAITING, up to its max_retry
     return len(lost)
@@ -337,14 +377,22 @@ def retry_lost_trials(study: optuna.Study) -> int:
 
 def counts(study: optuna.Study) -> tuple[int, int]:
     """(finished, running) search trials; the final stage's re-runs do not count toward N."""
-    trials = [t for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
-              if t.user_attrs.get("source") != FINAL]  # fmt: skip
+    trials = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+        if t.user_attrs.get("source") != FINAL
+    ]
     done = sum(t.state in FINISHED for t in trials)
     return done, len(trials) - done
 
 
 def work(
-    study: optuna.Study, objective: Objective, target: int, *, bar: tqdm | None = None, on_trial: Hook | None = None
+    study: optuna.Study,
+    objective: Objective,
+    target: int,
+    *,
+    bar: tqdm | None = None,
+    on_trial: Hook | None = None,
 ) -> None:
     """Run trials until the study holds ``target`` finished (complete or pruned) trials;
     ``on_trial(study, context)`` after each (the figures the study shows)."""
@@ -389,7 +437,7 @@ def work(
 
 def _say_waiting(study: optuna.Study, storage: BaseStorage, said: set[int], bar: tqdm | None) -> None:
     """Once per trial: the last trials run elsewhere, and one of them has gone quiet."""
-    interval = storage.get_heartbeat_interval() or 1
+    interval = heartbeat_interval(storage) or 1
     grace = getattr(storage, "grace_period", None) or 2 * interval
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         age = heartbeat_age(storage, t)
@@ -397,8 +445,11 @@ def _say_waiting(study: optuna.Study, storage: BaseStorage, said: set[int], bar:
             continue
         said.add(t.number)
         if bar is not None and not bar.disable:
-            tqdm.write(f"waiting up to {max(0, grace - age):.0f} s for trial {t.number}, last heard from "
-                       f"{age:.0f} s ago, to be retried", file=sys.stderr)  # fmt: skip
+            tqdm.write(
+                f"waiting up to {max(0, grace - age):.0f} s for trial {t.number}, last heard from "
+                f"{age:.0f} s ago, to be retried",
+                file=sys.stderr,
+            )
 
 
 @dataclass(frozen=True)
@@ -430,13 +481,23 @@ def _worker_main(args: WorkerArgs) -> None:
         device = resolve_device(spec.study.device)
         set_device("cuda:0" if args.gpu is not None and device.type == "cuda" else device)  # its one GPU
         with storage_errors(info):
-            storage = open_storage(info, heartbeat_interval=spec.study.heartbeat_interval,
-                                   grace_period=spec.study.grace_period, timeout=spec.study.db_timeout)  # fmt: skip
+            storage = open_storage(
+                info,
+                heartbeat_interval=spec.study.heartbeat_interval,
+                grace_period=spec.study.grace_period,
+                timeout=spec.study.db_timeout,
+            )
             study = open_study(spec, storage, task=args.task)
-            ctx = prepare(spec, study, storage, info, progress=False, inputs=load_inputs(spec, progress=False,
-                                                                                        task=args.task))  # fmt: skip
+            ctx = prepare(
+                spec,
+                study,
+                storage,
+                info,
+                progress=False,
+                inputs=load_inputs(spec, progress=False, task=args.task),
+            )
             with watched(info, interval=spec.study.heartbeat_interval, timeout=spec.study.db_timeout):
-                work(study, Objective(ctx, sampler_name=study.sampler.name), args.target)
+                work(study, Objective(ctx, sampler_name=sampler_name(study.sampler)), args.target)
     except KeyboardInterrupt:
         pass
     except AutoPruneError as e:
@@ -491,7 +552,9 @@ def _visible_gpu(gpu: str | None) -> Iterator[None]:
 
 
 def _worker_thread_hook(args: threading.ExceptHookArgs) -> None:
-    exit_if_storage_lost(args.thread.name if args.thread else "", args.exc_value, f"autoprune search: worker {os.getpid()}")
+    exit_if_storage_lost(
+        args.thread.name if args.thread else "", args.exc_value, f"autoprune search: worker {os.getpid()}"
+    )
     threading.__excepthook__(args)
 
 
@@ -517,22 +580,43 @@ def run_search(
     loop and metric (``file.py:factory``) in place of the spec's data."""
     device = resolve_device(spec.study.device)
     with use_device(device):
-        return _run_search(spec, info, jobs=jobs, threads=threads, progress=progress, spec_dir=spec_dir,
-                           setup_only=setup_only, on_trial=on_trial, task=task)  # fmt: skip
+        return _run_search(
+            spec,
+            info,
+            jobs=jobs,
+            threads=threads,
+            progress=progress,
+            spec_dir=spec_dir,
+            setup_only=setup_only,
+            on_trial=on_trial,
+            task=task,
+        )
 
 
 def _run_search(
-    spec: StudySpec, info: StorageInfo, *, jobs: int, threads: int | None, progress: bool, spec_dir: Path,
-    setup_only: bool, on_trial: Hook | None, task: str | None,
-) -> optuna.Study:  # fmt: skip
+    spec: StudySpec,
+    info: StorageInfo,
+    *,
+    jobs: int,
+    threads: int | None,
+    progress: bool,
+    spec_dir: Path,
+    setup_only: bool,
+    on_trial: Hook | None,
+    task: str | None,
+) -> optuna.Study:
     if jobs > 1 and not info.parallel_ok:
         raise StorageError(
             f"--jobs {jobs} cannot share SQLite ({info.safe_url}): parallel workers lock it; "
             "use --storage postgresql://USER@HOST/DB or --storage journal:PATH"
         )
     inputs = load_inputs(spec, progress=progress, spec_dir=spec_dir, task=task)
-    storage = open_storage(info, heartbeat_interval=spec.study.heartbeat_interval,
-                           grace_period=spec.study.grace_period, timeout=spec.study.db_timeout)  # fmt: skip
+    storage = open_storage(
+        info,
+        heartbeat_interval=spec.study.heartbeat_interval,
+        grace_period=spec.study.grace_period,
+        timeout=spec.study.db_timeout,
+    )
     study = open_study(spec, storage, task=task, metric=inputs.splits.metric)
     ctx = prepare(spec, study, storage, info, progress=progress, inputs=inputs)
     remove_orphans(storage, artifact_dir(info, spec.study.artifacts), older_than=2 * spec.study.grace_period)
@@ -543,16 +627,29 @@ def _run_search(
     if setup_only:
         return study
     target = spec.study.trials
-    bar = tqdm(total=target, initial=counts(study)[0], desc=f"search {spec.study.name}", unit="trial",
-               disable=not progress)  # fmt: skip
+    bar = tqdm(
+        total=target,
+        initial=counts(study)[0],
+        desc=f"search {spec.study.name}",
+        unit="trial",
+        disable=not progress,
+    )
     before = torch.get_num_threads()
     try:
         if jobs == 1:
             torch.set_num_threads(threads or before)
             with watched(info, interval=spec.study.heartbeat_interval, timeout=spec.study.db_timeout):
-                work(study, Objective(ctx, sampler_name=study.sampler.name), target, bar=bar, on_trial=on_trial)
+                work(
+                    study,
+                    Objective(ctx, sampler_name=sampler_name(study.sampler)),
+                    target,
+                    bar=bar,
+                    on_trial=on_trial,
+                )
         else:  # each worker watches the storage; this process only waits for them
-            _run_workers(spec, info, jobs, target, bar, study, threads, on_trial and (lambda s: on_trial(s, ctx)), task)
+            _run_workers(
+                spec, info, jobs, target, bar, study, threads, on_trial and (lambda s: on_trial(s, ctx)), task
+            )
     finally:
         torch.set_num_threads(before)
         bar.close()
@@ -562,19 +659,28 @@ def _run_search(
 
 
 def _run_workers(
-    spec: StudySpec, info: StorageInfo, jobs: int, target: int, bar: tqdm, study: optuna.Study, threads: int | None,
-    on_trial: Callable[[optuna.Study], None] | None = None, task: str | None = None,
-) -> None:  # fmt: skip
+    spec: StudySpec,
+    info: StorageInfo,
+    jobs: int,
+    target: int,
+    bar: tqdm,
+    study: optuna.Study,
+    threads: int | None,
+    on_trial: Callable[[optuna.Study], None] | None = None,
+    task: str | None = None,
+) -> None:
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     sampler = sampler_factory(spec.study.sampler)
     context = multiprocessing.get_context("spawn")
     logs = context.Queue()
     gpus = worker_gpus(spec, jobs)
     workers = [
-        context.Process(target=_worker_main,
-                        args=(WorkerArgs(spec.to_dict(), info.url, target, threads, logs, sampler, gpu, task),))
+        context.Process(
+            target=_worker_main,
+            args=(WorkerArgs(spec.to_dict(), info.url, target, threads, logs, sampler, gpu, task),),
+        )
         for gpu in gpus
-    ]  # fmt: skip
+    ]
     relay = logging.handlers.QueueListener(logs, _Relay())
     relay.start()
     for w, gpu in zip(workers, gpus):

@@ -7,7 +7,8 @@ registers ``surrogate`` when it is imported), so ``search`` never imports what s
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
@@ -38,8 +39,15 @@ def list_samplers() -> list[str]:
 def sampler_factory(name: str) -> SamplerFactory:
     if name not in _REGISTRY:
         hint = " (import autoprune.surrogate to register it)" if name == "surrogate" else ""
-        raise UnknownNameError(f"unknown sampler {name!r}{hint}; valid samplers: {', '.join(list_samplers())}")
+        raise UnknownNameError(
+            f"unknown sampler {name!r}{hint}; valid samplers: {', '.join(list_samplers())}"
+        )
     return _REGISTRY[name]
+
+
+def sampler_name(sampler: optuna.samplers.BaseSampler) -> str:
+    """What a trial records as its source: the wrapped sampler's class name."""
+    return getattr(sampler, "name", type(sampler).__name__)
 
 
 def make_sampler(spec: StudySpec, seed: int) -> TrialSeeded:
@@ -85,7 +93,9 @@ class TrialSeeded(optuna.samplers.BaseSampler):
         self._inner = self._new(trial_seed(self._seed, trial.number))
         self._inner.before_trial(study, trial)
 
-    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
         return self._inner.infer_relative_search_space(study, trial)
 
     def sample_relative(

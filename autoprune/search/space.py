@@ -41,9 +41,10 @@ class SpaceLayers:
     def of(cls, model: nn.Module) -> SpaceLayers:
         out = output_layer(model)
         convs = [
-            n for n, m in conv_layers(model).items()
+            n
+            for n, m in conv_layers(model).items()
             if n != out and not (m.groups > 1 and m.groups == m.in_channels)
-        ]  # fmt: skip
+        ]
         return cls(tuple(convs), tuple(weight_layers(model)))
 
 
@@ -53,7 +54,8 @@ def distributions(space: SpaceSection, layers: SpaceLayers) -> dict[str, BaseDis
 
     def add(name: str, values: list, kind: type, log: bool = False) -> None:
         if len(values) == 2:
-            d[name] = (IntDistribution(*values) if kind is int else FloatDistribution(*values, log=log))
+            low, high = values
+            d[name] = IntDistribution(low, high) if kind is int else FloatDistribution(low, high, log=log)
 
     if space.structured == "per_layer":
         for layer in layers.conv:
@@ -86,7 +88,7 @@ def config_from_params(
     def per_layer(mode: str, name: str, values: list, names: tuple[str, ...]) -> dict[str, Any]:
         if mode == "off":
             return {}
-        return {l: value(f"{name}_{l}" if mode == "per_layer" else name, values) for l in names}
+        return {n: value(f"{name}_{n}" if mode == "per_layer" else name, values) for n in names}
 
     ratios = per_layer(space.structured, "ratio", space.ratio, layers.conv)
     quality = per_layer(space.magnitude, "quality", space.quality, layers.weights)
@@ -110,13 +112,14 @@ def config_from_params(
 
 def suggest(trial: optuna.Trial, dists: dict[str, BaseDistribution]) -> dict[str, Any]:
     """Ask the trial for every parameter of the space (enqueued values come back as given)."""
-    params = {}
+    params: dict[str, Any] = {}
     for name, dist in dists.items():
         if isinstance(dist, IntDistribution):
             params[name] = trial.suggest_int(name, dist.low, dist.high)
         elif isinstance(dist, FloatDistribution):
             params[name] = trial.suggest_float(name, dist.low, dist.high, log=dist.log)
         else:
+            assert isinstance(dist, CategoricalDistribution)
             params[name] = trial.suggest_categorical(name, dist.choices)
     return params
 
@@ -133,7 +136,12 @@ def out_of_space(params: dict[str, Any], dists: dict[str, BaseDistribution]) -> 
         elif isinstance(dist, IntDistribution):
             ok = isinstance(value, int) and not isinstance(value, bool) and dist.low <= value <= dist.high
         else:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and dist.low <= value <= dist.high
+            assert isinstance(dist, FloatDistribution)
+            ok = (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and dist.low <= value <= dist.high
+            )
         if not ok:
             return f"parameter {name}={value!r} lies outside the search space ({_describe(dist)})"
     return None
@@ -209,4 +217,6 @@ def with_cap(recipe: CompressConfig, space: SpaceSection) -> CompressConfig:
     """A baseline recipe under the search's fine-tuning budget (the same batch cap)."""
     if not space.max_batches:
         return recipe
-    return dataclasses.replace(recipe, finetune=dataclasses.replace(recipe.finetune, max_batches=space.max_batches))
+    return dataclasses.replace(
+        recipe, finetune=dataclasses.replace(recipe.finetune, max_batches=space.max_batches)
+    )

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from optuna.study import StudyDirection
+
 from autoprune._config import build_config, read_toml
 from autoprune.data import DataOptions
 from autoprune.device import DEVICES
@@ -53,7 +55,9 @@ class DataSection:
     data_dir: str = ""
     val_fraction: float = 0.1
     seed: int = 0
-    image_size: list[int] = field(default_factory=list)  # [H, W] of an image folder (empty: its most common size)
+    image_size: list[int] = field(
+        default_factory=list
+    )  # [H, W] of an image folder (empty: its most common size)
     in_memory: str = "auto"  # "auto" (decoded under 1 GB), "yes", or "no": streamed from the files per batch
     augment: str = "none"  # training batches: "none" or "crop-flip" (random crop, padding 4, horizontal flip)
     workers: int = 2  # decoding processes when streamed
@@ -62,7 +66,7 @@ class DataSection:
         if not 0 < self.val_fraction < 1:
             raise SpecError(f"data.val_fraction={self.val_fraction} should be in (0, 1)")
         try:
-            self.options
+            _ = self.options  # parsed here, so that a bad option fails when the spec is read
         except DataError as e:
             raise SpecError(f"data.{e}") from None
 
@@ -71,7 +75,7 @@ class DataSection:
         size = tuple(self.image_size) if self.image_size else None
         if size is not None and len(size) != 2:
             raise DataError(f"image_size={self.image_size} should be [height, width]")
-        return DataOptions(size, self.in_memory, self.augment, self.workers)  # type: ignore[arg-type]
+        return DataOptions(size, self.in_memory, self.augment, self.workers)
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,9 @@ class SpaceSection:
     def __post_init__(self) -> None:
         for key in ("structured", "magnitude"):
             if getattr(self, key) not in ("per_layer", "global", "off"):
-                raise SpecError(f"space.{key}={getattr(self, key)!r} should be 'per_layer', 'global' or 'off'")
+                raise SpecError(
+                    f"space.{key}={getattr(self, key)!r} should be 'per_layer', 'global' or 'off'"
+                )
         _range("space.ratio", self.ratio, 0.0, 0.95)
         _range("space.quality", self.quality, 0.0, 10.0)
         _range("space.conv_bits", self.conv_bits, 1, 16)
@@ -153,7 +159,9 @@ class StudySection:
     # per budget: these multiples of max_acc_drop of summed predicted drop (probed without
     # fine-tuning, so larger multiples are the ones fine-tuning brings within). Empty: none.
     warm_start: list[float] = field(default_factory=list)
-    warm_start_cost: str = "auto"  # what they minimise: "packed_bytes", "macs", or "auto" (from the objectives)
+    warm_start_cost: str = (
+        "auto"  # what they minimise: "packed_bytes", "macs", or "auto" (from the objectives)
+    )
     latency_repeats: int = 30
     heartbeat_interval: int = HEARTBEAT_INTERVAL  # seconds between a running trial's heartbeats (RDB storage)
     grace_period: int = GRACE_PERIOD  # a trial silent this long was lost with its worker: failed and retried
@@ -167,7 +175,9 @@ class StudySection:
         if len(self.devices) > 1024 or any(not 0 <= d < 1024 for d in self.devices):
             raise SpecError(f"study.devices={self.devices} should be GPU indices (0, 1, ...)")
         if self.name and bad_study_name(self.name):
-            raise SpecError(f"{bad_study_name(self.name)} (it names files); pick one with --study or study.name")
+            raise SpecError(
+                f"{bad_study_name(self.name)} (it names files); pick one with --study or study.name"
+            )
         for o in self.objectives:
             if o not in OBJECTIVES:
                 raise SpecError(f"study.objectives: unknown objective {o!r}; valid: {', '.join(OBJECTIVES)}")
@@ -194,7 +204,9 @@ class StudySection:
         if len(self.warm_start) > 64 or not all(0 < m <= 1000 and math.isfinite(m) for m in self.warm_start):
             raise SpecError(f"study.warm_start={self.warm_start} should be at most 64 multiples in (0, 1000]")
         if self.warm_start_cost not in ("auto", "packed_bytes", "macs"):
-            raise SpecError(f"study.warm_start_cost={self.warm_start_cost!r} should be 'auto', 'packed_bytes' or 'macs'")
+            raise SpecError(
+                f"study.warm_start_cost={self.warm_start_cost!r} should be 'auto', 'packed_bytes' or 'macs'"
+            )
         if self.selection not in ("upper", "point"):
             raise SpecError(f"study.selection={self.selection!r} should be 'upper' or 'point'")
         if not 0.5 <= self.confidence < 1:
@@ -236,7 +248,7 @@ class StudySpec:
         return dataclasses.replace(self, study=dataclasses.replace(self.study, **given)) if given else self
 
     @property
-    def directions(self) -> list[str]:
+    def directions(self) -> list[StudyDirection]:
         return [OBJECTIVES[o] for o in self.study.objectives]
 
 
@@ -276,7 +288,9 @@ def trusted_spec(
             f"named by a stored study only when you name it too: pass --model {m.name}"
         )
     if m.checkpoint and checkpoint is None:
-        raise SpecError(f"study {study!r} was made from the checkpoint {m.checkpoint!r}: pass --checkpoint yourself")
+        raise SpecError(
+            f"study {study!r} was made from the checkpoint {m.checkpoint!r}: pass --checkpoint yourself"
+        )
     if d.data_dir and data_dir is None:
         raise SpecError(f"study {study!r} was made from data in {d.data_dir!r}: pass --data-dir yourself")
     if model is not None and not is_user_model(model) and model != m.name:
@@ -295,11 +309,14 @@ def check_task(study: Any, task: str | None) -> None:
     stored = study.user_attrs.get("task")
     if stored is not None and task is None:
         raise SpecError(
-            f"study {study.study_name!r} was searched with your own task {str(stored)[:200]!r}; autoprune imports "
+            f"study {study.study_name!r} was searched with your own task {str(stored)[:200]!r}; autoprune "
+            "imports "
             f"code named by a stored study only when you name it too: pass --task {str(stored)[:200]}"
         )
     if stored is None and task is not None:
-        raise SpecError(f"study {study.study_name!r} was searched on its spec's data, not with a task: drop --task")
+        raise SpecError(
+            f"study {study.study_name!r} was searched on its spec's data, not with a task: drop --task"
+        )
 
 
 def load_spec(path: str | Path) -> StudySpec:

@@ -17,9 +17,10 @@ import time
 import urllib.parse
 import uuid
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import optuna
 import sqlalchemy
@@ -67,7 +68,11 @@ class StorageInfo:
         """For messages: the URL, and the file it resolves to from here (a relative default
         read from another folder is a different file)."""
         path = self.path
-        return f"{self.safe_url} ({path.resolve()})" if path is not None and not path.is_absolute() else self.safe_url
+        return (
+            f"{self.safe_url} ({path.resolve()})"
+            if path is not None and not path.is_absolute()
+            else self.safe_url
+        )
 
 
 def parse_storage(url: str) -> StorageInfo:
@@ -95,7 +100,9 @@ def parse_storage(url: str) -> StorageInfo:
         if parsed.drivername == "postgresql":  # we ship psycopg 3, not psycopg2
             url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
         return StorageInfo(url, "postgresql", safe, public)
-    raise StorageError(f"unsupported storage {safe!r}; use sqlite:///PATH.db, postgresql://... or journal:PATH")
+    raise StorageError(
+        f"unsupported storage {safe!r}; use sqlite:///PATH.db, postgresql://... or journal:PATH"
+    )
 
 
 def _quote_password(url: str) -> str:
@@ -137,14 +144,19 @@ def open_storage(
         if info.kind == "sqlite" and path.is_file():
             check_sqlite_schema(path)
     if info.kind == "journal":
+        assert path is not None  # a journal is a file
         try:
             if path.is_file() and not _looks_like_journal(path):
                 raise ValueError
             with warnings.catch_warnings():  # the retry callback is "experimental" in Optuna 5
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
-            storage = HeartbeatJournalStorage(str(path), heartbeat_interval=heartbeat_interval,
-                                              grace_period=grace_period, stale_trial_callback=retry)  # fmt: skip
+            storage = HeartbeatJournalStorage(
+                str(path),
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                stale_trial_callback=retry,
+            )
             optuna.get_all_study_summaries(storage, include_best_trial=False)  # reads the whole log
             return storage
         except OSError as e:
@@ -196,7 +208,8 @@ def check_sqlite_schema(path: Path) -> None:
         raise StorageError(f"{path} is not a readable SQLite study database: {e}") from None
     if extra is not None:
         raise StorageError(
-            f"{path} holds a {extra[0]} ({extra[1]!r}) that Optuna never creates: not a study database autoprune reads"
+            f"{path} holds a {extra[0]} ({extra[1]!r}) that Optuna never creates: not a study database "
+            "autoprune reads"
         )
 
 
@@ -230,8 +243,8 @@ def _looks_like_journal(path: Path) -> bool:
 
 def _reason(e: BaseException, info: StorageInfo) -> str:
     """The database's own words: Optuna wraps them in a generic message, the driver's are below."""
-    while (e.__cause__ or e.__context__) is not None and not hasattr(e, "orig"):
-        e = e.__cause__ or e.__context__
+    while (cause := e.__cause__ or e.__context__) is not None and not hasattr(e, "orig"):
+        e = cause
     reason = str(getattr(e, "orig", None) or e).strip().splitlines()
     return mask_url((reason[0] if reason else type(e).__name__).replace(info.url, info.safe_url))[:200]
 
@@ -273,7 +286,9 @@ def watched(info: StorageInfo, *, interval: float, timeout: int) -> Iterator[Non
     if info.kind != "postgresql":
         yield
         return
-    engine = sqlalchemy.create_engine(info.url, pool_size=1, max_overflow=0, connect_args=_pg_timeouts(timeout))
+    engine = sqlalchemy.create_engine(
+        info.url, pool_size=1, max_overflow=0, connect_args=_pg_timeouts(timeout)
+    )
     stop = threading.Event()
 
     def watch() -> None:
@@ -282,7 +297,9 @@ def watched(info: StorageInfo, *, interval: float, timeout: int) -> Iterator[Non
                 with engine.connect() as conn:
                     conn.execute(sqlalchemy.text("SELECT 1"))
             except Exception:
-                if stop.is_set():  # the command ended (on its own storage error, say) mid-ping: its line is said
+                if (
+                    stop.is_set()
+                ):  # the command ended (on its own storage error, say) mid-ping: its line is said
                     return
                 raise
 
@@ -304,14 +321,19 @@ def exit_if_storage_lost(thread_name: str, e: BaseException | None, prefix: str)
     cause = _database_cause(e) if e is not None and "heartbeat" in thread_name else None
     if cause is not None and _ACTIVE:
         info = _ACTIVE[-1]
-        print(f"{prefix}: error: storage {info.safe_url} failed: {_reason(cause, info)}", file=sys.stderr, flush=True)
+        print(
+            f"{prefix}: error: storage {info.safe_url} failed: {_reason(cause, info)}",
+            file=sys.stderr,
+            flush=True,
+        )
         release_process_resources()
         os._exit(2)
 
 
-def _database_cause(e: BaseException) -> BaseException | None:
-    """The database error somewhere in ``e``'s chain of causes, if any."""
+def _database_cause(error: BaseException) -> BaseException | None:
+    """The database error somewhere in ``error``'s chain of causes, if any."""
     seen: set[int] = set()
+    e: BaseException | None = error
     while e is not None and id(e) not in seen:
         if isinstance(e, (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)):
             return e
@@ -323,7 +345,11 @@ def _database_cause(e: BaseException) -> BaseException | None:
 def check_artifact_id(artifact_id: object) -> str:
     """An artifact id read from a study is a UUID, never a path."""
     try:
-        return str(uuid.UUID(str(artifact_id))) if isinstance(artifact_id, str) and "/" not in artifact_id else ""
+        return (
+            str(uuid.UUID(str(artifact_id)))
+            if isinstance(artifact_id, str) and "/" not in artifact_id
+            else ""
+        )
     except ValueError:
         return ""
 
@@ -342,7 +368,9 @@ def artifact_store(path: Path, *, create: bool = True) -> FileSystemArtifactStor
     if create:
         path.mkdir(parents=True, exist_ok=True)
     elif not path.is_dir():
-        raise StorageError(f"artifact folder {path} does not exist; pass --artifacts DIR if the search kept them elsewhere")
+        raise StorageError(
+            f"artifact folder {path} does not exist; pass --artifacts DIR if the search kept them elsewhere"
+        )
     return FileSystemArtifactStore(str(path))
 
 
@@ -354,7 +382,11 @@ def resolve_study_name(storage: BaseStorage, name: str | None, safe_url: str) ->
             raise StorageError(f"no study {name!r} in {safe_url}; studies: {', '.join(names) or '(none)'}")
         return name
     if not names:
-        raise StorageError(f"{safe_url} holds no study yet; run 'autoprune search' first (or check --storage)")
+        raise StorageError(
+            f"{safe_url} holds no study yet; run 'autoprune search' first (or check --storage)"
+        )
     if len(names) != 1:
-        raise StorageError(f"{safe_url} holds {len(names)} studies; pick one with --study ({', '.join(names)})")
+        raise StorageError(
+            f"{safe_url} holds {len(names)} studies; pick one with --study ({', '.join(names)})"
+        )
     return names[0]

@@ -6,8 +6,9 @@ and data, join into one."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
@@ -132,12 +133,12 @@ class ModelSpace:
     def config(self, params: Mapping[str, Any]) -> CompressConfig:
         return config_from_params(dict(params), self.space, self.layers)
 
-    def trial_config(self, trial: FrozenTrial, recipes: Recipes = {}) -> CompressConfig | None:
+    def trial_config(self, trial: FrozenTrial, recipes: Recipes | None = None) -> CompressConfig | None:
         """What the trial ran: a baseline its recipe (under the search's fine-tuning cap; the
         study's ``recipes``), a search trial its parameters; None for a trial outside the
         space or a baseline whose recipe cannot be read."""
         if "recipe_name" in trial.user_attrs:
-            baseline = trial_recipe(trial, recipes)
+            baseline = trial_recipe(trial, recipes or {})
             return with_cap(baseline[0], self.space) if baseline is not None else None
         if any(name not in trial.params for name in self.dists):
             return None
@@ -167,11 +168,15 @@ class History:
             for k, v in p.left_out.items():
                 left[k] = left.get(k, 0) + v
         return History(
-            Encoded.join([p.data for p in parts]), np.concatenate([p.drop for p in parts]),
-            np.concatenate([p.latency for p in parts]), np.concatenate([p.ratio for p in parts]),
-            [n for p in parts for n in p.numbers], [s for p in parts for s in p.studies],
-            [x for p in parts for x in p.params], left,
-        )  # fmt: skip
+            Encoded.join([p.data for p in parts]),
+            np.concatenate([p.drop for p in parts]),
+            np.concatenate([p.latency for p in parts]),
+            np.concatenate([p.ratio for p in parts]),
+            [n for p in parts for n in p.numbers],
+            [s for p in parts for s in p.studies],
+            [x for p in parts for x in p.params],
+            left,
+        )
 
     def of(self, study: str) -> np.ndarray:
         """Row indices of one study's trials."""
@@ -179,12 +184,16 @@ class History:
 
 
 def history_from_trials(
-    trials: Iterable[FrozenTrial], model: ModelSpace, budget: Budget = Budget(0.0), recipes: Recipes = {}
+    trials: Iterable[FrozenTrial],
+    model: ModelSpace,
+    budget: Budget | None = None,
+    recipes: Recipes | None = None,
 ) -> History:
     """The usable trials of one study (``recipes``: its baseline recipes, :func:`stored_recipes`);
-    failed, pruned, running, final-stage and unreadable trials are counted by reason. The drop learnt is the one ``budget`` judges (the upper
-    confidence bound under "upper" selection), so the surrogate's "within the budget" is the
-    search's."""
+    failed, pruned, running, final-stage and unreadable trials are counted by reason. The drop
+    learnt is the one ``budget`` judges (the upper confidence bound under "upper" selection), so
+    the surrogate's "within the budget" is the search's."""
+    budget = budget if budget is not None else Budget(0.0)
     configs, drops, latencies, ratios, numbers, params = [], [], [], [], [], []
     left_out: dict[str, int] = {}
 
@@ -215,8 +224,16 @@ def history_from_trials(
         numbers.append(t.number)
         params.append({} if "recipe_name" in t.user_attrs else dict(t.params))
     data = model.view.encode(configs) if configs else model.view.encode([])
-    return History(data, np.asarray(drops, dtype=float), np.asarray(latencies, dtype=float),
-                   np.asarray(ratios, dtype=float), numbers, [model.name] * len(numbers), params, left_out)  # fmt: skip
+    return History(
+        data,
+        np.asarray(drops, dtype=float),
+        np.asarray(latencies, dtype=float),
+        np.asarray(ratios, dtype=float),
+        numbers,
+        [model.name] * len(numbers),
+        params,
+        left_out,
+    )
 
 
 def _finite(v: Any) -> bool:

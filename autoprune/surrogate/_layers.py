@@ -28,11 +28,29 @@ from autoprune.ops.kmeans import INITS
 from autoprune.sensitivity import Sensitivity
 
 LAYER_FEATURES = (
-    "log10_params", "depth", "is_conv", "filters_removable", "norm_mean", "norm_std", "norm_low_share",
-    "drop_f30", "drop_f50", "drop_f70", "drop_q1", "drop_q15", "drop_q2",
-)  # fmt: skip
+    "log10_params",
+    "depth",
+    "is_conv",
+    "filters_removable",
+    "norm_mean",
+    "norm_std",
+    "norm_low_share",
+    "drop_f30",
+    "drop_f50",
+    "drop_f70",
+    "drop_q1",
+    "drop_q15",
+    "drop_q2",
+)
 PRIOR_FEATURES = ("damage_at_ratio", "damage_at_magnitude", "damage_at_bits")  # the additive prior's terms
-SETTING_FEATURES = ("filters_removed", "inputs_removed", "sparsity", "magnitude_share", "bits", *PRIOR_FEATURES)
+SETTING_FEATURES = (
+    "filters_removed",
+    "inputs_removed",
+    "sparsity",
+    "magnitude_share",
+    "bits",
+    *PRIOR_FEATURES,
+)
 GLOBAL_FEATURES = ("log10_batches", "log10_lr", "log10_quant_batches", *(f"init_{i}" for i in INITS))
 FEATURES = LAYER_FEATURES + SETTING_FEATURES + GLOBAL_FEATURES
 DROP_SCALE = 10.0  # sensitivity drops enter in tens of points
@@ -76,8 +94,16 @@ class LayerView:
     """One base network as the surrogate sees it: its layers' fixed rows, and the exact effect
     of any config on them."""
 
-    def __init__(self, base: nn.Module, spec: ModelSpec, sensitivity: Sensitivity, *, train_batches: int,
-                 dense_bytes: int, sizes: SizeModel | None = None):  # fmt: skip
+    def __init__(
+        self,
+        base: nn.Module,
+        spec: ModelSpec,
+        sensitivity: Sensitivity,
+        *,
+        train_batches: int,
+        dense_bytes: int,
+        sizes: SizeModel | None = None,
+    ):
         self.sensitivity = sensitivity
         self.sizes = sizes or SizeModel(base, spec)
         self.train_batches = train_batches  # batches in one epoch of the training split
@@ -95,11 +121,16 @@ class LayerView:
         layer = s.layer(name)
         norms = np.asarray(layer.norms)
         return [
-            math.log10(max(layer.params, 1)) / 6, layer.depth, float(layer.kind == "conv"), float(layer.filters),
-            float(norms.mean()), float(norms.std()), float((norms < 0.5).mean()),
+            math.log10(max(layer.params, 1)) / 6,
+            layer.depth,
+            float(layer.kind == "conv"),
+            float(layer.filters),
+            float(norms.mean()),
+            float(norms.std()),
+            float((norms < 0.5).mean()),
             *(s.drop_at_ratio(name, r) / DROP_SCALE for r in (0.3, 0.5, 0.7)),
             *(s.drop_at_quality(name, q) / DROP_SCALE for q in (1.0, 1.5, 2.0)),
-        ]  # fmt: skip
+        ]
 
     def encode(self, configs: list[CompressConfig]) -> Encoded:
         x = np.zeros((len(configs), len(self.layers), len(FEATURES)), dtype=np.float32)
@@ -108,7 +139,7 @@ class LayerView:
             removed = self.sizes.removed(config)
             layers = self.sizes.layers(config, removed=removed)
             x[i, :, : len(LAYER_FEATURES)] = self._fixed
-            x[i, :, len(LAYER_FEATURES):] = self._trial_rows(config, removed, {s.layer: s for s in layers})
+            x[i, :, len(LAYER_FEATURES) :] = self._trial_rows(config, removed, {s.layer: s for s in layers})
             ratio[i] = self.dense_bytes / max(self.sizes.estimate(config, removed=removed, layers=layers), 1)
         return Encoded(x, np.ones(x.shape[:2], dtype=bool), ratio)
 
@@ -117,8 +148,12 @@ class LayerView:
         per_epoch = min(f.max_batches or self.train_batches, self.train_batches)
         batches = f.epochs * per_epoch
         quant = (q.epochs if q.enabled else 0) * per_epoch
-        globals_ = [math.log10(batches + 1) / 4, math.log10(f.lr) + 3, math.log10(quant + 1) / 4,
-                    *(float(q.init == i) for i in INITS)]  # fmt: skip
+        globals_ = [
+            math.log10(batches + 1) / 4,
+            math.log10(f.lr) + 3,
+            math.log10(quant + 1) / 4,
+            *(float(q.init == i) for i in INITS),
+        ]
         rows = []
         for name in self.layers:
             size = sizes[name]
@@ -130,15 +165,23 @@ class LayerView:
             bits = min(q.bits_for(name, self.sizes.module(name)), 16) if q.enabled else 16
             s = self.sensitivity
             # the ratio asked (the share removed only for a norm threshold): as the allocator counts it
-            asked = config.structured.value_for(name) if config.structured.mode == "ratio" else filters_removed
+            asked = (
+                config.structured.value_for(name) if config.structured.mode == "ratio" else filters_removed
+            )
             ratio = 0.0 if name in self._followers else asked
-            rows.append([
-                filters_removed, inputs_removed, size.sparsity, magnitude, bits / 8,
-                s.damage_at_ratio(name, ratio) / DROP_SCALE,
-                s.damage_at_quality(name, self._quality(config, name, magnitude)) / DROP_SCALE,
-                s.damage_at_bits(name, bits) / DROP_SCALE,
-                *globals_,
-            ])  # fmt: skip
+            rows.append(
+                [
+                    filters_removed,
+                    inputs_removed,
+                    size.sparsity,
+                    magnitude,
+                    bits / 8,
+                    s.damage_at_ratio(name, ratio) / DROP_SCALE,
+                    s.damage_at_quality(name, self._quality(config, name, magnitude)) / DROP_SCALE,
+                    s.damage_at_bits(name, bits) / DROP_SCALE,
+                    *globals_,
+                ]
+            )
         return np.asarray(rows, dtype=np.float32)
 
     def _quality(self, config: CompressConfig, name: str, share: float) -> float:
@@ -150,4 +193,3 @@ class LayerView:
         layer = self.sensitivity.layer(name)
         sparsity = np.maximum.accumulate(np.asarray((0.0, *layer.quality_sparsity)))
         return float(np.interp(share, sparsity, (0.0, *self.sensitivity.qualities)))
-

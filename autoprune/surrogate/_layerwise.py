@@ -68,8 +68,8 @@ class LayerwiseEnsemble:
     random_state: int = 0
     residual: bool = True  # learn the correction to the additive sensitivity prior, not the drop itself
     alpha_: float = 1.0  # the prior's fitted weight
-    mean_: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
-    scale_: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
+    mean_: np.ndarray = field(default=None, repr=False)  # type: ignore[arg-type]  # set by fit
+    scale_: np.ndarray = field(default=None, repr=False)  # type: ignore[arg-type]  # set by fit
     y_scale_: float = 1.0
     net_: SharedLayerNet | None = field(default=None, repr=False)
 
@@ -94,8 +94,11 @@ class LayerwiseEnsemble:
         target = torch.as_tensor(np.asarray(y, dtype=np.float32) / self.y_scale_)
         rng = np.random.default_rng(self.random_state)
         n = len(y)
-        picks = torch.as_tensor(np.stack([rng.integers(n, size=n) if self.bootstrap else np.arange(n)
-                                          for _ in range(self.n_members)]))  # (members, n)  # fmt: skip
+        picks = torch.as_tensor(
+            np.stack(
+                [rng.integers(n, size=n) if self.bootstrap else np.arange(n) for _ in range(self.n_members)]
+            )
+        )  # (members, n)
         torch.manual_seed(self.random_state)
         self.net_ = SharedLayerNet(self.n_members, x.shape[-1], self.hidden)
         optimizer = torch.optim.Adam(self.net_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
@@ -103,7 +106,11 @@ class LayerwiseEnsemble:
         for _ in range(self.steps):
             optimizer.zero_grad()
             # the members' losses are summed: each member's gradient is its own loss's
-            loss = nn.functional.huber_loss(self.net_(xs, masks), targets, delta=1.0, reduction="none").mean(1).sum()
+            loss = (
+                nn.functional.huber_loss(self.net_(xs, masks), targets, delta=1.0, reduction="none")
+                .mean(1)
+                .sum()
+            )
             loss.backward()
             optimizer.step()
         self.net_.eval()
@@ -134,7 +141,11 @@ class LayerwiseEnsemble:
     def contributions(self, data: Encoded) -> np.ndarray:
         """(n, layers): each layer's share of the prediction (its prior damage and the network's
         correction), averaged over the members."""
-        from_prior = self.alpha_ * data.x[..., PRIOR_COLUMNS].sum(-1) * data.mask * DROP_SCALE if self.residual else 0.0
+        from_prior = (
+            self.alpha_ * data.x[..., PRIOR_COLUMNS].sum(-1) * data.mask * DROP_SCALE
+            if self.residual
+            else 0.0
+        )
         if self.net_ is None:
             return np.asarray(from_prior) * np.ones(data.mask.shape)
         return from_prior + self.net_.contributions(*self._all(data)).mean(0).numpy() * self.y_scale_
@@ -143,12 +154,26 @@ class LayerwiseEnsemble:
         """Everything it is, as tensors and numbers (saved with torch.save, loaded with
         weights_only=True: never a pickle of code)."""
         return {
-            "config": {k: getattr(self, k) for k in ("n_members", "hidden", "steps", "lr", "weight_decay", "bootstrap",
-                                                     "random_state", "residual", "alpha_")},  # fmt: skip
+            "config": {
+                k: getattr(self, k)
+                for k in (
+                    "n_members",
+                    "hidden",
+                    "steps",
+                    "lr",
+                    "weight_decay",
+                    "bootstrap",
+                    "random_state",
+                    "residual",
+                    "alpha_",
+                )
+            },
             "features": list(FEATURES),
-            "mean": torch.as_tensor(self.mean_), "scale": torch.as_tensor(self.scale_), "y_scale": self.y_scale_,
+            "mean": torch.as_tensor(self.mean_),
+            "scale": torch.as_tensor(self.scale_),
+            "y_scale": self.y_scale_,
             "net": self.net_.state_dict() if self.net_ is not None else {},
-        }  # fmt: skip
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> LayerwiseEnsemble:

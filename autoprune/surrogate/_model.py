@@ -53,11 +53,22 @@ class CVScore:
         k = min(k, len(self.truth))
         if k == 0:
             return float("nan")
-        return len(set(np.argsort(self.truth, kind="stable")[:k]) & set(np.argsort(self.predicted, kind="stable")[:k])) / k
+        return (
+            len(
+                set(np.argsort(self.truth, kind="stable")[:k])
+                & set(np.argsort(self.predicted, kind="stable")[:k])
+            )
+            / k
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"r2": round(self.r2, 4), "mae": round(self.mae, 4), "kendall_tau": round(self.kendall_tau, 4),
-                "top5_hit": round(self.top_hit(5), 4), "folds": self.folds}  # fmt: skip
+        return {
+            "r2": round(self.r2, 4),
+            "mae": round(self.mae, 4),
+            "kendall_tau": round(self.kendall_tau, 4),
+            "top5_hit": round(self.top_hit(5), 4),
+            "folds": self.folds,
+        }
 
 
 def cross_validate(make: Any, data: Encoded, y: np.ndarray, *, folds: int = 5, seed: int = 0) -> CVScore:
@@ -66,7 +77,9 @@ def cross_validate(make: Any, data: Encoded, y: np.ndarray, *, folds: int = 5, s
     predicted = np.zeros_like(y)
     for train, test in KFold(folds, shuffle=True, random_state=seed).split(y):
         predicted[test] = make().fit(data.take(train), y[train]).predict(data.take(test))
-    return CVScore(float(r2_score(y, predicted)), float(mean_absolute_error(y, predicted)), folds, y, predicted)
+    return CVScore(
+        float(r2_score(y, predicted)), float(mean_absolute_error(y, predicted)), folds, y, predicted
+    )
 
 
 class Surrogate:
@@ -84,7 +97,9 @@ class Surrogate:
         self.studies_: list[str] = []
 
     def _make(self, i: int) -> LayerwiseEnsemble:
-        residual = self.residual and self.targets[i] == "acc_drop"  # the prior is of the drop, not the latency
+        residual = (
+            self.residual and self.targets[i] == "acc_drop"
+        )  # the prior is of the drop, not the latency
         return LayerwiseEnsemble(n_members=self.n_members, random_state=self.seed + i, residual=residual)
 
     def fit(self, history: History, *, cv: bool = True) -> Surrogate:
@@ -132,13 +147,28 @@ class Surrogate:
 
     def save(self, path: str | Path) -> None:
         """Tensors and numbers only (torch.save): :meth:`load` reads it with weights_only=True."""
-        torch.save({
-            "format": FORMAT, "seed": self.seed, "n_members": self.n_members, "rows": self.rows_,
-            "studies": self.studies_, "targets": list(self.models_),
-            "models": {t: m.state() for t, m in self.models_.items()},
-            "cv": {t: {"r2": s.r2, "mae": s.mae, "folds": s.folds, "truth": torch.as_tensor(s.truth),
-                       "predicted": torch.as_tensor(s.predicted)} for t, s in self.cv_.items()},
-        }, path)  # fmt: skip
+        torch.save(
+            {
+                "format": FORMAT,
+                "seed": self.seed,
+                "n_members": self.n_members,
+                "rows": self.rows_,
+                "studies": self.studies_,
+                "targets": list(self.models_),
+                "models": {t: m.state() for t, m in self.models_.items()},
+                "cv": {
+                    t: {
+                        "r2": s.r2,
+                        "mae": s.mae,
+                        "folds": s.folds,
+                        "truth": torch.as_tensor(s.truth),
+                        "predicted": torch.as_tensor(s.predicted),
+                    }
+                    for t, s in self.cv_.items()
+                },
+            },
+            path,
+        )
 
     @staticmethod
     def load(path: str | Path) -> Surrogate:
@@ -152,10 +182,22 @@ class Surrogate:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise SurrogateError(f"{path} is not a saved surrogate (expected {FORMAT})")
         try:
-            out = Surrogate(n_members=int(data["n_members"]), seed=int(data["seed"]), latency="latency_ms" in data["targets"])
+            out = Surrogate(
+                n_members=int(data["n_members"]),
+                seed=int(data["seed"]),
+                latency="latency_ms" in data["targets"],
+            )
             out.models_ = {t: LayerwiseEnsemble.from_state(s) for t, s in data["models"].items()}
-            out.cv_ = {t: CVScore(float(s["r2"]), float(s["mae"]), int(s["folds"]), s["truth"].numpy(),
-                                  s["predicted"].numpy()) for t, s in data["cv"].items()}  # fmt: skip
+            out.cv_ = {
+                t: CVScore(
+                    float(s["r2"]),
+                    float(s["mae"]),
+                    int(s["folds"]),
+                    s["truth"].numpy(),
+                    s["predicted"].numpy(),
+                )
+                for t, s in data["cv"].items()
+            }
             out.rows_, out.studies_ = int(data["rows"]), [str(s) for s in data["studies"]]
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
             raise SurrogateError(f"{path} is not a surrogate this autoprune can read ({e})") from None

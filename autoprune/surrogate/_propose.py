@@ -9,8 +9,9 @@ the margin is what its errors on held-out trials were.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -42,10 +43,16 @@ class Proposal:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "params": self.params, "predicted_acc_drop": self.drop, "spread": self.spread, "cv_margin": self.margin,
-            "upper": self.upper, "feasible": self.feasible, "compression_ratio": self.ratio,
-            "predicted_latency_ms": self.latency_ms, "proposer": self.proposer,
-        }  # fmt: skip
+            "params": self.params,
+            "predicted_acc_drop": self.drop,
+            "spread": self.spread,
+            "cv_margin": self.margin,
+            "upper": self.upper,
+            "feasible": self.feasible,
+            "compression_ratio": self.ratio,
+            "predicted_latency_ms": self.latency_ms,
+            "proposer": self.proposer,
+        }
 
 
 @dataclass(frozen=True)
@@ -81,7 +88,9 @@ def anchors(history: History | None, study: str, budget: float, n: int = 5) -> l
     if not rows:
         return []
     ok = [i for i in rows if history.drop[i] <= budget]
-    ranked = sorted(ok, key=lambda i: -history.ratio[i]) if ok else sorted(rows, key=lambda i: history.drop[i])
+    ranked = (
+        sorted(ok, key=lambda i: -history.ratio[i]) if ok else sorted(rows, key=lambda i: history.drop[i])
+    )
     return [history.params[i] for i in ranked[:n]]
 
 
@@ -113,7 +122,9 @@ def propose(
     more, more_ratio = score(model, surrogate, local)
     rows = np.vstack([rows, local])
     kinds += ["local"] * len(local)
-    pred = {t: (np.concatenate([m, more[t][0]]), np.concatenate([s, more[t][1]])) for t, (m, s) in pred.items()}
+    pred = {
+        t: (np.concatenate([m, more[t][0]]), np.concatenate([s, more[t][1]])) for t, (m, s) in pred.items()
+    }
     ratio = np.concatenate([ratio, more_ratio])
     chosen: list[int] = []
     for i in _ranked(pred, ratio, surrogate, config):
@@ -125,26 +136,33 @@ def propose(
     latency = pred.get("latency_ms")
     return [
         Proposal(
-            params=enc.decode(rows[i]), drop=float(pred["acc_drop"][0][i]), spread=float(pred["acc_drop"][1][i]),
-            margin=margin, kappa=config.kappa, ratio=float(ratio[i]),
-            latency_ms=float(latency[0][i]) if latency is not None else None, budget=config.max_acc_drop,
+            params=enc.decode(rows[i]),
+            drop=float(pred["acc_drop"][0][i]),
+            spread=float(pred["acc_drop"][1][i]),
+            margin=margin,
+            kappa=config.kappa,
+            ratio=float(ratio[i]),
+            latency_ms=float(latency[0][i]) if latency is not None else None,
+            budget=config.max_acc_drop,
             proposer=kinds[i],
         )
         for i in chosen
-    ]  # fmt: skip
+    ]
 
 
-def _ranked(pred: dict[str, tuple[np.ndarray, np.ndarray]], ratio: np.ndarray, surrogate: Surrogate,
-            config: ProposeConfig) -> np.ndarray:  # fmt: skip
+def _ranked(
+    pred: dict[str, tuple[np.ndarray, np.ndarray]],
+    ratio: np.ndarray,
+    surrogate: Surrogate,
+    config: ProposeConfig,
+) -> np.ndarray:
     """Candidate indices, best first: promised ones by the target (largest ratio, or lowest
     predicted latency), then, when none is promised, the safest."""
     mean, spread = pred["acc_drop"]
     upper = mean + config.kappa * spread + cv_margin(surrogate, config.max_acc_drop)
     feasible = upper <= config.max_acc_drop
-    if config.target == "latency" and "latency_ms" in pred:
-        gain = -pred["latency_ms"][0]
-    else:
-        gain = np.log(ratio)
+    latency = config.target == "latency" and "latency_ms" in pred
+    gain = -pred["latency_ms"][0] if latency else np.log(ratio)
     if not feasible.any():
         return np.lexsort((-gain, upper))
     return np.lexsort((-gain, ~feasible))
@@ -152,4 +170,3 @@ def _ranked(pred: dict[str, tuple[np.ndarray, np.ndarray]], ratio: np.ndarray, s
 
 def _distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sqrt(np.mean((a - b) ** 2)))
-

@@ -13,7 +13,8 @@ its predicted drop, spread and ratio, and ``proposer = "surrogate"``.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import optuna
@@ -80,7 +81,7 @@ class SurrogateSampler(BaseSampler):
         return ready
 
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        if self._ready(study, trial) is not None:
+        if self._ready(study, trial) is not None and self.model is not None:
             return self.model.dists
         return self._startup.infer_relative_search_space(study, trial)
 
@@ -88,7 +89,7 @@ class SurrogateSampler(BaseSampler):
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
         ready = self._ready(study, trial)
-        if ready is None or search_space != self.model.dists:
+        if ready is None or self.model is None or search_space != self.model.dists:
             return self._startup.sample_relative(study, trial, search_space)
         history, others = ready
         running = [t.params for t in others if all(n in t.params for n in search_space)]
@@ -122,10 +123,10 @@ class SurrogateSampler(BaseSampler):
         enc = model.encoder
         surrogate = Surrogate(n_members=self.n_members, seed=self._seed + len(history)).fit(history, cv=False)
         near = anchors(history, model.name, self.max_acc_drop)
-        rows = [enc.sample(self._rng, self.candidates)]
+        parts = [enc.sample(self._rng, self.candidates)]
         if near:
-            rows.append(enc.perturb(self._rng, np.array([enc.encode(p) for p in near]), self.candidates))
-        rows = np.vstack(rows)
+            parts.append(enc.perturb(self._rng, np.array([enc.encode(p) for p in near]), self.candidates))
+        rows = np.vstack(parts)
         pred, ratio = score(model, surrogate, rows)
         mean, spread = pred["acc_drop"]
         p_feasible = norm.cdf((self.max_acc_drop - mean) / np.maximum(spread, MIN_DROP_SPREAD))
@@ -141,10 +142,17 @@ class SurrogateSampler(BaseSampler):
         i = int(np.argmax(acquisition))
         optuna.logging.get_logger(__name__).info(
             "surrogate proposal: acquisition %.4g, predicted drop %.2f +- %.2f, ratio %.1f",
-            acquisition[i], mean[i], spread[i], ratio[i],
-        )  # fmt: skip
-        predicted = {"proposer": "surrogate", "predicted_acc_drop": float(mean[i]),
-                     "predicted_acc_drop_spread": float(spread[i]), "predicted_compression_ratio": float(ratio[i])}  # fmt: skip
+            acquisition[i],
+            mean[i],
+            spread[i],
+            ratio[i],
+        )
+        predicted = {
+            "proposer": "surrogate",
+            "predicted_acc_drop": float(mean[i]),
+            "predicted_acc_drop_spread": float(spread[i]),
+            "predicted_compression_ratio": float(ratio[i]),
+        }
         return enc.decode(rows[i]), predicted
 
 

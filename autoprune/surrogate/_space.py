@@ -15,7 +15,9 @@ from autoprune.train import TrainConfig
 _BUILT: dict[int, tuple[Any, ModelSpace]] = {}  # id(context) -> (context, its model space): built once
 
 
-def model_space(context: Any, *, sensitivity: Sensitivity | None = None, progress: bool = False) -> ModelSpace:
+def model_space(
+    context: Any, *, sensitivity: Sensitivity | None = None, progress: bool = False
+) -> ModelSpace:
     """The :class:`ModelSpace` of a search context (a :class:`~autoprune.search.objective.SearchContext`):
     built once per context, the sensitivity analysis computed at most once per base model."""
     key = id(context)
@@ -24,9 +26,13 @@ def model_space(context: Any, *, sensitivity: Sensitivity | None = None, progres
     if sensitivity is None:
         sensitivity, _ = sensitivity_for(context.base, context.splits, progress=progress)
     batch = TrainConfig().batch_size  # a search's fine-tuning uses the default batch size
-    view = LayerView(context.base, context.model_spec, sensitivity,
-                     train_batches=math.ceil(len(context.splits.train) / batch),
-                     dense_bytes=dense_bytes(context.base))  # fmt: skip
+    view = LayerView(
+        context.base,
+        context.model_spec,
+        sensitivity,
+        train_batches=math.ceil(len(context.splits.train) / batch),
+        dense_bytes=dense_bytes(context.base),
+    )
     space = ModelSpace(context.spec.study.name, view, context.spec.space, context.layers)
     _BUILT[key] = (context, space)
     return space

@@ -4,7 +4,8 @@ resolves its own name to 127.0.0.1 would otherwise read and change the studies).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

@@ -21,20 +21,56 @@ def compare_table(result: dict[str, Any]) -> list[list[Any]]:
     rows = []
     for r in result["rows"]:
         s, b = r["surrogate"], r["search_same_trials"]
-        rows.append([
-            r["history"], f"{r['cv_r2_acc_drop']:.2f}", f"{r.get('cv_kendall_tau_acc_drop', float('nan')):.2f}",
-            f"{100 * r['size_error']:.1f}%",
-            _ratio(s["best_ratio"]), f"{s['hypervolume']:.3f}", s["trials"], f"{s['wall_s']:.0f}",
-            _ratio(b["best_ratio"]), f"{b['hypervolume']:.3f}", b["trials"], f"{b['wall_s']:.0f}",
-        ])  # fmt: skip
+        rows.append(
+            [
+                r["history"],
+                f"{r['cv_r2_acc_drop']:.2f}",
+                f"{r.get('cv_kendall_tau_acc_drop', float('nan')):.2f}",
+                f"{100 * r['size_error']:.1f}%",
+                _ratio(s["best_ratio"]),
+                f"{s['hypervolume']:.3f}",
+                s["trials"],
+                f"{s['wall_s']:.0f}",
+                _ratio(b["best_ratio"]),
+                f"{b['hypervolume']:.3f}",
+                b["trials"],
+                f"{b['wall_s']:.0f}",
+            ]
+        )
     full = result["search_full"]
-    rows.append(["search, full budget", "", "", "", "", "", "", "", _ratio(full["best_ratio"]), f"{full['hypervolume']:.3f}",
-                 full["trials"], f"{full['wall_s']:.0f}"])  # fmt: skip
+    rows.append(
+        [
+            "search, full budget",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            _ratio(full["best_ratio"]),
+            f"{full['hypervolume']:.3f}",
+            full["trials"],
+            f"{full['wall_s']:.0f}",
+        ]
+    )
     return rows
 
 
-COMPARE_HEADER = ["history n", "CV R2 drop", "CV tau", "size err", "surrogate best", "HV", "trials", "wall s",
-                  "search best (n+k)", "HV", "trials", "wall s"]  # fmt: skip
+COMPARE_HEADER = [
+    "history n",
+    "CV R2 drop",
+    "CV tau",
+    "size err",
+    "surrogate best",
+    "HV",
+    "trials",
+    "wall s",
+    "search best (n+k)",
+    "HV",
+    "trials",
+    "wall s",
+]
 
 
 def compare_note(result: dict[str, Any]) -> str:
@@ -76,23 +112,36 @@ def compare_plotly(result: dict[str, Any]) -> Any:
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    for (label, n, best), symbol, size, where in zip(compare_series(result), ("circle", "square"), (14, 8),
-                                                     ("top center", "middle right")):  # fmt: skip
-        fig.add_trace(go.Scatter(
-            x=n, y=[b if b is not None else NONE_WITHIN for b in best], mode="lines+markers+text", name=label,
-            marker={"symbol": [symbol if b is not None else f"{symbol}-open" for b in best], "size": size},
-            text=["" if b is not None else _none_label(label) for b in best],
-            textposition=where,
-        ))  # fmt: skip
+    for (label, n, best), symbol, size, where in zip(
+        compare_series(result), ("circle", "square"), (14, 8), ("top center", "middle right")
+    ):
+        fig.add_trace(
+            go.Scatter(
+                x=n,
+                y=[b if b is not None else NONE_WITHIN for b in best],
+                mode="lines+markers+text",
+                name=label,
+                marker={
+                    "symbol": [symbol if b is not None else f"{symbol}-open" for b in best],
+                    "size": size,
+                },
+                text=["" if b is not None else _none_label(label) for b in best],
+                textposition=where,
+            )
+        )
     full = result["search_full"]["best_ratio"]
     if full is not None:
-        fig.add_hline(y=full, line_dash="dash",
-                      annotation_text=f"search, full budget ({result['search_full']['trials']} trials)")  # fmt: skip
+        fig.add_hline(
+            y=full,
+            line_dash="dash",
+            annotation_text=f"search, full budget ({result['search_full']['trials']} trials)",
+        )
     fig.update_layout(
         title=f"Best compression ratio within {result['max_acc_drop']} points (validation)",
-        xaxis_title="history size n (search trials the surrogate learned from)", yaxis_title="compression ratio",
+        xaxis_title="history size n (search trials the surrogate learned from)",
+        yaxis_title="compression ratio",
         xaxis={"tickmode": "array", "tickvals": [r["history"] for r in result["rows"]]},
-    )  # fmt: skip
+    )
     return fig
 
 
@@ -110,13 +159,31 @@ def compare_png(result: dict[str, Any], path: Path) -> Path:
         line = ax.plot(n, y, f"{marker}-", label=label, markersize=size)[0]
         for x, b in zip(n, best):
             if b is None:  # drawn hollow at 1x and said in words, each series on its own line
-                ax.plot([x], [NONE_WITHIN], marker, markerfacecolor="white", color=line.get_color(), markersize=size)
-                ax.annotate(_none_label(label), (x, NONE_WITHIN),
-                            textcoords="offset points", xytext=(0, 10 + 11 * i), ha="center", fontsize=7,
-                            color=line.get_color())  # fmt: skip
+                ax.plot(
+                    [x],
+                    [NONE_WITHIN],
+                    marker,
+                    markerfacecolor="white",
+                    color=line.get_color(),
+                    markersize=size,
+                )
+                ax.annotate(
+                    _none_label(label),
+                    (x, NONE_WITHIN),
+                    textcoords="offset points",
+                    xytext=(0, 10 + 11 * i),
+                    ha="center",
+                    fontsize=7,
+                    color=line.get_color(),
+                )
     full = result["search_full"]
     if full["best_ratio"] is not None:
-        ax.axhline(full["best_ratio"], linestyle="--", color="grey", label=f"search, full budget ({full['trials']} trials)")
+        ax.axhline(
+            full["best_ratio"],
+            linestyle="--",
+            color="grey",
+            label=f"search, full budget ({full['trials']} trials)",
+        )
     ax.set_xticks([r["history"] for r in result["rows"]])
     ax.set_xlabel("history size n (search trials the surrogate learned from)")
     ax.set_ylabel(f"best compression ratio, drop <= {result['max_acc_drop']} pt")
@@ -138,6 +205,9 @@ def publish(study: optuna.Study, result: dict[str, Any], budget: Budget) -> None
     from autoprune.workflow._study_figures import COMPARE_ATTR, summary_note
 
     save_plotly_graph_object(study, compare_plotly(result), graph_object_id="surrogate-compare")
-    rows = [{"trials": r["surrogate"]["trials"], "best_ratio": r["surrogate"]["best_ratio"]} for r in result["rows"]]
+    rows = [
+        {"trials": r["surrogate"]["trials"], "best_ratio": r["surrogate"]["best_ratio"]}
+        for r in result["rows"]
+    ]
     set_study_system_attr(study, COMPARE_ATTR, {"rows": rows, "note": compare_note(result)})
     save_note(study, summary_note(study, budget))

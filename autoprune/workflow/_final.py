@@ -22,7 +22,11 @@ from autoprune.search.spec import StudySpec, check_task
 from autoprune.search.stop import stop_requested
 from autoprune.search.storage import StorageInfo, open_storage, resolve_study_name, storage_errors
 
-RECIPE_ATTRS = ("recipe_name", "recipe", "recipe_params")  # what a baseline's re-run needs (the last two: older studies)
+RECIPE_ATTRS = (
+    "recipe_name",
+    "recipe",
+    "recipe_params",
+)  # what a baseline's re-run needs (the last two: older studies)
 
 
 def parents(study: optuna.Study, budget: Budget, k: int, slack: float = 0.0) -> list[FrozenTrial]:
@@ -31,15 +35,21 @@ def parents(study: optuna.Study, budget: Budget, k: int, slack: float = 0.0) -> 
     2: the best within 1, 2 and 3 points), so that the picks spread over the capped drops the
     full budget may bring back within, not all at the loosest; the knee of the (judged drop, log
     ratio) front; and every baseline; in trial order."""
-    done = [(t, r) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.user_attrs.get("source") != FINAL and (r := TrialRecord.from_attrs(t.user_attrs))]  # fmt: skip
+    done = [
+        (t, r)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.user_attrs.get("source") != FINAL and (r := TrialRecord.from_attrs(t.user_attrs))
+    ]
     searched = [(t, r) for t, r in done if r.source != "baseline"]
     value = study_goal(study)
     ranked = sorted(searched, key=lambda p: -value(p[1]))
     steps = [slack * i / (k - 1) for i in range(k)] if k > 1 else [slack]
     chosen: dict[int, FrozenTrial] = {}
     for step in steps:
-        pick = next((t for t, r in ranked if t.number not in chosen and budget.drop(r) <= budget.max_drop + step), None)
+        pick = next(
+            (t for t, r in ranked if t.number not in chosen and budget.drop(r) <= budget.max_drop + step),
+            None,
+        )
         if pick is not None:
             chosen[pick.number] = pick
     knee = _knee([(budget.drop(r), math.log(r.compression_ratio)) for _, r in searched])
@@ -63,18 +73,25 @@ def _knee(points: list[tuple[float, float]]) -> int | None:
     (x0, y0, _), (x1, y1, _) = scaled[0], scaled[-1]
     norm = math.hypot(x1 - x0, y1 - y0) or 1.0
     distance = {i: abs((y1 - y0) * x - (x1 - x0) * y + x1 * y0 - y1 * x0) / norm for x, y, i in scaled}
-    return max(distance, key=distance.get)
+    return max(distance, key=lambda i: distance[i])
 
 
 def enqueue_finals(study: optuna.Study, chosen: list[FrozenTrial]) -> int:
     """Queue a full-budget re-run of each chosen trial that has none yet (done, queued or running)."""
-    refined = {_parent(t) for t in study.get_trials(deepcopy=False)
-               if t.user_attrs.get("source") == FINAL and t.state != TrialState.FAIL}  # fmt: skip
+    refined = {
+        _parent(t)
+        for t in study.get_trials(deepcopy=False)
+        if t.user_attrs.get("source") == FINAL and t.state != TrialState.FAIL
+    }
     added = 0
     for t in chosen:
         if t.number in refined:
             continue
-        attrs = {"source": FINAL, "parent": t.number, **{k: t.user_attrs[k] for k in RECIPE_ATTRS if k in t.user_attrs}}
+        attrs = {
+            "source": FINAL,
+            "parent": t.number,
+            **{k: t.user_attrs[k] for k in RECIPE_ATTRS if k in t.user_attrs},
+        }
         study.enqueue_trial(t.params, user_attrs=attrs, skip_if_exists=False)
         added += 1
     return added
@@ -87,25 +104,40 @@ def _parent(t: FrozenTrial) -> int | None:
 
 
 def finalize(
-    spec: StudySpec, info: StorageInfo, *, k: int | None = None, progress: bool = True, task: str | None = None
+    spec: StudySpec,
+    info: StorageInfo,
+    *,
+    k: int | None = None,
+    progress: bool = True,
+    task: str | None = None,
 ) -> dict[str, Any]:
     """Run the final stage on the study ``spec`` names (which must exist), on the spec's
     device, and compare each finalized trial with the trial it refines."""
     with use_device(resolve_device(spec.study.device)), storage_errors(info):
-        storage = open_storage(info, create=False, heartbeat_interval=spec.study.heartbeat_interval,
-                               grace_period=spec.study.grace_period, timeout=spec.study.db_timeout)  # fmt: skip
+        storage = open_storage(
+            info,
+            create=False,
+            heartbeat_interval=spec.study.heartbeat_interval,
+            grace_period=spec.study.grace_period,
+            timeout=spec.study.db_timeout,
+        )
         name = resolve_study_name(storage, spec.study.name, info.where)
         study = optuna.load_study(study_name=name, storage=storage)
         budget = spec.study.budget
         chosen = parents(study, budget, k or spec.final.k, spec.final.slack)
         if not chosen:
-            raise AutoPruneError(f"study {name!r} has no completed trial to finalize; run 'autoprune search' first")
+            raise AutoPruneError(
+                f"study {name!r} has no completed trial to finalize; run 'autoprune search' first"
+            )
         check_task(study, task)
         inputs = load_inputs(spec, progress=progress, task=task)
         ctx = prepare(spec, study, storage, info, progress=progress, inputs=inputs)
         enqueue_finals(study, chosen)
         objective = Objective(ctx, sampler_name=FINAL)
-        while any(t.user_attrs.get("source") == FINAL for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))):
+        while any(
+            t.user_attrs.get("source") == FINAL
+            for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        ):
             if stop_requested():
                 raise KeyboardInterrupt
             study.optimize(objective, n_trials=1, gc_after_trial=False)
@@ -119,10 +151,22 @@ def final_summary(study: optuna.Study, budget: Budget) -> dict[str, Any]:
     for t in trials.values():
         if t.user_attrs.get("source") != FINAL or t.state != TrialState.COMPLETE:
             continue
-        parent = trials.get(_parent(t))
+        number = _parent(t)
+        parent = trials.get(number) if number is not None else None
         if parent is None:
             continue
-        rows.append({"kind": parent.user_attrs.get("recipe_name") or "search", "parent": trial_row(parent),
-                     "final": trial_row(t), "within": budget.judged(t.user_attrs) <= budget.max_drop})  # fmt: skip
-    return {"study": study.study_name, "metric": study_metric(study), "max_acc_drop": budget.max_drop, "z": budget.z,
-            "rows": sorted(rows, key=lambda r: r["parent"]["trial"])}  # fmt: skip
+        rows.append(
+            {
+                "kind": parent.user_attrs.get("recipe_name") or "search",
+                "parent": trial_row(parent),
+                "final": trial_row(t),
+                "within": budget.within(t.user_attrs),
+            }
+        )
+    return {
+        "study": study.study_name,
+        "metric": study_metric(study),
+        "max_acc_drop": budget.max_drop,
+        "z": budget.z,
+        "rows": sorted(rows, key=lambda r: r["parent"]["trial"]),
+    }

@@ -24,8 +24,15 @@ th{background:#f4f4f4}pre{background:#f7f7f7;padding:1em;overflow-x:auto}.figure
 code{background:#f2f2f2;padding:1px 4px}"""
 
 
-def write_report(study: optuna.Study, budget: Budget, out: Path, *, base: Any = None, artifacts: Path | None = None,
-                 png: Path | None = None) -> dict[str, Any]:  # fmt: skip
+def write_report(
+    study: optuna.Study,
+    budget: Budget,
+    out: Path,
+    *,
+    base: Any = None,
+    artifacts: Path | None = None,
+    png: Path | None = None,
+) -> dict[str, Any]:
     """Write the study's report to ``out`` (and its figures as PNGs into ``png``); returns what
     was written."""
     from plotly.offline import get_plotlyjs
@@ -44,13 +51,27 @@ def write_report(study: optuna.Study, budget: Budget, out: Path, *, base: Any = 
     ]
     for graph_id, fig in figures.items():
         parts.append(f"<div class='figure' id='{graph_id}'></div>")
-        parts.append(f"<script>(function(){{var f={fig.to_json()};Plotly.newPlot('{graph_id}',f.data,f.layout);}})();</script>")
+        parts.append(
+            f"<script>(function(){{var f={fig.to_json()};"
+            f"Plotly.newPlot('{graph_id}',f.data,f.layout);}})();</script>"
+        )
     spec = study.user_attrs.get("spec")
-    parts += ["<h2>Spec</h2>", f"<pre>{html.escape(json.dumps(spec, indent=2))}</pre>",
-              "<h2>Machine</h2>", f"<pre>{html.escape(machine(study))}</pre>", "</body></html>"]  # fmt: skip
+    parts += [
+        "<h2>Spec</h2>",
+        f"<pre>{html.escape(json.dumps(spec, indent=2))}</pre>",
+        "<h2>Machine</h2>",
+        f"<pre>{html.escape(machine(study))}</pre>",
+        "</body></html>",
+    ]
     out.write_text("\n".join(parts))
     pngs = [str(figure_png(fig, png / f"{graph_id}.png")) for graph_id, fig in figures.items()] if png else []
-    return {"study": study.study_name, "out": str(out), "bytes": out.stat().st_size, "figures": list(figures), "png": pngs}
+    return {
+        "study": study.study_name,
+        "out": str(out),
+        "bytes": out.stat().st_size,
+        "figures": list(figures),
+        "png": pngs,
+    }
 
 
 def machine(study: optuna.Study) -> str:
@@ -58,15 +79,22 @@ def machine(study: optuna.Study) -> str:
     report was made."""
     base = study.user_attrs.get("base")
     base = base if isinstance(base, dict) else {}
-    ran = f"search: latency timed with {base.get('threads')} threads on {base.get('backend')}" if base else "search: unknown"
-    here = (f"report: {platform.platform()}, {platform.machine()}, Python {platform.python_version()}, "
-            f"torch {torch.__version__}, optuna {optuna.__version__}")  # fmt: skip
+    ran = (
+        f"search: latency timed with {base.get('threads')} threads on {base.get('backend')}"
+        if base
+        else "search: unknown"
+    )
+    here = (
+        f"report: {platform.platform()}, {platform.machine()}, Python {platform.python_version()}, "
+        f"torch {torch.__version__}, optuna {optuna.__version__}"
+    )
     return f"{ran}\n{here}"
 
 
 def markdown_html(text: str) -> str:
     """The summary note's markdown (headings, tables, paragraphs, inline code) as HTML."""
-    out, table = [], []
+    out: list[str] = []
+    table: list[str] = []  # the lines of a markdown table
 
     def inline(s: str) -> str:
         s = html.escape(s)
@@ -76,10 +104,19 @@ def markdown_html(text: str) -> str:
 
     def flush() -> None:
         if table:
-            cells = [re.split(r"(?<!\\)\|", row.strip().removeprefix("|").removesuffix("|")) for row in table if "---" not in row]
+            cells = [
+                re.split(r"(?<!\\)\|", row.strip().removeprefix("|").removesuffix("|"))
+                for row in table
+                if "---" not in row
+            ]
             head, *rows = [[inline(c.strip()) for c in row] for row in cells]
-            out.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr>"
-                       + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows) + "</table>")  # fmt: skip
+            out.append(
+                "<table><tr>"
+                + "".join(f"<th>{c}</th>" for c in head)
+                + "</tr>"
+                + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+                + "</table>"
+            )
             table.clear()
 
     for line in text.splitlines():
@@ -129,9 +166,14 @@ def figure_png(fig: Any, path: Path) -> Path:
         x = [v for v in (trace.x or [])]
         y = [float("nan") if v is None else v for v in (trace.y or [])]
         mode = trace.mode or "markers"
-        symbol = trace.marker.symbol if trace.marker is not None and isinstance(trace.marker.symbol, str) else "circle"
-        color = (trace.marker.color if trace.marker is not None and isinstance(trace.marker.color, str) else None) or (
-            trace.line.color if trace.line is not None else None)
+        symbol = (
+            trace.marker.symbol
+            if trace.marker is not None and isinstance(trace.marker.symbol, str)
+            else "circle"
+        )
+        color = (
+            trace.marker.color if trace.marker is not None and isinstance(trace.marker.color, str) else None
+        ) or (trace.line.color if trace.line is not None else None)
         style = {"label": trace.name, "color": color}
         marker = _SYMBOLS.get(symbol.removesuffix("-open"), "o") if "markers" in mode else ""
         line = "--" if trace.line is not None and trace.line.dash in ("dash", "dot") else "-"

@@ -37,23 +37,41 @@ def search_spec(path: Path | None = None, **overrides: Any) -> tuple[StudySpec, 
 
 
 def search(
-    spec: StudySpec, info: StorageInfo, *, spec_dir: Path, jobs: int = 1, threads: int | None = None,
-    progress: bool = True, setup_only: bool = False, task: str | None = None,
-) -> dict[str, Any]:  # fmt: skip
+    spec: StudySpec,
+    info: StorageInfo,
+    *,
+    spec_dir: Path,
+    jobs: int = 1,
+    threads: int | None = None,
+    progress: bool = True,
+    setup_only: bool = False,
+    task: str | None = None,
+) -> dict[str, Any]:
     """Run (or resume) the search and summarise it; an interruption leaves every finished
     trial stored and says how many."""
     try:
         with storage_errors(info):
             publish = Publisher(spec.study.budget, artifacts=artifact_dir(info, spec.study.artifacts))
-            study = run_study(spec, info, jobs=jobs, threads=threads, progress=progress, spec_dir=spec_dir,
-                              setup_only=setup_only, on_trial=publish, task=task)  # fmt: skip
+            study = run_study(
+                spec,
+                info,
+                jobs=jobs,
+                threads=threads,
+                progress=progress,
+                spec_dir=spec_dir,
+                setup_only=setup_only,
+                on_trial=publish,
+                task=task,
+            )
             return search_summary(study, spec, info)
     except KeyboardInterrupt:
         try:
             study = optuna.load_study(study_name=spec.study.name, storage=open_storage(info))
         except KeyError:  # stopped in base training, before the study was made
-            raise Interrupted("interrupted before the first trial (no study stored yet); run the same command "
-                              "again to start") from None  # fmt: skip
+            raise Interrupted(
+                "interrupted before the first trial (no study stored yet); run the same command "
+                "again to start"
+            ) from None
         raise Interrupted(
             f"interrupted: {counts(study)[0]} of {spec.study.trials} trials finished and stored; "
             "run the same command again to resume"

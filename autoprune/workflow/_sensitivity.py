@@ -34,8 +34,14 @@ def study_sensitivity(view: Any, *, progress: bool = False) -> tuple[Sensitivity
     return result, cached
 
 
-def zero_shot(view: Any, scales: list[float], *, max_acc_drop: float | None = None, minimise: str | None = None,
-              progress: bool = False) -> tuple[list[SensitivityProposal], list[float]]:  # fmt: skip
+def zero_shot(
+    view: Any,
+    scales: list[float],
+    *,
+    max_acc_drop: float | None = None,
+    minimise: str | None = None,
+    progress: bool = False,
+) -> tuple[list[SensitivityProposal], list[float]]:
     """Proposals before any trial (:mod:`autoprune.search.propose`) for the study's base and
     space, one per budget: ``scales`` x the budget (the study's unless ``max_acc_drop``);
     returns them and the budgets."""
@@ -45,18 +51,25 @@ def zero_shot(view: Any, scales: list[float], *, max_acc_drop: float | None = No
     return allocator.propose(budgets, minimise=minimise or view.spec.study.allocation_cost), budgets
 
 
-def sensitivity_rows(s: Sensitivity, ratios: tuple[float, ...] = (0.3, 0.5, 0.7, 0.9),
-                     qualities: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)) -> list[dict[str, Any]]:  # fmt: skip
+def sensitivity_rows(
+    s: Sensitivity,
+    ratios: tuple[float, ...] = (0.3, 0.5, 0.7, 0.9),
+    qualities: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0),
+) -> list[dict[str, Any]]:
     """Per layer: its size and the accuracy lost at a few points of each curve."""
     return [
         {
-            "layer": layer.layer, "kind": layer.kind, "params": layer.params,
+            "layer": layer.layer,
+            "kind": layer.kind,
+            "params": layer.params,
             "filters": len(layer.norms) if layer.filters else None,
-            "ratio_drop": {r: round(s.drop_at_ratio(layer.layer, r), 2) for r in ratios} if layer.filters else None,
+            "ratio_drop": {r: round(s.drop_at_ratio(layer.layer, r), 2) for r in ratios}
+            if layer.filters
+            else None,
             "quality_drop": {q: round(s.drop_at_quality(layer.layer, q), 2) for q in qualities},
         }
         for layer in s.layers
-    ]  # fmt: skip
+    ]
 
 
 def sensitivity_plotly(s: Sensitivity) -> Any:
@@ -65,23 +78,47 @@ def sensitivity_plotly(s: Sensitivity) -> Any:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("filters removed (L1, lowest first)",
-                                                        "single weights pruned (threshold = quality x std)"))  # fmt: skip
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=(
+            "filters removed (L1, lowest first)",
+            "single weights pruned (threshold = quality x std)",
+        ),
+    )
     for i, layer in enumerate(s.layers):
         color = _COLORS[i % len(_COLORS)]
         if layer.filters:
-            fig.add_trace(go.Scatter(
-                x=[0.0, *s.ratios], y=[0.0, *(s.base_accuracy - a for a in layer.ratio_acc)], mode="lines+markers",
-                name=layer.layer, legendgroup=layer.layer, line={"color": color},
-                hovertemplate=f"{layer.layer}: %{{x:.0%}} of filters, drop %{{y:.2f}} pt<extra></extra>",
-            ), row=1, col=1)  # fmt: skip
-        fig.add_trace(go.Scatter(
-            x=[0.0, *s.qualities], y=[0.0, *(s.base_accuracy - a for a in layer.quality_acc)], mode="lines+markers",
-            name=layer.layer, legendgroup=layer.layer, showlegend=not layer.filters, line={"color": color},
-            customdata=[0.0, *layer.quality_sparsity],
-            hovertemplate=f"{layer.layer}: quality %{{x}}, %{{customdata:.0%}} of weights zeroed, drop %{{y:.2f}} pt"
-                          "<extra></extra>",
-        ), row=1, col=2)  # fmt: skip
+            fig.add_trace(
+                go.Scatter(
+                    x=[0.0, *s.ratios],
+                    y=[0.0, *(s.base_accuracy - a for a in layer.ratio_acc)],
+                    mode="lines+markers",
+                    name=layer.layer,
+                    legendgroup=layer.layer,
+                    line={"color": color},
+                    hovertemplate=f"{layer.layer}: %{{x:.0%}} of filters, drop %{{y:.2f}} pt<extra></extra>",
+                ),
+                row=1,
+                col=1,
+            )
+        fig.add_trace(
+            go.Scatter(
+                x=[0.0, *s.qualities],
+                y=[0.0, *(s.base_accuracy - a for a in layer.quality_acc)],
+                mode="lines+markers",
+                name=layer.layer,
+                legendgroup=layer.layer,
+                showlegend=not layer.filters,
+                line={"color": color},
+                customdata=[0.0, *layer.quality_sparsity],
+                hovertemplate=f"{layer.layer}: quality %{{x}}, %{{customdata:.0%}} of weights zeroed, "
+                "drop %{y:.2f} pt"
+                "<extra></extra>",
+            ),
+            row=1,
+            col=2,
+        )
     fig.update_xaxes(title_text="share of the layer's filters removed", tickformat=".0%", row=1, col=1)
     fig.update_xaxes(title_text="magnitude quality", row=1, col=2)
     fig.update_yaxes(title_text="validation accuracy drop (points), no fine-tuning", row=1, col=1)
@@ -99,20 +136,49 @@ def norms_plotly(s: Sensitivity, removed: dict[str, int] | None = None) -> Any:
         color = _COLORS[i % len(_COLORS)]
         n = len(layer.norms)
         rank = [j / max(n - 1, 1) for j in range(n)]
-        fig.add_trace(go.Scatter(x=rank, y=list(layer.norms), mode="lines", name=layer.layer, line={"color": color},
-                                 hovertemplate=f"{layer.layer}: filter %{{x:.0%}} by norm, %{{y:.3f}} of the largest"
-                                 "<extra></extra>"))  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=rank,
+                y=list(layer.norms),
+                mode="lines",
+                name=layer.layer,
+                line={"color": color},
+                hovertemplate=f"{layer.layer}: filter %{{x:.0%}} by norm, %{{y:.3f}} of the largest"
+                "<extra></extra>",
+            )
+        )
         cut = (removed or {}).get(layer.layer, 0)
         if cut:
-            fig.add_trace(go.Scatter(x=rank[n - cut:], y=list(layer.norms[n - cut:]), mode="markers",
-                                     name=f"{layer.layer}: removed ({cut})", marker={"color": color, "symbol": "x"}))  # fmt: skip
-    fig.update_layout(title="Filter L1 norms per conv layer, sorted (the seed paper's Figure 1)",
-                      xaxis_title="filters, largest norm first (share of the layer)", xaxis_tickformat=".0%",
-                      yaxis_title="L1 norm / the layer's largest")  # fmt: skip
+            fig.add_trace(
+                go.Scatter(
+                    x=rank[n - cut :],
+                    y=list(layer.norms[n - cut :]),
+                    mode="markers",
+                    name=f"{layer.layer}: removed ({cut})",
+                    marker={"color": color, "symbol": "x"},
+                )
+            )
+    fig.update_layout(
+        title="Filter L1 norms per conv layer, sorted (the seed paper's Figure 1)",
+        xaxis_title="filters, largest norm first (share of the layer)",
+        xaxis_tickformat=".0%",
+        yaxis_title="L1 norm / the layer's largest",
+    )
     return fig
 
 
-_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+_COLORS = [
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+]
 
 
 def publish_sensitivity(study: optuna.Study, s: Sensitivity) -> None:
@@ -138,15 +204,33 @@ def sensitivity_png(s: Sensitivity, path: Path, title: str = "") -> Path:
             n = len(layer.norms)
             axes[0].plot([j / max(n - 1, 1) for j in range(n)], layer.norms, color=color, label=layer.layer)
         if layer.filters:
-            axes[1].plot([0.0, *s.ratios], [0.0, *(s.base_accuracy - a for a in layer.ratio_acc)], "o-",
-                         color=color, label=layer.layer)  # fmt: skip
-        axes[2].plot([0.0, *s.qualities], [0.0, *(s.base_accuracy - a for a in layer.quality_acc)], "o-",
-                     color=color, label=layer.layer)  # fmt: skip
-    axes[0].set(xlabel="filters, largest L1 norm first (share)", ylabel="L1 norm / largest", title="filter norms")
-    axes[1].set(xlabel="share of the layer's filters removed", ylabel="validation drop (points), no fine-tuning",
-                title="filter pruning, one layer at a time")  # fmt: skip
-    axes[2].set(xlabel="magnitude quality (threshold / std)", ylabel="validation drop (points), no fine-tuning",
-                title="magnitude pruning, one layer at a time")  # fmt: skip
+            axes[1].plot(
+                [0.0, *s.ratios],
+                [0.0, *(s.base_accuracy - a for a in layer.ratio_acc)],
+                "o-",
+                color=color,
+                label=layer.layer,
+            )
+        axes[2].plot(
+            [0.0, *s.qualities],
+            [0.0, *(s.base_accuracy - a for a in layer.quality_acc)],
+            "o-",
+            color=color,
+            label=layer.layer,
+        )
+    axes[0].set(
+        xlabel="filters, largest L1 norm first (share)", ylabel="L1 norm / largest", title="filter norms"
+    )
+    axes[1].set(
+        xlabel="share of the layer's filters removed",
+        ylabel="validation drop (points), no fine-tuning",
+        title="filter pruning, one layer at a time",
+    )
+    axes[2].set(
+        xlabel="magnitude quality (threshold / std)",
+        ylabel="validation drop (points), no fine-tuning",
+        title="magnitude pruning, one layer at a time",
+    )
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
@@ -33,8 +34,12 @@ from autoprune.sensitivity import row_norms
 from autoprune.workflow._sensitivity import norms_plotly, sensitivity_plotly, stored_sensitivity
 
 SEARCH, BASELINE = "search", "baseline"
-STYLE = {SEARCH: ("circle", "#1f77b4"), BASELINE: ("diamond", "#d62728"), FINAL: ("star", "#2ca02c"),
-         "surrogate": ("triangle-up", "#9467bd")}  # fmt: skip
+STYLE = {
+    SEARCH: ("circle", "#1f77b4"),
+    BASELINE: ("diamond", "#d62728"),
+    FINAL: ("star", "#2ca02c"),
+    "surrogate": ("triangle-up", "#9467bd"),
+}
 
 
 @dataclass
@@ -56,8 +61,11 @@ class Done:
 
 
 def completed(study: optuna.Study) -> list[Done]:
-    return [Done(t, r) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if (r := TrialRecord.from_attrs(t.user_attrs)) is not None]  # fmt: skip
+    return [
+        Done(t, r)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if (r := TrialRecord.from_attrs(t.user_attrs)) is not None
+    ]
 
 
 def settings_text(t: FrozenTrial, width: int = 4) -> str:
@@ -82,39 +90,79 @@ def tradeoff_figure(study: optuna.Study, budget: Budget, *, latency: bool = Fals
         mine = [d for d in done if d.kind == kind and x_of(d) and math.isfinite(x_of(d))]
         if not mine:
             continue
-        hover = [f"{d.label}<br>ratio {d.record.compression_ratio:.1f}x, speed-up {d.record.speedup:.2f}x<br>"
-                 f"drop {d.record.acc_drop:+.2f} val, {_num(d.record.test_acc_drop)} test<br>{settings_text(d.trial)}"
-                 for d in mine]  # fmt: skip
-        fig.add_trace(go.Scatter(x=[x_of(d) for d in mine], y=[budget.drop(d.record) for d in mine], mode="markers",
-                                 name=f"{kind}: validation", marker={"symbol": symbol, "color": color, "size": 9},
-                                 hovertext=hover, hoverinfo="text"))  # fmt: skip
+        hover = [
+            f"{d.label}<br>ratio {d.record.compression_ratio:.1f}x, speed-up {d.record.speedup:.2f}x<br>"
+            f"drop {d.record.acc_drop:+.2f} val, {_num(d.record.test_acc_drop)} "
+            f"test<br>{settings_text(d.trial)}"
+            for d in mine
+        ]
+        fig.add_trace(
+            go.Scatter(
+                x=[x_of(d) for d in mine],
+                y=[budget.drop(d.record) for d in mine],
+                mode="markers",
+                name=f"{kind}: validation",
+                marker={"symbol": symbol, "color": color, "size": 9},
+                hovertext=hover,
+                hoverinfo="text",
+            )
+        )
         tested = [d for d in mine if d.record.test_acc_drop is not None]
-        fig.add_trace(go.Scatter(x=[x_of(d) for d in tested], y=[d.record.test_acc_drop for d in tested],
-                                 mode="markers", name=f"{kind}: test (reported only)",
-                                 marker={"symbol": f"{symbol}-open", "color": color, "size": 9},
-                                 hovertext=[hover[mine.index(d)] for d in tested], hoverinfo="text"))  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=[x_of(d) for d in tested],
+                y=[d.record.test_acc_drop for d in tested],
+                mode="markers",
+                name=f"{kind}: test (reported only)",
+                marker={"symbol": f"{symbol}-open", "color": color, "size": 9},
+                hovertext=[hover[mine.index(d)] for d in tested],
+                hoverinfo="text",
+            )
+        )
     searched = [d for d in done if d.kind == SEARCH and x_of(d) and math.isfinite(x_of(d))]
     if searched:
         points = [(budget.drop(d.record), x_of(d)) for d in searched]
-        front = sorted((p for p, keep in zip(points, non_dominated(points, (False, True))) if keep), key=lambda p: p[1])
-        fig.add_trace(go.Scatter(x=[p[1] for p in front], y=[p[0] for p in front], mode="lines",
-                                 name="search: front (validation)", line={"color": STYLE[SEARCH][1], "dash": "dot"},
-                                 hoverinfo="skip"))  # fmt: skip
+        front = sorted(
+            (p for p, keep in zip(points, non_dominated(points, (False, True))) if keep), key=lambda p: p[1]
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=[p[1] for p in front],
+                y=[p[0] for p in front],
+                mode="lines",
+                name="search: front (validation)",
+                line={"color": STYLE[SEARCH][1], "dash": "dot"},
+                hoverinfo="skip",
+            )
+        )
     rule = " (its upper bound)" if budget.z else ""
-    fig.add_hline(y=budget.max_drop, line_dash="dash", line_color="grey",
-                  annotation_text=f"budget: {budget.max_drop} points{rule}")  # fmt: skip
+    fig.add_hline(
+        y=budget.max_drop,
+        line_dash="dash",
+        line_color="grey",
+        annotation_text=f"budget: {budget.max_drop} points{rule}",
+    )
     drops = [y for trace in fig.data for y in trace.y if y is not None]
     top = max(5 * budget.max_drop, 5.0)
     above = sum(1 for d in done if budget.drop(d.record) > top)
     if drops and max(drops) > top:  # collapsed trials (drops of 80 points) would flatten the budget's region
         fig.update_yaxes(range=[min(min(drops), 0.0) - 0.5, top])
-        fig.add_annotation(text=f"{above} trials lie above {top:g} points (zoom out to see them)", xref="paper",
-                           yref="paper", x=1, y=1, showarrow=False, xanchor="right")  # fmt: skip
+        fig.add_annotation(
+            text=f"{above} trials lie above {top:g} points (zoom out to see them)",
+            xref="paper",
+            yref="paper",
+            x=1,
+            y=1,
+            showarrow=False,
+            xanchor="right",
+        )
     what = "measured speed-up at batch 1" if latency else "compression ratio (base fp32 bytes / packed bytes)"
     metric = study_metric(study)
-    fig.update_layout(title=("Speed-up" if latency else "Compression") + f" against {metric} drop, every trial",
-                      xaxis={"type": "log", "title": what + ", log scale"},
-                      yaxis={"title": f"{metric} drop, points (validation as judged{rule}; test open)"})  # fmt: skip
+    fig.update_layout(
+        title=("Speed-up" if latency else "Compression") + f" against {metric} drop, every trial",
+        xaxis={"type": "log", "title": what + ", log scale"},
+        yaxis={"title": f"{metric} drop, points (validation as judged{rule}; test open)"},
+    )
     return fig
 
 
@@ -142,8 +190,17 @@ def bytes_figure(study: optuna.Study, budget: Budget, artifacts: Path | None) ->
     import plotly.graph_objects as go
 
     best = best_trial(study, budget)
-    chosen = [d for d in completed(study) if d.kind == BASELINE or (best is not None and d.trial.number == best.number)]
-    parts: dict[str, list[tuple[str, float]]] = {"cluster indices": [], "positions": [], "codebook": [], "float32": []}
+    chosen = [
+        d
+        for d in completed(study)
+        if d.kind == BASELINE or (best is not None and d.trial.number == best.number)
+    ]
+    parts: dict[str, list[tuple[str, float]]] = {
+        "cluster indices": [],
+        "positions": [],
+        "codebook": [],
+        "float32": [],
+    }
     labels: list[str] = []
     for d in chosen:
         path = packed_path(d.trial, artifacts)
@@ -163,33 +220,57 @@ def bytes_figure(study: optuna.Study, budget: Budget, artifacts: Path | None) ->
     if not labels:
         return None
     fig = go.Figure([go.Bar(x=[x for x, _ in v], y=[b for _, b in v], name=k) for k, v in parts.items()])
-    fig.update_layout(barmode="stack", title="Where the bytes went, per layer (best within the budget, and the baselines)",
-                      yaxis_title="bytes in the packed file", xaxis_title="trial: layer", xaxis_tickangle=-45)  # fmt: skip
+    fig.update_layout(
+        barmode="stack",
+        title="Where the bytes went, per layer (best within the budget, and the baselines)",
+        yaxis_title="bytes in the packed file",
+        xaxis_title="trial: layer",
+        xaxis_tickangle=-45,
+    )
     return fig
 
 
 def _raw_bytes(header: dict[str, Any], layer: str) -> float:
     """Bytes of a layer's tensors stored as plain numbers (bias, batch norm)."""
-    return float(sum(e["data"][1] for e in header["tensors"]
-                     if e["encoding"] == "raw" and e["name"].rsplit(".", 1)[0] == layer))  # fmt: skip
+    return float(
+        sum(
+            e["data"][1]
+            for e in header["tensors"]
+            if e["encoding"] == "raw" and e["name"].rsplit(".", 1)[0] == layer
+        )
+    )
 
 
 # ----------------------------------------------------------------------------- norms
 
 
-def norms_figure(study: optuna.Study, budget: Budget, base: nn.Module | None, artifacts: Path | None) -> Any | None:
+def norms_figure(
+    study: optuna.Study, budget: Budget, base: nn.Module | None, artifacts: Path | None
+) -> Any | None:
     """Each conv layer's sorted filter L1 norms (the seed's Figure 1), the filters the best
     trial removed marked: from the stored sensitivity analysis, else from the base model."""
     sensitivity = stored_sensitivity(study)
     if sensitivity is None and base is None:
         return None
     if sensitivity is None:
+        assert base is not None
         from autoprune.compress import weight_layers
         from autoprune.sensitivity import LayerSensitivity, Sensitivity
 
-        layers = tuple(LayerSensitivity(n, "conv" if isinstance(m, nn.Conv2d) else "fc", m.weight.numel(), 0.0,
-                                        tuple(float(v) for v in row_norms(m.weight)), False, (), (), ())
-                       for n, m in weight_layers(base).items())  # fmt: skip
+        layers = tuple(
+            LayerSensitivity(
+                n,
+                "conv" if isinstance(m, nn.Conv2d) else "fc",
+                m.weight.numel(),
+                0.0,
+                tuple(float(v) for v in row_norms(m.weight)),
+                False,
+                (),
+                (),
+                (),
+            )
+            for n, m in weight_layers(base).items()
+        )
         sensitivity = Sensitivity(0.0, layers)
     removed = {}
     best = best_trial(study, budget)
@@ -202,8 +283,10 @@ def norms_figure(study: optuna.Study, budget: Budget, base: nn.Module | None, ar
                 removed[layer.layer] = max(len(layer.norms) - kept, 0)
     fig = norms_plotly(sensitivity, removed)
     if best is not None:
-        fig.update_layout(title=f"Filter L1 norms per conv layer, sorted; x: filters trial #{best.number} "
-                                "(best within the budget) removed")  # fmt: skip
+        fig.update_layout(
+            title=f"Filter L1 norms per conv layer, sorted; x: filters trial #{best.number} "
+            "(best within the budget) removed"
+        )
     return fig
 
 
@@ -223,21 +306,36 @@ def progress_figure(study: optuna.Study, budget: Budget, compare: dict[str, Any]
             best = value(d.record) if best is None else max(best, value(d.record))
         curve.append(best)
     # until a trial is within the budget the best is no compression at all: drawn at 1x, hollow
-    fig = go.Figure(go.Scatter(
-        x=list(range(1, len(curve) + 1)), y=[c if c is not None else 1.0 for c in curve], mode="lines+markers",
-        name="search: best within the budget so far",
-        marker={"symbol": ["circle" if c is not None else "circle-open" for c in curve]},
-        hovertext=[f"{c:.2f}" if c is not None else "none within the budget yet" for c in curve], hoverinfo="text",
-    ))  # fmt: skip
+    fig = go.Figure(
+        go.Scatter(
+            x=list(range(1, len(curve) + 1)),
+            y=[c if c is not None else 1.0 for c in curve],
+            mode="lines+markers",
+            name="search: best within the budget so far",
+            marker={"symbol": ["circle" if c is not None else "circle-open" for c in curve]},
+            hovertext=[f"{c:.2f}" if c is not None else "none within the budget yet" for c in curve],
+            hoverinfo="text",
+        )
+    )
     if compare:  # stored data: only numbers are drawn
-        rows = [r for r in compare.get("rows", []) if isinstance(r, dict) and isinstance(r.get("trials"), int)]
-        fig.add_trace(go.Scatter(x=[r["trials"] for r in rows],
-                                 y=[r["best_ratio"] if isinstance(r.get("best_ratio"), (int, float)) else None for r in rows],
-                                 mode="markers+lines", name="surrogate: n history + k proposals",
-                                 marker={"symbol": "triangle-up", "size": 11}))  # fmt: skip
-    fig.update_layout(title=f"Search progress: best within {budget.max_drop} points (validation, as judged)",
-                      xaxis_title="finished search trials", yaxis_title="best compression ratio (speed-up in a latency study)",
-                      xaxis={"dtick": max(1, len(curve) // 10)})  # fmt: skip
+        rows = [
+            r for r in compare.get("rows", []) if isinstance(r, dict) and isinstance(r.get("trials"), int)
+        ]
+        fig.add_trace(
+            go.Scatter(
+                x=[r["trials"] for r in rows],
+                y=[r["best_ratio"] if isinstance(r.get("best_ratio"), (int, float)) else None for r in rows],
+                mode="markers+lines",
+                name="surrogate: n history + k proposals",
+                marker={"symbol": "triangle-up", "size": 11},
+            )
+        )
+    fig.update_layout(
+        title=f"Search progress: best within {budget.max_drop} points (validation, as judged)",
+        xaxis_title="finished search trials",
+        yaxis_title="best compression ratio (speed-up in a latency study)",
+        xaxis={"dtick": max(1, len(curve) // 10)},
+    )
     return fig
 
 
@@ -254,20 +352,33 @@ def summary_note(study: optuna.Study, budget: Budget) -> str:
     lines = [f"## autoprune: {md_text(study.study_name)}", ""]
     metric = md_text(study_metric(study))
     if base:
-        lines += [f"Base: {_fmt(base.get('accuracy'), '.2f')} validation {metric}, {_fmt(base.get('test_accuracy'), '.2f')} "
-                  f"test, {_fmt(base.get('dense_bytes'), '.1f', scale=1 / 1024)} KB fp32, {_fmt(base.get('latency_ms'), '.3f')} ms.", ""]  # fmt: skip
+        lines += [
+            f"Base: {_fmt(base.get('accuracy'), '.2f')} validation {metric}, "
+            f"{_fmt(base.get('test_accuracy'), '.2f')} "
+            f"test, {_fmt(base.get('dense_bytes'), '.1f', scale=1 / 1024)} KB fp32, "
+            f"{_fmt(base.get('latency_ms'), '.3f')} ms.",
+            "",
+        ]
     rule = f" (judged on its {budget.z:.2f}-sigma upper bound)" if budget.z else ""
-    lines += [f"Budget: {budget.max_drop} points of validation {metric}{rule}; test is reported, never selected on.", "",
-              "| trial | what | ratio | val drop | test drop | speed-up |", "|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        f"Budget: {budget.max_drop} points of validation {metric}{rule}; test is reported, never selected "
+        "on.",
+        "",
+        "| trial | what | ratio | val drop | test drop | speed-up |",
+        "|---|---|---|---|---|---|",
+    ]
     front = _front(done, budget)
     shown = [d for d in done if d.kind in (BASELINE, FINAL)] + front[:8]
     if best is not None and all(d.trial.number != best.number for d in shown):
         shown += [d for d in done if d.trial.number == best.number]
     for d in sorted({d.trial.number: d for d in shown}.values(), key=lambda d: d.trial.number):
         what = ("**best** " if best is not None and d.trial.number == best.number else "") + (
-            md_text(d.trial.user_attrs.get("recipe_name") or d.kind))
-        lines.append(f"| {d.trial.number} | {what} | {d.record.compression_ratio:.1f}x | {d.record.acc_drop:+.2f} | "
-                     f"{_num(d.record.test_acc_drop)} | {d.record.speedup:.2f}x |")  # fmt: skip
+            md_text(d.trial.user_attrs.get("recipe_name") or d.kind)
+        )
+        lines.append(
+            f"| {d.trial.number} | {what} | {d.record.compression_ratio:.1f}x | {d.record.acc_drop:+.2f} | "
+            f"{_num(d.record.test_acc_drop)} | {d.record.speedup:.2f}x |"
+        )
     lines.append("")
     if best is not None:
         name = study.study_name if not bad_study_name(study.study_name) else "NAME"
@@ -275,7 +386,9 @@ def summary_note(study: optuna.Study, budget: Budget) -> str:
     else:
         lines.append(f"No trial is within {budget.max_drop} points yet.")
     compare = study_system_attr(study, COMPARE_ATTR)
-    if isinstance(compare, dict) and isinstance(compare.get("note"), str):  # our markdown, but stored: no HTML
+    if isinstance(compare, dict) and isinstance(
+        compare.get("note"), str
+    ):  # our markdown, but stored: no HTML
         lines += ["", re.sub(r"([<>&])", r"\\\1", compare["note"][:20_000])]
     return "\n".join(lines)
 
@@ -292,14 +405,15 @@ def md_text(value: object, limit: int = 80) -> str:
 
 def _fmt(value: object, spec: str, scale: float = 1.0) -> str:
     """A stored number (times ``scale``) as text; '?' when what is stored is not a number."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return format(value * scale, spec) if ok else "?"
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return "?"
+    return format(value * scale, spec)
 
 
 def _front(done: list[Done], budget: Budget) -> list[Done]:
     searched = [d for d in done if d.kind == SEARCH]
     points = [(budget.drop(d.record), d.record.compression_ratio) for d in searched]
-    keep = non_dominated(points, (False, True)) if points else []
+    keep = non_dominated(points, (False, True)) if points else np.zeros(0, dtype=bool)
     return sorted((d for d, k in zip(searched, keep) if k), key=lambda d: budget.drop(d.record))
 
 
@@ -309,16 +423,19 @@ def _front(done: list[Done], budget: Budget) -> list[Done]:
 COMPARE_ATTR = "autoprune:compare"  # the last surrogate comparison's rows, for the progress figure
 
 
-def study_figures(study: optuna.Study, budget: Budget, *, base: nn.Module | None = None,
-                  artifacts: Path | None = None) -> dict[str, Any]:  # fmt: skip
+def study_figures(
+    study: optuna.Study, budget: Budget, *, base: nn.Module | None = None, artifacts: Path | None = None
+) -> dict[str, Any]:
     """Every autoprune figure the study can show now, by graph id."""
     compare = study_system_attr(study, COMPARE_ATTR)
     objectives = study.user_attrs.get("objectives") or []
     figures: dict[str, Any] = {"trade-off": tradeoff_figure(study, budget)}
     if "latency_ms" in objectives:
         figures["trade-off-latency"] = tradeoff_figure(study, budget, latency=True)
-    for name, make in (("bytes", lambda: bytes_figure(study, budget, artifacts)),
-                       ("l1-norms", lambda: norms_figure(study, budget, base, artifacts))):  # fmt: skip
+    for name, make in (
+        ("bytes", lambda: bytes_figure(study, budget, artifacts)),
+        ("l1-norms", lambda: norms_figure(study, budget, base, artifacts)),
+    ):
         fig = make()
         if fig is not None:
             figures[name] = fig
@@ -358,7 +475,7 @@ class Publisher:
         try:
             publish_study(study, self.budget, base=context.base, artifacts=self.artifacts)
         except Exception as e:  # noqa: BLE001  a figure is never worth a search: said, and the search goes on
-            logging.getLogger(__name__).warning("the study's figures were not updated: %s: %s", type(e).__name__, e)
+            logging.getLogger(__name__).warning(
+                "the study's figures were not updated: %s: %s", type(e).__name__, e
+            )
         self.last, self.count = time.monotonic(), count
-
-

@@ -6,8 +6,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import optuna
@@ -91,9 +92,14 @@ def open_view(
     if not isinstance(study.user_attrs.get("spec"), dict):
         raise SurrogateError(f"study {name!r} was not made by autoprune search (no spec in its attributes)")
     spec = trusted_spec(
-        study.user_attrs["spec"], study=name, storage=info.url, model=model, checkpoint=checkpoint,
-        data_dir=data_dir, artifacts=artifacts,
-    )  # fmt: skip
+        study.user_attrs["spec"],
+        study=name,
+        storage=info.url,
+        model=model,
+        checkpoint=checkpoint,
+        data_dir=data_dir,
+        artifacts=artifacts,
+    )
     check_task(study, task)
     inputs = load_inputs(spec, progress=progress, cached_only=read_only, task=task)
     ctx = prepare(spec, study, storage, info, progress=progress, read_only=read_only, inputs=inputs)
@@ -115,30 +121,41 @@ def open_sources(sources: Sequence[str], default_url: str, *, progress: bool = F
 def search_trials(study: optuna.Study) -> list[FrozenTrial]:
     """The search's own finished trials in order (not the surrogate's proposals)."""
     return [
-        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
         if t.user_attrs.get("source") not in ("surrogate", "final")
-    ]  # fmt: skip
+    ]
 
 
-def history(view: StudyView, trials: Sequence[FrozenTrial] | None = None, sources: Sequence[StudyView] = ()) -> History:
+def history(
+    view: StudyView, trials: Sequence[FrozenTrial] | None = None, sources: Sequence[StudyView] = ()
+) -> History:
     """The study's usable trials (``trials``: these only) and every source study's, each judged
     by its own study's rule, as one history."""
     own = trials if trials is not None else view.study.get_trials(deepcopy=False)
     parts = [history_from_trials(own, view.model, view.budget, stored_recipes(view.study))]
-    parts += [history_from_trials(s.study.get_trials(deepcopy=False), s.model, s.budget, stored_recipes(s.study))
-              for s in sources]  # fmt: skip
+    parts += [
+        history_from_trials(s.study.get_trials(deepcopy=False), s.model, s.budget, stored_recipes(s.study))
+        for s in sources
+    ]
     return History.join(parts)
 
 
 def fit(
-    view: StudyView, trials: Sequence[FrozenTrial] | None = None, *, seed: int = 0, sources: Sequence[StudyView] = ()
+    view: StudyView,
+    trials: Sequence[FrozenTrial] | None = None,
+    *,
+    seed: int = 0,
+    sources: Sequence[StudyView] = (),
 ) -> tuple[Surrogate, History]:
     """The surrogate fitted on the study's history and its sources', with its cross-validated error."""
     joined = history(view, trials, sources)
     return Surrogate(seed=seed, latency=view.latency).fit(joined), joined
 
 
-def propose_for(view: StudyView, surrogate: Surrogate, history: History, config: ProposeConfig) -> list[Proposal]:
+def propose_for(
+    view: StudyView, surrogate: Surrogate, history: History, config: ProposeConfig
+) -> list[Proposal]:
     """Proposals in the study's own space, on its own network; searched around its best trials
     when it has any."""
     near = anchors(history, view.model.name, config.max_acc_drop)
@@ -166,9 +183,14 @@ def enqueue(study: optuna.Study, proposals: Sequence[Proposal], **attrs: Any) ->
 
 
 def _summary(trials: Sequence[FrozenTrial], budget: Budget) -> dict[str, Any]:
-    done = [(t, r) for t in trials
-            if t.state == TrialState.COMPLETE and (r := TrialRecord.from_attrs(t.user_attrs)) is not None]  # fmt: skip
-    i = best_within([r.compression_ratio for _, r in done], [budget.drop(r) for _, r in done], budget.max_drop)
+    done = [
+        (t, r)
+        for t in trials
+        if t.state == TrialState.COMPLETE and (r := TrialRecord.from_attrs(t.user_attrs)) is not None
+    ]
+    i = best_within(
+        [r.compression_ratio for _, r in done], [budget.drop(r) for _, r in done], budget.max_drop
+    )
     best, rec = done[i] if i is not None else (None, None)
     return {
         "trials": len(trials),
@@ -240,16 +262,22 @@ def size_error(history: History) -> float:
 
 
 def _compare_row(
-    n: int, k: int, surrogate: Surrogate, history: History, own: Sequence[FrozenTrial], evaluated: list[FrozenTrial],
-    budget: Budget, model_s: float,
-) -> dict[str, Any]:  # fmt: skip
+    n: int,
+    k: int,
+    surrogate: Surrogate,
+    history: History,
+    own: Sequence[FrozenTrial],
+    evaluated: list[FrozenTrial],
+    budget: Budget,
+    model_s: float,
+) -> dict[str, Any]:
     """The surrogate (n history trials + its proposals) beside the search after as many trials."""
     mine = _summary(evaluated, budget)
     before = _summary(own[:n], budget)
     proposals = [
         {key: t.user_attrs.get(attr) for key, attr in PROPOSAL_FIELDS.items()} | {"trial": t.number}
         for t in evaluated
-    ]  # fmt: skip
+    ]
     return {
         "history": n,
         "k": k,
@@ -286,7 +314,9 @@ def _side_spec(view: StudyView) -> StudySpec:
 
 def _side_study(view: StudyView) -> optuna.Study:
     spec = _side_spec(view)
-    task = view.study.user_attrs.get("task") if view.ctx.splits.task is not None else None  # checked by open_view
+    task = (
+        view.study.user_attrs.get("task") if view.ctx.splits.task is not None else None
+    )  # checked by open_view
     side = open_study(spec, view.ctx.storage, task=task, metric=view.ctx.splits.metric)
     if "base" not in side.user_attrs:
         side.set_user_attr("base", view.ctx.base_metrics.to_dict())
