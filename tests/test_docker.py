@@ -106,7 +106,7 @@ def test_docker_files_pass_their_linters(tool: str, args: list[str]) -> None:
     beside = Path(sys.executable).with_name(tool)  # hadolint comes with the dev extras, in the venv
     found = str(beside) if beside.is_file() else shutil.which(tool)
     if found is None:
-        pytest.skip(f"{tool} is not installed (README, 'Docker', says how)")
+        pytest.skip(f"{tool} is not installed (docs/docker.md says how)")
     r = subprocess.run([found, *args], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
 

@@ -1,5 +1,6 @@
-"""The README stays true: every shell command and Python snippet in it runs, in order, in a fresh
-folder holding the repository's studies, and exits 0.
+"""The README and docs/ stay true: every shell command and Python snippet in them runs, in order
+(README.md, then docs/ in the order of ``DOCS``), in a fresh folder holding the repository's
+studies, and exits 0.
 
 Budgets are bounded so that the whole README runs in a few minutes: Fashion-MNIST is a small
 stand-in of the same format and shapes (``--data-dir``), its base model trains one epoch and its
@@ -43,9 +44,26 @@ NOT_HERE = {  # a piece of the line -> why it cannot run in a test
 }
 
 
+# the reference, in the order its commands build on each other (a search before its export)
+DOCS = ("search", "surrogate", "compress", "security", "models-and-data", "docker", "python-api")
+README_LIMIT = 12 * 1024  # bytes: what it does, set-up, results, commands; the reference is in docs/
+
+
+def pages() -> list[Path]:
+    return [REPO / "README.md", *(REPO / "docs" / f"{name}.md" for name in DOCS)]
+
+
 def blocks(language: str) -> list[str]:
-    text = (REPO / "README.md").read_text()
+    text = "\n".join(page.read_text() for page in pages())
     return re.findall(rf"^```{language}\n(.*?)^```", text, flags=re.S | re.M)
+
+
+def test_the_readme_is_short_and_every_doc_is_run() -> None:
+    assert len((REPO / "README.md").read_bytes()) <= README_LIMIT
+    assert {p.name for p in (REPO / "docs").glob("*.md")} == {f"{name}.md" for name in DOCS}
+    # every page the README links to exists
+    for link in re.findall(r"\]\(([^)#]+)", (REPO / "README.md").read_text()):
+        assert (REPO / link).exists(), link
 
 
 def commands() -> list[str]:
