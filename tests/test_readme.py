@@ -200,3 +200,21 @@ def test_every_readme_command_and_snippet_runs(tmp_path: Path) -> None:
         skipped,
     )  # a new placeholder line is a choice, seen here
     assert not list(REPO.glob("*.apk")), "a README command wrote into the repository"
+
+
+def anchor(heading: str) -> str:
+    """GitHub's anchor for a markdown heading: lower case, punctuation dropped, spaces as dashes."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_benchmarks_open_with_the_summary_and_every_link_in_it_resolves() -> None:
+    text = (REPO / "BENCHMARKS.md").read_text()
+    headings = re.findall(r"^#{2,3} (.+)$", text, flags=re.M)
+    assert headings[0].startswith("Summary"), headings[:2]
+    anchors = {anchor(h) for h in headings}
+    links = re.findall(r"\]\(#([^)]+)\)", text)
+    assert links, "the summary links to no section"
+    assert not [link for link in links if link not in anchors]
+    summary = text.split("\n## ", 2)[1]
+    rows = [line for line in summary.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert rows and all(line.rstrip().endswith("|") and line.count("|") == 4 for line in rows), rows
