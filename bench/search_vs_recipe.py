@@ -33,7 +33,7 @@ import optuna
 import torch
 
 from autoprune.search import Budget, TrialRecord, parse_storage
-from autoprune.search.run import load_inputs
+from autoprune.search.setup import load_inputs
 from autoprune.workflow import finalize, search, search_spec
 
 BUDGETS = (0.5, 1.0)

@@ -24,7 +24,7 @@ import optuna
 import torch
 
 from autoprune.search.objective import Objective
-from autoprune.search.run import open_study, prepare
+from autoprune.search.setup import open_study, prepare
 from autoprune.search.spec import load_spec
 from autoprune.search.storage import open_storage, parse_storage
 

@@ -40,7 +40,7 @@ import torch
 from autoprune.measure import cpu_sample, other_load
 from autoprune.search import Budget, TrialRecord, parse_storage
 from autoprune.search.propose import SOURCE
-from autoprune.search.run import load_inputs
+from autoprune.search.setup import load_inputs
 from autoprune.search.spec import load_spec
 from autoprune.sensitivity import sensitivity_for
 from autoprune.surrogate import ProposeConfig

@@ -23,12 +23,13 @@ from autoprune._compat import (
     trial_id,
 )
 from autoprune.search.space import holds
-from autoprune.search.storage import open_storage, parse_storage
+from autoprune.search.storage import Liveness, open_storage, parse_storage
 
 
 def test_optuna_internals_still_where_autoprune_reaches(tmp_path: Path) -> None:
     storage = open_storage(
-        parse_storage(f"sqlite:///{tmp_path / 's.db'}"), heartbeat_interval=1, grace_period=2
+        parse_storage(f"sqlite:///{tmp_path / 's.db'}"),
+        liveness=Liveness(heartbeat_interval=1, grace_period=2),
     )
     study = optuna.create_study(storage=storage)
     trial = study.ask()
@@ -50,7 +51,8 @@ def test_optuna_internals_still_where_autoprune_reaches(tmp_path: Path) -> None:
 
 def test_a_journal_storage_has_heartbeats_and_fails_a_silent_trial_as_stale(tmp_path: Path) -> None:
     storage = open_storage(
-        parse_storage(f"journal:{tmp_path / 'j.log'}"), heartbeat_interval=1, grace_period=2
+        parse_storage(f"journal:{tmp_path / 'j.log'}"),
+        liveness=Liveness(heartbeat_interval=1, grace_period=2),
     )
     assert isinstance(storage, HeartbeatJournalStorage)
     study = optuna.create_study(storage=storage)

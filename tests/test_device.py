@@ -15,8 +15,8 @@ from autoprune.data import load_dataset
 from autoprune.device import DeviceError, current_device, resolve_device, use_device
 from autoprune.measure import measure_model
 from autoprune.models import ModelSpec
-from autoprune.search.run import worker_gpus
 from autoprune.search.spec import spec_from_dict
+from autoprune.search.workers import worker_gpus
 from autoprune.train import TrainConfig, fit, train_base
 from tests.conftest import REPO
 from tests.workspace import call, snapshot

@@ -10,7 +10,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from autoprune.search.run import counts
+from autoprune.search.workers import counts
 from tests.workspace import call
 
 
@@ -73,7 +73,7 @@ def test_finalize_refines_the_best_trials_and_the_baselines(
 @pytest.mark.slow
 def test_an_interrupted_baseline_is_queued_again_once(workspace: Path, tmp_path: Path) -> None:
     from autoprune.search import open_storage, parse_storage
-    from autoprune.search.run import enqueue_baselines, load_inputs, open_study, prepare
+    from autoprune.search.setup import enqueue_baselines, load_inputs, open_study, prepare
     from autoprune.workflow import search_spec
 
     shutil.copy(workspace / "study.db", tmp_path / "study.db")

@@ -288,11 +288,12 @@ def test_a_killed_worker_trial_is_retried(kind: str, tmp_path: Path, study_name:
 
 @pytest.mark.slow
 def test_a_trial_orphaned_before_its_first_heartbeat_is_failed_and_retried(tmp_path: Path) -> None:
-    from autoprune.search.run import fail_orphaned_trials
-    from autoprune.search.storage import open_storage, parse_storage
+    from autoprune.search.recovery import fail_orphaned_trials
+    from autoprune.search.storage import Liveness, open_storage, parse_storage
 
     storage = open_storage(
-        parse_storage(f"sqlite:///{tmp_path / 'o.db'}"), heartbeat_interval=1, grace_period=4
+        parse_storage(f"sqlite:///{tmp_path / 'o.db'}"),
+        liveness=Liveness(heartbeat_interval=1, grace_period=4),
     )
     study = optuna.create_study(study_name="orphans", storage=storage)
     trial = study.ask()  # RUNNING, and no heartbeat ever recorded (its worker "died" at once)
@@ -332,7 +333,7 @@ def test_two_workers_on_postgresql(tmp_path: Path, study_name: str) -> None:
 
 
 def _warn_from_a_worker(queue: object) -> None:
-    from autoprune.search.run import _relay_logs_to
+    from autoprune.search.workers import _relay_logs_to
 
     _relay_logs_to(queue)
     optuna.logging.get_logger("optuna").warning("Caught an error from sqlalchemy: lost")
@@ -347,7 +348,7 @@ def test_a_workers_warnings_reach_the_parents_logging_not_its_stderr(capfd: pyte
     import logging.handlers
     import multiprocessing
 
-    from autoprune.search.run import _Relay
+    from autoprune.search.workers import _Relay
 
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()

@@ -16,7 +16,7 @@ from autoprune.errors import AutoPruneError
 from autoprune.search import best_trial, pareto_front, resolve_study_name, study_budget, trial_row
 from autoprune.search.objective import STATE_ATTR, enforce_retention
 from autoprune.search.record import Budget, TrialRecord, names
-from autoprune.search.run import open_study
+from autoprune.search.setup import open_study
 from autoprune.search.spec import StudySpec, record
 
 
@@ -272,7 +272,7 @@ def test_workers_started_apart_never_draw_the_same_trial_and_one_worker_replays(
 
 
 def test_a_failed_trial_nobody_retried_is_retried_once_at_the_next_start(storage) -> None:
-    from autoprune.search.run import retry_lost_trials
+    from autoprune.search.recovery import retry_lost_trials
 
     store, info = storage
     study = open_study(StudySpec().with_study(name=f"lost-{uuid.uuid4().hex[:8]}"), store)

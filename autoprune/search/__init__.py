@@ -1,7 +1,8 @@
 """The compression search: an Optuna study in which every trial compresses a copy of the
 network. ``spec`` (what to search), ``space`` (the only module that calls ``trial.suggest_*``),
-``objective`` (one trial), ``samplers`` (the registry), ``run`` (workers, resume),
-``storage``, ``report``."""
+``objective`` (one trial), ``samplers`` (the registry), ``setup`` (the study, its inputs and
+queued baselines), ``recovery`` (the lock, lost and stale trials), ``workers`` (the trial loop,
+worker processes, their logs), ``run`` (all of it, resumed), ``storage``, ``report``."""
 
 from autoprune.search.record import OBJECTIVES, Budget, TrialRecord
 from autoprune.search.report import (

@@ -32,6 +32,7 @@ from autoprune.search.storage import (
     DEFAULT_STORAGE,
     GRACE_PERIOD,
     HEARTBEAT_INTERVAL,
+    Liveness,
     parse_storage,
 )
 from autoprune.train import TrainConfig
@@ -215,6 +216,11 @@ class StudySection:
     @property
     def budget(self) -> Budget:
         return Budget.of(self.max_acc_drop, self.selection, self.confidence)
+
+    @property
+    def liveness(self) -> Liveness:
+        """The storage's heartbeat, grace period and database timeout, as one value."""
+        return Liveness(self.heartbeat_interval, self.grace_period, self.db_timeout)
 
     @property
     def allocation_cost(self) -> str:

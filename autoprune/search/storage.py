@@ -120,18 +120,28 @@ def mask_url(text: str) -> str:
     return re.sub(r"(://[^:/@\s]*:)\S*@", r"\1***@", text)
 
 
+@dataclass(frozen=True)
+class Liveness:
+    """How the storage tells a dead worker or server from a slow one: the spec's ``[study]``
+    settings of the same names, in one place."""
+
+    heartbeat_interval: int = HEARTBEAT_INTERVAL  # seconds between a running trial's heartbeats
+    grace_period: int = GRACE_PERIOD  # a trial silent this long belongs to a dead worker
+    timeout: int = DB_TIMEOUT  # seconds before an unreachable or silent PostgreSQL server is an error
+
+
 def open_storage(
     info: StorageInfo,
     *,
     create: bool = True,
     read_only: bool = False,
-    heartbeat_interval: int = HEARTBEAT_INTERVAL,
-    grace_period: int = GRACE_PERIOD,
-    timeout: int = DB_TIMEOUT,
+    liveness: Liveness | None = None,
 ) -> BaseStorage:
     """Open the storage (``create``: and create it if needed); heartbeats with retry on RDB
     storages. A command that only reads passes ``create=False``: it never makes a database;
     ``read_only``: the connection cannot write either (a study someone else owns, ``--from``)."""
+    liveness = liveness or Liveness()
+    heartbeat_interval, grace_period = liveness.heartbeat_interval, liveness.grace_period
     path = info.path
     if path is not None:
         if (not create or read_only) and not path.is_file():
@@ -165,7 +175,7 @@ def open_storage(
             raise StorageError(f"{path} is not an Optuna journal file") from None
     engine_kwargs: dict[str, Any] | None = None
     if info.kind == "postgresql":
-        connect_args: dict[str, Any] = _pg_timeouts(timeout)
+        connect_args: dict[str, Any] = _pg_timeouts(liveness.timeout)
         if read_only:
             connect_args["options"] = "-c default_transaction_read_only=on"
         engine_kwargs = {"pool_pre_ping": True, "connect_args": connect_args}
@@ -275,24 +285,24 @@ def storage_errors(info: StorageInfo) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def watched(info: StorageInfo, *, interval: float, timeout: int) -> Iterator[None]:
-    """While the block runs, a thread pings a PostgreSQL server every ``interval`` seconds on a
+def watched(info: StorageInfo, liveness: Liveness) -> Iterator[None]:
+    """While the block runs, a thread pings a PostgreSQL server every heartbeat interval on a
     connection of its own, with the libpq timeouts of :func:`_pg_timeouts`. Optuna's heartbeat
     runs only during a trial; between trials the main thread meets a silent server in several
     calls in a row (a query, Optuna's fallback query, the pool's ping, a reconnect: 17 s seen
-    for a 5 s timeout). The watch meets it within a third of ``timeout`` whatever the command
+    for a 5 s timeout). The watch meets it within a third of its timeout whatever the command
     is doing, and its thread, named as a heartbeat, ends the process with the one line of
     :func:`exit_if_storage_lost` (through the command's thread hook)."""
     if info.kind != "postgresql":
         yield
         return
     engine = sqlalchemy.create_engine(
-        info.url, pool_size=1, max_overflow=0, connect_args=_pg_timeouts(timeout)
+        info.url, pool_size=1, max_overflow=0, connect_args=_pg_timeouts(liveness.timeout)
     )
     stop = threading.Event()
 
     def watch() -> None:
-        while not stop.wait(interval):
+        while not stop.wait(liveness.heartbeat_interval):
             try:
                 with engine.connect() as conn:
                     conn.execute(sqlalchemy.text("SELECT 1"))

@@ -17,7 +17,7 @@ from autoprune.ops.pareto import non_dominated
 from autoprune.search.objective import FINAL, Objective
 from autoprune.search.record import Budget, TrialRecord
 from autoprune.search.report import study_goal, study_metric, trial_row
-from autoprune.search.run import load_inputs, prepare
+from autoprune.search.setup import load_inputs, prepare
 from autoprune.search.spec import StudySpec, check_task
 from autoprune.search.stop import stop_requested
 from autoprune.search.storage import StorageInfo, open_storage, resolve_study_name, storage_errors
@@ -117,9 +117,7 @@ def finalize(
         storage = open_storage(
             info,
             create=False,
-            heartbeat_interval=spec.study.heartbeat_interval,
-            grace_period=spec.study.grace_period,
-            timeout=spec.study.db_timeout,
+            liveness=spec.study.liveness,
         )
         name = resolve_study_name(storage, spec.study.name, info.where)
         study = optuna.load_study(study_name=name, storage=storage)

@@ -10,10 +10,10 @@ import optuna
 
 from autoprune.errors import AutoPruneError
 from autoprune.search.report import best_trial, pareto_front, state_counts, study_metric, trial_row
-from autoprune.search.run import counts
-from autoprune.search.run import run_search as run_study
+from autoprune.search.run import run_search
 from autoprune.search.spec import StudySpec, load_spec
 from autoprune.search.storage import StorageInfo, artifact_dir, open_storage, storage_errors
+from autoprune.search.workers import counts
 from autoprune.workflow._study_figures import Publisher
 
 DEFAULT_SPEC = Path("studies/digits-lenet5.toml")  # the embedded default, in a checkout
@@ -52,7 +52,7 @@ def search(
     try:
         with storage_errors(info):
             publish = Publisher(spec.study.budget, artifacts=artifact_dir(info, spec.study.artifacts))
-            study = run_study(
+            study = run_search(
                 spec,
                 info,
                 jobs=jobs,

@@ -18,7 +18,7 @@ from autoprune.ops.pareto import best_within, hypervolume
 from autoprune.search.objective import Objective, SearchContext, stored_recipes
 from autoprune.search.record import Budget, TrialRecord
 from autoprune.search.report import study_budget
-from autoprune.search.run import load_inputs, open_study, prepare, work
+from autoprune.search.setup import load_inputs, open_study, prepare
 from autoprune.search.spec import StudySpec, check_task, trusted_spec
 from autoprune.search.storage import (
     StorageInfo,
@@ -27,6 +27,7 @@ from autoprune.search.storage import (
     resolve_study_name,
     storage_errors,
 )
+from autoprune.search.workers import work
 from autoprune.surrogate import (
     History,
     ModelSpace,
