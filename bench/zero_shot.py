@@ -39,7 +39,7 @@ import torch
 
 from autoprune.measure import cpu_sample, other_load
 from autoprune.search import Budget, TrialRecord, parse_storage
-from autoprune.search.propose import SOURCE
+from autoprune.search.record import Source
 from autoprune.search.setup import load_inputs
 from autoprune.search.spec import load_spec
 from autoprune.sensitivity import sensitivity_for
@@ -113,7 +113,7 @@ def seed_rows(seed: int, db: Path, at: list[int], warm_trials: int) -> list[dict
     out = []
     warm, budget = run(seed, "warm", db, len(SCALES), warm_start=SCALES)
     done = records(warm)
-    proposals = [r for _, source, r in done if source == SOURCE]
+    proposals = [r for _, source, r in done if source == Source.SENSITIVITY]
     out.append(row(seed, "zero-shot", budget, pick(proposals, budget), proposals, analysis.seconds))
     for n in sorted(at):
         study, budget = run(seed, "search", db, n, warm_start=[])
@@ -136,7 +136,7 @@ def transfer_rows(seed: int, db: Path, k: int) -> list[dict]:
     inputs = load_inputs(load_spec(UNSEEN), progress=False)
     analysis, _ = sensitivity_for(inputs.base, inputs.splits, progress=False)
     study, budget = run(seed, "lenet300-warm", db, len(SCALES), spec=UNSEEN, warm_start=SCALES)
-    own = [r for _, source, r in records(study) if source == SOURCE]
+    own = [r for _, source, r in records(study) if source == Source.SENSITIVITY]
     out = [row(seed, "zero-shot", budget, pick(own, budget), own, analysis.seconds) | {"model": "lenet300"}]
     name = f"zero-shot-lenet300-transfer-s{seed}"
     spec, spec_dir = search_spec(

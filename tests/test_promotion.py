@@ -16,7 +16,8 @@ from autoprune.errors import AutoPruneError
 from autoprune.models import ModelSpec, create_model
 from autoprune.pipeline import Continuation
 from autoprune.search import parse_storage
-from autoprune.search.objective import FINAL, STATE_ATTR
+from autoprune.search.objective import STATE_ATTR
+from autoprune.search.record import Source
 from autoprune.train import TrainConfig, TrainState, fit, fit_resumable
 from autoprune.workflow import finalize, search, search_spec
 
@@ -101,7 +102,7 @@ def test_a_finalized_trial_continues_its_own_fine_tuning(final_epochs: int, tmp_
     search(spec, parse_storage(url), spec_dir=spec_dir, progress=False)
     finalize(spec, parse_storage(url), progress=False)
     trials = {t.number: t for t in optuna.load_study(study_name="promote", storage=url).get_trials()}
-    final = next(t for t in trials.values() if t.user_attrs.get("source") == FINAL)
+    final = next(t for t in trials.values() if t.user_attrs.get("source") == Source.FINAL)
     parent = trials[final.user_attrs["parent"]]
     assert parent.user_attrs.get(STATE_ATTR), "the search trial kept its fine-tuning state"
     budget = final.user_attrs["budget"]
@@ -140,7 +141,7 @@ def test_a_state_that_is_not_the_trials_starts_the_final_trial_over(tmp_path: Pa
     final = next(
         t
         for t in optuna.load_study(study_name="promote", storage=url).get_trials()
-        if t.user_attrs.get("source") == FINAL
+        if t.user_attrs.get("source") == Source.FINAL
     )
     assert final.state == optuna.trial.TrialState.COMPLETE
     assert "promoted" not in final.user_attrs["budget"]  # started over, at the full budget

@@ -18,7 +18,8 @@ from autoprune.compress.size import SizeModel
 from autoprune.models import ModelSpec, create_model
 from autoprune.ops.allocate import allocate
 from autoprune.search import parse_storage
-from autoprune.search.propose import SOURCE, Allocator
+from autoprune.search.propose import Allocator
+from autoprune.search.record import Source
 from autoprune.search.spec import SpaceSection
 from autoprune.sensitivity import BITS, QUALITIES, RATIOS, LayerSensitivity, Sensitivity, filters_removable
 from autoprune.surrogate import LayerView, LayerwiseEnsemble, prior_drop
@@ -179,7 +180,11 @@ max_batches = 2
     search(spec, parse_storage(url), spec_dir=spec_dir, progress=False)
     trials = sorted(optuna.load_study(study_name="warm", storage=url).get_trials(), key=lambda t: t.number)
     sources = [t.user_attrs.get("source") for t in trials]
-    assert len(trials) == 3 and sources[:2] == [SOURCE, SOURCE] and sources[2] != SOURCE, sources
+    assert (
+        len(trials) == 3
+        and sources[:2] == [Source.SENSITIVITY, Source.SENSITIVITY]
+        and sources[2] != Source.SENSITIVITY
+    ), sources
     assert [t.user_attrs["proposal_budget"] for t in trials[:2]] == [1.0, 16.0]
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     assert trials[0].params != trials[1].params
@@ -187,7 +192,7 @@ max_batches = 2
     spec = spec.with_study(trials=4)
     search(spec, parse_storage(url), spec_dir=spec_dir, progress=False)
     trials = optuna.load_study(study_name="warm", storage=url).get_trials()
-    assert len(trials) == 4 and sum(t.user_attrs.get("source") == SOURCE for t in trials) == 2
+    assert len(trials) == 4 and sum(t.user_attrs.get("source") == Source.SENSITIVITY for t in trials) == 2
 
 
 @pytest.mark.slow
@@ -216,7 +221,9 @@ def test_zero_shot_proposals_from_the_command_line(tmp_path: Path) -> None:
     waiting = optuna.load_study(study_name="zs", storage=url).get_trials(
         states=(optuna.trial.TrialState.WAITING,)
     )
-    assert {t.user_attrs["source"] for t in waiting if "proposal_budget" in t.user_attrs} == {SOURCE}
+    assert {t.user_attrs["source"] for t in waiting if "proposal_budget" in t.user_attrs} == {
+        Source.SENSITIVITY.value
+    }
     text = run_cli("surrogate", "propose", "--zero-shot", "--storage", url, "--study", "zs", "--quiet")
     assert text.returncode == 0 and "prior drop" in text.stdout, text.stderr
     bad = run_cli("surrogate", "propose", "--zero-shot", "--scales", "0,x", "--storage", url, "--study", "zs")

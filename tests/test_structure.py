@@ -5,6 +5,7 @@ names."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -100,5 +101,17 @@ def test_only_compat_reaches_into_optuna_and_torch_internals() -> None:
         if p.name != "_compat.py"
         for r in reaches
         if r in p.read_text()
+    ]
+    assert not found, found
+
+
+def test_trial_sources_are_named_once() -> None:
+    """A trial's source ("baseline", "final", ...) is a ``Source`` member, never a string written
+    again beside a comparison or a stored attribute."""
+    written = re.compile(
+        r"""(source["']?\)?\s*[!=]=\s*|["']source["']:\s*)["'](baseline|final|surrogate|sensitivity)["']"""
+    )
+    found = [
+        f"{p.relative_to(PACKAGE)}:{m.group(0)}" for p in SOURCES for m in written.finditer(p.read_text())
     ]
     assert not found, found

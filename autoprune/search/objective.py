@@ -27,7 +27,7 @@ from autoprune.errors import AutoPruneError, DivergedError
 from autoprune.measure import Metrics
 from autoprune.models import ModelSpec
 from autoprune.pipeline import Continuation, compress, dataset_meta, pruned_shapes
-from autoprune.search.record import TrialRecord
+from autoprune.search.record import Source, TrialRecord
 from autoprune.search.space import (
     SpaceLayers,
     at_full_budget,
@@ -42,7 +42,6 @@ from autoprune.search.stop import stop_requested
 from autoprune.search.storage import check_artifact_id
 
 log = logging.getLogger(__name__)
-FINAL = "final"  # the source of a trial re-run at the full budget (autoprune finalize)
 STATE_ATTR = "finetune_state_id"  # a search trial's saved fine-tuning state (an artifact), for its promotion
 STATE_KEEP = (
     20  # fine-tuning states kept beside the Pareto front's: the most recent trials' (enforce_retention)
@@ -117,7 +116,7 @@ class Objective:
         spec, ctx = self.ctx.spec, self.ctx
         d = spec.data
         source = trial.user_attrs.get("source") or self.sampler_name
-        final = source == FINAL
+        final = source == Source.FINAL
         stored = trial.user_attrs.get("parent")
         parent = stored if isinstance(stored, int) and not isinstance(stored, bool) else -1
         if final and not 0 <= parent < trial.number:
@@ -342,7 +341,7 @@ def enforce_retention(
         front = {t.number for t in study.best_trials}
     except RuntimeError:  # constrained single objective with no feasible trial
         front = set()
-    baselines = {t.number for t in complete if t.user_attrs.get("source") == "baseline"}
+    baselines = {t.number for t in complete if t.user_attrs.get("source") == Source.BASELINE}
     recent = [t.number for t in complete]
     removed = 0
     for key, kept in (

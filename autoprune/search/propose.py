@@ -27,11 +27,11 @@ from autoprune.compress import CompressConfig, weight_layers
 from autoprune.compress.size import SizeModel
 from autoprune.models import ModelSpec
 from autoprune.ops.allocate import allocate
+from autoprune.search.record import Source
 from autoprune.search.space import SpaceLayers, config_from_params, distributions, holds
 from autoprune.search.spec import SpaceSection
 from autoprune.sensitivity import Sensitivity
 
-SOURCE = "sensitivity"  # the source of a trial the allocator proposed
 RATIO_STEP = 0.05  # the options of a filter ratio: its range in these steps
 QUALITY_STEP = 0.125  # ... of a magnitude quality
 COSTS = ("packed_bytes", "macs")  # what the allocator can minimise
@@ -265,7 +265,7 @@ def enqueue_proposals(study: optuna.Study, proposals: list[SensitivityProposal])
         study.enqueue_trial(
             p.params,
             user_attrs={
-                "source": SOURCE,
+                "source": Source.SENSITIVITY.value,
                 "proposal_budget": p.budget,
                 "predicted_acc_drop": p.predicted_drop,
             },

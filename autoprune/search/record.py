@@ -12,10 +12,21 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from statistics import NormalDist
 from typing import Any
 
 from optuna.study import StudyDirection
+
+
+class Source(str, Enum):
+    """Where a trial's settings came from (its ``source`` user attribute), besides a sampler's
+    own class name for the trials it sampled."""
+
+    BASELINE = "baseline"  # a hand-tuned recipe, run as it is written
+    FINAL = "final"  # a trial re-run at the full budget (``autoprune finalize``)
+    SURROGATE = "surrogate"  # proposed by the surrogate (``surrogate propose --enqueue``)
+    SENSITIVITY = "sensitivity"  # proposed by the sensitivity allocator (the warm start)
 
 
 def _objective(direction: str) -> dict[str, str]:
@@ -36,7 +47,7 @@ class TrialRecord:
     latency_ms: float = field(metadata=_objective("minimize"))  # batch 1, median after warm-up
     latency_ms_batch: float  # batch 64
     speedup: float  # base latency / latency
-    source: str = ""  # the sampler's class name, "baseline" or "surrogate"
+    source: str = ""  # a Source value, or the class name of the sampler that sampled it
     test_acc_drop: float | None = None  # base test accuracy minus test_accuracy: reported beside acc_drop
     acc_drop_se: float | None = None  # standard error of acc_drop, paired on the validation images
     prune_s: float | None = None

@@ -27,7 +27,8 @@ from autoprune.search.objective import (
     SearchContext,
     store_recipe,
 )
-from autoprune.search.propose import SOURCE, Allocator, enqueue_proposals, proposal_budgets
+from autoprune.search.propose import Allocator, enqueue_proposals, proposal_budgets
+from autoprune.search.record import Source
 from autoprune.search.recovery import StudyLock
 from autoprune.search.samplers import make_sampler
 from autoprune.search.space import SpaceLayers, distributions, recipe_params
@@ -195,7 +196,9 @@ def enqueue_baselines(study: optuna.Study, ctx: SearchContext, recipes: tuple[Co
         return 0
     dists = distributions(ctx.spec.space, ctx.layers)
     with StudyLock(ctx.storage, ctx.spec.study.name):
-        baselines = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("source") == "baseline"]
+        baselines = [
+            t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("source") == Source.BASELINE
+        ]
         added = 0
         for recipe in recipes:
             mine = [t for t in baselines if t.user_attrs.get("recipe_name") == recipe.name]
@@ -210,7 +213,9 @@ def enqueue_baselines(study: optuna.Study, ctx: SearchContext, recipes: tuple[Co
             params = recipe_params(recipe, dists, ctx.base)
             store_recipe(study, recipe, list(params))
             study.enqueue_trial(
-                params, user_attrs={"source": "baseline", "recipe_name": recipe.name}, skip_if_exists=False
+                params,
+                user_attrs={"source": Source.BASELINE.value, "recipe_name": recipe.name},
+                skip_if_exists=False,
             )
             added += 1
     return added
@@ -224,7 +229,7 @@ def enqueue_warm_start(study: optuna.Study, ctx: SearchContext, *, progress: boo
     if not s.warm_start:
         return 0
     with StudyLock(ctx.storage, s.name):
-        if any(t.user_attrs.get("source") == SOURCE for t in study.get_trials(deepcopy=False)):
+        if any(t.user_attrs.get("source") == Source.SENSITIVITY for t in study.get_trials(deepcopy=False)):
             return 0  # queued once: a resumed study does not queue them again
         sensitivity, _ = sensitivity_for(ctx.base, ctx.splits, progress=progress)
         allocator = Allocator(ctx.base, ctx.model_spec, ctx.spec.space, sensitivity)

@@ -26,11 +26,11 @@ from autoprune._compat import heartbeat_age, heartbeat_backend, heartbeat_interv
 from autoprune.device import current_device, resolve_device, set_device
 from autoprune.errors import AutoPruneError
 from autoprune.search.objective import (
-    FINAL,
     Objective,
     SearchContext,
     enforce_retention,
 )
+from autoprune.search.record import Source
 from autoprune.search.recovery import StudyLock, fail_orphaned_trials
 from autoprune.search.samplers import SamplerFactory, sampler_factory, sampler_name
 from autoprune.search.setup import load_inputs, open_study, prepare
@@ -54,7 +54,7 @@ def counts(study: optuna.Study) -> tuple[int, int]:
     trials = [
         t
         for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
-        if t.user_attrs.get("source") != FINAL
+        if t.user_attrs.get("source") != Source.FINAL
     ]
     done = sum(t.state in FINISHED for t in trials)
     return done, len(trials) - done

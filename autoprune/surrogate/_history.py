@@ -17,7 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autoprune.compress import CompressConfig
 from autoprune.errors import AutoPruneError
 from autoprune.search.objective import trial_recipe
-from autoprune.search.record import Budget
+from autoprune.search.record import Budget, Source
 from autoprune.search.space import SpaceLayers, config_from_params, distributions, with_cap
 from autoprune.search.spec import SpaceSection
 from autoprune.surrogate._layers import Encoded, LayerView
@@ -204,7 +204,7 @@ def history_from_trials(
         if t.state != TrialState.COMPLETE:
             skip(t.state.name.lower())
             continue
-        if t.user_attrs.get("source") == "final":
+        if t.user_attrs.get("source") == Source.FINAL:
             skip("final stage")  # another fine-tuning budget than the search's
             continue
         drop = budget.judged(t.user_attrs)

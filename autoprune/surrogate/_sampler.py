@@ -26,7 +26,7 @@ from scipy.stats import norm
 
 from autoprune._compat import set_trial_user_attr
 from autoprune.search.objective import stored_recipes
-from autoprune.search.record import Budget
+from autoprune.search.record import Budget, Source
 from autoprune.search.samplers import register_sampler
 from autoprune.surrogate._history import History, ModelSpace, history_from_trials
 from autoprune.surrogate._model import Surrogate
@@ -73,7 +73,7 @@ class SurrogateSampler(BaseSampler):
         if self.model is not None:
             trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
             complete = [t for t in trials if t.state == TrialState.COMPLETE]
-            if sum(t.user_attrs.get("source") != "final" for t in complete) >= self.n_startup_trials:
+            if sum(t.user_attrs.get("source") != Source.FINAL for t in complete) >= self.n_startup_trials:
                 history = history_from_trials(complete, self.model, self.budget, stored_recipes(study))
                 running = [t for t in trials if t.state == TrialState.RUNNING and t.number != trial.number]
                 ready = (history, running) if len(history) >= self.n_startup_trials else None

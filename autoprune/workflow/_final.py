@@ -14,8 +14,8 @@ from optuna.trial import FrozenTrial, TrialState
 from autoprune.device import resolve_device, use_device
 from autoprune.errors import AutoPruneError
 from autoprune.ops.pareto import non_dominated
-from autoprune.search.objective import FINAL, Objective
-from autoprune.search.record import Budget, TrialRecord
+from autoprune.search.objective import Objective
+from autoprune.search.record import Budget, Source, TrialRecord
 from autoprune.search.report import study_goal, study_metric, trial_row
 from autoprune.search.setup import load_inputs, prepare
 from autoprune.search.spec import StudySpec, check_task
@@ -38,9 +38,9 @@ def parents(study: optuna.Study, budget: Budget, k: int, slack: float = 0.0) -> 
     done = [
         (t, r)
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.user_attrs.get("source") != FINAL and (r := TrialRecord.from_attrs(t.user_attrs))
+        if t.user_attrs.get("source") != Source.FINAL and (r := TrialRecord.from_attrs(t.user_attrs))
     ]
-    searched = [(t, r) for t, r in done if r.source != "baseline"]
+    searched = [(t, r) for t, r in done if r.source != Source.BASELINE]
     value = study_goal(study)
     ranked = sorted(searched, key=lambda p: -value(p[1]))
     steps = [slack * i / (k - 1) for i in range(k)] if k > 1 else [slack]
@@ -55,7 +55,7 @@ def parents(study: optuna.Study, budget: Budget, k: int, slack: float = 0.0) -> 
     knee = _knee([(budget.drop(r), math.log(r.compression_ratio)) for _, r in searched])
     if knee is not None:
         chosen.setdefault(searched[knee][0].number, searched[knee][0])
-    chosen.update({t.number: t for t, r in done if r.source == "baseline"})
+    chosen.update({t.number: t for t, r in done if r.source == Source.BASELINE})
     return [chosen[n] for n in sorted(chosen)]
 
 
@@ -81,14 +81,14 @@ def enqueue_finals(study: optuna.Study, chosen: list[FrozenTrial]) -> int:
     refined = {
         _parent(t)
         for t in study.get_trials(deepcopy=False)
-        if t.user_attrs.get("source") == FINAL and t.state != TrialState.FAIL
+        if t.user_attrs.get("source") == Source.FINAL and t.state != TrialState.FAIL
     }
     added = 0
     for t in chosen:
         if t.number in refined:
             continue
         attrs = {
-            "source": FINAL,
+            "source": Source.FINAL.value,
             "parent": t.number,
             **{k: t.user_attrs[k] for k in RECIPE_ATTRS if k in t.user_attrs},
         }
@@ -131,9 +131,9 @@ def finalize(
         inputs = load_inputs(spec, progress=progress, task=task)
         ctx = prepare(spec, study, storage, info, progress=progress, inputs=inputs)
         enqueue_finals(study, chosen)
-        objective = Objective(ctx, sampler_name=FINAL)
+        objective = Objective(ctx, sampler_name=Source.FINAL.value)
         while any(
-            t.user_attrs.get("source") == FINAL
+            t.user_attrs.get("source") == Source.FINAL
             for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         ):
             if stop_requested():
@@ -147,7 +147,7 @@ def final_summary(study: optuna.Study, budget: Budget) -> dict[str, Any]:
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     rows = []
     for t in trials.values():
-        if t.user_attrs.get("source") != FINAL or t.state != TrialState.COMPLETE:
+        if t.user_attrs.get("source") != Source.FINAL or t.state != TrialState.COMPLETE:
             continue
         number = _parent(t)
         parent = trials.get(number) if number is not None else None

@@ -26,19 +26,18 @@ from autoprune._compat import study_system_attr
 from autoprune.compress import breakdown, read_header
 from autoprune.names import bad_study_name
 from autoprune.ops.pareto import non_dominated
-from autoprune.search.objective import FINAL
-from autoprune.search.record import Budget, TrialRecord
+from autoprune.search.record import Budget, Source, TrialRecord
 from autoprune.search.report import best_trial, study_goal, study_metric
 from autoprune.search.storage import check_artifact_id
 from autoprune.sensitivity import row_norms
 from autoprune.workflow._sensitivity import norms_plotly, sensitivity_plotly, stored_sensitivity
 
-SEARCH, BASELINE = "search", "baseline"
+SEARCH, BASELINE = "search", Source.BASELINE.value
 STYLE = {
     SEARCH: ("circle", "#1f77b4"),
     BASELINE: ("diamond", "#d62728"),
-    FINAL: ("star", "#2ca02c"),
-    "surrogate": ("triangle-up", "#9467bd"),
+    Source.FINAL.value: ("star", "#2ca02c"),
+    Source.SURROGATE.value: ("triangle-up", "#9467bd"),
 }
 
 
@@ -52,7 +51,7 @@ class Done:
     @property
     def kind(self) -> str:
         source = self.record.source
-        return source if source in (BASELINE, FINAL, "surrogate") else SEARCH
+        return source if source in (BASELINE, Source.FINAL, Source.SURROGATE) else SEARCH
 
     @property
     def label(self) -> str:
@@ -368,7 +367,7 @@ def summary_note(study: optuna.Study, budget: Budget) -> str:
         "|---|---|---|---|---|---|",
     ]
     front = _front(done, budget)
-    shown = [d for d in done if d.kind in (BASELINE, FINAL)] + front[:8]
+    shown = [d for d in done if d.kind in (BASELINE, Source.FINAL)] + front[:8]
     if best is not None and all(d.trial.number != best.number for d in shown):
         shown += [d for d in done if d.trial.number == best.number]
     for d in sorted({d.trial.number: d for d in shown}.values(), key=lambda d: d.trial.number):

@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.ops.pareto import best_within, hypervolume
 from autoprune.search.objective import Objective, SearchContext, stored_recipes
-from autoprune.search.record import Budget, TrialRecord
+from autoprune.search.record import Budget, Source, TrialRecord
 from autoprune.search.report import study_budget
 from autoprune.search.setup import load_inputs, open_study, prepare
 from autoprune.search.spec import StudySpec, check_task, trusted_spec
@@ -124,7 +124,7 @@ def search_trials(study: optuna.Study) -> list[FrozenTrial]:
     return [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-        if t.user_attrs.get("source") not in ("surrogate", "final")
+        if t.user_attrs.get("source") not in (Source.SURROGATE, Source.FINAL)
     ]
 
 
@@ -169,7 +169,7 @@ def enqueue(study: optuna.Study, proposals: Sequence[Proposal], **attrs: Any) ->
     before = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     for p in proposals:
         user_attrs = {
-            "source": "surrogate",
+            "source": Source.SURROGATE.value,
             "proposer": p.proposer,
             "predicted_acc_drop": p.drop,
             "predicted_acc_drop_spread": p.spread,
@@ -217,7 +217,9 @@ def compare(
             f"--at must be history sizes up to the search's {len(own)} finished trials, got {sizes}"
         )
     side = _side_study(view)
-    objective = Objective(dataclasses.replace(view.ctx, spec=_side_spec(view)), sampler_name="surrogate")
+    objective = Objective(
+        dataclasses.replace(view.ctx, spec=_side_spec(view)), sampler_name=Source.SURROGATE.value
+    )
     budget = view.budget if max_acc_drop is None else dataclasses.replace(view.budget, max_drop=max_acc_drop)
     rows = []
     for n in sizes:
