@@ -15,7 +15,7 @@ from optuna.trial import TrialState, create_trial
 from autoprune.errors import AutoPruneError
 from autoprune.search import best_trial, pareto_front, resolve_study_name, study_budget, trial_row
 from autoprune.search.objective import STATE_ATTR, enforce_retention
-from autoprune.search.record import Budget, TrialRecord, names
+from autoprune.search.record import Budget, TrialRecord, best_field, goal, names, speed_objectives
 from autoprune.search.setup import open_study
 from autoprune.search.spec import StudySpec, record
 
@@ -302,3 +302,18 @@ def test_a_failed_trial_nobody_retried_is_retried_once_at_the_next_start(storage
     assert retry_lost_trials(study) == 1
     assert study.trials[-1].system_attrs["retry_history"] == [lost, retry.number]
     assert retry_lost_trials(study) == 0
+
+
+def test_each_objective_carries_its_best_rule() -> None:
+    """What "best within the budget" maximises comes from the objectives' field metadata: the
+    speed-up on latency, the fewest MACs on MACs, the compression ratio otherwise."""
+    fast = TrialRecord.from_attrs(dict(metrics(95.0, 0.5, 5.0), speedup=3.0, macs=10))
+    small = TrialRecord.from_attrs(dict(metrics(95.0, 0.5, 50.0), speedup=1.0, macs=50))
+    assert best_field(["accuracy", "latency_ms"]) == "speedup"
+    assert best_field(["accuracy", "macs"]) == "-macs" and best_field(["macs", "latency_ms"]) == "speedup"
+    assert best_field(["accuracy", "packed_bytes"]) == best_field(None) == "compression_ratio"
+    by_speed, by_macs, by_size = (goal(o) for o in (["latency_ms"], ["macs"], ["packed_bytes"]))
+    assert (
+        by_speed(fast) > by_speed(small) and by_macs(fast) > by_macs(small) and by_size(small) > by_size(fast)
+    )
+    assert speed_objectives(["accuracy", "latency_ms"]) == ["latency_ms"] and not speed_objectives(["macs"])

@@ -375,7 +375,7 @@ def best_line(r: dict[str, Any]) -> str:
     rule = f" (judged on the {r['confidence']:.0%} upper bound)" if r.get("selection") == "upper" else ""
     test = f", {b['test_acc_drop']:.2f} test" if b.get("test_acc_drop") is not None else ""
     gain = f"{b['compression_ratio']:.1f}x"
-    if "latency_ms" in r.get("objectives", ()) and b.get("speedup") is not None:  # best is the fastest
+    if r.get("best_field") == "speedup" and b.get("speedup") is not None:  # best is the fastest
         gain = f"{b['speedup']:.2f}x faster ({gain} smaller)"
     points = "points" if r.get("metric", "accuracy") == "accuracy" else f"points of {r['metric']}"
     return (

@@ -29,8 +29,14 @@ class Source(str, Enum):
     SENSITIVITY = "sensitivity"  # proposed by the sensitivity allocator (the warm start)
 
 
-def _objective(direction: str) -> dict[str, str]:
-    return {"direction": direction}
+def _objective(
+    direction: str, *, best: str = "compression_ratio", rank: int = 0, speed: bool = False
+) -> dict[str, Any]:
+    """A searchable field's rules: its Optuna ``direction``; ``best``, the field "best within the
+    budget" maximises when the study searches on it ("-macs": the fewest), the objective of the
+    highest ``rank`` deciding; ``speed``: a measure of speed, which the surrogate learns beside
+    the drop (when measured), the warm start minimises through MACs, and the figures plot."""
+    return {"direction": direction, "best": best, "rank": rank, "speed": speed}
 
 
 @dataclass(frozen=True)
@@ -40,11 +46,12 @@ class TrialRecord:
     acc_drop: float  # base validation accuracy minus accuracy, in points
     params: int  # parameters left after filter pruning
     nonzero_params: int
-    macs: int = field(metadata=_objective("minimize"))
+    macs: int = field(metadata=_objective("minimize", best="-macs", rank=1))
     dense_bytes: int  # the pruned network's fp32 state_dict
     packed_bytes: int = field(metadata=_objective("minimize"))  # the packed file on disk
     compression_ratio: float = field(metadata=_objective("maximize"))  # base dense bytes / packed bytes
-    latency_ms: float = field(metadata=_objective("minimize"))  # batch 1, median after warm-up
+    # batch 1, median after warm-up
+    latency_ms: float = field(metadata=_objective("minimize", best="speedup", rank=2, speed=True))
     latency_ms_batch: float  # batch 64
     speedup: float  # base latency / latency
     source: str = ""  # a Source value, or the class name of the sampler that sampled it
@@ -156,22 +163,32 @@ def judged_drop(drop: float, se: float | None, z: float) -> float:
     return drop + z * (se or 0.0)
 
 
-def goal(objectives: Sequence[str] | None) -> Callable[[TrialRecord], float]:
-    """What "best" maximises among the trials within the budget: the measured speed-up for a
-    search on latency, fewer MACs for one on MACs, the compression ratio otherwise."""
-    objectives = objectives or ()
-    if "latency_ms" in objectives:
-        return lambda r: r.speedup
-    if "macs" in objectives:
-        return lambda r: -r.macs
-    return lambda r: r.compression_ratio
-
-
+RULES: dict[str, Mapping[str, Any]] = {
+    f.name: f.metadata for f in dataclasses.fields(TrialRecord) if "direction" in f.metadata
+}  # the searchable fields' rules (:func:`_objective`), by name
 OBJECTIVES: dict[str, StudyDirection] = {
-    f.name: StudyDirection[f.metadata["direction"].upper()]
-    for f in dataclasses.fields(TrialRecord)
-    if "direction" in f.metadata
+    name: StudyDirection[rule["direction"].upper()] for name, rule in RULES.items()
 }
+
+
+def best_field(objectives: Sequence[str] | None) -> str:
+    """The record field "best within the budget" maximises for a study on ``objectives``: the
+    measured speed-up for a search on latency, fewer MACs ("-macs") for one on MACs, the
+    compression ratio otherwise (each objective's ``best``, the highest ``rank`` deciding)."""
+    known = [RULES[o] for o in objectives or () if o in RULES]
+    return max(known, key=lambda rule: rule["rank"])["best"] if known else "compression_ratio"
+
+
+def speed_objectives(objectives: Sequence[str] | None) -> list[str]:
+    """The objectives that measure speed (the surrogate learns them, the figures plot them)."""
+    return [o for o in objectives or () if RULES.get(o, {}).get("speed")]
+
+
+def goal(objectives: Sequence[str] | None) -> Callable[[TrialRecord], float]:
+    """What "best" maximises among the trials within the budget (see :func:`best_field`)."""
+    name = best_field(objectives)
+    sign, name = (-1.0, name[1:]) if name.startswith("-") else (1.0, name)
+    return lambda r: sign * getattr(r, name)
 
 
 _TYPES = {f.name: str(f.type) for f in dataclasses.fields(TrialRecord)}

@@ -25,7 +25,7 @@ from autoprune.limits import MAX_EPOCHS, MAX_TRIALS
 from autoprune.models import is_user_model
 from autoprune.names import bad_study_name
 from autoprune.ops.kmeans import INITS
-from autoprune.search.record import OBJECTIVES, Budget
+from autoprune.search.record import OBJECTIVES, Budget, best_field
 from autoprune.search.samplers import list_samplers
 from autoprune.search.storage import (
     DB_TIMEOUT,
@@ -228,7 +228,7 @@ class StudySection:
         latency (MACs are the allocator's proxy for latency) and not on size, else the packed size."""
         if self.warm_start_cost != "auto":
             return self.warm_start_cost
-        speed = {"macs", "latency_ms"} & set(self.objectives)
+        speed = best_field(self.objectives) != "compression_ratio"  # on latency or MACs
         return "macs" if speed and "packed_bytes" not in self.objectives else "packed_bytes"
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import optuna
 
 from autoprune.errors import AutoPruneError
+from autoprune.search.record import best_field
 from autoprune.search.report import best_trial, pareto_front, state_counts, study_metric, trial_row
 from autoprune.search.run import run_search
 from autoprune.search.spec import StudySpec, load_spec
@@ -85,6 +86,7 @@ def search_summary(study: optuna.Study, spec: StudySpec, info: StorageInfo) -> d
         "study": study.study_name,
         "storage": info.safe_url,
         "objectives": spec.study.objectives,
+        "best_field": best_field(spec.study.objectives),  # what "best" maximises
         "metric": study_metric(study),
         "target_trials": spec.study.trials,
         "states": state_counts(study),

@@ -26,7 +26,7 @@ from autoprune._compat import study_system_attr
 from autoprune.compress import breakdown, read_header
 from autoprune.names import bad_study_name
 from autoprune.ops.pareto import non_dominated
-from autoprune.search.record import Budget, Source, TrialRecord
+from autoprune.search.record import Budget, Source, TrialRecord, speed_objectives
 from autoprune.search.report import best_trial, study_goal, study_metric
 from autoprune.search.storage import check_artifact_id
 from autoprune.sensitivity import row_norms
@@ -429,7 +429,7 @@ def study_figures(
     compare = study_system_attr(study, COMPARE_ATTR)
     objectives = study.user_attrs.get("objectives") or []
     figures: dict[str, Any] = {"trade-off": tradeoff_figure(study, budget)}
-    if "latency_ms" in objectives:
+    if speed_objectives(objectives):  # batch-1 latency, measured
         figures["trade-off-latency"] = tradeoff_figure(study, budget, latency=True)
     for name, make in (
         ("bytes", lambda: bytes_figure(study, budget, artifacts)),

@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.ops.pareto import best_within, hypervolume
 from autoprune.search.objective import Objective, SearchContext, stored_recipes
-from autoprune.search.record import Budget, Source, TrialRecord
+from autoprune.search.record import Budget, Source, TrialRecord, speed_objectives
 from autoprune.search.report import study_budget
 from autoprune.search.setup import load_inputs, open_study, prepare
 from autoprune.search.spec import StudySpec, check_task, trusted_spec
@@ -66,7 +66,7 @@ class StudyView:
     @property
     def latency(self) -> bool:
         """Whether the study searches on latency (the surrogate then learns it too)."""
-        return "latency_ms" in self.spec.study.objectives
+        return bool(speed_objectives(self.spec.study.objectives))
 
 
 def open_view(
