@@ -15,7 +15,19 @@ from tests.conftest import REPO
 PACKAGE = REPO / "autoprune"
 # Lowest first; a module may import its own layer and the ones below it.
 LAYERS = [
-    {"__init__", "errors", "_config", "_compat", "names", "ops", "cache", "limits", "stop", "device"},
+    {
+        "__init__",
+        "errors",
+        "_config",
+        "_compat",
+        "names",
+        "ops",
+        "cache",
+        "limits",
+        "stop",
+        "device",
+        "registry",
+    },
     {"models", "data"},
     {"runtime", "measure"},
     {"train", "task"},
@@ -115,3 +127,18 @@ def test_trial_sources_are_named_once() -> None:
         f"{p.relative_to(PACKAGE)}:{m.group(0)}" for p in SOURCES for m in written.finditer(p.read_text())
     ]
     assert not found, found
+
+
+def test_one_registry_serves_models_datasets_samplers_and_pruners() -> None:
+    from autoprune.data._base import DATASETS
+    from autoprune.errors import UnknownNameError
+    from autoprune.models._registry import MODELS
+    from autoprune.registry import Registry
+    from autoprune.search.samplers import PRUNERS, SAMPLERS
+
+    for registry, known in ((MODELS, "lenet5"), (DATASETS, "digits"), (SAMPLERS, "tpe"), (PRUNERS, "median")):
+        assert isinstance(registry, Registry) and known in registry and known in registry.names()
+        with pytest.raises(
+            UnknownNameError, match=rf"unknown {registry.kind} 'nope'; valid {registry.kind}s: .*{known}"
+        ):
+            registry.get("nope")

@@ -27,7 +27,8 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from autoprune.search.spec import OBJECTIVES, PRUNERS
+    from autoprune.search.samplers import PRUNERS
+    from autoprune.search.spec import OBJECTIVES
     from autoprune.workflow import DEFAULT_SPEC, list_samplers
 
     p = sub.add_parser(
@@ -71,7 +72,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "run once before starting workers on several machines or containers",
     )
     p.add_argument("--sampler", choices=list_samplers(), help="override the spec's sampler")
-    p.add_argument("--pruner", choices=PRUNERS, help="override the spec's pruner (single objective only)")
+    p.add_argument(
+        "--pruner", choices=PRUNERS.names(), help="override the spec's pruner (single objective only)"
+    )
     p.add_argument(
         "--objectives", metavar="A,B", help=f"override the spec's objectives ({', '.join(OBJECTIVES)})"
     )

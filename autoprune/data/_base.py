@@ -16,11 +16,12 @@ from sklearn.model_selection import train_test_split
 
 from autoprune.data._stream import AUGMENTS, ImageReader, StreamSplit, decoded_bytes, image_stats
 from autoprune.data._task import TaskSplit
-from autoprune.errors import DataError, UnknownNameError
+from autoprune.errors import DataError
+from autoprune.registry import Registry
 
 # A loader reads its files and returns raw arrays; splitting and normalising happen here.
 Loader = Callable[[Path | None], "RawData | ImageFiles"]
-_REGISTRY: dict[str, Loader] = {}
+DATASETS: Registry[Loader] = Registry("dataset")
 
 
 @dataclass(frozen=True)
@@ -146,16 +147,11 @@ class DataSplits:
 
 def register_dataset(name: str) -> Callable[[Loader], Loader]:
     """Add a loader to the registry under ``name``."""
-
-    def add(loader: Loader) -> Loader:
-        _REGISTRY[name] = loader
-        return loader
-
-    return add
+    return DATASETS.register(name)
 
 
 def list_datasets() -> list[str]:
-    return sorted(_REGISTRY)
+    return DATASETS.names()
 
 
 def load_dataset(
@@ -173,8 +169,7 @@ def load_dataset(
     the test split is the dataset's own (or a fixed carve where it has none).
     """
     options = options or DataOptions()
-    if name not in _REGISTRY:
-        raise UnknownNameError(f"unknown dataset {name!r}; valid datasets: {', '.join(list_datasets())}")
+    DATASETS.get(name)  # an unknown name fails first, with the valid ones
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val_fraction={val_fraction} should be in (0, 1)")
     path = Path(data_dir).expanduser().resolve() if data_dir is not None else None
@@ -188,7 +183,7 @@ def load_dataset(
 def _load_cached(
     name: str, data_dir: Path | None, val_fraction: float, seed: int, options: DataOptions
 ) -> DataSplits:
-    raw = _REGISTRY[name](data_dir)
+    raw = DATASETS.get(name)(data_dir)
     if isinstance(raw, ImageFiles):
         return file_splits(name, raw, val_fraction=val_fraction, seed=seed, options=options)
     return make_splits(name, raw, val_fraction=val_fraction, seed=seed)

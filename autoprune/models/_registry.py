@@ -18,10 +18,13 @@ import torch
 import torch.fx
 from torch import nn
 
-from autoprune.errors import ModelError, UnknownNameError
+from autoprune.errors import ModelError
+from autoprune.registry import Registry
 
 Factory = Callable[..., nn.Module]
-_REGISTRY: dict[str, Factory] = {}
+MODELS: Registry[Factory] = Registry(
+    "model", hint="or your own as package.module:factory or path/to/file.py:factory"
+)
 
 
 @dataclass(frozen=True)
@@ -55,12 +58,11 @@ class ModelSpec:
 
 def register_model(fn: Factory) -> Factory:
     """Register a built-in factory under its function name."""
-    _REGISTRY[fn.__name__] = fn
-    return fn
+    return MODELS.register(fn.__name__)(fn)
 
 
 def list_models() -> list[str]:
-    return sorted(_REGISTRY)
+    return MODELS.names()
 
 
 def is_user_model(name: str) -> bool:
@@ -94,12 +96,7 @@ def create_model(spec: ModelSpec) -> nn.Module:
 
 def resolve_factory(name: str) -> Factory:
     if not is_user_model(name):
-        if name not in _REGISTRY:
-            raise UnknownNameError(
-                f"unknown model {name!r}; valid models: {', '.join(list_models())}, "
-                "or your own as package.module:factory or path/to/file.py:factory"
-            )
-        return _REGISTRY[name]
+        return MODELS.get(name)
     target, _, attr = name.rpartition(":")
     module = _import_file(Path(target)) if target.endswith(".py") else _import_module(target)
     factory = getattr(module, attr, None)

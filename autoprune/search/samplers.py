@@ -16,33 +16,28 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.errors import UnknownNameError
+from autoprune.registry import Registry
 
 if TYPE_CHECKING:
     from autoprune.search.spec import StudySpec
 
 SamplerFactory = Callable[["StudySpec", int], optuna.samplers.BaseSampler]  # (spec, seed) -> sampler
-_REGISTRY: dict[str, SamplerFactory] = {}
+SAMPLERS: Registry[SamplerFactory] = Registry("sampler")
 
 
 def register_sampler(name: str) -> Callable[[SamplerFactory], SamplerFactory]:
-    def add(factory: SamplerFactory) -> SamplerFactory:
-        _REGISTRY[name] = factory
-        return factory
-
-    return add
+    """``@register_sampler("name")`` on a ``(spec, seed) -> optuna sampler`` function."""
+    return SAMPLERS.register(name)
 
 
 def list_samplers() -> list[str]:
-    return sorted(_REGISTRY)
+    return SAMPLERS.names()
 
 
 def sampler_factory(name: str) -> SamplerFactory:
-    if name not in _REGISTRY:
-        hint = " (import autoprune.surrogate to register it)" if name == "surrogate" else ""
-        raise UnknownNameError(
-            f"unknown sampler {name!r}{hint}; valid samplers: {', '.join(list_samplers())}"
-        )
-    return _REGISTRY[name]
+    if name == "surrogate" and name not in SAMPLERS:
+        raise UnknownNameError("unknown sampler 'surrogate': import autoprune.surrogate to register it")
+    return SAMPLERS.get(name)
 
 
 def sampler_name(sampler: optuna.samplers.BaseSampler) -> str:
@@ -138,3 +133,30 @@ def _nsga2(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
 @register_sampler("gp")
 def _gp(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.GPSampler(seed=seed)
+
+
+PrunerFactory = Callable[["StudySpec"], optuna.pruners.BasePruner]
+PRUNERS: Registry[PrunerFactory] = Registry("pruner")  # study.pruner: stops a poor trial early
+
+
+@PRUNERS.register("median")
+def _median(spec: StudySpec) -> optuna.pruners.BasePruner:
+    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+
+
+@PRUNERS.register("hyperband")
+def _hyperband(spec: StudySpec) -> optuna.pruners.BasePruner:
+    top = max(spec.space.finetune_epochs) + max(spec.space.quant_epochs)  # epochs: the resource
+    return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(top, 2))
+
+
+@PRUNERS.register("none")
+def _none(spec: StudySpec) -> optuna.pruners.BasePruner:
+    return optuna.pruners.NopPruner()
+
+
+def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    """The spec's pruner; none for two objectives (intermediate values need one)."""
+    if len(spec.study.objectives) > 1:
+        return optuna.pruners.NopPruner()
+    return PRUNERS.get(spec.study.pruner)(spec)

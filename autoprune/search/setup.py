@@ -30,7 +30,7 @@ from autoprune.search.objective import (
 from autoprune.search.propose import Allocator, enqueue_proposals, proposal_budgets
 from autoprune.search.record import Source
 from autoprune.search.recovery import StudyLock
-from autoprune.search.samplers import make_sampler
+from autoprune.search.samplers import make_pruner, make_sampler
 from autoprune.search.space import SpaceLayers, distributions, recipe_params
 from autoprune.search.spec import StudySpec, check_task, record
 from autoprune.search.storage import (
@@ -43,15 +43,6 @@ from autoprune.task import load_task
 from autoprune.train import train_base
 
 log = logging.getLogger(__name__)
-
-
-def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
-    if len(spec.study.objectives) > 1 or spec.study.pruner == "none":
-        return optuna.pruners.NopPruner()  # intermediate values need a single objective
-    if spec.study.pruner == "hyperband":
-        top = max(spec.space.finetune_epochs) + max(spec.space.quant_epochs)
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(top, 2))
-    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
 
 
 def open_study(

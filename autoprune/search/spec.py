@@ -26,7 +26,7 @@ from autoprune.models import is_user_model
 from autoprune.names import bad_study_name
 from autoprune.ops.kmeans import INITS
 from autoprune.search.record import OBJECTIVES, Budget, best_field
-from autoprune.search.samplers import list_samplers
+from autoprune.search.samplers import PRUNERS, list_samplers
 from autoprune.search.storage import (
     DB_TIMEOUT,
     DEFAULT_STORAGE,
@@ -36,8 +36,6 @@ from autoprune.search.storage import (
     parse_storage,
 )
 from autoprune.train import TrainConfig
-
-PRUNERS = ("median", "hyperband", "none")
 
 
 class SpecError(AutoPruneError):
