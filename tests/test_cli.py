@@ -252,11 +252,11 @@ def test_a_warning_before_an_error_never_makes_two_lines(
     import autoprune.cli._train as train_cli
     from autoprune.errors import DataError
 
-    def busy_then_refused(args):
+    def busy_then_refused(*args, **kwargs):
         logging.getLogger("autoprune.measure").warning("other processes kept %.1f cores busy", 1.2)
         raise DataError("the data is bad")
 
-    monkeypatch.setattr(train_cli, "load_data", busy_then_refused)
+    monkeypatch.setattr(train_cli, "train", busy_then_refused)
     assert main(["train", "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["autoprune train: error: the data is bad"]
@@ -293,7 +293,7 @@ def test_a_dying_background_thread_never_adds_a_traceback(
     import autoprune.cli._train as train_cli
     from autoprune.errors import DataError
 
-    def heartbeat_dies_then_refused(args):
+    def heartbeat_dies_then_refused(*args, **kwargs):
         def beat() -> None:
             raise ConnectionError("server closed the connection")
 
@@ -302,7 +302,7 @@ def test_a_dying_background_thread_never_adds_a_traceback(
         t.join()
         raise DataError("storage went away")
 
-    monkeypatch.setattr(train_cli, "load_data", heartbeat_dies_then_refused)
+    monkeypatch.setattr(train_cli, "train", heartbeat_dies_then_refused)
     before = threading.excepthook
     assert main(["train", "--quiet"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == ["autoprune train: error: storage went away"]

@@ -22,6 +22,7 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from autoprune.compress import load_packed
+from autoprune.search.objective import STATE_ATTR
 from tests.conftest import PG_URL, REPO, postgres_reachable, run_cli
 
 N = 12
@@ -174,7 +175,9 @@ def test_workers_killed_at_random_leave_every_trial_run_once(fresh_url: str, tmp
     sampled = [tuple(sorted(t.params.items())) for t in complete if t.user_attrs.get("source") != "baseline"]
     assert len(set(sampled)) == len(sampled) == N - 2
     files = {p.name for p in artifacts.iterdir()}
-    assert files == {t.user_attrs["artifact_id"] for t in complete}  # no file without its trial
+    packed = {t.user_attrs["artifact_id"] for t in complete}
+    states = {t.user_attrs[STATE_ATTR] for t in complete if STATE_ATTR in t.user_attrs}  # for promotion
+    assert packed <= files <= packed | states  # every packed file kept, and no file without its trial
     for t in complete:
         model, header = load_packed(artifacts / t.user_attrs["artifact_id"])
         assert sum(p.numel() for p in model.parameters()) == t.user_attrs["params"]

@@ -21,13 +21,21 @@ import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import optuna
+
+from autoprune.workflow import (
+    exit_if_storage_lost,
+    resolve_device,
+    use_device,
+)
+
 # OpenMP threads that spin while they wait steal the CPU from other processes and from each
 # other: beside two CPU-bound processes on 2 cores a search trial ran 5.2x slower with the
 # default (active) policy and 2.1x with a passive one, at 14% on a quiet machine
 # (bench/contention.py, BENCHMARKS.md). It must be set before torch loads its OpenMP runtime.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from autoprune import __version__  # noqa: E402
+from autoprune import __version__
 from autoprune.cli import _compress, _report, _search, _surrogate, _train  # noqa: E402
 from autoprune.cli._common import EXIT_USAGE, Parser  # noqa: E402
 from autoprune.errors import AutoPruneError  # noqa: E402
@@ -71,7 +79,6 @@ class _HeldWarnings(logging.Handler):
 def _routed_logs(held: _HeldWarnings, *, verbose: bool) -> Iterator[None]:
     """Every log record and warning (ours, Optuna's, Python's) goes to ``held``, or with
     --verbose to stderr as it happens; the logging setup is restored afterwards."""
-    import optuna
 
     optuna.logging.disable_default_handler()  # Optuna's log joins ours: no traceback of its own
     optuna.logging.enable_propagation()
@@ -100,7 +107,6 @@ def _routed_logs(held: _HeldWarnings, *, verbose: bool) -> Iterator[None]:
 
 
 def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
-    from autoprune.search.storage import exit_if_storage_lost
 
     name = args.thread.name if args.thread else "a thread"
     exit_if_storage_lost(name, args.exc_value, f"autoprune {_COMMAND[0]}")
@@ -175,7 +181,6 @@ def _on_device(args: argparse.Namespace) -> contextlib.AbstractContextManager:
     """The command's work on the device it was given (``--device``; checked when parsed)."""
     if getattr(args, "device", None) is None:
         return contextlib.nullcontext()
-    from autoprune.device import resolve_device, use_device
 
     return use_device(resolve_device(args.device))
 

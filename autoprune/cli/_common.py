@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Any, NoReturn, overload
 
 from autoprune.errors import AutoPruneError
-from autoprune.names import bad_study_name
+from autoprune.workflow import (
+    BUSY,
+    DataOptions,
+    DeviceError,
+    bad_study_name,
+    list_datasets,
+    list_models,
+    resolve_device,
+)
 
 EXIT_USAGE = 2
 
@@ -127,7 +135,6 @@ def fraction(text: str) -> float:
 def add_data_options(
     p: argparse.ArgumentParser, *, default: str | None = "digits", reading: bool = True
 ) -> argparse._ArgumentGroup:
-    from autoprune.data import list_datasets
 
     g = p.add_argument_group("model and data")
     g.add_argument(
@@ -191,13 +198,11 @@ def image_size(text: str) -> tuple[int, int]:
 
 def data_options(args: argparse.Namespace) -> Any:
     """The DataOptions of the data flags."""
-    from autoprune.data import DataOptions
 
     return DataOptions(args.image_size, args.in_memory, args.augment)
 
 
 def add_model_data_options(p: argparse.ArgumentParser) -> None:
-    from autoprune.models import list_models
 
     g = add_data_options(p)
     g.add_argument(
@@ -214,7 +219,6 @@ def add_model_data_options(p: argparse.ArgumentParser) -> None:
 
 def device_name(text: str) -> str:
     """An argparse type: a device this machine has (checked now, before any work)."""
-    from autoprune.device import DeviceError, resolve_device
 
     try:
         resolve_device(text)
@@ -271,7 +275,6 @@ def grid(header: list[str], rows: list[list[Any]]) -> str:
 
 def timed_busy(r: dict[str, Any]) -> bool:
     """Whether a measured model's latency was timed while other processes used the CPU."""
-    from autoprune.measure import BUSY
 
     return (r.get("other_load") or 0.0) >= BUSY
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,8 @@ from autoprune.cli._common import (
     output_path,
     table,
 )
-from autoprune.cli._train import add_train_options, load_base, load_data
-from autoprune.limits import MAX_BATCH
+from autoprune.cli._train import add_train_options, base_request
+from autoprune.workflow import MAX_BATCH, compress_recipe, evaluate_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -84,98 +83,34 @@ def add_latency_options(p: argparse.ArgumentParser) -> None:
 
 
 def run_compress(args: argparse.Namespace) -> dict[str, Any]:
-    from autoprune.compress import load_recipe
-    from autoprune.compress.recipe import check_layers
-    from autoprune.models import create_model
-    from autoprune.pipeline import compress, dataset_meta
-    from autoprune.train import measured_base
-
-    started = time.perf_counter()
     output_path(args.out, "--out")
-    config = load_recipe(args.recipe)
-    splits, spec = load_data(args)
-    check_layers(config, create_model(spec))  # before any training
-    base = load_base(args, splits, spec, train_from_checkpoint=False)
-    timing = {"latency": not args.no_latency, "latency_batch": args.latency_batch}
-    measuring = time.perf_counter()
-    base_metrics, measured_before = measured_base(base, splits, threads=args.threads, **timing)
-    measuring = time.perf_counter() - measuring
-    meta = {
-        "dataset": dataset_meta(splits.name, args.data_dir, args.val_fraction, args.seed),
-        "recipe": config.name,
-        "base": base_metrics.summary(),
-    }
-    result = compress(
-        base.model,
-        spec,
-        splits,
-        config,
+    return compress_recipe(
+        base_request(args),
+        args.recipe,
         args.out,
-        base_metrics=base_metrics,
-        seed=args.seed,
-        progress=not args.quiet,
+        latency=not args.no_latency,
+        latency_batch=args.latency_batch,
         threads=args.threads,
-        meta=meta,
-        **timing,
+        progress=not args.quiet,
     )
-    return {
-        "latency_batch": args.latency_batch,
-        "recipe": config.name,
-        "model": spec.name,
-        "dataset": splits.name,
-        "out": str(args.out),
-        "base": {**base_metrics.to_dict(), "from_cache": measured_before},
-        "base_measure_s": round(measuring, 2),
-        **result.metrics,
-        "layers": [dict(r.__dict__, density=r.density) for r in result.report.layers],
-        "norms": [n.to_dict() for n in result.norms],
-        "seconds": round(time.perf_counter() - started, 2),
-    }
 
 
 def run_eval(args: argparse.Namespace) -> dict[str, Any]:
-    from autoprune.compress import breakdown
-    from autoprune.compress.export import export_onnx, export_torchscript
-    from autoprune.pipeline import evaluate_packed
-
     output_path(args.torchscript, "--torchscript")
     output_path(args.onnx, "--onnx")
-    ev = evaluate_packed(
+    return evaluate_file(
         args.file,
         model=args.model,
         dataset=args.dataset,
         data_dir=args.data_dir,
         val_fraction=args.val_fraction,
         seed=args.seed,
-        threads=args.threads,
         latency=not args.no_latency,
         latency_batch=args.latency_batch,
+        threads=args.threads,
+        torchscript=args.torchscript,
+        onnx=args.onnx,
     )
-    metrics, meta = ev.metrics.to_dict(), ev.header.get("meta", {})
-    packed = args.file.stat().st_size
-    base = meta.get("base") if isinstance(meta.get("base"), dict) else {}
-    dense, base_acc = base.get("dense_bytes"), base.get("accuracy")
-    result = {
-        "latency_batch": args.latency_batch,
-        "file": str(args.file),
-        "model": ev.header["model"]["name"],
-        "dataset": ev.splits.name,
-        "recipe": meta.get("recipe") if isinstance(meta.get("recipe"), str) else None,
-        "study": meta.get("study") if isinstance(meta.get("study"), str) else None,
-        "settings": {k: v for k, v in meta["settings"].items() if isinstance(v, (int, float, str))}
-        if isinstance(meta.get("settings"), dict)
-        else {},
-        **metrics,
-        "packed_bytes": packed,
-        "compression_ratio": dense / packed if isinstance(dense, (int, float)) and dense > 0 else None,
-        "acc_drop": base_acc - metrics["accuracy"] if isinstance(base_acc, (int, float)) else None,
-        "layers": [dict(r.__dict__, density=r.density) for r in breakdown(ev.header)],
-    }
-    if args.torchscript:
-        result["torchscript"] = str(export_torchscript(ev.model, ev.splits.input_shape, args.torchscript))
-    if args.onnx:
-        result["onnx"] = str(export_onnx(ev.model, ev.splits.input_shape, args.onnx))
-    return result
 
 
 def _layer_table(layers: list[dict[str, Any]]) -> str:

@@ -8,6 +8,12 @@ from typing import Any
 
 from autoprune.cli._common import output_path
 from autoprune.cli._surrogate import _common, _view
+from autoprune.errors import AutoPruneError
+from autoprune.workflow import (
+    artifact_dir,
+    file_stem,
+    write_report,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,14 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_report(args: argparse.Namespace) -> dict[str, Any]:
-    from autoprune.names import file_stem
-    from autoprune.search.storage import artifact_dir
-    from autoprune.workflow import write_report
 
     output_path(args.out, "--out")
     if args.png is not None and args.png.exists() and not args.png.is_dir():
-        from autoprune.errors import AutoPruneError
-
         raise AutoPruneError(f"--png {args.png} is a file; give a folder")
     view = _view(args)
     out = args.out or output_path(Path(f"{file_stem(view.study.study_name)}-report.html"), "--out")

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
+
+import optuna
 
 from autoprune.cli._common import (
     add_device_option,
@@ -20,16 +23,35 @@ from autoprune.cli._common import (
     table,
     timed_busy,
 )
-from autoprune.limits import MAX_EPOCHS, MAX_TRIALS
-from autoprune.search.storage import DEFAULT_STORAGE
+from autoprune.workflow import (
+    BUSY,
+    DEFAULT_SPEC,
+    DEFAULT_STORAGE,
+    MAX_EPOCHS,
+    MAX_TRIALS,
+    OBJECTIVES,
+    PRUNERS,
+    dashboard_sources,
+    default_export_path,
+    export_trial,
+    finalize,
+    find_trial,
+    list_samplers,
+    open_stored,
+    parse_storage,
+    search,
+    search_spec,
+    serve_dashboard,
+    stop_on_signals,
+    study_metric,
+    trial_row,
+    trials_summary,
+)
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from autoprune.search.samplers import PRUNERS
-    from autoprune.search.spec import OBJECTIVES
-    from autoprune.workflow import DEFAULT_SPEC, list_samplers
 
     p = sub.add_parser(
         "search",
@@ -249,10 +271,6 @@ def trial_choice(text: str) -> str | int:
 
 
 def run_search(args: argparse.Namespace) -> dict[str, Any]:
-    import optuna
-
-    from autoprune.search import parse_storage, stop_on_signals
-    from autoprune.workflow import search, search_spec
 
     objectives = [o.strip() for o in args.objectives.split(",")] if args.objectives else None
     spec, spec_dir = search_spec(
@@ -284,7 +302,6 @@ def run_search(args: argparse.Namespace) -> dict[str, Any]:
 
 def _spec_values(spec: Any, args: argparse.Namespace) -> Any:
     """The spec with the data and training values given as flags."""
-    import dataclasses
 
     data = {
         k: v for k, v in (("data_dir", args.data_dir), ("val_fraction", args.val_fraction)) if v is not None
@@ -304,10 +321,6 @@ def _drops(r: dict[str, Any]) -> list[str]:
 
 
 def run_finalize(args: argparse.Namespace) -> dict[str, Any]:
-    import optuna
-
-    from autoprune.search import parse_storage, stop_on_signals
-    from autoprune.workflow import finalize, search_spec
 
     spec, _ = search_spec(args.spec, name=args.study, storage=args.storage, max_acc_drop=args.max_acc_drop)
     spec = _spec_values(spec, args)
@@ -418,30 +431,13 @@ def format_search(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _open(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+def _open(args: argparse.Namespace) -> tuple[Any, Any]:
     """The study a read command names, from a storage it never creates."""
-    import optuna
-
-    from autoprune.search.storage import open_storage, parse_storage, resolve_study_name, storage_errors
-
-    info = parse_storage(args.storage)
-    with storage_errors(info):
-        storage = open_storage(info, create=False)
-        name = resolve_study_name(storage, args.study, info.where)
-        return optuna.load_study(study_name=name, storage=storage), info, storage
+    return open_stored(args.storage, args.study)
 
 
 def run_trials(args: argparse.Namespace) -> dict[str, Any]:
-    from autoprune.search.report import state_counts, study_metric, trial_row
-
-    study, info, _ = _open(args)
-    return {
-        "study": study.study_name,
-        "storage": info.safe_url,
-        "states": state_counts(study),
-        "metric": study_metric(study),
-        "trials": [trial_row(t) for t in study.get_trials(deepcopy=False)],
-    }
+    return trials_summary(*_open(args))
 
 
 def _on(t: dict[str, Any]) -> str:
@@ -453,8 +449,6 @@ def _on(t: dict[str, Any]) -> str:
 def format_trials(r: dict[str, Any]) -> str:
     def f(v: Any, fmt: str) -> str:
         return "" if v is None else format(v, fmt)
-
-    from autoprune.measure import BUSY
 
     rows = [
         [
@@ -487,11 +481,9 @@ def format_trials(r: dict[str, Any]) -> str:
 
 
 def run_export(args: argparse.Namespace) -> dict[str, Any]:
-    from autoprune.search import study_metric, trial_row
-    from autoprune.workflow import default_export_path, export_trial, find_trial
 
     output_path(args.out, "--out")
-    study, info, _ = _open(args)
+    study, info = _open(args)
     trial = find_trial(study, args.trial, max_acc_drop=args.max_acc_drop)
     out = args.out or output_path(default_export_path(study, trial), "--out")
     export_trial(study, trial, out, info, artifacts=args.artifacts)
@@ -513,20 +505,7 @@ def format_export(r: dict[str, Any]) -> str:
 
 
 def run_dashboard(args: argparse.Namespace) -> dict[str, Any]:
-    from autoprune.search.storage import (
-        artifact_dir,
-        artifact_store,
-        open_storage,
-        parse_storage,
-        storage_errors,
-    )
-    from autoprune.workflow import serve_dashboard
-
-    info = parse_storage(args.storage)
-    with storage_errors(info):
-        storage = open_storage(info, create=False)  # it only shows studies: it never makes a database
-    folder = args.artifacts or artifact_dir(info)
-    store = artifact_store(folder, create=False) if folder.is_dir() or args.artifacts else None
+    storage, info, store = dashboard_sources(args.storage, args.artifacts)
     if args.host not in LOOPBACK:
         print(
             f"autoprune dashboard: warning: --host {args.host} lets anyone who reaches this machine read, "

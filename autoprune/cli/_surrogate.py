@@ -7,10 +7,36 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import optuna
+import torch
+
 from autoprune.cli._common import add_device_option, grid, int_in, multiples, non_negative_float, output_path
 from autoprune.cli._search import _storage_options
 from autoprune.errors import AutoPruneError
-from autoprune.names import file_stem
+from autoprune.workflow import (
+    COMPARE_HEADER,
+    ProposeConfig,
+    Surrogate,
+    compare,
+    compare_png,
+    compare_table,
+    enqueue,
+    enqueue_proposals,
+    file_stem,
+    fit,
+    history,
+    open_sources,
+    open_view,
+    parse_storage,
+    propose_for,
+    publish,
+    sensitivity_png,
+    sensitivity_rows,
+    size_error,
+    storage_errors,
+    study_sensitivity,
+    zero_shot,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -180,10 +206,6 @@ def _common(p: argparse.ArgumentParser, *, seed: bool = True) -> None:
 
 
 def _view(args: argparse.Namespace) -> Any:
-    import optuna
-
-    from autoprune.search.storage import parse_storage, storage_errors
-    from autoprune.workflow import open_view
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     info = parse_storage(args.storage)
@@ -201,7 +223,6 @@ def _view(args: argparse.Namespace) -> Any:
 
 
 def run_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
-    from autoprune.workflow import sensitivity_png, sensitivity_rows, study_sensitivity
 
     output_path(args.png, "--png")
     view = _view(args)
@@ -261,19 +282,16 @@ def format_sensitivity(r: dict[str, Any]) -> str:
 
 
 def _fit_report(surrogate: Any, history: Any) -> dict[str, Any]:
-    from autoprune.workflow import size_error
 
     return {**surrogate.report(), "left_out": history.left_out, "size_error": size_error(history)}
 
 
 def _sources_of(args: argparse.Namespace) -> list[Any]:
-    from autoprune.workflow import open_sources
 
     return open_sources(args.sources, args.storage, progress=not args.quiet)
 
 
 def run_fit(args: argparse.Namespace) -> dict[str, Any]:
-    from autoprune.workflow import fit
 
     output_path(args.out, "--out")
     view = _view(args)
@@ -313,8 +331,6 @@ def format_fit(r: dict[str, Any]) -> str:
 
 
 def run_zero_shot(args: argparse.Namespace) -> dict[str, Any]:
-    from autoprune.search.propose import enqueue_proposals
-    from autoprune.workflow import zero_shot
 
     view = _view(args)
     minimise = "macs" if args.target == "latency" else "packed_bytes"
@@ -377,8 +393,6 @@ def format_zero_shot(r: dict[str, Any]) -> str:
 
 
 def run_propose(args: argparse.Namespace) -> dict[str, Any]:
-    from autoprune.surrogate import ProposeConfig, Surrogate
-    from autoprune.workflow import enqueue, fit, history, propose_for
 
     if args.zero_shot:
         return run_zero_shot(args)
@@ -465,7 +479,6 @@ def format_propose(r: dict[str, Any]) -> str:
 
 
 def run_compare(args: argparse.Namespace) -> dict[str, Any]:
-    from autoprune.workflow import compare, compare_png, publish
 
     try:
         sizes = [int(s) for s in args.at.split(",") if s.strip()]
@@ -477,8 +490,6 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
     view = _view(args)
     png = args.png or output_path(Path(f"{file_stem(view.study.study_name)}-compare.png"), "--png")
     if args.threads:
-        import torch
-
         torch.set_num_threads(args.threads)
     result = compare(view, sizes, k=args.k, seed=args.seed, max_acc_drop=args.max_acc_drop)
     result["png"] = str(compare_png(result, png))
@@ -487,7 +498,6 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def format_compare(r: dict[str, Any]) -> str:
-    from autoprune.workflow import COMPARE_HEADER, compare_table
 
     return "\n".join(
         [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from autoprune.cli._common import (
     positive_float,
     table,
 )
-from autoprune.limits import MAX_BATCH, MAX_EPOCHS
+from autoprune.workflow import MAX_BATCH, MAX_EPOCHS, BaseRequest, TrainConfig, train
 
 
 def add_train_options(p: argparse.ArgumentParser, *, epochs_help: str = "training epochs") -> None:
@@ -47,70 +46,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run, format=format_result)
 
 
-def load_data(args: argparse.Namespace) -> tuple[Any, Any]:
-    """The data splits and the spec of the model to build for them."""
-    from autoprune.data import load_dataset
-    from autoprune.models import ModelSpec
-
-    splits = load_dataset(
-        args.dataset,
+def base_request(args: argparse.Namespace) -> BaseRequest:
+    """The base model the flags ask for (``train`` and ``compress`` alike)."""
+    return BaseRequest(
+        model=args.model,
+        dataset=args.dataset,
         data_dir=args.data_dir,
         val_fraction=args.val_fraction,
         seed=args.seed,
         options=data_options(args),
-    )
-    c, h, w = splits.input_shape
-    return splits, ModelSpec(args.model, splits.num_classes, c, (h, w))
-
-
-def load_base(args: argparse.Namespace, splits: Any, spec: Any, *, train_from_checkpoint: bool) -> Any:
-    """The trained base: trained now, loaded from the cache, or (compress) the checkpoint itself.
-
-    ``train_from_checkpoint``: a checkpoint is a starting point (train) rather than the
-    trained network itself (compress).
-    """
-    from autoprune.models import create_model, load_checkpoint
-    from autoprune.train import BaseModel, TrainConfig, train_base
-
-    if args.checkpoint is not None and not train_from_checkpoint:
-        model = load_checkpoint(create_model(spec), args.checkpoint).eval()
-        return BaseModel(model, spec, args.checkpoint, True, ())
-    config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer)
-    return train_base(
-        spec,
-        splits,
-        config,
-        seed=args.seed,
+        train=TrainConfig(
+            epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer
+        ),
         checkpoint=args.checkpoint,
         use_cache=not args.no_cache,
-        progress=not args.quiet,
     )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    import torch
-
-    from autoprune.measure import measure_model
-
-    started = time.perf_counter()
     output_path(args.out, "--out")
-    splits, spec = load_data(args)
-    base = load_base(args, splits, spec, train_from_checkpoint=True)
-    metrics = measure_model(base.model, splits, threads=args.threads)
-    if args.out is not None:
-        torch.save(base.model.state_dict(), args.out)
-    return {
-        "model": spec.name,
-        "dataset": splits.name,
-        "input_shape": list(splits.input_shape),
-        "num_classes": splits.num_classes,
-        "split_sizes": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
-        "cached": base.cached,
-        "cache_path": str(base.path),
-        "out": str(args.out) if args.out else None,
-        "seconds": round(time.perf_counter() - started, 2),
-        **metrics.to_dict(),
-    }
+    return train(base_request(args), out=args.out, threads=args.threads, progress=not args.quiet)
 
 
 def format_result(r: dict[str, Any]) -> str:

@@ -4,13 +4,48 @@ sampler registered, reading results back out of a study, and the surrogate on a 
 layer over it."""
 
 import autoprune.surrogate  # noqa: F401  (registers the "surrogate" sampler)
-from autoprune.search.samplers import list_samplers
+from autoprune.data import DataOptions, list_datasets
+from autoprune.device import DeviceError, resolve_device, use_device
+from autoprune.limits import MAX_BATCH, MAX_EPOCHS, MAX_TRIALS
+from autoprune.measure import BUSY
+from autoprune.models import list_models
+from autoprune.names import bad_study_name, file_stem
+from autoprune.search import stop_on_signals, study_metric, trial_row
+from autoprune.search.propose import enqueue_proposals
+from autoprune.search.samplers import PRUNERS, list_samplers
+from autoprune.search.spec import OBJECTIVES
+from autoprune.search.storage import (
+    DEFAULT_STORAGE,
+    artifact_dir,
+    exit_if_storage_lost,
+    parse_storage,
+    storage_errors,
+)
+from autoprune.surrogate import ProposeConfig, Surrogate
+from autoprune.train import TrainConfig
 from autoprune.workflow._dashboard import allowed_hosts, host_checked, serve_dashboard
 from autoprune.workflow._export import default_export_path, export_trial, find_trial
 from autoprune.workflow._figures import COMPARE_HEADER, compare_png, compare_table, publish
 from autoprune.workflow._final import final_summary, finalize, parents
+from autoprune.workflow._models import (
+    BaseRequest,
+    compress_recipe,
+    evaluate_file,
+    load_base,
+    load_data,
+    train,
+)
 from autoprune.workflow._report import figure_png, write_report
-from autoprune.workflow._search import DEFAULT_SPEC, Interrupted, search, search_spec, search_summary
+from autoprune.workflow._search import (
+    DEFAULT_SPEC,
+    Interrupted,
+    dashboard_sources,
+    open_stored,
+    search,
+    search_spec,
+    search_summary,
+    trials_summary,
+)
 from autoprune.workflow._sensitivity import (
     SENSITIVITY_ATTR,
     publish_sensitivity,
@@ -35,6 +70,43 @@ from autoprune.workflow._surrogate import (
 )
 
 __all__ = [
+    # what the commands share with the layers below, so that the CLI imports this package only
+    "BUSY",
+    "DEFAULT_STORAGE",
+    "DataOptions",
+    "DeviceError",
+    "MAX_BATCH",
+    "MAX_EPOCHS",
+    "MAX_TRIALS",
+    "OBJECTIVES",
+    "PRUNERS",
+    "ProposeConfig",
+    "Surrogate",
+    "artifact_dir",
+    "bad_study_name",
+    "enqueue_proposals",
+    "exit_if_storage_lost",
+    "file_stem",
+    "list_datasets",
+    "list_models",
+    "parse_storage",
+    "resolve_device",
+    "stop_on_signals",
+    "storage_errors",
+    "study_metric",
+    "trial_row",
+    "use_device",
+    # what the commands do
+    "dashboard_sources",
+    "open_stored",
+    "trials_summary",
+    "BaseRequest",
+    "TrainConfig",
+    "compress_recipe",
+    "evaluate_file",
+    "load_base",
+    "load_data",
+    "train",
     "allowed_hosts",
     "host_checked",
     "serve_dashboard",

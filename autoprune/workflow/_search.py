@@ -7,13 +7,22 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.storages import BaseStorage
 
 from autoprune.errors import AutoPruneError
 from autoprune.search.record import best_field
 from autoprune.search.report import best_trial, pareto_front, state_counts, study_metric, trial_row
 from autoprune.search.run import run_search
 from autoprune.search.spec import StudySpec, load_spec
-from autoprune.search.storage import StorageInfo, artifact_dir, open_storage, storage_errors
+from autoprune.search.storage import (
+    StorageInfo,
+    artifact_dir,
+    artifact_store,
+    open_storage,
+    parse_storage,
+    resolve_study_name,
+    storage_errors,
+)
 from autoprune.search.workers import counts
 from autoprune.workflow._study_figures import Publisher
 
@@ -98,3 +107,35 @@ def search_summary(study: optuna.Study, spec: StudySpec, info: StorageInfo) -> d
         "confidence": spec.study.confidence,
         "dashboard": f"autoprune dashboard --storage {shlex.quote(storage_arg)}",
     }
+
+
+def open_stored(storage: str, study: str | None) -> tuple[optuna.Study, StorageInfo]:
+    """The study a read command names (the only one in the storage when ``study`` is None), from
+    a storage it never creates."""
+    info = parse_storage(storage)
+    with storage_errors(info):
+        opened = open_storage(info, create=False)
+        name = resolve_study_name(opened, study, info.where)
+        return optuna.load_study(study_name=name, storage=opened), info
+
+
+def trials_summary(study: optuna.Study, info: StorageInfo) -> dict[str, Any]:
+    """Every trial of the study as a row (``autoprune trials``)."""
+    return {
+        "study": study.study_name,
+        "storage": info.safe_url,
+        "states": state_counts(study),
+        "metric": study_metric(study),
+        "trials": [trial_row(t) for t in study.get_trials(deepcopy=False)],
+    }
+
+
+def dashboard_sources(storage: str, artifacts: Path | None) -> tuple[BaseStorage, StorageInfo, Any]:
+    """What ``autoprune dashboard`` serves: the storage (never created by it) and the artifact
+    store beside it (None when there is none and none was named)."""
+    info = parse_storage(storage)
+    with storage_errors(info):
+        opened = open_storage(info, create=False)  # it only shows studies: it never makes a database
+    folder = artifacts or artifact_dir(info)
+    store = artifact_store(folder, create=False) if folder.is_dir() or artifacts else None
+    return opened, info, store
