@@ -206,10 +206,10 @@ def test_the_database_never_stores_the_password(tmp_path: Path, capsys: pytest.C
 def test_a_dashboard_open_to_the_network_says_so(
     workspace: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import autoprune.workflow
+    import autoprune.cli._search as search_cli
 
     served = []
-    monkeypatch.setattr(autoprune.workflow, "serve_dashboard", lambda storage, **kw: served.append(kw))
+    monkeypatch.setattr(search_cli, "serve_dashboard", lambda storage, **kw: served.append(kw))
     monkeypatch.chdir(workspace)
     code, _, err = call(["dashboard", "--storage", "sqlite:///study.db", "--host", "0.0.0.0"], capsys)
     assert code == 0 and served[0]["host"] == "0.0.0.0"
