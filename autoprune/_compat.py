@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import multiprocessing.util
 import time
 from collections.abc import Callable
 from typing import Any
@@ -143,6 +144,5 @@ def release_process_resources() -> None:
     as a normal exit would; without it multiprocessing's resource tracker prints a warning about
     leaked semaphores after our one line. Runs only the finalizers of priority 0 and above, which
     never wait (a queue's feeder-thread join has -5)."""
-    import multiprocessing.util
 
     multiprocessing.util._run_finalizers(0)  # type: ignore[attr-defined]  # private, no stub

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 import torch
 from torch import nn
 
@@ -95,7 +96,6 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path
 
 def ort_session(graph: bytes | str | Path, *, threads: int = 1) -> Any:
     """An ONNX Runtime CPU session with every graph optimisation and ``threads`` intra-op threads."""
-    import onnxruntime as ort  # ~0.3 s to import: only where it is used
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from autoprune.data import DataSplits, TaskSplit
 from autoprune.errors import AutoPruneError, TaskError
 from autoprune.models import factory_source_hash, is_user_model, resolve_factory
@@ -52,7 +54,6 @@ def load_task(ref: str) -> DataSplits:
 
 
 def _example(task: Any, ref: str) -> Any:
-    import torch
 
     try:
         example = task.example_input()

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from autoprune._config import build_config, read_toml
-from autoprune.compress._layers import RecipeError
+from autoprune.compress._layers import RecipeError, check_layer_names, conv_layers, weight_layers
 from autoprune.compress.packing import PackConfig
 from autoprune.compress.quantize import ShareConfig
 from autoprune.compress.structured import FilterPruneConfig
@@ -51,7 +51,6 @@ def load_recipe(path: str | Path) -> CompressConfig:
 
 def check_layers(config: CompressConfig, model: Any) -> None:
     """Fail fast, before any training, when the recipe names a layer the model lacks."""
-    from autoprune.compress._layers import check_layer_names, conv_layers, weight_layers
 
     check_layer_names(config.structured.layers, conv_layers(model), "structured.layers")
     check_layer_names(config.unstructured.layers, weight_layers(model), "unstructured.layers")

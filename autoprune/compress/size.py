@@ -31,8 +31,17 @@ from torch import nn
 
 from autoprune.compress._layers import layer_kind, output_layer, weight_layers
 from autoprune.compress.packing import MAGIC, save_packed
+from autoprune.compress.quantize import ShareConfig, share_weights_
 from autoprune.compress.recipe import CompressConfig
-from autoprune.compress.structured import Cuts, FilterNormImportance, _removed_count, channel_cuts
+from autoprune.compress.structured import (
+    Cuts,
+    FilterNormImportance,
+    FilterPruneConfig,
+    _removed_count,
+    channel_cuts,
+    prune_filters_,
+)
+from autoprune.compress.unstructured import MagnitudeConfig, prune_magnitude_
 from autoprune.models import ModelSpec
 from autoprune.ops.huffman import stream_bits
 from autoprune.ops.kmeans import kmeans_1d
@@ -327,9 +336,6 @@ class SizeModel:
         """The compressed JSON header of a real packed file of this network (a third of its
         filters and half its weights pruned, 6/4 bits): its size varies by a few percent with
         the settings and the numbers it holds."""
-        from autoprune.compress.quantize import ShareConfig, share_weights_
-        from autoprune.compress.structured import FilterPruneConfig, prune_filters_
-        from autoprune.compress.unstructured import MagnitudeConfig, prune_magnitude_
 
         model = copy.deepcopy(base).eval()
         with tempfile.TemporaryDirectory() as tmp, _quiet():

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from autoprune.data._base import ImageFiles, RawData, carve_test, register_dataset, require_dir
 from autoprune.errors import DataError
@@ -170,7 +171,6 @@ PROBE = 500  # images whose headers decide an image folder's native size and col
 
 def _probe(files: list[Path]) -> tuple[tuple[int, int], str]:
     """The most common size (H, W) and the colour mode of a spread of ``files`` (headers only)."""
-    from PIL import Image, UnidentifiedImageError
 
     step = max(1, len(files) // PROBE)
     sizes: Counter[tuple[int, int]] = Counter()

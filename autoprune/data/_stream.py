@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
 
 from autoprune.errors import DataError
 
@@ -35,7 +36,6 @@ class ImageReader:
     std: tuple[float, ...] = ()
 
     def __call__(self, path: Path) -> torch.Tensor:
-        from PIL import Image, UnidentifiedImageError
 
         try:
             with Image.open(path) as opened:

@@ -4,9 +4,12 @@ resolves its own name to 127.0.0.1 would otherwise read and change the studies).
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from optuna_dashboard import wsgi
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -44,14 +47,12 @@ class _QuietHandler(WSGIRequestHandler):
 def serve_dashboard(storage: Any, *, host: str, port: int, artifact_store: Any = None) -> None:
     """optuna-dashboard on ``host:port`` until Ctrl-C; on loopback, only for requests naming
     that address (off loopback the user has chosen to serve the network: no check)."""
-    from optuna_dashboard import wsgi
 
     app = wsgi(storage, artifact_store=artifact_store)
     if host in LOOPBACK:
         app = host_checked(app, allowed_hosts(host, port))
     server_class = WSGIServer
     if ":" in host:
-        import socket
 
         class server_class(WSGIServer):  # type: ignore[no-redef]
             address_family = socket.AF_INET6

@@ -6,10 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import optuna
+import plotly.graph_objects as go
+from matplotlib.figure import Figure
+from optuna_dashboard import save_note, save_plotly_graph_object
 
 from autoprune._compat import set_study_system_attr
 from autoprune.search.record import Budget
+from autoprune.workflow._study_figures import COMPARE_ATTR, summary_note
 
 
 def _ratio(v: float | None) -> str:
@@ -109,7 +114,6 @@ def compare_series(result: dict[str, Any]) -> list[tuple[str, list[int], list[fl
 def compare_plotly(result: dict[str, Any]) -> Any:
     """Both series on integer history sizes; a point with nothing within the budget is an open
     marker at 1x, labelled so (the two series' markers and labels apart, should both have none)."""
-    import plotly.graph_objects as go
 
     fig = go.Figure()
     for (label, n, best), symbol, size, where in zip(
@@ -146,63 +150,55 @@ def compare_plotly(result: dict[str, Any]) -> Any:
 
 
 def compare_png(result: dict[str, Any], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    matplotlib.rcParams["text.parse_math"] = False  # stored names are text, never mathtext
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for i, ((label, n, best), marker) in enumerate(zip(compare_series(result), ("o", "s"))):
-        y = [b if b is not None else NONE_WITHIN for b in best]
-        size = 12 if i == 0 else 7  # one inside the other where both series have none
-        line = ax.plot(n, y, f"{marker}-", label=label, markersize=size)[0]
-        for x, b in zip(n, best):
-            if b is None:  # drawn hollow at 1x and said in words, each series on its own line
-                ax.plot(
-                    [x],
-                    [NONE_WITHIN],
-                    marker,
-                    markerfacecolor="white",
-                    color=line.get_color(),
-                    markersize=size,
-                )
-                ax.annotate(
-                    _none_label(label),
-                    (x, NONE_WITHIN),
-                    textcoords="offset points",
-                    xytext=(0, 10 + 11 * i),
-                    ha="center",
-                    fontsize=7,
-                    color=line.get_color(),
-                )
-    full = result["search_full"]
-    if full["best_ratio"] is not None:
-        ax.axhline(
-            full["best_ratio"],
-            linestyle="--",
-            color="grey",
-            label=f"search, full budget ({full['trials']} trials)",
-        )
-    ax.set_xticks([r["history"] for r in result["rows"]])
-    ax.set_xlabel("history size n (search trials the surrogate learned from)")
-    ax.set_ylabel(f"best compression ratio, drop <= {result['max_acc_drop']} pt")
-    ax.set_title(result["study"])
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with matplotlib.rc_context({"text.parse_math": False}):  # stored names are text, never mathtext
+        fig = Figure(figsize=(6.5, 4))
+        ax = fig.subplots()
+        for i, ((label, n, best), marker) in enumerate(zip(compare_series(result), ("o", "s"))):
+            y = [b if b is not None else NONE_WITHIN for b in best]
+            size = 12 if i == 0 else 7  # one inside the other where both series have none
+            line = ax.plot(n, y, f"{marker}-", label=label, markersize=size)[0]
+            for x, b in zip(n, best):
+                if b is None:  # drawn hollow at 1x and said in words, each series on its own line
+                    ax.plot(
+                        [x],
+                        [NONE_WITHIN],
+                        marker,
+                        markerfacecolor="white",
+                        color=line.get_color(),
+                        markersize=size,
+                    )
+                    ax.annotate(
+                        _none_label(label),
+                        (x, NONE_WITHIN),
+                        textcoords="offset points",
+                        xytext=(0, 10 + 11 * i),
+                        ha="center",
+                        fontsize=7,
+                        color=line.get_color(),
+                    )
+        full = result["search_full"]
+        if full["best_ratio"] is not None:
+            ax.axhline(
+                full["best_ratio"],
+                linestyle="--",
+                color="grey",
+                label=f"search, full budget ({full['trials']} trials)",
+            )
+        ax.set_xticks([r["history"] for r in result["rows"]])
+        ax.set_xlabel("history size n (search trials the surrogate learned from)")
+        ax.set_ylabel(f"best compression ratio, drop <= {result['max_acc_drop']} pt")
+        ax.set_title(result["study"])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
     return path
 
 
 def publish(study: optuna.Study, result: dict[str, Any], budget: Budget) -> None:
     """The figure into the study, where optuna-dashboard shows it; the comparison's points
     beside the search's progress, and its table in the study's note."""
-    from optuna_dashboard import save_note, save_plotly_graph_object
-
-    from autoprune.workflow._study_figures import COMPARE_ATTR, summary_note
 
     save_plotly_graph_object(study, compare_plotly(result), graph_object_id="surrogate-compare")
     rows = [

@@ -11,8 +11,11 @@ import re
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import optuna
 import torch
+from matplotlib.figure import Figure
+from plotly.offline import get_plotlyjs
 
 from autoprune.errors import AutoPruneError
 from autoprune.search.record import Budget
@@ -35,7 +38,6 @@ def write_report(
 ) -> dict[str, Any]:
     """Write the study's report to ``out`` (and its figures as PNGs into ``png``); returns what
     was written."""
-    from plotly.offline import get_plotlyjs
 
     if png is not None:  # first: a folder that cannot be made leaves nothing written
         try:
@@ -142,61 +144,58 @@ _SYMBOLS = {"circle": "o", "diamond": "D", "star": "*", "square": "s", "triangle
 def figure_png(fig: Any, path: Path) -> Path:
     """A plotly figure of scatter and bar traces drawn again with matplotlib (no browser, no
     extra package): the same data, axes (log ones included), lines and titles."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    matplotlib.rcParams["text.parse_math"] = False  # stored names are text, never mathtext
-    import matplotlib.pyplot as plt
-
-    layout = fig.layout
-    axes_ids = sorted({(t.xaxis or "x") for t in fig.data}, key=lambda a: int(a[1:] or 1))
-    figure, axes = plt.subplots(1, len(axes_ids), figsize=(7 * len(axes_ids), 4.6), squeeze=False)
-    by_id = dict(zip(axes_ids, axes[0]))
-    stacks: dict[str, list[float]] = {}
-    for trace in fig.data:
-        ax = by_id[trace.xaxis or "x"]
-        if trace.type == "bar":
-            x, y = list(trace.x), list(trace.y)
-            bottom = [stacks.get(k, 0.0) for k in x]
-            ax.bar(range(len(x)), y, bottom=bottom, label=trace.name)
-            for k, v, b in zip(x, y, bottom):
-                stacks[k] = b + v
-            ax.set_xticks(range(len(x)), x, rotation=60, ha="right", fontsize=6)
-            continue
-        x = [v for v in (trace.x or [])]
-        y = [float("nan") if v is None else v for v in (trace.y or [])]
-        mode = trace.mode or "markers"
-        symbol = (
-            trace.marker.symbol
-            if trace.marker is not None and isinstance(trace.marker.symbol, str)
-            else "circle"
-        )
-        color = (
-            trace.marker.color if trace.marker is not None and isinstance(trace.marker.color, str) else None
-        ) or (trace.line.color if trace.line is not None else None)
-        style = {"label": trace.name, "color": color}
-        marker = _SYMBOLS.get(symbol.removesuffix("-open"), "o") if "markers" in mode else ""
-        line = "--" if trace.line is not None and trace.line.dash in ("dash", "dot") else "-"
-        if symbol.endswith("-open"):
-            style["markerfacecolor"] = "none"
-        ax.plot(x, y, marker + (line if "lines" in mode else ""), **style)
-    for shape in layout.shapes or ():
-        if shape.y0 == shape.y1 and shape.y0 is not None:
-            by_id["x"].axhline(shape.y0, linestyle="--", color="grey")
-    for axis_id, ax in by_id.items():
-        xaxis = layout[f"xaxis{axis_id[1:]}"] if axis_id != "x" else layout.xaxis
-        yaxis = layout[f"yaxis{axis_id[1:]}"] if axis_id != "x" else layout.yaxis
-        if xaxis.type == "log":
-            ax.set_xscale("log")
-        if yaxis.range is not None:
-            ax.set_ylim(*yaxis.range)
-        ax.set_xlabel(xaxis.title.text or "", fontsize=8)
-        ax.set_ylabel(yaxis.title.text or "", fontsize=8)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
-    figure.suptitle(layout.title.text or "", fontsize=10)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    with matplotlib.rc_context({"text.parse_math": False}):  # stored names are text, never mathtext
+        layout = fig.layout
+        axes_ids = sorted({(t.xaxis or "x") for t in fig.data}, key=lambda a: int(a[1:] or 1))
+        figure = Figure(figsize=(7 * len(axes_ids), 4.6))
+        axes = figure.subplots(1, len(axes_ids), squeeze=False)
+        by_id = dict(zip(axes_ids, axes[0]))
+        stacks: dict[str, list[float]] = {}
+        for trace in fig.data:
+            ax = by_id[trace.xaxis or "x"]
+            if trace.type == "bar":
+                x, y = list(trace.x), list(trace.y)
+                bottom = [stacks.get(k, 0.0) for k in x]
+                ax.bar(range(len(x)), y, bottom=bottom, label=trace.name)
+                for k, v, b in zip(x, y, bottom):
+                    stacks[k] = b + v
+                ax.set_xticks(range(len(x)), x, rotation=60, ha="right", fontsize=6)
+                continue
+            x = [v for v in (trace.x or [])]
+            y = [float("nan") if v is None else v for v in (trace.y or [])]
+            mode = trace.mode or "markers"
+            symbol = (
+                trace.marker.symbol
+                if trace.marker is not None and isinstance(trace.marker.symbol, str)
+                else "circle"
+            )
+            color = (
+                trace.marker.color
+                if trace.marker is not None and isinstance(trace.marker.color, str)
+                else None
+            ) or (trace.line.color if trace.line is not None else None)
+            style = {"label": trace.name, "color": color}
+            marker = _SYMBOLS.get(symbol.removesuffix("-open"), "o") if "markers" in mode else ""
+            line = "--" if trace.line is not None and trace.line.dash in ("dash", "dot") else "-"
+            if symbol.endswith("-open"):
+                style["markerfacecolor"] = "none"
+            ax.plot(x, y, marker + (line if "lines" in mode else ""), **style)
+        for shape in layout.shapes or ():
+            if shape.y0 == shape.y1 and shape.y0 is not None:
+                by_id["x"].axhline(shape.y0, linestyle="--", color="grey")
+        for axis_id, ax in by_id.items():
+            xaxis = layout[f"xaxis{axis_id[1:]}"] if axis_id != "x" else layout.xaxis
+            yaxis = layout[f"yaxis{axis_id[1:]}"] if axis_id != "x" else layout.yaxis
+            if xaxis.type == "log":
+                ax.set_xscale("log")
+            if yaxis.range is not None:
+                ax.set_ylim(*yaxis.range)
+            ax.set_xlabel(xaxis.title.text or "", fontsize=8)
+            ax.set_ylabel(yaxis.title.text or "", fontsize=8)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6)
+        figure.suptitle(layout.title.text or "", fontsize=10)
+        figure.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=100)
     return path

@@ -7,7 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import optuna
+import plotly.graph_objects as go
+from matplotlib.figure import Figure
+from optuna_dashboard import save_plotly_graph_object
+from plotly.subplots import make_subplots
 
 from autoprune._compat import set_study_system_attr, study_system_attr
 from autoprune.search.propose import Allocator, SensitivityProposal, proposal_budgets
@@ -75,8 +80,6 @@ def sensitivity_rows(
 def sensitivity_plotly(s: Sensitivity) -> Any:
     """Accuracy lost against the share of filters removed (left) and against the magnitude
     threshold (right), one line per layer."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
 
     fig = make_subplots(
         rows=1,
@@ -129,7 +132,6 @@ def sensitivity_plotly(s: Sensitivity) -> Any:
 def norms_plotly(s: Sensitivity, removed: dict[str, int] | None = None) -> Any:
     """Each layer's filter L1 norms, sorted and divided by the largest (the seed's Figure 1);
     with ``removed`` (layer -> filters a trial removed), those filters marked."""
-    import plotly.graph_objects as go
 
     fig = go.Figure()
     for i, layer in enumerate(x for x in s.layers if x.kind == "conv"):
@@ -183,7 +185,6 @@ _COLORS = [
 
 def publish_sensitivity(study: optuna.Study, s: Sensitivity) -> None:
     """The sensitivity and L1-norm figures into the study, where optuna-dashboard shows them."""
-    from optuna_dashboard import save_plotly_graph_object
 
     save_plotly_graph_object(study, sensitivity_plotly(s), graph_object_id="sensitivity")
     save_plotly_graph_object(study, norms_plotly(s), graph_object_id="l1-norms")
@@ -191,52 +192,49 @@ def publish_sensitivity(study: optuna.Study, s: Sensitivity) -> None:
 
 def sensitivity_png(s: Sensitivity, path: Path, title: str = "") -> Path:
     """Three panels: sorted filter norms, filter-pruning sensitivity, magnitude sensitivity."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    matplotlib.rcParams["text.parse_math"] = False  # stored names are text, never mathtext
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for i, layer in enumerate(s.layers):
-        color = _COLORS[i % len(_COLORS)]
-        if layer.kind == "conv":
-            n = len(layer.norms)
-            axes[0].plot([j / max(n - 1, 1) for j in range(n)], layer.norms, color=color, label=layer.layer)
-        if layer.filters:
-            axes[1].plot(
-                [0.0, *s.ratios],
-                [0.0, *(s.base_accuracy - a for a in layer.ratio_acc)],
+    with matplotlib.rc_context({"text.parse_math": False}):  # stored names are text, never mathtext
+        fig = Figure(figsize=(15, 4.2))
+        axes = fig.subplots(1, 3)
+        for i, layer in enumerate(s.layers):
+            color = _COLORS[i % len(_COLORS)]
+            if layer.kind == "conv":
+                n = len(layer.norms)
+                axes[0].plot(
+                    [j / max(n - 1, 1) for j in range(n)], layer.norms, color=color, label=layer.layer
+                )
+            if layer.filters:
+                axes[1].plot(
+                    [0.0, *s.ratios],
+                    [0.0, *(s.base_accuracy - a for a in layer.ratio_acc)],
+                    "o-",
+                    color=color,
+                    label=layer.layer,
+                )
+            axes[2].plot(
+                [0.0, *s.qualities],
+                [0.0, *(s.base_accuracy - a for a in layer.quality_acc)],
                 "o-",
                 color=color,
                 label=layer.layer,
             )
-        axes[2].plot(
-            [0.0, *s.qualities],
-            [0.0, *(s.base_accuracy - a for a in layer.quality_acc)],
-            "o-",
-            color=color,
-            label=layer.layer,
+        axes[0].set(
+            xlabel="filters, largest L1 norm first (share)", ylabel="L1 norm / largest", title="filter norms"
         )
-    axes[0].set(
-        xlabel="filters, largest L1 norm first (share)", ylabel="L1 norm / largest", title="filter norms"
-    )
-    axes[1].set(
-        xlabel="share of the layer's filters removed",
-        ylabel="validation drop (points), no fine-tuning",
-        title="filter pruning, one layer at a time",
-    )
-    axes[2].set(
-        xlabel="magnitude quality (threshold / std)",
-        ylabel="validation drop (points), no fine-tuning",
-        title="magnitude pruning, one layer at a time",
-    )
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(title or f"layer sensitivity, base {s.base_accuracy:.2f}% validation")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+        axes[1].set(
+            xlabel="share of the layer's filters removed",
+            ylabel="validation drop (points), no fine-tuning",
+            title="filter pruning, one layer at a time",
+        )
+        axes[2].set(
+            xlabel="magnitude quality (threshold / std)",
+            ylabel="validation drop (points), no fine-tuning",
+            title="magnitude pruning, one layer at a time",
+        )
+        for ax in axes:
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.suptitle(title or f"layer sensitivity, base {s.base_accuracy:.2f}% validation")
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
     return path

@@ -19,17 +19,19 @@ from typing import Any
 
 import numpy as np
 import optuna
+import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
+from optuna_dashboard import save_note, save_plotly_graph_object
 from torch import nn
 
 from autoprune._compat import study_system_attr
-from autoprune.compress import breakdown, read_header
+from autoprune.compress import breakdown, read_header, weight_layers
 from autoprune.names import bad_study_name
 from autoprune.ops.pareto import non_dominated
 from autoprune.search.record import Budget, Source, TrialRecord, speed_objectives
 from autoprune.search.report import best_trial, study_goal, study_metric
 from autoprune.search.storage import check_artifact_id
-from autoprune.sensitivity import row_norms
+from autoprune.sensitivity import LayerSensitivity, Sensitivity, row_norms
 from autoprune.workflow._sensitivity import norms_plotly, sensitivity_plotly, stored_sensitivity
 
 SEARCH, BASELINE = "search", Source.BASELINE.value
@@ -80,7 +82,6 @@ def tradeoff_figure(study: optuna.Study, budget: Budget, *, latency: bool = Fals
     """Compression ratio (or measured speed-up) on a log axis against the accuracy drop,
     validation (filled) and test (open), every completed trial, baselines and finalized trials
     marked apart, the budget drawn and the search's front joined."""
-    import plotly.graph_objects as go
 
     done = completed(study)
     x_of = (lambda d: d.record.speedup) if latency else (lambda d: d.record.compression_ratio)
@@ -186,7 +187,6 @@ def bytes_figure(study: optuna.Study, budget: Budget, artifacts: Path | None) ->
     """Stacked bars per layer (cluster indices, positions, codebook, float32) of the best trial
     within the budget and of each baseline, read from their packed files (the Deep
     Compression paper's tables); None when none of those files is at hand."""
-    import plotly.graph_objects as go
 
     best = best_trial(study, budget)
     chosen = [
@@ -253,8 +253,6 @@ def norms_figure(
         return None
     if sensitivity is None:
         assert base is not None
-        from autoprune.compress import weight_layers
-        from autoprune.sensitivity import LayerSensitivity, Sensitivity
 
         layers = tuple(
             LayerSensitivity(
@@ -295,7 +293,6 @@ def norms_figure(
 def progress_figure(study: optuna.Study, budget: Budget, compare: dict[str, Any] | None = None) -> Any:
     """The best ratio (or speed-up) within the budget against finished search trials; the
     surrogate's comparison beside it when one was run."""
-    import plotly.graph_objects as go
 
     value = study_goal(study)
     done = sorted((d for d in completed(study) if d.kind == SEARCH), key=lambda d: d.trial.number)
@@ -448,7 +445,6 @@ def study_figures(
 def publish_study(study: optuna.Study, budget: Budget, **kwargs: Any) -> list[str]:
     """Save every figure and the summary note into the study (optuna-dashboard shows them);
     returns the graph ids."""
-    from optuna_dashboard import save_note, save_plotly_graph_object
 
     figures = study_figures(study, budget, **kwargs)
     for graph_id, fig in figures.items():
