@@ -130,8 +130,8 @@ def main() -> None:
         "spec": str(args.spec.resolve().relative_to(HERE.parent)),
         "trials": args.trials,
         "seeds": seeds,
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch "
-        "{torch.__version__}",
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}",
         "budgets": {},
     }
     studies = {
@@ -175,10 +175,10 @@ def main() -> None:
             )
     for r in result.get("wilcoxon", []):
         print(
-            f"budget {r['budget']} after {r['trials']}: {r['sampler']} {r['sampler_median']:.1f}x vs "
-            f"{r['other']} "
-            f"{r['other_median']:.1f}x (median), {r['wins']}/{r['ties']}/{r['losses']} w/t/l, p = {r['p']}: "
-            f"{r['verdict']}"
+            f"budget {r['budget']} after {r['trials']}: "
+            f"{r['sampler']} {r['sampler_median']:.1f}x vs {r['other']} "
+            f"{r['other_median']:.1f}x (median), {r['wins']}/{r['ties']}/{r['losses']} w/t/l, "
+            f"p = {r['p']}: {r['verdict']}"
         )
 
 

@@ -123,8 +123,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="re-run the best trials and the baselines at the full fine-tuning budget",
         description="The step after a search: the K best trials within the budget, the Pareto front's knee "
         "and every baseline recipe run again with the spec's [final] budget (no batch cap), recorded in the "
-        "same study (source=final, parent=N), each shown beside the trial it refines. Run it again to "
-        "resume.",
+        "same study (source=final, parent=N), each shown beside the trial it refines. Run "
+        "it again to resume.",
     )
     _spec_options(f, DEFAULT_SPEC)
     f.add_argument(
@@ -359,8 +359,8 @@ def format_finalize(r: dict[str, Any]) -> str:
         "within",
     ]
     return (
-        f"final stage of {r['study']}: each trial (searched under the capped budget) beside its re-run at "
-        "the "
+        f"final stage of {r['study']}: each trial (searched under the capped budget) beside "
+        "its re-run at the "
         f"full budget; within {r['max_acc_drop']} points of {r.get('metric', 'accuracy')} as the study "
         "judges\n\n" + grid(header, rows)
     )
@@ -396,8 +396,8 @@ def best_line(r: dict[str, Any]) -> str:
     points = "points" if r.get("metric", "accuracy") == "accuracy" else f"points of {r['metric']}"
     return (
         f"best within {r['max_acc_drop']} {points}{rule}: trial {b['trial']}, {gain}, "
-        f"drop {b['acc_drop']:.2f} val{test} (export: autoprune export --study {r['study']} --trial "
-        f"{b['trial']})"
+        f"drop {b['acc_drop']:.2f} val{test} (export: autoprune export "
+        f"--study {r['study']} --trial {b['trial']})"
     )
 
 
@@ -508,8 +508,8 @@ def run_dashboard(args: argparse.Namespace) -> dict[str, Any]:
     storage, info, store = dashboard_sources(args.storage, args.artifacts)
     if args.host not in LOOPBACK:
         print(
-            f"autoprune dashboard: warning: --host {args.host} lets anyone who reaches this machine read, "
-            "change "
+            f"autoprune dashboard: warning: --host {args.host} lets anyone who reaches "
+            "this machine read, change "
             "and delete studies (optuna-dashboard has no login); prefer an SSH tunnel to 127.0.0.1",
             file=sys.stderr,
         )

@@ -58,8 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "surrogate",
         help="learn from trials: fit, propose settings, compare with the search",
         description="One small network shared by every layer learns what pruning a layer costs in accuracy "
-        "from the trials of a study (and of other studies: --from), reading each layer through its "
-        "sensitivity "
+        "from the trials of a study (and of other studies: --from), reading each "
+        "layer through its sensitivity "
         "analysis; sizes are computed, not learnt. It proposes settings promised within the budget, and is "
         "compared, run for real, with the search itself.",
     )
@@ -272,11 +272,11 @@ def format_sensitivity(r: dict[str, Any]) -> str:
             "",
             grid(header, rows),
             "",
-            "points of validation accuracy lost with only that layer pruned, no fine-tuning: fN% = that "
-            "share of its "
+            "points of validation accuracy lost with only that layer pruned, no fine-tuning: "
+            "fN% = that share of its "
             "filters removed (lowest L1 norm first), qN = its weights below N x std zeroed",
-            f"plot: {r['png']}; stored in the study (the surrogate reads it) with its figures "
-            "(optuna-dashboard)",
+            f"plot: {r['png']}; stored in the study (the surrogate reads it) "
+            "with its figures (optuna-dashboard)",
         ]
     )
 
@@ -312,18 +312,18 @@ def format_fit(r: dict[str, Any]) -> str:
     ]
     left = ", ".join(f"{n} {why}" for why, n in r["left_out"].items()) or "none"
     lines = [
-        f"surrogate on {', '.join(r['studies'])}: {r['trials_used']} trials, {r['members']} networks per "
-        "target, "
+        f"surrogate on {', '.join(r['studies'])}: {r['trials_used']} trials, "
+        f"{r['members']} networks per target, "
         f"fitted in {r['fit_s']} s (left out: {left})",
         "",
         grid(["target", "CV R^2", "CV MAE", "Kendall tau", "top-5 hit"], rows),
         "",
-        "held out by 5-fold cross-validation; Kendall tau: how well it ranks trials; top-5 hit: share of "
-        "the 5 "
+        "held out by 5-fold cross-validation; Kendall tau: how well it ranks trials; top-5 "
+        "hit: share of the 5 "
         "it predicts to lose least that truly do",
         "",
-        f"sizes are computed, not learnt: median error {100 * r['size_error']:.1f}% against the trials' "
-        "packed files",
+        f"sizes are computed, not learnt: median error {100 * r['size_error']:.1f}% "
+        "against the trials' packed files",
     ]
     if r["saved"]:
         lines += ["", f"saved to {r['saved']}"]
@@ -361,18 +361,18 @@ def format_zero_shot(r: dict[str, Any]) -> str:
         for i, p in enumerate(r["proposals"])
     ]
     lines = [
-        f"{len(r['proposals'])} zero-shot proposals for {r['study']} from its layer sensitivity (no trial "
-        "run), "
+        f"{len(r['proposals'])} zero-shot proposals for {r['study']} from its layer "
+        "sensitivity (no trial run), "
         f"minimising {r['minimise']}",
         "",
         grid(["#", "budget", "prior drop", "ratio", "packed bytes", "MACs"], rows),
         "",
         *textwrap.wrap(
-            "budget: the summed drop each was allocated under (points); prior drop: the drop the probes "
-            "add up to, "
+            "budget: the summed drop each was allocated under (points); prior drop: the "
+            "drop the probes add up to, "
             "each layer pruned alone and never fine-tuned, so a real trial, fine-tuned, usually loses less: "
-            "run them (--enqueue, then autoprune search) and judge them on the measured drop. ratio, bytes "
-            "and "
+            "run them (--enqueue, then autoprune search) and judge them on the measured "
+            "drop. ratio, bytes and "
             "MACs are computed from the settings, not measured. The settings themselves: --json.",
             width=100,
         ),
@@ -386,8 +386,8 @@ def format_zero_shot(r: dict[str, Any]) -> str:
     if r["enqueued"]:
         lines += [
             "",
-            f"enqueued {r['enqueued']} (source=sensitivity): the next 'autoprune search' on this study "
-            "runs them",
+            f"enqueued {r['enqueued']} (source=sensitivity): the next 'autoprune search' "
+            "on this study runs them",
         ]
     return "\n".join(lines)
 
@@ -457,8 +457,8 @@ def format_propose(r: dict[str, Any]) -> str:
         *textwrap.wrap(
             f"within: promised within the budget, when upper = drop + {r['kappa']:g} x spread + margin <= "
             f"{r['max_acc_drop']}. drop: predicted validation accuracy drop (points); spread: the ensemble's "
-            "disagreement; margin: the surrogate's cross-validated error near the budget; ratio: computed "
-            "from "
+            "disagreement; margin: the surrogate's cross-validated error near the "
+            "budget; ratio: computed from "
             "the settings (not predicted). The settings themselves: --json.",
             width=100,
         ),
@@ -466,14 +466,14 @@ def format_propose(r: dict[str, Any]) -> str:
     if not any(p["feasible"] for p in r["proposals"]):
         lines += [
             "",
-            "none is promised within the budget: these are the safest; run more trials or raise "
-            "--max-acc-drop",
+            "none is promised within the budget: these are the safest; run more "
+            "trials or raise --max-acc-drop",
         ]
     if r["enqueued"]:
         lines += [
             "",
-            f"enqueued {r['enqueued']} (source=surrogate): the next 'autoprune search' on this study runs "
-            "them",
+            f"enqueued {r['enqueued']} (source=surrogate): the next 'autoprune search' on "
+            "this study runs them",
         ]
     return "\n".join(lines)
 

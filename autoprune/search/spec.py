@@ -313,8 +313,8 @@ def check_task(study: Any, task: str | None) -> None:
     stored = study.user_attrs.get("task")
     if stored is not None and task is None:
         raise SpecError(
-            f"study {study.study_name!r} was searched with your own task {str(stored)[:200]!r}; autoprune "
-            "imports "
+            f"study {study.study_name!r} was searched with your own "
+            f"task {str(stored)[:200]!r}; autoprune imports "
             f"code named by a stored study only when you name it too: pass --task {str(stored)[:200]}"
         )
     if stored is None and task is not None:

@@ -218,8 +218,8 @@ def check_sqlite_schema(path: Path) -> None:
         raise StorageError(f"{path} is not a readable SQLite study database: {e}") from None
     if extra is not None:
         raise StorageError(
-            f"{path} holds a {extra[0]} ({extra[1]!r}) that Optuna never creates: not a study database "
-            "autoprune reads"
+            f"{path} holds a {extra[0]} ({extra[1]!r}) that Optuna never creates: not "
+            "a study database autoprune reads"
         )
 
 

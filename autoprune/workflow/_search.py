@@ -79,8 +79,8 @@ def search(
             study = optuna.load_study(study_name=spec.study.name, storage=open_storage(info))
         except KeyError:  # stopped in base training, before the study was made
             raise Interrupted(
-                "interrupted before the first trial (no study stored yet); run the same command "
-                "again to start"
+                "interrupted before the first trial (no study stored yet); run "
+                "the same command again to start"
             ) from None
         raise Interrupted(
             f"interrupted: {counts(study)[0]} of {spec.study.trials} trials finished and stored; "

@@ -357,8 +357,8 @@ def summary_note(study: optuna.Study, budget: Budget) -> str:
         ]
     rule = f" (judged on its {budget.z:.2f}-sigma upper bound)" if budget.z else ""
     lines += [
-        f"Budget: {budget.max_drop} points of validation {metric}{rule}; test is reported, never selected "
-        "on.",
+        f"Budget: {budget.max_drop} points of validation {metric}{rule}; test is "
+        "reported, never selected on.",
         "",
         "| trial | what | ratio | val drop | test drop | speed-up |",
         "|---|---|---|---|---|---|",
