@@ -297,10 +297,26 @@ def test_a_dying_background_thread_never_adds_a_traceback(
     assert threading.excepthook is before  # restored after the command
 
 
+# What OpenMP's policy is at the moment torch is first imported (OpenMP reads it then, once).
+SPY = """
+import os, sys
+seen = []
+class Spy:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and not seen:
+            seen.append(os.environ.get("OMP_WAIT_POLICY"))
+sys.meta_path.insert(0, Spy())
+import {module}
+print(seen[0])
+"""
+
+
+@pytest.mark.parametrize("module", ["autoprune.cli", "autoprune.pipeline", "autoprune.workflow"])
 @pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
 def test_openmp_threads_wait_passively_unless_the_user_says_otherwise(
-    given: str | None, expected: str
+    module: str, given: str | None, expected: str
 ) -> None:
+    """The command and the Python API alike: set before torch loads OpenMP, the user's value kept."""
     import os
     import subprocess
     import sys
@@ -308,11 +324,22 @@ def test_openmp_threads_wait_passively_unless_the_user_says_otherwise(
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | (
         {"OMP_WAIT_POLICY": given} if given else {}
     )
-    code = "import os, autoprune.cli, torch; print(os.environ['OMP_WAIT_POLICY'])"
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+        [sys.executable, "-c", SPY.format(module=module)], capture_output=True, text=True, env=env, check=True
     ).stdout
     assert out.strip() == expected
+
+
+def test_torch_imported_first_is_told_how_to_wait_passively() -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    r = subprocess.run(
+        [sys.executable, "-c", "import torch, autoprune"], capture_output=True, text=True, env=env, check=True
+    )
+    assert "import autoprune first" in r.stderr and "OMP_WAIT_POLICY=PASSIVE" in r.stderr
 
 
 def test_compress_no_latency_takes_no_timing_and_says_so(

@@ -23,22 +23,15 @@ from typing import Any
 
 import optuna
 
+from autoprune import __version__
+from autoprune.cli import _compress, _report, _search, _surrogate, _train  # noqa: E402
+from autoprune.cli._common import EXIT_USAGE, Parser  # noqa: E402
+from autoprune.errors import AutoPruneError  # noqa: E402
 from autoprune.workflow import (
     exit_if_storage_lost,
     resolve_device,
     use_device,
 )
-
-# OpenMP threads that spin while they wait steal the CPU from other processes and from each
-# other: beside two CPU-bound processes on 2 cores a search trial ran 5.2x slower with the
-# default (active) policy and 2.1x with a passive one, at 14% on a quiet machine
-# (bench/contention.py, BENCHMARKS.md). It must be set before torch loads its OpenMP runtime.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from autoprune import __version__
-from autoprune.cli import _compress, _report, _search, _surrogate, _train  # noqa: E402
-from autoprune.cli._common import EXIT_USAGE, Parser  # noqa: E402
-from autoprune.errors import AutoPruneError  # noqa: E402
 
 
 def build_parser() -> Parser:
