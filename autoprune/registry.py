@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 from autoprune.errors import UnknownNameError
@@ -39,7 +39,7 @@ class Registry(Generic[T]):
     def __contains__(self, name: object) -> bool:
         return name in self._items
 
-    def __iter__(self):  # sorted names
+    def __iter__(self) -> Iterator[str]:  # sorted names
         return iter(sorted(self._items))
 
     def names(self) -> list[str]:
