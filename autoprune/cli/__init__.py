@@ -24,9 +24,9 @@ from typing import Any
 import optuna
 
 from autoprune import __version__
-from autoprune.cli import _compress, _report, _search, _surrogate, _train  # noqa: E402
-from autoprune.cli._common import EXIT_USAGE, Parser  # noqa: E402
-from autoprune.errors import AutoPruneError  # noqa: E402
+from autoprune.cli import _compress, _report, _search, _surrogate, _train
+from autoprune.cli._common import EXIT_USAGE, Parser
+from autoprune.errors import AutoPruneError
 from autoprune.workflow import (
     exit_if_storage_lost,
     resolve_device,

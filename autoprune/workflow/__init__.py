@@ -1,7 +1,9 @@
-"""What the commands do, as functions a notebook calls the same way: a search with every
-sampler registered, reading results back out of a study, and the surrogate on a stored study
-(fit, propose, enqueue, compare). Sits above ``search`` and ``surrogate``; the CLI is a thin
-layer over it."""
+"""What the commands do, as functions a notebook calls the same way: one model at a time
+(train, compress_recipe, evaluate_file), a search with every sampler registered, reading
+results back out of a study, and the surrogate on a stored study (fit, propose, enqueue,
+compare). Sits above ``search`` and ``surrogate``; the CLI is argparse and printing over it and
+imports nothing else of autoprune, so the constants and helpers it shares with the layers
+below are re-exported here too."""
 
 import autoprune.surrogate  # noqa: F401  (registers the "surrogate" sampler)
 from autoprune.data import DataOptions, list_datasets
