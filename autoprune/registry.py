@@ -43,4 +43,4 @@ class Registry(Generic[T]):
         return iter(sorted(self._items))
 
     def names(self) -> list[str]:
-        return sorted(self._items)
+        return list(self)
