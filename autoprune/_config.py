@@ -67,6 +67,8 @@ def _default(cls: type, name: str) -> Any:
 
 
 def _check(value: Any, hint: Any, key: str, error: type[AutoPruneError]) -> Any:
+    if hint is Any:  # checked by its owner (a stage's own table)
+        return value
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is dict:
         if not isinstance(value, dict):

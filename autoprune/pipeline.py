@@ -2,15 +2,15 @@
 a copy of a trained network (pruning, fine-tuning, weight sharing, packing, measurement), and
 the evaluation of a packed file on its dataset.
 
-
-structured pruning -> magnitude pruning -> fine-tuning (masks held) -> weight sharing ->
-trained quantization -> packed file -> measurement of the model decoded from that file.
+The run is a loop over the config's stages in their order (:mod:`autoprune.compress.stage`):
+filter pruning -> [low-rank factorisation] -> magnitude pruning -> fine-tuning (masks held)
+-> weight sharing and trained quantization -> packed file; then the network decoded from that
+file is measured.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,89 +23,43 @@ from tqdm.auto import tqdm
 
 from autoprune.compress import (
     CompressConfig,
+    Continuation,
     LayerNorms,
     PackReport,
-    attach_codebooks_,
+    Run,
     decode_packed,
-    detach_codebooks_,
     load_packed,
-    mask_holder,
     packed_model_spec,
-    prune_filters_,
-    prune_magnitude_,
     read_header,
-    save_packed,
-    share_weights_,
-    weight_layers,
 )
 from autoprune.data import DataOptions, DataSplits, TaskSplit, load_dataset
 from autoprune.errors import AutoPruneError, DataError
 from autoprune.measure import Metrics, correct, measure_model
 from autoprune.models import ModelSpec
 from autoprune.ops.paired import paired_drop
-from autoprune.train import EpochCallback, TrainConfig, TrainState, fit, fit_resumable
+from autoprune.train import EpochCallback
 
-
-@dataclass(frozen=True)
-class Continuation:
-    """A run's fine-tuning where it stopped, to continue it (a capped search trial promoted to
-    the full budget): the fine-tuned network's weights (its architecture is its base pruned by
-    the same config again), the training state, and the batches it had."""
-
-    weights: dict[str, torch.Tensor]
-    state: TrainState
-    batches: int
-
-    def save(self, path: str | Path) -> None:
-        torch.save(
-            {
-                "format": CONTINUATION_FORMAT,
-                "weights": self.weights,
-                "state": self.state.to_dict(),
-                "batches": self.batches,
-            },
-            path,
-        )
-
-    def mismatch(self, shapes: dict[str, tuple[int, ...]]) -> str:
-        """What keeps these weights from the network whose tensors have ``shapes`` ("" if nothing)."""
-        mine = {k: tuple(v.shape) for k, v in self.weights.items()}
-        if mine.keys() != shapes.keys():
-            return f"its tensors are not the network's ({len(mine)} against {len(shapes)})"
-        wrong = next((k for k in shapes if mine[k] != shapes[k]), None)
-        return f"{wrong} is {mine[wrong]}, the network's {shapes[wrong]}" if wrong else ""
-
-    @staticmethod
-    def load(path: str | Path) -> Continuation:
-        """A saved continuation (data: read with ``weights_only=True`` and checked)."""
-        try:
-            d = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # torch raises many kinds on a file that is not one of ours
-            raise AutoPruneError(f"{path} is not a saved fine-tuning state ({type(e).__name__})") from None
-        if (
-            not isinstance(d, dict)
-            or d.get("format") != CONTINUATION_FORMAT
-            or not isinstance(d.get("weights"), dict)
-        ):
-            raise AutoPruneError(f"{path} is not a saved fine-tuning state (expected {CONTINUATION_FORMAT})")
-        if not all(isinstance(t, torch.Tensor) for t in d["weights"].values()):
-            raise AutoPruneError(f"{path} is not a saved fine-tuning state (a weight is not a tensor)")
-        try:
-            return Continuation(d["weights"], TrainState.from_dict(d["state"]), int(d["batches"]))
-        except (KeyError, TypeError, ValueError) as e:
-            raise AutoPruneError(f"{path} is not a saved fine-tuning state ({e})") from None
-
-
-CONTINUATION_FORMAT = "autoprune-finetune-state/1"
+__all__ = [
+    "CompressResult",
+    "Continuation",
+    "PackedEvaluation",
+    "compress",
+    "dataset_meta",
+    "evaluate_packed",
+    "pruned_shapes",
+]
 
 
 def pruned_shapes(
     base: nn.Module, config: CompressConfig, input_shape: tuple[int, ...]
 ) -> dict[str, tuple[int, ...]]:
-    """The tensors' shapes of ``base`` after ``config``'s filter pruning (what a continuation
-    of a trial with ``config`` must hold)."""
+    """The tensors' shapes of ``base`` after ``config``'s stages that change the architecture
+    (what a continuation of a trial with ``config`` must hold)."""
     model = copy.deepcopy(base).eval()
-    prune_filters_(model, config.structured, torch.zeros(1, *input_shape))
+    run = Run(config, torch.zeros(1, *input_shape))
+    for stage, c in config.items():
+        if stage.reshapes:
+            stage.apply_(model, c, run)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
@@ -144,109 +98,46 @@ def compress(
     state instead of pruning and fine-tuning afresh: the same filters removed, its weights and
     masks, its optimiser and random streams, and ``config.finetune`` as the rest of the budget.
     """
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
     model = copy.deepcopy(base).eval()
     torch.manual_seed(seed)
+    run = Run(
+        config,
+        torch.zeros(1, *splits.input_shape),
+        splits=splits,
+        seed=seed,
+        callbacks=callbacks,
+        progress=progress,
+        out=Path(out),
+        spec=spec,
+        meta=meta,
+        resume=resume,
+        keep=keep,
+    )
+    stages = config.items()
+    timings = dict.fromkeys([*(stage.timing for stage, _ in stages), "finetune_s", "eval_s"], 0.0)
     # a line per stage, so that a slow one is seen for what it is
-    stages = tqdm(
-        total=5,
+    bar = tqdm(
+        total=len(stages) + 1,
         desc="compress",
         unit="stage",
         disable=not progress,
         leave=False,
         bar_format="{desc}: {n}/{total} stages, now {postfix} [{elapsed}]",
     )
-    stages.set_postfix_str("pruning (dependency graph, filters, weights)")
+    for stage, stage_config in stages:
+        bar.set_postfix_str(stage.label)
+        clock, trained = time.perf_counter(), run.train_s
+        stage.apply_(model, stage_config, run)
+        moved = run.train_s - trained  # a stage's training counts as fine-tuning time
+        timings[stage.timing] += time.perf_counter() - clock - moved
+        timings["finetune_s"] += moved
+        bar.update()
 
-    ft, u = config.finetune, config.unstructured
-    steps = min(u.steps, ft.epochs) if ft.epochs > 0 else 1
-    norms = prune_filters_(model, config.structured, torch.zeros(1, *splits.input_shape))
-    masks = prune_magnitude_(model, u.at_step(1, steps))
-    timings["prune_s"] = time.perf_counter() - clock
-    stages.update()
-    stages.set_postfix_str("fine-tuning")
-
-    train_time = time.perf_counter()
-    offset, state, had = 0, None, resume.batches if resume is not None else 0
-    if resume is not None:  # a promotion: the trial's own network, its fine-tuning continued
-        try:
-            model.load_state_dict(resume.weights)
-        except RuntimeError:
-            raise AutoPruneError("the saved fine-tuning state does not fit this network as pruned") from None
-        masks = {name: layer.weight != 0 for name, layer in weight_layers(model).items()}
-        _, state = fit_resumable(
-            model,
-            splits,
-            ft,
-            seed=seed,
-            callbacks=callbacks,
-            after_step=mask_holder(model, masks),
-            progress=progress,
-            desc="fine-tune (continued)",
-            resume=resume.state,
-            new_schedule=True,
-        )
-        offset, had = ft.epochs, had + (state.steps if state else 0)
-    for step, epochs in enumerate(_split(ft.epochs, steps) if resume is None else [], start=1):
-        if step > 1:  # gradual pruning: the next step on the fine-tuned weights
-            masks = prune_magnitude_(model, u.at_step(step, steps))
-        shifted = _counted_from(offset, callbacks)
-        _, state = fit_resumable(
-            model,
-            splits,
-            dataclasses.replace(ft, epochs=epochs),
-            seed=seed + step - 1,
-            callbacks=shifted,
-            after_step=mask_holder(model, masks),
-            progress=progress,
-            desc="fine-tune",
-        )
-        offset, had = offset + epochs, had + (state.steps if state else 0)
-    if keep is not None and state is not None:
-        Continuation({k: v.detach().clone() for k, v in model.state_dict().items()}, state, had).save(keep)
-    timings["finetune_s"] = time.perf_counter() - train_time
-    stages.update()
-    stages.set_postfix_str("weight sharing (k-means, trained quantization)")
-
-    q = config.quantize
-    bits: dict[str, int] = {}
-    quant_time = time.perf_counter()
-    if q.enabled:
-        share_weights_(model, q)
-        bits = {name: q.bits_for(name, layer) for name, layer in weight_layers(model).items()}
-        if q.epochs > 0:
-            attach_codebooks_(model)
-            shifted = _counted_from(offset, callbacks)
-            t = time.perf_counter()
-            try:
-                fit(
-                    model,
-                    splits,
-                    TrainConfig(
-                        epochs=q.epochs, lr=q.lr, batch_size=ft.batch_size, max_batches=ft.max_batches
-                    ),
-                    seed=seed,
-                    callbacks=shifted,
-                    progress=progress,
-                    desc="trained quantization",
-                )
-            finally:
-                detach_codebooks_(model)
-            timings["finetune_s"] += time.perf_counter() - t
-            quant_time += time.perf_counter() - t  # training time is not quantization time
-    timings["quantize_s"] = time.perf_counter() - quant_time
-    stages.update()
-    stages.set_postfix_str("packing (Huffman coding) and decoding")
-
-    pack_time = time.perf_counter()
-    report = save_packed(model, spec, out, bits=bits, config=config.pack, meta=meta)
+    clock = time.perf_counter()
     decoded, _ = load_packed(out, model=spec.name)
-    timings["pack_s"] = time.perf_counter() - pack_time
-    stages.update()
-    stages.set_postfix_str("measuring (accuracy, MACs, latency)")
-
-    eval_time = time.perf_counter()
+    timings["pack_s"] += time.perf_counter() - clock
+    bar.set_postfix_str("measuring (accuracy, MACs, latency)")
+    clock = time.perf_counter()
     measured = measure_model(
         decoded,
         splits,
@@ -255,9 +146,10 @@ def compress(
         latency=latency,
         latency_batch=latency_batch,
     )
-    timings["eval_s"] = time.perf_counter() - eval_time
-    stages.update()
-    stages.close()
+    timings["eval_s"] = time.perf_counter() - clock
+    bar.update()
+    bar.close()
+    report = run.report
 
     metrics = {
         **measured.to_dict(),
@@ -275,23 +167,7 @@ def compress(
         "mac_ratio": base_metrics.macs / max(measured.macs, 1),
         **{k: round(v, 4) for k, v in timings.items()},
     }
-    return CompressResult(decoded, metrics, report, norms)
-
-
-def _counted_from(offset: int, callbacks: Sequence[EpochCallback]) -> list[EpochCallback]:
-    """The callbacks, told epoch ``offset + e`` for a later stage's epoch ``e``."""
-
-    def shifted(callback: EpochCallback) -> EpochCallback:
-        return lambda epoch, acc: callback(offset + epoch, acc)
-
-    return [shifted(cb) for cb in callbacks]
-
-
-def _split(epochs: int, steps: int) -> list[int]:
-    """``epochs`` fine-tuning epochs over ``steps`` pruning steps, the extra ones first."""
-    if epochs <= 0:
-        return []
-    return [epochs // steps + (i < epochs % steps) for i in range(steps)]
+    return CompressResult(decoded, metrics, report, run.norms)
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,7 @@ def run(model_name: str, epochs: int, out_dir: Path) -> list[dict]:
             "seconds": round(seconds, 1),
         }
 
-    pruning_only = dataclasses.replace(recipe, quantize=dataclasses.replace(recipe.quantize, enabled=False))
+    pruning_only = recipe.replace(dataclasses.replace(recipe.quantize, enabled=False))
     t = time.perf_counter()
     a = compress(
         base.model,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import warnings
 from pathlib import Path
 
@@ -333,12 +332,12 @@ def test_gradual_pruning_ramps_to_exactly_the_final_sparsity(
         w = torch.cat([layer.weight.detach().flatten() for layer in weight_layers(model_ref[0]).values()])
         sparsity.append(float((w == 0).float().mean()))
 
-    import autoprune.pipeline as pipeline
+    import autoprune.compress.finetune as finetune
 
     model_ref = []  # the model being fine-tuned, seen by the callback
-    real_fit = pipeline.fit_resumable
+    real_fit = finetune.fit_resumable
     monkeypatch.setattr(
-        pipeline,
+        finetune,
         "fit_resumable",
         lambda model, *a, **kw: model_ref.append(model) or real_fit(model, *a, **kw),
     )
@@ -371,7 +370,7 @@ def test_pipeline_raises_on_a_diverging_fine_tune(digits_base, tmp_path: Path) -
 def test_shipped_recipes_load(recipe: Path) -> None:
     config = load_recipe(recipe)
     assert config.name == recipe.stem
-    assert CompressConfig.from_dict(dataclasses.asdict(config)) == config
+    assert CompressConfig.from_dict(config.to_dict()) == config
 
 
 @pytest.mark.parametrize(

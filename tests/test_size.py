@@ -62,15 +62,15 @@ def real_size(base: torch.nn.Module, spec: ModelSpec, config: CompressConfig, pa
 
 
 def random_config(layers: SpaceLayers, rng: np.random.Generator) -> CompressConfig:
-    return CompressConfig(
-        name="random",
-        structured=FilterPruneConfig(layers={layer: float(rng.uniform(0, 0.7)) for layer in layers.conv}),
-        unstructured=MagnitudeConfig(layers={layer: float(rng.uniform(0, 2.5)) for layer in layers.weights}),
-        quantize=ShareConfig(
+    return CompressConfig.of(
+        FilterPruneConfig(layers={layer: float(rng.uniform(0, 0.7)) for layer in layers.conv}),
+        MagnitudeConfig(layers={layer: float(rng.uniform(0, 2.5)) for layer in layers.weights}),
+        ShareConfig(
             conv_bits=int(rng.integers(4, 9)),
             fc_bits=int(rng.integers(2, 7)),
             init=str(rng.choice(["linear", "density", "forgy"])),
         ),
+        name="random",
     )
 
 
@@ -103,26 +103,20 @@ def test_the_estimate_is_within_tolerance_of_real_files_on_every_built_in_model(
 @pytest.mark.parametrize(
     "config",
     [
-        CompressConfig(
+        CompressConfig.of(
+            MagnitudeConfig(mode="sparsity", layers={"conv1": 0.34, "conv2": 0.88, "fc1": 0.92, "fc2": 0.81}),
+            ShareConfig(conv_bits=8, fc_bits=5),
             name="sparsity",
-            unstructured=MagnitudeConfig(
-                mode="sparsity", layers={"conv1": 0.34, "conv2": 0.88, "fc1": 0.92, "fc2": 0.81}
-            ),
-            quantize=ShareConfig(conv_bits=8, fc_bits=5),
         ),
-        CompressConfig(
-            name="uniform-l1", structured=FilterPruneConfig(default=0.5), quantize=ShareConfig(enabled=False)
-        ),
-        CompressConfig(
+        CompressConfig.of(FilterPruneConfig(default=0.5), ShareConfig(enabled=False), name="uniform-l1"),
+        CompressConfig.of(
+            FilterPruneConfig(default=0.3),
+            MagnitudeConfig(default=1.0),
+            PackConfig(conv_index_bits=4, fc_index_bits=3, huffman=False),
             name="no-huffman",
-            structured=FilterPruneConfig(default=0.3),
-            unstructured=MagnitudeConfig(default=1.0),
-            pack=PackConfig(conv_index_bits=4, fc_index_bits=3, huffman=False),
         ),
-        CompressConfig(
-            name="threshold",
-            structured=FilterPruneConfig(mode="threshold", default=0.9),
-            unstructured=MagnitudeConfig(default=0.5),
+        CompressConfig.of(
+            FilterPruneConfig(mode="threshold", default=0.9), MagnitudeConfig(default=0.5), name="threshold"
         ),
     ],
     ids=lambda c: c.name,

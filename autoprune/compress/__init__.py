@@ -1,9 +1,12 @@
 """The Deep Compression engine: what one trial does to a copy of the network.
 
-Model transforms (config in, model changed) over the pure math in :mod:`autoprune.ops`.
+Model transforms (config in, model changed) over the pure math in :mod:`autoprune.ops`. Each
+stage is one module that registers itself in :data:`STAGES` when imported here
+(:mod:`autoprune.compress.stage` says what a stage declares).
 """
 
 from autoprune.compress._layers import RecipeError, conv_layers, output_layer, weight_layers
+from autoprune.compress.finetune import Continuation
 from autoprune.compress.packing import (
     LayerReport,
     PackConfig,
@@ -18,11 +21,14 @@ from autoprune.compress.packing import (
 )
 from autoprune.compress.quantize import ShareConfig, attach_codebooks_, detach_codebooks_, share_weights_
 from autoprune.compress.recipe import CompressConfig, load_recipe
+from autoprune.compress.stage import STAGES, Param, Run, SpaceLayers, Stage, ordered_stages
 from autoprune.compress.structured import FilterPruneConfig, LayerNorms, prune_filters_
 from autoprune.compress.unstructured import MagnitudeConfig, mask_holder, prune_magnitude_
 
 __all__ = [
+    "STAGES",
     "CompressConfig",
+    "Continuation",
     "FilterPruneConfig",
     "LayerNorms",
     "LayerReport",
@@ -30,7 +36,11 @@ __all__ = [
     "PackConfig",
     "PackError",
     "PackReport",
+    "Param",
     "RecipeError",
+    "Run",
+    "SpaceLayers",
+    "Stage",
     "ShareConfig",
     "attach_codebooks_",
     "breakdown",
@@ -40,6 +50,7 @@ __all__ = [
     "load_packed",
     "load_recipe",
     "mask_holder",
+    "ordered_stages",
     "output_layer",
     "packed_model_spec",
     "prune_filters_",

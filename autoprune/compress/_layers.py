@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TypeVar
 
 from torch import nn
 
@@ -14,6 +15,7 @@ class RecipeError(AutoPruneError):
 
 
 WeightLayer = nn.Conv2d | nn.Linear  # the layers that hold prunable weights
+T = TypeVar("T")
 
 
 def weight_layers(model: nn.Module) -> dict[str, WeightLayer]:
@@ -37,7 +39,21 @@ def output_layer(model: nn.Module) -> str:
     return list(layers)[-1]
 
 
+def setting(settings: Mapping[str, T], name: str, default: T) -> T:
+    """A layer's own setting, else that of the module above it, else ``default``: a stage that
+    replaces a layer by several names them below it (a low-rank ``fc1`` becomes ``fc1.0`` and
+    ``fc1.1``), and they keep what a recipe or a search set for ``fc1``."""
+    while name not in settings:
+        if "." not in name:
+            return default
+        name = name.rpartition(".")[0]
+    return settings[name]
+
+
 def check_layer_names(names: Iterable[str], valid: Mapping[str, nn.Module], what: str) -> None:
-    unknown = sorted(set(names) - set(valid))
+    """Every name is a layer of ``valid`` or a module holding some (the layers made of it)."""
+    unknown = sorted(
+        n for n in set(names) if n not in valid and not any(v.startswith(n + ".") for v in valid)
+    )
     if unknown:
         raise RecipeError(f"unknown layer {unknown[0]!r} in {what}; layers: {', '.join(valid) or '(none)'}")

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from autoprune.compress._layers import RecipeError, layer_kind, weight_layers
+from autoprune.compress.stage import STAGES, Run, Stage, ordered_stages, register
 from autoprune.errors import AutoPruneError, ModelError, UnknownNameError
 from autoprune.models import ModelSpec, canonical_name, create_model, factory_source_hash, is_user_model
 from autoprune.ops.huffman import HuffmanCode, pack_fixed, unpack_fixed
@@ -175,7 +176,9 @@ def save_packed(
     bits = bits or {}
     layers = weight_layers(model)
     weights = {f"{name}.weight": name for name in layers}
+    records = {s.name: r for s in ordered_stages() if (r := s.record(model)) is not None}
     fresh = create_model(spec)
+    _rebuild_(fresh, records)  # what a stage made that pruning alone cannot (a factorised layer)
     shapes = {
         name: {a: getattr(m, a) for a in SHAPE_ATTRS if hasattr(m, a)}
         for (name, m), (_, f) in zip(model.named_modules(), fresh.named_modules())
@@ -217,6 +220,8 @@ def save_packed(
         meta["model_source"] = source  # a later load can tell whether the factory it is given changed
     model_dict = {**spec.to_dict(), "name": canonical_name(spec.name)}  # loads from any folder
     header = {"format": VERSION, "model": model_dict, "shapes": shapes, "tensors": tensors, "meta": meta}
+    if records:
+        header["stages"] = records
     header_bytes = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
     body = MAGIC + struct.pack("<BI", VERSION, len(header_bytes)) + header_bytes + w.buffer.getvalue()
     path = Path(path)
@@ -281,6 +286,13 @@ def decode_packed(
         raise PackError(f"{path} names a model autoprune does not have ({_one_line(e)[:200]})") from None
     except ModelError as e:  # the shapes it records cannot build the network it names
         raise PackError(f"{path} records a network that cannot be built ({_one_line(e)[:300]})") from None
+    stages = header.get("stages", {})
+    try:
+        _rebuild_(skeleton, stages)
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise PackError(
+            f"{path} records a stage that cannot rebuild its network ({_one_line(e)[:300]})"
+        ) from None
     dense = sum(t.numel() * t.element_size() for t in skeleton.state_dict().values())
     size = Path(path).stat().st_size
     if dense > MAX_RATIO * size + (64 << 20):
@@ -288,6 +300,7 @@ def decode_packed(
     try:
         _check_tensors(header, skeleton)
         net = create_model(spec)
+        _rebuild_(net, stages)
         state = {}
         for entry in header["tensors"]:
             state[entry["name"]] = _decode_tensor(payload, entry)
@@ -303,6 +316,13 @@ def decode_packed(
         ) from None
     net.eval()
     return net
+
+
+def _rebuild_(model: nn.Module, records: dict[str, Any]) -> None:
+    """Give a fresh network what the stages ``records`` names made of it, in pipeline order."""
+    for stage in ordered_stages():
+        if stage.name in records:
+            stage.rebuild_(model, records[stage.name])
 
 
 def _one_line(e: BaseException) -> str:
@@ -352,6 +372,11 @@ def _check_header(header: Any, payload_len: int) -> None:
         raise ValueError("tensors and shapes should be a list and a table")
     if not isinstance(header.get("meta", {}), dict):
         raise ValueError("meta should be a table")
+    if not isinstance(stages := header.get("stages", {}), dict):
+        raise ValueError("stages should be a table")
+    for name in stages:
+        if name not in STAGES:
+            raise ValueError(f"it was made with a stage {str(name)[:50]!r} this autoprune does not have")
 
     def ref(r: Any, length: int | None = None) -> int:
         if not (isinstance(r, list) and len(r) == 2 and all(_is_count(v) for v in r)) or sum(r) > payload_len:
@@ -457,3 +482,18 @@ def _resize_(model: nn.Module, key: str, shape: torch.Size) -> None:
         setattr(module, attr, nn.Parameter(torch.empty(shape, dtype=current.dtype)))
     else:
         module.register_buffer(attr, torch.empty(shape, dtype=current.dtype))
+
+
+@register
+class Coding(Stage):
+    """The packed file: relative-index positions, shared-value indices, Huffman coding."""
+
+    name = "pack"
+    config = PackConfig
+    order = 50
+    label = "packing (Huffman coding)"
+    timing = "pack_s"
+
+    def apply_(self, model: nn.Module, config: PackConfig, run: Run) -> None:
+        assert run.out is not None and run.spec is not None, "a run that packs names its file and model"
+        run.report = save_packed(model, run.spec, run.out, bits=run.bits, config=config, meta=run.meta)

@@ -9,17 +9,24 @@ assignment stays fixed.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from autoprune.compress._layers import RecipeError, check_layer_names, layer_kind, weight_layers
+from autoprune.compress._layers import RecipeError, check_layer_names, layer_kind, setting, weight_layers
+from autoprune.compress.finetune import counted_from
+from autoprune.compress.stage import Param, Run, SpaceLayers, Stage, ranged, register, value
 from autoprune.limits import MAX_EPOCHS
 from autoprune.ops.kmeans import INITS, kmeans_1d
+from autoprune.train import TrainConfig, fit
 
 
 @dataclass(frozen=True)
@@ -45,9 +52,7 @@ class ShareConfig:
                 raise RecipeError(f"quantize bits for {name}={bits} should be an integer in 1..16")
 
     def bits_for(self, name: str, module: nn.Module) -> int:
-        if name in self.layers:
-            return self.layers[name]
-        return self.conv_bits if layer_kind(module) == "conv" else self.fc_bits
+        return setting(self.layers, name, self.conv_bits if layer_kind(module) == "conv" else self.fc_bits)
 
 
 class SharedWeight(nn.Module):
@@ -106,3 +111,78 @@ def detach_codebooks_(model: nn.Module) -> None:
     for layer in weight_layers(model).values():
         if parametrize.is_parametrized(layer, "weight"):
             parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
+
+
+@register
+class WeightSharing(Stage):
+    name = "quantize"
+    config = ShareConfig
+    order = 40
+    label = "weight sharing (k-means, trained quantization)"
+    timing = "quantize_s"
+
+    def apply_(self, model: nn.Module, config: ShareConfig, run: Run) -> None:
+        if not config.enabled:
+            return
+        share_weights_(model, config)
+        run.bits = {name: config.bits_for(name, layer) for name, layer in weight_layers(model).items()}
+        if config.epochs <= 0 or not run.training:
+            return
+        ft = run.config.finetune
+        attach_codebooks_(model)
+        start = time.perf_counter()
+        try:
+            fit(
+                model,
+                run.splits,
+                TrainConfig(
+                    epochs=config.epochs, lr=config.lr, batch_size=ft.batch_size, max_batches=ft.max_batches
+                ),
+                seed=run.seed,
+                callbacks=counted_from(run.epochs, run.callbacks),
+                progress=run.progress,
+                desc="trained quantization",
+            )
+        finally:
+            detach_codebooks_(model)
+        run.train_s += time.perf_counter() - start  # training time is not quantization time
+        run.epochs += config.epochs
+
+    def params(self, space: Any, layers: SpaceLayers) -> list[Param]:
+        choices = [Param("init", choices=tuple(space.init))] if len(space.init) > 1 else []
+        epochs = [
+            dataclasses.replace(p, training=True)
+            for p in ranged("quant_epochs", space.quant_epochs, integer=True)
+        ]
+        return [
+            *ranged("conv_bits", space.conv_bits, integer=True),
+            *ranged("fc_bits", space.fc_bits, integer=True),
+            *choices,
+            *epochs,
+        ]
+
+    def from_params(
+        self, params: dict[str, Any], space: Any, layers: SpaceLayers, *, seed: int = 0
+    ) -> ShareConfig:
+        return ShareConfig(
+            conv_bits=value(params, "conv_bits", space.conv_bits),
+            fc_bits=value(params, "fc_bits", space.fc_bits),
+            init=params.get("init", space.init[0]),
+            seed=seed,
+            epochs=value(params, "quant_epochs", space.quant_epochs),
+            lr=value(params, "lr", space.lr) / 10,  # the fine-tuning's rate, tenfold smaller
+        )
+
+    def to_params(self, config: ShareConfig, names: Sequence[str], base: nn.Module) -> dict[str, Any]:
+        if not config.enabled:
+            return {}
+        known = {
+            "conv_bits": config.conv_bits,
+            "fc_bits": config.fc_bits,
+            "init": config.init,
+            "quant_epochs": config.epochs,
+        }
+        return {n: known[n] for n in names if n in known}
+
+    def check(self, config: ShareConfig, model: nn.Module) -> None:
+        check_layer_names(config.layers, weight_layers(model), "quantize.layers")

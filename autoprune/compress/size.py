@@ -33,6 +33,7 @@ from autoprune.compress._layers import layer_kind, output_layer, weight_layers
 from autoprune.compress.packing import MAGIC, save_packed
 from autoprune.compress.quantize import ShareConfig, share_weights_
 from autoprune.compress.recipe import CompressConfig
+from autoprune.compress.stage import Run
 from autoprune.compress.structured import (
     Cuts,
     FilterNormImportance,
@@ -84,6 +85,7 @@ class SizeModel:
 
     def __init__(self, base: nn.Module, spec: ModelSpec):
         input_shape = (spec.in_channels, *spec.image_size)
+        self._base, self._spec, self._input_shape = base, spec, input_shape
         model = copy.deepcopy(base).eval()
         example = torch.zeros(1, *input_shape)
         self._layers = weight_layers(model)
@@ -310,7 +312,12 @@ class SizeModel:
         layers: list[LayerSize] | None = None,
     ) -> int:
         """Bytes of the packed file ``config`` would make of the base network (``removed`` and
-        ``layers``: :meth:`removed`'s and :meth:`layers`' answers, when the caller has them)."""
+        ``layers``: :meth:`removed`'s and :meth:`layers`' answers, when the caller has them).
+
+        This model replays the built-in stages; a config with an optional stage is measured by
+        :meth:`replayed` instead (:meth:`layers` does not see what such a stage does)."""
+        if any(stage.optional for stage, _ in config.items()):
+            return self.replayed(config)
         removed = self.removed(config) if removed is None else removed
         layers = self.layers(config, removed=removed) if layers is None else layers
         body = sum(layer.bytes for layer in layers)
@@ -321,6 +328,22 @@ class SizeModel:
                 size = int(round(size * self._kept_share(module, removed[d.group])))
             raw += size
         return int(round(_FILE_OVERHEAD + self._header + body + raw))
+
+    def replayed(self, config: CompressConfig) -> int:
+        """Bytes of the real file ``config`` makes of the base network without training: every
+        stage's own in-place function replayed in order (the training ones skipped), packed
+        into a temporary file. Exact but for what training moves; a pipeline's cost, not a
+        millisecond."""
+        model = copy.deepcopy(self._base).eval()
+        with tempfile.TemporaryDirectory() as tmp, _quiet():
+            out = Path(tmp) / "replay.apk"
+            run = Run(
+                config, torch.zeros(1, *self._input_shape), out=out, spec=self._spec, meta=_probe_meta(model)
+            )
+            for stage, stage_config in config.items():
+                if not stage.trains:
+                    stage.apply_(model, stage_config, run)
+            return out.stat().st_size
 
     def _kept_share(self, module: str, n: int) -> float:
         """The share of a module's outputs left when their group loses its ``n`` least

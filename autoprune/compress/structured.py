@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,15 @@ import torch_pruning as tp
 from torch import nn
 
 from autoprune.compress._layers import RecipeError, check_layer_names, conv_layers, output_layer
+from autoprune.compress.stage import (
+    Param,
+    Run,
+    SpaceLayers,
+    Stage,
+    per_layer_params,
+    per_layer_values,
+    register,
+)
 
 log = logging.getLogger(__name__)
 
@@ -326,3 +335,37 @@ def _removed_count(channels: int, ratio: float, round_to: int) -> int:
     if round_to > 1:
         kept = max(round_to, int(math.ceil(kept / round_to)) * round_to)
     return max(0, min(channels - 1, channels - kept))
+
+
+@register
+class FilterPruning(Stage):
+    name = "structured"
+    config = FilterPruneConfig
+    order = 10
+    label = "filter pruning (dependency graph)"
+    timing = "prune_s"
+    reshapes = True
+
+    def apply_(self, model: nn.Module, config: FilterPruneConfig, run: Run) -> None:
+        run.norms = prune_filters_(model, config, run.example)
+
+    def params(self, space: Any, layers: SpaceLayers) -> list[Param]:
+        return per_layer_params(space.structured, "ratio", space.ratio, layers.conv)
+
+    def from_params(
+        self, params: dict[str, Any], space: Any, layers: SpaceLayers, *, seed: int = 0
+    ) -> FilterPruneConfig:
+        ratios = per_layer_values(params, space.structured, "ratio", space.ratio, layers.conv)
+        return FilterPruneConfig(mode="ratio", layers=ratios)
+
+    def to_params(self, config: FilterPruneConfig, names: Sequence[str], base: nn.Module) -> dict[str, Any]:
+        if config.mode != "ratio":
+            return {}
+        return {
+            n: config.default if n == "ratio" else config.value_for(n.removeprefix("ratio_"))
+            for n in names
+            if n == "ratio" or n.startswith("ratio_")
+        }
+
+    def check(self, config: FilterPruneConfig, model: nn.Module) -> None:
+        check_layer_names(config.layers, conv_layers(model), "structured.layers")

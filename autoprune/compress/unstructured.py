@@ -8,12 +8,23 @@ sparsity.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
-from autoprune.compress._layers import RecipeError, check_layer_names, weight_layers
+from autoprune.compress._layers import RecipeError, check_layer_names, setting, weight_layers
+from autoprune.compress.stage import (
+    Param,
+    Run,
+    SpaceLayers,
+    Stage,
+    per_layer_params,
+    per_layer_values,
+    register,
+)
 
 Masks = dict[str, torch.Tensor]  # layer name -> bool mask of the weights kept
 
@@ -39,7 +50,11 @@ class MagnitudeConfig:
                 raise RecipeError(f"unstructured quality for {name}={value} should be in [0, 10]")
 
     def value_for(self, name: str) -> float:
-        return self.layers.get(name, self.default)
+        return setting(self.layers, name, self.default)
+
+    def steps_over(self, epochs: int) -> int:
+        """Pruning steps over ``epochs`` of fine-tuning (one at most per epoch, one without any)."""
+        return min(self.steps, epochs) if epochs > 0 else 1
 
     def at_step(self, step: int, steps: int) -> MagnitudeConfig:
         """The share of the final pruning reached after ``step`` of ``steps`` (cubic ramp:
@@ -94,3 +109,48 @@ def mask_holder(model: nn.Module, masks: Masks):
             weight.mul_(mask)
 
     return hold
+
+
+@register
+class MagnitudePruning(Stage):
+    name = "unstructured"
+    config = MagnitudeConfig
+    order = 20
+    label = "magnitude pruning"
+    timing = "prune_s"
+
+    def apply_(self, model: nn.Module, config: MagnitudeConfig, run: Run) -> None:
+        # the first step of a gradual schedule (fine-tuning takes the others); a replay, which
+        # does not fine-tune, prunes all at once
+        steps = config.steps_over(run.config.finetune.epochs) if run.training else 1
+        run.masks = prune_magnitude_(model, config.at_step(1, steps))
+
+    def params(self, space: Any, layers: SpaceLayers) -> list[Param]:
+        return per_layer_params(space.magnitude, "quality", space.quality, layers.weights)
+
+    def from_params(
+        self, params: dict[str, Any], space: Any, layers: SpaceLayers, *, seed: int = 0
+    ) -> MagnitudeConfig:
+        quality = per_layer_values(params, space.magnitude, "quality", space.quality, layers.weights)
+        return MagnitudeConfig(mode="quality", layers=quality)
+
+    def to_params(self, config: MagnitudeConfig, names: Sequence[str], base: nn.Module) -> dict[str, Any]:
+        """A sparsity target becomes the quality (threshold / std) that reaches it on the base
+        weights."""
+        layers = weight_layers(base)
+        params: dict[str, Any] = {}
+        for name in names:
+            if name != "quality" and not name.startswith("quality_"):
+                continue
+            layer = name.removeprefix("quality_") if name != "quality" else None
+            target = config.value_for(layer) if layer else config.default
+            if config.mode == "quality":
+                params[name] = target
+            elif layer is not None:
+                w = layers[layer].weight.detach().abs().flatten()
+                threshold = torch.quantile(w, target).item() if target > 0 else 0.0
+                params[name] = threshold / float(layers[layer].weight.detach().std())
+        return params
+
+    def check(self, config: MagnitudeConfig, model: nn.Module) -> None:
+        check_layer_names(config.layers, weight_layers(model), "unstructured.layers")

@@ -281,7 +281,7 @@ def _continued(config: CompressConfig, resume: Continuation, train_size: int) ->
         "batches_before": resume.batches,
         "batches_continued": (per_epoch or 0) * finetune.epochs,
     }
-    return dataclasses.replace(config, finetune=finetune), budget
+    return config.replace(finetune), budget
 
 
 def _stop_callback(epoch: int, val_accuracy: float) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 from optuna.study import StudyDirection
 
 from autoprune._config import build_config, read_toml
+from autoprune.compress import STAGES
 from autoprune.data import DataOptions
 from autoprune.device import DEVICES
 from autoprune.errors import AutoPruneError, DataError
@@ -93,8 +94,25 @@ class SpaceSection:
     lr: list[float] = field(default_factory=lambda: [1e-4, 3e-3])  # sampled on a log scale
     quant_epochs: list[int] = field(default_factory=lambda: [1])
     max_batches: int = 0  # cap on batches per fine-tuning epoch (0: whole epochs)
+    # optional stages searched too, each with its own table: [space.stages.lowrank] rank = [0.1, 1.0]
+    stages: dict[str, Any] = field(default_factory=dict)
+
+    def stage(self, name: str) -> Any | None:
+        """The table of optional stage ``name`` (its space dataclass), None when not searched."""
+        if name not in self.stages:
+            return None
+        stage = STAGES.get(name)
+        if not stage.optional or stage.space is None:
+            raise SpecError(
+                f"space.stages.{name}: stage {name!r} is always run; its space is [space]'s own keys"
+            )
+        return build_config(stage.space, self.stages[name], error=SpecError, prefix=f"space.stages.{name}.")
 
     def __post_init__(self) -> None:
+        for name in self.stages:
+            if name not in STAGES:
+                raise SpecError(f"space.stages.{str(name)[:50]}: no such stage; stages: {', '.join(STAGES)}")
+            self.stage(name)  # checked now, not at the first trial
         for key in ("structured", "magnitude"):
             if getattr(self, key) not in ("per_layer", "global", "off"):
                 raise SpecError(
