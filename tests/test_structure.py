@@ -168,3 +168,39 @@ def test_no_function_level_imports() -> None:
     test above then sees every arrow)."""
     found = {str(p.relative_to(PACKAGE)): n for p in SOURCES if (n := function_imports(p))}
     assert not found, f"imports inside functions (move them to the module's top): {found}"
+
+
+def code_words(path: Path) -> set[str]:
+    """The identifiers and string values a module's code uses (not its comments or docstrings)."""
+    tree = ast.parse(path.read_text())
+    docstrings = {
+        id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)
+    }
+    words: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            words.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            words.add(node.attr)
+        elif isinstance(node, ast.alias):
+            words.update(node.name.split("."))
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            words.update(node.module.split("."))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            words.update(re.findall(r"\w+", node.value))
+    return words
+
+
+def test_a_stage_is_its_own_module() -> None:
+    """A compression stage is one module (autoprune/compress/stage.py says what it declares):
+    the low-rank stage is named in no code of the package but its module's and the import that
+    registers it, so the pipeline, the search space, the size model and the packed file all
+    reach it through the stage registry."""
+    mine = re.compile(r"^(lowrank|LowRank\w*|Factorised|factorise_)$")
+    own = PACKAGE / "compress" / "lowrank.py"
+    mentions = {
+        str(p.relative_to(PACKAGE)): sorted(w for w in code_words(p) if mine.match(w))
+        for p in SOURCES
+        if p != own
+    }
+    assert {k: v for k, v in mentions.items() if v} == {"compress/__init__.py": ["lowrank"]}

@@ -5,6 +5,7 @@ stage is one module that registers itself in :data:`STAGES` when imported here
 (:mod:`autoprune.compress.stage` says what a stage declares).
 """
 
+from autoprune.compress import lowrank  # noqa: F401  (registers the optional low-rank stage)
 from autoprune.compress._layers import RecipeError, conv_layers, output_layer, weight_layers
 from autoprune.compress.finetune import Continuation
 from autoprune.compress.packing import (
