@@ -5,6 +5,7 @@ network cut off."""
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -137,8 +138,9 @@ def test_the_report_opens_without_a_network_with_every_figure(tmp_path: Path) ->
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout)
     assert set(TITLES) <= set(r["figures"]) and len(r["png"]) == len(r["figures"])
-    for png in r["png"]:
+    for png in r["png"]:  # plotly's own export of the figure, at the size asked
         not_blank(Path(png))
+        assert struct.unpack(">II", Path(png).read_bytes()[16:24]) == (1100, 520), png
     with sync_api.sync_playwright() as p:
         context = browser(p).new_context(offline=True)  # nothing can be fetched
         page = context.new_page()

@@ -266,3 +266,15 @@ def test_a_refusal_leaves_storage_and_outputs_as_they_were(
     assert snapshot(tmp_path) == before
     assert optuna.get_all_study_summaries(url, include_best_trial=False)[0].study_name == "tiny"
     assert len(optuna.get_all_study_summaries(url, include_best_trial=False)) == 1  # no side study
+
+
+def test_report_png_without_a_browser_is_one_line_and_writes_nothing(
+    workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = copy_study(workspace, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-browser"))
+    code, _, err = call(["report", "--storage", url, "--png", "figs", "--out", "r.html"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "needs Chrome or Chromium" in err and "apt-get install chromium" in err
+    assert not (tmp_path / "r.html").exists() and not any((tmp_path / "figs").iterdir())

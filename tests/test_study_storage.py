@@ -79,6 +79,12 @@ def test_the_budget_rule_on_stored_trials(study: optuna.Study) -> None:
     assert best_trial(study, Budget(1.5)).number == 1
     assert best_trial(study, Budget(0.6)).number == 0
     assert best_trial(study, Budget(0.01)) is None
+    records = [TrialRecord.from_attrs(t.user_attrs) for t in study.trials]
+    assert Budget(1.5).best(records, lambda r: r.compression_ratio) == 1
+    assert Budget(1.5).best(records, lambda r: -r.compression_ratio) == 3  # any value, same rule
+    assert Budget(0.01).best(records, lambda r: r.compression_ratio) is None
+    assert [Budget(1.5).within(r) for r in records] == [True, True, False, True]
+    assert [Budget(1.5).within(t.user_attrs) for t in study.trials] == [True, True, False, True]
     assert {t.number for t in pareto_front(study)} == {0, 1, 2, 3}  # accuracy vs bytes: all trade off
     add(study, 89.0, 6.0, 80.0)  # worse than trial 2 on both
     assert 4 not in {t.number for t in pareto_front(study)}

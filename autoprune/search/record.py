@@ -18,6 +18,8 @@ from typing import Any
 
 from optuna.study import StudyDirection
 
+from autoprune.ops.pareto import best_within
+
 
 class Source(str, Enum):
     """Where a trial's settings came from (its ``source`` user attribute), besides a sampler's
@@ -152,10 +154,15 @@ class Budget:
         drop = attrs.get("acc_drop")
         return None if drop is None else judged_drop(drop, attrs.get("acc_drop_se"), self.z)
 
-    def within(self, attrs: Mapping[str, Any]) -> bool:
-        """Whether a trial's user attributes are within the budget, as it judges them."""
-        judged = self.judged(attrs)
+    def within(self, trial: TrialRecord | Mapping[str, Any]) -> bool:
+        """Whether a trial (its record or its user attributes) is within the budget, as judged."""
+        judged = self.drop(trial) if isinstance(trial, TrialRecord) else self.judged(trial)
         return judged is not None and judged <= self.max_drop
+
+    def best(self, records: Sequence[TrialRecord], value: Callable[[TrialRecord], float]) -> int | None:
+        """Index of the record of highest ``value`` among those within the budget (the first,
+        on a tie), or None when none is."""
+        return best_within([value(r) for r in records], [self.drop(r) for r in records], self.max_drop)
 
 
 def judged_drop(drop: float, se: float | None, z: float) -> float:

@@ -8,7 +8,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autoprune.ops.pareto import best_within, non_dominated
+from autoprune.ops.pareto import non_dominated
 from autoprune.search.record import Budget, TrialRecord, goal, names, stored
 from autoprune.search.spec import SpecError, StudySection
 
@@ -49,8 +49,7 @@ def best_trial(study: optuna.Study, budget: Budget) -> FrozenTrial | None:
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if (r := TrialRecord.from_attrs(t.user_attrs)) is not None
     ]
-    value = study_goal(study)
-    i = best_within([value(r) for _, r in done], [budget.drop(r) for _, r in done], budget.max_drop)
+    i = budget.best([r for _, r in done], study_goal(study))
     return None if i is None else done[i][0]
 
 

@@ -37,7 +37,7 @@ from autoprune.workflow._models import (
     load_data,
     train,
 )
-from autoprune.workflow._report import figure_png, write_report
+from autoprune.workflow._report import write_pngs, write_report
 from autoprune.workflow._search import (
     DEFAULT_SPEC,
     Interrupted,
@@ -124,7 +124,6 @@ __all__ = [
     "default_export_path",
     "enqueue",
     "export_trial",
-    "figure_png",
     "final_summary",
     "finalize",
     "find_trial",
@@ -146,6 +145,7 @@ __all__ = [
     "size_error",
     "study_figures",
     "summary_note",
+    "write_pngs",
     "write_report",
     "sensitivity_rows",
     "stored_sensitivity",

@@ -1,20 +1,21 @@
 """``autoprune report``: a study in one self-contained HTML file (its figures, its summary, its
 spec and the machine), which opens without a server or a network, and the same figures as
-PNGs for a paper or a ticket."""
+PNGs for a paper or a ticket (plotly's own export: they need a local Chrome or Chromium)."""
 
 from __future__ import annotations
 
 import html
 import json
+import os
 import platform
 import re
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 import optuna
+import plotly.io
 import torch
-from matplotlib.figure import Figure
+from choreographer.browsers.chromium import Chromium
 from plotly.offline import get_plotlyjs
 
 from autoprune.errors import AutoPruneError
@@ -45,6 +46,7 @@ def write_report(
         except OSError as e:
             raise AutoPruneError(f"--png {png}: cannot make the folder ({e.strerror})") from None
     figures = study_figures(study, budget, base=base, artifacts=artifacts)
+    pngs = write_pngs(figures, png) if png is not None else []  # before the HTML: a failure writes nothing
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>autoprune: {html.escape(study.study_name)}</title><style>{_CSS}</style>",
@@ -66,7 +68,6 @@ def write_report(
         "</body></html>",
     ]
     out.write_text("\n".join(parts))
-    pngs = [str(figure_png(fig, png / f"{graph_id}.png")) for graph_id, fig in figures.items()] if png else []
     return {
         "study": study.study_name,
         "out": str(out),
@@ -138,64 +139,20 @@ def markdown_html(text: str) -> str:
 # ----------------------------------------------------------------------------- PNG
 
 
-_SYMBOLS = {"circle": "o", "diamond": "D", "star": "*", "square": "s", "triangle-up": "^", "x": "x"}
-
-
-def figure_png(fig: Any, path: Path) -> Path:
-    """A plotly figure of scatter and bar traces drawn again with matplotlib (no browser, no
-    extra package): the same data, axes (log ones included), lines and titles."""
-    with matplotlib.rc_context({"text.parse_math": False}):  # stored names are text, never mathtext
-        layout = fig.layout
-        axes_ids = sorted({(t.xaxis or "x") for t in fig.data}, key=lambda a: int(a[1:] or 1))
-        figure = Figure(figsize=(7 * len(axes_ids), 4.6))
-        axes = figure.subplots(1, len(axes_ids), squeeze=False)
-        by_id = dict(zip(axes_ids, axes[0]))
-        stacks: dict[str, list[float]] = {}
-        for trace in fig.data:
-            ax = by_id[trace.xaxis or "x"]
-            if trace.type == "bar":
-                x, y = list(trace.x), list(trace.y)
-                bottom = [stacks.get(k, 0.0) for k in x]
-                ax.bar(range(len(x)), y, bottom=bottom, label=trace.name)
-                for k, v, b in zip(x, y, bottom):
-                    stacks[k] = b + v
-                ax.set_xticks(range(len(x)), x, rotation=60, ha="right", fontsize=6)
-                continue
-            x = [v for v in (trace.x or [])]
-            y = [float("nan") if v is None else v for v in (trace.y or [])]
-            mode = trace.mode or "markers"
-            symbol = (
-                trace.marker.symbol
-                if trace.marker is not None and isinstance(trace.marker.symbol, str)
-                else "circle"
-            )
-            color = (
-                trace.marker.color
-                if trace.marker is not None and isinstance(trace.marker.color, str)
-                else None
-            ) or (trace.line.color if trace.line is not None else None)
-            style = {"label": trace.name, "color": color}
-            marker = _SYMBOLS.get(symbol.removesuffix("-open"), "o") if "markers" in mode else ""
-            line = "--" if trace.line is not None and trace.line.dash in ("dash", "dot") else "-"
-            if symbol.endswith("-open"):
-                style["markerfacecolor"] = "none"
-            ax.plot(x, y, marker + (line if "lines" in mode else ""), **style)
-        for shape in layout.shapes or ():
-            if shape.y0 == shape.y1 and shape.y0 is not None:
-                by_id["x"].axhline(shape.y0, linestyle="--", color="grey")
-        for axis_id, ax in by_id.items():
-            xaxis = layout[f"xaxis{axis_id[1:]}"] if axis_id != "x" else layout.xaxis
-            yaxis = layout[f"yaxis{axis_id[1:]}"] if axis_id != "x" else layout.yaxis
-            if xaxis.type == "log":
-                ax.set_xscale("log")
-            if yaxis.range is not None:
-                ax.set_ylim(*yaxis.range)
-            ax.set_xlabel(xaxis.title.text or "", fontsize=8)
-            ax.set_ylabel(yaxis.title.text or "", fontsize=8)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=6)
-        figure.suptitle(layout.title.text or "", fontsize=10)
-        figure.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=100)
-    return path
+def write_pngs(figures: dict[str, Any], folder: Path) -> list[str]:
+    """The figures as PNGs drawn by plotly's own static export (kaleido, which drives a local
+    Chrome or Chromium headless, one browser for all): the pictures the dashboard shows."""
+    browser = Chromium.find_browser(skip_local=False)
+    if not browser or not os.access(browser, os.X_OK):
+        raise AutoPruneError(
+            "--png draws the figures with plotly's export, which needs Chrome or Chromium: install one "
+            "(apt-get install chromium) or name it in BROWSER_PATH"
+        )
+    paths = [folder / f"{graph_id}.png" for graph_id in figures]
+    try:
+        plotly.io.write_images(list(figures.values()), paths, width=1100, height=520)
+    except RuntimeError as e:  # the browser would not start or render
+        raise AutoPruneError(
+            f"--png: {browser} could not draw the figures ({' '.join(str(e).split())[:200]})"
+        ) from None
+    return [str(p) for p in paths]

@@ -298,7 +298,7 @@ def progress_figure(study: optuna.Study, budget: Budget, compare: dict[str, Any]
     done = sorted((d for d in completed(study) if d.kind == SEARCH), key=lambda d: d.trial.number)
     best, curve = None, []
     for d in done:
-        if budget.drop(d.record) <= budget.max_drop:
+        if budget.within(d.record):
             best = value(d.record) if best is None else max(best, value(d.record))
         curve.append(best)
     # until a trial is within the budget the best is no compression at all: drawn at 1x, hollow

@@ -14,7 +14,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autoprune.ops.pareto import best_within, hypervolume
+from autoprune.ops.pareto import hypervolume
 from autoprune.search.objective import Objective, SearchContext, stored_recipes
 from autoprune.search.record import Budget, Source, TrialRecord, speed_objectives
 from autoprune.search.report import study_budget
@@ -189,9 +189,7 @@ def _summary(trials: Sequence[FrozenTrial], budget: Budget) -> dict[str, Any]:
         for t in trials
         if t.state == TrialState.COMPLETE and (r := TrialRecord.from_attrs(t.user_attrs)) is not None
     ]
-    i = best_within(
-        [r.compression_ratio for _, r in done], [budget.drop(r) for _, r in done], budget.max_drop
-    )
+    i = budget.best([r for _, r in done], lambda r: r.compression_ratio)
     best, rec = done[i] if i is not None else (None, None)
     return {
         "trials": len(trials),
