@@ -212,3 +212,12 @@ def test_a_searched_stage_round_trips_through_the_stored_spec() -> None:
     spec = spec_from_dict({"space": {"stages": {"lowrank": {"rank": [0.2, 0.9]}}}})
     assert spec_from_dict(copy.deepcopy(spec.to_dict())) == spec
     assert spec.space.stage("lowrank").rank == [0.2, 0.9]
+
+
+def test_a_space_without_weight_sharing_samples_no_bits_and_keeps_float_weights() -> None:
+    layers = SpaceLayers.of(create_model(SPEC))
+    space = SpaceSection(quantize=False, magnitude="off", init=["linear", "forgy"], quant_epochs=[0, 2])
+    dists = distributions(space, layers)
+    assert list(dists) == ["ratio_conv1", "ratio_conv2", "finetune_epochs", "lr"]
+    config = config_from_params({}, space, layers)
+    assert not config.quantize.enabled and config.unstructured.layers == {}

@@ -149,6 +149,8 @@ class WeightSharing(Stage):
         run.epochs += config.epochs
 
     def params(self, space: Any, layers: SpaceLayers) -> list[Param]:
+        if not space.quantize:
+            return []
         choices = [Param("init", choices=tuple(space.init))] if len(space.init) > 1 else []
         epochs = [
             dataclasses.replace(p, training=True)
@@ -164,6 +166,8 @@ class WeightSharing(Stage):
     def from_params(
         self, params: dict[str, Any], space: Any, layers: SpaceLayers, *, seed: int = 0
     ) -> ShareConfig:
+        if not space.quantize:
+            return ShareConfig(enabled=False)
         return ShareConfig(
             conv_bits=value(params, "conv_bits", space.conv_bits),
             fc_bits=value(params, "fc_bits", space.fc_bits),

@@ -87,6 +87,7 @@ class SpaceSection:
     ratio: list[float] = field(default_factory=lambda: [0.0, 0.7])
     magnitude: str = "per_layer"  # magnitude-pruning quality: "per_layer", "global" or "off"
     quality: list[float] = field(default_factory=lambda: [0.0, 2.5])  # threshold = quality * std
+    quantize: bool = True  # weight sharing in every trial (false: weights stay float32, no bits searched)
     conv_bits: list[int] = field(default_factory=lambda: [4, 8])
     fc_bits: list[int] = field(default_factory=lambda: [2, 6])
     init: list[str] = field(default_factory=lambda: ["linear", "density", "forgy"])

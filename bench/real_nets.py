@@ -1,0 +1,518 @@
+"""Real architectures searched side by side with Torch-Pruning (issue 27): ResNet-20 and
+MobileNetV2 on Fashion-MNIST, at equal test drop, in MACs, measured latency and file size.
+
+One command per stage; every stage resumes (rows already written are skipped, studies resume):
+
+    python bench/real_nets.py base     --network resnet20
+    python bench/real_nets.py uniform  --network resnet20 --ratios 0.2 0.35 0.5 0.65
+    python bench/real_nets.py tp       --network resnet20 --targets 1.5 2 3 4
+    python bench/real_nets.py search   --network resnet20 --seed 0 --trials 20 [--objective latency]
+    python bench/real_nets.py pipeline --network resnet20 --seed 0
+    python bench/real_nets.py report
+
+Every method starts from the same base (the spec's, trained once and cached) and is fine-tuned
+with the same budget: ``--finetune-epochs`` at ``--lr`` with the same optimiser and cosine
+schedule (autoprune's ``fit``), the search's finalized trials included (``[final] epochs``).
+Methods:
+
+- ``uniform``: Li et al.'s L1 filter pruning, the same share of every conv's filters;
+- ``tp``: Torch-Pruning's own global pruning (``MetaPruner(global_pruning=True)`` with group L1
+  magnitude importance), its ratio bisected to reach each MAC reduction target;
+- ``search``: autoprune's search of per-layer filter ratios (magnitude pruning and weight
+  sharing off: MACs are what filters decide) on (accuracy, MACs) or (accuracy, latency_ms),
+  then ``finalize``;
+- ``pipeline``: the full Deep Compression pipeline on the search's pick (its filter ratios, then
+  magnitude pruning, weight sharing and Huffman coding): the file a user ships.
+
+Rows (``network, method, seed, target, macs_ratio, speedup_b1, speedup_b32, packed_ratio,
+val_drop, test_drop, wall_s, other_load`` and the backends' speed-ups) go to ``--results``
+(JSON lines). ``--train-limit N`` takes the first N training images (a scaled run; the
+dataset is then named ``<data>-first<N>`` and the test split stays whole).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+import torch_pruning as tp
+from matplotlib.figure import Figure
+from torch import nn
+
+from autoprune.compress import (
+    CompressConfig,
+    FilterPruneConfig,
+    MagnitudeConfig,
+    ShareConfig,
+    load_packed,
+    output_layer,
+    prune_filters_,
+)
+from autoprune.data import register_dataset
+from autoprune.data._base import DATASETS, RawData
+from autoprune.errors import AutoPruneError
+from autoprune.measure import count_macs, cpu_sample, measure_latency, measure_model, other_load
+from autoprune.pipeline import compress
+from autoprune.search import Budget, TrialRecord, parse_storage
+from autoprune.search.setup import Inputs, load_inputs
+from autoprune.search.spec import StudySpec, spec_from_dict
+from autoprune.train import TrainConfig, fit
+from autoprune.workflow import artifact_dir, finalize, search
+
+RESULTS = Path("bench/results/real_nets.jsonl")
+BUDGETS = (0.5, 1.0)  # test points
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def limited(data: str, limit: int) -> str:
+    """The name of ``data``'s first ``limit`` training images, registered on first use."""
+    if not limit:
+        return data
+    name = f"{data}-first{limit}"
+    if name not in DATASETS:
+        full = DATASETS.get(data)
+
+        @register_dataset(name)
+        def load(data_dir: Any) -> RawData:
+            raw = full(data_dir)
+            return RawData(raw.x_train[:limit], raw.y_train[:limit], raw.x_test, raw.y_test, raw.classes)
+
+    return name
+
+
+def study_spec(args: argparse.Namespace, *, seed: int = 0, objective: str = "macs") -> StudySpec:
+    """The spec every method shares: data, base training and fine-tuning budget; its study
+    section is the search's."""
+    metric = {"macs": "macs", "latency": "latency_ms"}[objective]
+    return spec_from_dict(
+        {
+            "study": {
+                "name": f"{args.network}-{objective}-s{seed}",
+                "storage": f"sqlite:///{args.db}",
+                "trials": args.trials,
+                "seed": seed,
+                "sampler": "tpe",
+                "objectives": ["accuracy", metric],
+                "max_acc_drop": 1.0,
+                "selection": "upper",
+                "latency_repeats": args.latency_repeats,
+            },
+            "model": {"name": args.network},
+            "data": {
+                "name": limited(args.data, args.train_limit),
+                "val_fraction": 0.1,
+                "augment": "crop-flip",
+            },
+            "train": {
+                "epochs": args.base_epochs,
+                "lr": args.base_lr,
+                "optimizer": "sgd",
+                "weight_decay": 5e-4,
+                "batch_size": 128,
+            },
+            "space": {
+                "structured": "per_layer",
+                "ratio": [0.0, args.max_ratio],
+                "magnitude": "off",
+                "quantize": False,
+                "finetune_epochs": [args.trial_epochs],
+                "lr": [args.lr],
+                "max_batches": args.trial_batches,
+            },
+            "final": {
+                "k": args.k,
+                "epochs": args.finetune_epochs,
+                "quant_epochs": 0,
+                "promote": False,
+                "slack": args.slack,
+            },
+        }
+    )
+
+
+def finetune_config(args: argparse.Namespace) -> TrainConfig:
+    """The fine-tuning every method gets: the search's finalized trials are fine-tuned so too
+    (``[final] epochs`` at the space's learning rate, Adam, cosine, no batch cap)."""
+    return TrainConfig(epochs=args.finetune_epochs, lr=args.lr)
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def measured(
+    model: nn.Module, inputs: Inputs, base: dict[str, Any], args: argparse.Namespace
+) -> dict[str, Any]:
+    """A pruned network against the base: MACs, both backends' batch-1 and batch-32 speed-up,
+    validation and test drop."""
+    m = measure_model(model, inputs.splits, latency=False)
+    before = cpu_sample()
+    timings = backend_latencies(model, inputs.splits.input_shape, args.latency_repeats)
+    load = other_load(before, cpu_sample())
+    return {
+        "macs_ratio": base["macs"] / max(m.macs, 1),
+        **{f"speedup_{k}": base["latency"][k] / v for k, v in timings.items()},
+        "speedup_b1": max(base["latency"][k] / v for k, v in timings.items() if k.endswith("b1")),
+        "speedup_b32": max(base["latency"][k] / v for k, v in timings.items() if k.endswith("b32")),
+        "val_drop": base["accuracy"] - m.accuracy,
+        "test_drop": base["test_accuracy"] - m.test_accuracy,
+        "params": m.params,
+        "other_load": load,
+    }
+
+
+def backend_latencies(model: nn.Module, shape: tuple[int, ...], repeats: int) -> dict[str, float]:
+    """Median ms per backend family (ONNX Runtime; torch, the faster of oneDNN and native) at
+    batch 1 and 32."""
+    out = {}
+    for family, backends in (("ort", ("onnxruntime",)), ("torch", ("onednn", "native"))):
+        for batch, n in ((1, repeats), (32, max(5, repeats // 5))):
+            out[f"{family}_b{batch}"] = measure_latency(
+                model, shape, batch_size=batch, repeats=n, warmup=3, backends=backends
+            ).median_ms
+    return out
+
+
+def base_record(inputs: Inputs, args: argparse.Namespace) -> dict[str, Any]:
+    m = measure_model(inputs.base, inputs.splits, latency=False)
+    return {
+        "macs": m.macs,
+        "accuracy": m.accuracy,
+        "test_accuracy": m.test_accuracy,
+        "params": m.params,
+        "dense_bytes": m.dense_bytes,
+        "latency": backend_latencies(inputs.base, inputs.splits.input_shape, args.latency_repeats),
+    }
+
+
+# ----------------------------------------------------------------------------- rows
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    return (
+        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    )
+
+
+def done(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    return next((r for r in read_rows(path) if all(r.get(k) == v for k, v in key.items())), None)
+
+
+def append(path: Path, row: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+
+
+def base_of(args: argparse.Namespace) -> tuple[Inputs, dict[str, Any]]:
+    """The shared base, trained once (cached by autoprune) and measured once (a row)."""
+    inputs = load_inputs(study_spec(args), progress=not args.quiet)
+    key = {"network": args.network, "method": "base", "data": args.data, "train_limit": args.train_limit}
+    row = done(args.results, key)
+    if row is None:
+        started = time.perf_counter()
+        row = {**key, **base_record(inputs, args), "wall_s": time.perf_counter() - started}
+        append(args.results, row)
+    return inputs, row
+
+
+# ----------------------------------------------------------------------------- methods
+
+
+def run_uniform(args: argparse.Namespace) -> None:
+    inputs, base = base_of(args)
+    example = torch.zeros(1, *inputs.splits.input_shape)
+    for ratio in args.ratios:
+        key = _key(args, "uniform", ratio)
+        if done(args.results, key):
+            continue
+        started = time.perf_counter()
+        model = copy.deepcopy(inputs.base)
+        prune_filters_(model, FilterPruneConfig(default=ratio), example)
+        fit(
+            model,
+            inputs.splits,
+            finetune_config(args),
+            seed=0,
+            progress=not args.quiet,
+            desc=f"uniform {ratio}",
+        )
+        append(
+            args.results,
+            {**key, **measured(model, inputs, base, args), "wall_s": time.perf_counter() - started},
+        )
+
+
+def tp_pruned(base: nn.Module, example: torch.Tensor, ratio: float) -> nn.Module:
+    """A copy of ``base`` pruned by Torch-Pruning's global pruning at ``ratio`` (group L1)."""
+    model = copy.deepcopy(base).eval()
+    pruner = tp.pruner.MetaPruner(
+        model,
+        example,
+        importance=tp.importance.GroupMagnitudeImportance(p=1),
+        pruning_ratio=ratio,
+        global_pruning=True,
+        ignored_layers=[model.get_submodule(output_layer(model))],
+    )
+    pruner.step()
+    return model
+
+
+def tp_at(base: nn.Module, shape: tuple[int, ...], target: float) -> tuple[nn.Module, float]:
+    """Torch-Pruning's global pruning at the ratio whose MAC reduction is closest to ``target``
+    (bisected: the reduction grows with the ratio)."""
+    example = torch.zeros(1, *shape)
+    macs = count_macs(base, shape)
+    low, high = 0.0, 0.95
+    for _ in range(12):
+        mid = (low + high) / 2
+        reached = macs / max(count_macs(tp_pruned(base, example, mid), shape), 1)
+        low, high = (mid, high) if reached < target else (low, mid)
+    ratio = (low + high) / 2
+    return tp_pruned(base, example, ratio), ratio
+
+
+def run_tp(args: argparse.Namespace) -> None:
+    inputs, base = base_of(args)
+    for target in args.targets:
+        key = _key(args, "torch-pruning", target)
+        if done(args.results, key):
+            continue
+        started = time.perf_counter()
+        model, ratio = tp_at(inputs.base, inputs.splits.input_shape, target)
+        fit(
+            model, inputs.splits, finetune_config(args), seed=0, progress=not args.quiet, desc=f"tp {target}x"
+        )
+        row = {**key, **measured(model, inputs, base, args), "tp_ratio": ratio}
+        append(args.results, {**row, "wall_s": time.perf_counter() - started})
+
+
+def run_search(args: argparse.Namespace) -> None:
+    inputs, base = base_of(args)
+    spec = study_spec(args, seed=args.seed, objective=args.objective)
+    info = parse_storage(spec.study.storage)
+    method = f"search ({args.objective})"
+    started = time.perf_counter()
+    search(spec, info, spec_dir=Path.cwd(), progress=not args.quiet)
+    searched = time.perf_counter()
+    study = optuna.load_study(study_name=spec.study.name, storage=spec.study.storage)
+    if not any(t.user_attrs.get("source") == "final" for t in study.trials):
+        try:
+            finalize(spec, info, progress=not args.quiet)
+        except AutoPruneError as e:  # no trial within the budget and its slack: a result, said so
+            append(args.results, {**_key(args, method, None), "trial": None, "note": str(e)})
+    timing = {"search_s": searched - started, "final_s": time.perf_counter() - searched}
+    study = optuna.load_study(study_name=spec.study.name, storage=spec.study.storage)
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if t.user_attrs.get("source") != "final" or t.user_attrs.get("recipe_name"):
+            continue
+        key = {**_key(args, method, None), "trial": t.number}
+        if done(args.results, key):
+            continue
+        model = finalized_model(t, spec, inputs, args)
+        row = {
+            **key,
+            **measured(model, inputs, base, args),
+            "val_drop_judged": study_budget(spec).drop(_record(t)),
+        }
+        append(args.results, {**row, "wall_s": t.user_attrs.get("trial_s"), **timing})
+
+
+def finalized_model(
+    t: optuna.trial.FrozenTrial, spec: StudySpec, inputs: Inputs, args: argparse.Namespace
+) -> nn.Module:
+    """A finalized trial's network, decoded from its packed file (float32 weights: the space
+    shares none), so every method is measured the same way, here."""
+    path = artifact_dir(parse_storage(spec.study.storage), "") / t.user_attrs["artifact_id"]
+    return load_packed(path, model=args.network)[0]
+
+
+def run_pipeline(args: argparse.Namespace) -> None:
+    """The full pipeline on the search's pick: the finalized search trial of largest MAC
+    reduction within 1 point on validation (judged), its filter ratios, then magnitude pruning,
+    weight sharing and Huffman coding at Deep Compression's settings."""
+    inputs, base = base_of(args)
+    spec = study_spec(args, seed=args.seed, objective=args.objective)
+    key = _key(args, f"pipeline ({args.objective})", None)
+    if done(args.results, key):
+        return
+    study = optuna.load_study(study_name=spec.study.name, storage=spec.study.storage)
+    finals = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if t.user_attrs.get("source") == "final" and not t.user_attrs.get("recipe_name")
+    ]
+    budget = study_budget(spec)
+    i = budget.best([_record(t) for t in finals], lambda r: -r.macs)
+    if i is None:
+        append(args.results, {**key, "pick": None, "note": "no finalized search trial within 1 point"})
+        return
+    pick = finals[i]
+    ratios = {k.removeprefix("ratio_"): v for k, v in pick.params.items() if k.startswith("ratio_")}
+    config = CompressConfig.of(
+        FilterPruneConfig(layers=ratios),
+        MagnitudeConfig(mode="quality", default=args.quality),
+        finetune_config(args),
+        ShareConfig(conv_bits=args.conv_bits, fc_bits=5, epochs=1, lr=args.lr / 10),
+        name="pipeline",
+    )
+    started = time.perf_counter()
+    metrics = measure_model(inputs.base, inputs.splits, latency=False)
+    out = args.db.parent / f"{spec.study.name}-pipeline.apk"
+    result = compress(
+        inputs.base,
+        inputs.model_spec,
+        inputs.splits,
+        config,
+        out,
+        base_metrics=metrics,
+        progress=not args.quiet,
+        latency=False,
+    )
+    row = {
+        **key,
+        **measured(result.model, inputs, base, args),
+        "pick": pick.number,
+        "packed_bytes": result.metrics["packed_bytes"],
+        "packed_ratio": base["dense_bytes"] / result.metrics["packed_bytes"],
+    }
+    append(args.results, {**row, "wall_s": time.perf_counter() - started})
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def study_budget(spec: StudySpec) -> Budget:
+    return spec.study.budget
+
+
+def _record(t: optuna.trial.FrozenTrial) -> TrialRecord:
+    record = TrialRecord.from_attrs(t.user_attrs)
+    assert record is not None, f"trial {t.number} has no record"
+    return record
+
+
+def _key(args: argparse.Namespace, method: str, target: float | None) -> dict[str, Any]:
+    return {
+        "network": args.network,
+        "method": method,
+        "seed": args.seed if method.startswith(("search", "pipeline")) else 0,
+        "target": target,
+        "data": args.data,
+        "train_limit": args.train_limit,
+        "finetune_epochs": args.finetune_epochs,
+    }
+
+
+def best_within(rows: list[dict[str, Any]], budget: float) -> float | None:
+    """The largest MAC reduction among rows within ``budget`` test points."""
+    ok = [r["macs_ratio"] for r in rows if r.get("test_drop") is not None and r["test_drop"] <= budget]
+    return max(ok, default=None)
+
+
+def run_report(args: argparse.Namespace) -> None:
+    rows = [r for r in read_rows(args.results) if r["method"] != "base" and r.get("macs_ratio")]
+    summary = []
+    for network in sorted({r["network"] for r in rows}):
+        for method in sorted({r["method"] for r in rows if r["network"] == network}):
+            mine = [r for r in rows if r["network"] == network and r["method"] == method]
+            seeds = sorted({r["seed"] for r in mine})
+            line: dict[str, Any] = {"network": network, "method": method, "seeds": len(seeds)}
+            for budget in BUDGETS:  # the median over seeds of each seed's best within the budget
+                per_seed = [best_within([r for r in mine if r["seed"] == s], budget) for s in seeds]
+                found = [v for v in per_seed if v is not None]
+                line[f"macs_ratio_within_{budget}"] = statistics.median(found) if found else None
+            summary.append(line)
+    out = args.results.with_suffix(".summary.json")
+    out.write_text(json.dumps(summary, indent=1) + "\n")
+    print(json.dumps(summary, indent=1))
+    figure(rows, args.results.with_suffix(".png"))
+
+
+def figure(rows: list[dict[str, Any]], path: Path) -> None:
+    networks = sorted({r["network"] for r in rows})
+    if not networks:
+        return
+    fig = Figure(figsize=(6 * len(networks), 4.5))
+    axes = fig.subplots(1, len(networks), squeeze=False)[0]
+    for ax, network in zip(axes, networks):
+        for method in sorted({r["method"] for r in rows if r["network"] == network}):
+            mine = sorted(
+                (r for r in rows if r["network"] == network and r["method"] == method),
+                key=lambda r: r["macs_ratio"],
+            )
+            ax.plot(
+                [r["macs_ratio"] for r in mine],
+                [r["test_drop"] for r in mine],
+                "o-" if not method.startswith("search") else "o",
+                label=method,
+            )
+        for budget in BUDGETS:
+            ax.axhline(budget, linestyle="--", color="grey", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("MAC reduction (x, log)")
+        ax.set_ylabel("test drop (points)")
+        ax.set_title(network)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("stage", choices=["base", "uniform", "tp", "search", "pipeline", "report"])
+    parser.add_argument("--network", default="resnet20")
+    parser.add_argument("--data", default="fashion-mnist")
+    parser.add_argument("--train-limit", type=int, default=0, help="first N training images (0: all)")
+    parser.add_argument("--base-epochs", type=int, default=30)
+    parser.add_argument("--base-lr", type=float, default=0.1)
+    parser.add_argument("--finetune-epochs", type=int, default=5)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--trial-epochs", type=int, default=1, help="fine-tuning epochs of a search trial")
+    parser.add_argument("--trial-batches", type=int, default=100, help="batch cap per trial epoch (0: none)")
+    parser.add_argument("--max-ratio", type=float, default=0.8)
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.35, 0.5, 0.65])
+    parser.add_argument("--targets", type=float, nargs="+", default=[1.5, 2.0, 3.0, 4.0])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("-k", type=int, default=3, help="search trials to finalize")
+    parser.add_argument(
+        "--slack", type=float, default=2.0, help="finalize the best within 1, ..., 1 + slack points"
+    )
+    parser.add_argument("--objective", choices=["macs", "latency"], default="macs")
+    parser.add_argument("--quality", type=float, default=1.0, help="the pipeline's magnitude threshold / std")
+    parser.add_argument("--conv-bits", type=int, default=6)
+    parser.add_argument("--latency-repeats", type=int, default=20)
+    parser.add_argument("--db", type=Path, default=Path("bench/results/real_nets.db"))
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("-q", "--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    np.seterr(all="ignore")
+    {
+        "base": base_of,
+        "uniform": run_uniform,
+        "tp": run_tp,
+        "search": run_search,
+        "pipeline": run_pipeline,
+        "report": run_report,
+    }[args.stage](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""bench/real_nets.py's code path on a tiny network and tiny data: every method, one seed, so
+the benchmark cannot rot between its (hours-long) runs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO / "bench"))
+real_nets = pytest.importorskip("real_nets")
+
+TINY = [
+    "--network", "resnet20", "--data", "digits", "--base-epochs", "4", "--max-ratio", "0.2",
+    "--finetune-epochs", "1", "--trial-epochs", "1", "--trial-batches", "2", "--trials", "3", "-k", "1",
+    "--ratios", "0.3", "--targets", "1.5", "--latency-repeats", "3", "--threads", "1", "-q", "--slack", "100",
+]  # fmt: skip
+
+
+@pytest.mark.slow  # a search and a finalize, in process: 20 s
+def test_every_stage_runs_resumes_and_writes_its_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    paths = ["--db", str(tmp_path / "s.db"), "--results", str(tmp_path / "rows.jsonl")]
+    for stage in ("base", "uniform", "tp", "search", "pipeline", "report"):
+        real_nets.main([stage, *TINY, *paths])
+    rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    methods = [r["method"] for r in rows]
+    assert methods[0] == "base" and {"uniform", "torch-pruning", "search (macs)"} <= set(methods)
+    for r in rows[1:]:
+        if r["method"].startswith("pipeline") and r.get("pick") is None:
+            continue  # nothing within the budget on a one-epoch base: said so, in the row
+        assert r["macs_ratio"] >= 1.0 and r["speedup_b1"] > 0 and r["speedup_b32"] > 0, r
+        assert {
+            "val_drop",
+            "test_drop",
+            "wall_s",
+            "other_load",
+            "speedup_ort_b1",
+            "speedup_torch_b32",
+        } <= set(r)
+    tp_row = next(r for r in rows if r["method"] == "torch-pruning")
+    assert abs(tp_row["macs_ratio"] - 1.5) < 0.25, tp_row  # the bisection reached its target
+    summary = json.loads((tmp_path / "rows.summary.json").read_text())
+    assert {s["method"] for s in summary} >= {"uniform", "torch-pruning", "search (macs)"}
+    assert (tmp_path / "rows.png").read_bytes()[:4] == b"\x89PNG"
+    # every stage again: nothing is run twice, no row is added
+    for stage in ("base", "uniform", "tp", "search", "pipeline"):
+        real_nets.main([stage, *TINY, *paths])
+    assert len((tmp_path / "rows.jsonl").read_text().splitlines()) == len(rows)
