@@ -56,8 +56,7 @@ from autoprune.compress import (
     output_layer,
     prune_filters_,
 )
-from autoprune.data import register_dataset
-from autoprune.data._base import DATASETS, RawData
+from autoprune.data import DATASETS, RawData, register_dataset
 from autoprune.errors import AutoPruneError
 from autoprune.measure import count_macs, cpu_sample, measure_latency, measure_model, other_load
 from autoprune.pipeline import compress

@@ -2,6 +2,7 @@
 
 from autoprune.data import _digits, _files, _idx  # noqa: F401  (register the loaders)
 from autoprune.data._base import (
+    DATASETS,
     AnySplit,
     DataOptions,
     DataSplits,
@@ -18,6 +19,7 @@ from autoprune.data._stream import AUGMENTS, StreamSplit, augment_batch
 from autoprune.data._task import FinetuneBudget, TaskSplit
 
 __all__ = [
+    "DATASETS",
     "AnySplit",
     "ImageSplit",
     "AUGMENTS",
