@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import pickle
@@ -109,12 +110,25 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 PG_URL = os.environ.get("AUTOPRUNE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+if worker := os.environ.get("PYTEST_XDIST_WORKER"):  # tests run two at a time: a database each
+    PG_URL = f"{PG_URL}_{worker}"
 
 
+@functools.cache
 def postgres_reachable() -> bool:
+    """Whether the test database answers (a worker's own database is made on first use)."""
     import sqlalchemy
 
     try:
+        if os.environ.get("PYTEST_XDIST_WORKER"):
+            server, db = PG_URL.rsplit("/", 1)
+            admin = sqlalchemy.create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+            with admin.connect() as conn:
+                if not conn.execute(
+                    sqlalchemy.text(f"SELECT 1 FROM pg_database WHERE datname = '{db}'")
+                ).first():
+                    conn.execute(sqlalchemy.text(f"CREATE DATABASE {db}"))
+            admin.dispose()
         engine = sqlalchemy.create_engine(PG_URL)
         with engine.connect():
             pass

@@ -193,7 +193,7 @@ def test_the_database_never_stores_the_password(tmp_path: Path, capsys: pytest.C
         assert study.user_attrs["spec"]["study"]["storage"] == PG_URL  # the URL as given, less the password
         if shutil.which("pg_dump"):
             dump = subprocess.run(
-                ["pg_dump", "-h", "127.0.0.1", "-U", "postgres", "test"],
+                ["pg_dump", "-h", "127.0.0.1", "-U", "postgres", PG_URL.rsplit("/", 1)[1]],
                 capture_output=True,
                 text=True,
                 check=True,
