@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from autoprune.workflow import (
     DEFAULT_STORAGE,
     MAX_EPOCHS,
     MAX_TRIALS,
+    NOTHING_WITHIN,
     OBJECTIVES,
     PRUNERS,
     dashboard_sources,
@@ -288,7 +290,7 @@ def run_search(args: argparse.Namespace) -> dict[str, Any]:
     spec = _spec_values(spec, args)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     stop_on_signals()
-    return search(
+    result = search(
         spec,
         parse_storage(spec.study.storage),
         spec_dir=spec_dir,
@@ -298,6 +300,7 @@ def run_search(args: argparse.Namespace) -> dict[str, Any]:
         setup_only=args.setup_only,
         task=args.task,
     )
+    return {**result, "spec_arg": shlex.quote(str(args.spec)) if args.spec else ""}
 
 
 def _spec_values(spec: Any, args: argparse.Namespace) -> Any:
@@ -384,21 +387,53 @@ def _pareto_table(rows: list[dict[str, Any]], metric: str = "accuracy") -> str:
     )
 
 
+def _rule(r: dict[str, Any]) -> str:
+    """The budget's rule in words."""
+    if r.get("selection") != "upper":
+        return "judged on the validation drop itself"
+    return f"judged on the {r['confidence']:.0%} upper bound: the drop + {r.get('z', 0):.2f} standard errors"
+
+
+def _drop_words(row: dict[str, Any], judged: float | None, z: float) -> str:
+    """A trial's drops as the budget sees them: validation, its judged bound, and test."""
+    bound = f" (bound {judged:.2f})" if z and judged is not None else ""
+    test = f", {row['test_acc_drop']:.2f} test" if row.get("test_acc_drop") is not None else ""
+    return f"drop {row['acc_drop']:.2f} val{bound}{test}"
+
+
 def best_line(r: dict[str, Any]) -> str:
     """The search's answer: the best trial within the budget, judged as the study judges, with
     both drops, so a lucky validation estimate shows beside the test split's."""
     b = r["best"]
-    rule = f" (judged on the {r['confidence']:.0%} upper bound)" if r.get("selection") == "upper" else ""
-    test = f", {b['test_acc_drop']:.2f} test" if b.get("test_acc_drop") is not None else ""
     gain = f"{b['compression_ratio']:.1f}x"
     if r.get("best_field") == "speedup" and b.get("speedup") is not None:  # best is the fastest
         gain = f"{b['speedup']:.2f}x faster ({gain} smaller)"
     points = "points" if r.get("metric", "accuracy") == "accuracy" else f"points of {r['metric']}"
     return (
-        f"best within {r['max_acc_drop']} {points}{rule}: trial {b['trial']}, {gain}, "
-        f"drop {b['acc_drop']:.2f} val{test} (export: autoprune export "
-        f"--study {r['study']} --trial {b['trial']})"
+        f"best within {r['max_acc_drop']} {points} ({_rule(r)}): trial {b['trial']}, {gain}, "
+        f"{_drop_words(b, r.get('best_judged_drop'), r.get('z', 0))}"
     )
+
+
+def baseline_lines(r: dict[str, Any]) -> list[str]:
+    """Each baseline recipe judged by the rule that chose the best, beside it."""
+    lines = []
+    for b in r.get("baselines", []):
+        verdict = "within" if b["within"] else "not within"
+        lines.append(
+            f"  {b['recipe'] or 'baseline'}: trial {b['trial']}, {b['compression_ratio']:.1f}x, "
+            f"{_drop_words(b, b['judged_drop'], r.get('z', 0))}: {verdict}"
+        )
+    return ["baselines, judged the same way:", *lines] if lines else []
+
+
+def next_lines(r: dict[str, Any]) -> list[str]:
+    """What to run next, as the user can run it from here."""
+    run, spec = r.get("run", "autoprune"), f" {r['spec_arg']}" if r.get("spec_arg") else ""
+    lines = [f"re-run the best at the full fine-tuning budget: {run} finalize{spec}"]
+    if r["best"]:
+        lines.append(f"export the best: {run} export --study {r['study']} --trial {r['best']['trial']}")
+    return [*lines, f"watch it: {r['dashboard']}"]
 
 
 def format_search(r: dict[str, Any]) -> str:
@@ -423,11 +458,13 @@ def format_search(r: dict[str, Any]) -> str:
         "Pareto front:" if len(r["objectives"]) > 1 else f"Feasible front ({metric}, size):",
         _pareto_table(r["pareto"], metric),
     ]
+    if baselines := baseline_lines(r):
+        lines += ["", *baselines]
     if r["best"]:
         lines += ["", best_line(r)]
     else:
-        lines += ["", f"no trial is within {r['max_acc_drop']} points yet"]
-    lines += ["", f"watch it: {r['dashboard']}"]
+        lines += ["", f"no trial is within {r['max_acc_drop']} points yet ({_rule(r)}): {NOTHING_WITHIN}"]
+    lines += ["", *next_lines(r)]
     return "\n".join(lines)
 
 

@@ -26,7 +26,7 @@ from autoprune.search.storage import (
 from autoprune.surrogate import ProposeConfig, Surrogate
 from autoprune.train import TrainConfig
 from autoprune.workflow._dashboard import allowed_hosts, host_checked, serve_dashboard
-from autoprune.workflow._export import default_export_path, export_trial, find_trial
+from autoprune.workflow._export import NOTHING_WITHIN, default_export_path, export_trial, find_trial
 from autoprune.workflow._figures import COMPARE_HEADER, compare_png, compare_table, publish
 from autoprune.workflow._final import final_summary, finalize, parents
 from autoprune.workflow._models import (
@@ -41,6 +41,7 @@ from autoprune.workflow._report import write_pngs, write_report
 from autoprune.workflow._search import (
     DEFAULT_SPEC,
     Interrupted,
+    command_prefix,
     dashboard_sources,
     open_stored,
     search,
@@ -72,6 +73,7 @@ from autoprune.workflow._surrogate import (
 )
 
 __all__ = [
+    "NOTHING_WITHIN",
     # what the commands share with the layers below, so that the CLI imports this package only
     "BUSY",
     "DEFAULT_STORAGE",
@@ -140,6 +142,7 @@ __all__ = [
     "search",
     "search_spec",
     "search_summary",
+    "command_prefix",
     "search_trials",
     "sensitivity_png",
     "size_error",

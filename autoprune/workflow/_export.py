@@ -15,6 +15,11 @@ from autoprune.names import file_stem
 from autoprune.search.report import best_trial, study_budget
 from autoprune.search.storage import StorageInfo, artifact_dir, artifact_store, check_artifact_id
 
+NOTHING_WITHIN = (
+    "run more trials (search --trials N), re-run the best at the full fine-tuning budget (finalize), "
+    "allow more drop (--max-acc-drop), or pick a trial from the table (--trial N)"
+)
+
 
 def find_trial(study: optuna.Study, trial: int | str, *, max_acc_drop: float | None = None) -> FrozenTrial:
     """Trial number ``trial``, or with ``"best"`` the highest compression ratio within the
@@ -28,6 +33,7 @@ def find_trial(study: optuna.Study, trial: int | str, *, max_acc_drop: float | N
             raise AutoPruneError(
                 f"no completed trial of {study.study_name} is within {budget.max_drop} points of the base"
                 + (" (judged on the drop's upper confidence bound)" if budget.z else "")
+                + f"; {NOTHING_WITHIN}"
             )
         return found
     found = next((t for t in study.get_trials(deepcopy=False) if t.number == trial), None)

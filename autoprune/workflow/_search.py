@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import shlex
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage
+from optuna.trial import TrialState
 
 from autoprune.errors import AutoPruneError
-from autoprune.search.record import best_field
+from autoprune.search.record import Source, best_field
 from autoprune.search.report import best_trial, pareto_front, state_counts, study_metric, trial_row
 from autoprune.search.run import run_search
 from autoprune.search.spec import StudySpec, load_spec
@@ -88,9 +92,30 @@ def search(
         ) from None
 
 
+def command_prefix() -> str:
+    """How to run autoprune again as this process runs: ``autoprune`` when that name on PATH is
+    this installation's, else the script beside this Python (a virtual environment that is not
+    activated: ``.venv/bin/autoprune``), else ``python -m autoprune``."""
+    beside = Path(sys.executable).parent / "autoprune"
+    found = shutil.which("autoprune")
+    if found and (not beside.exists() or Path(found).resolve() == beside.resolve()):
+        return "autoprune"
+    if beside.exists():
+        relative = os.path.relpath(beside)
+        return shlex.quote(relative if not relative.startswith("..") else str(beside))
+    return f"{shlex.quote(sys.executable)} -m autoprune"
+
+
 def search_summary(study: optuna.Study, spec: StudySpec, info: StorageInfo) -> dict[str, Any]:
-    best = best_trial(study, spec.study.budget)
+    budget = spec.study.budget
+    best = best_trial(study, budget)
     storage_arg = info.safe_url if "***" not in info.safe_url else "URL"
+    run = command_prefix()
+    baselines = [
+        {**trial_row(t), "judged_drop": budget.judged(t.user_attrs), "within": budget.within(t.user_attrs)}
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.user_attrs.get("source") == Source.BASELINE
+    ]
     return {
         "study": study.study_name,
         "storage": info.safe_url,
@@ -102,10 +127,14 @@ def search_summary(study: optuna.Study, spec: StudySpec, info: StorageInfo) -> d
         "base": study.user_attrs.get("base"),
         "pareto": [trial_row(t) for t in pareto_front(study)],
         "best": trial_row(best) if best else None,
+        "best_judged_drop": budget.judged(best.user_attrs) if best else None,  # drop + z * se, as judged
+        "z": budget.z,
+        "baselines": baselines,
+        "run": run,  # how to call autoprune from here: the commands printed use it
         "max_acc_drop": spec.study.max_acc_drop,
         "selection": spec.study.selection,
         "confidence": spec.study.confidence,
-        "dashboard": f"autoprune dashboard --storage {shlex.quote(storage_arg)}",
+        "dashboard": f"{run} dashboard --storage {shlex.quote(storage_arg)}",
     }
 
 

@@ -32,6 +32,7 @@ from autoprune.search.record import Budget, Source, TrialRecord, speed_objective
 from autoprune.search.report import best_trial, study_goal, study_metric
 from autoprune.search.storage import check_artifact_id
 from autoprune.sensitivity import LayerSensitivity, Sensitivity, row_norms
+from autoprune.workflow._export import NOTHING_WITHIN
 from autoprune.workflow._sensitivity import norms_plotly, sensitivity_plotly, stored_sensitivity
 
 SEARCH, BASELINE = "search", Source.BASELINE.value
@@ -360,8 +361,8 @@ def summary_note(study: optuna.Study, budget: Budget) -> str:
         f"Budget: {budget.max_drop} points of validation {metric}{rule}; test is "
         "reported, never selected on.",
         "",
-        "| trial | what | ratio | val drop | test drop | speed-up |",
-        "|---|---|---|---|---|---|",
+        "| trial | what | ratio | val drop | as judged | within | test drop | speed-up |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     front = _front(done, budget)
     shown = [d for d in done if d.kind in (BASELINE, Source.FINAL)] + front[:8]
@@ -373,6 +374,7 @@ def summary_note(study: optuna.Study, budget: Budget) -> str:
         )
         lines.append(
             f"| {d.trial.number} | {what} | {d.record.compression_ratio:.1f}x | {d.record.acc_drop:+.2f} | "
+            f"{budget.drop(d.record):+.2f} | {'yes' if budget.within(d.record) else 'no'} | "
             f"{_num(d.record.test_acc_drop)} | {d.record.speedup:.2f}x |"
         )
     lines.append("")
@@ -380,7 +382,7 @@ def summary_note(study: optuna.Study, budget: Budget) -> str:
         name = study.study_name if not bad_study_name(study.study_name) else "NAME"
         lines.append(f"Export the best: `autoprune export --study {name} --trial best`")
     else:
-        lines.append(f"No trial is within {budget.max_drop} points yet.")
+        lines.append(f"No trial is within {budget.max_drop} points yet: {NOTHING_WITHIN}.")
     compare = study_system_attr(study, COMPARE_ATTR)
     if isinstance(compare, dict) and isinstance(
         compare.get("note"), str

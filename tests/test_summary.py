@@ -1,0 +1,71 @@
+"""The search's closing summary tells the truth about the recipe: the best line shows the bound
+it was judged on and the rule in words, the baselines are judged the same way beside it, and
+when nothing is within it says what to do; the commands it prints run from where the user is."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from autoprune.workflow import command_prefix
+from tests.workspace import call, copy_study
+
+
+def test_the_summary_judges_the_baselines_as_it_judges_the_best(
+    workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = copy_study(workspace, tmp_path)
+    monkeypatch.chdir(workspace)
+    args = ["search", "tiny.toml", "--storage", url, "--quiet", "--max-acc-drop", "50"]
+    code, out, err = call([*args, "--json"], capsys)
+    assert code == 0, err
+    r = json.loads(out)
+    names = sorted(b["recipe"] for b in r["baselines"])
+    assert names == ["deep-compression-lenet5", "uniform-l1"]
+    for b in r["baselines"]:  # the same rule as the best: drop + z * se against the budget
+        assert b["judged_drop"] == pytest.approx(b["acc_drop"] + r["z"] * (b["acc_drop_se"] or 0.0))
+        assert b["within"] == (b["judged_drop"] <= 50)
+    code, out, err = call(args, capsys)
+    assert code == 0, err
+    assert "baselines, judged the same way:" in out and "deep-compression-lenet5: trial" in out
+    best = next(line for line in out.splitlines() if line.startswith("best within 50.0 points"))
+    if r["z"]:
+        assert "upper bound: the drop + 1.28 standard errors" in best and "(bound " in best
+    assert f"trial {r['best']['trial']}" in best and " test" in best
+    assert "re-run the best at the full fine-tuning budget: " in out and " finalize tiny.toml" in out
+    assert f" export --study {r['study']} --trial {r['best']['trial']}" in out
+
+
+def test_nothing_within_says_what_to_do(
+    workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = copy_study(workspace, tmp_path)
+    monkeypatch.chdir(workspace)
+    code, out, err = call(["search", "tiny.toml", "--storage", url, "--quiet", "--max-acc-drop", "0"], capsys)
+    assert code == 0, err
+    line = next(line for line in out.splitlines() if line.startswith("no trial is within 0.0 points"))
+    assert "run more trials" in line and "finalize" in line and "--max-acc-drop" in line
+    code, _, err = call(["export", "--storage", url, "--trial", "best", "--max-acc-drop", "0"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "run more trials" in err and "(--trial N)" in err
+
+
+def test_the_printed_commands_run_from_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bin_dir = tmp_path / "venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    script = bin_dir / "autoprune"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(bin_dir / "python"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # a virtual environment that is not activated
+    assert command_prefix() == os.path.join("venv", "bin", "autoprune")
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")  # activated: the plain name is this one
+    assert command_prefix() == "autoprune"
+    script.unlink()  # no script beside this Python: the module
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert command_prefix() == f"{bin_dir / 'python'} -m autoprune"
