@@ -18,3 +18,11 @@ def bad_study_name(name: object) -> str | None:
 def file_stem(name: str) -> str:
     """A study name, possibly stored by someone else, made safe as a file name in the current folder."""
     return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")[:100] or "study"
+
+
+def derived_study_name(dataset: str, model: str) -> str:
+    """A study's name from its data and network when nothing else names it: DATASET-FACTORY
+    (``imagefolder-small_resnet`` for ``nets.py:small_resnet``), a valid study name."""
+    factory = model.rpartition(":")[2] or model
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{dataset}-{factory}").strip("-.")[:100]
+    return name if not bad_study_name(name) else "study"

@@ -10,8 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from autoprune.workflow import command_prefix
+from tests.conftest import REPO, images
 from tests.workspace import call, copy_study
 
 
@@ -69,3 +71,44 @@ def test_the_printed_commands_run_from_here(tmp_path: Path, monkeypatch: pytest.
     script.unlink()  # no script beside this Python: the module
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
     assert command_prefix() == f"{bin_dir / 'python'} -m autoprune"
+
+
+NET = """
+from torch import nn
+
+def small(num_classes=10, in_channels=3, image_size=(16, 16)):
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(16, num_classes),
+    )
+"""
+
+
+def test_a_search_on_your_own_model_and_image_folder_through_flags_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    x, y = images(60, (16, 16, 3), 3)
+    for i, (img, label) in enumerate(zip(x, y)):
+        (tmp_path / "pics" / f"c{label}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(tmp_path / "pics" / f"c{label}" / f"{i}.png")
+    (tmp_path / "nets.py").write_text(NET)
+    recipes = [
+        str(REPO / "studies" / "recipes" / f"{r}.toml") for r in ("deep-compression-lenet5", "uniform-l1")
+    ]
+    (tmp_path / "lenet.toml").write_text(f"[study]\nbaselines = {json.dumps(recipes)}\nlatency_repeats = 3\n")
+    monkeypatch.chdir(tmp_path)
+    flags = ["lenet.toml", "--model", "nets.py:small", "--dataset", "imagefolder", "--data-dir", "pics"]
+    flags += ["--train-epochs", "2"]
+    storage = ["--storage", "sqlite:///own.db"]
+    code, out, err = call(["search", *flags, *storage, "--trials", "3", "--quiet", "--json"], capsys)
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["study"] == "imagefolder-small" and r["states"]["COMPLETE"] >= 3
+    # the spec's LeNet recipe names layers this network lacks: left out, said so; the uniform
+    # L1 recipe fits any network and runs
+    assert [b["recipe"] for b in r["baselines"]] == ["uniform-l1"]
+    assert "baseline recipe deep-compression-lenet5 is left out: unknown layer" in err
+    code, out, err = call(["finalize", *flags, *storage, "-k", "1", "--quiet", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["study"] == "imagefolder-small"

@@ -15,6 +15,7 @@ from autoprune.cli._common import (
     add_device_option,
     fraction,
     grid,
+    image_size,
     int_in,
     multiples,
     non_negative_float,
@@ -35,9 +36,11 @@ from autoprune.workflow import (
     PRUNERS,
     dashboard_sources,
     default_export_path,
+    derived_study_name,
     export_trial,
     finalize,
     find_trial,
+    list_datasets,
     list_samplers,
     open_stored,
     parse_storage,
@@ -224,6 +227,23 @@ def _spec_options(p: argparse.ArgumentParser, default_spec: Path) -> None:
     )
     g = p.add_argument_group("spec values (each overrides the spec's)")
     g.add_argument(
+        "--model",
+        metavar="M",
+        help="the network to compress: a built-in name or your own as path/to/file.py:factory "
+        "(the study is then named DATASET-FACTORY unless --study says otherwise)",
+    )
+    g.add_argument(
+        "--checkpoint", metavar="PATH", help="its trained state_dict (loaded with weights_only=True)"
+    )
+    g.add_argument("--dataset", metavar="D", help=f"one of {', '.join(list_datasets())}")
+    g.add_argument(
+        "--image-size",
+        type=image_size,
+        metavar="HxW",
+        help="an image folder's input size (short side, centre crop)",
+    )
+    g.add_argument("--augment", choices=("none", "crop-flip"), help="training-time augmentation")
+    g.add_argument(
         "--data-dir",
         metavar="PATH",
         help="where the dataset's files are "
@@ -306,11 +326,19 @@ def run_search(args: argparse.Namespace) -> dict[str, Any]:
 def _spec_values(spec: Any, args: argparse.Namespace) -> Any:
     """The spec with the data and training values given as flags."""
 
-    data = {
-        k: v for k, v in (("data_dir", args.data_dir), ("val_fraction", args.val_fraction)) if v is not None
+    flags = {
+        "name": args.dataset,
+        "data_dir": args.data_dir,
+        "val_fraction": args.val_fraction,
+        "image_size": list(args.image_size) if args.image_size else None,
+        "augment": args.augment,
     }
-    if data:
+    if data := {k: v for k, v in flags.items() if v is not None}:
         spec = dataclasses.replace(spec, data=dataclasses.replace(spec.data, **data))
+    if model := {k: v for k, v in (("name", args.model), ("checkpoint", args.checkpoint)) if v is not None}:
+        spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, **model))
+    if args.study is None and (args.model or args.dataset):  # not the spec's study: a name of its own
+        spec = spec.with_study(name=derived_study_name(spec.data.name, spec.model.name))
     if args.train_epochs is not None:
         spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, epochs=args.train_epochs))
     return spec.with_study(device=args.device, devices=getattr(args, "devices", None))

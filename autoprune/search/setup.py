@@ -17,7 +17,7 @@ from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
-from autoprune.compress import CompressConfig, load_recipe
+from autoprune.compress import CompressConfig, RecipeError, load_recipe
 from autoprune.compress.recipe import check_layers
 from autoprune.data import load_dataset
 from autoprune.errors import AutoPruneError
@@ -118,11 +118,10 @@ def load_inputs(
     model = create_model(model_spec)  # a bad factory fails here, before any training
     folder = spec_dir if spec_dir is not None else Path()
     recipes = tuple(
-        load_recipe(folder / path if not Path(path).is_absolute() else path)
+        recipe
         for path in (spec.study.baselines if spec_dir is not None else ())
+        if _fits(recipe := load_recipe(folder / path if not Path(path).is_absolute() else path), model)
     )
-    for recipe in recipes:
-        check_layers(recipe, model)
     if spec.model.checkpoint:
         base = load_checkpoint(model, spec.model.checkpoint).eval()
     else:
@@ -130,6 +129,17 @@ def load_inputs(
             model_spec, splits, spec.train, seed=d.seed, progress=progress, cached_only=cached_only
         ).model
     return Inputs(splits, model_spec, base, recipes)
+
+
+def _fits(recipe: CompressConfig, model: torch.nn.Module) -> bool:
+    """Whether a baseline recipe names only layers ``model`` has; one that does not (a LeNet
+    recipe beside your own network) is left out with a warning, not run."""
+    try:
+        check_layers(recipe, model)
+    except RecipeError as e:
+        log.warning("baseline recipe %s is left out: %s", recipe.name, e)
+        return False
+    return True
 
 
 def prepare(

@@ -11,7 +11,7 @@ from autoprune.device import DeviceError, resolve_device, use_device
 from autoprune.limits import MAX_BATCH, MAX_EPOCHS, MAX_TRIALS
 from autoprune.measure import BUSY
 from autoprune.models import list_models
-from autoprune.names import bad_study_name, file_stem
+from autoprune.names import bad_study_name, derived_study_name, file_stem
 from autoprune.search import stop_on_signals, study_metric, trial_row
 from autoprune.search.propose import enqueue_proposals
 from autoprune.search.samplers import PRUNERS, list_samplers
@@ -88,6 +88,7 @@ __all__ = [
     "Surrogate",
     "artifact_dir",
     "bad_study_name",
+    "derived_study_name",
     "enqueue_proposals",
     "exit_if_storage_lost",
     "file_stem",
