@@ -60,7 +60,7 @@ from autoprune.data import DATASETS, RawData, register_dataset
 from autoprune.errors import AutoPruneError
 from autoprune.measure import count_macs, cpu_sample, measure_latency, measure_model, other_load
 from autoprune.pipeline import compress
-from autoprune.search import Budget, TrialRecord, parse_storage
+from autoprune.search import TrialRecord, parse_storage
 from autoprune.search.setup import Inputs, load_inputs
 from autoprune.search.spec import StudySpec, spec_from_dict
 from autoprune.train import TrainConfig, fit
@@ -331,7 +331,7 @@ def run_search(args: argparse.Namespace) -> None:
         row = {
             **key,
             **measured(model, inputs, base, args),
-            "val_drop_judged": study_budget(spec).drop(_record(t)),
+            "val_drop_judged": spec.study.budget.drop(_record(t)),
         }
         append(args.results, {**row, "wall_s": t.user_attrs.get("trial_s"), **timing})
 
@@ -360,7 +360,7 @@ def run_pipeline(args: argparse.Namespace) -> None:
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         if t.user_attrs.get("source") == "final" and not t.user_attrs.get("recipe_name")
     ]
-    budget = study_budget(spec)
+    budget = spec.study.budget
     i = budget.best([_record(t) for t in finals], lambda r: -r.macs)
     if i is None:
         append(args.results, {**key, "pick": None, "note": "no finalized search trial within 1 point"})
@@ -398,10 +398,6 @@ def run_pipeline(args: argparse.Namespace) -> None:
 
 
 # ----------------------------------------------------------------------------- report
-
-
-def study_budget(spec: StudySpec) -> Budget:
-    return spec.study.budget
 
 
 def _record(t: optuna.trial.FrozenTrial) -> TrialRecord:

@@ -5,10 +5,7 @@ stage needs only its own module."""
 from __future__ import annotations
 
 import copy
-import json
 import math
-import struct
-import zlib
 from pathlib import Path
 
 import pytest
@@ -25,7 +22,6 @@ from autoprune.compress import (
     weight_layers,
 )
 from autoprune.compress.lowrank import Factorised, LowRankConfig, factorise_
-from autoprune.compress.packing import MAGIC
 from autoprune.compress.size import SizeModel
 from autoprune.data import load_dataset
 from autoprune.measure import measure_model
@@ -35,6 +31,7 @@ from autoprune.search.space import SpaceLayers, config_from_params, distribution
 from autoprune.search.spec import SpaceSection, SpecError, spec_from_dict
 from autoprune.train import TrainConfig, train_base
 from tests.test_size import TOLERANCE
+from tests.workspace import rewrite_header
 
 SPEC = ModelSpec("lenet5", 10, 1, (8, 8))  # fc1: 200 -> 500, fc2 (the classifier): 500 -> 10
 
@@ -128,18 +125,6 @@ def test_a_recipe_with_the_stage_packs_a_file_that_decodes_to_the_same_network(
     assert abs(estimate / out.stat().st_size - 1) <= TOLERANCE, (estimate, out.stat().st_size)
 
 
-def _rewrite_header(path: Path, change) -> None:
-    """Write ``path`` again with its header changed by ``change`` (a valid checksum)."""
-    data = path.read_bytes()
-    length = struct.unpack_from("<I", data, len(MAGIC) + 1)[0]
-    start = len(MAGIC) + 5
-    header = json.loads(zlib.decompress(data[start : start + length]))
-    change(header)
-    packed = zlib.compress(json.dumps(header).encode())
-    body = data[: len(MAGIC)] + struct.pack("<BI", 1, len(packed)) + packed + data[start + length : -4]
-    path.write_bytes(body + struct.pack("<I", zlib.crc32(body)))
-
-
 @pytest.mark.parametrize(
     "stages, message",
     [
@@ -157,7 +142,7 @@ def test_a_file_whose_stage_record_lies_is_one_pack_error(stages, message: str, 
     path = tmp_path / "m.apk"
     save_packed(model, SPEC, path)
     assert load_packed(path)[1]["stages"] == {"lowrank": {"fc1": 20}}
-    _rewrite_header(path, lambda h: h.update(stages=stages))
+    rewrite_header(path, path, lambda h: h.update(stages=stages))
     with pytest.raises(PackError, match=message) as e:
         load_packed(path)
     assert "\n" not in str(e.value)

@@ -171,11 +171,14 @@ class Stage:
 
 
 STAGES: Registry[Stage] = Registry("stage")
+_BY_CONFIG: dict[type, Stage] = {}  # a config's type -> its stage: stage_of is a lookup, on hot paths
 
 
 def register(stage: type[Stage]) -> type[Stage]:
     """Add a stage class to :data:`STAGES` (a class decorator)."""
-    STAGES.register(stage.name)(stage())
+    instance = stage()
+    STAGES.register(stage.name)(instance)
+    _BY_CONFIG[stage.config] = instance
     return stage
 
 
@@ -186,7 +189,7 @@ def ordered_stages() -> list[Stage]:
 
 def stage_of(config: Any) -> Stage:
     """The stage whose config ``config`` is."""
-    for stage in ordered_stages():
-        if type(config) is stage.config:
-            return stage
-    raise TypeError(f"{type(config).__name__} is no compression stage's config")
+    stage = _BY_CONFIG.get(type(config))
+    if stage is None:
+        raise TypeError(f"{type(config).__name__} is no compression stage's config")
+    return stage
