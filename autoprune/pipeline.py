@@ -28,6 +28,7 @@ from autoprune.compress import (
     PackReport,
     Run,
     decode_packed,
+    fit_recipe,
     load_packed,
     packed_model_spec,
     read_header,
@@ -99,6 +100,7 @@ def compress(
     masks, its optimiser and random streams, and ``config.finetune`` as the rest of the budget.
     """
     model = copy.deepcopy(base).eval()
+    config = fit_recipe(config, model)  # what it says by layer position, in this model's layers
     torch.manual_seed(seed)
     run = Run(
         config,

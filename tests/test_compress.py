@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from autoprune.compress import (
     PackError,
     RecipeError,
     ShareConfig,
+    fit_recipe,
     load_packed,
     load_recipe,
     prune_filters_,
@@ -371,6 +373,68 @@ def test_shipped_recipes_load(recipe: Path) -> None:
     config = load_recipe(recipe)
     assert config.name == recipe.stem
     assert CompressConfig.from_dict(config.to_dict()) == config
+
+
+def test_the_recipe_by_layer_position_is_the_named_one_on_lenet5() -> None:
+    """Deep Compression's recipe said by position gives LeNet-5 exactly the settings of its
+    per-layer recipe, and every conv of a residual network a setting."""
+    lenet5 = create_model(ModelSpec("lenet5", 10, 1, (28, 28)))
+    by_position = fit_recipe(load_recipe(RECIPES / "deep-compression.toml"), lenet5).to_dict()
+    by_name = fit_recipe(load_recipe(RECIPES / "deep-compression-lenet5.toml"), lenet5).to_dict()
+    for recipe in (by_position, by_name):
+        del recipe["name"], recipe["description"]
+    assert by_position == by_name
+    assert by_name["unstructured"]["layers"] == {"conv1": 0.34, "conv2": 0.88, "fc1": 0.92, "fc2": 0.81}
+    resnet = create_model(ModelSpec("resnet20", 10, 1, (8, 8)))
+    fitted = fit_recipe(load_recipe(RECIPES / "deep-compression.toml"), resnet).unstructured
+    assert fitted.layers == {
+        n: 0.34 if n == "conv1" else 0.81 if n == "fc" else 0.88 for n in weight_layers(resnet)
+    }
+    assert fitted.positions == {}
+
+
+def test_a_named_layer_keeps_its_own_setting_over_its_position() -> None:
+    model = create_model(ModelSpec("lenet5", 10, 1, (8, 8)))
+    config = CompressConfig.of(
+        FilterPruneConfig(layers={"conv2": 0.1}, positions={"first_conv": 0.25, "conv": 0.5, "output": 0.5}),
+        MagnitudeConfig(mode="sparsity", layers={"fc1": 0.5}, positions={"hidden_fc": 0.9, "output": 0.2}),
+    )
+    fitted = fit_recipe(config, model)
+    assert fitted.structured.layers == {"conv1": 0.25, "conv2": 0.1}  # the classifier never loses outputs
+    assert fitted.unstructured.layers == {"fc1": 0.5, "fc2": 0.2}
+    with pytest.raises(
+        RecipeError, match="unknown position 'fc' in unstructured.positions; positions: first_conv"
+    ):
+        MagnitudeConfig(positions={"fc": 0.5})
+
+
+def test_the_recipe_by_position_compresses_a_residual_network(tmp_path: Path) -> None:
+    splits = load_dataset("digits")
+    spec = ModelSpec("resnet20", 10, 1, (8, 8))
+    torch.manual_seed(0)
+    base = create_model(spec).eval()
+    recipe = load_recipe(RECIPES / "deep-compression.toml")
+    recipe = recipe.replace(
+        TrainConfig(epochs=1, max_batches=2), dataclasses.replace(recipe.quantize, epochs=0)
+    )
+    out = tmp_path / "resnet20.apk"
+    result = compress(
+        base,
+        spec,
+        splits,
+        recipe,
+        out,
+        base_metrics=measure_model(base, splits, latency=False),
+        progress=False,
+        latency=False,
+    )
+    for name, layer in weight_layers(result.model).items():  # every layer at its position's sparsity
+        target = 0.34 if name == "conv1" else 0.81 if name == "fc" else 0.88
+        assert float((layer.weight == 0).float().mean()) == pytest.approx(target, abs=0.01), name
+    again, _ = load_packed(out, model=spec.name)
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(again(x), result.model(x))
 
 
 @pytest.mark.parametrize(

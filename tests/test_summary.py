@@ -94,7 +94,8 @@ def test_a_search_on_your_own_model_and_image_folder_through_flags_alone(
         Image.fromarray(img).save(tmp_path / "pics" / f"c{label}" / f"{i}.png")
     (tmp_path / "nets.py").write_text(NET)
     recipes = [
-        str(REPO / "studies" / "recipes" / f"{r}.toml") for r in ("deep-compression-lenet5", "uniform-l1")
+        str(REPO / "studies" / "recipes" / f"{r}.toml")
+        for r in ("deep-compression-lenet5", "deep-compression", "uniform-l1")
     ]
     (tmp_path / "lenet.toml").write_text(f"[study]\nbaselines = {json.dumps(recipes)}\nlatency_repeats = 3\n")
     monkeypatch.chdir(tmp_path)
@@ -105,9 +106,9 @@ def test_a_search_on_your_own_model_and_image_folder_through_flags_alone(
     assert code == 0, err
     r = json.loads(out)
     assert r["study"] == "imagefolder-small" and r["states"]["COMPLETE"] >= 3
-    # the spec's LeNet recipe names layers this network lacks: left out, said so; the uniform
-    # L1 recipe fits any network and runs
-    assert [b["recipe"] for b in r["baselines"]] == ["uniform-l1"]
+    # the LeNet recipe names layers this network lacks: left out, said so; Deep Compression by
+    # layer position and uniform L1 fit any network and run
+    assert sorted(b["recipe"] for b in r["baselines"]) == ["deep-compression", "uniform-l1"]
     assert "baseline recipe deep-compression-lenet5 is left out: unknown layer" in err
     code, out, err = call(["finalize", *flags, *storage, "-k", "1", "--quiet", "--json"], capsys)
     assert code == 0, err

@@ -21,7 +21,7 @@ from autoprune.compress.packing import (
     save_packed,
 )
 from autoprune.compress.quantize import ShareConfig, attach_codebooks_, detach_codebooks_, share_weights_
-from autoprune.compress.recipe import CompressConfig, load_recipe
+from autoprune.compress.recipe import CompressConfig, fit_recipe, load_recipe
 from autoprune.compress.stage import STAGES, Param, Run, SpaceLayers, Stage, ordered_stages
 from autoprune.compress.structured import FilterPruneConfig, LayerNorms, prune_filters_
 from autoprune.compress.unstructured import MagnitudeConfig, mask_holder, prune_magnitude_
@@ -48,6 +48,7 @@ __all__ = [
     "conv_layers",
     "decode_packed",
     "detach_codebooks_",
+    "fit_recipe",
     "load_packed",
     "load_recipe",
     "mask_holder",

@@ -16,6 +16,9 @@ class RecipeError(AutoPruneError):
 
 WeightLayer = nn.Conv2d | nn.Linear  # the layers that hold prunable weights
 T = TypeVar("T")
+# A layer's place in any network, so one recipe fits every network: Deep Compression's
+# per-layer settings of LeNet-5 said by position (its conv1, conv2, fc1 and fc2).
+POSITIONS = ("first_conv", "conv", "hidden_fc", "output")
 
 
 def weight_layers(model: nn.Module) -> dict[str, WeightLayer]:
@@ -37,6 +40,41 @@ def output_layer(model: nn.Module) -> str:
     if not layers:
         raise RecipeError("the model has no conv or linear layer to compress")
     return list(layers)[-1]
+
+
+def layer_positions(model: nn.Module) -> dict[str, str]:
+    """Every weight layer's position: the first conv (the one that sees the image), the other
+    convs, the linear layers before the output, and the output layer (the classifier, linear
+    or conv)."""
+    out = output_layer(model)
+    positions = {}
+    for name, layer in weight_layers(model).items():
+        if name == out:
+            positions[name] = "output"
+        elif isinstance(layer, nn.Linear):
+            positions[name] = "hidden_fc"
+        else:
+            positions[name] = "conv" if "first_conv" in positions.values() else "first_conv"
+    return positions
+
+
+def by_position(
+    layers: Mapping[str, float], positions: Mapping[str, float], model: nn.Module, among: Iterable[str]
+) -> dict[str, float]:
+    """``layers`` with every other layer of ``among`` (those a stage acts on) given its
+    position's value from ``positions``; a layer named in ``layers`` keeps its own."""
+    where = layer_positions(model)
+    out = dict(layers)
+    for name in among:
+        if name not in out and where.get(name) in positions:
+            out[name] = positions[where[name]]
+    return out
+
+
+def check_positions(positions: Mapping[str, float], what: str) -> None:
+    unknown = sorted(set(positions) - set(POSITIONS))
+    if unknown:
+        raise RecipeError(f"unknown position {unknown[0]!r} in {what}; positions: {', '.join(POSITIONS)}")
 
 
 def setting(settings: Mapping[str, T], name: str, default: T) -> T:

@@ -129,7 +129,7 @@ def load_recipe(path: str | Path) -> CompressConfig:
         raise RecipeError(f"recipe {path}: {e}") from None
 
 
-def check_layers(config: CompressConfig, model: Any) -> None:
-    """Fail fast, before any training, when the recipe names a layer the model lacks."""
-    for stage, c in config.items():
-        stage.check(c, model)
+def fit_recipe(config: CompressConfig, model: Any) -> CompressConfig:
+    """``config`` for ``model``: what it says by layer position given to the layers there.
+    Fails fast, before any training, when the recipe names a layer the model lacks."""
+    return config.replace(*(stage.fit(c, model) for stage, c in config.items()))

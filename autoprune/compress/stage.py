@@ -156,6 +156,12 @@ class Stage:
     def check(self, config: Any, model: nn.Module) -> None:
         """Fail fast, before any training, on a config the model cannot take (a layer it lacks)."""
 
+    def fit(self, config: Any, model: nn.Module) -> Any:
+        """``config`` checked against ``model`` and said in its layers' names (what a recipe says
+        by layer position, given to the layers at those positions)."""
+        self.check(config, model)
+        return config
+
     def record(self, model: nn.Module) -> Any | None:
         """What a packed file must hold to rebuild ``model``'s architecture (None: nothing)."""
         return None

@@ -9,6 +9,7 @@ When filters of several convs are coupled (a residual sum), their norms are adde
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -19,7 +20,14 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from autoprune.compress._layers import RecipeError, check_layer_names, conv_layers, output_layer
+from autoprune.compress._layers import (
+    RecipeError,
+    by_position,
+    check_layer_names,
+    check_positions,
+    conv_layers,
+    output_layer,
+)
 from autoprune.compress.stage import (
     Param,
     Run,
@@ -39,8 +47,9 @@ class FilterPruneConfig:
 
     mode: str = "ratio"  # "ratio": share of filters removed; "threshold": remove filters whose
     #                      norm / the layer's largest norm is below the value (the seed's way)
-    default: float = 0.0  # applied to every conv layer not named in ``layers``
+    default: float = 0.0  # applied to every conv layer not named in ``layers`` or ``positions``
     layers: dict[str, float] = field(default_factory=dict)  # per-layer value by module name
+    positions: dict[str, float] = field(default_factory=dict)  # by layer position (first_conv, conv)
     criterion: str = "l1"  # "l1" or "l2" norm of each filter's weights
     round_to: int = 1  # kept channels rounded to a multiple of this (hardware alignment)
 
@@ -51,7 +60,8 @@ class FilterPruneConfig:
             raise RecipeError(f"structured criterion={self.criterion!r} should be 'l1' or 'l2'")
         if self.round_to < 1:
             raise RecipeError(f"structured round_to={self.round_to} should be >= 1")
-        for name, value in [("default", self.default), *self.layers.items()]:
+        check_positions(self.positions, "structured.positions")
+        for name, value in [("default", self.default), *self.layers.items(), *self.positions.items()]:
             if not 0.0 <= value < 1.0:
                 raise RecipeError(f"structured {self.mode} for {name}={value} should be in [0, 1)")
 
@@ -369,3 +379,9 @@ class FilterPruning(Stage):
 
     def check(self, config: FilterPruneConfig, model: nn.Module) -> None:
         check_layer_names(config.layers, conv_layers(model), "structured.layers")
+
+    def fit(self, config: FilterPruneConfig, model: nn.Module) -> FilterPruneConfig:
+        self.check(config, model)
+        convs = [n for n in conv_layers(model) if n != output_layer(model)]
+        layers = by_position(config.layers, config.positions, model, convs)
+        return dataclasses.replace(config, layers=layers, positions={})

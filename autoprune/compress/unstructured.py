@@ -15,7 +15,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from autoprune.compress._layers import RecipeError, check_layer_names, setting, weight_layers
+from autoprune.compress._layers import (
+    RecipeError,
+    by_position,
+    check_layer_names,
+    check_positions,
+    setting,
+    weight_layers,
+)
 from autoprune.compress.stage import (
     Param,
     Run,
@@ -32,8 +39,9 @@ Masks = dict[str, torch.Tensor]  # layer name -> bool mask of the weights kept
 @dataclass(frozen=True)
 class MagnitudeConfig:
     mode: str = "quality"  # "quality": threshold = value * std; "sparsity": share of weights zeroed
-    default: float = 0.0  # for every conv / linear layer not named in ``layers``
+    default: float = 0.0  # for every conv / linear layer not named in ``layers`` or ``positions``
     layers: dict[str, float] = field(default_factory=dict)
+    positions: dict[str, float] = field(default_factory=dict)  # by layer position (first_conv, ...)
     # Prune in this many steps spread over the fine-tuning epochs (Zhu & Gupta's cubic schedule,
     # as Deep Compression prunes iteratively); 1: all at once before fine-tuning.
     steps: int = 1
@@ -43,7 +51,8 @@ class MagnitudeConfig:
             raise RecipeError(f"unstructured mode={self.mode!r} should be 'quality' or 'sparsity'")
         if self.steps < 1:
             raise RecipeError(f"unstructured steps={self.steps} should be at least 1")
-        for name, value in [("default", self.default), *self.layers.items()]:
+        check_positions(self.positions, "unstructured.positions")
+        for name, value in [("default", self.default), *self.layers.items(), *self.positions.items()]:
             if self.mode == "sparsity" and not 0.0 <= value < 1.0:
                 raise RecipeError(f"unstructured sparsity for {name}={value} should be in [0, 1)")
             if self.mode == "quality" and not 0.0 <= value <= 10.0:
@@ -61,7 +70,11 @@ class MagnitudeConfig:
         large steps first, while the network has the most to give)."""
         f = 1.0 - (1.0 - step / steps) ** 3
         return dataclasses.replace(
-            self, default=self.default * f, layers={k: v * f for k, v in self.layers.items()}, steps=1
+            self,
+            default=self.default * f,
+            layers={k: v * f for k, v in self.layers.items()},
+            positions={k: v * f for k, v in self.positions.items()},
+            steps=1,
         )
 
 
@@ -154,3 +167,8 @@ class MagnitudePruning(Stage):
 
     def check(self, config: MagnitudeConfig, model: nn.Module) -> None:
         check_layer_names(config.layers, weight_layers(model), "unstructured.layers")
+
+    def fit(self, config: MagnitudeConfig, model: nn.Module) -> MagnitudeConfig:
+        self.check(config, model)
+        layers = by_position(config.layers, config.positions, model, weight_layers(model))
+        return dataclasses.replace(config, layers=layers, positions={})

@@ -18,7 +18,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from autoprune.compress import CompressConfig, RecipeError, load_recipe
-from autoprune.compress.recipe import check_layers
+from autoprune.compress.recipe import fit_recipe
 from autoprune.data import load_dataset
 from autoprune.errors import AutoPruneError
 from autoprune.measure import Metrics, measure_model
@@ -120,7 +120,7 @@ def load_inputs(
     recipes = tuple(
         recipe
         for path in (spec.study.baselines if spec_dir is not None else ())
-        if _fits(recipe := load_recipe(folder / path if not Path(path).is_absolute() else path), model)
+        if (recipe := _fitted(load_recipe(folder / path if not Path(path).is_absolute() else path), model))
     )
     if spec.model.checkpoint:
         base = load_checkpoint(model, spec.model.checkpoint).eval()
@@ -131,15 +131,14 @@ def load_inputs(
     return Inputs(splits, model_spec, base, recipes)
 
 
-def _fits(recipe: CompressConfig, model: torch.nn.Module) -> bool:
-    """Whether a baseline recipe names only layers ``model`` has; one that does not (a LeNet
-    recipe beside your own network) is left out with a warning, not run."""
+def _fitted(recipe: CompressConfig, model: torch.nn.Module) -> CompressConfig | None:
+    """A baseline recipe said in ``model``'s layers; one that names a layer ``model`` lacks (a
+    LeNet recipe beside your own network) is left out with a warning, not run (None)."""
     try:
-        check_layers(recipe, model)
+        return fit_recipe(recipe, model)
     except RecipeError as e:
         log.warning("baseline recipe %s is left out: %s", recipe.name, e)
-        return False
-    return True
+        return None
 
 
 def prepare(

@@ -13,7 +13,7 @@ import torch
 
 from autoprune.compress import breakdown, load_recipe
 from autoprune.compress.export import export_onnx, export_torchscript
-from autoprune.compress.recipe import check_layers
+from autoprune.compress.recipe import fit_recipe
 from autoprune.data import DataOptions, DataSplits, load_dataset
 from autoprune.measure import measure_model
 from autoprune.models import ModelSpec, create_model, load_checkpoint
@@ -108,7 +108,7 @@ def compress_recipe(
     started = time.perf_counter()
     config = load_recipe(recipe)
     splits, spec = load_data(request)
-    check_layers(config, create_model(spec))  # before any training
+    config = fit_recipe(config, create_model(spec))  # checked before any training
     base = load_base(request, splits, spec, trained_checkpoint=True, progress=progress)
     measuring = time.perf_counter()
     base_metrics, measured_before = measured_base(
