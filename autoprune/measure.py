@@ -313,6 +313,30 @@ def measure_latency(
     return latency
 
 
+def session_latency(
+    session: Any,
+    input_shape: tuple[int, ...],
+    *,
+    batch_size: int = 1,
+    warmup: int = 10,
+    repeats: int = 50,
+    threads: int = 1,
+) -> Latency:
+    """Latency of an ONNX Runtime session (a deployed file), timed as :func:`measure_latency`
+    times a network: the median of up to ``repeats`` runs after warm-up."""
+    x = np.random.default_rng(0).random((batch_size, *input_shape), dtype=np.float32)
+    times = _time_runs(partial(run_session, session, x), warmup, repeats)
+    return Latency(
+        batch_size,
+        statistics.median(times),
+        min(times),
+        len(times),
+        threads,
+        "onnxruntime",
+        median_interval(times),
+    )
+
+
 # Timing shares the CPU with whatever else runs: two torch processes on these 2 cores made
 # LeNet-5's batch-1 latency read 40-56 ms instead of 0.1 ms. Nothing here can prevent that, but
 # every measurement records how busy the rest of the machine was, and warns from this much.

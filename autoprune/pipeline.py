@@ -36,7 +36,7 @@ from autoprune.compress import (
 from autoprune.data import DataOptions, DataSplits, TaskSplit, load_dataset
 from autoprune.errors import AutoPruneError, DataError
 from autoprune.measure import Metrics, correct, measure_model
-from autoprune.models import ModelSpec
+from autoprune.models import ModelSpec, is_user_model
 from autoprune.ops.paired import paired_drop
 from autoprune.train import EpochCallback
 
@@ -48,6 +48,7 @@ __all__ = [
     "dataset_meta",
     "evaluate_packed",
     "pruned_shapes",
+    "recorded_dataset",
 ]
 
 
@@ -200,9 +201,49 @@ def evaluate_packed(
     refused before anything is decoded.
     """
     header, payload = read_header(path)  # read once: checked here, decoded below
-    spec = packed_model_spec(header, path, model=model)
     stored = header.get("meta", {}).get("dataset")
     stored = stored if isinstance(stored, dict) else {}
+    recorded = header["model"]["name"], stored.get("data_dir")
+    if model is None and is_user_model(recorded[0]) and data_dir is None and isinstance(recorded[1], str):
+        raise AutoPruneError(  # both at once: not one error, then the next
+            f"{path} needs --model {recorded[0]} and --data-dir (it was made from {recorded[1]!r}): a packed "
+            "file never makes autoprune import code or choose a folder to read"
+        )
+    spec = packed_model_spec(header, path, model=model)
+    splits = recorded_dataset(
+        stored,
+        path,
+        dataset=dataset,
+        data_dir=data_dir,
+        val_fraction=val_fraction,
+        seed=seed,
+        image_size=spec.image_size,
+    )
+    wanted = (spec.in_channels, *spec.image_size)
+    if wanted != splits.input_shape or spec.num_classes != splits.num_classes:
+        raise AutoPruneError(
+            f"{path} holds a network for {'x'.join(map(str, wanted))} images and {spec.num_classes} classes; "
+            f"dataset {splits.name!r} has {'x'.join(map(str, splits.input_shape))} images and "
+            f"{splits.num_classes} classes"
+        )
+    net = decode_packed(header, payload, path, model=model)
+    measured = measure_model(net, splits, threads=threads, latency=latency, latency_batch=latency_batch)
+    return PackedEvaluation(net, header, splits, measured)
+
+
+def recorded_dataset(
+    stored: dict[str, Any],
+    path: str | Path,
+    *,
+    dataset: str | None,
+    data_dir: str | Path | None,
+    val_fraction: float | None,
+    seed: int | None,
+    image_size: tuple[int, ...],
+) -> DataSplits:
+    """The dataset a file records (``stored``: its name and split; a packed file's header or an
+    ONNX file's metadata), unless the caller names another. The file never chooses a folder
+    to read: ``data_dir`` is the caller's."""
     name = dataset or stored.get("name")
     if not isinstance(name, str):
         raise AutoPruneError(f"{path} records no dataset; pass --dataset")
@@ -219,34 +260,29 @@ def evaluate_packed(
         raise AutoPruneError(f"{path} records a split it cannot describe; pass --val-fraction and --seed")
     try:
         # an image folder is read at the network's own input size
-        size = spec.image_size
-        options = DataOptions(image_size=(size[0], size[1])) if len(size) == 2 else None
-        splits = load_dataset(name, data_dir=data_dir, val_fraction=val_fraction, seed=seed, options=options)
+        options = DataOptions(image_size=(image_size[0], image_size[1])) if len(image_size) == 2 else None
+        return load_dataset(name, data_dir=data_dir, val_fraction=val_fraction, seed=seed, options=options)
     except DataError as e:
         recorded = stored.get("data_dir") if same else None
         if data_dir is None and isinstance(recorded, str) and recorded:
             raise DataError(
-                f"{e}; {path} was made from {recorded!r}: pass --data-dir yourself (a packed file never "
+                f"{e}; {path} was made from {recorded!r}: pass --data-dir yourself (a file never "
                 "chooses a folder to read)"
             ) from None
         raise
-    wanted = (spec.in_channels, *spec.image_size)
-    if wanted != splits.input_shape or spec.num_classes != splits.num_classes:
-        raise AutoPruneError(
-            f"{path} holds a network for {'x'.join(map(str, wanted))} images and {spec.num_classes} classes; "
-            f"dataset {name!r} has {'x'.join(map(str, splits.input_shape))} images and "
-            f"{splits.num_classes} classes"
-        )
-    net = decode_packed(header, payload, path, model=model)
-    measured = measure_model(net, splits, threads=threads, latency=latency, latency_batch=latency_batch)
-    return PackedEvaluation(net, header, splits, measured)
 
 
-def dataset_meta(name: str, data_dir: str | Path | None, val_fraction: float, seed: int) -> dict[str, Any]:
-    """The dataset a packed file records (its folder only as a note: it is never read back)."""
+def dataset_meta(
+    name: str, data_dir: str | Path | None, val_fraction: float, seed: int, splits: DataSplits
+) -> dict[str, Any]:
+    """The dataset a packed file records (its folder only as a note: it is never read back), and
+    what feeding its network needs: the normalisation of raw [0, 1] images and the class names."""
     return {
         "name": name,
         "data_dir": str(data_dir) if data_dir else None,
         "val_fraction": val_fraction,
         "seed": seed,
+        "mean": list(splits.mean),
+        "std": list(splits.std),
+        "classes": list(splits.classes),
     }

@@ -113,3 +113,11 @@ def test_a_search_on_your_own_model_and_image_folder_through_flags_alone(
     code, out, err = call(["finalize", *flags, *storage, "-k", "1", "--quiet", "--json"], capsys)
     assert code == 0, err
     assert json.loads(out)["study"] == "imagefolder-small"
+    # eval of the user's file without the flags it needs names both at once
+    code, out, err = call(
+        ["export", *storage, "--trial", "best", "--max-acc-drop", "100", "--out", "own.apk"], capsys
+    )
+    assert code == 0, err
+    code, out, err = call(["eval", "own.apk", "--no-latency"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "needs --model " in err and "nets.py:small and --data-dir (it was made from 'pics')" in err

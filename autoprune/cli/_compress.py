@@ -18,7 +18,7 @@ from autoprune.cli._common import (
     table,
 )
 from autoprune.cli._train import add_train_options, base_request
-from autoprune.workflow import MAX_BATCH, compress_recipe, evaluate_file
+from autoprune.workflow import CALIBRATION_IMAGES, MAX_BATCH, compress_recipe, evaluate_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,11 +39,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     e = sub.add_parser(
         "eval",
-        help="load a packed file and report its accuracy and size breakdown",
+        help="measure a packed file (or an exported ONNX file) and report its accuracy and size",
         description="Decode a packed file, measure it on its dataset (the one recorded in the file "
-        "unless --dataset is given), and print the per-layer size breakdown.",
+        "unless --dataset is given), and print the per-layer size breakdown; --onnx writes the file "
+        "to deploy. An .onnx file written so is measured with ONNX Runtime on raw [0, 1] images.",
     )
-    e.add_argument("file", type=Path, metavar="FILE", help="a packed file written by compress or export")
+    e.add_argument(
+        "file",
+        type=Path,
+        metavar="FILE",
+        help="a packed file written by compress or export, or an .onnx file written by --onnx",
+    )
     g = add_data_options(e, default=None, reading=False)
     g.add_argument(
         "--model",
@@ -59,7 +65,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--onnx",
         type=Path,
         metavar="PATH",
-        help="also write the decoded network as ONNX (for ONNX Runtime; batch size free)",
+        help="also write the network to deploy as ONNX: raw [0, 1] images in (the normalisation "
+        "folded in), mean, std, class names and the file's metrics in its metadata; batch size free",
+    )
+    e.add_argument(
+        "--int8",
+        action="store_true",
+        help="make the --onnx file ONNX Runtime's static int8 (QDQ) model, calibrated on "
+        f"{CALIBRATION_IMAGES} training images",
     )
     add_latency_options(e)
     add_output_options(e)
@@ -110,6 +123,7 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
         threads=args.threads,
         torchscript=args.torchscript,
         onnx=args.onnx,
+        int8=args.int8,
     )
 
 
@@ -191,6 +205,8 @@ def format_compress(r: dict[str, Any]) -> str:
 
 
 def format_eval(r: dict[str, Any]) -> str:
+    if r.get("format") == "onnx":
+        return format_onnx(r)
     made = (
         f"{r['recipe']} of {r['study']}"
         if r.get("study")
@@ -207,5 +223,32 @@ def format_eval(r: dict[str, Any]) -> str:
         None if r["acc_drop"] is None else r["accuracy"] + r["acc_drop"],
         None if r["compression_ratio"] is None else round(r["compression_ratio"] * r["packed_bytes"]),
     )
-    rows += [(kind, r[kind]) for kind in ("torchscript", "onnx") if r.get(kind)]
+    rows += [("torchscript", r["torchscript"])] if r.get("torchscript") else []
+    if r.get("onnx"):
+        rows.append(("onnx", f"{r['onnx']}{' (int8)' if r['onnx_int8'] else ''}: {deployed_text(r)}"))
     return table(rows) + "\n\n" + _layer_table(r["layers"])
+
+
+def deployed_text(r: dict[str, Any]) -> str:
+    return (
+        f"{r['onnx_bytes'] / 1024:.1f} KB, {r['onnx_accuracy']:.2f}% val, "
+        f"{r['onnx_test_accuracy']:.2f}% test in ONNX Runtime on raw [0, 1] images"
+    )
+
+
+def format_onnx(r: dict[str, Any]) -> str:
+    made = ", ".join(f"{k} {r['metadata'][k]}" for k in ("study", "recipe", "source") if r["metadata"].get(k))
+    rows = [
+        (
+            "file",
+            f"{r['file']}: ONNX{' int8' if r['int8'] else ''} on {r['dataset']}"
+            + (f" ({made})" if made else ""),
+        ),
+        (
+            "accuracy",
+            f"{r['accuracy']:.2f}% val, {r['test_accuracy']:.2f}% test (ONNX Runtime, raw [0, 1] images)",
+        ),
+        ("size", f"{r['onnx_bytes'] / 1024:.1f} KB on disk"),
+        ("latency", latency_text(r)),
+    ]
+    return table(rows)

@@ -25,6 +25,8 @@ from autoprune.cli._common import (
     table,
     timed_busy,
 )
+from autoprune.cli._compress import deployed_text
+from autoprune.errors import AutoPruneError
 from autoprune.workflow import (
     BUSY,
     DEFAULT_SPEC,
@@ -37,6 +39,7 @@ from autoprune.workflow import (
     dashboard_sources,
     default_export_path,
     derived_study_name,
+    evaluate_file,
     export_trial,
     finalize,
     find_trial,
@@ -179,6 +182,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="the search's artifact folder (default: beside the database; a study never chooses it)",
     )
+    g = e.add_argument_group("the file to deploy (ONNX)")
+    g.add_argument(
+        "--onnx",
+        type=Path,
+        metavar="PATH",
+        help="also write the trial's network as ONNX to deploy (raw [0, 1] images in, the "
+        "normalisation, class names and metrics inside), measured back in ONNX Runtime",
+    )
+    g.add_argument(
+        "--int8", action="store_true", help="make it a static int8 (QDQ) model, calibrated on training images"
+    )
+    g.add_argument(
+        "--model", metavar="M", help="your own network's factory (file.py:factory), as the search had it"
+    )
+    g.add_argument("--data-dir", type=Path, metavar="DIR", help="the dataset's folder, as the search had it")
     e.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     e.set_defaults(run=run_export, format=format_export)
 
@@ -548,12 +566,15 @@ def format_trials(r: dict[str, Any]) -> str:
 def run_export(args: argparse.Namespace) -> dict[str, Any]:
 
     output_path(args.out, "--out")
+    output_path(args.onnx, "--onnx")
+    if args.int8 and not args.onnx:
+        raise AutoPruneError("--int8 quantizes the ONNX file: pass --onnx PATH with it")
     study, info = _open(args)
     trial = find_trial(study, args.trial, max_acc_drop=args.max_acc_drop)
     out = args.out or output_path(default_export_path(study, trial), "--out")
     export_trial(study, trial, out, info, artifacts=args.artifacts)
     row = trial_row(trial)
-    return {
+    result = {
         "study": study.study_name,
         "trial": trial.number,
         "out": str(out),
@@ -561,12 +582,21 @@ def run_export(args: argparse.Namespace) -> dict[str, Any]:
         "metric": study_metric(study),
         **{k: row[k] for k in ("acc_drop", "acc_drop_se", "test_acc_drop", "compression_ratio")},
     }
+    if args.onnx:
+        deployed = evaluate_file(
+            out, model=args.model, data_dir=args.data_dir, latency=False, onnx=args.onnx, int8=args.int8
+        )
+        result |= {k: v for k, v in deployed.items() if k.startswith("onnx")}
+    return result
 
 
 def format_export(r: dict[str, Any]) -> str:
     val, test = _drops(r)
     drops = f", {r.get('metric', 'accuracy')} drop {val} val / {test or '?'} test" if val else ""
-    return f"wrote {r['out']} (trial {r['trial']}, {r['packed_bytes']:,} bytes{drops})"
+    line = f"wrote {r['out']} (trial {r['trial']}, {r['packed_bytes']:,} bytes{drops})"
+    if r.get("onnx"):
+        line += f"\nwrote {r['onnx']}{' (int8)' if r['onnx_int8'] else ''}: {deployed_text(r)}"
+    return line
 
 
 def run_dashboard(args: argparse.Namespace) -> dict[str, Any]:

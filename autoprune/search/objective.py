@@ -188,7 +188,7 @@ class Objective:
                     meta={
                         "study": trial.study.study_name,
                         "trial": trial.number,
-                        "dataset": dataset_meta(d.name, d.data_dir, d.val_fraction, d.seed)
+                        "dataset": dataset_meta(d.name, d.data_dir, d.val_fraction, d.seed, ctx.splits)
                         if ctx.splits.task is None
                         else {"task": ctx.splits.name},  # your own data: eval asks for it
                         "recipe": trial.user_attrs.get("recipe_name") or f"{source} trial {trial.number}",

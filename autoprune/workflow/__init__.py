@@ -7,6 +7,7 @@ below are re-exported here too."""
 
 import autoprune.surrogate  # noqa: F401  (registers the "surrogate" sampler)
 from autoprune.data import DataOptions, list_datasets
+from autoprune.deploy import CALIBRATION_IMAGES
 from autoprune.device import DeviceError, resolve_device, use_device
 from autoprune.limits import MAX_BATCH, MAX_EPOCHS, MAX_TRIALS
 from autoprune.measure import BUSY
@@ -79,6 +80,7 @@ __all__ = [
     "DEFAULT_STORAGE",
     "DataOptions",
     "DeviceError",
+    "CALIBRATION_IMAGES",
     "MAX_BATCH",
     "MAX_EPOCHS",
     "MAX_TRIALS",

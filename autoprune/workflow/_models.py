@@ -12,12 +12,22 @@ from typing import Any
 import torch
 
 from autoprune.compress import breakdown, load_recipe
-from autoprune.compress.export import export_onnx, export_torchscript
+from autoprune.compress.export import export_torchscript
 from autoprune.compress.recipe import fit_recipe
 from autoprune.data import DataOptions, DataSplits, load_dataset
-from autoprune.measure import measure_model
+from autoprune.deploy import (
+    calibration_images,
+    deployment_metadata,
+    deployment_onnx,
+    int8_onnx,
+    onnx_accuracy,
+    read_onnx,
+)
+from autoprune.errors import AutoPruneError
+from autoprune.measure import cpu_sample, measure_model, other_load, session_latency
 from autoprune.models import ModelSpec, create_model, load_checkpoint
-from autoprune.pipeline import compress, dataset_meta, evaluate_packed
+from autoprune.pipeline import compress, dataset_meta, evaluate_packed, recorded_dataset
+from autoprune.runtime import ort_session
 from autoprune.train import BaseModel, TrainConfig, measured_base, train_base
 
 
@@ -116,7 +126,7 @@ def compress_recipe(
     )
     measuring = time.perf_counter() - measuring
     meta = {
-        "dataset": dataset_meta(splits.name, request.data_dir, request.val_fraction, request.seed),
+        "dataset": dataset_meta(splits.name, request.data_dir, request.val_fraction, request.seed, splits),
         "recipe": config.name,
         "base": base_metrics.summary(),
     }
@@ -162,9 +172,29 @@ def evaluate_file(
     threads: int | None = None,
     torchscript: Path | None = None,
     onnx: Path | None = None,
+    int8: bool = False,
 ) -> dict[str, Any]:
     """Decode a packed file, measure it on its dataset (the one its header records unless
-    ``dataset`` is given), break its size down per layer, and export it if asked."""
+    ``dataset`` is given), break its size down per layer, and export it if asked: ``onnx`` is
+    the file to deploy (raw [0, 1] images in, the normalisation and class names inside; int8
+    with ``int8``), measured back with ONNX Runtime."""
+    if path.suffix == ".onnx":
+        if torchscript or onnx or int8:
+            raise AutoPruneError(
+                f"{path} is already ONNX: --torchscript, --onnx and --int8 export a packed file"
+            )
+        return evaluate_onnx(
+            path,
+            dataset=dataset,
+            data_dir=data_dir,
+            val_fraction=val_fraction,
+            seed=seed,
+            threads=threads,
+            latency=latency,
+            latency_batch=latency_batch,
+        )
+    if int8 and not onnx:
+        raise AutoPruneError("--int8 quantizes the ONNX file: pass --onnx PATH with it")
     ev = evaluate_packed(
         path,
         model=model,
@@ -199,5 +229,90 @@ def evaluate_file(
     if torchscript:
         result["torchscript"] = str(export_torchscript(ev.model, ev.splits.input_shape, torchscript))
     if onnx:
-        result["onnx"] = str(export_onnx(ev.model, ev.splits.input_shape, onnx))
+        info = {
+            k: result[k] for k in ("study", "recipe", "settings", "accuracy", "test_accuracy", "packed_bytes")
+        }
+        stored = meta.get("dataset") if isinstance(meta.get("dataset"), dict) else {}
+        split = (
+            {k: stored.get(k) for k in ("val_fraction", "seed")}
+            if stored.get("name") == ev.splits.name
+            else {}
+        )
+        graph = deployment_onnx(
+            ev.model, ev.splits, deployment_metadata(ev.splits, source=path.name, **split, **info)
+        )
+        if int8:
+            graph = int8_onnx(graph, calibration_images(ev.splits))
+        onnx.parent.mkdir(parents=True, exist_ok=True)
+        onnx.write_bytes(graph)
+        measured = onnx_accuracy(graph, ev.splits)
+        result |= {
+            "onnx": str(onnx),
+            "onnx_int8": int8,
+            "onnx_bytes": len(graph),
+            "onnx_accuracy": measured.accuracy,
+            "onnx_test_accuracy": measured.test_accuracy,
+        }
+    return result
+
+
+def evaluate_onnx(
+    path: Path,
+    *,
+    dataset: str | None = None,
+    data_dir: Path | None = None,
+    val_fraction: float | None = None,
+    seed: int | None = None,
+    threads: int | None = None,
+    latency: bool = True,
+    latency_batch: int = 64,
+) -> dict[str, Any]:
+    """An ONNX file measured as it is deployed: ONNX Runtime on raw [0, 1] images of its
+    dataset (the one its metadata names unless ``dataset`` is given), its size on disk, its
+    batch-1 and batch-``latency_batch`` latency."""
+    deployed = read_onnx(path)
+    meta = deployed.metadata
+    stored: dict[str, Any] = {"name": meta.get("dataset")}
+    stored |= {k: meta[k] for k in ("val_fraction", "seed") if k in meta}
+    splits = recorded_dataset(
+        stored,
+        path,
+        dataset=dataset,
+        data_dir=data_dir,
+        val_fraction=val_fraction,
+        seed=seed,
+        image_size=deployed.input_shape[1:],
+    )
+    if deployed.input_shape != splits.input_shape or deployed.outputs not in (None, splits.num_classes):
+        raise AutoPruneError(
+            f"{path} takes {'x'.join(map(str, deployed.input_shape))} images into "
+            f"{deployed.outputs} classes; "
+            f"dataset {splits.name!r} has {'x'.join(map(str, splits.input_shape))} images and "
+            f"{splits.num_classes} classes"
+        )
+    used = threads or 1
+    measured = onnx_accuracy(deployed.graph, splits, threads=used)
+    result: dict[str, Any] = {
+        "file": str(path),
+        "format": "onnx",
+        "int8": "int8" in meta,
+        "dataset": splits.name,
+        "accuracy": measured.accuracy,
+        "test_accuracy": measured.test_accuracy,
+        "onnx_bytes": path.stat().st_size,
+        "metadata": {k: meta[k] for k in ("study", "recipe", "source", "class_names") if k in meta},
+        "latency_batch": latency_batch,
+        "latency_ms": None,
+        "latency_ms_batch": None,
+        "threads": used,
+        "backend": "onnxruntime" if latency else "not measured",
+        "other_load": None,
+    }
+    if latency:
+        session, before = ort_session(deployed.graph, threads=used), cpu_sample()
+        for key, batch in (("latency_ms", 1), ("latency_ms_batch", latency_batch)):
+            result[key] = session_latency(
+                session, splits.input_shape, batch_size=batch, threads=used
+            ).median_ms
+        result["other_load"] = other_load(before, cpu_sample())
     return result
