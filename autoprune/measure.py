@@ -80,23 +80,30 @@ def count_nonzero(model: nn.Module) -> int:
 @torch.inference_mode()
 def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     """Multiply-accumulates of the conv and linear layers for one input of ``input_shape``."""
-    total = 0
+    return sum(layer_macs(model, input_shape).values())
 
-    def conv_hook(m: nn.Conv2d, _inp: Any, out: torch.Tensor) -> None:
-        nonlocal total
-        kh, kw = m.kernel_size
-        total += out.numel() * (m.in_channels // m.groups) * kh * kw
 
-    def linear_hook(m: nn.Linear, _inp: Any, out: torch.Tensor) -> None:
-        nonlocal total
-        total += out.numel() * m.in_features
+def layer_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """Multiply-accumulates of each conv and linear layer (by name) for one input of
+    ``input_shape``; a layer called twice counts twice."""
+    macs: dict[str, int] = {}
 
-    handles = []
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            handles.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            handles.append(m.register_forward_hook(linear_hook))
+    def hook(name: str) -> Callable[[nn.Module, Any, torch.Tensor], None]:
+        def count(m: nn.Module, _inp: Any, out: torch.Tensor) -> None:
+            if isinstance(m, nn.Conv2d):
+                kh, kw = m.kernel_size
+                per_output = (m.in_channels // m.groups) * kh * kw
+            else:
+                per_output = int(m.in_features)  # type: ignore[arg-type]  # nn.Linear's
+            macs[name] = macs.get(name, 0) + out.numel() * per_output
+
+        return count
+
+    handles = [
+        m.register_forward_hook(hook(n))
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
     was_training = model.training
     model.eval()
     try:
@@ -105,7 +112,7 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
         for h in handles:
             h.remove()
         model.train(was_training)
-    return total
+    return macs
 
 
 def dense_bytes(model: nn.Module) -> int:

@@ -105,6 +105,7 @@ def study_spec(args: argparse.Namespace, *, seed: int = 0, objective: str = "mac
                 "max_acc_drop": 1.0,
                 "selection": "upper",
                 "latency_repeats": args.latency_repeats,
+                "warm_start": args.warm_start,
             },
             "model": {"name": args.network},
             "data": {
@@ -333,6 +334,7 @@ def run_search(args: argparse.Namespace) -> None:
             **measured(model, inputs, base, args),
             "val_drop_judged": spec.study.budget.drop(_record(t)),
         }
+        row["warm_start"] = args.warm_start
         append(args.results, {**row, "wall_s": t.user_attrs.get("trial_s"), **timing})
 
 
@@ -473,7 +475,7 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -496,6 +498,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--slack", type=float, default=2.0, help="finalize the best within 1, ..., 1 + slack points"
     )
+    parser.add_argument(
+        "--warm-start",
+        type=float,
+        nargs="*",
+        default=[],
+        help="the search's first trials: sensitivity proposals at these multiples of the 1-point budget",
+    )
     parser.add_argument("--objective", choices=["macs", "latency"], default="macs")
     parser.add_argument("--quality", type=float, default=1.0, help="the pipeline's magnitude threshold / std")
     parser.add_argument("--conv-bits", type=int, default=6)
@@ -504,7 +513,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("-q", "--quiet", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = main_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     np.seterr(all="ignore")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -121,3 +122,31 @@ def test_a_search_on_your_own_model_and_image_folder_through_flags_alone(
     code, out, err = call(["eval", "own.apk", "--no-latency"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "needs --model " in err and "nets.py:small and --data-dir (it was made from 'pics')" in err
+
+
+def test_init_writes_a_spec_for_your_model_that_a_search_accepts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutil.copytree(REPO / "studies" / "recipes", tmp_path / "studies" / "recipes")
+    (tmp_path / "nets.py").write_text(NET)
+    monkeypatch.chdir(tmp_path)
+    flags = ["--model", "nets.py:small", "--dataset", "digits", "--epochs", "1"]
+    code, out, err = call(
+        ["init", "studies/own.toml", *flags, "--storage", "sqlite:///own.db", "--json"], capsys
+    )
+    assert code == 0, err
+    r = json.loads(out)
+    text = (tmp_path / "studies" / "own.toml").read_text()
+    assert [layer["layer"] for layer in r["layers"]] == ["0", "3", "7"]  # the two convs and the classifier
+    assert [layer["position"] for layer in r["layers"]] == ["first_conv", "conv", "output"]
+    assert sum(layer["macs_share"] for layer in r["layers"]) == pytest.approx(1.0)
+    for layer in r["layers"]:  # listed in the spec, for the user to read
+        assert f"#   {layer['layer']} " in text
+    assert 'baselines = ["recipes/deep-compression.toml", "recipes/uniform-l1.toml"]' in text
+    code, out, err = call(["search", "studies/own.toml", "--trials", "3", "--quiet", "--json"], capsys)
+    assert code == 0, err
+    searched = json.loads(out)
+    assert searched["study"] == "digits-small" and searched["states"]["COMPLETE"] >= 3
+    assert sorted(b["recipe"] for b in searched["baselines"]) == ["deep-compression", "uniform-l1"]
+    code, _, err = call(["init", "studies/own.toml", *flags], capsys)  # never overwritten
+    assert code == 2 and "exists" in err and len(err.strip().splitlines()) == 1

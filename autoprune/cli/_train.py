@@ -1,4 +1,5 @@
-"""``autoprune train``: train (or load from the cache) a base model and measure it."""
+"""``autoprune train``: train (or load from the cache) a base model and measure it; ``autoprune
+init``: a commented study spec for a model and dataset."""
 
 from __future__ import annotations
 
@@ -16,7 +17,17 @@ from autoprune.cli._common import (
     positive_float,
     table,
 )
-from autoprune.workflow import MAX_BATCH, MAX_EPOCHS, BaseRequest, TrainConfig, train
+from autoprune.workflow import (
+    DEFAULT_STORAGE,
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_TRIALS,
+    BaseRequest,
+    TrainConfig,
+    command_prefix,
+    init_spec,
+    train,
+)
 
 
 def add_train_options(p: argparse.ArgumentParser, *, epochs_help: str = "training epochs") -> None:
@@ -44,6 +55,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, metavar="PATH", help="also write the trained state_dict here")
     add_output_options(p)
     p.set_defaults(run=run, format=format_result)
+
+    i = sub.add_parser(
+        "init",
+        help="write a commented study spec for your model and dataset",
+        description="Write a study spec for a model and dataset (the flags of train), listing the "
+        "network's layers: their position, outputs, weights and share of the MACs. The dataset is read "
+        "once for its image size and classes; nothing is trained.",
+    )
+    i.add_argument("spec", type=Path, metavar="SPEC.toml", help="where to write it (never overwritten)")
+    add_model_data_options(i)
+    add_train_options(i, epochs_help="base training epochs written into [train]")
+    i.add_argument("--storage", default=DEFAULT_STORAGE, metavar="URL", help="(default: %(default)s)")
+    i.add_argument("--trials", type=int_in(1, MAX_TRIALS), default=30, help="(default: %(default)s)")
+    i.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    i.set_defaults(run=run_init, format=format_init, quiet=True, threads=None, device="auto")
 
 
 def base_request(args: argparse.Namespace) -> BaseRequest:
@@ -84,3 +110,17 @@ def format_result(r: dict[str, Any]) -> str:
     if r["out"]:
         rows.append(("written", r["out"]))
     return table(rows)
+
+
+def run_init(args: argparse.Namespace) -> dict[str, Any]:
+    output_path(args.spec, "SPEC")
+    return init_spec(base_request(args), args.spec, storage=args.storage, trials=args.trials)
+
+
+def format_init(r: dict[str, Any]) -> str:
+    pruned = sum(1 for layer in r["layers"] if layer["filters_pruned"])
+    return (
+        f"wrote {r['out']}: study {r['study']}, {r['model']} on {r['dataset']}, "
+        f"{len(r['layers'])} weight layers ({pruned} convs whose filters the search prunes); "
+        f"run it with: {command_prefix()} search {r['out']}"
+    )

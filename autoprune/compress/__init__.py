@@ -6,7 +6,7 @@ stage is one module that registers itself in :data:`STAGES` when imported here
 """
 
 from autoprune.compress import lowrank  # noqa: F401  (registers the optional low-rank stage)
-from autoprune.compress._layers import RecipeError, conv_layers, output_layer, weight_layers
+from autoprune.compress._layers import RecipeError, conv_layers, layer_positions, output_layer, weight_layers
 from autoprune.compress.finetune import Continuation
 from autoprune.compress.packing import (
     LayerReport,
@@ -49,6 +49,7 @@ __all__ = [
     "decode_packed",
     "detach_codebooks_",
     "fit_recipe",
+    "layer_positions",
     "load_packed",
     "load_recipe",
     "mask_holder",

@@ -30,6 +30,7 @@ from autoprune.workflow._dashboard import allowed_hosts, host_checked, serve_das
 from autoprune.workflow._export import NOTHING_WITHIN, default_export_path, export_trial, find_trial
 from autoprune.workflow._figures import COMPARE_HEADER, compare_png, compare_table, publish
 from autoprune.workflow._final import final_summary, finalize, parents
+from autoprune.workflow._init import init_spec
 from autoprune.workflow._models import (
     BaseRequest,
     compress_recipe,
@@ -111,6 +112,7 @@ __all__ = [
     "TrainConfig",
     "compress_recipe",
     "evaluate_file",
+    "init_spec",
     "load_base",
     "load_data",
     "train",
