@@ -28,9 +28,14 @@ from autoprune.runtime import checked_session, run_session
 
 log = logging.getLogger(__name__)
 EVAL_BYTES = 64 << 20  # input bytes of one evaluation batch, at most
+# Images per evaluation batch. On a CPU a batch's activations should stay in cache: batches of
+# 64-256 evaluated a pruned ResNet-20 and MobileNetV2 2-3x faster than batches of 1,024 (their
+# 28x28 activations are 50 MB a layer at 1,024), and evaluating the 10,000 test images was most
+# of a search trial's measuring (issue 27; BENCHMARKS.md). A GPU wants large batches.
+EVAL_BATCH = {"cpu": 128, "gpu": 1024}
 
 
-def accuracy(model: nn.Module, split: AnySplit, *, batch_size: int = 1024) -> float:
+def accuracy(model: nn.Module, split: AnySplit, *, batch_size: int | None = None) -> float:
     """Top-1 accuracy on ``split`` in percent, with the model in eval mode; on a task's split,
     the task's own metric (its ``evaluate``), on the process's device."""
     if isinstance(split, TaskSplit):
@@ -53,11 +58,13 @@ def _task_score(model: nn.Module, split: TaskSplit) -> float:
 
 
 @torch.inference_mode()
-def correct(model: nn.Module, split: ImageSplit, *, batch_size: int = 1024) -> np.ndarray:
+def correct(model: nn.Module, split: ImageSplit, *, batch_size: int | None = None) -> np.ndarray:
     """Per image of ``split``: whether the model's top-1 class is right (eval mode), computed
     on the process's device (:func:`autoprune.device.current_device`); the model is left
     where it was."""
     was_training, where, device = model.training, model_device(model), current_device()
+    if batch_size is None:
+        batch_size = EVAL_BATCH["cpu" if device.type == "cpu" else "gpu"]
     # at most EVAL_BYTES of input per batch: 1,024 images of 224x224 RGB would be 600 MB each,
     # and a streamed split keeps a few batches in flight
     batch_size = max(1, min(batch_size, EVAL_BYTES // (4 * math.prod(split.sample_shape))))
@@ -165,6 +172,13 @@ BACKENDS = ("onnxruntime", "onednn", "native")
 TOLERANCE = 0.05  # half-width of the median's 95% interval, relative to the median
 MIN_REPEATS = 7
 BUDGET_S = 2.0
+# Measuring is bounded as a whole too, so that it stays a small part of a search trial on wide
+# networks (issue 27): the backends share TOTAL_S seconds (each still gets MIN_REPEATS runs
+# unless it loses the race), and a backend whose median after RACE_AFTER runs (one warm-up) is
+# RACE times the fastest one's so far stops there: it cannot be the one deployed.
+TOTAL_S = 3.0
+RACE = 1.25
+RACE_AFTER = 3
 # Warm-up is bounded on its own, shorter: a couple of runs load the weights into cache and let
 # ONNX Runtime allocate; ten 250 ms passes (a full-width MobileNetV2 at batch 64) add nothing.
 WARMUP_S = 0.5
@@ -180,23 +194,33 @@ def median_interval(times: list[float]) -> tuple[float, float]:
     return ordered[lo], ordered[hi]
 
 
-def _time_runs(forward: Callable[[], Any], warmup: int, repeats: int) -> list[float]:
+def _time_runs(
+    forward: Callable[[], Any],
+    warmup: int,
+    repeats: int,
+    *,
+    budget_s: float = BUDGET_S,
+    beat: float = math.inf,
+) -> list[float]:
     """Wall times in ms of ``forward``: up to ``repeats`` after ``warmup`` runs (both bounded
-    in time), stopping early once the median is pinned (see TOLERANCE)."""
+    in time), stopping early once the median is pinned (see TOLERANCE), once ``budget_s`` is
+    spent, or once the median is RACE times ``beat`` (another backend's median: this one lost)."""
     deadline = time.perf_counter() + WARMUP_S
-    for _ in range(warmup):
+    for _ in range(warmup if math.isinf(beat) else 1):  # a challenger warms up once, then races
         forward()
         if time.perf_counter() > deadline:
             break
-    deadline = time.perf_counter() + BUDGET_S
+    deadline = time.perf_counter() + budget_s
     times: list[float] = []
     while len(times) < repeats:
         start = time.perf_counter()
         forward()
         times.append((time.perf_counter() - start) * 1000.0)
+        if len(times) >= RACE_AFTER and statistics.median(times) > RACE * beat:
+            break  # lost: it cannot be the fastest
         if len(times) >= MIN_REPEATS:
             lo, hi = median_interval(times)
-            if (hi - lo) / 2 <= TOLERANCE * statistics.median(times) or time.perf_counter() > deadline:
+            if hi - lo <= 2 * TOLERANCE * statistics.median(times) or time.perf_counter() > deadline:
                 break
     return times
 
@@ -237,6 +261,7 @@ def _latencies(
         raise ValueError(f"backend={unknown[0]!r} should be one of {BACKENDS}")
     inputs = [torch.randn(p.batch_size, *input_shape) for p in plans]
     best: list[Latency | None] = [None] * len(plans)
+    ends = time.perf_counter() + TOTAL_S  # the budget every backend and plan shares
     was_training = model.training
     model.eval()
     try:
@@ -251,7 +276,16 @@ def _latencies(
                 else:
                     forwards = [partial(model, x) for x in inputs]
                 with conv_backend(backend):
-                    times = [_time_runs(f, p.warmup, p.repeats) for f, p in zip(forwards, plans)]
+                    times = [
+                        _time_runs(
+                            f,
+                            p.warmup,
+                            p.repeats,
+                            budget_s=min(BUDGET_S, max(0.0, ends - time.perf_counter())),
+                            beat=b.median_ms if (b := best[i]) is not None else math.inf,
+                        )
+                        for i, (f, p) in enumerate(zip(forwards, plans))
+                    ]
                 del forwards
                 for i, (p, t) in enumerate(zip(plans, times)):
                     result = Latency(
@@ -392,6 +426,7 @@ class Metrics:
     latency_repeats: int | None = None  # batch-1 runs timed on that backend (adaptive)
     latency_interval: float | None = None  # half-width of the batch-1 median's 95% interval, relative
     device: str = "cpu"  # where accuracy and latency were measured: "cpu", "cuda:0 (NVIDIA H200)", ...
+    latency_s: float | None = None  # seconds spent timing (bounded: TOTAL_S)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -420,6 +455,25 @@ class Metrics:
             "macs": self.macs,
             "latency_ms": self.latency_ms if timed else None,
         }
+
+
+def trial_latencies(
+    model: nn.Module,
+    shape: tuple[int, ...],
+    *,
+    repeats: int = 50,
+    batch: int = 64,
+    threads: int | None = None,
+) -> tuple[Latency, Latency]:
+    """The latencies a trial records, at batch 1 and ``batch``, on the fastest backend of this
+    process's device (bounded in time as a whole: TOTAL_S)."""
+    plans = [_Plan(1, 10, repeats), _Plan(batch, 3, max(5, repeats // 5))]
+    device = current_device()
+    if device.type == "cpu":
+        single, batched = _latencies(model, shape, plans, threads=threads, backends=BACKENDS)
+    else:
+        single, batched = _device_latencies(model, shape, plans, device)
+    return single, batched
 
 
 def measure_model(
@@ -451,13 +505,11 @@ def measure_model(
             backend="not measured",
             device=describe(current_device()),
         )
-    before = cpu_sample()
-    plans = [_Plan(1, 10, latency_repeats), _Plan(latency_batch, 3, max(5, latency_repeats // 5))]
+    before, started = cpu_sample(), time.perf_counter()
+    single, batch = trial_latencies(
+        model, shape, repeats=latency_repeats, batch=latency_batch, threads=threads
+    )
     device = current_device()
-    if device.type == "cpu":
-        single, batch = _latencies(model, shape, plans, threads=threads, backends=BACKENDS)
-    else:
-        single, batch = _device_latencies(model, shape, plans, device)
     load = other_load(before, cpu_sample())
     if load is not None and load >= BUSY:
         log.warning("other processes kept %.1f cores busy while timing: latency may read high", load)
@@ -471,4 +523,5 @@ def measure_model(
         latency_repeats=single.repeats,
         latency_interval=round((single.interval_ms[1] - single.interval_ms[0]) / 2 / single.median_ms, 4),
         device=describe(device),
+        latency_s=round(time.perf_counter() - started, 4),
     )

@@ -34,6 +34,7 @@ GRAPHS = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(e
   xtype: el._fullLayout && el._fullLayout.xaxis ? el._fullLayout.xaxis.type : null,
   drawn: el.querySelectorAll('.point, .bars path, .scatterlayer path.js-line').length}))"""
 TITLES = {  # graph id -> how its title starts
+    "summary": "Summary: the best within",
     "trade-off": "Compression against accuracy drop",
     "bytes": "Where the bytes went",
     "l1-norms": "Filter L1 norms per conv layer",
@@ -42,12 +43,56 @@ TITLES = {  # graph id -> how its title starts
 }
 
 
+# Where a graph lies on the page, where its axis titles lie, and the drawn height of the bars
+# at each x position (every trace of a stack summed).
+LAYOUT = """(title) => {
+  const el = Array.from(document.querySelectorAll('.js-plotly-plot')).find(e =>
+    String((e.layout.title && (e.layout.title.text || e.layout.title)) || '').startsWith(title));
+  const box = n => { if (!n) return null; const b = n.getBoundingClientRect();
+    return [b.left, b.top + window.scrollY, b.right, b.bottom + window.scrollY]; };
+  const bars = {};
+  el.querySelectorAll('.bars .point path').forEach(p => { const b = p.getBBox();
+    const x = Math.round(b.x + b.width / 2); bars[x] = (bars[x] || 0) + b.height; });
+  return {plot: box(el), x: box(el.querySelector('.g-xtitle')), y: box(el.querySelector('.g-ytitle')),
+          ytype: el._fullLayout.yaxis ? el._fullLayout.yaxis.type : null, bars: Object.values(bars),
+          categories: new Set((el.data || []).flatMap(t => (t.x || []).map(String))).size};
+}"""
+
+
 def rendered(graphs: list[dict], title: str) -> dict:
-    """The graph with that title, checked to hold data and to have been drawn."""
+    """The graph with that title, checked to hold data and to have been drawn (a table has no
+    marks to count)."""
     found = [g for g in graphs if str(g["title"]).startswith(title)]
     assert found, (title, [g["title"] for g in graphs])
-    assert found[0]["points"] > 0 and found[0]["drawn"] > 0, found[0]
+    assert found[0]["points"] > 0 and found[0]["drawn"] > 0 or title == TITLES["summary"], found[0]
     return found[0]
+
+
+def inside(inner: list[float], outer: list[float]) -> bool:
+    return (
+        inner[0] >= outer[0] - 1
+        and inner[1] >= outer[1] - 1
+        and inner[2] <= outer[2] + 1
+        and inner[3] <= outer[3] + 1
+    )
+
+
+def overlap(a: list[float], b: list[float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def check_layout(page) -> None:  # noqa: ANN001
+    """What the issue saw wrong: the summary hidden behind the note icon, axis titles clipped or
+    overlapping, one big bar hiding the others."""
+    summary = page.evaluate(LAYOUT, TITLES["summary"])
+    others = [page.evaluate(LAYOUT, t) for k, t in TITLES.items() if k != "summary"]
+    assert all(summary["plot"][1] < o["plot"][1] for o in others), "the summary is not the first figure"
+    trade = page.evaluate(LAYOUT, TITLES["trade-off"])
+    assert trade["x"] and trade["y"] and not overlap(trade["x"], trade["y"]), trade
+    assert inside(trade["x"], trade["plot"]) and inside(trade["y"], trade["plot"]), trade  # not clipped
+    found = page.evaluate(LAYOUT, TITLES["bytes"])
+    assert found["ytype"] == "log" and len(found["bars"]) == found["categories"], found
+    assert min(found["bars"]) >= 2, found  # every layer's bar can be seen
 
 
 def not_blank(path: Path) -> None:
@@ -95,6 +140,8 @@ def test_the_dashboard_shows_autoprunes_figures_live(tmp_path: Path) -> None:
             for title in TITLES.values():
                 rendered(graphs, title)
             assert rendered(graphs, TITLES["trade-off"])["xtype"] == "log"  # ratios span orders of magnitude
+            expect(page.get_by_text(TITLES["summary"]).first).to_be_visible()  # no click on the note
+            check_layout(page)
             page.screenshot(path=str(shots / "study.png"), full_page=True)
             not_blank(shots / "study.png")
             # every trial's page fits the window: no attribute runs past a line

@@ -110,8 +110,9 @@ def test_measure_model_reports_every_field() -> None:
         "latency_repeats",
         "latency_interval",
         "device",
+        "latency_s",
     }
-    assert d["device"] == "cpu"
+    assert d["device"] == "cpu" and 0 < d["latency_s"] < 10  # the timing's own cost, bounded
     assert m.params == 131_080 and m.latency_ms > 0 and m.latency_ms_batch > 0
     assert 1 <= m.latency_repeats <= 5 and m.latency_interval >= 0  # the choices are recorded
 
@@ -150,6 +151,27 @@ def test_timing_stops_once_the_median_is_pinned_and_runs_on_when_it_is_not(
 
     times = measure._time_runs(counted, warmup=10, repeats=100)
     assert calls["n"] - len(times) == math.ceil(measure.WARMUP_S / 0.2 + 1e-9) < 10
+
+
+def test_a_backend_that_loses_the_race_stops_and_the_backends_share_a_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import autoprune.measure as measure
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: clock["t"])
+    rng = np.random.default_rng(0)
+
+    def noisy_slow() -> None:  # 2-4 ms a run, spread wide: alone it would run to the count asked
+        clock["t"] += float(rng.uniform(0.002, 0.004))
+
+    alone = measure._time_runs(noisy_slow, warmup=3, repeats=60)
+    raced = measure._time_runs(noisy_slow, warmup=3, repeats=60, beat=1.0)  # the leader: 1 ms
+    assert len(alone) > measure.MIN_REPEATS and len(raced) == measure.RACE_AFTER
+    close = measure._time_runs(noisy_slow, warmup=3, repeats=60, beat=2.9)  # a close race runs on
+    assert len(close) >= measure.MIN_REPEATS
+    spent = measure._time_runs(noisy_slow, warmup=3, repeats=10_000, budget_s=0.05)  # the shared budget
+    assert measure.MIN_REPEATS <= len(spent) <= 0.05 / 0.002 + 1
 
 
 def test_the_median_interval_holds_the_median_about_95_percent_of_the_time() -> None:

@@ -85,6 +85,8 @@ def bounded(line: str, fashion: list[str], data: Path) -> list[str]:
     base trained one epoch, each in a study of its own (``fashion`` collects their names;
     finalize takes the first)."""
     args = line.split()
+    if args[0] == "python":  # this environment's, wherever the reader's is
+        return [sys.executable, *args[1:]]
     if args[0] != "autoprune":
         return args
     if "fashion-mnist" in args or "studies/fashion-lenet5.toml" in args or "new-study" in args:

@@ -17,7 +17,7 @@ from autoprune.search import best_trial, pareto_front, resolve_study_name, study
 from autoprune.search.objective import STATE_ATTR, enforce_retention
 from autoprune.search.record import Budget, TrialRecord, best_field, goal, names, speed_objectives
 from autoprune.search.setup import open_study
-from autoprune.search.spec import StudySpec, record
+from autoprune.search.spec import SpecError, StudySpec, record
 
 
 def metrics(acc: float, drop: float, ratio: float) -> dict:
@@ -88,6 +88,21 @@ def test_the_budget_rule_on_stored_trials(study: optuna.Study) -> None:
     assert {t.number for t in pareto_front(study)} == {0, 1, 2, 3}  # accuracy vs bytes: all trade off
     add(study, 89.0, 6.0, 80.0)  # worse than trial 2 on both
     assert 4 not in {t.number for t in pareto_front(study)}
+
+
+def test_a_speed_floor_joins_the_budget(study: optuna.Study) -> None:
+    """``min_speedup``: a trial within the accuracy budget but slower than asked is not within."""
+    add(study, 94.0, 1.4, 40.0, speedup=0.9)  # the largest ratio, slower than the base
+    add(study, 95.0, 0.5, 20.0)  # 1.5x faster
+    fast = Budget(1.5, min_speedup=1.2)
+    assert best_trial(study, Budget(1.5)).number == 0 and best_trial(study, fast).number == 1
+    assert [fast.within(t.user_attrs) for t in study.trials] == [False, True]
+    records = [TrialRecord.from_attrs(t.user_attrs) for t in study.trials]
+    assert fast.best(records, lambda r: r.compression_ratio) == 1
+    assert Budget(1.5, min_speedup=2.0).best(records, lambda r: r.compression_ratio) is None
+    assert not fast.within({**study.trials[1].user_attrs, "speedup": None})  # not measured: not shown fast
+    with pytest.raises(SpecError, match="study.min_speedup=-1"):
+        StudySpec().with_study(min_speedup=-1)
 
 
 def test_the_stored_spec_keeps_no_password(study: optuna.Study) -> None:

@@ -10,9 +10,11 @@ import shutil
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 from PIL import Image
 
+from autoprune.cli._search import best_line
 from autoprune.workflow import command_prefix
 from tests.conftest import REPO, images
 from tests.workspace import call, copy_study
@@ -150,3 +152,24 @@ def test_init_writes_a_spec_for_your_model_that_a_search_accepts(
     assert sorted(b["recipe"] for b in searched["baselines"]) == ["deep-compression", "uniform-l1"]
     code, _, err = call(["init", "studies/own.toml", *flags], capsys)  # never overwritten
     assert code == 2 and "exists" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_speed_floor_and_a_slower_best_are_said(
+    workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = copy_study(workspace, tmp_path)
+    monkeypatch.chdir(workspace)
+    args = ["search", "tiny.toml", "--storage", url, "--quiet", "--max-acc-drop", "50"]
+    code, out, err = call([*args, "--min-speedup", "1000", "--trials", "4", "--json"], capsys)
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["best"] is None and r["min_speedup"] == 1000
+    study = optuna.load_study(study_name=r["study"], storage=url)
+    added = study.trials[-1]  # the trial run under the floor: infeasible, and said why
+    assert added.constraints["speedup"] == pytest.approx(1000 - added.user_attrs["speedup"])
+    code, out, err = call([*args, "--min-speedup", "1000"], capsys)
+    assert "no trial is within 50.0 points and at least 1000x faster yet" in out
+    row = {"trial": 3, "compression_ratio": 9.0, "acc_drop": 0.5, "test_acc_drop": 0.4, "speedup": 0.8}
+    line = best_line({"best": row, "max_acc_drop": 1.0, "selection": "point"})
+    assert "slower than the base at batch 1 (0.80x: --min-speedup 1 asks for faster)" in line
+    assert "slower" not in best_line({"best": {**row, "speedup": 1.3}, "max_acc_drop": 1.0})

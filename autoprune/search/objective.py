@@ -221,9 +221,12 @@ class Objective:
                     mimetype="application/octet-stream",
                 )
                 trial.set_user_attr(STATE_ATTR, state_id)
+        judge = spec.study.budget
         if single:
-            judge = spec.study.budget
             trial.set_constraint("acc_drop", judge.drop(record) - judge.max_drop)
+        if judge.min_speedup:  # too slow is infeasible, for every sampler that reads constraints
+            speedup = record.speedup if math.isfinite(record.speedup) else 0.0
+            trial.set_constraint("speedup", judge.min_speedup - speedup)
         values = tuple(float(getattr(record, o)) for o in spec.study.objectives)
         return values[0] if single else values
 

@@ -63,7 +63,8 @@ class TrialRecord:
     finetune_s: float | None = None
     quantize_s: float | None = None
     pack_s: float | None = None
-    eval_s: float | None = None
+    eval_s: float | None = None  # measuring: accuracy (validation and test), MACs and latency
+    latency_s: float | None = None  # the part of eval_s spent timing
     trial_s: float | None = None
     backend: str | None = None  # where latency_ms was measured (onnxruntime, torch-onednn, ...)
     threads: int | None = None
@@ -140,10 +141,13 @@ class Budget:
 
     max_drop: float  # points of validation accuracy
     z: float = 0.0
+    min_speedup: float = 0.0  # measured batch-1 speed-up a trial must reach too (0: none asked)
 
     @classmethod
-    def of(cls, max_drop: float, selection: str = "point", confidence: float = 0.9) -> Budget:
-        return cls(max_drop, NormalDist().inv_cdf(confidence) if selection == "upper" else 0.0)
+    def of(
+        cls, max_drop: float, selection: str = "point", confidence: float = 0.9, min_speedup: float = 0.0
+    ) -> Budget:
+        return cls(max_drop, NormalDist().inv_cdf(confidence) if selection == "upper" else 0.0, min_speedup)
 
     def drop(self, record: TrialRecord) -> float:
         """The drop as the budget judges it."""
@@ -154,15 +158,24 @@ class Budget:
         drop = attrs.get("acc_drop")
         return None if drop is None else judged_drop(drop, attrs.get("acc_drop_se"), self.z)
 
+    def fast_enough(self, trial: TrialRecord | Mapping[str, Any]) -> bool:
+        """Whether a trial reaches ``min_speedup`` (always, when none is asked)."""
+        if not self.min_speedup:
+            return True
+        speedup = trial.speedup if isinstance(trial, TrialRecord) else trial.get("speedup")
+        return isinstance(speedup, (int, float)) and math.isfinite(speedup) and speedup >= self.min_speedup
+
     def within(self, trial: TrialRecord | Mapping[str, Any]) -> bool:
-        """Whether a trial (its record or its user attributes) is within the budget, as judged."""
+        """Whether a trial (its record or its user attributes) is within the budget, as judged,
+        and fast enough."""
         judged = self.drop(trial) if isinstance(trial, TrialRecord) else self.judged(trial)
-        return judged is not None and judged <= self.max_drop
+        return judged is not None and judged <= self.max_drop and self.fast_enough(trial)
 
     def best(self, records: Sequence[TrialRecord], value: Callable[[TrialRecord], float]) -> int | None:
         """Index of the record of highest ``value`` among those within the budget (the first,
         on a tie), or None when none is."""
-        return best_within([value(r) for r in records], [self.drop(r) for r in records], self.max_drop)
+        drops = [self.drop(r) if self.fast_enough(r) else math.inf for r in records]
+        return best_within([value(r) for r in records], drops, self.max_drop)
 
 
 def judged_drop(drop: float, se: float | None, z: float) -> float:

@@ -83,6 +83,7 @@ def study_budget(study: optuna.Study) -> Budget:
     section = section if isinstance(section, dict) else {}
     keys = {
         "max_acc_drop": StudySection.max_acc_drop,
+        "min_speedup": StudySection.min_speedup,
         "selection": "point",
         "confidence": StudySection.confidence,
     }

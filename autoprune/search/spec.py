@@ -170,6 +170,7 @@ class StudySection:
     seed: int = 0
     objectives: list[str] = field(default_factory=lambda: ["accuracy", "packed_bytes"])
     max_acc_drop: float = 1.0  # the accuracy budget, in points of validation accuracy
+    min_speedup: float = 0.0  # and the measured batch-1 speed-up a trial must reach (0: none)
     selection: str = "upper"  # "upper": judge the drop's upper confidence bound; "point": the drop itself
     confidence: float = 0.9  # of the one-sided upper bound
     baselines: list[str] = field(default_factory=list)  # recipe files (relative to the spec) run first
@@ -219,6 +220,8 @@ class StudySection:
                 raise SpecError(f"study.{key}={getattr(self, key)} should be in 1..{high}")
         if not (self.max_acc_drop >= 0 and math.isfinite(self.max_acc_drop)):
             raise SpecError(f"study.max_acc_drop={self.max_acc_drop} should be a finite number >= 0")
+        if not 0 <= self.min_speedup <= 1000:
+            raise SpecError(f"study.min_speedup={self.min_speedup} should be in 0..1000 (0: no speed asked)")
         if len(self.warm_start) > 64 or not all(0 < m <= 1000 and math.isfinite(m) for m in self.warm_start):
             raise SpecError(f"study.warm_start={self.warm_start} should be at most 64 multiples in (0, 1000]")
         if self.warm_start_cost not in ("auto", "packed_bytes", "macs"):
@@ -232,7 +235,7 @@ class StudySection:
 
     @property
     def budget(self) -> Budget:
-        return Budget.of(self.max_acc_drop, self.selection, self.confidence)
+        return Budget.of(self.max_acc_drop, self.selection, self.confidence, self.min_speedup)
 
     @property
     def liveness(self) -> Liveness:

@@ -47,7 +47,13 @@ def parents(study: optuna.Study, budget: Budget, k: int, slack: float = 0.0) -> 
     chosen: dict[int, FrozenTrial] = {}
     for step in steps:
         pick = next(
-            (t for t, r in ranked if t.number not in chosen and budget.drop(r) <= budget.max_drop + step),
+            (
+                t
+                for t, r in ranked
+                if t.number not in chosen
+                and budget.drop(r) <= budget.max_drop + step
+                and budget.fast_enough(r)
+            ),
             None,
         )
         if pick is not None:

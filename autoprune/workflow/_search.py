@@ -132,6 +132,7 @@ def search_summary(study: optuna.Study, spec: StudySpec, info: StorageInfo) -> d
         "baselines": baselines,
         "run": run,  # how to call autoprune from here: the commands printed use it
         "max_acc_drop": spec.study.max_acc_drop,
+        "min_speedup": spec.study.min_speedup,
         "selection": spec.study.selection,
         "confidence": spec.study.confidence,
         "dashboard": f"{run} dashboard --storage {shlex.quote(storage_arg)}",

@@ -9,10 +9,12 @@ filters the best trial removed, the sensitivity curves, and the search's progres
 
 from __future__ import annotations
 
+import html
 import logging
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,10 +161,17 @@ def tradeoff_figure(study: optuna.Study, budget: Budget, *, latency: bool = Fals
         )
     what = "measured speed-up at batch 1" if latency else "compression ratio (base fp32 bytes / packed bytes)"
     metric = study_metric(study)
-    fig.update_layout(
+    fig.update_layout(  # titles on two lines and margins that hold them: none clipped or overlapping
         title=("Speed-up" if latency else "Compression") + f" against {metric} drop, every trial",
-        xaxis={"type": "log", "title": what + ", log scale"},
-        yaxis={"title": f"{metric} drop, points (validation as judged{rule}; test open)"},
+        xaxis={"type": "log", "title": {"text": what + ", log scale", "standoff": 8}, "automargin": True},
+        yaxis={
+            "title": {
+                "text": f"{metric} drop, points<br>(validation as judged{rule}; test open)",
+                "standoff": 8,
+            },
+            "automargin": True,
+        },
+        margin={"l": 90, "b": 70},
     )
     return fig
 
@@ -223,7 +232,10 @@ def bytes_figure(study: optuna.Study, budget: Budget, artifacts: Path | None) ->
     fig.update_layout(
         barmode="stack",
         title="Where the bytes went, per layer (best within the budget, and the baselines)",
-        yaxis_title="bytes in the packed file",
+        yaxis={
+            "title": "bytes in the packed file, log scale",
+            "type": "log",
+        },  # a 200 KB layer hides no other
         xaxis_title="trial: layer",
         xaxis_tickangle=-45,
     )
@@ -344,7 +356,6 @@ def summary_note(study: optuna.Study, budget: Budget) -> str:
     test), the front, and the command that exports the best."""
     base = study.user_attrs.get("base")
     base = base if isinstance(base, dict) else {}
-    done = completed(study)
     best = best_trial(study, budget)
     lines = [f"## autoprune: {md_text(study.study_name)}", ""]
     metric = md_text(study_metric(study))
@@ -361,22 +372,10 @@ def summary_note(study: optuna.Study, budget: Budget) -> str:
         f"Budget: {budget.max_drop} points of validation {metric}{rule}; test is "
         "reported, never selected on.",
         "",
-        "| trial | what | ratio | val drop | as judged | within | test drop | speed-up |",
-        "|---|---|---|---|---|---|---|---|",
+        "| " + " | ".join(SUMMARY_COLUMNS) + " |",
+        "|" + "---|" * len(SUMMARY_COLUMNS),
     ]
-    front = _front(done, budget)
-    shown = [d for d in done if d.kind in (BASELINE, Source.FINAL)] + front[:8]
-    if best is not None and all(d.trial.number != best.number for d in shown):
-        shown += [d for d in done if d.trial.number == best.number]
-    for d in sorted({d.trial.number: d for d in shown}.values(), key=lambda d: d.trial.number):
-        what = ("**best** " if best is not None and d.trial.number == best.number else "") + (
-            md_text(d.trial.user_attrs.get("recipe_name") or d.kind)
-        )
-        lines.append(
-            f"| {d.trial.number} | {what} | {d.record.compression_ratio:.1f}x | {d.record.acc_drop:+.2f} | "
-            f"{budget.drop(d.record):+.2f} | {'yes' if budget.within(d.record) else 'no'} | "
-            f"{_num(d.record.test_acc_drop)} | {d.record.speedup:.2f}x |"
-        )
+    lines += ["| " + " | ".join(row) + " |" for row in summary_rows(study, budget, text=md_text)]
     lines.append("")
     if best is not None:
         name = study.study_name if not bad_study_name(study.study_name) else "NAME"
@@ -392,6 +391,59 @@ def summary_note(study: optuna.Study, budget: Budget) -> str:
 
 
 _MARKDOWN = re.compile(r"([\\`*_\[\]()#|!<>&~])")
+
+
+SUMMARY_COLUMNS = ("trial", "what", "ratio", "val drop", "as judged", "within", "test drop", "speed-up")
+
+
+def summary_rows(study: optuna.Study, budget: Budget, *, text: Callable[[object], str]) -> list[list[str]]:
+    """The summary's rows: the baselines, the finalized trials, the search's front and the best,
+    each judged as the budget judges; ``text`` makes stored names safe where they are shown."""
+    done = completed(study)
+    best = best_trial(study, budget)
+    shown = [d for d in done if d.kind in (BASELINE, Source.FINAL)] + _front(done, budget)[:8]
+    if best is not None and all(d.trial.number != best.number for d in shown):
+        shown += [d for d in done if d.trial.number == best.number]
+    rows = []
+    for d in sorted({d.trial.number: d for d in shown}.values(), key=lambda d: d.trial.number):
+        r = d.record
+        what = ("best " if best is not None and d.trial.number == best.number else "") + text(
+            d.trial.user_attrs.get("recipe_name") or d.kind
+        )
+        rows.append(
+            [
+                str(d.trial.number),
+                what,
+                f"{r.compression_ratio:.1f}x",
+                f"{r.acc_drop:+.2f}",
+                f"{budget.drop(r):+.2f}",
+                "yes" if budget.within(r) else "no",
+                _num(r.test_acc_drop),
+                f"{r.speedup:.2f}x" + (" (slower than the base)" if r.speedup < 1 else ""),
+            ]
+        )
+    return rows
+
+
+def summary_figure(study: optuna.Study, budget: Budget) -> Any:
+    """The summary as a table, the first of autoprune's figures: did the search beat the
+    recipes, judged the same way?"""
+    rows = summary_rows(study, budget, text=lambda v: html.escape(" ".join(str(v).split())[:80]))
+    columns = [list(c) for c in zip(*rows)] if rows else [[] for _ in SUMMARY_COLUMNS]
+    rule = f", judged on the drop's {budget.z:.2f}-sigma upper bound" if budget.z else ""
+    fig = go.Figure(
+        go.Table(
+            header={"values": [f"<b>{c}</b>" for c in SUMMARY_COLUMNS], "align": "left"},
+            cells={"values": columns, "align": "left"},
+            columnwidth=[0.6, 2.4, 0.9, 0.9, 0.9, 0.7, 0.9, 1.8],
+        )
+    )
+    fig.update_layout(
+        title=f"Summary: the best within {budget.max_drop} points{rule}, beside the baselines",
+        height=120 + 28 * max(len(rows), 1),
+        margin={"t": 60, "b": 10},
+    )
+    return fig
 
 
 def md_text(value: object, limit: int = 80) -> str:
@@ -427,7 +479,10 @@ def study_figures(
     """Every autoprune figure the study can show now, by graph id."""
     compare = study_system_attr(study, COMPARE_ATTR)
     objectives = study.user_attrs.get("objectives") or []
-    figures: dict[str, Any] = {"trade-off": tradeoff_figure(study, budget)}
+    figures: dict[str, Any] = {
+        "summary": summary_figure(study, budget),
+        "trade-off": tradeoff_figure(study, budget),
+    }
     if speed_objectives(objectives):  # batch-1 latency, measured
         figures["trade-off-latency"] = tradeoff_figure(study, budget, latency=True)
     for name, make in (
