@@ -11,10 +11,11 @@ import contextlib
 import datetime
 import multiprocessing.util
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import optuna
+import optuna_dashboard._custom_plot_data as dashboard_plots
 import sqlalchemy
 import torch
 from optuna.exceptions import UpdateFinishedTrialError
@@ -132,6 +133,22 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
 
     def get_heartbeat_stale_trial_callback(self) -> Callable[[optuna.Study, FrozenTrial], None] | None:
         return self._stale_trial_callback
+
+
+def order_dashboard_figures(order: Sequence[str]) -> None:
+    """Make optuna-dashboard list a study's plotly figures with the ids in ``order`` first, in
+    that order, the others after them by name: it lists them in the order of a Python set,
+    which changes with every process (string hashes are salted), and shows them so."""
+    listed = dashboard_plots.list_graph_object_ids
+    if getattr(listed, "ordered", False):
+        return
+    rank = {graph_id: i for i, graph_id in enumerate(order)}
+
+    def ordered(system_attrs: dict[str, Any]) -> list[str]:
+        return sorted(listed(system_attrs), key=lambda i: (rank.get(i, len(rank)), i))
+
+    ordered.ordered = True  # type: ignore[attr-defined]  # patched once per process
+    dashboard_plots.list_graph_object_ids = ordered
 
 
 def onnx_log_to_stderr() -> None:

@@ -17,6 +17,7 @@ from autoprune._compat import (
     heartbeat_age,
     heartbeat_backend,
     onnx_log_to_stderr,
+    order_dashboard_figures,
     rdb_backend,
     set_study_system_attr,
     study_system_attr,
@@ -72,6 +73,17 @@ def test_a_journal_storage_has_heartbeats_and_fails_a_silent_trial_as_stale(tmp_
     assert study.trials[2].system_attrs["failed_trial"] == silent.number
     study.tell(beating, 1.0)
     storage.record_heartbeat(beating._trial_id)  # a beat racing the end is harmless
+
+
+def test_optuna_dashboard_still_lists_figures_where_autoprune_orders_them() -> None:
+    import optuna_dashboard._custom_plot_data as plots
+
+    attrs = {f"dashboard:plot_data:{name}:0": "{}" for name in ("progress", "bytes", "summary", "mine")}
+    assert sorted(plots.list_graph_object_ids(attrs)) == ["bytes", "mine", "progress", "summary"]
+    order_dashboard_figures(["summary", "bytes"])
+    order_dashboard_figures(["summary", "bytes"])  # once: not wrapped twice
+    assert plots.list_graph_object_ids(attrs) == ["summary", "bytes", "mine", "progress"]
+    assert list(plots.get_plotly_graph_objects(attrs)) == ["summary", "bytes", "mine", "progress"]
 
 
 def test_torch_onnx_log_switch_still_exists() -> None:

@@ -86,7 +86,8 @@ def check_layout(page) -> None:  # noqa: ANN001
     overlapping, one big bar hiding the others."""
     summary = page.evaluate(LAYOUT, TITLES["summary"])
     others = [page.evaluate(LAYOUT, t) for k, t in TITLES.items() if k != "summary"]
-    assert all(summary["plot"][1] < o["plot"][1] for o in others), "the summary is not the first figure"
+    first = min(others, key=lambda o: (o["plot"][1], o["plot"][0]))  # top, then left: the grid's order
+    assert (summary["plot"][1], summary["plot"][0]) < (first["plot"][1], first["plot"][0]), (summary, others)
     trade = page.evaluate(LAYOUT, TITLES["trade-off"])
     assert trade["x"] and trade["y"] and not overlap(trade["x"], trade["y"]), trade
     assert inside(trade["x"], trade["plot"]) and inside(trade["y"], trade["plot"]), trade  # not clipped

@@ -11,6 +11,9 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from optuna_dashboard import wsgi
 
+from autoprune._compat import order_dashboard_figures
+from autoprune.workflow._study_figures import FIGURES
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -48,6 +51,7 @@ def serve_dashboard(storage: Any, *, host: str, port: int, artifact_store: Any =
     """optuna-dashboard on ``host:port`` until Ctrl-C; on loopback, only for requests naming
     that address (off loopback the user has chosen to serve the network: no check)."""
 
+    order_dashboard_figures(FIGURES)  # the summary first, then autoprune's figures as it makes them
     app = wsgi(storage, artifact_store=artifact_store)
     if host in LOOPBACK:
         app = host_checked(app, allowed_hosts(host, port))

@@ -111,6 +111,9 @@ def spec_text(
             f"trials = {trials}",
             'objectives = ["accuracy", "packed_bytes"]  # or "macs", "latency_ms", "compression_ratio"',
             "max_acc_drop = 1.0  # the budget in validation points, judged on the drop's 90% upper bound",
+            "# the first trials: every layer's setting chosen from its sensitivity (probed alone,",
+            "# without fine-tuning) for 1, 2, 4 and 8 times the budget of summed predicted drop",
+            "warm_start = [1, 2, 4, 8]",
             "# hand-tuned recipes run first and judged the same way; these say their settings by layer",
             "# position (first conv, other convs, hidden linear, output), so they fit any network",
             f"baselines = {q(baselines)}"

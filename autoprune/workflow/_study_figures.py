@@ -430,18 +430,23 @@ def summary_figure(study: optuna.Study, budget: Budget) -> Any:
     recipes, judged the same way?"""
     rows = summary_rows(study, budget, text=lambda v: html.escape(" ".join(str(v).split())[:80]))
     columns = [list(c) for c in zip(*rows)] if rows else [[] for _ in SUMMARY_COLUMNS]
-    rule = f", judged on the drop's {budget.z:.2f}-sigma upper bound" if budget.z else ""
+    rule = f" (its {budget.z:.2f}-sigma upper bound)" if budget.z else ""
     fig = go.Figure(
         go.Table(
-            header={"values": [f"<b>{c}</b>" for c in SUMMARY_COLUMNS], "align": "left"},
-            cells={"values": columns, "align": "left"},
-            columnwidth=[0.6, 2.4, 0.9, 0.9, 0.9, 0.7, 0.9, 1.8],
+            header={
+                "values": [f"<b>{c}</b>" for c in SUMMARY_COLUMNS],
+                "align": "left",
+                "font": {"size": 11},
+            },
+            cells={"values": columns, "align": "left", "font": {"size": 11}, "height": 24},
+            columnwidth=[0.5, 1.7, 0.6, 0.7, 0.7, 0.6, 0.7, 1.2],
         )
     )
     fig.update_layout(
-        title=f"Summary: the best within {budget.max_drop} points{rule}, beside the baselines",
-        height=120 + 28 * max(len(rows), 1),
-        margin={"t": 60, "b": 10},
+        title=f"Summary: the best within {budget.max_drop} points,<br>"
+        f"drops as judged{rule}, beside the baselines",
+        height=130 + 26 * max(len(rows), 1),
+        margin={"t": 70, "b": 10, "l": 10, "r": 10},
     )
     return fig
 
@@ -470,6 +475,7 @@ def _front(done: list[Done], budget: Budget) -> list[Done]:
 # ----------------------------------------------------------------------------- all of them
 
 
+FIGURES = ("summary", "trade-off", "trade-off-latency", "bytes", "l1-norms", "sensitivity", "progress")
 COMPARE_ATTR = "autoprune:compare"  # the last surrogate comparison's rows, for the progress figure
 
 
