@@ -47,6 +47,7 @@ __all__ = [
     "compress",
     "dataset_meta",
     "evaluate_packed",
+    "check_fits",
     "pruned_shapes",
     "recorded_dataset",
 ]
@@ -219,16 +220,21 @@ def evaluate_packed(
         seed=seed,
         image_size=spec.image_size,
     )
-    wanted = (spec.in_channels, *spec.image_size)
-    if wanted != splits.input_shape or spec.num_classes != splits.num_classes:
-        raise AutoPruneError(
-            f"{path} holds a network for {'x'.join(map(str, wanted))} images and {spec.num_classes} classes; "
-            f"dataset {splits.name!r} has {'x'.join(map(str, splits.input_shape))} images and "
-            f"{splits.num_classes} classes"
-        )
+    check_fits(path, (spec.in_channels, *spec.image_size), spec.num_classes, splits)
     net = decode_packed(header, payload, path, model=model)
     measured = measure_model(net, splits, threads=threads, latency=latency, latency_batch=latency_batch)
     return PackedEvaluation(net, header, splits, measured)
+
+
+def check_fits(path: str | Path, shape: tuple[int, ...], classes: int | None, splits: DataSplits) -> None:
+    """Refuse a dataset whose images or classes differ from a file's network (``classes`` None:
+    the file does not say)."""
+    if shape != splits.input_shape or classes not in (None, splits.num_classes):
+        raise AutoPruneError(
+            f"{path} holds a network for {'x'.join(map(str, shape))} images and {classes} classes; "
+            f"dataset {splits.name!r} has {'x'.join(map(str, splits.input_shape))} images and "
+            f"{splits.num_classes} classes"
+        )
 
 
 def recorded_dataset(

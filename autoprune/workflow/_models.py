@@ -26,7 +26,14 @@ from autoprune.deploy import (
 from autoprune.errors import AutoPruneError
 from autoprune.measure import cpu_sample, measure_model, other_load, session_latency
 from autoprune.models import ModelSpec, create_model, load_checkpoint
-from autoprune.pipeline import compress, dataset_meta, evaluate_packed, recorded_dataset
+from autoprune.pipeline import (
+    PackedEvaluation,
+    check_fits,
+    compress,
+    dataset_meta,
+    evaluate_packed,
+    recorded_dataset,
+)
 from autoprune.runtime import ort_session
 from autoprune.train import BaseModel, TrainConfig, measured_base, train_base
 
@@ -229,31 +236,42 @@ def evaluate_file(
     if torchscript:
         result["torchscript"] = str(export_torchscript(ev.model, ev.splits.input_shape, torchscript))
     if onnx:
-        info = {
-            k: result[k] for k in ("study", "recipe", "settings", "accuracy", "test_accuracy", "packed_bytes")
-        }
         stored = meta.get("dataset") if isinstance(meta.get("dataset"), dict) else {}
-        split = (
-            {k: stored.get(k) for k in ("val_fraction", "seed")}
-            if stored.get("name") == ev.splits.name
-            else {}
-        )
-        graph = deployment_onnx(
-            ev.model, ev.splits, deployment_metadata(ev.splits, source=path.name, **split, **info)
-        )
-        if int8:
-            graph = int8_onnx(graph, calibration_images(ev.splits))
-        onnx.parent.mkdir(parents=True, exist_ok=True)
-        onnx.write_bytes(graph)
-        measured = onnx_accuracy(graph, ev.splits)
-        result |= {
-            "onnx": str(onnx),
-            "onnx_int8": int8,
-            "onnx_bytes": len(graph),
-            "onnx_accuracy": measured.accuracy,
-            "onnx_test_accuracy": measured.test_accuracy,
-        }
+        result |= write_deployment(ev, path, result, stored, onnx, int8=int8)
     return result
+
+
+def write_deployment(
+    ev: PackedEvaluation,
+    source: Path,
+    measured: dict[str, Any],
+    stored: dict[str, Any],
+    out: Path,
+    *,
+    int8: bool,
+) -> dict[str, Any]:
+    """Write the decoded network as the ONNX file to deploy (int8 with ``int8``), with what was
+    measured of it and the split it was measured on (``stored``: the packed file's record) in
+    its metadata; return what ONNX Runtime measures of the file written."""
+    keys = ("study", "recipe", "settings", "accuracy", "test_accuracy", "packed_bytes")
+    info = {k: measured[k] for k in keys if measured[k] is not None}  # a recipe's file has no study
+    split = (
+        {k: stored.get(k) for k in ("val_fraction", "seed")} if stored.get("name") == ev.splits.name else {}
+    )
+    metadata = deployment_metadata(ev.splits, source=source.name, **split, **info)
+    graph = deployment_onnx(ev.model, ev.splits, metadata)
+    if int8:
+        graph = int8_onnx(graph, calibration_images(ev.splits))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(graph)
+    accuracy = onnx_accuracy(graph, ev.splits)
+    return {
+        "onnx": str(out),
+        "onnx_int8": int8,
+        "onnx_bytes": len(graph),
+        "onnx_accuracy": accuracy.accuracy,
+        "onnx_test_accuracy": accuracy.test_accuracy,
+    }
 
 
 def evaluate_onnx(
@@ -283,13 +301,7 @@ def evaluate_onnx(
         seed=seed,
         image_size=deployed.input_shape[1:],
     )
-    if deployed.input_shape != splits.input_shape or deployed.outputs not in (None, splits.num_classes):
-        raise AutoPruneError(
-            f"{path} takes {'x'.join(map(str, deployed.input_shape))} images into "
-            f"{deployed.outputs} classes; "
-            f"dataset {splits.name!r} has {'x'.join(map(str, splits.input_shape))} images and "
-            f"{splits.num_classes} classes"
-        )
+    check_fits(path, deployed.input_shape, deployed.outputs, splits)
     used = threads or 1
     measured = onnx_accuracy(deployed.graph, splits, threads=used)
     result: dict[str, Any] = {
