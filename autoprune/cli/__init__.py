@@ -151,8 +151,11 @@ def _run(argv: Sequence[str] | None) -> int:
         with _routed_logs(held, verbose=args.verbose), _on_device(args):
             result = args.run(args)
     except AutoPruneError as e:
+        code = getattr(e, "exit_code", EXIT_USAGE)
+        if code == 130:  # stopped by Ctrl-C: a second one, arriving as we exit, must not kill us
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         print(f"autoprune {args.command}: error: {_one_line(e)}", file=sys.stderr)
-        return getattr(e, "exit_code", EXIT_USAGE)
+        return code
     except OSError as e:  # a path given cannot be read or written: permissions, a missing folder, a full disk
         where = f"{e.filename}: " if e.filename else ""
         print(f"autoprune {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
