@@ -151,6 +151,19 @@ class Latency:
     backend: str  # that backend: one of BACKENDS
     interval_ms: tuple[float, float] = (math.nan, math.nan)  # the median's 95% interval
 
+    @classmethod
+    def of(cls, times: list[float], batch_size: int, threads: int, backend: str) -> Latency:
+        """The latency of these timed runs (ms)."""
+        return cls(
+            batch_size,
+            statistics.median(times),
+            min(times),
+            len(times),
+            threads,
+            backend,
+            median_interval(times),
+        )
+
 
 # Where a forward pass can run on a CPU. torch has two convolution paths: oneDNN, and its own
 # (im2col + BLAS); oneDNN wins on big layers, but for the small layers of a pruned network its
@@ -288,9 +301,7 @@ def _latencies(
                     ]
                 del forwards
                 for i, (p, t) in enumerate(zip(plans, times)):
-                    result = Latency(
-                        p.batch_size, statistics.median(t), min(t), len(t), used, backend, median_interval(t)
-                    )
+                    result = Latency.of(t, p.batch_size, used, backend)
                     current = best[i]
                     if current is None or result.median_ms < current.median_ms:
                         best[i] = result
@@ -320,17 +331,7 @@ def _device_latencies(
                     synchronize(device)
 
                 t = _time_runs(forward, p.warmup, p.repeats)
-                out.append(
-                    Latency(
-                        p.batch_size,
-                        statistics.median(t),
-                        min(t),
-                        len(t),
-                        torch.get_num_threads(),
-                        f"torch-{device.type}",
-                        median_interval(t),
-                    )
-                )
+                out.append(Latency.of(t, p.batch_size, torch.get_num_threads(), f"torch-{device.type}"))
     finally:
         model.train(was_training).to(where)
     return out
@@ -367,15 +368,7 @@ def session_latency(
     times a network: the median of up to ``repeats`` runs after warm-up."""
     x = np.random.default_rng(0).random((batch_size, *input_shape), dtype=np.float32)
     times = _time_runs(partial(run_session, session, x), warmup, repeats)
-    return Latency(
-        batch_size,
-        statistics.median(times),
-        min(times),
-        len(times),
-        threads,
-        "onnxruntime",
-        median_interval(times),
-    )
+    return Latency.of(times, batch_size, threads, "onnxruntime")
 
 
 # Timing shares the CPU with whatever else runs: two torch processes on these 2 cores made

@@ -15,7 +15,7 @@ from autoprune.errors import AutoPruneError
 from autoprune.measure import layer_macs
 from autoprune.models import create_model
 from autoprune.names import derived_study_name
-from autoprune.search.spec import load_spec
+from autoprune.search.spec import SpaceSection, StudySection, load_spec
 from autoprune.workflow._models import BaseRequest, load_data
 from autoprune.workflow._search import DEFAULT_SPEC
 
@@ -93,10 +93,10 @@ def spec_text(
     width = max(len(r["layer"]) for r in layers)
     table = [
         f"#   {r['layer']:<{width}}  {r['position']:<10}  {r['outputs']:>6} out  {r['weights']:>10,} weights"
-        f"  {100 * r['macs_share']:5.1f}% of MACs"
-        + ("" if r["filters_pruned"] or r["position"] != "output" else "  (kept whole)")
+        f"  {100 * r['macs_share']:5.1f}% of MACs" + ("  (kept whole)" if r["position"] == "output" else "")
         for r in layers
     ]
+    study, space = StudySection(), SpaceSection()  # the defaults a spec without these keys gets
     return "\n".join(
         [
             f"# A study spec for {request.model} on {request.dataset} "
@@ -109,8 +109,9 @@ def spec_text(
             f"name = {q(name)}",
             f"storage = {q(storage)}",
             f"trials = {trials}",
-            'objectives = ["accuracy", "packed_bytes"]  # or "macs", "latency_ms", "compression_ratio"',
-            "max_acc_drop = 1.0  # the budget in validation points, judged on the drop's 90% upper bound",
+            f'objectives = {q(study.objectives)}  # or "macs", "latency_ms", "compression_ratio"',
+            f"max_acc_drop = {study.max_acc_drop}  # the budget in validation points, judged on the drop's "
+            f"{study.confidence:.0%} upper bound",
             "# the first trials: every layer's setting chosen from its sensitivity (probed alone,",
             "# without fine-tuning) for 1, 2, 4 and 8 times the budget of summed predicted drop",
             "warm_start = [1, 2, 4, 8]",
@@ -131,15 +132,18 @@ def spec_text(
             f'optimizer = "{request.train.optimizer}"',
             "",
             "[space]",
-            'structured = "per_layer"  # one filter ratio per conv below ("global": one for all; "off")',
-            "ratio = [0.0, 0.7]",
-            'magnitude = "per_layer"  # magnitude pruning: threshold = quality * the layer weights\' std',
-            "quality = [0.0, 2.5]",
-            "conv_bits = [4, 8]  # weight sharing: 2^bits shared values per layer",
-            "fc_bits = [2, 6]",
-            "finetune_epochs = [1, 3]",
-            "lr = [1e-4, 3e-3]",
-            "max_batches = 0  # batches per fine-tuning epoch of a trial (0: whole); finalize lifts it",
+            f"structured = {q(space.structured)}  # one filter ratio per conv below "
+            '("global": one for all; "off")',
+            f"ratio = {q(space.ratio)}",
+            f"magnitude = {q(space.magnitude)}  # magnitude pruning: threshold = quality * the "
+            "layer weights' std",
+            f"quality = {q(space.quality)}",
+            f"conv_bits = {q(space.conv_bits)}  # weight sharing: 2^bits shared values per layer",
+            f"fc_bits = {q(space.fc_bits)}",
+            f"finetune_epochs = {q(space.finetune_epochs)}",
+            f"lr = {q(space.lr)}",
+            f"max_batches = {space.max_batches}  # batches per fine-tuning epoch of a trial (0: whole); "
+            "finalize lifts it",
             "",
             "# The layers of this network (position, outputs, weights, share of the MACs). Convs whose",
             "# outputs are added (a residual block) or concatenated lose the same filters together;",
