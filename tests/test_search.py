@@ -603,6 +603,30 @@ def test_a_database_dropped_mid_run_is_one_line_and_exit_2(jobs: int, tmp_path: 
         admin.dispose()
 
 
+BARS = """
+import multiprocessing, os, sys
+multiprocessing.set_start_method("spawn")  # as in a worker, where semaphores are registered
+from autoprune.search import workers
+if sys.argv[1] == "worker":
+    workers.thread_lock_for_bars()
+workers.tqdm(total=1, disable=True)
+print(sum(f"-{os.getpid()}-" in f for f in os.listdir("/dev/shm")))
+"""
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm to list named semaphores in")
+def test_a_worker_makes_no_named_semaphore_for_its_bars() -> None:
+    """A named semaphore made by a worker's first bar while its heartbeat thread exits the
+    process leaks, and the resource tracker's warning follows the one error line (CI saw it)."""
+    made = {
+        kind: subprocess.run(
+            [sys.executable, "-c", BARS, kind], capture_output=True, text=True, check=True, cwd=REPO
+        ).stdout.split()[-1]
+        for kind in ("plain", "worker")
+    }
+    assert made == {"plain": "1", "worker": "0"}
+
+
 RACE = """
 import sys, time
 import optuna

@@ -146,6 +146,7 @@ def _worker_main(args: WorkerArgs) -> None:
     traceback; a heartbeat that meets a lost database ends the worker at once."""
     stop_on_signals()
     threading.excepthook = _worker_thread_hook
+    thread_lock_for_bars()
     torch.set_num_threads(args.threads)
     _relay_logs_to(args.logs)
     warnings.filterwarnings("ignore", module="torch_pruning")
@@ -175,6 +176,14 @@ def _worker_main(args: WorkerArgs) -> None:
     except AutoPruneError as e:
         print(f"autoprune search: worker {os.getpid()}: error: {e}", file=sys.stderr, flush=True)
         sys.exit(getattr(e, "exit_code", 2))
+
+
+def thread_lock_for_bars() -> None:
+    """A worker draws no bars, so tqdm's lock need not be its default, a named semaphore made at
+    the first bar (in a spawned process, registered with the resource tracker). Made while the
+    heartbeat thread exits the process, that one leaked, and the tracker's warning followed the
+    worker's one error line."""
+    tqdm.set_lock(threading.RLock())
 
 
 def _relay_logs_to(queue: Any) -> None:
