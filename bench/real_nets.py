@@ -7,6 +7,7 @@ One command per stage; every stage resumes (rows already written are skipped, st
     python bench/real_nets.py uniform  --network resnet20 --ratios 0.2 0.35 0.5 0.65
     python bench/real_nets.py tp       --network resnet20 --targets 1.5 2 3 4
     python bench/real_nets.py search   --network resnet20 --seed 0 --trials 20 [--objective latency]
+                                       [--structured ranked]
     python bench/real_nets.py pipeline --network resnet20 --seed 0
     python bench/real_nets.py report
 
@@ -20,7 +21,8 @@ Methods:
   magnitude importance), its ratio bisected to reach each MAC reduction target;
 - ``search``: autoprune's search of per-layer filter ratios (magnitude pruning and weight
   sharing off: MACs are what filters decide) on (accuracy, MACs) or (accuracy, latency_ms),
-  then ``finalize``;
+  then ``finalize``; with ``--structured ranked``, of one share of all filters ranked across
+  the network (the space's ``structured = "ranked"``);
 - ``pipeline``: the full Deep Compression pipeline on the search's pick (its filter ratios, then
   magnitude pruning, weight sharing and Huffman coding): the file a user ships.
 
@@ -63,6 +65,7 @@ from autoprune.measure import count_macs, cpu_sample, measure_latency, measure_m
 from autoprune.pipeline import compress
 from autoprune.search import TrialRecord, parse_storage
 from autoprune.search.setup import Inputs, load_inputs
+from autoprune.search.space import SpaceLayers, config_from_params
 from autoprune.search.spec import StudySpec, spec_from_dict
 from autoprune.train import TrainConfig, fit
 from autoprune.workflow import artifact_dir, finalize, search
@@ -94,10 +97,11 @@ def study_spec(args: argparse.Namespace, *, seed: int = 0, objective: str = "mac
     """The spec every method shares: data, base training and fine-tuning budget; its study
     section is the search's."""
     metric = {"macs": "macs", "latency": "latency_ms"}[objective]
+    ranked = "-ranked" if args.structured == "ranked" else ""
     return spec_from_dict(
         {
             "study": {
-                "name": f"{args.network}-{objective}-s{seed}",
+                "name": f"{args.network}-{objective}{ranked}-s{seed}",
                 "storage": f"sqlite:///{args.db}",
                 "trials": args.trials,
                 "seed": seed,
@@ -122,7 +126,7 @@ def study_spec(args: argparse.Namespace, *, seed: int = 0, objective: str = "mac
                 "batch_size": 128,
             },
             "space": {
-                "structured": "per_layer",
+                "structured": args.structured,
                 "ratio": [0.0, args.max_ratio],
                 "magnitude": "off",
                 "quantize": False,
@@ -311,7 +315,7 @@ def run_search(args: argparse.Namespace) -> None:
     inputs, base = base_of(args)
     spec = study_spec(args, seed=args.seed, objective=args.objective)
     info = parse_storage(spec.study.storage)
-    method = f"search ({args.objective})"
+    method = f"search ({method_label(args)})"
     started = time.perf_counter()
     search(spec, info, spec_dir=Path.cwd(), progress=not args.quiet)
     searched = time.perf_counter()
@@ -354,7 +358,7 @@ def run_pipeline(args: argparse.Namespace) -> None:
     weight sharing and Huffman coding at Deep Compression's settings."""
     inputs, base = base_of(args)
     spec = study_spec(args, seed=args.seed, objective=args.objective)
-    key = _key(args, f"pipeline ({args.objective})", None)
+    key = _key(args, f"pipeline ({method_label(args)})", None)
     if done(args.results, key):
         return
     study = optuna.load_study(study_name=spec.study.name, storage=spec.study.storage)
@@ -371,9 +375,8 @@ def run_pipeline(args: argparse.Namespace) -> None:
         append(args.results, {**key, "pick": None, "note": "no finalized search trial within 1 point"})
         return
     pick = finals[i]
-    ratios = {k.removeprefix("ratio_"): v for k, v in pick.params.items() if k.startswith("ratio_")}
     config = CompressConfig.of(
-        FilterPruneConfig(layers=ratios),
+        config_from_params(pick.params, spec.space, SpaceLayers.of(inputs.base)).structured,
         MagnitudeConfig(mode="quality", default=args.quality),
         finetune_config(args),
         ShareConfig(conv_bits=args.conv_bits, fc_bits=5, epochs=1, lr=args.lr / 10),
@@ -410,6 +413,11 @@ def _record(t: optuna.trial.FrozenTrial) -> TrialRecord:
     record = TrialRecord.from_attrs(t.user_attrs)
     assert record is not None, f"trial {t.number} has no record"
     return record
+
+
+def method_label(args: argparse.Namespace) -> str:
+    """The search's objective, and its space when not per-layer ratios."""
+    return args.objective + (f", {args.structured}" if args.structured != "per_layer" else "")
 
 
 def _key(args: argparse.Namespace, method: str, target: float | None) -> dict[str, Any]:
@@ -494,6 +502,12 @@ def main_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trial-epochs", type=int, default=1, help="fine-tuning epochs of a search trial")
     parser.add_argument("--trial-batches", type=int, default=100, help="batch cap per trial epoch (0: none)")
     parser.add_argument("--max-ratio", type=float, default=0.8)
+    parser.add_argument(
+        "--structured",
+        choices=["per_layer", "ranked"],
+        default="per_layer",
+        help="the search's filter space: a ratio per conv, or one share ranked across the network",
+    )
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.35, 0.5, 0.65])
     parser.add_argument("--targets", type=float, nargs="+", default=[1.5, 2.0, 3.0, 4.0])
     parser.add_argument("--seed", type=int, default=0)

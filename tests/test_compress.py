@@ -80,6 +80,33 @@ def test_structured_pruning_keeps_output_shape_and_channel_arithmetic(name: str)
         assert r.norms == sorted(r.norms, reverse=True) and max(r.normalised) == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("name", ["vgg", "resnet20", "mobilenetv2", BLOCKS])
+def test_global_ranking_removes_the_lowest_ranked_filters_of_the_whole_network(name: str) -> None:
+    spec = ModelSpec(name, 7, 3, (16, 16))
+    torch.manual_seed(0)
+    model = create_model(spec).eval()
+    records = prune_filters_(
+        model, FilterPruneConfig(ranking="global", default=0.4), torch.zeros(1, 3, 16, 16)
+    )
+    assert model(torch.randn(2, 3, 16, 16)).shape == (2, 7)
+    assert count_params(model) == expected_params(model)
+    assert not any(r.why for r in records)  # each conv lost the share the ranking gave it
+    assert all(r.removed <= 0.9 * (r.kept + r.removed) for r in records)  # no group emptied
+    if name == "vgg":  # a chain, nothing coupled: 40% of its filters, lowest norm / layer mean first
+        prunable = [r for r in records if r.kept + r.removed > 7]  # all but the classifier's
+        assert sum(r.removed for r in prunable) == int(0.4 * sum(r.kept + r.removed for r in prunable))
+        scores = [(torch.tensor(r.norms) / torch.tensor(r.norms).mean(), r.kept) for r in prunable]
+        assert max(s[k:].max() for s, k in scores if k < len(s)) <= min(s[:k].min() for s, k in scores)
+        assert len({r.removed for r in prunable}) > 1  # not the same share everywhere: ranked
+
+
+def test_global_ranking_takes_one_ratio() -> None:
+    with pytest.raises(RecipeError, match="one ratio"):
+        FilterPruneConfig(ranking="global", default=0.3, layers={"conv1": 0.2})
+    with pytest.raises(RecipeError, match="ranking"):
+        FilterPruneConfig(ranking="network", default=0.3)
+
+
 def test_lenet5_loses_exactly_the_removed_filters_and_their_inputs() -> None:
     model = create_model(ModelSpec("lenet5", 10, 1, (28, 28)))
     conv1 = model.conv1.weight.detach().clone()

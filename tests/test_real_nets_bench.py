@@ -53,3 +53,9 @@ def test_every_stage_runs_resumes_and_writes_its_rows(
     for stage in ("base", "uniform", "tp", "search", "pipeline"):
         real_nets.main([stage, *TINY, *paths])
     assert len((tmp_path / "rows.jsonl").read_text().splitlines()) == len(rows)
+    # the search of one share ranked across the network: its own study and rows
+    for stage in ("search", "pipeline"):
+        real_nets.main([stage, *TINY, *paths, "--structured", "ranked"])
+    ranked = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()[len(rows) :]]
+    assert ranked and {r["method"] for r in ranked} <= {"search (macs, ranked)", "pipeline (macs, ranked)"}
+    assert all(r["macs_ratio"] >= 1.0 for r in ranked if r.get("macs_ratio") is not None), ranked

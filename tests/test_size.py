@@ -118,6 +118,11 @@ def test_the_estimate_is_within_tolerance_of_real_files_on_every_built_in_model(
         CompressConfig.of(
             FilterPruneConfig(mode="threshold", default=0.9), MagnitudeConfig(default=0.5), name="threshold"
         ),
+        CompressConfig.of(
+            FilterPruneConfig(ranking="global", default=0.4),
+            MagnitudeConfig(default=1.0),
+            name="ranked",
+        ),
     ],
     ids=lambda c: c.name,
 )

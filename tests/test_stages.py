@@ -15,6 +15,7 @@ from torch import nn
 from autoprune.compress import (
     STAGES,
     CompressConfig,
+    FilterPruneConfig,
     PackError,
     load_packed,
     ordered_stages,
@@ -177,6 +178,22 @@ def test_the_space_asks_the_stages_and_lists_training_budgets_last() -> None:
     fixed = SpaceSection(stages={"lowrank": {"rank": [0.3]}})
     assert "lowrank_rank" not in distributions(fixed, layers)
     assert config_from_params({}, fixed, layers, seed=0).get("lowrank") == LowRankConfig(rank=0.3)
+
+
+def test_a_ranked_space_searches_one_share_of_all_filters() -> None:
+    model = create_model(SPEC)
+    layers = SpaceLayers.of(model)
+    space = SpaceSection(structured="ranked", magnitude="off", quantize=False)
+    dists = distributions(space, layers)
+    assert [n for n in dists if n not in ("finetune_epochs", "lr")] == ["ranked_ratio"]
+    config = config_from_params({"ranked_ratio": 0.4}, space, layers)
+    assert config.structured == FilterPruneConfig(ranking="global", default=0.4)
+    expected = {"ranked_ratio": 0.4, "finetune_epochs": 1, "lr": 1e-4}
+    assert recipe_params(config, dists, model) == expected
+    per_layer = config.replace(FilterPruneConfig(layers={"conv1": 0.5}))
+    assert "ranked_ratio" not in recipe_params(per_layer, dists, model)  # not expressible here
+    with pytest.raises(SpecError, match="'ranked'"):
+        SpaceSection(structured="ranks")
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import logging
 import struct
@@ -41,6 +42,8 @@ from autoprune.compress.structured import (
     _removed_count,
     channel_cuts,
     prune_filters_,
+    ranked_layer_ratios,
+    tp_share,
 )
 from autoprune.compress.unstructured import MagnitudeConfig, prune_magnitude_
 from autoprune.models import ModelSpec
@@ -126,6 +129,7 @@ class SizeModel:
             tuple[str, str, float], np.ndarray
         ] = {}  # (layer, mode, level) -> survivors sampled
         self._shares: dict[tuple[str, int], float] = {}  # (module, removed from its group) -> outputs kept
+        self._ranked: dict[tuple, dict[str, float]] = {}  # (share, criterion) -> per-conv shares
 
     def _read_groups(
         self, model: nn.Module, example: torch.Tensor, cuts: Cuts, *, ignored: list[nn.Module]
@@ -168,7 +172,7 @@ class SizeModel:
         lowest importance): as prune_filters_ hands ratios to torch-pruning (its prunable
         convs, the share rounded as it rounds) and as torch-pruning applies them (a group takes
         the ratio of its first module that has one)."""
-        s = config.structured
+        s = self._as_layer_ratios(config.structured)
         ratios = {}
         for name in self._prunable:
             channels = self._weights[name].shape[0]
@@ -178,7 +182,7 @@ class SizeModel:
                 value = float((norms / max(norms.max(), 1e-12) < value).mean())
             removed = _removed_count(channels, value, s.round_to)
             if removed:
-                ratios[name] = removed / channels
+                ratios[name] = tp_share(removed, channels)
         out = {}
         for g, (outs, channels, _) in enumerate(self._groups):
             ratio = next((ratios[m] for m in outs if m in ratios), 0.0)
@@ -186,6 +190,18 @@ class SizeModel:
             if n > 0:
                 out[g] = n
         return out
+
+    def _as_layer_ratios(self, config: FilterPruneConfig) -> FilterPruneConfig:
+        """A globally ranked config as the per-conv shares its ranking gives on the base (the
+        ranking reads only the base's weights and the graph: a config, a fixed answer)."""
+        if config.ranking == "layer":
+            return config
+        key = (config.default, config.criterion)
+        if key not in self._ranked:
+            example = torch.zeros(1, *self._input_shape)
+            self._ranked[key] = ranked_layer_ratios(copy.deepcopy(self._base).eval(), config, example)
+        layers = self._ranked[key]
+        return dataclasses.replace(config, ranking="layer", default=0.0, layers=layers)
 
     def _kept(self, module: str, dim: str, size: int, removed: dict[int, int]) -> np.ndarray:
         """Indices of a dimension that survive."""

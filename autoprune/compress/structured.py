@@ -35,7 +35,9 @@ from autoprune.compress.stage import (
     Stage,
     per_layer_params,
     per_layer_values,
+    ranged,
     register,
+    value,
 )
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,8 @@ class FilterPruneConfig:
     positions: dict[str, float] = field(default_factory=dict)  # by layer position (first_conv, conv)
     criterion: str = "l1"  # "l1" or "l2" norm of each filter's weights
     round_to: int = 1  # kept channels rounded to a multiple of this (hardware alignment)
+    ranking: str = "layer"  # "layer": each conv loses its own share (Li et al.); "global":
+    #   ``default`` is the share of all filters removed, ranked across the network (RankedImportance)
 
     def __post_init__(self) -> None:
         if self.mode not in ("ratio", "threshold"):
@@ -60,10 +64,17 @@ class FilterPruneConfig:
             raise RecipeError(f"structured criterion={self.criterion!r} should be 'l1' or 'l2'")
         if self.round_to < 1:
             raise RecipeError(f"structured round_to={self.round_to} should be >= 1")
+        if self.ranking not in ("layer", "global"):
+            raise RecipeError(f"structured ranking={self.ranking!r} should be 'layer' or 'global'")
+        if self.ranking == "global" and (self.mode != "ratio" or self.layers or self.positions):
+            raise RecipeError(
+                "structured ranking='global' takes one ratio (default) for the whole network: "
+                "no mode, layers or positions"
+            )
         check_positions(self.positions, "structured.positions")
-        for name, value in [("default", self.default), *self.layers.items(), *self.positions.items()]:
-            if not 0.0 <= value < 1.0:
-                raise RecipeError(f"structured {self.mode} for {name}={value} should be in [0, 1)")
+        for name, share in [("default", self.default), *self.layers.items(), *self.positions.items()]:
+            if not 0.0 <= share < 1.0:
+                raise RecipeError(f"structured {self.mode} for {name}={share} should be in [0, 1)")
 
     def value_for(self, name: str) -> float:
         return self.layers.get(name, self.default)
@@ -117,10 +128,28 @@ class FilterNormImportance(tp.importance.Importance):
         return total
 
 
+MAX_GROUP_SHARE = 0.9  # global ranking: no dependency group loses more of its channels
+_OUT_FNS = (tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels, tp.prune_linear_out_channels)
+
+
+class RankedImportance(FilterNormImportance):
+    """Global ranking across layers: each filter's norm over the mean norm of its group, so
+    that layers of different widths and fan-ins compare (as Torch-Pruning's global pruning
+    normalises its group magnitude)."""
+
+    @torch.no_grad()
+    def __call__(self, group: tp.Group) -> torch.Tensor | None:
+        norms = super().__call__(group)
+        return None if norms is None else norms / norms.mean().clamp_min(1e-12)
+
+
 def prune_filters_(
     model: nn.Module, config: FilterPruneConfig, example_input: torch.Tensor
 ) -> list[LayerNorms]:
     """Remove low-norm filters from ``model`` in place; returns each conv layer's norm record."""
+    if config.ranking == "global":  # the ranking decides each conv's share; pruned as asked so
+        layers = ranked_layer_ratios(model, config, example_input)
+        config = dataclasses.replace(config, ranking="layer", default=0.0, layers=layers)
     convs = conv_layers(model)
     check_layer_names(config.layers, convs, "structured.layers")
     keep_whole = output_layer(model)
@@ -145,7 +174,7 @@ def prune_filters_(
             ratio, why[name] = 0.0, f"{kind} conv: it follows the layer that feeds it"
         removed = _removed_count(conv.out_channels, ratio, config.round_to)
         if removed:
-            ratios[conv] = removed / conv.out_channels
+            ratios[conv] = tp_share(removed, conv.out_channels)
         records.append(
             LayerNorms(name, ordered.tolist(), normalised.tolist(), conv.out_channels - removed, removed)
         )
@@ -167,6 +196,49 @@ def prune_filters_(
         names = {m: n for n, m in convs.items()}
         why.update({names[m]: "torch-pruning's surgery failed on this network: left whole" for m in ratios})
     return _as_removed(records, conv_layers(model), asked, why, config.round_to)
+
+
+def ranked_layer_ratios(
+    model: nn.Module, config: FilterPruneConfig, example_input: torch.Tensor
+) -> dict[str, float]:
+    """Each conv's share of filters removed when ``config.default`` of all channels go, lowest
+    :class:`RankedImportance` first, no dependency group losing more than ``MAX_GROUP_SHARE``
+    of its channels (a threshold alone would empty the costliest group, which torch-pruning
+    then skips whole). Every conv whose filters a group holds gets the group's share."""
+    if not config.default:
+        return {}
+    keep_whole = output_layer(model)
+    cuts = channel_cuts(model, example_input)
+    ignored = [m for n, m in model.named_modules() if n == keep_whole or n in cuts.whole]
+    graph = tp.DependencyGraph().build_dependency(model, example_input, forward_fn=cuts.forward)
+    importance = RankedImportance(config.criterion)
+    groups, scores = [], []
+    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d]):
+        score = importance(group) if group[0].dep.handler in _OUT_FNS else None
+        if score is not None and len(score) > 1:
+            groups.append(group)
+            scores.append(score)
+    if not groups:
+        return {}
+    channels = [len(s) for s in scores]
+    caps = [min(n - 1, int(n * MAX_GROUP_SHARE)) for n in channels]
+    owners = torch.cat([torch.full((n,), g) for g, n in enumerate(channels)])
+    removed = [0] * len(groups)
+    left = int(sum(channels) * config.default)
+    for g in owners[torch.argsort(torch.cat(scores))].tolist():  # least important channel first
+        if left == 0:
+            break
+        if removed[g] < caps[g]:
+            removed[g] += 1
+            left -= 1
+    names = {m: n for n, m in conv_layers(model).items()}
+    return {
+        names[item.dep.target.module]: removed[g] / channels[g]
+        for g, group in enumerate(groups)
+        if removed[g]
+        for item in group
+        if item.dep.handler in _OUT_FNS and item.dep.target.module in names
+    }
 
 
 def _as_removed(
@@ -340,8 +412,15 @@ def _mixes_channels(func: Any, x: torch.Tensor, out: torch.Tensor, args: tuple) 
     return False
 
 
+def tp_share(removed: int, channels: int) -> float:
+    """The ratio to hand torch-pruning for ``removed`` of ``channels``. It keeps
+    ``int(channels * (1 - ratio))``: half a channel short of ``removed / channels`` lands on
+    ``removed`` whatever the float rounding (96 * (1 - 86/96) is 9.999..., one channel too many)."""
+    return (removed - 0.5) / channels
+
+
 def _removed_count(channels: int, ratio: float, round_to: int) -> int:
-    kept = channels - int(math.floor(channels * ratio))
+    kept = channels - int(math.floor(channels * ratio + 1e-9))  # a share of n/channels is n
     if round_to > 1:
         kept = max(round_to, int(math.ceil(kept / round_to)) * round_to)
     return max(0, min(channels - 1, channels - kept))
@@ -360,15 +439,21 @@ class FilterPruning(Stage):
         run.norms = prune_filters_(model, config, run.example)
 
     def params(self, space: Any, layers: SpaceLayers) -> list[Param]:
+        if space.structured == "ranked":
+            return ranged("ranked_ratio", space.ratio) if layers.conv else []
         return per_layer_params(space.structured, "ratio", space.ratio, layers.conv)
 
     def from_params(
         self, params: dict[str, Any], space: Any, layers: SpaceLayers, *, seed: int = 0
     ) -> FilterPruneConfig:
+        if space.structured == "ranked":
+            return FilterPruneConfig(ranking="global", default=value(params, "ranked_ratio", space.ratio))
         ratios = per_layer_values(params, space.structured, "ratio", space.ratio, layers.conv)
         return FilterPruneConfig(mode="ratio", layers=ratios)
 
     def to_params(self, config: FilterPruneConfig, names: Sequence[str], base: nn.Module) -> dict[str, Any]:
+        if config.ranking == "global":
+            return {"ranked_ratio": config.default} if "ranked_ratio" in names else {}
         if config.mode != "ratio":
             return {}
         return {

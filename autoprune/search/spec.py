@@ -83,7 +83,9 @@ class SpaceSection:
     """The search space. A [low, high] pair is a range, one value fixes the parameter, a list
     of names (init) is a choice."""
 
-    structured: str = "per_layer"  # filter-pruning ratios: "per_layer", "global" or "off"
+    # filter pruning: "per_layer" (a ratio per conv), "global" (one ratio for every conv),
+    # "ranked" (one share of all filters, ranked across the network) or "off"
+    structured: str = "per_layer"
     ratio: list[float] = field(default_factory=lambda: [0.0, 0.7])
     magnitude: str = "per_layer"  # magnitude-pruning quality: "per_layer", "global" or "off"
     quality: list[float] = field(default_factory=lambda: [0.0, 2.5])  # threshold = quality * std
@@ -114,11 +116,12 @@ class SpaceSection:
             if name not in STAGES:
                 raise SpecError(f"space.stages.{str(name)[:50]}: no such stage; stages: {', '.join(STAGES)}")
             self.stage(name)  # checked now, not at the first trial
-        for key in ("structured", "magnitude"):
-            if getattr(self, key) not in ("per_layer", "global", "off"):
-                raise SpecError(
-                    f"space.{key}={getattr(self, key)!r} should be 'per_layer', 'global' or 'off'"
-                )
+        if self.structured not in ("per_layer", "global", "ranked", "off"):
+            raise SpecError(
+                f"space.structured={self.structured!r} should be 'per_layer', 'global', 'ranked' or 'off'"
+            )
+        if self.magnitude not in ("per_layer", "global", "off"):
+            raise SpecError(f"space.magnitude={self.magnitude!r} should be 'per_layer', 'global' or 'off'")
         _range("space.ratio", self.ratio, 0.0, 0.95)
         _range("space.quality", self.quality, 0.0, 10.0)
         _range("space.conv_bits", self.conv_bits, 1, 16)

@@ -133,7 +133,8 @@ def spec_text(
             "",
             "[space]",
             f"structured = {q(space.structured)}  # one filter ratio per conv below "
-            '("global": one for all; "off")',
+            '("global": one for all; "ranked": one share of all filters, ranked across the '
+            'network; "off")',
             f"ratio = {q(space.ratio)}",
             f"magnitude = {q(space.magnitude)}  # magnitude pruning: threshold = quality * the "
             "layer weights' std",
