@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from autoprune.cli._search import best_line
+from autoprune.search.spec import load_spec
 from autoprune.workflow import command_prefix
 from tests.conftest import REPO, images
 from tests.workspace import call, copy_study
@@ -145,6 +146,7 @@ def test_init_writes_a_spec_for_your_model_that_a_search_accepts(
     for layer in r["layers"]:  # listed in the spec, for the user to read
         assert f"#   {layer['layer']} " in text
     assert 'baselines = ["recipes/deep-compression.toml", "recipes/uniform-l1.toml"]' in text
+    assert 'structured = "per_layer"' in text  # two convs: a ratio each
     code, out, err = call(["search", "studies/own.toml", "--trials", "3", "--quiet", "--json"], capsys)
     assert code == 0, err
     searched = json.loads(out)
@@ -152,6 +154,16 @@ def test_init_writes_a_spec_for_your_model_that_a_search_accepts(
     assert sorted(b["recipe"] for b in searched["baselines"]) == ["deep-compression", "uniform-l1"]
     code, _, err = call(["init", "studies/own.toml", *flags], capsys)  # never overwritten
     assert code == 2 and "exists" in err and len(err.strip().splitlines()) == 1
+
+
+def test_init_ranks_the_filters_of_a_network_with_many_convs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, err = call(["init", "r.toml", "--model", "resnet20", "--dataset", "digits"], capsys)
+    assert code == 0, err
+    assert 'structured = "ranked"  # one share of all 21 convs' in (tmp_path / "r.toml").read_text()
+    assert load_spec(tmp_path / "r.toml").space.structured == "ranked"
 
 
 def test_a_speed_floor_and_a_slower_best_are_said(

@@ -164,10 +164,10 @@ class LayerView:
             magnitude = 1.0 - size.nonzero / max(size.weights, 1)  # of the weights structured pruning kept
             bits = min(q.bits_for(name, self.sizes.module(name)), 16) if q.enabled else 16
             s = self.sensitivity
-            # the ratio asked (the share removed only for a norm threshold): as the allocator counts it
-            asked = (
-                config.structured.value_for(name) if config.structured.mode == "ratio" else filters_removed
-            )
+            # the ratio asked (the share removed for a norm threshold or a global ranking, whose
+            # asks are the shares removed): as the allocator counts it
+            per_layer = config.structured.mode == "ratio" and config.structured.ranking == "layer"
+            asked = config.structured.value_for(name) if per_layer else filters_removed
             ratio = 0.0 if name in self._followers else asked
             rows.append(
                 [
