@@ -97,7 +97,9 @@ def study_spec(args: argparse.Namespace, *, seed: int = 0, objective: str = "mac
     """The spec every method shares: data, base training and fine-tuning budget; its study
     section is the search's."""
     metric = {"macs": "macs", "latency": "latency_ms"}[objective]
-    ranked = "-ranked" if args.structured == "ranked" else ""
+    ranked = ("-ranked" if args.structured == "ranked" else "") + (
+        f"-r{args.round_to}" if args.round_to > 1 else ""
+    )
     return spec_from_dict(
         {
             "study": {
@@ -127,6 +129,7 @@ def study_spec(args: argparse.Namespace, *, seed: int = 0, objective: str = "mac
             },
             "space": {
                 "structured": args.structured,
+                "round_to": args.round_to,
                 "ratio": [0.0, args.max_ratio],
                 "magnitude": "off",
                 "quantize": False,
@@ -417,7 +420,9 @@ def _record(t: optuna.trial.FrozenTrial) -> TrialRecord:
 
 def method_label(args: argparse.Namespace) -> str:
     """The search's objective, and its space when not per-layer ratios."""
-    return args.objective + (f", {args.structured}" if args.structured != "per_layer" else "")
+    space = [args.structured] if args.structured != "per_layer" else []
+    space += [f"round_to {args.round_to}"] if args.round_to > 1 else []
+    return ", ".join([args.objective, *space])
 
 
 def _key(args: argparse.Namespace, method: str, target: float | None) -> dict[str, Any]:
@@ -502,6 +507,9 @@ def main_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trial-epochs", type=int, default=1, help="fine-tuning epochs of a search trial")
     parser.add_argument("--trial-batches", type=int, default=100, help="batch cap per trial epoch (0: none)")
     parser.add_argument("--max-ratio", type=float, default=0.8)
+    parser.add_argument(
+        "--round-to", type=int, default=1, help="the search's filters kept in multiples of this"
+    )
     parser.add_argument(
         "--structured",
         choices=["per_layer", "ranked"],

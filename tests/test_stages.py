@@ -183,11 +183,11 @@ def test_the_space_asks_the_stages_and_lists_training_budgets_last() -> None:
 def test_a_ranked_space_searches_one_share_of_all_filters() -> None:
     model = create_model(SPEC)
     layers = SpaceLayers.of(model)
-    space = SpaceSection(structured="ranked", magnitude="off", quantize=False)
+    space = SpaceSection(structured="ranked", magnitude="off", quantize=False, round_to=8)
     dists = distributions(space, layers)
     assert [n for n in dists if n not in ("finetune_epochs", "lr")] == ["ranked_ratio"]
     config = config_from_params({"ranked_ratio": 0.4}, space, layers)
-    assert config.structured == FilterPruneConfig(ranking="global", default=0.4)
+    assert config.structured == FilterPruneConfig(ranking="global", default=0.4, round_to=8)
     expected = {"ranked_ratio": 0.4, "finetune_epochs": 1, "lr": 1e-4}
     assert recipe_params(config, dists, model) == expected
     per_layer = config.replace(FilterPruneConfig(layers={"conv1": 0.5}))

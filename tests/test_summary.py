@@ -156,7 +156,7 @@ def test_init_writes_a_spec_for_your_model_that_a_search_accepts(
     assert code == 2 and "exists" in err and len(err.strip().splitlines()) == 1
 
 
-def test_init_ranks_the_filters_of_a_network_with_many_convs(
+def test_init_ranks_many_convs_and_aligns_depthwise_networks(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
@@ -164,6 +164,10 @@ def test_init_ranks_the_filters_of_a_network_with_many_convs(
     assert code == 0, err
     assert 'structured = "ranked"  # one share of all 21 convs' in (tmp_path / "r.toml").read_text()
     assert load_spec(tmp_path / "r.toml").space.structured == "ranked"
+    assert load_spec(tmp_path / "r.toml").space.round_to == 1
+    code, _, err = call(["init", "m.toml", "--model", "mobilenetv2", "--dataset", "digits"], capsys)
+    assert code == 0, err
+    assert load_spec(tmp_path / "m.toml").space.round_to == 8  # depthwise convs: aligned widths
 
 
 def test_a_speed_floor_and_a_slower_best_are_said(

@@ -447,9 +447,10 @@ class FilterPruning(Stage):
         self, params: dict[str, Any], space: Any, layers: SpaceLayers, *, seed: int = 0
     ) -> FilterPruneConfig:
         if space.structured == "ranked":
-            return FilterPruneConfig(ranking="global", default=value(params, "ranked_ratio", space.ratio))
+            share = value(params, "ranked_ratio", space.ratio)
+            return FilterPruneConfig(ranking="global", default=share, round_to=space.round_to)
         ratios = per_layer_values(params, space.structured, "ratio", space.ratio, layers.conv)
-        return FilterPruneConfig(mode="ratio", layers=ratios)
+        return FilterPruneConfig(mode="ratio", layers=ratios, round_to=space.round_to)
 
     def to_params(self, config: FilterPruneConfig, names: Sequence[str], base: nn.Module) -> dict[str, Any]:
         if config.ranking == "global":

@@ -87,6 +87,7 @@ class SpaceSection:
     # "ranked" (one share of all filters, ranked across the network) or "off"
     structured: str = "per_layer"
     ratio: list[float] = field(default_factory=lambda: [0.0, 0.7])
+    round_to: int = 1  # kept filters rounded to a multiple of this (8: aligned for vector units)
     magnitude: str = "per_layer"  # magnitude-pruning quality: "per_layer", "global" or "off"
     quality: list[float] = field(default_factory=lambda: [0.0, 2.5])  # threshold = quality * std
     quantize: bool = True  # weight sharing in every trial (false: weights stay float32, no bits searched)
@@ -131,6 +132,8 @@ class SpaceSection:
         _range("space.quant_epochs", self.quant_epochs, 0, 1000)
         if not self.init or any(i not in INITS for i in self.init) or len(set(self.init)) != len(self.init):
             raise SpecError(f"space.init={self.init} should be distinct names among {', '.join(INITS)}")
+        if not 1 <= self.round_to <= 1024:
+            raise SpecError(f"space.round_to={self.round_to} should be in 1..1024")
         if not 0 <= self.max_batches <= 10**7:
             raise SpecError(f"space.max_batches={self.max_batches} should be in 0..10000000")
 

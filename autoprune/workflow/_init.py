@@ -61,23 +61,36 @@ def layer_rows(model: Any, input_shape: tuple[int, int, int]) -> list[dict[str, 
             "weights": layer.weight.numel(),
             "macs_share": macs.get(name, 0) / total,
             "filters_pruned": name in convs and name != out,
+            "grouped": name in convs and convs[name].groups > 1,  # depthwise or grouped
         }
         for name, layer in weight_layers(model).items()
     ]
 
 
-def structured_lines(layers: list[dict[str, Any]], space: SpaceSection) -> list[str]:
-    """The space's filter-pruning mode: a ratio per conv for a few convs, one ranked share for many."""
+def structured_lines(layers: list[dict[str, Any]]) -> list[str]:
+    """The space's filter pruning: a ratio per conv for a few convs, one ranked share for many;
+    kept filters in multiples of 8 for a network with depthwise or grouped convs."""
     convs = sum(r["filters_pruned"] for r in layers)
     if convs <= RANKED_FROM:
-        return [
+        mode = [
             'structured = "per_layer"  # one filter ratio per conv below ("ranked": one share of all '
             'filters, ranked across the network; "global": one ratio for all; "off")'
         ]
+    else:
+        mode = [
+            f'structured = "ranked"  # one share of all {convs} convs\' filters, ranked across the network',
+            '#   (lowest norm over its layer\'s mean first); "per_layer" searches a ratio per conv, which',
+            "#   a short search spreads thin over this many; docs/search.md",
+        ]
+    if any(r["grouped"] for r in layers):
+        return [
+            *mode,
+            "round_to = 8  # kept filters in multiples of 8: MobileNetV2 pruned to any width ran at 0.6x",
+            "#   the base's speed at batch 1 (ONNX Runtime), aligned at 1.1x (BENCHMARKS.md, issue 27)",
+        ]
     return [
-        f'structured = "ranked"  # one share of all {convs} convs\' filters, ranked across the network',
-        '#   (lowest norm over its layer\'s mean first); "per_layer" searches a ratio per conv, which',
-        "#   a short search spreads thin over this many; docs/search.md",
+        *mode,
+        "round_to = 1  # kept filters rounded to a multiple of this (8 aligns them for vector units)",
     ]
 
 
@@ -150,7 +163,7 @@ def spec_text(
             f'optimizer = "{request.train.optimizer}"',
             "",
             "[space]",
-            *structured_lines(layers, space),
+            *structured_lines(layers),
             f"ratio = {q(space.ratio)}",
             f"magnitude = {q(space.magnitude)}  # magnitude pruning: threshold = quality * the "
             "layer weights' std",
