@@ -9,6 +9,7 @@ One command per stage; every stage resumes (rows already written are skipped, st
     python bench/real_nets.py search   --network resnet20 --seed 0 --trials 20 [--objective latency]
                                        [--structured ranked]
     python bench/real_nets.py pipeline --network resnet20 --seed 0
+    python bench/real_nets.py speed    --network resnet20 --seed 0   # every network timed again, together
     python bench/real_nets.py report
 
 Every method starts from the same base (the spec's, trained once and cached) and is fine-tuned
@@ -443,6 +444,71 @@ def best_within(rows: list[dict[str, Any]], budget: float) -> float | None:
     return max(ok, default=None)
 
 
+def run_speed(args: argparse.Namespace) -> None:
+    """Every uniform and Torch-Pruning row's network, and this search's finalized trials and
+    pipeline, timed again in one sitting beside the base: ``--rounds`` interleaved rounds, each
+    backend's median over them (a speed-up against a base timed in another sitting moves with
+    the machine: the same base read 0.35 and 0.57 ms in two). Weights do not change the time,
+    so uniform and Torch-Pruning networks are pruned again without fine-tuning (the same widths)."""
+    inputs, base = base_of(args)
+    shape, example = inputs.splits.input_shape, torch.zeros(1, *inputs.splits.input_shape)
+    models: dict[str, tuple[dict[str, Any], nn.Module]] = {"base": ({"method": "base"}, inputs.base)}
+    for r in read_rows(args.results):
+        if r["network"] != args.network or r.get("train_limit") != args.train_limit:
+            continue
+        if r["method"] == "uniform":
+            model = copy.deepcopy(inputs.base)
+            prune_filters_(model, FilterPruneConfig(default=r["target"]), example)
+            models[f"uniform {r['target']}"] = (r, model)
+        elif r["method"] == "torch-pruning":
+            models[f"torch-pruning {r['target']}x"] = (r, tp_pruned(inputs.base, example, r["tp_ratio"]))
+    spec = study_spec(args, seed=args.seed, objective=args.objective)
+    label = method_label(args)
+    for r in read_rows(args.results):
+        if r["network"] == args.network and r.get("seed") == args.seed and r.get("macs_ratio"):
+            if r["method"] == f"search ({label})":
+                study = optuna.load_study(study_name=spec.study.name, storage=spec.study.storage)
+                models[f"search trial {r['trial']}"] = (
+                    r,
+                    finalized_model(study.trials[r["trial"]], spec, inputs, args),
+                )
+            elif r["method"] == f"pipeline ({label})":
+                path = args.db.parent / f"{spec.study.name}-pipeline.apk"
+                models["pipeline"] = (r, load_packed(path, model=args.network)[0])
+    before = cpu_sample()
+    times: dict[str, list[dict[str, float]]] = {k: [] for k in models}
+    for _ in range(args.rounds):
+        for name, (_, model) in models.items():
+            times[name].append(backend_latencies(model, shape, args.latency_repeats))
+    load = other_load(before, cpu_sample())
+    medians = {k: {b: statistics.median(t[b] for t in runs) for b in runs[0]} for k, runs in times.items()}
+    out = args.results.with_suffix(".speed.json")
+    stored = json.loads(out.read_text()) if out.exists() else {}
+    stored[f"{args.network} {label} seed {args.seed}"] = {
+        "other_load": load,
+        "rounds": args.rounds,
+        "rows": [
+            {
+                "what": name,
+                "method": row["method"],
+                "macs_ratio": row.get("macs_ratio", 1.0),
+                "test_drop": row.get("test_drop", 0.0),
+                "latency_ms": medians[name],
+                "speedup_b1": best_speedup(medians["base"], medians[name], "b1"),
+                "speedup_b32": best_speedup(medians["base"], medians[name], "b32"),
+            }
+            for name, (row, _) in models.items()
+        ],
+    }
+    out.write_text(json.dumps(stored, indent=1) + "\n")
+    for r in stored[f"{args.network} {label} seed {args.seed}"]["rows"]:
+        print(
+            json.dumps(
+                {k: round(v, 3) if isinstance(v, float) else v for k, v in r.items() if k != "latency_ms"}
+            )
+        )
+
+
 def run_report(args: argparse.Namespace) -> None:
     rows = [r for r in read_rows(args.results) if r["method"] != "base" and r.get("macs_ratio")]
     summary = []
@@ -496,7 +562,7 @@ def main_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("stage", choices=["base", "uniform", "tp", "search", "pipeline", "report"])
+    parser.add_argument("stage", choices=["base", "uniform", "tp", "search", "pipeline", "speed", "report"])
     parser.add_argument("--network", default="resnet20")
     parser.add_argument("--data", default="fashion-mnist")
     parser.add_argument("--train-limit", type=int, default=0, help="first N training images (0: all)")
@@ -542,6 +608,7 @@ def main_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quality", type=float, default=1.0, help="the pipeline's magnitude threshold / std")
     parser.add_argument("--conv-bits", type=int, default=6)
     parser.add_argument("--latency-repeats", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3, help="speed: interleaved rounds of timing")
     parser.add_argument("--db", type=Path, default=Path("bench/results/real_nets.db"))
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -560,6 +627,7 @@ def main(argv: list[str] | None = None) -> None:
         "tp": run_tp,
         "search": run_search,
         "pipeline": run_pipeline,
+        "speed": run_speed,
         "report": run_report,
     }[args.stage](args)
 

@@ -59,3 +59,9 @@ def test_every_stage_runs_resumes_and_writes_its_rows(
     ranked = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()[len(rows) :]]
     assert ranked and {r["method"] for r in ranked} <= {"search (macs, ranked)", "pipeline (macs, ranked)"}
     assert all(r["macs_ratio"] >= 1.0 for r in ranked if r.get("macs_ratio") is not None), ranked
+    # every network timed again beside the base, in one sitting
+    real_nets.main(["speed", *TINY, *paths, "--structured", "ranked", "--rounds", "2"])
+    timed = json.loads((tmp_path / "rows.speed.json").read_text())["resnet20 macs, ranked seed 0"]["rows"]
+    assert timed[0]["what"] == "base" and timed[0]["speedup_b1"] == 1.0
+    assert {r["method"] for r in timed} >= {"uniform", "torch-pruning", "search (macs, ranked)"}
+    assert all(r["speedup_b1"] > 0 and r["speedup_b32"] > 0 for r in timed)
