@@ -452,7 +452,10 @@ def run_speed(args: argparse.Namespace) -> None:
     so uniform and Torch-Pruning networks are pruned again without fine-tuning (the same widths)."""
     inputs, base = base_of(args)
     shape, example = inputs.splits.input_shape, torch.zeros(1, *inputs.splits.input_shape)
-    models: dict[str, tuple[dict[str, Any], nn.Module]] = {"base": ({"method": "base"}, inputs.base)}
+    models: dict[str, tuple[dict[str, Any], nn.Module]] = {
+        "base": ({"method": "base"}, inputs.base),
+        "base again": ({"method": "base"}, copy.deepcopy(inputs.base)),  # the timing's own noise
+    }
     for r in read_rows(args.results):
         if r["network"] != args.network or r.get("train_limit") != args.train_limit:
             continue
