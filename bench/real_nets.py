@@ -49,6 +49,7 @@ import optuna
 import torch
 import torch_pruning as tp
 from matplotlib.figure import Figure
+from matplotlib.ticker import ScalarFormatter
 from torch import nn
 
 from autoprune.compress import (
@@ -546,12 +547,16 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
             ax.plot(
                 [r["macs_ratio"] for r in mine],
                 [r["test_drop"] for r in mine],
-                "o-" if not method.startswith("search") else "o",
+                "o-"
+                if method in ("uniform", "torch-pruning")
+                else ("s" if method.startswith("pipeline") else "o"),
                 label=method,
             )
         for budget in BUDGETS:
             ax.axhline(budget, linestyle="--", color="grey", linewidth=0.8)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(ScalarFormatter())
         ax.set_xlabel("MAC reduction (x, log)")
         ax.set_ylabel("test drop (points)")
         ax.set_title(network)
