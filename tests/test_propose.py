@@ -126,6 +126,18 @@ def test_coupled_layers_are_one_knob_and_take_one_ratio(residual_net) -> None:
     assert any(p.params[f"ratio_{parts[0][0]}"] > 0 for p in proposals)
 
 
+def test_a_ranked_space_gets_one_structured_knob_and_proposes_shares(residual_net) -> None:
+    base, sizes, sensitivity = residual_net
+    space = SpaceSection(
+        structured="ranked", ratio=[0.0, 0.5], quality=[0.0, 2.0], conv_bits=[4, 6], fc_bits=[3, 5]
+    )
+    allocator = Allocator(base, SPEC, space, sensitivity, sizes=sizes)
+    assert [k.params for k in allocator.knobs if "ratio" in k.params[0]] == [("ranked_ratio",)]
+    proposals = allocator.propose([2.0, 32.0])
+    assert proposals and all(0.0 <= p.params["ranked_ratio"] <= 0.5 for p in proposals)
+    assert any(p.params["ranked_ratio"] > 0 for p in proposals)
+
+
 def test_the_residual_surrogate_with_no_trial_is_the_allocators_prior(residual_net) -> None:
     base, sizes, sensitivity = residual_net
     space = SpaceSection(ratio=[0.0, 0.5], quality=[0.0, 2.0], conv_bits=[4, 6], fc_bits=[3, 5])

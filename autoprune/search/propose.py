@@ -99,6 +99,8 @@ class Allocator:
             return [Knob(tuple(f"ratio_{n}" for n in part), values, d) for part, d in zip(parts, damage)]
         if space.structured == "global" and "ratio" in self.dists:
             return [Knob(("ratio",), values, np.sum(damage, axis=0))]
+        if space.structured == "ranked" and "ranked_ratio" in self.dists:  # as if every layer lost that share
+            return [Knob(("ranked_ratio",), values, np.sum(damage, axis=0))]
         return []
 
     def _magnitude_knobs(self) -> list[Knob]:
