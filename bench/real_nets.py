@@ -99,13 +99,13 @@ def study_spec(args: argparse.Namespace, *, seed: int = 0, objective: str = "mac
     """The spec every method shares: data, base training and fine-tuning budget; its study
     section is the search's."""
     metric = {"macs": "macs", "latency": "latency_ms"}[objective]
-    ranked = ("-ranked" if args.structured == "ranked" else "") + (
+    variant = ("-ranked" if args.structured == "ranked" else "") + (
         f"-r{args.round_to}" if args.round_to > 1 else ""
     )
     return spec_from_dict(
         {
             "study": {
-                "name": f"{args.network}-{objective}{ranked}-s{seed}",
+                "name": f"{args.network}-{objective}{variant}-s{seed}",
                 "storage": f"sqlite:///{args.db}",
                 "trials": args.trials,
                 "seed": seed,
@@ -348,6 +348,10 @@ def run_search(args: argparse.Namespace) -> None:
         append(args.results, {**row, "wall_s": t.user_attrs.get("trial_s"), **timing})
 
 
+def pipeline_path(args: argparse.Namespace, spec: StudySpec) -> Path:
+    return args.db.parent / f"{spec.study.name}-pipeline.apk"
+
+
 def finalized_model(
     t: optuna.trial.FrozenTrial, spec: StudySpec, inputs: Inputs, args: argparse.Namespace
 ) -> nn.Module:
@@ -389,7 +393,7 @@ def run_pipeline(args: argparse.Namespace) -> None:
     )
     started = time.perf_counter()
     metrics = measure_model(inputs.base, inputs.splits, latency=False)
-    out = args.db.parent / f"{spec.study.name}-pipeline.apk"
+    out = pipeline_path(args, spec)
     result = compress(
         inputs.base,
         inputs.model_spec,
@@ -457,6 +461,9 @@ def run_speed(args: argparse.Namespace) -> None:
         "base": ({"method": "base"}, inputs.base),
         "base again": ({"method": "base"}, copy.deepcopy(inputs.base)),  # the timing's own noise
     }
+    spec = study_spec(args, seed=args.seed, objective=args.objective)
+    label = method_label(args)
+    study = None  # loaded once, at the first search row
     for r in read_rows(args.results):
         if r["network"] != args.network or r.get("train_limit") != args.train_limit:
             continue
@@ -466,19 +473,14 @@ def run_speed(args: argparse.Namespace) -> None:
             models[f"uniform {r['target']}"] = (r, model)
         elif r["method"] == "torch-pruning":
             models[f"torch-pruning {r['target']}x"] = (r, tp_pruned(inputs.base, example, r["tp_ratio"]))
-    spec = study_spec(args, seed=args.seed, objective=args.objective)
-    label = method_label(args)
-    for r in read_rows(args.results):
-        if r["network"] == args.network and r.get("seed") == args.seed and r.get("macs_ratio"):
-            if r["method"] == f"search ({label})":
-                study = optuna.load_study(study_name=spec.study.name, storage=spec.study.storage)
-                models[f"search trial {r['trial']}"] = (
-                    r,
-                    finalized_model(study.trials[r["trial"]], spec, inputs, args),
-                )
-            elif r["method"] == f"pipeline ({label})":
-                path = args.db.parent / f"{spec.study.name}-pipeline.apk"
-                models["pipeline"] = (r, load_packed(path, model=args.network)[0])
+        elif r.get("seed") != args.seed or not r.get("macs_ratio"):
+            continue
+        elif r["method"] == f"search ({label})":
+            study = study or optuna.load_study(study_name=spec.study.name, storage=spec.study.storage)
+            trial = study.trials[r["trial"]]
+            models[f"search trial {r['trial']}"] = (r, finalized_model(trial, spec, inputs, args))
+        elif r["method"] == f"pipeline ({label})":
+            models["pipeline"] = (r, load_packed(pipeline_path(args, spec), model=args.network)[0])
     before = cpu_sample()
     times: dict[str, list[dict[str, float]]] = {k: [] for k in models}
     for _ in range(args.rounds):

@@ -90,6 +90,7 @@ class SizeModel:
         input_shape = (spec.in_channels, *spec.image_size)
         self._base, self._spec, self._input_shape = base, spec, input_shape
         model = copy.deepcopy(base).eval()
+        self._eval_copy = model  # read, never changed: what a global ranking reads
         example = torch.zeros(1, *input_shape)
         self._layers = weight_layers(model)
         out = output_layer(model)
@@ -199,7 +200,7 @@ class SizeModel:
         key = (config.default, config.criterion)
         if key not in self._ranked:
             example = torch.zeros(1, *self._input_shape)
-            self._ranked[key] = ranked_layer_ratios(copy.deepcopy(self._base).eval(), config, example)
+            self._ranked[key] = ranked_layer_ratios(self._eval_copy, config, example)
         layers = self._ranked[key]
         return dataclasses.replace(config, ranking="layer", default=0.0, layers=layers)
 
