@@ -116,6 +116,7 @@ def compress(
         meta=meta,
         resume=resume,
         keep=keep,
+        teacher=base,
     )
     stages = config.items()
     timings = dict.fromkeys([*(stage.timing for stage, _ in stages), "finetune_s", "eval_s"], 0.0)

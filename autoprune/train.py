@@ -48,6 +48,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_batches: int | None = None  # cap on batches per epoch, for cheap trials
     amp: str = "off"  # mixed precision for the forward pass: "off", "bf16" or "fp16" (with loss scaling)
+    # Fine-tuning only: the weight of distillation from the network before compression (its
+    # softened outputs as targets, Hinton et al.) against the labels' cross-entropy; 0: labels only.
+    distill: float = 0.0
+    temperature: float = 4.0  # the distillation's softening temperature
 
     def __post_init__(self) -> None:
         if self.amp not in AMP:
@@ -64,6 +68,10 @@ class TrainConfig:
             raise ConfigError(f"optimizer={self.optimizer!r} should be 'adam' or 'sgd'")
         if self.max_batches is not None and not 1 <= self.max_batches <= 10**7:
             raise ConfigError(f"max_batches={self.max_batches} should be in 1..10000000 or None")
+        if not 0 <= self.distill <= 1:
+            raise ConfigError(f"distill={self.distill} should be a weight in [0, 1]")
+        if not (0 < self.temperature <= 100 and math.isfinite(self.temperature)):
+            raise ConfigError(f"temperature={self.temperature} should be in (0, 100]")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,6 +128,7 @@ def fit(
     after_step: Callable[[], None] | None = None,
     progress: bool = True,
     desc: str = "train",
+    teacher: nn.Module | None = None,
 ) -> list[float]:
     """Train ``model`` in place on the training split; returns validation accuracy per epoch.
 
@@ -127,6 +136,7 @@ def fit(
     moved there, and leaves the model on the CPU. ``after_step`` runs after every optimiser
     step (fine-tuning uses it to keep pruned weights at zero). A non-finite or exploding loss
     raises :class:`DivergedError`; a Ctrl-C (:mod:`autoprune.stop`) stops at the end of a batch.
+    ``teacher``: the network the model was compressed from, which ``config.distill`` learns from.
     """
     return fit_resumable(
         model,
@@ -137,6 +147,7 @@ def fit(
         after_step=after_step,
         progress=progress,
         desc=desc,
+        teacher=teacher,
     )[0]
 
 
@@ -153,6 +164,7 @@ def fit_resumable(
     resume: TrainState | None = None,
     until: int | None = None,
     new_schedule: bool = False,
+    teacher: nn.Module | None = None,
 ) -> tuple[list[float], TrainState | None]:
     """:func:`fit`, stoppable and resumable at an epoch's end: runs the epochs after
     ``resume.epoch`` up to ``until`` (default: all of ``config.epochs``) and returns the
@@ -163,8 +175,19 @@ def fit_resumable(
     full budget): its optimiser moments and random streams carry over, and ``config`` starts
     its own epochs and learning-rate schedule. Your own training loop (a task) is neither
     stopped nor resumed: its state is None."""
+    teacher = teacher if config.distill > 0 else None  # labels only: no teacher to run
+    if config.distill > 0 and teacher is None:
+        raise ConfigError(
+            f"{desc}: distill={config.distill} needs the network before compression to learn from"
+        )
+    if teacher is not None and splits.task is not None:
+        raise ConfigError(
+            "distill is for autoprune's own training loop; your task's finetune trains its own way"
+        )
     device = current_device()
     model.to(device)
+    if teacher is not None:
+        teacher.to(device).eval()
     try:
         if splits.task is not None:
             history = _fit_task(
@@ -184,9 +207,12 @@ def fit_resumable(
             resume=resume,
             until=until,
             new_schedule=new_schedule,
+            teacher=teacher,
         )
     finally:
         model.to("cpu")
+        if teacher is not None:
+            teacher.to("cpu")
 
 
 def _fit_task(
@@ -254,6 +280,7 @@ def _fit(
     resume: TrainState | None = None,
     until: int | None = None,
     new_schedule: bool = False,
+    teacher: nn.Module | None = None,
 ) -> tuple[list[float], TrainState]:
     train = splits.train
     batches = math.ceil(len(train) / config.batch_size)
@@ -297,7 +324,12 @@ def _fit(
             xb = augment_batch(xb, splits.augment, augment)
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)  # (B, C, H, W), (B,)
             with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-                loss = loss_fn(model(xb), yb)
+                logits = model(xb)  # (B, classes)
+                loss = loss_fn(logits, yb)
+                if teacher is not None:
+                    with torch.no_grad():
+                        targets = teacher(xb)
+                    loss = distilled(loss, logits, targets, config.distill, config.temperature)
             value = loss.detach().float().item()
             if first_loss is None:
                 first_loss = value
@@ -339,6 +371,21 @@ def _fit(
     return history, state
 
 
+def distilled(
+    label_loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, weight: float, temperature: float
+) -> torch.Tensor:
+    """The labels' loss mixed with distillation (Hinton et al. 2015): the KL divergence of the
+    student's softened outputs from the teacher's, times T^2 so its gradients keep their scale."""
+    t = temperature
+    soft = nn.functional.kl_div(
+        nn.functional.log_softmax(logits.float() / t, dim=1),
+        nn.functional.log_softmax(targets.float() / t, dim=1),
+        log_target=True,
+        reduction="batchmean",
+    )
+    return (1 - weight) * label_loss + weight * t * t * soft
+
+
 # ---- base models, trained at most once per (model, data, settings) -------------------------
 
 
@@ -373,10 +420,17 @@ def base_key(
         "spec": spec.to_dict(),
         "model": model_fingerprint(spec.name, model),
         "data": splits.fingerprint,
-        "train": {**config.to_dict(), "seed": seed},
+        "train": {**_base_settings(config), "seed": seed},
         "checkpoint": _file_hash(checkpoint) if checkpoint else None,
     }
     return hashlib.blake2b(json.dumps(record, sort_keys=True).encode(), digest_size=12).hexdigest()
+
+
+def _base_settings(config: TrainConfig) -> dict[str, Any]:
+    """What of ``config`` a base's training depends on: the fine-tuning-only settings are left
+    out (a base is never distilled: there is no network before it), so caches made before
+    they existed still match."""
+    return {k: v for k, v in config.to_dict().items() if k not in ("distill", "temperature")}
 
 
 def train_base(

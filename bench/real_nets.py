@@ -99,8 +99,10 @@ def study_spec(args: argparse.Namespace, *, seed: int = 0, objective: str = "mac
     """The spec every method shares: data, base training and fine-tuning budget; its study
     section is the search's."""
     metric = {"macs": "macs", "latency": "latency_ms"}[objective]
-    variant = ("-ranked" if args.structured == "ranked" else "") + (
-        f"-r{args.round_to}" if args.round_to > 1 else ""
+    variant = (
+        ("-ranked" if args.structured == "ranked" else "")
+        + (f"-r{args.round_to}" if args.round_to > 1 else "")
+        + (f"-kd{args.distill:g}" if args.distill else "")
     )
     return spec_from_dict(
         {
@@ -138,6 +140,7 @@ def study_spec(args: argparse.Namespace, *, seed: int = 0, objective: str = "mac
                 "finetune_epochs": [args.trial_epochs],
                 "lr": [args.lr],
                 "max_batches": args.trial_batches,
+                "distill": args.distill,
             },
             "final": {
                 "k": args.k,
@@ -153,7 +156,7 @@ def study_spec(args: argparse.Namespace, *, seed: int = 0, objective: str = "mac
 def finetune_config(args: argparse.Namespace) -> TrainConfig:
     """The fine-tuning every method gets: the search's finalized trials are fine-tuned so too
     (``[final] epochs`` at the space's learning rate, Adam, cosine, no batch cap)."""
-    return TrainConfig(epochs=args.finetune_epochs, lr=args.lr)
+    return TrainConfig(epochs=args.finetune_epochs, lr=args.lr, distill=args.distill)
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -252,7 +255,7 @@ def run_uniform(args: argparse.Namespace) -> None:
     inputs, base = base_of(args)
     example = torch.zeros(1, *inputs.splits.input_shape)
     for ratio in args.ratios:
-        key = _key(args, "uniform", ratio)
+        key = _key(args, distilled("uniform", args), ratio)
         if done(args.results, key):
             continue
         started = time.perf_counter()
@@ -265,6 +268,7 @@ def run_uniform(args: argparse.Namespace) -> None:
             seed=0,
             progress=not args.quiet,
             desc=f"uniform {ratio}",
+            teacher=inputs.base,
         )
         append(
             args.results,
@@ -304,13 +308,19 @@ def tp_at(base: nn.Module, shape: tuple[int, ...], target: float) -> tuple[nn.Mo
 def run_tp(args: argparse.Namespace) -> None:
     inputs, base = base_of(args)
     for target in args.targets:
-        key = _key(args, "torch-pruning", target)
+        key = _key(args, distilled("torch-pruning", args), target)
         if done(args.results, key):
             continue
         started = time.perf_counter()
         model, ratio = tp_at(inputs.base, inputs.splits.input_shape, target)
         fit(
-            model, inputs.splits, finetune_config(args), seed=0, progress=not args.quiet, desc=f"tp {target}x"
+            model,
+            inputs.splits,
+            finetune_config(args),
+            seed=0,
+            progress=not args.quiet,
+            desc=f"tp {target}x",
+            teacher=inputs.base,
         )
         row = {**key, **measured(model, inputs, base, args), "tp_ratio": ratio}
         append(args.results, {**row, "wall_s": time.perf_counter() - started})
@@ -428,7 +438,13 @@ def method_label(args: argparse.Namespace) -> str:
     """The search's objective, and its space when not per-layer ratios."""
     space = [args.structured] if args.structured != "per_layer" else []
     space += [f"round_to {args.round_to}"] if args.round_to > 1 else []
+    space += [f"distill {args.distill:g}"] if args.distill else []
     return ", ".join([args.objective, *space])
+
+
+def distilled(method: str, args: argparse.Namespace) -> str:
+    """A comparison method's name, and its fine-tuning's distillation when on."""
+    return f"{method} + distill {args.distill:g}" if args.distill else method
 
 
 def _key(args: argparse.Namespace, method: str, target: float | None) -> dict[str, Any]:
@@ -550,7 +566,7 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
                 [r["macs_ratio"] for r in mine],
                 [r["test_drop"] for r in mine],
                 "o-"
-                if method in ("uniform", "torch-pruning")
+                if method.startswith(("uniform", "torch-pruning"))
                 else ("s" if method.startswith("pipeline") else "o"),
                 label=method,
             )
@@ -580,6 +596,12 @@ def main_parser() -> argparse.ArgumentParser:
     parser.add_argument("--base-lr", type=float, default=0.1)
     parser.add_argument("--finetune-epochs", type=int, default=5)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--distill",
+        type=float,
+        default=0.0,
+        help="every method's fine-tuning distills the base at this weight (0: labels only)",
+    )
     parser.add_argument("--trial-epochs", type=int, default=1, help="fine-tuning epochs of a search trial")
     parser.add_argument("--trial-batches", type=int, default=100, help="batch cap per trial epoch (0: none)")
     parser.add_argument("--max-ratio", type=float, default=0.8)

@@ -387,6 +387,49 @@ def test_gradual_pruning_ramps_to_exactly_the_final_sparsity(
     assert CompressConfig.from_dict(config.to_dict()).unstructured.steps == 3
 
 
+def test_distillation_learns_from_the_base_in_every_training_stage_and_leaves_it_untouched(
+    digits_base, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    splits, spec, base, base_metrics = digits_base
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    config = CompressConfig.from_dict(
+        {
+            "structured": {"default": 0.25},
+            "finetune": {"epochs": 1, "max_batches": 3, "distill": 0.7, "temperature": 2.0},
+            "quantize": {"conv_bits": 6, "fc_bits": 4, "epochs": 1},
+        }
+    )
+    assert CompressConfig.from_dict(config.to_dict()).finetune.distill == 0.7
+    import autoprune.compress.finetune as finetune
+    import autoprune.compress.quantize as quantize
+
+    seen = []  # (stage, teacher, config) of every training run
+    real_resumable, real_fit = finetune.fit_resumable, quantize.fit
+    monkeypatch.setattr(
+        finetune,
+        "fit_resumable",
+        lambda m, s, c, **kw: seen.append(("finetune", kw["teacher"], c)) or real_resumable(m, s, c, **kw),
+    )
+    monkeypatch.setattr(
+        quantize,
+        "fit",
+        lambda m, s, c, **kw: seen.append(("quantize", kw["teacher"], c)) or real_fit(m, s, c, **kw),
+    )
+    compress(
+        base,
+        spec,
+        splits,
+        config,
+        tmp_path / "k.apk",
+        base_metrics=base_metrics,
+        progress=False,
+        latency=False,
+    )
+    assert [stage for stage, _, _ in seen] == ["finetune", "quantize"]
+    assert all(teacher is base and (c.distill, c.temperature) == (0.7, 2.0) for _, teacher, c in seen)
+    assert all(torch.equal(v, before[k]) for k, v in base.state_dict().items())  # the teacher is not trained
+
+
 def test_pipeline_raises_on_a_diverging_fine_tune(digits_base, tmp_path: Path) -> None:
     splits, spec, base, base_metrics = digits_base
     config = CompressConfig.from_dict({"finetune": {"epochs": 2, "lr": 1e5, "optimizer": "sgd"}})

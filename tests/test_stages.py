@@ -180,6 +180,19 @@ def test_the_space_asks_the_stages_and_lists_training_budgets_last() -> None:
     assert config_from_params({}, fixed, layers, seed=0).get("lowrank") == LowRankConfig(rank=0.3)
 
 
+def test_the_spaces_distillation_weight_reaches_every_trials_fine_tuning() -> None:
+    layers = SpaceLayers.of(create_model(SPEC))
+    space = SpaceSection(distill=0.5)
+    assert "distill" not in distributions(space, layers)  # a setting, not a searched parameter
+    params = {
+        name: d.low if hasattr(d, "low") else d.choices[0] for name, d in distributions(space, layers).items()
+    }
+    assert config_from_params(params, space, layers).finetune.distill == 0.5
+    assert config_from_params(params, SpaceSection(), layers).finetune.distill == 0.0
+    with pytest.raises(SpecError, match="space.distill"):
+        SpaceSection(distill=2.0)
+
+
 def test_a_ranked_space_searches_one_share_of_all_filters() -> None:
     model = create_model(SPEC)
     layers = SpaceLayers.of(model)

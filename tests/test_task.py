@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from autoprune.compress.unstructured import mask_holder
-from autoprune.errors import TaskError
+from autoprune.errors import ConfigError, TaskError
 from autoprune.models import ModelSpec, create_model
 from autoprune.task import load_task
 from autoprune.train import TrainConfig, fit
@@ -80,6 +80,19 @@ def test_pruned_weights_stay_zero_through_the_tasks_own_optimiser() -> None:
         torch.count_nonzero(model.conv1.weight[::2]) == 0
         and torch.count_nonzero(model.conv1.weight[1::2]) > 0
     )
+
+
+def test_distillation_is_refused_for_a_tasks_own_loop() -> None:
+    splits = load_task(f"{EXAMPLE}:task")
+    model = create_model(ModelSpec("lenet5", 10, 1, (8, 8)))
+    with pytest.raises(ConfigError, match="your task's finetune trains its own way"):
+        fit(
+            model,
+            splits,
+            TrainConfig(epochs=1, distill=0.5),
+            teacher=create_model(ModelSpec("lenet5", 10, 1, (8, 8))),
+            progress=False,
+        )
 
 
 @pytest.mark.slow

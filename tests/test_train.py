@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from autoprune.data import load_dataset
-from autoprune.errors import DivergedError
-from autoprune.models import ModelSpec
-from autoprune.train import TrainConfig, fit, train_base
+from autoprune.errors import ConfigError, DivergedError
+from autoprune.models import ModelSpec, create_model
+from autoprune.train import TrainConfig, distilled, fit, train_base
 
 SPEC = ModelSpec("lenet5", 10, 1, (8, 8))
 
@@ -61,11 +61,60 @@ def test_diverging_run_raises() -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", [dict(epochs=-1), dict(lr=0.0), dict(batch_size=0), dict(optimizer="rmsprop")]
+    "bad",
+    [
+        dict(epochs=-1),
+        dict(lr=0.0),
+        dict(batch_size=0),
+        dict(optimizer="rmsprop"),
+        dict(distill=1.5),
+        dict(distill=-0.1),
+        dict(temperature=0.0),
+    ],
 )
 def test_bad_config_is_refused(bad: dict) -> None:
     with pytest.raises(ValueError):
         TrainConfig(**bad)
+
+
+def test_distillation_is_zero_on_the_teachers_own_outputs_and_mixes_by_its_weight() -> None:
+    torch.manual_seed(0)
+    logits, other = torch.randn(16, 10), torch.randn(16, 10)
+    label_loss = torch.tensor(2.0)
+    assert distilled(label_loss, logits, logits, 1.0, 4.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert distilled(label_loss, logits, other, 0.0, 4.0).item() == pytest.approx(2.0)
+    soft = distilled(torch.tensor(0.0), logits, other, 1.0, 4.0).item()
+    assert soft > 0
+    assert distilled(label_loss, logits, other, 0.25, 4.0).item() == pytest.approx(0.75 * 2.0 + 0.25 * soft)
+
+
+class Constant(torch.nn.Module):
+    """A teacher that says class 3 for every image."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.full((x.shape[0], 10), -10.0)
+        out[:, 3] = 10.0
+        return out
+
+
+def test_a_student_distilled_at_full_weight_learns_the_teacher_not_the_labels() -> None:
+    s = load_dataset("digits")
+    torch.manual_seed(0)
+    model = create_model(SPEC)
+    fit(model, s, TrainConfig(epochs=2, lr=3e-3, distill=1.0), teacher=Constant(), progress=False)
+    with torch.no_grad():
+        predicted = model(s.val.x).argmax(1)
+    assert (predicted == 3).float().mean() > 0.95  # the labels say class 3 for a tenth of them
+
+
+def test_distillation_without_a_teacher_or_for_a_base_is_one_error() -> None:
+    s = load_dataset("digits")
+    with pytest.raises(ConfigError, match="needs the network before compression"):
+        fit(create_model(SPEC), s, TrainConfig(epochs=1, max_batches=1, distill=0.5), progress=False)
+    with pytest.raises(ConfigError, match="needs the network before compression"):
+        train_base(
+            SPEC, s, TrainConfig(epochs=1, max_batches=1, distill=0.5), use_cache=False, progress=False
+        )
 
 
 NETLIB = """

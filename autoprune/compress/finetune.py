@@ -112,6 +112,7 @@ class FineTune(Stage):
                 desc="fine-tune (continued)",
                 resume=run.resume.state,
                 new_schedule=True,
+                teacher=run.teacher,
             )
             run.epochs, had = config.epochs, had + (state.steps if state else 0)
         for step, epochs in enumerate(_split(config.epochs, steps) if run.resume is None else [], start=1):
@@ -126,6 +127,7 @@ class FineTune(Stage):
                 after_step=mask_holder(model, run.masks),
                 progress=run.progress,
                 desc="fine-tune",
+                teacher=run.teacher,
             )
             run.epochs, had = run.epochs + epochs, had + (state.steps if state else 0)
         if run.keep is not None and state is not None:
@@ -146,6 +148,7 @@ class FineTune(Stage):
             epochs=value(params, "finetune_epochs", space.finetune_epochs),
             lr=value(params, "lr", space.lr),
             max_batches=space.max_batches or None,
+            distill=space.distill,
         )
 
     def to_params(self, config: TrainConfig, names: Sequence[str], base: nn.Module) -> dict[str, Any]:

@@ -136,12 +136,18 @@ class WeightSharing(Stage):
                 model,
                 run.splits,
                 TrainConfig(
-                    epochs=config.epochs, lr=config.lr, batch_size=ft.batch_size, max_batches=ft.max_batches
+                    epochs=config.epochs,
+                    lr=config.lr,
+                    batch_size=ft.batch_size,
+                    max_batches=ft.max_batches,
+                    distill=ft.distill,
+                    temperature=ft.temperature,
                 ),
                 seed=run.seed,
                 callbacks=counted_from(run.epochs, run.callbacks),
                 progress=run.progress,
                 desc="trained quantization",
+                teacher=run.teacher,
             )
         finally:
             detach_codebooks_(model)

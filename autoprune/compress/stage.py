@@ -105,6 +105,7 @@ class Run:
     meta: dict[str, Any] | None = None
     resume: Any = None  # a Continuation: fine-tuning picks up where it stopped
     keep: Path | None = None  # where fine-tuning saves its end state
+    teacher: nn.Module | None = None  # the network before compression, which fine-tuning may distill
     # filled in by the stages
     epochs: int = 0  # training epochs reported so far: a later stage's epoch e is epochs + e
     train_s: float = 0.0  # seconds spent training, whichever stage trained

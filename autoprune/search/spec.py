@@ -98,6 +98,7 @@ class SpaceSection:
     lr: list[float] = field(default_factory=lambda: [1e-4, 3e-3])  # sampled on a log scale
     quant_epochs: list[int] = field(default_factory=lambda: [1])
     max_batches: int = 0  # cap on batches per fine-tuning epoch (0: whole epochs)
+    distill: float = 0.0  # fine-tuning's weight of distillation from the base (0: labels only)
     # optional stages searched too, each with its own table: [space.stages.lowrank] rank = [0.1, 1.0]
     stages: dict[str, Any] = field(default_factory=dict)
 
@@ -134,6 +135,8 @@ class SpaceSection:
             raise SpecError(f"space.init={self.init} should be distinct names among {', '.join(INITS)}")
         if not 1 <= self.round_to <= 1024:
             raise SpecError(f"space.round_to={self.round_to} should be in 1..1024")
+        if not 0 <= self.distill <= 1:
+            raise SpecError(f"space.distill={self.distill} should be a weight in [0, 1]")
         if not 0 <= self.max_batches <= 10**7:
             raise SpecError(f"space.max_batches={self.max_batches} should be in 0..10000000")
 
