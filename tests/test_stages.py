@@ -28,7 +28,13 @@ from autoprune.data import load_dataset
 from autoprune.measure import measure_model
 from autoprune.models import ModelSpec, create_model
 from autoprune.pipeline import compress, pruned_shapes
-from autoprune.search.space import SpaceLayers, config_from_params, distributions, recipe_params
+from autoprune.search.space import (
+    SpaceLayers,
+    baseline_config,
+    config_from_params,
+    distributions,
+    recipe_params,
+)
 from autoprune.search.spec import SpaceSection, SpecError, spec_from_dict
 from autoprune.train import TrainConfig, train_base
 from tests.test_size import TOLERANCE
@@ -191,6 +197,17 @@ def test_the_spaces_distillation_weight_reaches_every_trials_fine_tuning() -> No
     assert config_from_params(params, SpaceSection(), layers).finetune.distill == 0.0
     with pytest.raises(SpecError, match="space.distill"):
         SpaceSection(distill=2.0)
+
+
+def test_a_baseline_is_fine_tuned_as_the_trials_are() -> None:
+    recipe = CompressConfig.from_dict({"finetune": {"epochs": 2}})
+    space = SpaceSection(distill=0.5, max_batches=3)
+    capped, final = baseline_config(recipe, space), baseline_config(recipe, space, final=True)
+    assert (capped.finetune.distill, capped.finetune.max_batches) == (0.5, 3)
+    assert (final.finetune.distill, final.finetune.max_batches, final.finetune.epochs) == (0.5, None, 2)
+    own = CompressConfig.from_dict({"finetune": {"distill": 0.2}})
+    assert baseline_config(own, space).finetune.distill == 0.2  # a recipe's own setting wins
+    assert baseline_config(recipe, SpaceSection()) is recipe
 
 
 def test_a_ranked_space_searches_one_share_of_all_filters() -> None:

@@ -31,11 +31,11 @@ from autoprune.search.record import Source, TrialRecord
 from autoprune.search.space import (
     SpaceLayers,
     at_full_budget,
+    baseline_config,
     config_from_params,
     distributions,
     out_of_space,
     suggest,
-    with_cap,
 )
 from autoprune.search.spec import StudySpec
 from autoprune.search.stop import stop_requested
@@ -130,13 +130,13 @@ class Objective:
                 f"baseline {trial.user_attrs['recipe_name']!r} has no readable recipe in the study"
             )
         if baseline is not None:
-            # A baseline runs its own recipe exactly, under the same fine-tuning budget; its
+            # A baseline runs its own recipe, fine-tuned as the trials are (budget, distillation); its
             # parameters are the recipe's values where the space can express them.
             config, names = baseline
             with warnings.catch_warnings():  # a recipe may lie outside the space (8 epochs, say)
                 warnings.filterwarnings("ignore", message="Fixed parameter")
                 suggest(trial, {k: v for k, v in self.dists.items() if k in names})
-            config = config if final else with_cap(config, spec.space)
+            config = baseline_config(config, spec.space, final=final)
         else:
             params = suggest(trial, self.dists)
             problem = out_of_space(params, self.dists)

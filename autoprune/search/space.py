@@ -118,8 +118,12 @@ def at_full_budget(config: CompressConfig, epochs: int, quant_epochs: int) -> Co
     return config.replace(finetune, dataclasses.replace(config.quantize, epochs=quant_epochs))
 
 
-def with_cap(recipe: CompressConfig, space: SpaceSection) -> CompressConfig:
-    """A baseline recipe under the search's fine-tuning budget (the same batch cap)."""
-    if not space.max_batches:
-        return recipe
-    return recipe.replace(dataclasses.replace(recipe.finetune, max_batches=space.max_batches))
+def baseline_config(recipe: CompressConfig, space: SpaceSection, *, final: bool = False) -> CompressConfig:
+    """A baseline recipe fine-tuned as the search's trials are: with the space's distillation
+    when the recipe sets none and, in a capped trial (not a final one), the same batch cap."""
+    finetune = recipe.finetune
+    if space.distill and not finetune.distill:
+        finetune = dataclasses.replace(finetune, distill=space.distill)
+    if space.max_batches and not final:
+        finetune = dataclasses.replace(finetune, max_batches=space.max_batches)
+    return recipe if finetune == recipe.finetune else recipe.replace(finetune)

@@ -18,7 +18,7 @@ from autoprune.compress import CompressConfig
 from autoprune.errors import AutoPruneError
 from autoprune.search.objective import trial_recipe
 from autoprune.search.record import Budget, Source
-from autoprune.search.space import SpaceLayers, config_from_params, distributions, with_cap
+from autoprune.search.space import SpaceLayers, baseline_config, config_from_params, distributions
 from autoprune.search.spec import SpaceSection
 from autoprune.surrogate._layers import Encoded, LayerView
 
@@ -139,7 +139,7 @@ class ModelSpace:
         space or a baseline whose recipe cannot be read."""
         if "recipe_name" in trial.user_attrs:
             baseline = trial_recipe(trial, recipes or {})
-            return with_cap(baseline[0], self.space) if baseline is not None else None
+            return baseline_config(baseline[0], self.space) if baseline is not None else None
         if any(name not in trial.params for name in self.dists):
             return None
         return self.config(trial.params)
