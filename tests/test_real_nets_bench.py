@@ -65,3 +65,8 @@ def test_every_stage_runs_resumes_and_writes_its_rows(
     assert timed[0]["what"] == "base" and timed[0]["speedup_b1"] == 1.0
     assert {r["method"] for r in timed} >= {"uniform", "torch-pruning", "search (macs, ranked)"}
     assert all(r["speedup_b1"] > 0 and r["speedup_b32"] > 0 for r in timed)
+    # a comparison method fine-tuned with distillation: a row of its own beside the plain one
+    before = len((tmp_path / "rows.jsonl").read_text().splitlines())
+    real_nets.main(["tp", *TINY, *paths, "--distill", "0.5"])
+    added = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()[before:]]
+    assert [r["method"] for r in added] == ["torch-pruning + distill 0.5"] and added[0]["macs_ratio"] > 1.0
