@@ -30,6 +30,7 @@ from tests.workspace import call, copy_study, snapshot
         ("study", "trials", 10**9),
         ("study", "latency_repeats", 10**9),
         ("space", "max_batches", 10**12),
+        ("space", "distill", 10.0**9),
     ],
 )
 def test_a_huge_number_in_a_spec_is_refused(table: str, key: str, value: int) -> None:
@@ -51,6 +52,8 @@ def test_recipe_epochs_are_capped() -> None:
         CompressConfig.from_dict({"quantize": {"epochs": 10**9}})
     with pytest.raises(ValueError, match="epochs=1001"):
         TrainConfig(epochs=1001)
+    with pytest.raises(RecipeError, match="temperature=1e"):
+        CompressConfig.from_dict({"finetune": {"temperature": 1e300}})
 
 
 @pytest.mark.parametrize(
