@@ -197,6 +197,8 @@ def test_the_spaces_distillation_weight_reaches_every_trials_fine_tuning() -> No
     assert config_from_params(params, SpaceSection(), layers).finetune.distill == 0.0
     with pytest.raises(SpecError, match="space.distill"):
         SpaceSection(distill=2.0)
+    with pytest.raises(SpecError, match="train.distill: the base learns from its labels"):
+        spec_from_dict({"train": {"distill": 0.5}})
 
 
 def test_a_baseline_is_fine_tuned_as_the_trials_are() -> None:

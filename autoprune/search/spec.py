@@ -273,6 +273,11 @@ class StudySpec:
     def __post_init__(self) -> None:
         if self.train.epochs < 1:
             raise SpecError(f"train.epochs={self.train.epochs} should be >= 1")
+        if self.train.distill:
+            raise SpecError(
+                "train.distill: the base learns from its labels; distillation is fine-tuning's "
+                "(space.distill, or a recipe's [finetune] distill)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
