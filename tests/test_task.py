@@ -14,6 +14,8 @@ import torch
 from autoprune.compress.unstructured import mask_holder
 from autoprune.errors import ConfigError, TaskError
 from autoprune.models import ModelSpec, create_model
+from autoprune.search.setup import load_inputs
+from autoprune.search.spec import SpecError, spec_from_dict
 from autoprune.task import load_task
 from autoprune.train import TrainConfig, fit
 from tests.conftest import REPO
@@ -93,6 +95,11 @@ def test_distillation_is_refused_for_a_tasks_own_loop() -> None:
             teacher=create_model(ModelSpec("lenet5", 10, 1, (8, 8))),
             progress=False,
         )
+
+
+def test_a_search_with_distillation_and_a_task_is_refused_before_it_starts() -> None:
+    with pytest.raises(SpecError, match="space.distill: your task's finetune trains its own way"):
+        load_inputs(spec_from_dict({"space": {"distill": 0.5}}), progress=False, task=f"{EXAMPLE}:task")
 
 
 @pytest.mark.slow

@@ -32,7 +32,7 @@ from autoprune.search.record import Source
 from autoprune.search.recovery import StudyLock
 from autoprune.search.samplers import make_pruner, make_sampler
 from autoprune.search.space import SpaceLayers, distributions, recipe_params
-from autoprune.search.spec import StudySpec, check_task, record
+from autoprune.search.spec import SpecError, StudySpec, check_task, record
 from autoprune.search.storage import (
     StorageInfo,
     artifact_dir,
@@ -108,6 +108,8 @@ def load_inputs(
     recipes too."""
     d = spec.data
     if task is not None:  # your own loop and metric in place of the spec's data
+        if spec.space.distill:
+            raise SpecError("space.distill: your task's finetune trains its own way; set it to 0 with --task")
         splits = load_task(task)
     else:
         splits = load_dataset(
