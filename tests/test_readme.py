@@ -166,6 +166,7 @@ def stand_in_fashion(folder: Path) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # every command of the README in turn: 8-9 minutes, past 15 on an AVX2-only host
 def test_every_readme_command_and_snippet_runs(tmp_path: Path) -> None:
     work = tmp_path / "reader"
     shutil.copytree(REPO / "studies", work / "studies", ignore=shutil.ignore_patterns("*.db", "artifacts"))
