@@ -27,6 +27,10 @@ Methods:
 - ``pipeline``: the full Deep Compression pipeline on the search's pick (its filter ratios, then
   magnitude pruning, weight sharing and Huffman coding): the file a user ships.
 
+``--distill W``: every method's fine-tuning (the search's trials, its finals and the pipeline
+included) also learns from the base's softened outputs; such rows are named ``<method> + distill
+W`` and the search's study and label say it.
+
 Rows (``network, method, seed, target, macs_ratio, speedup_b1, speedup_b32, packed_ratio,
 val_drop, test_drop, wall_s, other_load`` and the backends' speed-ups) go to ``--results``
 (JSON lines). ``--train-limit N`` takes the first N training images (a scaled run; the
