@@ -163,6 +163,20 @@ def finetune_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(epochs=args.finetune_epochs, lr=args.lr, distill=args.distill)
 
 
+def finetune(model: nn.Module, inputs: Inputs, args: argparse.Namespace, desc: str) -> None:
+    """A comparison method's pruned ``model`` fine-tuned in place as every method is, learning
+    from the base too when ``--distill`` says so."""
+    fit(
+        model,
+        inputs.splits,
+        finetune_config(args),
+        seed=0,
+        progress=not args.quiet,
+        desc=desc,
+        teacher=inputs.base,
+    )
+
+
 # ----------------------------------------------------------------------------- measuring
 
 
@@ -265,15 +279,7 @@ def run_uniform(args: argparse.Namespace) -> None:
         started = time.perf_counter()
         model = copy.deepcopy(inputs.base)
         prune_filters_(model, FilterPruneConfig(default=ratio), example)
-        fit(
-            model,
-            inputs.splits,
-            finetune_config(args),
-            seed=0,
-            progress=not args.quiet,
-            desc=f"uniform {ratio}",
-            teacher=inputs.base,
-        )
+        finetune(model, inputs, args, f"uniform {ratio}")
         append(
             args.results,
             {**key, **measured(model, inputs, base, args), "wall_s": time.perf_counter() - started},
@@ -317,15 +323,7 @@ def run_tp(args: argparse.Namespace) -> None:
             continue
         started = time.perf_counter()
         model, ratio = tp_at(inputs.base, inputs.splits.input_shape, target)
-        fit(
-            model,
-            inputs.splits,
-            finetune_config(args),
-            seed=0,
-            progress=not args.quiet,
-            desc=f"tp {target}x",
-            teacher=inputs.base,
-        )
+        finetune(model, inputs, args, f"tp {target}x")
         row = {**key, **measured(model, inputs, base, args), "tp_ratio": ratio}
         append(args.results, {**row, "wall_s": time.perf_counter() - started})
 
