@@ -4,3 +4,5 @@ spec (which anyone with access to a shared database can write) are held to the s
 MAX_EPOCHS = 1000  # training, fine-tuning and trained-quantization epochs
 MAX_BATCH = 65536  # batch sizes, latency batches
 MAX_TRIALS = 100_000  # trials a study may ask for
+MAX_RECONSTRUCT_IMAGES = 10_000  # images a least-squares refit after filter pruning runs on
+RECONSTRUCT_IMAGES = 256  # the search's default: rows enough for layers of a few thousand inputs

@@ -65,6 +65,7 @@ from autoprune.compress import (
     output_layer,
     prune_filters_,
 )
+from autoprune.compress.reconstruct import reconstruct_, step_noting_kept, training_images
 from autoprune.data import DATASETS, RawData, register_dataset
 from autoprune.errors import AutoPruneError
 from autoprune.measure import count_macs, cpu_sample, measure_latency, measure_model, other_load
@@ -107,6 +108,7 @@ def study_spec(args: argparse.Namespace, *, seed: int = 0, objective: str = "mac
         ("-ranked" if args.structured == "ranked" else "")
         + (f"-r{args.round_to}" if args.round_to > 1 else "")
         + (f"-kd{args.distill:g}" if args.distill else "")
+        + (f"-rc{args.reconstruct}" if args.reconstruct else "")
     )
     return spec_from_dict(
         {
@@ -138,6 +140,7 @@ def study_spec(args: argparse.Namespace, *, seed: int = 0, objective: str = "mac
             "space": {
                 "structured": args.structured,
                 "round_to": args.round_to,
+                "reconstruct": args.reconstruct,
                 "ratio": [0.0, args.max_ratio],
                 "magnitude": "off",
                 "quantize": False,
@@ -273,12 +276,13 @@ def run_uniform(args: argparse.Namespace) -> None:
     inputs, base = base_of(args)
     example = torch.zeros(1, *inputs.splits.input_shape)
     for ratio in args.ratios:
-        key = _key(args, distilled("uniform", args), ratio)
+        key = _key(args, variant("uniform", args), ratio)
         if done(args.results, key):
             continue
         started = time.perf_counter()
         model = copy.deepcopy(inputs.base)
-        prune_filters_(model, FilterPruneConfig(default=ratio), example)
+        calibration = training_images(inputs.splits, args.reconstruct) if args.reconstruct else None
+        prune_filters_(model, FilterPruneConfig(default=ratio), example, calibration=calibration)
         finetune(model, inputs, args, f"uniform {ratio}")
         append(
             args.results,
@@ -286,8 +290,12 @@ def run_uniform(args: argparse.Namespace) -> None:
         )
 
 
-def tp_pruned(base: nn.Module, example: torch.Tensor, ratio: float) -> nn.Module:
-    """A copy of ``base`` pruned by Torch-Pruning's global pruning at ``ratio`` (group L1)."""
+def tp_pruned(
+    base: nn.Module, example: torch.Tensor, ratio: float, calibration: torch.Tensor | None = None
+) -> nn.Module:
+    """A copy of ``base`` pruned by Torch-Pruning's global pruning at ``ratio`` (group L1); with
+    ``calibration`` images, autoprune's least-squares refit after it (an ablation: what the
+    refit alone gives Torch-Pruning's choice of filters)."""
     model = copy.deepcopy(base).eval()
     pruner = tp.pruner.MetaPruner(
         model,
@@ -297,11 +305,16 @@ def tp_pruned(base: nn.Module, example: torch.Tensor, ratio: float) -> nn.Module
         global_pruning=True,
         ignored_layers=[model.get_submodule(output_layer(model))],
     )
-    pruner.step()
+    if calibration is None:
+        pruner.step()
+    else:
+        reconstruct_(model, base, step_noting_kept(pruner, model), calibration)
     return model
 
 
-def tp_at(base: nn.Module, shape: tuple[int, ...], target: float) -> tuple[nn.Module, float]:
+def tp_at(
+    base: nn.Module, shape: tuple[int, ...], target: float, calibration: torch.Tensor | None = None
+) -> tuple[nn.Module, float]:
     """Torch-Pruning's global pruning at the ratio whose MAC reduction is closest to ``target``
     (bisected: the reduction grows with the ratio)."""
     example = torch.zeros(1, *shape)
@@ -312,17 +325,18 @@ def tp_at(base: nn.Module, shape: tuple[int, ...], target: float) -> tuple[nn.Mo
         reached = macs / max(count_macs(tp_pruned(base, example, mid), shape), 1)
         low, high = (mid, high) if reached < target else (low, mid)
     ratio = (low + high) / 2
-    return tp_pruned(base, example, ratio), ratio
+    return tp_pruned(base, example, ratio, calibration), ratio
 
 
 def run_tp(args: argparse.Namespace) -> None:
     inputs, base = base_of(args)
     for target in args.targets:
-        key = _key(args, distilled("torch-pruning", args), target)
+        key = _key(args, variant("torch-pruning", args), target)
         if done(args.results, key):
             continue
         started = time.perf_counter()
-        model, ratio = tp_at(inputs.base, inputs.splits.input_shape, target)
+        calibration = training_images(inputs.splits, args.reconstruct) if args.reconstruct else None
+        model, ratio = tp_at(inputs.base, inputs.splits.input_shape, target, calibration)
         finetune(model, inputs, args, f"tp {target}x")
         row = {**key, **measured(model, inputs, base, args), "tp_ratio": ratio}
         append(args.results, {**row, "wall_s": time.perf_counter() - started})
@@ -441,12 +455,15 @@ def method_label(args: argparse.Namespace) -> str:
     space = [args.structured] if args.structured != "per_layer" else []
     space += [f"round_to {args.round_to}"] if args.round_to > 1 else []
     space += [f"distill {args.distill:g}"] if args.distill else []
+    space += [f"reconstruct {args.reconstruct}"] if args.reconstruct else []
     return ", ".join([args.objective, *space])
 
 
-def distilled(method: str, args: argparse.Namespace) -> str:
-    """A comparison method's name, and its fine-tuning's distillation when on."""
-    return f"{method} + distill {args.distill:g}" if args.distill else method
+def variant(method: str, args: argparse.Namespace) -> str:
+    """A comparison method's name, with its refit after pruning and its fine-tuning's
+    distillation when on."""
+    method += f" + reconstruct {args.reconstruct}" if args.reconstruct else ""
+    return method + (f" + distill {args.distill:g}" if args.distill else "")
 
 
 def _key(args: argparse.Namespace, method: str, target: float | None) -> dict[str, Any]:
@@ -603,6 +620,13 @@ def main_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="every method's fine-tuning distills the base at this weight (0: labels only)",
+    )
+    parser.add_argument(
+        "--reconstruct",
+        type=int,
+        default=0,
+        help="every method's layers after removed filters are refitted to the base's outputs on "
+        "this many training images (0: not refitted)",
     )
     parser.add_argument("--trial-epochs", type=int, default=1, help="fine-tuning epochs of a search trial")
     parser.add_argument("--trial-batches", type=int, default=100, help="batch cap per trial epoch (0: none)")

@@ -675,7 +675,7 @@ def test_a_surgery_that_fails_leaves_the_network_whole_with_one_line(
 ) -> None:
     import torch_pruning as tp
 
-    def broken(self) -> None:
+    def broken(self, interactive: bool = False) -> None:
         raise RuntimeError("INDICES element is out of DATA bounds, id=96 axis_dim=96")
 
     monkeypatch.setattr(tp.pruner.MetaPruner, "step", broken)

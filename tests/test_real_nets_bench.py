@@ -53,20 +53,28 @@ def test_every_stage_runs_resumes_and_writes_its_rows(
     for stage in ("base", "uniform", "tp", "search", "pipeline"):
         real_nets.main([stage, *TINY, *paths])
     assert len((tmp_path / "rows.jsonl").read_text().splitlines()) == len(rows)
-    # the search of one share ranked across the network: its own study and rows
+    # the search of one share ranked across the network, refitted after pruning: its own study and rows
+    ranked_args = ["--structured", "ranked", "--reconstruct", "16"]
     for stage in ("search", "pipeline"):
-        real_nets.main([stage, *TINY, *paths, "--structured", "ranked"])
+        real_nets.main([stage, *TINY, *paths, *ranked_args])
     ranked = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()[len(rows) :]]
-    assert ranked and {r["method"] for r in ranked} <= {"search (macs, ranked)", "pipeline (macs, ranked)"}
+    label = "macs, ranked, reconstruct 16"
+    assert ranked and {r["method"] for r in ranked} <= {f"search ({label})", f"pipeline ({label})"}
     assert all(r["macs_ratio"] >= 1.0 for r in ranked if r.get("macs_ratio") is not None), ranked
     # every network timed again beside the base, in one sitting
-    real_nets.main(["speed", *TINY, *paths, "--structured", "ranked", "--rounds", "2"])
-    timed = json.loads((tmp_path / "rows.speed.json").read_text())["resnet20 macs, ranked seed 0"]["rows"]
+    real_nets.main(["speed", *TINY, *paths, *ranked_args, "--rounds", "2"])
+    timed = json.loads((tmp_path / "rows.speed.json").read_text())[f"resnet20 {label} seed 0"]["rows"]
     assert timed[0]["what"] == "base" and timed[0]["speedup_b1"] == 1.0
-    assert {r["method"] for r in timed} >= {"uniform", "torch-pruning", "search (macs, ranked)"}
+    assert {r["method"] for r in timed} >= {"uniform", "torch-pruning", f"search ({label})"}
     assert all(r["speedup_b1"] > 0 and r["speedup_b32"] > 0 for r in timed)
     # a comparison method fine-tuned with distillation: a row of its own beside the plain one
     before = len((tmp_path / "rows.jsonl").read_text().splitlines())
     real_nets.main(["tp", *TINY, *paths, "--distill", "0.5"])
     added = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()[before:]]
     assert [r["method"] for r in added] == ["torch-pruning + distill 0.5"] and added[0]["macs_ratio"] > 1.0
+    # the comparison methods refitted after pruning (the ablation of autoprune's refit)
+    for stage in ("uniform", "tp"):
+        real_nets.main([stage, *TINY, *paths, "--reconstruct", "16"])
+    added = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()[before + 1 :]]
+    assert [r["method"] for r in added] == ["uniform + reconstruct 16", "torch-pruning + reconstruct 16"]
+    assert all(r["macs_ratio"] > 1.0 and r["val_drop"] < 50 for r in added), added

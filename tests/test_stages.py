@@ -25,6 +25,7 @@ from autoprune.compress import (
 from autoprune.compress.lowrank import Factorised, LowRankConfig, factorise_
 from autoprune.compress.size import SizeModel
 from autoprune.data import load_dataset
+from autoprune.limits import RECONSTRUCT_IMAGES
 from autoprune.measure import measure_model
 from autoprune.models import ModelSpec, create_model
 from autoprune.pipeline import compress, pruned_shapes
@@ -132,6 +133,18 @@ def test_a_recipe_with_the_stage_packs_a_file_that_decodes_to_the_same_network(
     assert abs(estimate / out.stat().st_size - 1) <= TOLERANCE, (estimate, out.stat().st_size)
 
 
+@pytest.mark.parametrize("structured", ["ranked", "per_layer", "global"])
+def test_the_space_refits_every_trial_after_pruning_unless_told_not_to(structured: str) -> None:
+    layers = SpaceLayers.of(create_model(SPEC))
+    params = {"ranked_ratio": 0.4, "ratio": 0.4, **{f"ratio_{n}": 0.4 for n in layers.conv}}
+    for images in (RECONSTRUCT_IMAGES, 0, 64):
+        space = SpaceSection(structured=structured, reconstruct=images)
+        assert config_from_params(params, space, layers).structured.reconstruct == images
+    for bad in (-1, 10_001):
+        with pytest.raises(SpecError, match=f"space.reconstruct={bad} should be in 0..10000"):
+            SpaceSection(reconstruct=bad)
+
+
 @pytest.mark.parametrize(
     "stages, message",
     [
@@ -219,7 +232,9 @@ def test_a_ranked_space_searches_one_share_of_all_filters() -> None:
     dists = distributions(space, layers)
     assert [n for n in dists if n not in ("finetune_epochs", "lr")] == ["ranked_ratio"]
     config = config_from_params({"ranked_ratio": 0.4}, space, layers)
-    assert config.structured == FilterPruneConfig(ranking="global", default=0.4, round_to=8)
+    assert config.structured == FilterPruneConfig(
+        ranking="global", default=0.4, round_to=8, reconstruct=RECONSTRUCT_IMAGES
+    )
     expected = {"ranked_ratio": 0.4, "finetune_epochs": 1, "lr": 1e-4}
     assert recipe_params(config, dists, model) == expected
     per_layer = config.replace(FilterPruneConfig(layers={"conv1": 0.5}))

@@ -28,6 +28,7 @@ from autoprune.compress._layers import (
     conv_layers,
     output_layer,
 )
+from autoprune.compress.reconstruct import reconstruct_, step_noting_kept, training_images
 from autoprune.compress.stage import (
     Param,
     Run,
@@ -39,6 +40,7 @@ from autoprune.compress.stage import (
     register,
     value,
 )
+from autoprune.limits import MAX_RECONSTRUCT_IMAGES
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,8 @@ class FilterPruneConfig:
     round_to: int = 1  # kept channels rounded to a multiple of this (hardware alignment)
     ranking: str = "layer"  # "layer": each conv loses its own share (Li et al.); "global":
     #   ``default`` is the share of all filters removed, ranked across the network (RankedImportance)
+    reconstruct: int = 0  # training images on which the layers that lost inputs are refitted by
+    #   least squares to the unpruned network's outputs (He et al., 2017); 0: not refitted
 
     def __post_init__(self) -> None:
         if self.mode not in ("ratio", "threshold"):
@@ -64,6 +68,11 @@ class FilterPruneConfig:
             raise RecipeError(f"structured criterion={self.criterion!r} should be 'l1' or 'l2'")
         if self.round_to < 1:
             raise RecipeError(f"structured round_to={self.round_to} should be >= 1")
+        if not 0 <= self.reconstruct <= MAX_RECONSTRUCT_IMAGES:
+            raise RecipeError(
+                f"structured reconstruct={self.reconstruct} should be in "
+                f"0..{MAX_RECONSTRUCT_IMAGES} (training images)"
+            )
         if self.ranking not in ("layer", "global"):
             raise RecipeError(f"structured ranking={self.ranking!r} should be 'layer' or 'global'")
         if self.ranking == "global" and (self.mode != "ratio" or self.layers or self.positions):
@@ -144,9 +153,15 @@ class RankedImportance(FilterNormImportance):
 
 
 def prune_filters_(
-    model: nn.Module, config: FilterPruneConfig, example_input: torch.Tensor
+    model: nn.Module,
+    config: FilterPruneConfig,
+    example_input: torch.Tensor,
+    *,
+    calibration: torch.Tensor | None = None,
 ) -> list[LayerNorms]:
-    """Remove low-norm filters from ``model`` in place; returns each conv layer's norm record."""
+    """Remove low-norm filters from ``model`` in place; returns each conv layer's norm record.
+    With ``calibration`` images (normalised, (N, C, H, W)), the layers that lost input channels
+    are then refitted by least squares to give the unpruned network's outputs on them."""
     if config.ranking == "global":  # the ranking decides each conv's share; pruned as asked so
         layers = ranked_layer_ratios(model, config, example_input)
         config = dataclasses.replace(config, ranking="layer", default=0.0, layers=layers)
@@ -192,6 +207,7 @@ def prune_filters_(
         config,
         cuts.forward,
         ignored=[m for n, m in model.named_modules() if n == keep_whole or n in cuts.whole],
+        calibration=calibration,
     ):
         names = {m: n for n, m in convs.items()}
         why.update({names[m]: "torch-pruning's surgery failed on this network: left whole" for m in ratios})
@@ -282,10 +298,12 @@ def _prune_verified(
     forward: Any,
     *,
     ignored: list[nn.Module],
+    calibration: torch.Tensor | None = None,
 ) -> bool:
     """Remove the filters on a copy, check that the copy still runs and gives outputs of the
     same shape, and only then make ``model`` that copy (True); otherwise leave it whole, with a
-    line (False)."""
+    line (False). With ``calibration`` images, the layers that lost inputs are refitted to give
+    ``model``'s outputs (:func:`reconstruct_`)."""
     with torch.no_grad():
         expected = model(example_input).shape
     trial = copy.deepcopy(model)
@@ -303,7 +321,7 @@ def _prune_verified(
             root_module_types=[nn.Conv2d],
             forward_fn=forward,  # the graph cut at channel shuffles (None: none to cut)
         )
-        pruner.step()
+        kept = step_noting_kept(pruner, trial)
         with torch.no_grad():
             got = trial(example_input).shape
         if got != expected:
@@ -317,6 +335,12 @@ def _prune_verified(
             names,
         )
         return False
+    if calibration is not None:
+        try:
+            refitted = reconstruct_(trial, model, kept, calibration)
+            log.info("least-squares reconstruction refitted %s", ", ".join(refitted) or "no layer")
+        except RuntimeError as e:  # a layer the forward pass never reached: pruned, not refitted
+            log.warning("least-squares reconstruction stopped (%s): the rest left as pruned", e)
     model.__dict__.update(trial.__dict__)  # the pruned copy's modules, parameters and buffers
     return True
 
@@ -436,7 +460,13 @@ class FilterPruning(Stage):
     reshapes = True
 
     def apply_(self, model: nn.Module, config: FilterPruneConfig, run: Run) -> None:
-        run.norms = prune_filters_(model, config, run.example)
+        calibration = None
+        if config.reconstruct and run.training:  # a replay rebuilds shapes: its weights come after
+            if run.splits.task is None:
+                calibration = training_images(run.splits, config.reconstruct, seed=run.seed)
+            else:
+                log.info("filter pruning: no least-squares refit, a task's images are its own")
+        run.norms = prune_filters_(model, config, run.example, calibration=calibration)
 
     def params(self, space: Any, layers: SpaceLayers) -> list[Param]:
         if space.structured == "ranked":
@@ -448,9 +478,13 @@ class FilterPruning(Stage):
     ) -> FilterPruneConfig:
         if space.structured == "ranked":
             share = value(params, "ranked_ratio", space.ratio)
-            return FilterPruneConfig(ranking="global", default=share, round_to=space.round_to)
+            return FilterPruneConfig(
+                ranking="global", default=share, round_to=space.round_to, reconstruct=space.reconstruct
+            )
         ratios = per_layer_values(params, space.structured, "ratio", space.ratio, layers.conv)
-        return FilterPruneConfig(mode="ratio", layers=ratios, round_to=space.round_to)
+        return FilterPruneConfig(
+            mode="ratio", layers=ratios, round_to=space.round_to, reconstruct=space.reconstruct
+        )
 
     def to_params(self, config: FilterPruneConfig, names: Sequence[str], base: nn.Module) -> dict[str, Any]:
         if config.ranking == "global":

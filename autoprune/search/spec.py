@@ -22,7 +22,7 @@ from autoprune.compress import STAGES
 from autoprune.data import DataOptions
 from autoprune.device import DEVICES
 from autoprune.errors import AutoPruneError, DataError
-from autoprune.limits import MAX_EPOCHS, MAX_TRIALS
+from autoprune.limits import MAX_EPOCHS, MAX_RECONSTRUCT_IMAGES, MAX_TRIALS, RECONSTRUCT_IMAGES
 from autoprune.models import is_user_model
 from autoprune.names import bad_study_name
 from autoprune.ops.kmeans import INITS
@@ -88,6 +88,9 @@ class SpaceSection:
     structured: str = "per_layer"
     ratio: list[float] = field(default_factory=lambda: [0.0, 0.7])
     round_to: int = 1  # kept filters rounded to a multiple of this (8: aligned for vector units)
+    # training images on which the layers after removed filters are refitted to the base's
+    # outputs by least squares before fine-tuning (0: not refitted)
+    reconstruct: int = RECONSTRUCT_IMAGES
     magnitude: str = "per_layer"  # magnitude-pruning quality: "per_layer", "global" or "off"
     quality: list[float] = field(default_factory=lambda: [0.0, 2.5])  # threshold = quality * std
     quantize: bool = True  # weight sharing in every trial (false: weights stay float32, no bits searched)
@@ -135,6 +138,11 @@ class SpaceSection:
             raise SpecError(f"space.init={self.init} should be distinct names among {', '.join(INITS)}")
         if not 1 <= self.round_to <= 1024:
             raise SpecError(f"space.round_to={self.round_to} should be in 1..1024")
+        if not 0 <= self.reconstruct <= MAX_RECONSTRUCT_IMAGES:
+            raise SpecError(
+                f"space.reconstruct={self.reconstruct} should be in "
+                f"0..{MAX_RECONSTRUCT_IMAGES} (training images)"
+            )
         if not 0 <= self.distill <= 1:
             raise SpecError(f"space.distill={self.distill} should be a weight in [0, 1]")
         if not 0 <= self.max_batches <= 10**7:
