@@ -114,3 +114,31 @@ def test_reconstruct_takes_a_count_of_images() -> None:
     assert FilterPruneConfig(reconstruct=256).reconstruct == 256
     with pytest.raises(RecipeError, match="reconstruct=-1 should be in 0..10000"):
         FilterPruneConfig(reconstruct=-1)
+
+
+def test_a_compress_refits_before_fine_tuning_on_its_training_images(tmp_path: Path) -> None:
+    from autoprune.compress import CompressConfig
+    from autoprune.data import load_dataset
+    from autoprune.measure import measure_model
+    from autoprune.pipeline import compress
+    from autoprune.train import TrainConfig, accuracy, train_base
+
+    splits = load_dataset("digits")
+    spec = ModelSpec("resnet20", 10, 1, (8, 8))
+    base = train_base(spec, splits, TrainConfig(epochs=3), progress=False).model
+    metrics = measure_model(base, splits, latency=False)
+    found = {}
+    for images in (0, 128):
+        config = CompressConfig.from_dict(
+            {
+                "structured": {"ranking": "global", "default": 0.5, "reconstruct": images},
+                "finetune": {"epochs": 0},  # what pruning (and the refit) left, untrained
+                "quantize": {"enabled": False},
+            }
+        )
+        out = tmp_path / f"{images}.apk"
+        result = compress(
+            base, spec, splits, config, out, base_metrics=metrics, progress=False, latency=False
+        )
+        found[images] = accuracy(result.model, splits.val)
+    assert found[128] > found[0] + 30, found  # the refit network works before any fine-tuning

@@ -190,14 +190,14 @@ def _refit(
 ) -> None:
     device = layer.weight.device
     outputs = torch.tensor(kept.outputs, device=device)
-    target_w = _flat(source)[outputs].T  # (d_orig, o)
-    target_b = None if source.bias is None else source.bias.detach()[outputs]
+    target_w = _flat(source)[outputs].T.float()  # (d_orig, o)
+    target_b = None if source.bias is None else source.bias.detach()[outputs].float()
     bias = layer.bias
     gram = cross = None
     width = _flat(source).shape[1]
     per_image = max(1, -(-min(MAX_ROWS, ROWS_PER_WEIGHT * width) // len(images)))
     for x, x0 in _inputs_in_chunks(pruned, original, layer, source, images):
-        a, a0 = _rows(layer, x, x0, per_image, generator)
+        a, a0 = (t.float() for t in _rows(layer, x, x0, per_image, generator))  # half: sums overflow
         y = a0 @ target_w  # (rows, o): the original layer's outputs
         if target_b is not None:
             y = y + target_b
