@@ -142,3 +142,16 @@ def test_a_compress_refits_before_fine_tuning_on_its_training_images(tmp_path: P
         )
         found[images] = accuracy(result.model, splits.val)
     assert found[128] > found[0] + 30, found  # the refit network works before any fine-tuning
+
+
+def test_the_original_inputs_kept_from_one_pass_give_the_same_refit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from autoprune.compress import reconstruct
+
+    base, images = _base("resnet20"), torch.randn(100, *SHAPE)  # two chunks, the second short
+    config = FilterPruneConfig(default=0.5)
+    kept, again = copy.deepcopy(base), copy.deepcopy(base)
+    prune_filters_(kept, config, torch.zeros(1, *SHAPE), calibration=images)
+    monkeypatch.setattr(reconstruct, "CACHE_BYTES", 0)  # too little to keep: each computed again
+    prune_filters_(again, config, torch.zeros(1, *SHAPE), calibration=images)
+    for (name, a), b in zip(kept.state_dict().items(), again.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5), name

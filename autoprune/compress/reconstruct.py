@@ -26,6 +26,7 @@ ROWS_PER_WEIGHT = 16  # sampled positions per input weight of a layer's filter: 
 MAX_ROWS = 16_384
 DAMPING = 1e-3  # ridge weight, a share of the mean diagonal of the inputs' Gram matrix
 CHUNK = 64  # images per forward pass
+CACHE_BYTES = 1 << 30  # the original's inputs to every refitted layer, kept from one pass when they fit
 
 
 @dataclass(frozen=True)
@@ -171,8 +172,11 @@ def reconstruct_(
     original.eval()
     generator = torch.Generator().manual_seed(seed)
     try:
+        cache = _original_inputs(original, [before[n] for n in order], images) if order else {}
         for name in order:
-            _refit(pruned, original, layers[name], before[name], kept[name], images, generator)
+            source = before[name]
+            originals = cache.get(source)
+            _refit(pruned, original, layers[name], source, kept[name], images, generator, originals)
     finally:
         pruned.train(modes[0])
         original.train(modes[1])
@@ -187,7 +191,10 @@ def _refit(
     kept: Kept,
     images: torch.Tensor,
     generator: torch.Generator,
+    originals: torch.Tensor | None,
 ) -> None:
+    """Refit ``layer`` of ``pruned`` to give what ``source`` gives in ``original`` (whose inputs
+    on ``images`` are ``originals`` when kept, else computed again)."""
     device = layer.weight.device
     outputs = torch.tensor(kept.outputs, device=device)
     target_w = _flat(source)[outputs].T.float()  # (d_orig, o)
@@ -196,7 +203,7 @@ def _refit(
     gram = cross = None
     width = _flat(source).shape[1]
     per_image = max(1, -(-min(MAX_ROWS, ROWS_PER_WEIGHT * width) // len(images)))
-    for x, x0 in _inputs_in_chunks(pruned, original, layer, source, images):
+    for x, x0 in _inputs_in_chunks(pruned, original, layer, source, images, originals):
         a, a0 = (t.float() for t in _rows(layer, x, x0, per_image, generator))  # half: sums overflow
         y = a0 @ target_w  # (rows, o): the original layer's outputs
         if target_b is not None:
@@ -220,10 +227,49 @@ def _refit(
 
 
 def _inputs_in_chunks(
-    pruned: nn.Module, original: nn.Module, layer: WeightLayer, source: WeightLayer, images: torch.Tensor
+    pruned: nn.Module,
+    original: nn.Module,
+    layer: WeightLayer,
+    source: WeightLayer,
+    images: torch.Tensor,
+    originals: torch.Tensor | None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The layer's input in ``pruned`` and its original's in ``original``, chunk by chunk."""
     device = layer.weight.device
     for start in range(0, len(images), CHUNK):
         x = images[start : start + CHUNK].to(device)
-        yield _input_of(pruned, layer, x), _input_of(original, source, x.to(source.weight.device))
+        if originals is not None:
+            x0 = originals[start : start + CHUNK].to(device)
+        else:
+            x0 = _input_of(original, source, x.to(source.weight.device))
+        yield _input_of(pruned, layer, x), x0
+
+
+def _original_inputs(
+    original: nn.Module, sources: list[WeightLayer], images: torch.Tensor
+) -> dict[WeightLayer, torch.Tensor]:
+    """Every layer of ``sources``' input in ``original`` on ``images``, from one pass, when
+    they all fit in ``CACHE_BYTES``; else none (each is computed again, up to its layer: the
+    original then runs once per refitted layer, most of a refit's time)."""
+    seen: dict[nn.Module, list[torch.Tensor]] = {s: [] for s in sources}
+    chunk = [0]
+
+    def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        if len(seen[module]) == chunk[0]:  # a layer run twice in a pass: its first input
+            seen[module].append(args[0])
+
+    device = sources[0].weight.device
+    handles = [s.register_forward_pre_hook(hook) for s in sources]
+    try:
+        original(images[:1].to(device))
+        size = sum(v[0].numel() * v[0].element_size() for v in seen.values() if v) * len(images)
+        if size > CACHE_BYTES:
+            return {}
+        for v in seen.values():
+            v.clear()
+        for chunk[0], start in enumerate(range(0, len(images), CHUNK)):
+            original(images[start : start + CHUNK].to(device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {s: torch.cat(seen[s]) for s in sources if len(seen[s]) == chunk[0] + 1}
