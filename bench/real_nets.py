@@ -109,6 +109,7 @@ def study_spec(args: argparse.Namespace, *, seed: int = 0, objective: str = "mac
         + (f"-r{args.round_to}" if args.round_to > 1 else "")
         + (f"-kd{args.distill:g}" if args.distill else "")
         + (f"-rc{args.reconstruct}" if args.reconstruct else "")
+        + (f"-e{args.trial_epochs}" if args.trial_epochs != 1 else "")
     )
     return spec_from_dict(
         {
@@ -451,11 +452,13 @@ def _record(t: optuna.trial.FrozenTrial) -> TrialRecord:
 
 
 def method_label(args: argparse.Namespace) -> str:
-    """The search's objective, and its space when not per-layer ratios."""
+    """The search's objective, its space when not per-layer ratios, and its trials' fine-tuning
+    when not 1 epoch."""
     space = [args.structured] if args.structured != "per_layer" else []
     space += [f"round_to {args.round_to}"] if args.round_to > 1 else []
     space += [f"distill {args.distill:g}"] if args.distill else []
     space += [f"reconstruct {args.reconstruct}"] if args.reconstruct else []
+    space += [f"trial epochs {args.trial_epochs}"] if args.trial_epochs != 1 else []
     return ", ".join([args.objective, *space])
 
 
