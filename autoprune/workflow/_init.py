@@ -12,6 +12,7 @@ from typing import Any
 
 from autoprune.compress import conv_layers, layer_positions, output_layer, weight_layers
 from autoprune.errors import AutoPruneError
+from autoprune.limits import RECONSTRUCT_IMAGES
 from autoprune.measure import layer_macs
 from autoprune.models import create_model
 from autoprune.names import derived_study_name
@@ -82,6 +83,10 @@ def structured_lines(layers: list[dict[str, Any]]) -> list[str]:
             '#   (lowest norm over its layer\'s mean first); "per_layer" searches a ratio per conv, which',
             "#   a short search spreads thin over this many; docs/search.md",
         ]
+    mode.append(
+        f"reconstruct = {RECONSTRUCT_IMAGES}  # training images the layers after removed filters are "
+        "refitted on (0: off)"
+    )
     if any(r["grouped"] for r in layers):
         return [
             *mode,
