@@ -31,6 +31,7 @@ from tests.workspace import call, copy_study, snapshot
         ("study", "latency_repeats", 10**9),
         ("space", "max_batches", 10**12),
         ("space", "distill", 10.0**9),
+        ("space", "reconstruct", 10**9),
     ],
 )
 def test_a_huge_number_in_a_spec_is_refused(table: str, key: str, value: int) -> None:
@@ -54,6 +55,8 @@ def test_recipe_epochs_are_capped() -> None:
         TrainConfig(epochs=1001)
     with pytest.raises(RecipeError, match="temperature=1e"):
         CompressConfig.from_dict({"finetune": {"temperature": 1e300}})
+    with pytest.raises(RecipeError, match="reconstruct=1000000000 should be"):
+        CompressConfig.from_dict({"structured": {"reconstruct": 10**9}})
 
 
 @pytest.mark.parametrize(
