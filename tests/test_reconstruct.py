@@ -155,3 +155,34 @@ def test_the_original_inputs_kept_from_one_pass_give_the_same_refit(monkeypatch:
     prune_filters_(again, config, torch.zeros(1, *SHAPE), calibration=images)
     for (name, a), b in zip(kept.state_dict().items(), again.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-5), name
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.Conv2d(3, 4, 3, stride=2, padding=1),
+        nn.Conv2d(3, 4, (3, 5), padding=(1, 2), dilation=(2, 1)),
+        nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"),
+    ],
+)
+def test_receptive_fields_are_the_unfolded_columns_at_the_places_drawn(conv: nn.Conv2d) -> None:
+    from autoprune.compress.reconstruct import _rows
+
+    x = torch.randn(2, 3, 9, 11)
+    every = 10**6  # more than there are: every place, in a random order
+    rows, _ = _rows(conv, x, x, every, torch.Generator().manual_seed(0))
+    padded = x
+    if conv.padding_mode != "zeros":
+        ph, pw = conv.padding
+        padded = nn.functional.pad(x, (pw, pw, ph, ph), mode=conv.padding_mode)
+    pad = (0, 0) if conv.padding_mode != "zeros" else conv.padding
+    columns = nn.functional.unfold(padded, conv.kernel_size, conv.dilation, pad, conv.stride)  # (N, d, L)
+    expected = columns.transpose(1, 2).flatten(0, 1)  # every place of every image, in order
+    assert rows.shape == expected.shape
+    # the same rows: each drawn row is one of the unfolded columns, and each column is drawn
+    distance = torch.cdist(rows, expected, compute_mode="donot_use_mm_for_euclid_dist")
+    assert distance.min(1).values.max() < 1e-5 and distance.min(0).values.max() < 1e-5
+    # and the layer's outputs are those rows times its weights (what the fit relies on)
+    out = conv(x).permute(0, 2, 3, 1).flatten(0, 2)  # (N * L, out), in unfold's order
+    assert torch.allclose(expected @ conv.weight.flatten(1).T + conv.bias, out, atol=1e-5)

@@ -11,6 +11,7 @@ fine-tuning starts from a network that already works.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -121,7 +122,8 @@ def _rows(
     left = (places % out_w * sw).reshape(-1).to(x.device)
 
     def fields(t: torch.Tensor) -> torch.Tensor:  # (rows, C * kh * kw): only the places drawn
-        t = F.pad(t, (pw, pw, ph, ph))
+        mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
+        t = F.pad(t, (pw, pw, ph, ph), mode=mode)
         taps = [t[image, :, top + i * dh, left + j * dw] for i in range(kh) for j in range(kw)]
         return torch.stack(taps, 2).flatten(1)
 
@@ -141,7 +143,9 @@ def _flat(layer: WeightLayer) -> torch.Tensor:
 
 
 def training_images(splits: DataSplits, n: int, *, seed: int = 0) -> torch.Tensor:
-    """``n`` training images drawn at random (normalised, not augmented): what a refit sees."""
+    """``n`` training images drawn at random (normalised, not augmented): what a refit sees;
+    fewer when ``n`` of them would take more than ``CACHE_BYTES`` (large images)."""
+    n = min(n, max(1, CACHE_BYTES // (4 * math.prod(splits.input_shape))))
     order = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(seed))[:n]
     return torch.cat([x for x, _ in splits.train.batches(256, order)])
 
