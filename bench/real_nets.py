@@ -31,6 +31,11 @@ Methods:
 included) also learns from the base's softened outputs; such rows are named ``<method> + distill
 W`` and the search's study and label say it.
 
+``--reconstruct N``: every method's layers that lost input channels are refitted to the base's
+outputs on N training images before fine-tuning (autoprune's ``reconstruct``; for Torch-Pruning
+an ablation: its own choice of filters, autoprune's refit); rows ``<method> + reconstruct N``,
+and the search's space, study and label say it.
+
 Rows (``network, method, seed, target, macs_ratio, speedup_b1, speedup_b32, packed_ratio,
 val_drop, test_drop, wall_s, other_load`` and the backends' speed-ups) go to ``--results``
 (JSON lines). ``--train-limit N`` takes the first N training images (a scaled run; the
