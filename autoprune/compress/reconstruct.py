@@ -24,7 +24,7 @@ from autoprune.compress._layers import WeightLayer, weight_layers
 from autoprune.data import DataSplits
 
 ROWS_PER_WEIGHT = 16  # sampled positions per input weight of a layer's filter: a well-posed fit
-MAX_ROWS = 16_384
+MAX_ROWS = 16_384  # per layer, however wide: the fit's cost grows with rows times width squared
 DAMPING = 1e-3  # ridge weight, a share of the mean diagonal of the inputs' Gram matrix
 CHUNK = 64  # images per forward pass
 CACHE_BYTES = 1 << 30  # the original's inputs to every refitted layer, kept from one pass when they fit
