@@ -39,7 +39,9 @@ and the search's space, study and label say it.
 Rows (``network, method, seed, target, macs_ratio, speedup_b1, speedup_b32, packed_ratio,
 val_drop, test_drop, wall_s, other_load`` and the backends' speed-ups) go to ``--results``
 (JSON lines). ``--train-limit N`` takes the first N training images (a scaled run; the
-dataset is then named ``<data>-first<N>`` and the test split stays whole).
+dataset is then named ``<data>-first<N>`` and the test split stays whole). ``--val-fraction F``
+is the share of those images held out for validation (the search selects on it): a scaled run
+of 15,000 images at 0.4 trains on 9,000 and validates on 6,000, as the full run's 54,000/6,000.
 """
 
 from __future__ import annotations
@@ -115,6 +117,7 @@ def study_spec(args: argparse.Namespace, *, seed: int = 0, objective: str = "mac
         + (f"-kd{args.distill:g}" if args.distill else "")
         + (f"-rc{args.reconstruct}" if args.reconstruct else "")
         + (f"-e{args.trial_epochs}" if args.trial_epochs != 1 else "")
+        + (f"-v{args.val_fraction:g}" if args.val_fraction != ROW_DEFAULTS["val_fraction"] else "")
     )
     return spec_from_dict(
         {
@@ -133,7 +136,7 @@ def study_spec(args: argparse.Namespace, *, seed: int = 0, objective: str = "mac
             "model": {"name": args.network},
             "data": {
                 "name": limited(args.data, args.train_limit),
-                "val_fraction": 0.1,
+                "val_fraction": args.val_fraction,
                 "augment": "crop-flip",
             },
             "train": {
@@ -252,8 +255,15 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     )
 
 
+ROW_DEFAULTS = {"val_fraction": 0.1}  # what rows written before a key existed were run at
+
+
 def done(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
-    return next((r for r in read_rows(path) if all(r.get(k) == v for k, v in key.items())), None)
+    return next((r for r in read_rows(path) if matches(r, key)), None)
+
+
+def matches(row: dict[str, Any], key: dict[str, Any]) -> bool:
+    return all(row.get(k, ROW_DEFAULTS.get(k)) == v for k, v in key.items())
 
 
 def append(path: Path, row: dict[str, Any]) -> None:
@@ -266,7 +276,7 @@ def append(path: Path, row: dict[str, Any]) -> None:
 def base_of(args: argparse.Namespace) -> tuple[Inputs, dict[str, Any]]:
     """The shared base, trained once (cached by autoprune) and measured once (a row)."""
     inputs = load_inputs(study_spec(args), progress=not args.quiet)
-    key = {"network": args.network, "method": "base", "data": args.data, "train_limit": args.train_limit}
+    key = {"network": args.network, "method": "base", **data_key(args)}
     row = done(args.results, key)
     if row is None:
         started = time.perf_counter()
@@ -480,10 +490,14 @@ def _key(args: argparse.Namespace, method: str, target: float | None) -> dict[st
         "method": method,
         "seed": args.seed if method.startswith(("search", "pipeline")) else 0,
         "target": target,
-        "data": args.data,
-        "train_limit": args.train_limit,
+        **data_key(args),
         "finetune_epochs": args.finetune_epochs,
     }
+
+
+def data_key(args: argparse.Namespace) -> dict[str, Any]:
+    """What every row shares with its base: the data and its split."""
+    return {"data": args.data, "train_limit": args.train_limit, "val_fraction": args.val_fraction}
 
 
 def best_within(rows: list[dict[str, Any]], budget: float) -> float | None:
@@ -508,7 +522,7 @@ def run_speed(args: argparse.Namespace) -> None:
     label = method_label(args)
     study = None  # loaded once, at the first search row
     for r in read_rows(args.results):
-        if r["network"] != args.network or r.get("train_limit") != args.train_limit:
+        if r["network"] != args.network or not matches(r, data_key(args)):
             continue
         if r["method"] == "uniform":
             model = copy.deepcopy(inputs.base)
@@ -619,6 +633,9 @@ def main_parser() -> argparse.ArgumentParser:
     parser.add_argument("--network", default="resnet20")
     parser.add_argument("--data", default="fashion-mnist")
     parser.add_argument("--train-limit", type=int, default=0, help="first N training images (0: all)")
+    parser.add_argument(
+        "--val-fraction", type=float, default=0.1, help="share of the training images held out for validation"
+    )
     parser.add_argument("--base-epochs", type=int, default=30)
     parser.add_argument("--base-lr", type=float, default=0.1)
     parser.add_argument("--finetune-epochs", type=int, default=5)

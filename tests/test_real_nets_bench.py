@@ -78,3 +78,14 @@ def test_every_stage_runs_resumes_and_writes_its_rows(
     added = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()[before + 1 :]]
     assert [r["method"] for r in added] == ["uniform + reconstruct 16", "torch-pruning + reconstruct 16"]
     assert all(r["macs_ratio"] > 1.0 and r["val_drop"] < 50 for r in added), added
+    # another validation share is another split and another base: rows of its own
+    before = len((tmp_path / "rows.jsonl").read_text().splitlines())
+    real_nets.main(["base", *TINY, *paths, "--val-fraction", "0.3"])
+    added = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()[before:]]
+    assert [(r["method"], r["val_fraction"]) for r in added] == [("base", 0.3)]
+
+
+def test_a_row_written_before_the_split_was_keyed_reads_as_the_default_split() -> None:
+    old = {"network": "resnet20", "method": "base", "data": "digits", "train_limit": 0}
+    assert real_nets.matches(old, {"network": "resnet20", "val_fraction": 0.1})
+    assert not real_nets.matches(old, {"network": "resnet20", "val_fraction": 0.4})
