@@ -81,3 +81,33 @@ def test_ctrl_c_during_base_training_stops_at_the_next_batch_with_exit_130(
     assert proc.returncode == 130, (proc.returncode, rest[-2000:])
     assert "interrupted" in rest and "Traceback" not in rest
     assert stopped_in < 15, stopped_in  # not the rest of 1000 epochs
+
+
+@pytest.mark.parametrize(
+    "stop",
+    ["raise KeyboardInterrupt", "raise Interrupted('stopped')"],
+    ids=["a KeyboardInterrupt", "a command's exit 130"],
+)
+def test_a_ctrl_c_caught_after_it_ended_embedded_code_still_exits_130(stop: str, tmp_path: Path) -> None:
+    """CPython marks a KeyboardInterrupt that ends code run through PyRun_String unhandled,
+    though it is caught further out, and under ``python -m`` kills itself with SIGINT at exit
+    (a second Ctrl-C landing in a library's embedded code did so once in about 100 double
+    Ctrl-Cs): the command exits 130 all the same."""
+    (tmp_path / "stopped_twice.py").write_text(f"""
+import argparse, ctypes, sys
+from unittest import mock
+from autoprune import cli
+from autoprune.workflow._search import Interrupted
+
+def run(args):
+    ctypes.pythonapi.PyRun_SimpleString(b"raise KeyboardInterrupt")  # embedded code, interrupted
+    {stop}
+
+args = argparse.Namespace(command="search", verbose=0, run=run)
+with mock.patch.object(cli, "build_parser", return_value=mock.Mock(parse_args=lambda argv: args)):
+    sys.exit(cli.main([]))
+""")
+    proc = subprocess.run(
+        [sys.executable, "-m", "stopped_twice"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 130, (proc.returncode, proc.stderr[-2000:])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import faulthandler
 import json
 import logging
@@ -129,11 +130,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _interrupted(command: str) -> int:
-    """Exit 130, and no later Ctrl-C can turn that exit into a death by the signal (Python
-    re-raises SIGINT when a KeyboardInterrupt escapes, and the shell then sees a kill)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_130_whatever_comes()
     print(f"{command}: interrupted", file=sys.stderr)
     return 130
+
+
+def _exit_130_whatever_comes() -> None:
+    """No later Ctrl-C, nor one already caught, may turn exit 130 into a death by the signal.
+    Under ``python -m`` CPython kills itself with SIGINT at exit when it has marked a
+    KeyboardInterrupt unhandled, and it marks one that ends code run through ``PyRun_String``
+    (as libraries run some) even when we catch it further out: a second Ctrl-C landing there
+    did so about once in 100. Every ``PyRun_*`` call clears that mark, so one with nothing to
+    run does."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ctypes.pythonapi.PyRun_SimpleString(b"")
 
 
 def _run(argv: Sequence[str] | None) -> int:
@@ -152,8 +162,8 @@ def _run(argv: Sequence[str] | None) -> int:
             result = args.run(args)
     except AutoPruneError as e:
         code = getattr(e, "exit_code", EXIT_USAGE)
-        if code == 130:  # stopped by Ctrl-C: a second one, arriving as we exit, must not kill us
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if code == 130:  # stopped by Ctrl-C
+            _exit_130_whatever_comes()
         print(f"autoprune {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return code
     except OSError as e:  # a path given cannot be read or written: permissions, a missing folder, a full disk
