@@ -234,7 +234,8 @@ def analyse(
     With ``reconstruct`` training images, every filter-pruning probe refits the layers that lost
     inputs, as a search trial's pruning does (``[space] reconstruct``)."""
     started = time.perf_counter()
-    calibration = training_images(splits, reconstruct) if refit_images(splits, reconstruct) else None
+    images = refit_images(splits, reconstruct)
+    calibration = training_images(splits, images) if images else None
     base = base.eval()
     layers = weight_layers(base)
     removable = filters_removable(base)
