@@ -37,7 +37,6 @@ from autoprune.cache import cache_folder, read_bytes, write_atomic
 from autoprune.compress import FilterPruneConfig, output_layer, prune_filters_, weight_layers
 from autoprune.compress._layers import layer_kind
 from autoprune.compress.unstructured import magnitude_mask
-from autoprune.compress.reconstruct import training_images
 from autoprune.data import DataSplits
 from autoprune.errors import AutoPruneError
 from autoprune.measure import accuracy
@@ -227,15 +226,9 @@ def row_norms(weight: torch.Tensor) -> np.ndarray:
     return (norms / norms[0].clamp_min(1e-12)).numpy()
 
 
-def analyse(
-    base: nn.Module, splits: DataSplits, *, reconstruct: int = 0, progress: bool = True
-) -> Sensitivity:
-    """The sensitivity of every weight layer of ``base`` (eval mode), on the validation split.
-    With ``reconstruct`` training images, every filter-pruning probe refits the layers that lost
-    inputs, as a search trial's pruning does (``[space] reconstruct``)."""
+def analyse(base: nn.Module, splits: DataSplits, *, progress: bool = True) -> Sensitivity:
+    """The sensitivity of every weight layer of ``base`` (eval mode), on the validation split."""
     started = time.perf_counter()
-    images = refit_images(splits, reconstruct)
-    calibration = training_images(splits, images) if images else None
     base = base.eval()
     layers = weight_layers(base)
     removable = filters_removable(base)
@@ -249,8 +242,7 @@ def analyse(
         if name in removable:
             for ratio in RATIOS:
                 pruned = copy.deepcopy(base)
-                config = FilterPruneConfig(mode="ratio", layers={name: ratio})
-                prune_filters_(pruned, config, example, calibration=calibration)
+                prune_filters_(pruned, FilterPruneConfig(mode="ratio", layers={name: ratio}), example)
                 ratio_acc.append(accuracy(pruned, splits.val))
                 bar.update()
         quality_acc, sparsity = [], []
@@ -301,14 +293,8 @@ def shared(weight: torch.Tensor, bits: int) -> torch.Tensor:
     return out
 
 
-def refit_images(splits: DataSplits, reconstruct: int) -> int:
-    """How many images the probes refit on: none with a task (its images are its own)."""
-    return reconstruct if splits.task is None else 0
-
-
-def cache_key(base: nn.Module, splits: DataSplits, reconstruct: int = 0) -> str:
-    """What the analysis depends on: the base's weights, the data, the refit and this code's
-    version."""
+def cache_key(base: nn.Module, splits: DataSplits) -> str:
+    """What the analysis depends on: the base's weights, the data and this code's version."""
     digest = hashlib.blake2b(digest_size=12)
     digest.update(
         json.dumps(
@@ -318,7 +304,6 @@ def cache_key(base: nn.Module, splits: DataSplits, reconstruct: int = 0) -> str:
                 "qualities": QUALITIES,
                 "bits": BITS,
                 "data": splits.fingerprint,
-                "reconstruct": refit_images(splits, reconstruct),
             }
         ).encode()
     )
@@ -333,23 +318,18 @@ def cache_path(key: str) -> Path:
 
 
 def sensitivity_for(
-    base: nn.Module,
-    splits: DataSplits,
-    *,
-    reconstruct: int = 0,
-    progress: bool = True,
-    use_cache: bool = True,
+    base: nn.Module, splits: DataSplits, *, progress: bool = True, use_cache: bool = True
 ) -> tuple[Sensitivity, bool]:
-    """The analysis of ``base``, computed at most once per base model, data and refit (cached
-    beside the base models); returns it and whether it came from the cache."""
-    key = cache_key(base, splits, reconstruct)
+    """The analysis of ``base``, computed at most once per base model and data (cached beside
+    the base models); returns it and whether it came from the cache."""
+    key = cache_key(base, splits)
     path = cache_path(key)
     if use_cache and (data := read_bytes(path)) is not None:
         try:
             return Sensitivity.from_dict(json.loads(data)), True
         except (AutoPruneError, json.JSONDecodeError):
             log.warning("the cached sensitivity analysis %s is unreadable: computing it again", path)
-    result = analyse(base, splits, reconstruct=reconstruct, progress=progress)
+    result = analyse(base, splits, progress=progress)
     result = dataclasses.replace(result, key=key)
     write_atomic(path, json.dumps(result.to_dict()).encode())
     return result, False

@@ -99,18 +99,3 @@ def test_a_stored_analysis_is_checked_as_data(trained: tuple, broken: dict) -> N
     good = sensitivity_for(model, splits, progress=False)[0].to_dict()
     with pytest.raises(AutoPruneError):
         Sensitivity.from_dict({**good, **broken})
-
-
-def test_probes_refit_as_a_trial_does_and_are_cached_apart(trained: tuple) -> None:
-    """With ``reconstruct`` images each filter-pruning probe refits what the pruned layer fed
-    (the fc layer here), as a search trial's pruning does: half of the fragile layer costs far
-    less refitted, and the two analyses are two cache entries."""
-    model, splits = trained
-    plain = analyse(model, splits, progress=False)
-    refitted, cached = sensitivity_for(model, splits, reconstruct=256, progress=False)
-    assert not cached and refitted.key == cache_key(model, splits, 256) != cache_key(model, splits)
-    assert refitted.drop_at_ratio("fragile", 0.5) < plain.drop_at_ratio("fragile", 0.5) - 5
-    assert refitted.drop_at_ratio("spare", 0.5) == pytest.approx(
-        0.0, abs=1e-9
-    )  # dead filters: no loss either way
-    assert refitted.layers[1].quality_acc == plain.layers[1].quality_acc  # other probes: untouched

@@ -233,9 +233,7 @@ def enqueue_warm_start(study: optuna.Study, ctx: SearchContext, *, progress: boo
     with StudyLock(ctx.storage, s.name):
         if any(t.user_attrs.get("source") == Source.SENSITIVITY for t in study.get_trials(deepcopy=False)):
             return 0  # queued once: a resumed study does not queue them again
-        sensitivity, _ = sensitivity_for(
-            ctx.base, ctx.splits, reconstruct=ctx.spec.space.reconstruct, progress=progress
-        )
+        sensitivity, _ = sensitivity_for(ctx.base, ctx.splits, progress=progress)
         allocator = Allocator(ctx.base, ctx.model_spec, ctx.spec.space, sensitivity)
         proposals = allocator.propose(
             proposal_budgets(s.max_acc_drop, s.warm_start), minimise=s.allocation_cost

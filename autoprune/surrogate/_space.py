@@ -24,9 +24,7 @@ def model_space(
     if key in _BUILT and _BUILT[key][0] is context:
         return _BUILT[key][1]
     if sensitivity is None:
-        sensitivity, _ = sensitivity_for(
-            context.base, context.splits, reconstruct=context.spec.space.reconstruct, progress=progress
-        )
+        sensitivity, _ = sensitivity_for(context.base, context.splits, progress=progress)
     batch = TrainConfig().batch_size  # a search's fine-tuning uses the default batch size
     view = LayerView(
         context.base,

@@ -31,9 +31,7 @@ def study_sensitivity(view: Any, *, progress: bool = False) -> tuple[Sensitivity
     """The analysis of the study's base model: from the cache when this base was analysed
     before, stored into the study and its figures saved there; returns it and whether it came
     from the cache."""
-    result, cached = sensitivity_for(
-        view.ctx.base, view.ctx.splits, reconstruct=view.ctx.spec.space.reconstruct, progress=progress
-    )
+    result, cached = sensitivity_for(view.ctx.base, view.ctx.splits, progress=progress)
     stored = stored_sensitivity(view.study)
     if stored is None or stored.key != result.key:
         set_study_system_attr(view.study, SENSITIVITY_ATTR, result.to_dict())
