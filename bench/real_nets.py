@@ -634,7 +634,10 @@ def main_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", default="fashion-mnist")
     parser.add_argument("--train-limit", type=int, default=0, help="first N training images (0: all)")
     parser.add_argument(
-        "--val-fraction", type=float, default=0.1, help="share of the training images held out for validation"
+        "--val-fraction",
+        type=float,
+        default=ROW_DEFAULTS["val_fraction"],
+        help="share of the training images held out for validation",
     )
     parser.add_argument("--base-epochs", type=int, default=30)
     parser.add_argument("--base-lr", type=float, default=0.1)
