@@ -24,8 +24,10 @@ Methods:
   sharing off: MACs are what filters decide) on (accuracy, MACs) or (accuracy, latency_ms),
   then ``finalize``; with ``--structured ranked``, of one share of all filters ranked across
   the network (the space's ``structured = "ranked"``);
-- ``pipeline``: the full Deep Compression pipeline on the search's pick (its filter ratios, then
-  magnitude pruning, weight sharing and Huffman coding): the file a user ships.
+- ``pipeline``: the full Deep Compression pipeline on the search's picks (each finalized network
+  within 1 point, then magnitude pruning, weight sharing and Huffman coding at each of
+  ``--qualities`` x ``--conv-bits``; every candidate a row): the smallest file whose validation
+  drop is within 1 point, the file a user ships; its test drop only reported.
 
 ``--distill W``: every method's fine-tuning (the search's trials, its finals and the pipeline
 included) also learns from the base's softened outputs; such rows are named ``<method> + distill
@@ -75,11 +77,19 @@ from autoprune.compress import (
 from autoprune.compress.reconstruct import reconstruct_, step_noting_kept, training_images
 from autoprune.data import DATASETS, RawData, register_dataset
 from autoprune.errors import AutoPruneError
-from autoprune.measure import count_macs, cpu_sample, measure_latency, measure_model, other_load
+from autoprune.measure import (
+    Metrics,
+    correct,
+    count_macs,
+    cpu_sample,
+    measure_latency,
+    measure_model,
+    other_load,
+)
+from autoprune.ops.paired import paired_drop
 from autoprune.pipeline import compress
-from autoprune.search import TrialRecord, parse_storage
+from autoprune.search import Budget, TrialRecord, parse_storage
 from autoprune.search.setup import Inputs, load_inputs
-from autoprune.search.space import SpaceLayers, config_from_params
 from autoprune.search.spec import StudySpec, spec_from_dict
 from autoprune.train import TrainConfig, fit
 from autoprune.workflow import artifact_dir, finalize, search
@@ -390,8 +400,8 @@ def run_search(args: argparse.Namespace) -> None:
         append(args.results, {**row, "wall_s": t.user_attrs.get("trial_s"), **timing})
 
 
-def pipeline_path(args: argparse.Namespace, spec: StudySpec) -> Path:
-    return args.db.parent / f"{spec.study.name}-pipeline.apk"
+def pipeline_path(args: argparse.Namespace, spec: StudySpec, pick: int, quality: float, bits: int) -> Path:
+    return args.db.parent / f"{spec.study.name}-pipeline-t{pick}-q{quality:g}-b{bits}.apk"
 
 
 def finalized_model(
@@ -403,58 +413,104 @@ def finalized_model(
     return load_packed(path, model=args.network)[0]
 
 
+def pick_budget(spec: StudySpec, args: argparse.Namespace) -> Budget:
+    """The study's 1-point budget as ``--pick`` judges it: its upper bound, or the validation
+    drop itself (said in the rows)."""
+    budget = spec.study.budget
+    return dataclasses.replace(budget, z=0.0) if args.pick == "point" else budget
+
+
 def run_pipeline(args: argparse.Namespace) -> None:
-    """The full pipeline on the search's pick: the finalized search trial of largest MAC
-    reduction within 1 point on validation (judged), its filter ratios, then magnitude pruning,
-    weight sharing and Huffman coding at Deep Compression's settings."""
+    """The full pipeline on the search's picks, its settings chosen on validation: every
+    finalized search trial within 1 point (as ``--pick`` judges it), decoded from its file, then
+    magnitude pruning at each ``--qualities`` (fine-tuned for ``--finetune-epochs`` after it, not
+    at all at quality 0), weight sharing at each ``--conv-bits`` (one epoch of trained
+    quantization) and Huffman coding. Every candidate is a row of its own; the pipeline's row is
+    the smallest file among those whose validation drop, judged the same way, is within 1 point."""
     inputs, base = base_of(args)
     spec = study_spec(args, seed=args.seed, objective=args.objective)
-    key = _key(args, f"pipeline ({method_label(args)})", None)
+    label = method_label(args)
+    key = _key(args, f"pipeline ({label})", None)
     if done(args.results, key):
         return
     study = optuna.load_study(study_name=spec.study.name, storage=spec.study.storage)
-    finals = [
+    budget = pick_budget(spec, args)
+    picks = [
         t
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if t.user_attrs.get("source") == "final" and not t.user_attrs.get("recipe_name")
+        if t.user_attrs.get("source") == "final"
+        and not t.user_attrs.get("recipe_name")
+        and budget.within(_record(t))
     ]
-    budget = spec.study.budget
-    if args.pick == "point":  # the validation drop itself, not its upper bound: said in the row
-        budget = dataclasses.replace(budget, z=0.0)
-    i = budget.best([_record(t) for t in finals], lambda r: -r.macs)
-    if i is None:
-        append(args.results, {**key, "pick": None, "note": "no finalized search trial within 1 point"})
+    reference = (
+        measure_model(inputs.base, inputs.splits, latency=False),
+        correct(inputs.base, inputs.splits.val),
+    )
+    candidates = []
+    for t in picks:
+        for quality in args.qualities:
+            for bits in args.conv_bits:
+                candidate = {
+                    **_key(args, f"pipeline candidate ({label})", None),
+                    "pick": t.number,
+                    "quality": quality,
+                    "conv_bits": bits,
+                }
+                row = done(args.results, candidate)
+                if row is None:
+                    row = {**candidate, **pipeline_candidate(t, quality, bits, inputs, base, reference, args)}
+                    append(args.results, row)
+                candidates.append(row)
+    ok = [r for r in candidates if budget.within(r)]
+    if not ok:
+        note = f"none of {len(candidates)} candidates on {len(picks)} picks within 1 point"
+        append(args.results, {**key, "pick": None, "note": note})
         return
-    pick = finals[i]
+    best = min(ok, key=lambda r: r["packed_bytes"])
+    append(args.results, {**best, **key, "pick_rule": args.pick, "candidates": len(candidates)})
+
+
+def pipeline_candidate(
+    t: optuna.trial.FrozenTrial,
+    quality: float,
+    bits: int,
+    inputs: Inputs,
+    base: dict[str, Any],
+    reference: tuple[Metrics, np.ndarray],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """One candidate: the pick's network (its filters removed, refitted and fine-tuned as the
+    search finalized it), magnitude-pruned at ``quality``, shared at ``bits`` and packed; its
+    validation drop paired against the base's (``reference``: its metrics and which validation
+    images it gets right), as the search's are."""
+    base_metrics, base_right = reference
+    spec = study_spec(args, seed=args.seed, objective=args.objective)
     config = CompressConfig.of(
-        config_from_params(pick.params, spec.space, SpaceLayers.of(inputs.base)).structured,
-        MagnitudeConfig(mode="quality", default=args.quality),
-        finetune_config(args),
-        ShareConfig(conv_bits=args.conv_bits, fc_bits=5, epochs=1, lr=args.lr / 10),
+        MagnitudeConfig(mode="quality", default=quality),
+        dataclasses.replace(finetune_config(args), epochs=args.finetune_epochs if quality else 0),
+        ShareConfig(conv_bits=bits, fc_bits=5, epochs=1, lr=args.lr / 10),
         name="pipeline",
     )
     started = time.perf_counter()
-    metrics = measure_model(inputs.base, inputs.splits, latency=False)
-    out = pipeline_path(args, spec)
     result = compress(
-        inputs.base,
+        finalized_model(t, spec, inputs, args),
         inputs.model_spec,
         inputs.splits,
         config,
-        out,
-        base_metrics=metrics,
+        pipeline_path(args, spec, t.number, quality, bits),
+        base_metrics=base_metrics,
         progress=not args.quiet,
         latency=False,
     )
-    row = {
-        **key,
-        **measured(result.model, inputs, base, args),
-        "pick": pick.number,
-        "pick_rule": args.pick,
+    row = measured(result.model, inputs, base, args)
+    return {
+        **row,
+        "acc_drop": row["val_drop"],  # the names the study's budget reads
+        "acc_drop_se": paired_drop(base_right, correct(result.model, inputs.splits.val)).se,
         "packed_bytes": result.metrics["packed_bytes"],
         "packed_ratio": base["dense_bytes"] / result.metrics["packed_bytes"],
+        "wall_s": time.perf_counter() - started,
     }
-    append(args.results, {**row, "wall_s": time.perf_counter() - started})
 
 
 # ----------------------------------------------------------------------------- report
@@ -537,7 +593,8 @@ def run_speed(args: argparse.Namespace) -> None:
             trial = study.trials[r["trial"]]
             models[f"search trial {r['trial']}"] = (r, finalized_model(trial, spec, inputs, args))
         elif r["method"] == f"pipeline ({label})":
-            models["pipeline"] = (r, load_packed(pipeline_path(args, spec), model=args.network)[0])
+            path = pipeline_path(args, spec, r["pick"], r["quality"], r["conv_bits"])
+            models["pipeline"] = (r, load_packed(path, model=args.network)[0])
     before = cpu_sample()
     times: dict[str, list[dict[str, float]]] = {k: [] for k in models}
     for _ in range(args.rounds):
@@ -573,7 +630,11 @@ def run_speed(args: argparse.Namespace) -> None:
 
 
 def run_report(args: argparse.Namespace) -> None:
-    rows = [r for r in read_rows(args.results) if r["method"] != "base" and r.get("macs_ratio")]
+    rows = [  # a pipeline's candidates are its choice's working, not a method
+        r
+        for r in read_rows(args.results)
+        if r["method"] != "base" and r.get("macs_ratio") and not r["method"].startswith("pipeline candidate")
+    ]
     summary = []
     for network in sorted({r["network"] for r in rows}):
         for method in sorted({r["method"] for r in rows if r["network"] == network}):
@@ -688,11 +749,19 @@ def main_parser() -> argparse.ArgumentParser:
         "--pick",
         choices=["judged", "point"],
         default="judged",
-        help="pipeline: the search's pick within 1 point as the study judges it (the drop's upper "
-        "bound) or on the validation drop itself",
+        help="pipeline: the search's picks and the pipeline's candidates within 1 point as the study "
+        "judges it (the drop's upper bound) or on the validation drop itself",
     )
-    parser.add_argument("--quality", type=float, default=1.0, help="the pipeline's magnitude threshold / std")
-    parser.add_argument("--conv-bits", type=int, default=6)
+    parser.add_argument(
+        "--qualities",
+        type=float,
+        nargs="+",
+        default=[0.0, 0.5],
+        help="pipeline: magnitude thresholds / std to try (0: no magnitude pruning)",
+    )
+    parser.add_argument(
+        "--conv-bits", type=int, nargs="+", default=[5, 6], help="pipeline: conv sharing widths to try"
+    )
     parser.add_argument("--latency-repeats", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3, help="speed: interleaved rounds of timing")
     parser.add_argument("--db", type=Path, default=Path("bench/results/real_nets.db"))

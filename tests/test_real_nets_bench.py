@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from autoprune.search import Budget
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
@@ -55,12 +56,24 @@ def test_every_stage_runs_resumes_and_writes_its_rows(
     assert len((tmp_path / "rows.jsonl").read_text().splitlines()) == len(rows)
     # the search of one share ranked across the network, refitted after pruning: its own study and rows
     ranked_args = ["--structured", "ranked", "--reconstruct", "16"]
-    for stage in ("search", "pipeline"):
-        real_nets.main([stage, *TINY, *paths, *ranked_args])
+    real_nets.main(["search", *TINY, *paths, *ranked_args])
+    # the pipeline's candidates on every pick a budget this tiny base can meet: the smallest file
+    # among those within it is the pipeline's row
+    monkeypatch.setattr(real_nets, "pick_budget", lambda spec, args: Budget(max_drop=90.0))
+    real_nets.main(["pipeline", *TINY, *paths, *ranked_args, "--qualities", "0", "1", "--conv-bits", "4"])
     ranked = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()[len(rows) :]]
     label = "macs, ranked, reconstruct 16"
-    assert ranked and {r["method"] for r in ranked} <= {f"search ({label})", f"pipeline ({label})"}
-    assert all(r["macs_ratio"] >= 1.0 for r in ranked if r.get("macs_ratio") is not None), ranked
+    assert {r["method"] for r in ranked} == {
+        f"{m} ({label})" for m in ("search", "pipeline candidate", "pipeline")
+    }
+    assert all(r["macs_ratio"] >= 1.0 for r in ranked), ranked
+    candidates = [r for r in ranked if r["method"].startswith("pipeline candidate")]
+    assert [(r["quality"], r["conv_bits"]) for r in candidates] == [(0.0, 4), (1.0, 4)]
+    within = [r for r in candidates if r["acc_drop"] <= 90.0]
+    assert (
+        ranked[-1]["packed_bytes"] == min(r["packed_bytes"] for r in within) and ranked[-1]["candidates"] == 2
+    )
+    assert ranked[-1]["packed_ratio"] > 8  # 4-bit shares and Huffman on float32 weights
     # every network timed again beside the base, in one sitting
     real_nets.main(["speed", *TINY, *paths, *ranked_args, "--rounds", "2"])
     timed = json.loads((tmp_path / "rows.speed.json").read_text())[f"resnet20 {label} seed 0"]["rows"]
