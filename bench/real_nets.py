@@ -430,7 +430,7 @@ def run_pipeline(args: argparse.Namespace) -> None:
     inputs, base = base_of(args)
     spec = study_spec(args, seed=args.seed, objective=args.objective)
     label = method_label(args)
-    key = _key(args, f"pipeline ({label})", None)
+    key = {**_key(args, f"pipeline ({label})", None), "pick_rule": args.pick}
     if done(args.results, key):
         return
     study = optuna.load_study(study_name=spec.study.name, storage=spec.study.storage)
@@ -467,7 +467,7 @@ def run_pipeline(args: argparse.Namespace) -> None:
         append(args.results, {**key, "pick": None, "note": note})
         return
     best = min(ok, key=lambda r: r["packed_bytes"])
-    append(args.results, {**best, **key, "pick_rule": args.pick, "candidates": len(candidates)})
+    append(args.results, {**best, **key, "candidates": len(candidates)})
 
 
 def pipeline_candidate(
@@ -594,7 +594,7 @@ def run_speed(args: argparse.Namespace) -> None:
             models[f"search trial {r['trial']}"] = (r, finalized_model(trial, spec, inputs, args))
         elif r["method"] == f"pipeline ({label})":
             path = pipeline_path(args, spec, r["pick"], r["quality"], r["conv_bits"])
-            models["pipeline"] = (r, load_packed(path, model=args.network)[0])
+            models[f"pipeline ({r['pick_rule']})"] = (r, load_packed(path, model=args.network)[0])
     before = cpu_sample()
     times: dict[str, list[dict[str, float]]] = {k: [] for k in models}
     for _ in range(args.rounds):

@@ -60,7 +60,8 @@ def test_every_stage_runs_resumes_and_writes_its_rows(
     # the pipeline's candidates on every pick a budget this tiny base can meet: the smallest file
     # among those within it is the pipeline's row
     monkeypatch.setattr(real_nets, "pick_budget", lambda spec, args: Budget(max_drop=90.0))
-    real_nets.main(["pipeline", *TINY, *paths, *ranked_args, "--qualities", "0", "1", "--conv-bits", "4"])
+    pipeline_args = [*TINY, *paths, *ranked_args, "--qualities", "0", "1", "--conv-bits", "4"]
+    real_nets.main(["pipeline", *pipeline_args])
     ranked = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()[len(rows) :]]
     label = "macs, ranked, reconstruct 16"
     assert {r["method"] for r in ranked} == {
@@ -74,11 +75,25 @@ def test_every_stage_runs_resumes_and_writes_its_rows(
         ranked[-1]["packed_bytes"] == min(r["packed_bytes"] for r in within) and ranked[-1]["candidates"] == 2
     )
     assert ranked[-1]["packed_ratio"] > 8  # 4-bit shares and Huffman on float32 weights
+    # the other rule is a row of its own, from the same candidates (none computed again)
+    real_nets.main(["pipeline", *pipeline_args, "--pick", "point"])
+    again = [
+        json.loads(line)
+        for line in (tmp_path / "rows.jsonl").read_text().splitlines()[len(rows) + len(ranked) :]
+    ]
+    assert [(r["method"], r["pick_rule"], r["packed_bytes"]) for r in again] == [
+        (f"pipeline ({label})", "point", ranked[-1]["packed_bytes"])
+    ]
     # every network timed again beside the base, in one sitting
     real_nets.main(["speed", *TINY, *paths, *ranked_args, "--rounds", "2"])
     timed = json.loads((tmp_path / "rows.speed.json").read_text())[f"resnet20 {label} seed 0"]["rows"]
     assert timed[0]["what"] == "base" and timed[0]["speedup_b1"] == 1.0
-    assert {r["method"] for r in timed} >= {"uniform", "torch-pruning", f"search ({label})"}
+    assert {r["method"] for r in timed} >= {
+        "uniform",
+        "torch-pruning",
+        f"search ({label})",
+        f"pipeline ({label})",
+    }
     assert all(r["speedup_b1"] > 0 and r["speedup_b32"] > 0 for r in timed)
     # a comparison method fine-tuned with distillation: a row of its own beside the plain one
     before = len((tmp_path / "rows.jsonl").read_text().splitlines())
