@@ -430,7 +430,8 @@ def run_pipeline(args: argparse.Namespace) -> None:
     inputs, base = base_of(args)
     spec = study_spec(args, seed=args.seed, objective=args.objective)
     label = method_label(args)
-    key = {**_key(args, f"pipeline ({label})", None), "pick_rule": args.pick}
+    grid = {"qualities": args.qualities, "conv_bits_tried": args.conv_bits}  # another grid: another row
+    key = {**_key(args, f"pipeline ({label})", None), "pick_rule": args.pick, **grid}
     if done(args.results, key):
         return
     study = optuna.load_study(study_name=spec.study.name, storage=spec.study.storage)

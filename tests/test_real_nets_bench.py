@@ -60,7 +60,7 @@ def test_every_stage_runs_resumes_and_writes_its_rows(
     # the pipeline's candidates on every pick a budget this tiny base can meet: the smallest file
     # among those within it is the pipeline's row
     monkeypatch.setattr(real_nets, "pick_budget", lambda spec, args: Budget(max_drop=90.0))
-    pipeline_args = [*TINY, *paths, *ranked_args, "--qualities", "0", "1", "--conv-bits", "4"]
+    pipeline_args = [*TINY, *paths, *ranked_args, "--conv-bits", "4", "--qualities", "0", "1"]
     real_nets.main(["pipeline", *pipeline_args])
     ranked = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()[len(rows) :]]
     label = "macs, ranked, reconstruct 16"
@@ -84,6 +84,16 @@ def test_every_stage_runs_resumes_and_writes_its_rows(
     assert [(r["method"], r["pick_rule"], r["packed_bytes"]) for r in again] == [
         (f"pipeline ({label})", "point", ranked[-1]["packed_bytes"])
     ]
+    # another grid is another choice: a row of its own, its candidates reused where computed
+    real_nets.main(["pipeline", *pipeline_args[:-1]])  # quality 0 alone
+    last = json.loads((tmp_path / "rows.jsonl").read_text().splitlines()[-1])
+    assert (last["candidates"], last["quality"], last["qualities"], last["pick_rule"]) == (
+        1,
+        0.0,
+        [0.0],
+        "judged",
+    )
+    assert last["packed_bytes"] == candidates[0]["packed_bytes"]
     # every network timed again beside the base, in one sitting
     real_nets.main(["speed", *TINY, *paths, *ranked_args, "--rounds", "2"])
     timed = json.loads((tmp_path / "rows.speed.json").read_text())[f"resnet20 {label} seed 0"]["rows"]
