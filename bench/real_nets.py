@@ -757,11 +757,11 @@ def main_parser() -> argparse.ArgumentParser:
         "--qualities",
         type=float,
         nargs="+",
-        default=[0.0, 0.5],
+        default=[0.0, 0.5, 0.75, 1.0],
         help="pipeline: magnitude thresholds / std to try (0: no magnitude pruning)",
     )
     parser.add_argument(
-        "--conv-bits", type=int, nargs="+", default=[5, 6], help="pipeline: conv sharing widths to try"
+        "--conv-bits", type=int, nargs="+", default=[4, 5, 6], help="pipeline: conv sharing widths to try"
     )
     parser.add_argument("--latency-repeats", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3, help="speed: interleaved rounds of timing")
