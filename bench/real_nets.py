@@ -595,7 +595,8 @@ def run_speed(args: argparse.Namespace) -> None:
             models[f"search trial {r['trial']}"] = (r, finalized_model(trial, spec, inputs, args))
         elif r["method"] == f"pipeline ({label})":
             path = pipeline_path(args, spec, r["pick"], r["quality"], r["conv_bits"])
-            models[f"pipeline ({r['pick_rule']})"] = (r, load_packed(path, model=args.network)[0])
+            what = f"pipeline on trial {r['pick']}, quality {r['quality']:g}, {r['conv_bits']} bits"
+            models[what] = (r, load_packed(path, model=args.network)[0])
     before = cpu_sample()
     times: dict[str, list[dict[str, float]]] = {k: [] for k in models}
     for _ in range(args.rounds):

@@ -336,7 +336,7 @@ def test_the_password_can_come_from_libpq_not_the_command_line(
         monkeypatch.delenv("PGPASSWORD", raising=False)
     info = parse_storage(PG_URL)
     assert ":" not in PG_URL.split("//")[1].split("@")[0]  # no password in the URL
-    storage = open_storage(info, create=False)
+    storage = open_storage(info, create=True)  # a fresh database has no schema yet
     with storage.engine.connect() as conn:
         assert conn.connection.dbapi_connection.info.password == secret
     assert secret not in info.safe_url + info.public_url
