@@ -459,7 +459,10 @@ def run_pipeline(args: argparse.Namespace) -> None:
                 }
                 row = done(args.results, candidate)
                 if row is None:
-                    row = {**candidate, **pipeline_candidate(t, quality, bits, inputs, base, reference, args)}
+                    row = {
+                        **candidate,
+                        **pipeline_candidate(t, quality, bits, spec, inputs, base, reference, args),
+                    }
                     append(args.results, row)
                 candidates.append(row)
     ok = [r for r in candidates if budget.within(r)]
@@ -475,6 +478,7 @@ def pipeline_candidate(
     t: optuna.trial.FrozenTrial,
     quality: float,
     bits: int,
+    spec: StudySpec,
     inputs: Inputs,
     base: dict[str, Any],
     reference: tuple[Metrics, np.ndarray],
@@ -485,7 +489,6 @@ def pipeline_candidate(
     validation drop paired against the base's (``reference``: its metrics and which validation
     images it gets right), as the search's are."""
     base_metrics, base_right = reference
-    spec = study_spec(args, seed=args.seed, objective=args.objective)
     config = CompressConfig.of(
         MagnitudeConfig(mode="quality", default=quality),
         dataclasses.replace(finetune_config(args), epochs=args.finetune_epochs if quality else 0),
