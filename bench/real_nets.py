@@ -23,7 +23,8 @@ Methods:
 - ``search``: autoprune's search of per-layer filter ratios (magnitude pruning and weight
   sharing off: MACs are what filters decide) on (accuracy, MACs) or (accuracy, latency_ms),
   then ``finalize``; with ``--structured ranked``, of one share of all filters ranked across
-  the network (the space's ``structured = "ranked"``);
+  the network (the space's ``structured = "ranked"``); ``--criterion group`` ranks them by
+  Torch-Pruning's group L1 instead of each filter's own (the space's ``criterion``);
 - ``pipeline``: the full Deep Compression pipeline on the search's picks (each finalized network
   within 1 point, then magnitude pruning, weight sharing and Huffman coding at each of
   ``--qualities`` x ``--conv-bits``; every candidate a row): the smallest file whose validation
@@ -124,6 +125,7 @@ def study_spec(args: argparse.Namespace, *, seed: int = 0, objective: str = "mac
     variant = (
         ("-ranked" if args.structured == "ranked" else "")
         + (f"-r{args.round_to}" if args.round_to > 1 else "")
+        + (f"-{args.criterion}" if args.criterion != "l1" else "")
         + (f"-kd{args.distill:g}" if args.distill else "")
         + (f"-rc{args.reconstruct}" if args.reconstruct else "")
         + (f"-e{args.trial_epochs}" if args.trial_epochs != 1 else "")
@@ -159,6 +161,7 @@ def study_spec(args: argparse.Namespace, *, seed: int = 0, objective: str = "mac
             "space": {
                 "structured": args.structured,
                 "round_to": args.round_to,
+                "criterion": args.criterion,
                 "reconstruct": args.reconstruct,
                 "ratio": [0.0, args.max_ratio],
                 "magnitude": "off",
@@ -531,6 +534,7 @@ def method_label(args: argparse.Namespace) -> str:
     when not 1 epoch."""
     space = [args.structured] if args.structured != "per_layer" else []
     space += [f"round_to {args.round_to}"] if args.round_to > 1 else []
+    space += [f"criterion {args.criterion}"] if args.criterion != "l1" else []
     space += [f"distill {args.distill:g}"] if args.distill else []
     space += [f"reconstruct {args.reconstruct}"] if args.reconstruct else []
     space += [f"trial epochs {args.trial_epochs}"] if args.trial_epochs != 1 else []
@@ -727,6 +731,13 @@ def main_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-ratio", type=float, default=0.8)
     parser.add_argument(
         "--round-to", type=int, default=1, help="the search's filters kept in multiples of this"
+    )
+    parser.add_argument(
+        "--criterion",
+        choices=["l1", "l2", "group"],
+        default="l1",
+        help="which filters the search removes: each filter's own norm, or Torch-Pruning's group "
+        "L1 (every weight the channel's removal takes)",
     )
     parser.add_argument(
         "--structured",

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch_pruning as tp
 from torch import nn
 
 from autoprune.compress import (
@@ -29,6 +30,7 @@ from autoprune.compress import (
     share_weights_,
     weight_layers,
 )
+from autoprune.compress._layers import conv_layers, output_layer
 from autoprune.compress.export import export_onnx, export_torchscript
 from autoprune.compress.quantize import attach_codebooks_, detach_codebooks_
 from autoprune.compress.structured import filter_norms
@@ -98,6 +100,41 @@ def test_global_ranking_removes_the_lowest_ranked_filters_of_the_whole_network(n
         scores = [(torch.tensor(r.norms) / torch.tensor(r.norms).mean(), r.kept) for r in prunable]
         assert max(s[k:].max() for s, k in scores if k < len(s)) <= min(s[:k].min() for s, k in scores)
         assert len({r.removed for r in prunable}) > 1  # not the same share everywhere: ranked
+
+
+@pytest.mark.parametrize("name", ["vgg", "resnet20", "mobilenetv2"])
+def test_the_group_criterion_ranks_as_torch_prunings_global_pruning(name: str) -> None:
+    """Same order of channels as Torch-Pruning's MetaPruner(global_pruning=True) with group L1:
+    per conv, one keeps at least what the other keeps everywhere (only the count cut differs, by
+    how each rounds the share of all channels)."""
+    torch.manual_seed(0)
+    model = create_model(ModelSpec(name, 7, 3, (16, 16))).eval()
+    example = torch.zeros(1, 3, 16, 16)
+    ours, theirs = copy.deepcopy(model), copy.deepcopy(model)
+    prune_filters_(ours, FilterPruneConfig(ranking="global", default=0.4, criterion="group"), example)
+    tp.pruner.MetaPruner(
+        theirs,
+        example,
+        importance=tp.importance.GroupMagnitudeImportance(p=1),
+        pruning_ratio=0.4,
+        global_pruning=True,
+        ignored_layers=[theirs.get_submodule(output_layer(theirs))],
+    ).step()
+    kept = [
+        (a.out_channels, b.out_channels)
+        for a, b in zip(conv_layers(ours).values(), conv_layers(theirs).values())
+    ]
+    assert all(a >= b for a, b in kept) or all(a <= b for a, b in kept)
+    total = sum(c.out_channels for c in conv_layers(model).values())
+    assert abs(sum(a - b for a, b in kept)) <= 0.01 * total
+    assert sum(a for a, _ in kept) < 0.7 * total  # a real share went
+
+
+def test_the_group_criterion_takes_a_ratio() -> None:
+    with pytest.raises(RecipeError, match="criterion='group'.*mode='ratio'"):
+        FilterPruneConfig(mode="threshold", default=0.3, criterion="group")
+    with pytest.raises(RecipeError, match="'l1', 'l2' or 'group'"):
+        FilterPruneConfig(criterion="l3")
 
 
 def test_global_ranking_takes_one_ratio() -> None:

@@ -5,6 +5,7 @@ stage needs only its own module."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from pathlib import Path
 
@@ -241,6 +242,12 @@ def test_a_ranked_space_searches_one_share_of_all_filters() -> None:
     assert "ranked_ratio" not in recipe_params(per_layer, dists, model)  # not expressible here
     with pytest.raises(SpecError, match="'ranked'"):
         SpaceSection(structured="ranks")
+    group = dataclasses.replace(space, criterion="group")
+    assert config_from_params({"ranked_ratio": 0.4}, group, layers).structured.criterion == "group"
+    per_layer_group = dataclasses.replace(group, structured="per_layer")
+    assert config_from_params({}, per_layer_group, layers).structured.criterion == "group"
+    with pytest.raises(SpecError, match="space.criterion='l3' should be one of l1, l2, group"):
+        SpaceSection(criterion="l3")
 
 
 @pytest.mark.parametrize(

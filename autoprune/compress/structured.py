@@ -3,7 +3,9 @@
 The ranking is Li et al.'s: a filter's importance is the norm of its own kernel weights. The
 surgery is torch-pruning's dependency graph, which removes every coupled channel with the
 filter: batch norm, the next layer's inputs, residual additions, depthwise groups, concats.
-When filters of several convs are coupled (a residual sum), their norms are added.
+When filters of several convs are coupled (a residual sum), their norms are added. The
+``group`` criterion is Torch-Pruning's own: the L1 norm of every weight the channel's removal
+takes (its filters, batch norm and the next layers' input slices), over its group's mean.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ from autoprune.limits import MAX_RECONSTRUCT_IMAGES
 log = logging.getLogger(__name__)
 
 
+CRITERIA = ("l1", "l2", "group")
+
+
 @dataclass(frozen=True)
 class FilterPruneConfig:
     """How many filters each conv layer loses."""
@@ -54,7 +59,8 @@ class FilterPruneConfig:
     default: float = 0.0  # applied to every conv layer not named in ``layers`` or ``positions``
     layers: dict[str, float] = field(default_factory=dict)  # per-layer value by module name
     positions: dict[str, float] = field(default_factory=dict)  # by layer position (first_conv, conv)
-    criterion: str = "l1"  # "l1" or "l2" norm of each filter's weights
+    criterion: str = "l1"  # "l1" or "l2" norm of each filter's weights; "group": L1 of every
+    #   weight its removal takes (filters, batch norm, the next layers' inputs: Torch-Pruning's)
     round_to: int = 1  # kept channels rounded to a multiple of this (hardware alignment)
     ranking: str = "layer"  # "layer": each conv loses its own share (Li et al.); "global":
     #   ``default`` is the share of all filters removed, ranked across the network (RankedImportance)
@@ -64,8 +70,13 @@ class FilterPruneConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("ratio", "threshold"):
             raise RecipeError(f"structured mode={self.mode!r} should be 'ratio' or 'threshold'")
-        if self.criterion not in ("l1", "l2"):
-            raise RecipeError(f"structured criterion={self.criterion!r} should be 'l1' or 'l2'")
+        if self.criterion not in CRITERIA:
+            raise RecipeError(f"structured criterion={self.criterion!r} should be 'l1', 'l2' or 'group'")
+        if self.criterion == "group" and self.mode != "ratio":
+            raise RecipeError(
+                "structured criterion='group' ranks channels across coupled layers: it takes "
+                "mode='ratio' (a threshold is on each conv's own filter norms)"
+            )
         if self.round_to < 1:
             raise RecipeError(f"structured round_to={self.round_to} should be >= 1")
         if not 0 <= self.reconstruct <= MAX_RECONSTRUCT_IMAGES:
@@ -110,9 +121,10 @@ class LayerNorms:
 
 
 def filter_norms(weight: torch.Tensor, criterion: str = "l1") -> torch.Tensor:
-    """Norm of each output filter of a conv weight (O, I, kh, kw)."""
+    """Norm of each output filter of a conv weight (O, I, kh, kw); L2 for "l2", else L1 (the
+    "group" criterion's records show each conv's own filters)."""
     flat = weight.detach().flatten(1)
-    return flat.abs().sum(1) if criterion == "l1" else flat.pow(2).sum(1).sqrt()
+    return flat.pow(2).sum(1).sqrt() if criterion == "l2" else flat.abs().sum(1)
 
 
 class FilterNormImportance(tp.importance.Importance):
@@ -150,6 +162,14 @@ class RankedImportance(FilterNormImportance):
     def __call__(self, group: tp.Group) -> torch.Tensor | None:
         norms = super().__call__(group)
         return None if norms is None else norms / norms.mean().clamp_min(1e-12)
+
+
+def importance(criterion: str, *, ranked: bool = False) -> tp.importance.Importance:
+    """The channel importance ``criterion`` names; ``ranked``: comparable across groups (the
+    group criterion is already over its group's mean)."""
+    if criterion == "group":
+        return tp.importance.GroupMagnitudeImportance(p=1)
+    return RankedImportance(criterion) if ranked else FilterNormImportance(criterion)
 
 
 def prune_filters_(
@@ -227,10 +247,10 @@ def ranked_layer_ratios(
     cuts = channel_cuts(model, example_input)
     ignored = [m for n, m in model.named_modules() if n == keep_whole or n in cuts.whole]
     graph = tp.DependencyGraph().build_dependency(model, example_input, forward_fn=cuts.forward)
-    importance = RankedImportance(config.criterion)
+    ranking = importance(config.criterion, ranked=True)
     groups, scores = [], []
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d]):
-        score = importance(group) if group[0].dep.handler in _OUT_FNS else None
+        score = ranking(group) if group[0].dep.handler in _OUT_FNS else None
         if score is not None and len(score) > 1:
             groups.append(group)
             scores.append(score)
@@ -313,7 +333,7 @@ def _prune_verified(
         pruner = tp.pruner.MetaPruner(
             trial,
             example_input,
-            importance=FilterNormImportance(config.criterion),
+            importance=importance(config.criterion),
             pruning_ratio=0.0,
             pruning_ratio_dict={twins[id(m)]: r for m, r in ratios.items()},
             ignored_layers=[twins[id(m)] for m in ignored],
@@ -479,11 +499,19 @@ class FilterPruning(Stage):
         if space.structured == "ranked":
             share = value(params, "ranked_ratio", space.ratio)
             return FilterPruneConfig(
-                ranking="global", default=share, round_to=space.round_to, reconstruct=space.reconstruct
+                ranking="global",
+                default=share,
+                criterion=space.criterion,
+                round_to=space.round_to,
+                reconstruct=space.reconstruct,
             )
         ratios = per_layer_values(params, space.structured, "ratio", space.ratio, layers.conv)
         return FilterPruneConfig(
-            mode="ratio", layers=ratios, round_to=space.round_to, reconstruct=space.reconstruct
+            mode="ratio",
+            layers=ratios,
+            criterion=space.criterion,
+            round_to=space.round_to,
+            reconstruct=space.reconstruct,
         )
 
     def to_params(self, config: FilterPruneConfig, names: Sequence[str], base: nn.Module) -> dict[str, Any]:

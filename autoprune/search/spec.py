@@ -19,6 +19,7 @@ from optuna.study import StudyDirection
 
 from autoprune._config import build_config, read_toml
 from autoprune.compress import STAGES
+from autoprune.compress.structured import CRITERIA
 from autoprune.data import DataOptions
 from autoprune.device import DEVICES
 from autoprune.errors import AutoPruneError, DataError
@@ -88,6 +89,9 @@ class SpaceSection:
     structured: str = "per_layer"
     ratio: list[float] = field(default_factory=lambda: [0.0, 0.7])
     round_to: int = 1  # kept filters rounded to a multiple of this (8: aligned for vector units)
+    # which filters go: "l1" (each filter's own L1 norm, Li et al.), "l2", or "group" (L1 of every
+    # weight the channel's removal takes: filters, batch norm, next layers' inputs; Torch-Pruning's)
+    criterion: str = "l1"
     # training images on which the layers after removed filters are refitted to the base's
     # outputs by least squares before fine-tuning (0: not refitted)
     reconstruct: int = RECONSTRUCT_IMAGES
@@ -127,6 +131,8 @@ class SpaceSection:
             )
         if self.magnitude not in ("per_layer", "global", "off"):
             raise SpecError(f"space.magnitude={self.magnitude!r} should be 'per_layer', 'global' or 'off'")
+        if self.criterion not in CRITERIA:
+            raise SpecError(f"space.criterion={self.criterion!r} should be one of {', '.join(CRITERIA)}")
         _range("space.ratio", self.ratio, 0.0, 0.95)
         _range("space.quality", self.quality, 0.0, 10.0)
         _range("space.conv_bits", self.conv_bits, 1, 16)
