@@ -54,8 +54,9 @@ def test_every_stage_runs_resumes_and_writes_its_rows(
     for stage in ("base", "uniform", "tp", "search", "pipeline"):
         real_nets.main([stage, *TINY, *paths])
     assert len((tmp_path / "rows.jsonl").read_text().splitlines()) == len(rows)
-    # the search of one share ranked across the network, refitted after pruning: its own study and rows
-    ranked_args = ["--structured", "ranked", "--reconstruct", "16"]
+    # the search of one share ranked across the network by Torch-Pruning's group L1, refitted after
+    # pruning: its own study and rows
+    ranked_args = ["--structured", "ranked", "--criterion", "group", "--reconstruct", "16"]
     real_nets.main(["search", *TINY, *paths, *ranked_args])
     # the pipeline's candidates on every pick a budget this tiny base can meet: the smallest file
     # among those within it is the pipeline's row
@@ -63,7 +64,7 @@ def test_every_stage_runs_resumes_and_writes_its_rows(
     pipeline_args = [*TINY, *paths, *ranked_args, "--conv-bits", "4", "--qualities", "0", "1"]
     real_nets.main(["pipeline", *pipeline_args])
     ranked = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()[len(rows) :]]
-    label = "macs, ranked, reconstruct 16"
+    label = "macs, ranked, criterion group, reconstruct 16"
     assert {r["method"] for r in ranked} == {
         f"{m} ({label})" for m in ("search", "pipeline candidate", "pipeline")
     }
