@@ -253,7 +253,7 @@ def ranked_layer_ratios(
         score = ranking(group) if group[0].dep.handler in _OUT_FNS else None
         if score is not None and len(score) > 1:
             groups.append(group)
-            scores.append(score)
+            scores.append(score.cpu())
     if not groups:
         return {}
     channels = [len(s) for s in scores]
