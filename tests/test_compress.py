@@ -67,13 +67,15 @@ def expected_params(model: nn.Module) -> int:
     return total
 
 
+@pytest.mark.parametrize("criterion", ["l1", "group"])
 @pytest.mark.parametrize("name", ALL_MODELS)
-def test_structured_pruning_keeps_output_shape_and_channel_arithmetic(name: str) -> None:
+def test_structured_pruning_keeps_output_shape_and_channel_arithmetic(name: str, criterion: str) -> None:
     spec = ModelSpec(name, 7, 3, (16, 16))
     model = create_model(spec).eval()
     x = torch.randn(2, 3, 16, 16)
     before = count_params(model)
-    records = prune_filters_(model, FilterPruneConfig(default=0.4), torch.zeros(1, 3, 16, 16))
+    config = FilterPruneConfig(default=0.4, criterion=criterion)
+    records = prune_filters_(model, config, torch.zeros(1, 3, 16, 16))
     assert model(x).shape == (2, 7)
     assert count_params(model) == expected_params(model)  # no stray tensor of the old shape
     if any(r.removed for r in records):
