@@ -76,6 +76,7 @@ from autoprune.compress import (
     prune_filters_,
 )
 from autoprune.compress.reconstruct import reconstruct_, step_noting_kept, training_images
+from autoprune.compress.structured import CRITERIA
 from autoprune.data import DATASETS, RawData, register_dataset
 from autoprune.errors import AutoPruneError
 from autoprune.measure import (
@@ -734,7 +735,7 @@ def main_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--criterion",
-        choices=["l1", "l2", "group"],
+        choices=CRITERIA,
         default="l1",
         help="which filters the search removes: each filter's own norm, or Torch-Pruning's group "
         "L1 (every weight the channel's removal takes)",
