@@ -119,6 +119,12 @@ def limited(data: str, limit: int) -> str:
     return name
 
 
+def at_final_budget(args: argparse.Namespace) -> bool:
+    """Whether a search trial fine-tunes with the final budget already: every batch of as many
+    epochs."""
+    return not args.trial_batches and args.trial_epochs == args.finetune_epochs
+
+
 def study_spec(args: argparse.Namespace, *, seed: int = 0, objective: str = "macs") -> StudySpec:
     """The spec every method shares: data, base training and fine-tuning budget; its study
     section is the search's."""
@@ -176,7 +182,11 @@ def study_spec(args: argparse.Namespace, *, seed: int = 0, objective: str = "mac
                 "k": args.k,
                 "epochs": args.finetune_epochs,
                 "quant_epochs": 0,
-                "promote": False,
+                # a trial at the final budget (no batch cap, the same epochs) is its own final:
+                # promoted, it continues by no batches; restarted, it would repeat its fine-tuning
+                # bit for bit (a final runs on its parent's seeds). Capped trials start over, so
+                # that every method's fine-tuning follows the same schedule.
+                "promote": at_final_budget(args),
                 "slack": args.slack,
             },
         }

@@ -7,9 +7,11 @@ import json
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 
 from autoprune.search import Budget
+from autoprune.search.record import Source
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
@@ -128,3 +130,29 @@ def test_a_row_written_before_the_split_was_keyed_reads_as_the_default_split() -
     old = {"network": "resnet20", "method": "base", "data": "digits", "train_limit": 0}
     assert real_nets.matches(old, {"network": "resnet20", "val_fraction": 0.1})
     assert not real_nets.matches(old, {"network": "resnet20", "val_fraction": 0.4})
+
+
+@pytest.mark.slow  # a search and a finalize, in process
+def test_a_trial_at_the_final_budget_is_its_own_final(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Uncapped trials of the final's epochs are promoted by no batches: the finalized network
+    is the trial's own, not a second fine-tuning of it (which would repeat it bit for bit)."""
+    monkeypatch.chdir(tmp_path)
+    paths = ["--db", str(tmp_path / "s.db"), "--results", str(tmp_path / "rows.jsonl")]
+    uncapped = [*TINY, *paths, "--trial-batches", "0"]
+    args = real_nets.main_parser().parse_args(["search", *uncapped])
+    assert real_nets.at_final_budget(args)
+    assert not real_nets.at_final_budget(real_nets.main_parser().parse_args(["search", *TINY]))
+    for stage in ("base", "search"):
+        real_nets.main([stage, *uncapped])
+    spec = real_nets.study_spec(args)
+    trials = optuna.load_study(study_name=spec.study.name, storage=spec.study.storage).get_trials()
+    finals = [t for t in trials if t.user_attrs.get("source") == Source.FINAL]
+    assert finals
+    for final in finals:
+        parent = trials[final.user_attrs["parent"]]
+        budget = final.user_attrs["budget"]
+        assert budget["promoted"] and budget["batches_continued"] == 0 and budget["batches_before"] > 0
+        assert final.user_attrs["accuracy"] == parent.user_attrs["accuracy"]
+        assert final.user_attrs["macs"] == parent.user_attrs["macs"]
