@@ -183,8 +183,8 @@ def study_spec(args: argparse.Namespace, *, seed: int = 0, objective: str = "mac
                 "epochs": args.finetune_epochs,
                 "quant_epochs": 0,
                 # a trial at the final budget (no batch cap, the same epochs) is its own final:
-                # promoted, it continues by no batches; restarted, it would repeat its fine-tuning
-                # bit for bit (a final runs on its parent's seeds). Capped trials start over, so
+                # promoted, it continues by no batches; restarted, it would run its fine-tuning
+                # again on the same seeds (on a CPU, bit for bit). Capped trials start over, so
                 # that every method's fine-tuning follows the same schedule.
                 "promote": at_final_budget(args),
                 "slack": args.slack,
