@@ -137,7 +137,7 @@ def test_a_trial_at_the_final_budget_is_its_own_final(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Uncapped trials of the final's epochs are promoted by no batches: the finalized network
-    is the trial's own, not a second fine-tuning of it (which would repeat it bit for bit)."""
+    is the trial's own, not a second fine-tuning of it on the same seeds."""
     monkeypatch.chdir(tmp_path)
     paths = ["--db", str(tmp_path / "s.db"), "--results", str(tmp_path / "rows.jsonl")]
     uncapped = [*TINY, *paths, "--trial-batches", "0"]
