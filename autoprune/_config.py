@@ -43,7 +43,8 @@ def build_config(
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(names))
     if unknown:
-        raise error(f"unknown key {prefix}{unknown[0]}; valid keys: {', '.join(prefix + n for n in names)}")
+        valid = ", ".join(prefix + n for n in names) or f"none ({prefix.rstrip('.')} takes no settings)"
+        raise error(f"unknown key {prefix}{unknown[0]}; valid keys: {valid}")
     kwargs = {}
     for name, value in data.items():
         hint, key = hints[name], prefix + name

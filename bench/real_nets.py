@@ -28,7 +28,9 @@ Methods:
 - ``pipeline``: the full Deep Compression pipeline on the search's picks (each finalized network
   within 1 point, then magnitude pruning, weight sharing and Huffman coding at each of
   ``--qualities`` x ``--conv-bits``; every candidate a row): the smallest file whose validation
-  drop is within 1 point, the file a user ships; its test drop only reported.
+  drop is within 1 point, the file a user ships; its test drop only reported. With ``--fold``
+  the batch norms are folded into their convs before weight sharing and the biases stored as
+  float16 (autoprune's ``[fold]`` stage and ``[pack] float16``): a file for inference only.
 
 ``--distill W``: every method's fine-tuning (the search's trials, its finals and the pipeline
 included) also learns from the base's softened outputs; such rows are named ``<method> + distill
@@ -69,7 +71,9 @@ from torch import nn
 from autoprune.compress import (
     CompressConfig,
     FilterPruneConfig,
+    FoldConfig,
     MagnitudeConfig,
+    PackConfig,
     ShareConfig,
     load_packed,
     output_layer,
@@ -279,7 +283,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     )
 
 
-ROW_DEFAULTS = {"val_fraction": 0.1}  # what rows written before a key existed were run at
+ROW_DEFAULTS = {"val_fraction": 0.1, "fold": False}  # what rows written before a key existed were run at
 
 
 def done(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
@@ -414,8 +418,13 @@ def run_search(args: argparse.Namespace) -> None:
         append(args.results, {**row, "wall_s": t.user_attrs.get("trial_s"), **timing})
 
 
-def pipeline_path(args: argparse.Namespace, spec: StudySpec, pick: int, quality: float, bits: int) -> Path:
-    return args.db.parent / f"{spec.study.name}-pipeline-t{pick}-q{quality:g}-b{bits}.apk"
+def pipeline_path(spec: StudySpec, row: dict[str, Any], db: Path) -> Path:
+    """The packed file of a pipeline candidate's ``row`` (its pick, quality, bits and fold)."""
+    fold = "-fold" if row.get("fold") else ""
+    return (
+        db.parent
+        / f"{spec.study.name}-pipeline-t{row['pick']}-q{row['quality']:g}-b{row['conv_bits']}{fold}.apk"
+    )
 
 
 def finalized_model(
@@ -444,7 +453,7 @@ def run_pipeline(args: argparse.Namespace) -> None:
     inputs, base = base_of(args)
     spec = study_spec(args, seed=args.seed, objective=args.objective)
     label = method_label(args)
-    grid = {"qualities": args.qualities, "conv_bits_tried": args.conv_bits}  # another grid: another row
+    grid = {"qualities": args.qualities, "conv_bits_tried": args.conv_bits, "fold": args.fold}  # another row
     key = {**_key(args, f"pipeline ({label})", None), "pick_rule": args.pick, **grid}
     if done(args.results, key):
         return
@@ -470,12 +479,13 @@ def run_pipeline(args: argparse.Namespace) -> None:
                     "pick": t.number,
                     "quality": quality,
                     "conv_bits": bits,
+                    "fold": args.fold,
                 }
                 row = done(args.results, candidate)
                 if row is None:
                     row = {
                         **candidate,
-                        **pipeline_candidate(t, quality, bits, spec, inputs, base, reference, args),
+                        **pipeline_candidate(t, candidate, spec, inputs, base, reference, args),
                     }
                     append(args.results, row)
                 candidates.append(row)
@@ -490,8 +500,7 @@ def run_pipeline(args: argparse.Namespace) -> None:
 
 def pipeline_candidate(
     t: optuna.trial.FrozenTrial,
-    quality: float,
-    bits: int,
+    candidate: dict[str, Any],
     spec: StudySpec,
     inputs: Inputs,
     base: dict[str, Any],
@@ -499,14 +508,17 @@ def pipeline_candidate(
     args: argparse.Namespace,
 ) -> dict[str, Any]:
     """One candidate: the pick's network (its filters removed, refitted and fine-tuned as the
-    search finalized it), magnitude-pruned at ``quality``, shared at ``bits`` and packed; its
-    validation drop paired against the base's (``reference``: its metrics and which validation
-    images it gets right), as the search's are."""
+    search finalized it), magnitude-pruned at the ``candidate``'s quality, shared at its bits
+    (folded first when it says so) and packed; its validation drop paired against the base's
+    (``reference``: its metrics and which validation images it gets right), as the search's are."""
     base_metrics, base_right = reference
+    quality = candidate["quality"]
+    folding = [FoldConfig(), PackConfig(float16=True)] if candidate["fold"] else []
     config = CompressConfig.of(
         MagnitudeConfig(mode="quality", default=quality),
         dataclasses.replace(finetune_config(args), epochs=args.finetune_epochs if quality else 0),
-        ShareConfig(conv_bits=bits, fc_bits=5, epochs=1, lr=args.lr / 10),
+        ShareConfig(conv_bits=candidate["conv_bits"], fc_bits=5, epochs=1, lr=args.lr / 10),
+        *folding,
         name="pipeline",
     )
     started = time.perf_counter()
@@ -515,7 +527,7 @@ def pipeline_candidate(
         inputs.model_spec,
         inputs.splits,
         config,
-        pipeline_path(args, spec, t.number, quality, bits),
+        pipeline_path(spec, candidate, args.db),
         base_metrics=base_metrics,
         progress=not args.quiet,
         latency=False,
@@ -612,8 +624,9 @@ def run_speed(args: argparse.Namespace) -> None:
             trial = study.trials[r["trial"]]
             models[f"search trial {r['trial']}"] = (r, finalized_model(trial, spec, inputs, args))
         elif r["method"] == f"pipeline ({label})":
-            path = pipeline_path(args, spec, r["pick"], r["quality"], r["conv_bits"])
-            what = f"pipeline on trial {r['pick']}, quality {r['quality']:g}, {r['conv_bits']} bits"
+            path = pipeline_path(spec, r, args.db)
+            folded = ", folded" if r.get("fold") else ""
+            what = f"pipeline on trial {r['pick']}, quality {r['quality']:g}, {r['conv_bits']} bits{folded}"
             models[what] = (r, load_packed(path, model=args.network)[0])
     before = cpu_sample()
     times: dict[str, list[dict[str, float]]] = {k: [] for k in models}
@@ -788,6 +801,11 @@ def main_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--conv-bits", type=int, nargs="+", default=[4, 5, 6], help="pipeline: conv sharing widths to try"
+    )
+    parser.add_argument(
+        "--fold",
+        action="store_true",
+        help="pipeline: fold batch norm into the convs and store biases as float16 (a file for inference)",
     )
     parser.add_argument("--latency-repeats", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3, help="speed: interleaved rounds of timing")

@@ -54,7 +54,7 @@ def digits_base():
 
 def test_the_stages_run_in_their_declared_order_and_the_built_ins_are_in_every_config() -> None:
     names = [stage.name for stage in ordered_stages()]
-    assert names == ["structured", "lowrank", "unstructured", "finetune", "quantize", "pack"]
+    assert names == ["structured", "lowrank", "unstructured", "finetune", "fold", "quantize", "pack"]
     assert set(names) == set(STAGES)
     config = CompressConfig()
     assert [stage.name for stage, _ in config.items()] == [
@@ -253,7 +253,7 @@ def test_a_ranked_space_searches_one_share_of_all_filters() -> None:
 @pytest.mark.parametrize(
     "stages, message",
     [
-        ({"plugin": {}}, "space.stages.plugin: no such stage; stages: finetune, lowrank"),
+        ({"plugin": {}}, "space.stages.plugin: no such stage; stages: finetune, fold, lowrank"),
         ({"lowrank": {"rank": [0.5, 0.2]}}, "space.stages.lowrank: rank=\\[0.5, 0.2\\] is an empty range"),
         ({"lowrank": {"ranks": [0.5]}}, "unknown key space.stages.lowrank.ranks"),
         ({"quantize": {}}, "stage 'quantize' is always run"),

@@ -8,6 +8,7 @@ stage is one module that registers itself in :data:`STAGES` when imported here
 from autoprune.compress import lowrank  # noqa: F401  (registers the optional low-rank stage)
 from autoprune.compress._layers import RecipeError, conv_layers, layer_positions, output_layer, weight_layers
 from autoprune.compress.finetune import Continuation
+from autoprune.compress.fold import FoldConfig  # registers the optional batch norm folding
 from autoprune.compress.packing import (
     LayerReport,
     PackConfig,
@@ -31,6 +32,7 @@ __all__ = [
     "CompressConfig",
     "Continuation",
     "FilterPruneConfig",
+    "FoldConfig",
     "LayerNorms",
     "LayerReport",
     "MagnitudeConfig",

@@ -9,7 +9,8 @@ input spec, and the channel counts that pruning changed), never a pickle of the 
 one entry per state_dict tensor. Conv and linear weights are stored sparse: the positions of
 the non-zero weights as relative indices (with fillers) and their values either as indices
 into a codebook of shared weights or as float32. Each index stream is Huffman-coded when that
-is smaller than fixed width. Everything else (biases, batch norm) is plain float32.
+is smaller than fixed width. Everything else (biases, batch norm) is plain float32, or float16
+when the config says ``float16`` (encoding ``half``: decoded to float32, rounded).
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ class PackConfig:
     conv_index_bits: int = 8  # relative-index width for conv layers (Deep Compression: 8)
     fc_index_bits: int = 5  # and for fully connected layers (5)
     huffman: bool = True  # Huffman-code the index streams (when smaller than fixed width)
+    float16: bool = False  # store the float32 tensors kept whole (biases, batch norm) as float16:
+    #                        half their bytes, rounded (what decodes is what is measured)
 
     def __post_init__(self) -> None:
         for key in ("conv_index_bits", "fc_index_bits"):
@@ -149,6 +152,11 @@ def breakdown(header: dict[str, Any]) -> list[LayerReport]:
     return reports
 
 
+def _halves(t: torch.Tensor) -> bool:
+    """Whether ``t`` is float32 with every finite value inside float16's range."""
+    return t.dtype == torch.float32 and bool((t.half().isfinite() | ~t.isfinite()).all())
+
+
 def _read_stream(payload: memoryview, entry: dict) -> np.ndarray:
     def blob(ref: list[int]) -> bytes:
         offset, length = ref
@@ -190,8 +198,11 @@ def save_packed(
         t = tensor.detach().cpu().contiguous()
         entry: dict[str, Any] = {"name": key, "shape": list(t.shape)}
         if key not in weights or t.dtype != torch.float32:
-            entry.update(encoding="raw", dtype=str(t.dtype).removeprefix("torch."))
-            entry["data"] = w.add(t.numpy().tobytes())
+            if config.float16 and _halves(t):
+                entry.update(encoding="half", data=w.add(t.half().numpy().tobytes()))
+            else:
+                entry.update(encoding="raw", dtype=str(t.dtype).removeprefix("torch."))
+                entry["data"] = w.add(t.numpy().tobytes())
             tensors.append(entry)
             continue
         layer = weights[key]
@@ -410,6 +421,8 @@ def _check_header(header: Any, payload_len: int) -> None:
             if entry["dtype"] not in _DTYPES:
                 raise ValueError(f"unsupported dtype {entry['dtype']!r}")
             ref(entry["data"], numel * _DTYPES[entry["dtype"]].itemsize)
+        elif entry["encoding"] == "half":
+            ref(entry["data"], numel * 2)
         elif entry["encoding"] == "sparse":
             if not (_is_count(entry["index_bits"]) and 1 <= entry["index_bits"] <= 16):
                 raise ValueError("index_bits should be in 1..16")
@@ -451,6 +464,10 @@ def _decode_tensor(payload: memoryview, entry: dict) -> torch.Tensor:
         offset, length = entry["data"]
         array = np.frombuffer(bytes(payload[offset : offset + length]), dtype=_DTYPES[entry["dtype"]])
         return torch.from_numpy(array.copy()).reshape(shape)
+    if entry["encoding"] == "half":
+        offset, length = entry["data"]
+        array = np.frombuffer(bytes(payload[offset : offset + length]), dtype=np.float16)
+        return torch.from_numpy(array.astype(np.float32)).reshape(shape)
     size = int(np.prod(shape))
     if "positions" in entry:
         positions = decode_relative(_read_stream(payload, entry["positions"]), entry["index_bits"])

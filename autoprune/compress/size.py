@@ -112,8 +112,8 @@ class SizeModel:
         self._weights = {n: m.weight.detach().float().numpy() for n, m in self._layers.items()}
         state = model.state_dict()
         weight_keys = {f"{n}.weight" for n in self._layers}
-        self._raw = [  # (module, 1-D along its out channels, bytes) of every tensor stored raw
-            (key.rsplit(".", 1)[0], t.dim() == 1, t.numel() * t.element_size())
+        self._raw = [  # (module, 1-D along its out channels, bytes, float32) of every tensor stored raw
+            (key.rsplit(".", 1)[0], t.dim() == 1, t.numel() * t.element_size(), t.dtype == torch.float32)
             for key, t in state.items()
             if key not in weight_keys or t.dtype != torch.float32
         ]
@@ -339,7 +339,8 @@ class SizeModel:
         layers = self.layers(config, removed=removed) if layers is None else layers
         body = sum(layer.bytes for layer in layers)
         raw = 0
-        for module, along_out, size in self._raw:
+        for module, along_out, size, single in self._raw:
+            size = size // 2 if single and config.pack.float16 else size
             d = self._dims.get((module, "out")) if along_out else None
             if d is not None and d.group in removed:
                 size = int(round(size * self._kept_share(module, removed[d.group])))
