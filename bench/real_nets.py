@@ -28,9 +28,11 @@ Methods:
 - ``pipeline``: the full Deep Compression pipeline on the search's picks (each finalized network
   within 1 point, then magnitude pruning, weight sharing and Huffman coding at each of
   ``--qualities`` x ``--conv-bits``; every candidate a row): the smallest file whose validation
-  drop is within 1 point, the file a user ships; its test drop only reported. With ``--fold``
-  the batch norms are folded into their convs before weight sharing and the biases stored as
-  float16 (autoprune's ``[fold]`` stage and ``[pack] float16``): a file for inference only.
+  drop is within 1 point, the file a user ships; its test drop only reported. ``--norms``: how
+  the file holds batch norm: ``stats`` as trained (float32 weight, bias and running statistics),
+  ``affine`` as its inference scale and shift (``[pack] affine_norms``), ``fold`` folded into the
+  convs before weight sharing (the ``[fold]`` stage); the last two store biases as float16
+  (``[pack] float16``): files for inference.
 
 ``--distill W``: every method's fine-tuning (the search's trials, its finals and the pipeline
 included) also learns from the base's softened outputs; such rows are named ``<method> + distill
@@ -283,7 +285,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     )
 
 
-ROW_DEFAULTS = {"val_fraction": 0.1, "fold": False}  # what rows written before a key existed were run at
+ROW_DEFAULTS = {"val_fraction": 0.1, "norms": "stats"}  # what rows written before a key existed were run at
 
 
 def done(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
@@ -419,11 +421,12 @@ def run_search(args: argparse.Namespace) -> None:
 
 
 def pipeline_path(spec: StudySpec, row: dict[str, Any], db: Path) -> Path:
-    """The packed file of a pipeline candidate's ``row`` (its pick, quality, bits and fold)."""
-    fold = "-fold" if row.get("fold") else ""
+    """The packed file of a pipeline candidate's ``row`` (its pick, quality, bits and norms)."""
+    norms = row.get("norms", ROW_DEFAULTS["norms"])
+    suffix = "" if norms == "stats" else f"-{norms}"
     return (
         db.parent
-        / f"{spec.study.name}-pipeline-t{row['pick']}-q{row['quality']:g}-b{row['conv_bits']}{fold}.apk"
+        / f"{spec.study.name}-pipeline-t{row['pick']}-q{row['quality']:g}-b{row['conv_bits']}{suffix}.apk"
     )
 
 
@@ -453,7 +456,11 @@ def run_pipeline(args: argparse.Namespace) -> None:
     inputs, base = base_of(args)
     spec = study_spec(args, seed=args.seed, objective=args.objective)
     label = method_label(args)
-    grid = {"qualities": args.qualities, "conv_bits_tried": args.conv_bits, "fold": args.fold}  # another row
+    grid = {
+        "qualities": args.qualities,
+        "conv_bits_tried": args.conv_bits,
+        "norms": args.norms,
+    }  # another row
     key = {**_key(args, f"pipeline ({label})", None), "pick_rule": args.pick, **grid}
     if done(args.results, key):
         return
@@ -479,7 +486,7 @@ def run_pipeline(args: argparse.Namespace) -> None:
                     "pick": t.number,
                     "quality": quality,
                     "conv_bits": bits,
-                    "fold": args.fold,
+                    "norms": args.norms,
                 }
                 row = done(args.results, candidate)
                 if row is None:
@@ -509,16 +516,20 @@ def pipeline_candidate(
 ) -> dict[str, Any]:
     """One candidate: the pick's network (its filters removed, refitted and fine-tuned as the
     search finalized it), magnitude-pruned at the ``candidate``'s quality, shared at its bits
-    (folded first when it says so) and packed; its validation drop paired against the base's
+    (its batch norms packed as ``norms`` says) and packed; its validation drop paired against the base's
     (``reference``: its metrics and which validation images it gets right), as the search's are."""
     base_metrics, base_right = reference
     quality = candidate["quality"]
-    folding = [FoldConfig(), PackConfig(float16=True)] if candidate["fold"] else []
+    norms = {
+        "stats": [],
+        "affine": [PackConfig(float16=True, affine_norms=True)],
+        "fold": [FoldConfig(), PackConfig(float16=True)],
+    }[candidate["norms"]]
     config = CompressConfig.of(
         MagnitudeConfig(mode="quality", default=quality),
         dataclasses.replace(finetune_config(args), epochs=args.finetune_epochs if quality else 0),
         ShareConfig(conv_bits=candidate["conv_bits"], fc_bits=5, epochs=1, lr=args.lr / 10),
-        *folding,
+        *norms,
         name="pipeline",
     )
     started = time.perf_counter()
@@ -625,8 +636,8 @@ def run_speed(args: argparse.Namespace) -> None:
             models[f"search trial {r['trial']}"] = (r, finalized_model(trial, spec, inputs, args))
         elif r["method"] == f"pipeline ({label})":
             path = pipeline_path(spec, r, args.db)
-            folded = ", folded" if r.get("fold") else ""
-            what = f"pipeline on trial {r['pick']}, quality {r['quality']:g}, {r['conv_bits']} bits{folded}"
+            norms = r.get("norms", ROW_DEFAULTS["norms"])
+            what = f"pipeline on trial {r['pick']}, quality {r['quality']:g}, {r['conv_bits']} bits, {norms}"
             models[what] = (r, load_packed(path, model=args.network)[0])
     before = cpu_sample()
     times: dict[str, list[dict[str, float]]] = {k: [] for k in models}
@@ -803,9 +814,11 @@ def main_parser() -> argparse.ArgumentParser:
         "--conv-bits", type=int, nargs="+", default=[4, 5, 6], help="pipeline: conv sharing widths to try"
     )
     parser.add_argument(
-        "--fold",
-        action="store_true",
-        help="pipeline: fold batch norm into the convs and store biases as float16 (a file for inference)",
+        "--norms",
+        choices=["stats", "affine", "fold"],
+        default="stats",
+        help="pipeline: batch norm as trained, as its scale and shift, or folded into the convs "
+        "(the last two with float16 biases: files for inference)",
     )
     parser.add_argument("--latency-repeats", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3, help="speed: interleaved rounds of timing")

@@ -1,6 +1,6 @@
-"""Batch norm folded into its conv (autoprune/compress/fold.py) and float16 raw tensors in the
-packed file: the folded network infers what it did, only batch norms that can fold do, and the
-file they make decodes to the network measured."""
+"""Batch norm for inference: folded into its conv (autoprune/compress/fold.py), or packed as its
+scale and shift, and float16 raw tensors in the packed file: the network infers what it did,
+only batch norms that can fold do, and the file decodes to the network measured."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from torch import nn
 
 from autoprune.compress import (
     CompressConfig,
+    FilterPruneConfig,
     FoldConfig,
     PackConfig,
     PackError,
@@ -30,7 +31,7 @@ from autoprune.pipeline import compress
 from autoprune.search.space import SpaceLayers, config_from_params
 from autoprune.search.spec import SpaceSection
 from autoprune.train import TrainConfig, train_base
-from tests.test_size import TOLERANCE
+from tests.test_size import TOLERANCE, real_size
 from tests.workspace import rewrite_header
 
 SPEC = ModelSpec("resnet20", 10, 1, (8, 8))
@@ -226,3 +227,48 @@ def test_a_search_folds_every_trial_when_its_space_names_the_stage() -> None:
 def test_the_fold_table_takes_no_settings() -> None:
     with pytest.raises(RecipeError, match=r"unknown key fold.x; valid keys: none \(fold takes no settings\)"):
         CompressConfig.from_dict({"fold": {"x": 1}})
+
+
+@pytest.mark.parametrize("name", ["resnet20", "mobilenetv2"])
+def test_batch_norm_as_scale_and_shift_infers_the_same_from_a_smaller_file(name: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    spec = ModelSpec(name, 10, 1, (16, 16))
+    model = _trained_norms(create_model(spec))
+    norms = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    channels = sum(model.get_submodule(n).num_features for n in norms)
+    stats, affine = tmp_path / "stats.apk", tmp_path / "affine.apk"
+    save_packed(model, spec, stats)
+    save_packed(model, spec, affine, config=PackConfig(affine_norms=True))
+    decoded, header = load_packed(affine)
+    assert header["norms"] == norms
+    assert not any(e["name"].endswith(("running_mean", "running_var")) for e in header["tensors"])
+    x = torch.randn(8, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(decoded(x), model(x), atol=1e-5, rtol=1e-5)
+    # two float32 values fewer per channel and the int64 counter per batch norm; the header
+    # loses their three entries (some 20 bytes compressed) and gains the list of names
+    saved, data = stats.stat().st_size - affine.stat().st_size, 8 * channels + 8 * len(norms)
+    assert data - 64 <= saved <= data + 40 * len(norms)
+    for config in (PackConfig(affine_norms=True), PackConfig(affine_norms=True, float16=True)):
+        pruned = CompressConfig.of(FilterPruneConfig(ranking="global", default=0.3), config)
+        real = real_size(model, spec, pruned, tmp_path / "pruned.apk")
+        estimate = SizeModel(model, spec).estimate(pruned)  # the analytic model, no replay
+        assert abs(estimate / real - 1) <= TOLERANCE, (estimate, real)
+
+
+@pytest.mark.parametrize(
+    "norms, message",
+    [
+        (["conv1"], "norms names 'conv1', not a batch norm"),
+        (["bn1", "bn1"], "names a batch norm twice"),
+        ("bn1", "norms should be a list"),
+        (["nowhere"], "does not decode"),
+    ],
+)
+def test_a_file_whose_norms_lie_is_one_pack_error(norms, message: str, tmp_path: Path) -> None:
+    path = tmp_path / "m.apk"
+    save_packed(_trained_norms(create_model(SPEC)), SPEC, path, config=PackConfig(affine_norms=True))
+    rewrite_header(path, path, lambda h: h.update(norms=norms))
+    with pytest.raises(PackError, match=message) as e:
+        load_packed(path)
+    assert "\n" not in str(e.value)

@@ -97,13 +97,18 @@ def test_every_stage_runs_resumes_and_writes_its_rows(
         "judged",
     )
     assert last["packed_bytes"] == candidates[0]["packed_bytes"]
-    # batch norm folded (the file for inference): candidates and a choice of their own, smaller
-    real_nets.main(["pipeline", *pipeline_args, "--fold"])
-    lines = (tmp_path / "rows.jsonl").read_text().splitlines()
-    folded = [json.loads(line) for line in lines[-3:]]
-    assert [(r["quality"], r["conv_bits"], r["fold"]) for r in folded[:2]] == [(0.0, 4, True), (1.0, 4, True)]
-    assert all(f["packed_bytes"] < c["packed_bytes"] for f, c in zip(folded, candidates))
-    assert folded[-1]["method"] == f"pipeline ({label})" and folded[-1]["fold"]
+    # batch norm as scale and shift, or folded (files for inference): candidates and a choice
+    # of their own, each smaller than the file with batch norm as trained
+    for norms in ("affine", "fold"):
+        real_nets.main(["pipeline", *pipeline_args, "--norms", norms])
+        lines = (tmp_path / "rows.jsonl").read_text().splitlines()
+        inference = [json.loads(line) for line in lines[-3:]]
+        assert [(r["quality"], r["conv_bits"], r["norms"]) for r in inference[:2]] == [
+            (0.0, 4, norms),
+            (1.0, 4, norms),
+        ]
+        assert all(f["packed_bytes"] < c["packed_bytes"] for f, c in zip(inference, candidates))
+        assert inference[-1]["method"] == f"pipeline ({label})" and inference[-1]["norms"] == norms
     # every network timed again beside the base, in one sitting
     real_nets.main(["speed", *TINY, *paths, *ranked_args, "--rounds", "2"])
     timed = json.loads((tmp_path / "rows.speed.json").read_text())[f"resnet20 {label} seed 0"]["rows"]

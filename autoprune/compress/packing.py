@@ -10,7 +10,10 @@ one entry per state_dict tensor. Conv and linear weights are stored sparse: the 
 the non-zero weights as relative indices (with fillers) and their values either as indices
 into a codebook of shared weights or as float32. Each index stream is Huffman-coded when that
 is smaller than fixed width. Everything else (biases, batch norm) is plain float32, or float16
-when the config says ``float16`` (encoding ``half``: decoded to float32, rounded).
+when the config says ``float16`` (encoding ``half``: decoded to float32, rounded). With
+``affine_norms`` a batch norm is stored as what it does in inference, a scale and a shift per
+channel (``weight`` and ``bias``; the header's ``norms`` names them), without its running
+statistics: the decoded one has mean 0 and variance 1 - eps, the same map up to rounding.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -39,6 +42,7 @@ from autoprune.ops.sparse import decode_relative, encode_relative
 
 MAGIC = b"APRUNE"
 VERSION = 1
+NORM_STATS = ("running_mean", "running_var", "num_batches_tracked")  # what affine_norms leaves out
 SHAPE_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features")
 _DTYPES = {
     name: np.dtype(name) for name in ("float32", "float64", "float16", "int64", "int32", "uint8", "bool")
@@ -60,6 +64,8 @@ class PackConfig:
     huffman: bool = True  # Huffman-code the index streams (when smaller than fixed width)
     float16: bool = False  # store the float32 tensors kept whole (biases, batch norm) as float16:
     #                        half their bytes, rounded (what decodes is what is measured)
+    affine_norms: bool = False  # each batch norm as its inference scale and shift: 2 values a
+    #                             channel, not 4 and a counter (the file is for inference)
 
     def __post_init__(self) -> None:
         for key in ("conv_index_bits", "fc_index_bits"):
@@ -152,6 +158,32 @@ def breakdown(header: dict[str, Any]) -> list[LayerReport]:
     return reports
 
 
+def is_affine_norm(m: nn.Module) -> bool:
+    """A batch norm that infers with running statistics and has a scale and shift to hold it."""
+    return isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine and m.track_running_stats
+
+
+@torch.no_grad()
+def _scale_and_shift(name: str, norm: nn.Module) -> dict[str, torch.Tensor]:
+    """The batch norm's inference map as its ``weight`` and ``bias`` (running mean 0, variance 1 - eps)."""
+    assert isinstance(norm, nn.modules.batchnorm._BatchNorm)
+    mean, var = cast(torch.Tensor, norm.running_mean), cast(torch.Tensor, norm.running_var)
+    scale = norm.weight * torch.rsqrt(var + norm.eps)
+    return {f"{name}.weight": scale, f"{name}.bias": norm.bias - mean * scale}
+
+
+def _unit_stats(name: str, norm: nn.Module, channels: int) -> dict[str, torch.Tensor]:
+    """The running statistics a batch norm stored as scale and shift decodes with."""
+    if not is_affine_norm(norm):
+        raise ValueError(f"norms names {name[:80]!r}, not a batch norm with running statistics")
+    eps = cast(nn.modules.batchnorm._BatchNorm, norm).eps
+    return {
+        f"{name}.running_mean": torch.zeros(channels),
+        f"{name}.running_var": torch.full((channels,), 1.0 - eps),
+        f"{name}.num_batches_tracked": torch.tensor(0),
+    }
+
+
 def _halves(t: torch.Tensor) -> bool:
     """Whether ``t`` is float32 with every finite value inside float16's range."""
     return t.dtype == torch.float32 and bool((t.half().isfinite() | ~t.isfinite()).all())
@@ -194,7 +226,13 @@ def save_packed(
     }
     w = _Writer()
     tensors = []
-    for key, tensor in model.state_dict().items():
+    state = model.state_dict()
+    norms = [n for n, m in model.named_modules() if is_affine_norm(m)] if config.affine_norms else []
+    for name in norms:
+        state.update(_scale_and_shift(name, model.get_submodule(name)))
+        for stat in NORM_STATS:
+            del state[f"{name}.{stat}"]
+    for key, tensor in state.items():
         t = tensor.detach().cpu().contiguous()
         entry: dict[str, Any] = {"name": key, "shape": list(t.shape)}
         if key not in weights or t.dtype != torch.float32:
@@ -233,6 +271,8 @@ def save_packed(
     header = {"format": VERSION, "model": model_dict, "shapes": shapes, "tensors": tensors, "meta": meta}
     if records:
         header["stages"] = records
+    if norms:
+        header["norms"] = norms
     header_bytes = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
     body = MAGIC + struct.pack("<BI", VERSION, len(header_bytes)) + header_bytes + w.buffer.getvalue()
     path = Path(path)
@@ -315,7 +355,10 @@ def decode_packed(
         state = {}
         for entry in header["tensors"]:
             state[entry["name"]] = _decode_tensor(payload, entry)
-            _resize_(net, entry["name"], state[entry["name"]].shape)
+        for name in header.get("norms", []):
+            state.update(_unit_stats(name, net.get_submodule(name), len(state[f"{name}.weight"])))
+        for key, tensor in state.items():
+            _resize_(net, key, tensor.shape)
         for name, attrs in header["shapes"].items():
             module = net.get_submodule(name)
             for attr, value in attrs.items():
@@ -383,6 +426,11 @@ def _check_header(header: Any, payload_len: int) -> None:
         raise ValueError("tensors and shapes should be a list and a table")
     if not isinstance(header.get("meta", {}), dict):
         raise ValueError("meta should be a table")
+    norms = header.get("norms", [])
+    if not (isinstance(norms, list) and all(isinstance(n, str) for n in norms)):
+        raise ValueError("norms should be a list of batch norm names")
+    if len(set(norms)) != len(norms) or len(norms) > len(header["tensors"]):
+        raise ValueError("norms names a batch norm twice, or more than the file has tensors")
     if not isinstance(stages := header.get("stages", {}), dict):
         raise ValueError("stages should be a table")
     for name in stages:

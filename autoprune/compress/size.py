@@ -31,7 +31,7 @@ import torch_pruning as tp
 from torch import nn
 
 from autoprune.compress._layers import layer_kind, output_layer, weight_layers
-from autoprune.compress.packing import MAGIC, save_packed
+from autoprune.compress.packing import MAGIC, NORM_STATS, is_affine_norm, save_packed
 from autoprune.compress.quantize import ShareConfig, share_weights_
 from autoprune.compress.recipe import CompressConfig
 from autoprune.compress.stage import Run
@@ -112,8 +112,16 @@ class SizeModel:
         self._weights = {n: m.weight.detach().float().numpy() for n, m in self._layers.items()}
         state = model.state_dict()
         weight_keys = {f"{n}.weight" for n in self._layers}
-        self._raw = [  # (module, 1-D along its out channels, bytes, float32) of every tensor stored raw
-            (key.rsplit(".", 1)[0], t.dim() == 1, t.numel() * t.element_size(), t.dtype == torch.float32)
+        statistics = {f"{n}.{s}" for n, m in model.named_modules() if is_affine_norm(m) for s in NORM_STATS}
+        self._raw = [  # every tensor stored raw: (module, 1-D along its out channels, bytes, float32,
+            #           a batch norm's running statistic, which affine_norms leaves out)
+            (
+                key.rsplit(".", 1)[0],
+                t.dim() == 1,
+                t.numel() * t.element_size(),
+                t.dtype == torch.float32,
+                key in statistics,
+            )
             for key, t in state.items()
             if key not in weight_keys or t.dtype != torch.float32
         ]
@@ -339,8 +347,11 @@ class SizeModel:
         layers = self.layers(config, removed=removed) if layers is None else layers
         body = sum(layer.bytes for layer in layers)
         raw = 0
-        for module, along_out, size, single in self._raw:
-            size = size // 2 if single and config.pack.float16 else size
+        pack = config.pack
+        for module, along_out, size, single, statistic in self._raw:
+            if statistic and pack.affine_norms:
+                continue
+            size = size // 2 if single and pack.float16 else size
             d = self._dims.get((module, "out")) if along_out else None
             if d is not None and d.group in removed:
                 size = int(round(size * self._kept_share(module, removed[d.group])))
