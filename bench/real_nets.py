@@ -285,7 +285,11 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     )
 
 
-ROW_DEFAULTS = {"val_fraction": 0.1, "norms": "stats"}  # what rows written before a key existed were run at
+ROW_DEFAULTS = {
+    "val_fraction": 0.1,
+    "norms": "stats",
+    "quant_epochs": 1,
+}  # what rows written before a key existed were run at
 
 
 def done(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
@@ -421,9 +425,10 @@ def run_search(args: argparse.Namespace) -> None:
 
 
 def pipeline_path(spec: StudySpec, row: dict[str, Any], db: Path) -> Path:
-    """The packed file of a pipeline candidate's ``row`` (its pick, quality, bits and norms)."""
-    norms = row.get("norms", ROW_DEFAULTS["norms"])
-    suffix = "" if norms == "stats" else f"-{norms}"
+    """The packed file of a pipeline candidate's ``row`` (its pick, quality, bits, norms and
+    trained quantization epochs)."""
+    norms, epochs = (row.get(k, ROW_DEFAULTS[k]) for k in ("norms", "quant_epochs"))
+    suffix = ("" if norms == "stats" else f"-{norms}") + ("" if epochs == 1 else f"-tq{epochs}")
     return (
         db.parent
         / f"{spec.study.name}-pipeline-t{row['pick']}-q{row['quality']:g}-b{row['conv_bits']}{suffix}.apk"
@@ -450,7 +455,7 @@ def run_pipeline(args: argparse.Namespace) -> None:
     """The full pipeline on the search's picks, its settings chosen on validation: every
     finalized search trial within 1 point (as ``--pick`` judges it), decoded from its file, then
     magnitude pruning at each ``--qualities`` (fine-tuned for ``--finetune-epochs`` after it, not
-    at all at quality 0), weight sharing at each ``--conv-bits`` (one epoch of trained
+    at all at quality 0), weight sharing at each ``--conv-bits`` (``--quant-epochs`` of trained
     quantization) and Huffman coding. Every candidate is a row of its own; the pipeline's row is
     the smallest file among those whose validation drop, judged the same way, is within 1 point."""
     inputs, base = base_of(args)
@@ -460,6 +465,7 @@ def run_pipeline(args: argparse.Namespace) -> None:
         "qualities": args.qualities,
         "conv_bits_tried": args.conv_bits,
         "norms": args.norms,
+        "quant_epochs": args.quant_epochs,
     }  # another row
     key = {**_key(args, f"pipeline ({label})", None), "pick_rule": args.pick, **grid}
     if done(args.results, key):
@@ -487,6 +493,7 @@ def run_pipeline(args: argparse.Namespace) -> None:
                     "quality": quality,
                     "conv_bits": bits,
                     "norms": args.norms,
+                    "quant_epochs": args.quant_epochs,
                 }
                 row = done(args.results, candidate)
                 if row is None:
@@ -528,7 +535,9 @@ def pipeline_candidate(
     config = CompressConfig.of(
         MagnitudeConfig(mode="quality", default=quality),
         dataclasses.replace(finetune_config(args), epochs=args.finetune_epochs if quality else 0),
-        ShareConfig(conv_bits=candidate["conv_bits"], fc_bits=5, epochs=1, lr=args.lr / 10),
+        ShareConfig(
+            conv_bits=candidate["conv_bits"], fc_bits=5, epochs=candidate["quant_epochs"], lr=args.lr / 10
+        ),
         *norms,
         name="pipeline",
     )
@@ -812,6 +821,12 @@ def main_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--conv-bits", type=int, nargs="+", default=[4, 5, 6], help="pipeline: conv sharing widths to try"
+    )
+    parser.add_argument(
+        "--quant-epochs",
+        type=int,
+        default=1,
+        help="pipeline: epochs of trained quantization (fine-tuning the shared values)",
     )
     parser.add_argument(
         "--norms",

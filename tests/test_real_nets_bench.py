@@ -109,6 +109,11 @@ def test_every_stage_runs_resumes_and_writes_its_rows(
         ]
         assert all(f["packed_bytes"] < c["packed_bytes"] for f, c in zip(inference, candidates))
         assert inference[-1]["method"] == f"pipeline ({label})" and inference[-1]["norms"] == norms
+    # longer trained quantization: candidates of their own, with files of their own
+    real_nets.main(["pipeline", *pipeline_args[:-1], "--quant-epochs", "2"])
+    tuned = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()[-2:]]
+    assert [(r["quality"], r["quant_epochs"]) for r in tuned] == [(0.0, 2), (0.0, 2)]
+    assert len(list(tmp_path.glob("*-q0-b4-tq2.apk"))) == 1
     # every network timed again beside the base, in one sitting
     real_nets.main(["speed", *TINY, *paths, *ranked_args, "--rounds", "2"])
     timed = json.loads((tmp_path / "rows.speed.json").read_text())[f"resnet20 {label} seed 0"]["rows"]
