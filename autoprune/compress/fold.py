@@ -6,7 +6,10 @@ into the conv: each filter's weights scaled by ``s = gamma / sqrt(var + eps)`` a
 ``(b - mean) * s + beta``. The packed file then keeps one float per channel where it kept four
 (weight, bias, running mean and variance) and a counter: on a slim MobileNetV2 those were half
 of the file. The stage runs after fine-tuning and before weight sharing, so the codebooks are
-those of the folded weights and trained quantization tunes them; pruned weights stay zero.
+those of the folded weights and trained quantization tunes them; pruned weights stay zero. One
+codebook per layer then covers filters scaled by different factors: at 3-4 bits that cost
+MobileNetV2 0.4-6.3 points, where ``[pack] affine_norms`` (2 values a channel, the network
+unchanged) cost none (BENCHMARKS.md, issue 27, session 22).
 
 A batch norm folds only when it is called once, right on the output of a conv that nothing
 else reads (found by tracing the network with torch.fx), and keeps running statistics. The
