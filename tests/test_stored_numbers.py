@@ -4,12 +4,14 @@ byte-identical; a crafted SQLite file is refused before it can hang a query."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import time
 from pathlib import Path
 
 import optuna
+import plotly.io
 import pytest
 from optuna.trial import TrialState
 
@@ -284,3 +286,39 @@ def test_report_png_without_a_browser_is_one_line_and_writes_nothing(
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "needs Chrome or Chromium" in err and "apt-get install chromium" in err
     assert not (tmp_path / "r.html").exists() and not any((tmp_path / "figs").iterdir())
+
+
+@pytest.mark.parametrize("drops", [1, 2])
+def test_report_png_draws_a_figure_kaleido_dropped_again_or_says_which(
+    drops: int,
+    workspace: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """kaleido returns a figure's render failure instead of raising it (seen as a missing
+    summary.png on a busy machine): the report draws what is missing once more, and names what
+    is still missing in one line rather than list a file it did not write."""
+    url = copy_study(workspace, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BROWSER_PATH", shutil.which("true") or "/bin/true")
+    calls = []
+
+    def write_images(figures, paths, **kwargs) -> None:  # the first figure fails `drops` times
+        calls.append([Path(p).name for p in paths])
+        for i, path in enumerate(paths):
+            if not (i == 0 and len(calls) <= drops):
+                Path(path).write_bytes(b"\x89PNG")
+
+    monkeypatch.setattr(plotly.io, "write_images", write_images)
+    (tmp_path / "figs").mkdir()
+    code, out, err = call(["report", "--storage", url, "--png", "figs", "--out", "r.html", "--json"], capsys)
+    first = calls[0][0]
+    assert len(calls) == 2 and calls[1] == [first]  # only the missing figure, drawn again
+    if drops == 1:
+        assert code == 0, err
+        assert all(Path(p).is_file() for p in json.loads(out)["png"])
+    else:
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert f"did not draw {first.removesuffix('.png')}, twice" in err
+        assert not (tmp_path / "r.html").exists()

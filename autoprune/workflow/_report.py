@@ -148,11 +148,23 @@ def write_pngs(figures: dict[str, Any], folder: Path) -> list[str]:
             "--png draws the figures with plotly's export, which needs Chrome or Chromium: install one "
             "(apt-get install chromium) or name it in BROWSER_PATH"
         )
-    paths = [folder / f"{graph_id}.png" for graph_id in figures]
-    try:
-        plotly.io.write_images(list(figures.values()), paths, width=1100, height=520)
-    except RuntimeError as e:  # the browser would not start or render
-        raise AutoPruneError(
-            f"--png: {browser} could not draw the figures ({' '.join(str(e).split())[:200]})"
-        ) from None
-    return [str(p) for p in paths]
+    paths = {graph_id: folder / f"{graph_id}.png" for graph_id in figures}
+    for path in paths.values():
+        path.unlink(missing_ok=True)  # a picture of an earlier run is not this one's
+    missing = dict(figures)
+    for _ in range(2):  # kaleido returns a figure's failure (a render timeout on a busy machine)
+        #                  instead of raising it: what is not on disk is drawn once more
+        try:
+            plotly.io.write_images(
+                list(missing.values()), [paths[g] for g in missing], width=1100, height=520
+            )
+        except RuntimeError as e:  # the browser would not start or render
+            raise AutoPruneError(
+                f"--png: {browser} could not draw the figures ({' '.join(str(e).split())[:200]})"
+            ) from None
+        missing = {g: f for g, f in missing.items() if not paths[g].is_file()}
+        if not missing:
+            return [str(p) for p in paths.values()]
+    raise AutoPruneError(
+        f"--png: {browser} did not draw {', '.join(missing)}, twice; try again on a quieter machine"
+    )
