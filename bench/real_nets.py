@@ -645,8 +645,9 @@ def run_speed(args: argparse.Namespace) -> None:
             models[f"search trial {r['trial']}"] = (r, finalized_model(trial, spec, inputs, args))
         elif r["method"] == f"pipeline ({label})":
             path = pipeline_path(spec, r, args.db)
-            norms = r.get("norms", ROW_DEFAULTS["norms"])
+            norms, epochs = (r.get(k, ROW_DEFAULTS[k]) for k in ("norms", "quant_epochs"))
             what = f"pipeline on trial {r['pick']}, quality {r['quality']:g}, {r['conv_bits']} bits, {norms}"
+            what += f", {epochs} epochs of trained quantization" if epochs != 1 else ""
             models[what] = (r, load_packed(path, model=args.network)[0])
     before = cpu_sample()
     times: dict[str, list[dict[str, float]]] = {k: [] for k in models}
