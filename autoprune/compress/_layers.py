@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TypeVar
+from typing import TypeVar, cast
 
+import torch
 from torch import nn
 
 from autoprune.errors import AutoPruneError
@@ -24,6 +25,17 @@ POSITIONS = ("first_conv", "conv", "hidden_fc", "output")
 def weight_layers(model: nn.Module) -> dict[str, WeightLayer]:
     """Conv and linear layers in definition order: the layers that hold prunable weights."""
     return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+@torch.no_grad()
+def norm_affine(norm: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch norm's inference map on its running statistics, ``y = scale * x + shift``: (C,) each."""
+    mean, var = cast(torch.Tensor, norm.running_mean), cast(torch.Tensor, norm.running_var)
+    scale = torch.rsqrt(var + norm.eps)
+    if not norm.affine:
+        return scale, -mean * scale
+    scale = scale * norm.weight
+    return scale, norm.bias - mean * scale
 
 
 def conv_layers(model: nn.Module) -> dict[str, nn.Conv2d]:

@@ -28,7 +28,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from autoprune.compress._layers import RecipeError
+from autoprune.compress._layers import RecipeError, norm_affine
 from autoprune.compress.stage import Run, SpaceLayers, Stage, register
 
 
@@ -87,13 +87,10 @@ def fold_(model: nn.Module) -> dict[str, str]:
     """Fold every batch norm :func:`foldable` finds into its conv; returns the pairs folded."""
     pairs = foldable(model)
     for norm_name, conv_name in pairs.items():
-        norm = cast(nn.BatchNorm2d, model.get_submodule(norm_name))
         conv = cast(nn.Conv2d, model.get_submodule(conv_name))
-        mean, var = cast(torch.Tensor, norm.running_mean), cast(torch.Tensor, norm.running_var)
-        scale = torch.rsqrt(var + norm.eps)  # (C,)
-        shift = -mean * scale if conv.bias is None else (conv.bias - mean) * scale
-        if norm.affine:
-            scale, shift = scale * norm.weight, shift * norm.weight + norm.bias
+        scale, shift = norm_affine(cast(nn.BatchNorm2d, model.get_submodule(norm_name)))  # (C,) each
+        if conv.bias is not None:
+            shift = shift + conv.bias * scale
         conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
         conv.bias = nn.Parameter(shift.to(conv.weight.dtype))
         model.set_submodule(norm_name, FoldedNorm(conv_name))

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from autoprune.compress._layers import RecipeError, layer_kind, weight_layers
+from autoprune.compress._layers import RecipeError, layer_kind, norm_affine, weight_layers
 from autoprune.compress.stage import STAGES, Run, Stage, ordered_stages, register
 from autoprune.errors import AutoPruneError, ModelError, UnknownNameError
 from autoprune.models import ModelSpec, canonical_name, create_model, factory_source_hash, is_user_model
@@ -163,15 +163,6 @@ def is_affine_norm(m: nn.Module) -> bool:
     return isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine and m.track_running_stats
 
 
-@torch.no_grad()
-def _scale_and_shift(name: str, norm: nn.Module) -> dict[str, torch.Tensor]:
-    """The batch norm's inference map as its ``weight`` and ``bias`` (running mean 0, variance 1 - eps)."""
-    assert isinstance(norm, nn.modules.batchnorm._BatchNorm)
-    mean, var = cast(torch.Tensor, norm.running_mean), cast(torch.Tensor, norm.running_var)
-    scale = norm.weight * torch.rsqrt(var + norm.eps)
-    return {f"{name}.weight": scale, f"{name}.bias": norm.bias - mean * scale}
-
-
 def _unit_stats(name: str, norm: nn.Module, channels: int) -> dict[str, torch.Tensor]:
     """The running statistics a batch norm stored as scale and shift decodes with."""
     if not is_affine_norm(norm):
@@ -228,8 +219,9 @@ def save_packed(
     tensors = []
     state = model.state_dict()
     norms = [n for n, m in model.named_modules() if is_affine_norm(m)] if config.affine_norms else []
-    for name in norms:
-        state.update(_scale_and_shift(name, model.get_submodule(name)))
+    for name in norms:  # the inference map as weight and bias, on running mean 0, variance 1 - eps
+        scale, shift = norm_affine(cast(nn.modules.batchnorm._BatchNorm, model.get_submodule(name)))
+        state.update({f"{name}.weight": scale, f"{name}.bias": shift})
         for stat in NORM_STATS:
             del state[f"{name}.{stat}"]
     for key, tensor in state.items():
