@@ -120,6 +120,46 @@ def test_checkpoint_errors(tmp_path: Path) -> None:
     assert isinstance(model, nn.Module)
 
 
+def _wrapped(kind: str, state: dict[str, torch.Tensor]) -> dict:
+    """``state`` saved the ways training scripts save it."""
+    prefixed = lambda p: {p + k: v for k, v in state.items()}  # noqa: E731
+    return {
+        "dataparallel": prefixed("module."),
+        "compiled": prefixed("_orig_mod."),
+        "lightning": {"state_dict": {**prefixed("model."), "loss.weight": torch.ones(3)}, "epoch": 4},
+        "recipe": {"model": state, "optimizer": {"state": {}, "param_groups": [{"lr": 0.1}]}, "epoch": 9},
+        "tutorial": {"model_state_dict": prefixed("module._orig_mod."), "loss": 0.25},
+    }[kind]
+
+
+@pytest.mark.parametrize("kind", ["dataparallel", "compiled", "lightning", "recipe", "tutorial"])
+def test_a_checkpoint_saved_by_a_training_script_loads(kind: str, tmp_path: Path) -> None:
+    """The weights under a checkpoint's usual keys and a wrapper's prefix: the same network."""
+    spec = ModelSpec("resnet20", 10, 1, (8, 8))
+    torch.manual_seed(0)
+    trained = create_model(spec).eval()
+    trained.bn1.running_mean.uniform_()  # a buffer too, not only parameters
+    torch.save(_wrapped(kind, trained.state_dict()), tmp_path / "ckpt.pt")
+    loaded = load_checkpoint(create_model(spec), tmp_path / "ckpt.pt").eval()
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.equal(trained(x), loaded(x))
+
+
+def test_a_checkpoint_a_model_cannot_be_read_from_says_why(tmp_path: Path) -> None:
+    model = create_model(ModelSpec("lenet5", 10, 1, (8, 8)))
+    torch.save(model, tmp_path / "whole.pt")  # a pickled module: its code would run on load
+    with pytest.raises(CheckpointError, match=r"pickled Python objects .* save model.state_dict\(\)"):
+        load_checkpoint(model, tmp_path / "whole.pt")
+    torch.save({"epoch": 3, "weights": [1.0]}, tmp_path / "no-weights.pt")
+    with pytest.raises(CheckpointError, match="a dict of 'epoch', 'weights', and none of state_dict"):
+        load_checkpoint(model, tmp_path / "no-weights.pt")
+    state = {"module." + k: v for k, v in model.state_dict().items()}
+    state.pop("module.fc2.bias")  # under the prefix, but not all of the model: no match, said
+    torch.save(state, tmp_path / "partial.pt")
+    with pytest.raises(CheckpointError, match="missing keys"):
+        load_checkpoint(model, tmp_path / "partial.pt")
+
+
 def test_a_file_packed_with_a_relative_factory_path_loads_from_another_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
