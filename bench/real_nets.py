@@ -58,6 +58,7 @@ import copy
 import dataclasses
 import json
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,7 @@ from autoprune.compress import (
     load_packed,
     output_layer,
     prune_filters_,
+    save_packed,
 )
 from autoprune.compress.reconstruct import reconstruct_, step_noting_kept, training_images
 from autoprune.compress.structured import CRITERIA
@@ -226,7 +228,9 @@ def measured(
     model: nn.Module, inputs: Inputs, base: dict[str, Any], args: argparse.Namespace
 ) -> dict[str, Any]:
     """A pruned network against the base: MACs, both backends' batch-1 and batch-32 speed-up,
-    validation and test drop."""
+    validation and test drop, and the dense base's bytes over the network's packed file (float32
+    weights, the removed filters gone: what a structured method ships; the pipeline's rows
+    replace it with their own file's)."""
     m = measure_model(model, inputs.splits, latency=False)
     before = cpu_sample()
     timings = backend_latencies(model, inputs.splits.input_shape, args.latency_repeats)
@@ -240,8 +244,17 @@ def measured(
         "val_drop": base["accuracy"] - m.accuracy,
         "test_drop": base["test_accuracy"] - m.test_accuracy,
         "params": m.params,
+        "packed_ratio": base["dense_bytes"] / packed_bytes(model, inputs),
         "other_load": load,
     }
+
+
+def packed_bytes(model: nn.Module, inputs: Inputs) -> int:
+    """Bytes of ``model``'s packed file, as it stands (float32 weights unless shared)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "network.apk"
+        save_packed(model, inputs.model_spec, path)
+        return path.stat().st_size
 
 
 def best_speedup(base: dict[str, float], pruned: dict[str, float], batch: str) -> float:

@@ -39,6 +39,7 @@ def test_every_stage_runs_resumes_and_writes_its_rows(
         if r["method"].startswith("pipeline") and r.get("pick") is None:
             continue  # nothing within the budget on a one-epoch base: said so, in the row
         assert r["macs_ratio"] >= 1.0 and r["speedup_b1"] > 0 and r["speedup_b32"] > 0, r
+        assert r["packed_ratio"] > (1.0 if r["macs_ratio"] > 1.1 else 0.0), r  # the pruned network's file
         assert {
             "val_drop",
             "test_drop",
