@@ -307,7 +307,10 @@ def _fit(
         generator.set_state(resume.order)
         augment.set_state(resume.augment)
         first_loss = resume.first_loss if math.isfinite(resume.first_loss) else None
-        if new_schedule:  # this run's own schedule, from its own learning rate
+        # this run's own schedule, from its own learning rate: a warm restart. Continuing one
+        # cosine over both runs instead (from the rate it has after the first run's batches) left
+        # 20 of 28 finals of a 30-trial small_resnet study worse (mean drop 29.5 against 27.1)
+        if new_schedule:
             for group in optimizer.param_groups:
                 group["lr"] = group["initial_lr"] = config.lr
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, config.epochs * batches))
