@@ -252,9 +252,7 @@ def measured(
 def packed_bytes(model: nn.Module, inputs: Inputs) -> int:
     """Bytes of ``model``'s packed file, as it stands (float32 weights unless shared)."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "network.apk"
-        save_packed(model, inputs.model_spec, path)
-        return path.stat().st_size
+        return save_packed(model, inputs.model_spec, Path(tmp) / "network.apk").packed_bytes
 
 
 def best_speedup(base: dict[str, float], pruned: dict[str, float], batch: str) -> float:
