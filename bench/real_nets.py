@@ -411,12 +411,12 @@ def run_search(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     search(spec, info, spec_dir=Path.cwd(), progress=not args.quiet)
     searched = time.perf_counter()
-    study = optuna.load_study(study_name=spec.study.name, storage=spec.study.storage)
-    if not any(t.user_attrs.get("source") == "final" for t in study.trials):
-        try:
-            finalize(spec, info, progress=not args.quiet)
-        except AutoPruneError as e:  # no trial within the budget and its slack: a result, said so
-            append(args.results, {**_key(args, method, None), "trial": None, "note": str(e)})
+    try:  # resumes: a trial finalized already is not run again, so a wider -k/--slack adds to it
+        finalize(spec, info, progress=not args.quiet)
+    except AutoPruneError as e:  # no trial within the budget and its slack: a result, said so
+        key = {**_key(args, method, None), "trial": None}
+        if not done(args.results, key):
+            append(args.results, {**key, "note": str(e)})
     timing = {"search_s": searched - started, "final_s": time.perf_counter() - searched}
     study = optuna.load_study(study_name=spec.study.name, storage=spec.study.storage)
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):

@@ -143,6 +143,15 @@ def test_every_stage_runs_resumes_and_writes_its_rows(
     added = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()[before:]]
     assert [(r["method"], r["val_fraction"]) for r in added] == [("base", 0.3)]
 
+    # a wider ladder on the same study finalizes the trials it adds, and only those
+    def finals() -> list[int]:
+        lines = (tmp_path / "rows.jsonl").read_text().splitlines()
+        return [r["trial"] for r in map(json.loads, lines) if r["method"] == "search (macs)"]
+
+    before = finals()
+    real_nets.main(["search", *TINY, *paths, "-k", "3"])
+    assert len(finals()) > len(before) and len(set(finals())) == len(finals()), (before, finals())
+
 
 def test_a_row_written_before_the_split_was_keyed_reads_as_the_default_split() -> None:
     old = {"network": "resnet20", "method": "base", "data": "digits", "train_limit": 0}
