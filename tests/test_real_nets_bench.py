@@ -57,6 +57,12 @@ def test_every_stage_runs_resumes_and_writes_its_rows(
     for stage in ("base", "uniform", "tp", "search", "pipeline"):
         real_nets.main([stage, *TINY, *paths])
     assert len((tmp_path / "rows.jsonl").read_text().splitlines()) == len(rows)
+    # rows measured against another base (one retrained on another kind of host) get no more
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({**rows[0], "accuracy": rows[0]["accuracy"] - 0.5}) + "\n")
+    with pytest.raises(SystemExit, match="another --results"):
+        real_nets.main(["uniform", *TINY, *paths[:2], "--results", str(other)])
+    assert len(other.read_text().splitlines()) == 1
     # the search of one share ranked across the network by Torch-Pruning's group L1, refitted after
     # pruning: its own study and rows
     ranked_args = ["--structured", "ranked", "--criterion", "group", "--reconstruct", "16"]
