@@ -335,8 +335,8 @@ def base_of(args: argparse.Namespace) -> tuple[Inputs, dict[str, Any]]:
 
 def same_base(inputs: Inputs, row: dict[str, Any], results: Path) -> None:
     """Refuses to add rows to ``results`` when the cached base is not the one its base row
-    measured: every drop is taken against that row, and a base retrained on another kind of
-    host differs (one ResNet-20 spec gave 93.85 and 93.63 test on an AMD and an Intel host)."""
+    measured: every drop is taken against that row, and a base retrained on another machine
+    can differ (one ResNet-20 spec gave 93.85 and 93.63 test on two machines)."""
     val, test = accuracy(inputs.base, inputs.splits.val), accuracy(inputs.base, inputs.splits.test)
     if (val, test) != (row["accuracy"], row["test_accuracy"]):
         raise SystemExit(
