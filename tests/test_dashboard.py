@@ -201,6 +201,8 @@ def test_the_report_opens_without_a_network_with_every_figure(tmp_path: Path) ->
             rendered(graphs, title)
         assert all(u.startswith("file:") or u.startswith("data:") for u in fetched), fetched
         body = page.inner_text("body")
-        assert "digits-lenet5" in body and "Spec" in body and "Machine" in body and "Export the best" in body
+        assert "digits-lenet5" in body and "Spec" in body and "Machine" in body
+        # the summary ends on its verdict: 6 trials reach the budget on some machines, not on others
+        assert ("Export the best" in body) != ("No trial is within" in body), body
         page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
         not_blank(tmp_path / "report.png")
