@@ -145,6 +145,7 @@ def study_spec(args: argparse.Namespace, *, seed: int = 0, objective: str = "mac
         + (f"-kd{args.distill:g}" if args.distill else "")
         + (f"-rc{args.reconstruct}" if args.reconstruct else "")
         + (f"-e{args.trial_epochs}" if args.trial_epochs != 1 else "")
+        + (f"-ls{args.ranked_start}" if args.ranked_start else "")
         + (f"-v{args.val_fraction:g}" if args.val_fraction != ROW_DEFAULTS["val_fraction"] else "")
     )
     return spec_from_dict(
@@ -178,6 +179,7 @@ def study_spec(args: argparse.Namespace, *, seed: int = 0, objective: str = "mac
                 "structured": args.structured,
                 "round_to": args.round_to,
                 "criterion": args.criterion,
+                "ranked_start": args.ranked_start,
                 "reconstruct": args.reconstruct,
                 "ratio": [0.0, args.max_ratio],
                 "magnitude": "off",
@@ -608,6 +610,7 @@ def method_label(args: argparse.Namespace) -> str:
     space += [f"distill {args.distill:g}"] if args.distill else []
     space += [f"reconstruct {args.reconstruct}"] if args.reconstruct else []
     space += [f"trial epochs {args.trial_epochs}"] if args.trial_epochs != 1 else []
+    space += [f"ranked start {args.ranked_start}"] if args.ranked_start else []
     return ", ".join([args.objective, *space])
 
 
@@ -831,6 +834,12 @@ def main_parser() -> argparse.ArgumentParser:
         nargs="*",
         default=[],
         help="the search's first trials: sensitivity proposals at these multiples of the 1-point budget",
+    )
+    parser.add_argument(
+        "--ranked-start",
+        type=int,
+        default=0,
+        help="a ranked search's first trials at shares evenly spaced in MAC reduction (space.ranked_start)",
     )
     parser.add_argument("--objective", choices=["macs", "latency"], default="macs")
     parser.add_argument(

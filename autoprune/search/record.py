@@ -29,6 +29,7 @@ class Source(str, Enum):
     FINAL = "final"  # a trial re-run at the full budget (``autoprune finalize``)
     SURROGATE = "surrogate"  # proposed by the surrogate (``surrogate propose --enqueue``)
     SENSITIVITY = "sensitivity"  # proposed by the sensitivity allocator (the warm start)
+    LADDER = "ladder"  # a ranked share at an even step of MAC reduction (``space.ranked_start``)
 
 
 def _objective(

@@ -16,7 +16,14 @@ from autoprune.search.objective import (
 )
 from autoprune.search.recovery import StudyLock, retry_lost_trials
 from autoprune.search.samplers import sampler_name
-from autoprune.search.setup import enqueue_baselines, enqueue_warm_start, load_inputs, open_study, prepare
+from autoprune.search.setup import (
+    enqueue_baselines,
+    enqueue_ranked_start,
+    enqueue_warm_start,
+    load_inputs,
+    open_study,
+    prepare,
+)
 from autoprune.search.spec import StudySpec
 from autoprune.search.storage import (
     StorageError,
@@ -92,6 +99,7 @@ def _run_search(
         retry_lost_trials(study)
     enqueue_baselines(study, ctx, inputs.baselines)
     enqueue_warm_start(study, ctx, progress=progress)
+    enqueue_ranked_start(study, ctx)
     if setup_only:
         return study
     target = spec.study.trials

@@ -17,12 +17,14 @@ from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
-from autoprune.compress import CompressConfig, RecipeError, load_recipe
+from autoprune.compress import STAGES, CompressConfig, RecipeError, load_recipe
 from autoprune.compress.recipe import fit_recipe
+from autoprune.compress.structured import FilterPruneConfig
 from autoprune.data import load_dataset
 from autoprune.errors import AutoPruneError
 from autoprune.measure import Metrics, measure_model
 from autoprune.models import ModelSpec, create_model, load_checkpoint
+from autoprune.search.ladder import enqueue_ladder, ladder_shares
 from autoprune.search.objective import (
     SearchContext,
     store_recipe,
@@ -242,3 +244,20 @@ def enqueue_warm_start(study: optuna.Study, ctx: SearchContext, *, progress: boo
     if not proposals:
         log.warning("warm start: no allocation fits any budget (the bits' own damage exceeds them)")
     return added
+
+
+def enqueue_ranked_start(study: optuna.Study, ctx: SearchContext) -> int:
+    """A ranked space's first ``space.ranked_start`` trials at shares whose MAC reductions step
+    evenly in log (:mod:`autoprune.search.ladder`), once per study. Returns how many were queued."""
+    space = ctx.spec.space
+    if not space.ranked_start or "ranked_ratio" not in distributions(space, ctx.layers):
+        return 0  # not ranked, no conv, or the share fixed
+    with StudyLock(ctx.storage, ctx.spec.study.name):
+        if any(t.user_attrs.get("source") == Source.LADDER for t in study.get_trials(deepcopy=False)):
+            return 0  # queued once: a resumed study does not queue them again
+        low, high = space.ratio
+        config = STAGES.get("structured").from_params({"ranked_ratio": low}, space, ctx.layers)
+        assert isinstance(config, FilterPruneConfig)  # the trials' own mapping of the share
+        example = torch.zeros(1, *ctx.splits.input_shape)
+        shares = ladder_shares(ctx.base, config, example, (low, high), space.ranked_start)
+        return enqueue_ladder(study, shares)

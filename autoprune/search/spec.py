@@ -92,6 +92,9 @@ class SpaceSection:
     # which filters go: "l1" (each filter's own L1 norm, Li et al.), "l2", or "group" (L1 of every
     # weight the channel's removal takes: filters, batch norm, next layers' inputs; Torch-Pruning's)
     criterion: str = "l1"
+    # a ranked search's first trials: shares whose MAC reductions are evenly spaced (in log) up to
+    # the largest share's, so that a short search sees the whole curve (0: the sampler's own)
+    ranked_start: int = 0
     # training images on which the layers after removed filters are refitted to the base's
     # outputs by least squares before fine-tuning (0: not refitted)
     reconstruct: int = RECONSTRUCT_IMAGES
@@ -149,6 +152,10 @@ class SpaceSection:
                 f"space.reconstruct={self.reconstruct} should be in "
                 f"0..{MAX_RECONSTRUCT_IMAGES} (training images)"
             )
+        if not 0 <= self.ranked_start <= 64:
+            raise SpecError(f"space.ranked_start={self.ranked_start} should be in 0..64 (trials)")
+        if self.ranked_start and self.structured != "ranked":
+            raise SpecError(f'space.ranked_start={self.ranked_start} needs structured = "ranked"')
         if not 0 <= self.distill <= 1:
             raise SpecError(f"space.distill={self.distill} should be a weight in [0, 1]")
         if not 0 <= self.max_batches <= 10**7:
