@@ -164,6 +164,7 @@ def test_init_ranks_many_convs_and_aligns_depthwise_networks(
     assert code == 0, err
     assert 'structured = "ranked"  # one share of all 21 convs' in (tmp_path / "r.toml").read_text()
     assert load_spec(tmp_path / "r.toml").space.structured == "ranked"
+    assert load_spec(tmp_path / "r.toml").space.ranked_start == 6  # a ladder of MAC reductions first
     assert load_spec(tmp_path / "r.toml").space.round_to == 1
     assert load_spec(tmp_path / "r.toml").space.reconstruct == 256  # said in the spec, refitted
     code, _, err = call(["init", "m.toml", "--model", "mobilenetv2", "--dataset", "digits"], capsys)
