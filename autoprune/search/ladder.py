@@ -60,10 +60,12 @@ def ladder_shares(
 def enqueue_ladder(study: optuna.Study, shares: list[tuple[float, float]]) -> int:
     """The shares as waiting trials (``source=ladder``, with the MAC reduction each was chosen
     for); the other parameters are the sampler's. Returns how many were queued."""
+    waiting = (optuna.trial.TrialState.WAITING,)
+    before = len(study.get_trials(deepcopy=False, states=waiting))
     for share, r in shares:
         study.enqueue_trial(
             {"ranked_ratio": share},
             user_attrs={"source": Source.LADDER.value, "ladder_macs_ratio": r},
             skip_if_exists=True,
         )
-    return len(shares)
+    return len(study.get_trials(deepcopy=False, states=waiting)) - before
