@@ -21,6 +21,7 @@ from autoprune.compress import STAGES, CompressConfig, RecipeError, load_recipe
 from autoprune.compress.recipe import fit_recipe
 from autoprune.compress.structured import FilterPruneConfig
 from autoprune.data import load_dataset
+from autoprune.device import model_device
 from autoprune.errors import AutoPruneError
 from autoprune.measure import Metrics, measure_model
 from autoprune.models import ModelSpec, create_model, load_checkpoint
@@ -258,6 +259,6 @@ def enqueue_ranked_start(study: optuna.Study, ctx: SearchContext) -> int:
         low, high = space.ratio
         config = STAGES.get("structured").from_params({"ranked_ratio": low}, space, ctx.layers)
         assert isinstance(config, FilterPruneConfig)  # the trials' own mapping of the share
-        example = torch.zeros(1, *ctx.splits.input_shape)
+        example = torch.zeros(1, *ctx.splits.input_shape, device=model_device(ctx.base))
         shares = ladder_shares(ctx.base, config, example, (low, high), space.ranked_start)
         return enqueue_ladder(study, shares)
