@@ -140,6 +140,8 @@ def test_shipped_specs_load() -> None:
         assert spec.study.name == path.stem
         for recipe in spec.study.baselines:
             assert (path.parent / recipe).is_file()
+    for path in sorted((REPO / "bench" / "specs").glob("*.toml")):
+        assert load_spec(path).study.name == path.stem  # the benchmarks' own specs load too
 
 
 @pytest.mark.parametrize(
