@@ -6,6 +6,8 @@
 # 3. ResNet-20 on all of Fashion-MNIST with issue 27's search settings (bench/specs/gpu-resnet20.toml),
 #    then its final stage; 4. three of the same trials on the CPU, on the same cached base.
 # Every trial's timing lands in the studies under OUT_DIR (`autoprune trials --json`).
+# Run from the repository root, with autoprune importable (PYTHONPATH=.) and its dependencies installed
+# (a GPU image without them takes them as wheels: BENCHMARKS.md, "GPUs", names the ones it lacked).
 set -u
 DEV=$1; OUT=$2; DATA=$3; T0=$(date +%s)
 SPEC=bench/specs/gpu-resnet20.toml
